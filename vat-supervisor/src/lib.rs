@@ -1,0 +1,671 @@
+//! Hosts one vat's Wasm module under wasmtime, behind the vat host ABI
+//! (documented in [`vom::abi`]).
+//!
+//! The kernel talks to a vat only through the [`Worker`] trait: it hands a
+//! [`Delivery`] and a [`SyscallHandler`], and the worker runs the guest until
+//! the delivery is done, calling the handler for each syscall. [`ThreadWorker`]
+//! runs the guest in this process; a process worker speaking the same trait
+//! over pipes slots in beside it.
+//!
+//! Only this crate runs guest code. Every guest runs with limits (fuel per
+//! delivery, maximum linear memory, syscall payload size), and any breach, trap
+//! or ABI violation ends the delivery with a [`VatFault`]; the worker must then
+//! be discarded, because the guest's heap may be half-updated.
+
+use std::fmt;
+
+use vom::abi::{ABI_VERSION, Delivery, IMPORT_MODULE, Syscall, SyscallResult};
+use wasmtime::{
+    Caller, Config, Engine, Extern, Instance, InstancePre, Linker, Memory, Module, Store,
+    StoreLimits, StoreLimitsBuilder, Trap, TypedFunc,
+};
+
+/// Default fuel a guest may burn in one delivery (roughly, Wasm instructions).
+pub const FUEL_PER_DELIVERY_DEFAULT: u64 = 1_000_000_000;
+/// Default maximum linear memory of a guest.
+pub const MEMORY_BYTES_MAX_DEFAULT: usize = 256 << 20;
+/// Default maximum size of one syscall payload or delivery.
+pub const MESSAGE_BYTES_MAX_DEFAULT: usize = 1 << 20;
+
+/// The exports ABI v1 requires of a guest.
+const REQUIRED_EXPORTS: [&str; 4] = ["memory", "vat_abi_version", "vat_alloc", "vat_deliver"];
+
+/// The imports ABI v1 offers, all in module [`IMPORT_MODULE`].
+const OFFERED_IMPORTS: [&str; 12] = [
+    "send",
+    "resolve",
+    "subscribe",
+    "vatstore_get",
+    "vatstore_set",
+    "vatstore_delete",
+    "vatstore_get_next_key",
+    "drop_imports",
+    "retire_imports",
+    "retire_exports",
+    "exit",
+    "read_result",
+];
+
+/// Per-vat resource limits. Each has a name that errors repeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// `fuel_per_delivery`: Wasm fuel one delivery may consume.
+    pub fuel_per_delivery: u64,
+    /// `memory_bytes_max`: the most linear memory the guest may grow to.
+    pub memory_bytes_max: usize,
+    /// `message_bytes_max`: the largest delivery or syscall payload.
+    pub message_bytes_max: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            fuel_per_delivery: FUEL_PER_DELIVERY_DEFAULT,
+            memory_bytes_max: MEMORY_BYTES_MAX_DEFAULT,
+            message_bytes_max: MESSAGE_BYTES_MAX_DEFAULT,
+        }
+    }
+}
+
+/// Why a delivery failed. The guest is no longer trustworthy after any of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VatFault {
+    /// The guest trapped (a panic, `unreachable`, an out-of-bounds access...).
+    Trap(String),
+    /// The delivery used up `fuel_per_delivery`.
+    OutOfFuel { fuel_per_delivery: u64 },
+    /// The guest tried to grow past `memory_bytes_max`.
+    MemoryLimit { memory_bytes_max: usize },
+    /// The kernel refused a syscall (a forged reference, a malformed payload...).
+    IllegalSyscall(String),
+    /// The guest broke the ABI (bad buffers, a non-zero `vat_deliver` status...).
+    AbiViolation(String),
+    /// The guest asked to exit.
+    Exit { failure: bool, reason: String },
+}
+
+impl fmt::Display for VatFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            VatFault::Trap(reason) => write!(f, "guest trapped: {reason}"),
+            VatFault::OutOfFuel { fuel_per_delivery } => write!(
+                f,
+                "delivery exceeded fuel_per_delivery ({fuel_per_delivery})"
+            ),
+            VatFault::MemoryLimit { memory_bytes_max } => write!(
+                f,
+                "guest exceeded memory_bytes_max ({memory_bytes_max} bytes)"
+            ),
+            VatFault::IllegalSyscall(reason) => write!(f, "illegal syscall: {reason}"),
+            VatFault::AbiViolation(reason) => write!(f, "vat ABI violation: {reason}"),
+            VatFault::Exit { failure: true, reason } => write!(f, "vat exited with failure: {reason}"),
+            VatFault::Exit { failure: false, reason } => write!(f, "vat exited: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for VatFault {}
+
+/// Errors at the supervisor boundary.
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    #[error("not a Wasm module: {0}")]
+    NotWasm(String),
+    #[error("module lacks the vat ABI export `{0}` (is it built with vom::vat_main!?)")]
+    MissingExport(&'static str),
+    #[error("module speaks vat ABI version {found}; this kernel speaks version {expected}")]
+    AbiVersion { found: i32, expected: i32 },
+    #[error("module imports `{module}.{name}`, which vat ABI v1 does not offer")]
+    UnknownImport { module: String, name: String },
+    #[error("module does not fit the vat ABI: {0}")]
+    BadSignature(String),
+    #[error("{0}")]
+    Fault(#[from] VatFault),
+    #[error("wasm engine: {0}")]
+    Engine(String),
+}
+
+/// The kernel's side of a delivery: answers the guest's syscalls.
+pub trait SyscallHandler {
+    /// Carries out `call`. An `Err` refuses it: the guest traps with that reason.
+    fn syscall(&mut self, call: Syscall) -> Result<SyscallResult, String>;
+}
+
+/// A running vat, however it is hosted.
+pub trait Worker {
+    /// Runs one delivery to completion, calling `handler` for each syscall.
+    fn deliver(
+        &mut self,
+        delivery: &Delivery,
+        handler: &mut dyn SyscallHandler,
+    ) -> Result<(), VatFault>;
+}
+
+/// One wasmtime engine, configured for deterministic, metered guests, and the
+/// linker that offers ABI v1. Share one per kernel: modules compiled by it
+/// can start any number of workers.
+pub struct WasmHost {
+    engine: Engine,
+    linker: Linker<HostState>,
+}
+
+impl fmt::Debug for WasmHost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WasmHost").finish_non_exhaustive()
+    }
+}
+
+/// A compiled module that passed the ABI checks, ready to start workers.
+#[derive(Clone)]
+pub struct VatModule {
+    pre: InstancePre<HostState>,
+}
+
+impl fmt::Debug for VatModule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VatModule").finish_non_exhaustive()
+    }
+}
+
+struct HostState {
+    limits: StoreLimits,
+    message_bytes_max: usize,
+    /// Valid only while `ThreadWorker::deliver` runs; see the SAFETY note there.
+    handler: Option<*mut (dyn SyscallHandler + 'static)>,
+    /// Bytes the last syscall returned, waiting for `read_result`.
+    result: Option<Vec<u8>>,
+    /// Set when a host function refuses a call, so the trap it causes is reported as such.
+    fault: Option<VatFault>,
+}
+
+fn engine_error(e: impl fmt::Display) -> SupervisorError {
+    SupervisorError::Engine(e.to_string())
+}
+
+impl WasmHost {
+    pub fn new() -> Result<WasmHost, SupervisorError> {
+        let mut config = Config::new();
+        config
+            .consume_fuel(true)
+            // Determinism: every NaN a guest produces has one bit pattern, and no
+            // feature whose results vary by machine or schedule is offered
+            // (threads are compiled out: the `threads` feature is not enabled).
+            .cranelift_nan_canonicalization(true)
+            .wasm_relaxed_simd(false);
+        let engine = Engine::new(&config).map_err(engine_error)?;
+        let mut linker = Linker::new(&engine);
+        define_imports(&mut linker).map_err(engine_error)?;
+        Ok(WasmHost { engine, linker })
+    }
+
+    /// Compiles `bytes` and checks them against the ABI: the required exports
+    /// with their types, only offered imports, and a matching ABI version.
+    pub fn compile(&self, bytes: &[u8]) -> Result<VatModule, SupervisorError> {
+        if !bytes.starts_with(b"\0asm") {
+            return Err(SupervisorError::NotWasm(
+                "the file does not start with the Wasm magic number".into(),
+            ));
+        }
+        let module = Module::new(&self.engine, bytes)
+            .map_err(|e| SupervisorError::NotWasm(format!("{e:#}").replace('\n', " ")))?;
+        for import in module.imports() {
+            if import.module() != IMPORT_MODULE || !OFFERED_IMPORTS.contains(&import.name()) {
+                return Err(SupervisorError::UnknownImport {
+                    module: import.module().to_owned(),
+                    name: import.name().to_owned(),
+                });
+            }
+        }
+        for name in REQUIRED_EXPORTS {
+            if module.get_export(name).is_none() {
+                return Err(SupervisorError::MissingExport(name));
+            }
+        }
+        let pre = self
+            .linker
+            .instantiate_pre(&module)
+            .map_err(|e| SupervisorError::BadSignature(format!("{e:#}")))?;
+        let vat_module = VatModule { pre };
+        // Ask the module which ABI it speaks, in a throwaway instance.
+        let mut probe = ThreadWorker::start(self, &vat_module, Limits::default())?;
+        let version_fn = probe
+            .instance
+            .get_typed_func::<(), i32>(&mut probe.store, "vat_abi_version")
+            .map_err(|e| SupervisorError::BadSignature(format!("vat_abi_version: {e}")))?;
+        let found = version_fn
+            .call(&mut probe.store, ())
+            .map_err(|e| SupervisorError::Fault(VatFault::Trap(format!("{e:#}"))))?;
+        if found != ABI_VERSION {
+            return Err(SupervisorError::AbiVersion {
+                found,
+                expected: ABI_VERSION,
+            });
+        }
+        Ok(vat_module)
+    }
+}
+
+fn memory_of(caller: &mut Caller<'_, HostState>) -> Result<Memory, VatFault> {
+    match caller.get_export("memory") {
+        Some(Extern::Memory(memory)) => Ok(memory),
+        _ => Err(VatFault::AbiViolation("the guest has no exported memory".into())),
+    }
+}
+
+fn read_guest(caller: &mut Caller<'_, HostState>, ptr: i32, len: i32) -> Result<Vec<u8>, VatFault> {
+    let max = caller.data().message_bytes_max;
+    if len < 0 || len as usize > max {
+        return Err(VatFault::IllegalSyscall(format!(
+            "payload of {len} bytes exceeds message_bytes_max ({max})"
+        )));
+    }
+    let memory = memory_of(caller)?;
+    let data = memory.data(&caller);
+    let start = ptr as u32 as usize;
+    data.get(start..start + len as usize)
+        .map(<[u8]>::to_vec)
+        .ok_or_else(|| VatFault::AbiViolation(format!("buffer {start}+{len} is outside guest memory")))
+}
+
+fn read_text(caller: &mut Caller<'_, HostState>, ptr: i32, len: i32) -> Result<String, VatFault> {
+    String::from_utf8(read_guest(caller, ptr, len)?)
+        .map_err(|_| VatFault::IllegalSyscall("payload is not UTF-8".into()))
+}
+
+/// Records `fault` so the trap it causes is reported precisely, and returns the trap.
+fn refuse(caller: &mut Caller<'_, HostState>, fault: VatFault) -> wasmtime::Error {
+    let message = fault.to_string();
+    caller.data_mut().fault = Some(fault);
+    wasmtime::Error::msg(message)
+}
+
+fn call_handler(caller: &mut Caller<'_, HostState>, call: Syscall) -> Result<SyscallResult, wasmtime::Error> {
+    let handler = caller
+        .data()
+        .handler
+        .expect("vat-supervisor invariant: syscalls happen only during a delivery");
+    // SAFETY: `handler` was set from a live `&mut dyn SyscallHandler` by
+    // `ThreadWorker::deliver`, which clears it before that borrow ends; the
+    // guest can only call in during that window, on this thread.
+    let handler = unsafe { &mut *handler };
+    handler
+        .syscall(call)
+        .map_err(|reason| refuse(caller, VatFault::IllegalSyscall(reason)))
+}
+
+/// Hands a syscall's result to the guest: its length now, its bytes on `read_result`.
+fn stash_result(caller: &mut Caller<'_, HostState>, result: SyscallResult) -> i32 {
+    match result {
+        Some(text) => {
+            let len = text.len() as i32;
+            caller.data_mut().result = Some(text.into_bytes());
+            len
+        }
+        None => -1,
+    }
+}
+
+fn json_syscall(
+    caller: &mut Caller<'_, HostState>,
+    ptr: i32,
+    len: i32,
+    import: &str,
+) -> Result<(), wasmtime::Error> {
+    let text = read_text(caller, ptr, len).map_err(|f| refuse(caller, f))?;
+    let call: Syscall = serde_json::from_str(&text).map_err(|e| {
+        refuse(caller, VatFault::IllegalSyscall(format!("malformed {import} payload: {e}")))
+    })?;
+    let matches = matches!(
+        (&call, import),
+        (Syscall::Send { .. }, "send")
+            | (Syscall::Resolve { .. }, "resolve")
+            | (Syscall::Subscribe { .. }, "subscribe")
+            | (Syscall::DropImports { .. }, "drop_imports")
+            | (Syscall::RetireImports { .. }, "retire_imports")
+            | (Syscall::RetireExports { .. }, "retire_exports")
+            | (Syscall::Exit { .. }, "exit")
+    );
+    if !matches {
+        return Err(refuse(
+            caller,
+            VatFault::IllegalSyscall(format!("the {import} import got a different syscall")),
+        ));
+    }
+    if let Syscall::Exit { failure, info } = &call {
+        let reason = vom::capdata::decode(info).map_or_else(
+            |e| e.to_string(),
+            |v| match v {
+                vom::Value::String(s) => s,
+                vom::Value::Error(e) => e.to_string(),
+                other => vom::capdata::encode(&other).body,
+            },
+        );
+        return Err(refuse(caller, VatFault::Exit { failure: *failure, reason }));
+    }
+    call_handler(caller, call).map(|_| ())
+}
+
+fn define_imports(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    for import in [
+        "send",
+        "resolve",
+        "subscribe",
+        "drop_imports",
+        "retire_imports",
+        "retire_exports",
+        "exit",
+    ] {
+        linker.func_wrap(
+            IMPORT_MODULE,
+            import,
+            move |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| {
+                json_syscall(&mut caller, ptr, len, import)
+            },
+        )?;
+    }
+    linker.func_wrap(
+        IMPORT_MODULE,
+        "vatstore_get",
+        |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| -> wasmtime::Result<i32> {
+            let key = read_text(&mut caller, ptr, len).map_err(|f| refuse(&mut caller, f))?;
+            let result = call_handler(&mut caller, Syscall::VatstoreGet { key })?;
+            Ok(stash_result(&mut caller, result))
+        },
+    )?;
+    linker.func_wrap(
+        IMPORT_MODULE,
+        "vatstore_get_next_key",
+        |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| -> wasmtime::Result<i32> {
+            let key = read_text(&mut caller, ptr, len).map_err(|f| refuse(&mut caller, f))?;
+            let result = call_handler(&mut caller, Syscall::VatstoreGetNextKey { key })?;
+            Ok(stash_result(&mut caller, result))
+        },
+    )?;
+    linker.func_wrap(
+        IMPORT_MODULE,
+        "vatstore_set",
+        |mut caller: Caller<'_, HostState>, kp: i32, kl: i32, vp: i32, vl: i32| -> wasmtime::Result<()> {
+            let key = read_text(&mut caller, kp, kl).map_err(|f| refuse(&mut caller, f))?;
+            let value = read_text(&mut caller, vp, vl).map_err(|f| refuse(&mut caller, f))?;
+            call_handler(&mut caller, Syscall::VatstoreSet { key, value }).map(|_| ())
+        },
+    )?;
+    linker.func_wrap(
+        IMPORT_MODULE,
+        "vatstore_delete",
+        |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| -> wasmtime::Result<()> {
+            let key = read_text(&mut caller, ptr, len).map_err(|f| refuse(&mut caller, f))?;
+            call_handler(&mut caller, Syscall::VatstoreDelete { key }).map(|_| ())
+        },
+    )?;
+    linker.func_wrap(
+        IMPORT_MODULE,
+        "read_result",
+        |mut caller: Caller<'_, HostState>, ptr: i32| -> wasmtime::Result<()> {
+            let Some(bytes) = caller.data_mut().result.take() else {
+                return Err(refuse(
+                    &mut caller,
+                    VatFault::AbiViolation("read_result with no pending result".into()),
+                ));
+            };
+            let memory = memory_of(&mut caller).map_err(|f| refuse(&mut caller, f))?;
+            memory.write(&mut caller, ptr as u32 as usize, &bytes).map_err(|_| {
+                refuse(
+                    &mut caller,
+                    VatFault::AbiViolation("read_result buffer is outside guest memory".into()),
+                )
+            })
+        },
+    )?;
+    Ok(())
+}
+
+/// A vat hosted in this process, on the caller's thread.
+pub struct ThreadWorker {
+    store: Store<HostState>,
+    instance: Instance,
+    memory: Memory,
+    alloc: TypedFunc<i32, i32>,
+    deliver: TypedFunc<(i32, i32), i32>,
+    limits: Limits,
+}
+
+impl fmt::Debug for ThreadWorker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ThreadWorker")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+fn signature_error(name: &str, e: impl fmt::Display) -> SupervisorError {
+    SupervisorError::BadSignature(format!("{name}: {e}"))
+}
+
+impl ThreadWorker {
+    /// Instantiates `module` with `limits`. Runs no delivery: the kernel sends
+    /// `startVat` first.
+    pub fn start(host: &WasmHost, module: &VatModule, limits: Limits) -> Result<ThreadWorker, SupervisorError> {
+        let state = HostState {
+            limits: StoreLimitsBuilder::new()
+                .memory_size(limits.memory_bytes_max)
+                .trap_on_grow_failure(true)
+                .build(),
+            message_bytes_max: limits.message_bytes_max,
+            handler: None,
+            result: None,
+            fault: None,
+        };
+        let mut store = Store::new(&host.engine, state);
+        store.limiter(|state| &mut state.limits);
+        store
+            .set_fuel(limits.fuel_per_delivery)
+            .map_err(engine_error)?;
+        let instance = module
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| classify_trap(&e, &mut store, &limits))
+            .map_err(SupervisorError::Fault)?;
+        let memory = instance
+            .get_memory(&mut store, "memory")
+            .ok_or(SupervisorError::MissingExport("memory"))?;
+        let alloc = instance
+            .get_typed_func::<i32, i32>(&mut store, "vat_alloc")
+            .map_err(|e| signature_error("vat_alloc", e))?;
+        let deliver = instance
+            .get_typed_func::<(i32, i32), i32>(&mut store, "vat_deliver")
+            .map_err(|e| signature_error("vat_deliver", e))?;
+        Ok(ThreadWorker {
+            store,
+            instance,
+            memory,
+            alloc,
+            deliver,
+            limits,
+        })
+    }
+
+    fn run_delivery(&mut self, bytes: &[u8]) -> Result<(), VatFault> {
+        let len = i32::try_from(bytes.len())
+            .map_err(|_| VatFault::AbiViolation("delivery too large".into()))?;
+        let ptr = self
+            .alloc
+            .call(&mut self.store, len)
+            .map_err(|e| classify_trap(&e, &mut self.store, &self.limits))?;
+        self.memory
+            .write(&mut self.store, ptr as u32 as usize, bytes)
+            .map_err(|_| VatFault::AbiViolation(format!("vat_alloc returned {ptr}, outside guest memory")))?;
+        let status = self
+            .deliver
+            .call(&mut self.store, (ptr, len))
+            .map_err(|e| classify_trap(&e, &mut self.store, &self.limits))?;
+        if status != 0 {
+            return Err(VatFault::AbiViolation(format!(
+                "vat_deliver returned status {status}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Turns a wasmtime error into the fault that caused it.
+fn classify_trap(error: &wasmtime::Error, store: &mut Store<HostState>, limits: &Limits) -> VatFault {
+    if let Some(fault) = store.data_mut().fault.take() {
+        return fault;
+    }
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => VatFault::OutOfFuel {
+            fuel_per_delivery: limits.fuel_per_delivery,
+        },
+        Some(trap) => VatFault::Trap(trap.to_string()),
+        None if format!("{error:#}").contains("memory") && format!("{error:#}").contains("limit") => {
+            VatFault::MemoryLimit {
+                memory_bytes_max: limits.memory_bytes_max,
+            }
+        }
+        None => VatFault::Trap(format!("{error:#}").replace('\n', " ")),
+    }
+}
+
+impl Worker for ThreadWorker {
+    fn deliver(&mut self, delivery: &Delivery, handler: &mut dyn SyscallHandler) -> Result<(), VatFault> {
+        let bytes = serde_json::to_vec(delivery).expect("vat-supervisor invariant: deliveries serialize");
+        if bytes.len() > self.limits.message_bytes_max {
+            return Err(VatFault::AbiViolation(format!(
+                "delivery of {} bytes exceeds message_bytes_max ({})",
+                bytes.len(),
+                self.limits.message_bytes_max
+            )));
+        }
+        self.store
+            .set_fuel(self.limits.fuel_per_delivery)
+            .expect("vat-supervisor invariant: fuel is enabled on the engine");
+        // SAFETY: the handler pointer is erased to 'static only to sit in the
+        // store's data while the guest runs below; it is cleared before this
+        // function returns, so it never outlives the `&mut` it came from.
+        let handler: *mut (dyn SyscallHandler + '_) = handler;
+        let handler: *mut (dyn SyscallHandler + 'static) = unsafe { std::mem::transmute(handler) };
+        self.store.data_mut().handler = Some(handler);
+        self.store.data_mut().fault = None;
+        let outcome = self.run_delivery(&bytes);
+        let state = self.store.data_mut();
+        state.handler = None;
+        state.result = None;
+        outcome
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host() -> WasmHost {
+        WasmHost::new().unwrap()
+    }
+
+    #[test]
+    fn refuses_bytes_that_are_not_wasm() {
+        let err = host().compile(b"#!/bin/sh\necho hi\n").unwrap_err();
+        assert!(matches!(err, SupervisorError::NotWasm(_)), "{err}");
+    }
+
+    #[test]
+    fn refuses_a_module_without_the_abi_exports() {
+        let wasm = wat::parse_str("(module (memory (export \"memory\") 1))").unwrap();
+        let err = host().compile(&wasm).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "module lacks the vat ABI export `vat_abi_version` (is it built with vom::vat_main!?)"
+        );
+    }
+
+    #[test]
+    fn refuses_imports_the_abi_does_not_offer() {
+        let wasm = wat::parse_str(
+            r#"(module (import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32))))"#,
+        )
+        .unwrap();
+        let err = host().compile(&wasm).unwrap_err();
+        assert!(err.to_string().contains("wasi_snapshot_preview1.fd_write"), "{err}");
+    }
+
+    const MINIMAL: &str = r#"
+        (module
+          (import "vat" "vatstore_set" (func $set (param i32 i32 i32 i32)))
+          (memory (export "memory") 1)
+          (data (i32.const 16) "keyvalue")
+          (func (export "vat_abi_version") (result i32) i32.const VERSION)
+          (func (export "vat_alloc") (param i32) (result i32) i32.const 1024)
+          (func (export "vat_deliver") (param i32 i32) (result i32)
+            (call $set (i32.const 16) (i32.const 3) (i32.const 19) (i32.const 5))
+            (loop $spin (br_if $spin (i32.load8_u (i32.const 0))))
+            i32.const 0))
+    "#;
+
+    fn minimal(version: i32) -> Vec<u8> {
+        wat::parse_str(MINIMAL.replace("VERSION", &version.to_string())).unwrap()
+    }
+
+    struct Recorder(Vec<Syscall>, Result<(), String>);
+    impl SyscallHandler for Recorder {
+        fn syscall(&mut self, call: Syscall) -> Result<SyscallResult, String> {
+            self.0.push(call);
+            self.1.clone().map(|()| None)
+        }
+    }
+
+    #[test]
+    fn refuses_another_abi_version() {
+        let err = host().compile(&minimal(7)).unwrap_err();
+        assert!(matches!(err, SupervisorError::AbiVersion { found: 7, expected: 1 }), "{err}");
+    }
+
+    #[test]
+    fn delivers_and_routes_syscalls_to_the_handler() {
+        let host = host();
+        let module = host.compile(&minimal(ABI_VERSION)).unwrap();
+        let mut worker = ThreadWorker::start(&host, &module, Limits::default()).unwrap();
+        let mut recorder = Recorder(Vec::new(), Ok(()));
+        worker.deliver(&Delivery::StartVat, &mut recorder).unwrap();
+        assert_eq!(
+            recorder.0,
+            [Syscall::VatstoreSet {
+                key: "key".into(),
+                value: "value".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn a_refused_syscall_is_reported_as_such() {
+        let host = host();
+        let module = host.compile(&minimal(ABI_VERSION)).unwrap();
+        let mut worker = ThreadWorker::start(&host, &module, Limits::default()).unwrap();
+        let mut recorder = Recorder(Vec::new(), Err("vref o-9 is not in the c-list".into()));
+        let fault = worker.deliver(&Delivery::StartVat, &mut recorder).unwrap_err();
+        assert_eq!(fault, VatFault::IllegalSyscall("vref o-9 is not in the c-list".into()));
+    }
+
+    #[test]
+    fn fuel_bounds_a_delivery() {
+        let host = host();
+        // The guest spins while byte 0 of its memory is non-zero: make it so.
+        let wasm = wat::parse_str(
+            MINIMAL
+                .replace("VERSION", "1")
+                .replace("(data (i32.const 16) \"keyvalue\")", "(data (i32.const 0) \"\\01\") (data (i32.const 16) \"keyvalue\")"),
+        )
+        .unwrap();
+        let module = host.compile(&wasm).unwrap();
+        let limits = Limits {
+            fuel_per_delivery: 100_000,
+            ..Limits::default()
+        };
+        let mut worker = ThreadWorker::start(&host, &module, limits).unwrap();
+        let fault = worker
+            .deliver(&Delivery::StartVat, &mut Recorder(Vec::new(), Ok(())))
+            .unwrap_err();
+        assert_eq!(fault, VatFault::OutOfFuel { fuel_per_delivery: 100_000 });
+        assert!(fault.to_string().contains("fuel_per_delivery"));
+    }
+}

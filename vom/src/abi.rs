@@ -1,0 +1,147 @@
+//! The vat host ABI, version 1: what a vat's Wasm module exports, what the
+//! host lets it import, and the JSON messages that cross between them.
+//!
+//! # Guest exports
+//!
+//! | export | signature | meaning |
+//! |---|---|---|
+//! | `memory` | memory | the guest's linear memory |
+//! | `vat_abi_version` | `() -> i32` | must return [`ABI_VERSION`] |
+//! | `vat_alloc` | `(len: i32) -> i32` | returns a buffer of `len` bytes the host may fill |
+//! | `vat_deliver` | `(ptr: i32, len: i32) -> i32` | takes ownership of the buffer holding a JSON [`Delivery`]; returns 0 when the delivery was handled |
+//!
+//! # Host imports (module `"vat"`)
+//!
+//! Each syscall of the design has one import. Payloads are JSON of the
+//! matching [`Syscall`] variant, passed as `(ptr, len)` in guest memory.
+//! Vatstore keys and values are raw UTF-8, with no JSON around them.
+//!
+//! | import | signature | syscall |
+//! |---|---|---|
+//! | `send` | `(ptr, len)` | [`Syscall::Send`] |
+//! | `resolve` | `(ptr, len)` | [`Syscall::Resolve`] |
+//! | `subscribe` | `(ptr, len)` | [`Syscall::Subscribe`] |
+//! | `vatstore_get` | `(key_ptr, key_len) -> i32` | value length, or -1 when absent; read it with `read_result` |
+//! | `vatstore_set` | `(key_ptr, key_len, value_ptr, value_len)` | |
+//! | `vatstore_delete` | `(key_ptr, key_len)` | |
+//! | `vatstore_get_next_key` | `(key_ptr, key_len) -> i32` | next key's length, or -1 at the end; read it with `read_result` |
+//! | `drop_imports` / `retire_imports` / `retire_exports` | `(ptr, len)` | [`Syscall::DropImports`] etc. |
+//! | `exit` | `(ptr, len)` | [`Syscall::Exit`] |
+//! | `read_result` | `(ptr)` | copies the last syscall's result bytes to `ptr` |
+//!
+//! A syscall the host refuses (a vref not in the vat's c-list, a payload that
+//! does not parse, a limit exceeded) traps the guest: the crank is rolled back
+//! and the vat is terminated with the reason.
+
+use serde::{Deserialize, Serialize};
+
+use crate::capdata::CapData;
+
+/// The ABI version this crate speaks. Bumped on any incompatible change.
+pub const ABI_VERSION: i32 = 1;
+
+/// The module name the guest imports syscalls from.
+pub const IMPORT_MODULE: &str = "vat";
+
+/// A promise's settlement, as delivered in `notify` and sent in `resolve`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resolution {
+    pub promise: String,
+    pub rejected: bool,
+    pub data: CapData,
+}
+
+/// What the kernel delivers to a vat: one per crank.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum Delivery {
+    /// Sent each time a worker starts the vat: the guest builds its root object (`o+0`).
+    StartVat,
+    /// A message to one of the vat's objects (or promises it decides).
+    Message {
+        target: String,
+        method: String,
+        args: CapData,
+        /// The promise the vat must settle with the method's outcome.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        result: Option<String>,
+    },
+    /// Promises the vat subscribed to have settled.
+    Notify { resolutions: Vec<Resolution> },
+}
+
+/// What a vat asks of the kernel during a delivery.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum Syscall {
+    Send {
+        target: String,
+        method: String,
+        args: CapData,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        result: Option<String>,
+    },
+    Resolve {
+        resolutions: Vec<Resolution>,
+    },
+    Subscribe {
+        promise: String,
+    },
+    VatstoreGet {
+        key: String,
+    },
+    VatstoreSet {
+        key: String,
+        value: String,
+    },
+    VatstoreDelete {
+        key: String,
+    },
+    VatstoreGetNextKey {
+        key: String,
+    },
+    DropImports {
+        vrefs: Vec<String>,
+    },
+    RetireImports {
+        vrefs: Vec<String>,
+    },
+    RetireExports {
+        vrefs: Vec<String>,
+    },
+    Exit {
+        failure: bool,
+        info: CapData,
+    },
+}
+
+/// What a syscall returns to the guest: data for reads, nothing otherwise.
+pub type SyscallResult = Option<String>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deliveries_are_tagged_json() {
+        let delivery = Delivery::Message {
+            target: "o+0".into(),
+            method: "increment".into(),
+            args: CapData {
+                body: "#[]".into(),
+                slots: vec![],
+            },
+            result: Some("p-1".into()),
+        };
+        let json = serde_json::to_string(&delivery).unwrap();
+        assert_eq!(
+            json,
+            r##"{"type":"message","target":"o+0","method":"increment","args":{"body":"#[]","slots":[]},"result":"p-1"}"##
+        );
+        assert_eq!(serde_json::from_str::<Delivery>(&json).unwrap(), delivery);
+        assert_eq!(
+            serde_json::to_string(&Delivery::StartVat).unwrap(),
+            r#"{"type":"startVat"}"#
+        );
+    }
+}

@@ -1,0 +1,332 @@
+//! The guest side of the membrane: the exports table, vref allocation,
+//! dispatch of deliveries to objects, eventual sends and the promises they
+//! return, and a small single-threaded executor so methods can `await`.
+//!
+//! A vat's heap is a cache of its vatstore. What must survive a restart is
+//! kept there: the id counters (so a restarted vat never reuses a vref) and
+//! whatever the program stores itself.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
+
+use crate::abi::{Delivery, Resolution, Syscall};
+use crate::capdata::{self, ErrorValue, Ref, Value};
+use crate::sys;
+use crate::{Args, Error, Exo, Reply};
+
+/// The vatstore key under which vom keeps its id counters.
+const IDS_KEY: &str = "vom.ids";
+/// Vatstore keys with this prefix belong to vom; programs may not touch them.
+pub(crate) const RESERVED_PREFIX: &str = "vom.";
+/// The vref of every vat's root object.
+pub const ROOT_VREF: &str = "o+0";
+
+type LocalFuture = Pin<Box<dyn Future<Output = Result<Value, Error>>>>;
+
+#[derive(Debug, Default)]
+struct PromiseRecord {
+    subscribed: bool,
+    settled: Option<Result<Value, Value>>,
+    waker: Option<Waker>,
+}
+
+struct Task {
+    future: LocalFuture,
+    result: Option<String>,
+}
+
+#[derive(Default)]
+struct VatState {
+    exports: HashMap<String, Rc<dyn Exo>>,
+    export_ids: HashMap<usize, String>,
+    next_export_id: u64,
+    next_promise_id: u64,
+    ids_dirty: bool,
+    promises: HashMap<String, PromiseRecord>,
+    tasks: HashMap<u64, Task>,
+    next_task_id: u64,
+}
+
+thread_local! {
+    static VAT: RefCell<VatState> = RefCell::new(VatState::default());
+}
+
+/// Tasks woken since they were last polled. A `Mutex` because `Waker`s must be
+/// `Send + Sync`; a Wasm guest has one thread, so it never contends.
+static READY: Mutex<VecDeque<u64>> = Mutex::new(VecDeque::new());
+
+struct TaskWaker(u64);
+
+impl Wake for TaskWaker {
+    fn wake(self: Arc<Self>) {
+        READY.lock().expect("vom ready queue").push_back(self.0);
+    }
+}
+
+fn with_vat<T>(f: impl FnOnce(&mut VatState) -> T) -> T {
+    VAT.with(|vat| f(&mut vat.borrow_mut()))
+}
+
+/// Exports `object` (once: the same object keeps its vref) and returns a
+/// reference to it that can be passed in messages and results.
+pub fn export(object: Rc<dyn Exo>) -> Value {
+    let key = Rc::as_ptr(&object) as *const () as usize;
+    let iface = format!("Alleged: {}", object.interface_name());
+    let slot = with_vat(|vat| {
+        if let Some(vref) = vat.export_ids.get(&key) {
+            return vref.clone();
+        }
+        vat.next_export_id += 1;
+        vat.ids_dirty = true;
+        let vref = format!("o+{}", vat.next_export_id);
+        vat.export_ids.insert(key, vref.clone());
+        vat.exports.insert(vref.clone(), object);
+        vref
+    });
+    Value::Remotable(Ref {
+        slot,
+        iface: Some(iface),
+    })
+}
+
+fn allocate_promise() -> String {
+    with_vat(|vat| {
+        vat.next_promise_id += 1;
+        vat.ids_dirty = true;
+        let vpid = format!("p+{}", vat.next_promise_id);
+        vat.promises.insert(vpid.clone(), PromiseRecord::default());
+        vpid
+    })
+}
+
+/// The eventual result of a message sent with [`send`]. Await it for the
+/// outcome; pass [`Promise::to_value`] in a message to hand the promise on.
+#[derive(Debug)]
+pub struct Promise {
+    vpid: String,
+}
+
+impl Promise {
+    pub fn to_value(&self) -> Value {
+        Value::Promise(Ref::new(self.vpid.clone()))
+    }
+}
+
+impl Future for Promise {
+    type Output = Result<Value, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let (settled, subscribe) = with_vat(|vat| {
+            let record = vat
+                .promises
+                .get_mut(&self.vpid)
+                .expect("vom invariant: an awaited promise has a record until it settles");
+            if let Some(settled) = record.settled.take() {
+                vat.promises.remove(&self.vpid);
+                return (Some(settled), false);
+            }
+            record.waker = Some(cx.waker().clone());
+            let first = !record.subscribed;
+            record.subscribed = true;
+            (None, first)
+        });
+        match settled {
+            Some(Ok(value)) => Poll::Ready(Ok(value)),
+            Some(Err(reason)) => Poll::Ready(Err(rejection_error(reason))),
+            None => {
+                if subscribe {
+                    sys::syscall(&Syscall::Subscribe {
+                        promise: self.vpid.clone(),
+                    });
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+fn rejection_error(reason: Value) -> Error {
+    match reason {
+        Value::Error(error) => error,
+        other => ErrorValue {
+            name: "Error".into(),
+            message: format!("rejected with {}", capdata::encode(&other).body),
+        },
+    }
+}
+
+/// Sends `method(args)` to `target` eventually; the reply comes as a [`Promise`].
+pub fn send(target: &Ref, method: &str, args: Vec<Value>) -> Promise {
+    let vpid = allocate_promise();
+    sys::syscall(&Syscall::Send {
+        target: target.slot.clone(),
+        method: method.to_owned(),
+        args: capdata::encode(&Value::Array(args)),
+        result: Some(vpid.clone()),
+    });
+    Promise { vpid }
+}
+
+fn settle(result_vpid: Option<String>, outcome: Result<Value, Error>) {
+    let Some(promise) = result_vpid else { return };
+    let (rejected, value) = match outcome {
+        Ok(value) => (false, value),
+        Err(error) => (true, Value::Error(error)),
+    };
+    sys::syscall(&Syscall::Resolve {
+        resolutions: vec![Resolution {
+            promise,
+            rejected,
+            data: capdata::encode(&value),
+        }],
+    });
+}
+
+fn spawn(future: LocalFuture, result: Option<String>) {
+    let id = with_vat(|vat| {
+        vat.next_task_id += 1;
+        let id = vat.next_task_id;
+        vat.tasks.insert(id, Task { future, result });
+        id
+    });
+    READY.lock().expect("vom ready queue").push_back(id);
+}
+
+/// Polls woken tasks until none is ready: what a delivery set in motion runs
+/// as far as it can before the crank ends.
+fn run_ready_tasks() {
+    loop {
+        let next = READY.lock().expect("vom ready queue").pop_front();
+        let Some(id) = next else { break };
+        // The task leaves the table while it runs, so it may spawn or send freely.
+        let Some(mut task) = with_vat(|vat| vat.tasks.remove(&id)) else {
+            continue;
+        };
+        let waker = Waker::from(Arc::new(TaskWaker(id)));
+        let mut cx = Context::from_waker(&waker);
+        match task.future.as_mut().poll(&mut cx) {
+            Poll::Ready(outcome) => settle(task.result, outcome),
+            Poll::Pending => with_vat(|vat| {
+                vat.tasks.insert(id, task);
+            }),
+        }
+    }
+}
+
+fn load_ids() {
+    let (export_id, promise_id) = match sys::vatstore_get(IDS_KEY) {
+        Some(text) => {
+            let (e, p) = text
+                .split_once(',')
+                .expect("vom invariant: vom.ids is 'exports,promises'");
+            (
+                e.parse().expect("vom invariant: vom.ids export counter"),
+                p.parse().expect("vom invariant: vom.ids promise counter"),
+            )
+        }
+        None => (0, 0),
+    };
+    with_vat(|vat| {
+        vat.next_export_id = export_id;
+        vat.next_promise_id = promise_id;
+    });
+}
+
+fn save_ids_if_dirty() {
+    let ids = with_vat(|vat| {
+        std::mem::take(&mut vat.ids_dirty)
+            .then(|| format!("{},{}", vat.next_export_id, vat.next_promise_id))
+    });
+    if let Some(ids) = ids {
+        sys::vatstore_set(IDS_KEY, &ids);
+    }
+}
+
+fn deliver_message(target: &str, method: &str, args: &capdata::CapData, result: Option<String>) {
+    let object = with_vat(|vat| vat.exports.get(target).cloned());
+    let Some(object) = object else {
+        let message = format!(
+            "object {target} is gone: it was not durable and its vat restarted since it was exported"
+        );
+        return settle(result, Err(Error::new(message)));
+    };
+    let args = match capdata::decode(args) {
+        Ok(Value::Array(items)) => Args::new(items),
+        Ok(_) => return settle(result, Err(Error::type_error("arguments must be an array"))),
+        Err(e) => return settle(result, Err(Error::type_error(e.to_string()))),
+    };
+    match object.call(method, args) {
+        Reply::Ready(outcome) => settle(result, outcome),
+        Reply::Later(future) => spawn(future, result),
+    }
+}
+
+fn deliver_notify(resolutions: Vec<Resolution>) {
+    for resolution in resolutions {
+        let outcome = match capdata::decode(&resolution.data) {
+            Ok(value) if resolution.rejected => Err(value),
+            Ok(value) => Ok(value),
+            Err(e) => Err(Value::error(e.to_string())),
+        };
+        let waker = with_vat(|vat| {
+            let record = vat.promises.entry(resolution.promise).or_default();
+            record.settled = Some(outcome);
+            record.waker.take()
+        });
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
+/// Handles one delivery (the body of the guest's `vat_deliver` export).
+pub fn dispatch(delivery: Delivery, make_root: impl FnOnce() -> Rc<dyn Exo>) {
+    match delivery {
+        Delivery::StartVat => {
+            load_ids();
+            let root = make_root();
+            let key = Rc::as_ptr(&root) as *const () as usize;
+            with_vat(|vat| {
+                vat.export_ids.insert(key, ROOT_VREF.to_owned());
+                vat.exports.insert(ROOT_VREF.to_owned(), root);
+            });
+        }
+        Delivery::Message {
+            target,
+            method,
+            args,
+            result,
+        } => deliver_message(&target, &method, &args, result),
+        Delivery::Notify { resolutions } => deliver_notify(resolutions),
+    }
+    run_ready_tasks();
+    save_ids_if_dirty();
+}
+
+/// The guest's `vat_alloc` export: a buffer of `len` bytes for the host to fill.
+pub fn alloc(len: i32) -> i32 {
+    let buffer = vec![0u8; len.max(0) as usize].into_boxed_slice();
+    Box::into_raw(buffer) as *mut u8 as usize as i32
+}
+
+/// The guest's `vat_deliver` export: decodes the buffer made by [`alloc`] and dispatches it.
+///
+/// # Safety
+/// `ptr` and `len` must come from one call of [`alloc`], and be used once.
+pub unsafe fn deliver_raw(ptr: i32, len: i32, make_root: impl FnOnce() -> Rc<dyn Exo>) -> i32 {
+    let slice = std::ptr::slice_from_raw_parts_mut(ptr as usize as *mut u8, len.max(0) as usize);
+    // SAFETY: per this function's contract, the buffer came from `alloc(len)`.
+    let bytes = unsafe { Box::from_raw(slice) };
+    match serde_json::from_slice::<Delivery>(&bytes) {
+        Ok(delivery) => {
+            dispatch(delivery, make_root);
+            0
+        }
+        Err(_) => 1,
+    }
+}
