@@ -1,1 +1,16 @@
-//! placeholder
+//! The vat kernel: krefs, c-lists, object and promise tables, the run queue
+//! and the crank loop, all kept in swingstore; plus the home folder the `vat`
+//! CLI runs against.
+//!
+//! The API boundary is [`Kernel`] (spawn vats, queue messages, run cranks),
+//! [`Home`] (open a locked home and its kernel), and the display forms in
+//! [`display`] that the CLI uses for values.
+
+pub mod display;
+mod home;
+mod kernel;
+mod state;
+
+pub use home::{Home, HomeError, InitOutcome, LOCK_WAIT_MS_DEFAULT, did_key};
+pub use kernel::{CommitPolicy, Kernel, KernelError, VatInfo, check_name, is_kref};
+pub use state::PromiseState;

@@ -1,0 +1,180 @@
+//! How values look on the command line, in both directions.
+//!
+//! Output is JSON. Plain data stands for itself; what JSON cannot say is a
+//! one-key object: `{"$ref": "counter"}` (a reference, by pet name where one
+//! is bound, else by kref), `{"$promise": "kp4"}`, `{"$bigint": "12"}`,
+//! `{"$undefined": true}`, `{"$number": "NaN"}`, `{"$symbol": "name"}`,
+//! `{"$error": "message", "name": "TypeError"}`, `{"$tag": "t", "payload": ...}`.
+//!
+//! Input (each ARG of `vat send`) is a bound pet name or a kref (a reference),
+//! else JSON (with the same `$` forms), else a plain string. To pass a string
+//! that is also a pet name, quote it as JSON: `'"counter"'`.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value as Json, json};
+use vom::{ErrorValue, Ref, Value};
+
+/// Renders `value` for people and scripts; `name_of` maps a kref to its display name.
+pub fn to_display(value: &Value, name_of: &dyn Fn(&str) -> String) -> Json {
+    match value {
+        Value::Undefined => json!({"$undefined": true}),
+        Value::Null => Json::Null,
+        Value::Bool(b) => Json::Bool(*b),
+        Value::Number(n) if n.is_finite() => {
+            if n.fract() == 0.0 && n.abs() < 9.007_199_254_740_992e15 {
+                Json::from(*n as i64)
+            } else {
+                Json::from(*n)
+            }
+        }
+        Value::Number(n) => json!({"$number": n.to_string().replace("inf", "Infinity")}),
+        Value::BigInt(n) => json!({"$bigint": n.to_string()}),
+        Value::String(s) => Json::from(s.as_str()),
+        Value::Symbol(s) => json!({"$symbol": s}),
+        Value::Array(items) => Json::Array(items.iter().map(|v| to_display(v, name_of)).collect()),
+        Value::Record(map) => Json::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), to_display(v, name_of)))
+                .collect(),
+        ),
+        Value::Tagged { tag, payload } => json!({"$tag": tag, "payload": to_display(payload, name_of)}),
+        Value::Remotable(r) => json!({"$ref": name_of(&r.slot)}),
+        Value::Promise(r) => json!({"$promise": name_of(&r.slot)}),
+        Value::Error(e) => json!({"$error": e.message, "name": e.name}),
+    }
+}
+
+/// Parses one command-line argument. `resolve` maps a pet name or kref to a
+/// kref, or says it is unknown.
+pub fn parse_arg(text: &str, resolve: &dyn Fn(&str) -> Option<String>) -> Result<Value, String> {
+    if let Some(kref) = resolve(text) {
+        return Ok(reference(kref));
+    }
+    match serde_json::from_str::<Json>(text) {
+        Ok(json) => from_display(&json, resolve),
+        Err(_) => Ok(Value::String(text.to_owned())),
+    }
+}
+
+fn reference(kref: String) -> Value {
+    if kref.starts_with("kp") {
+        Value::Promise(Ref::new(kref))
+    } else {
+        Value::Remotable(Ref::new(kref))
+    }
+}
+
+fn from_display(json: &Json, resolve: &dyn Fn(&str) -> Option<String>) -> Result<Value, String> {
+    Ok(match json {
+        Json::Null => Value::Null,
+        Json::Bool(b) => Value::Bool(*b),
+        Json::Number(n) => Value::Number(n.as_f64().unwrap_or(f64::NAN)),
+        Json::String(s) => Value::String(s.clone()),
+        Json::Array(items) => Value::Array(
+            items
+                .iter()
+                .map(|v| from_display(v, resolve))
+                .collect::<Result<_, _>>()?,
+        ),
+        Json::Object(map) => {
+            let single = |key: &str| (map.len() == 1).then(|| map.get(key)).flatten();
+            if let Some(Json::String(name)) = single("$ref").or_else(|| single("$promise")) {
+                let kref = resolve(name).ok_or_else(|| format!("unknown reference {name:?}"))?;
+                return Ok(reference(kref));
+            }
+            if let Some(Json::String(digits)) = single("$bigint") {
+                return digits
+                    .parse()
+                    .map(Value::BigInt)
+                    .map_err(|_| format!("bad $bigint {digits:?}"));
+            }
+            if single("$undefined").is_some() {
+                return Ok(Value::Undefined);
+            }
+            if let Some(Json::String(n)) = single("$number") {
+                return match n.as_str() {
+                    "NaN" => Ok(Value::Number(f64::NAN)),
+                    "Infinity" => Ok(Value::Number(f64::INFINITY)),
+                    "-Infinity" => Ok(Value::Number(f64::NEG_INFINITY)),
+                    _ => Err(format!("bad $number {n:?}")),
+                };
+            }
+            if let Some(Json::String(message)) = map.get("$error") {
+                let name = map.get("name").and_then(Json::as_str).unwrap_or("Error");
+                return Ok(Value::Error(ErrorValue {
+                    name: name.to_owned(),
+                    message: message.clone(),
+                }));
+            }
+            let mut record = BTreeMap::new();
+            for (key, value) in map {
+                if key.starts_with('$') {
+                    return Err(format!("unknown special form {key:?} (see `vat send --help`)"));
+                }
+                record.insert(key.clone(), from_display(value, resolve)?);
+            }
+            Value::Record(record)
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(name: &str) -> Option<String> {
+        match name {
+            "counter" | "ko1" => Some("ko1".to_owned()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn arguments_are_pet_names_then_json_then_strings() {
+        assert_eq!(parse_arg("counter", &resolve).unwrap(), Value::Remotable(Ref::new("ko1")));
+        assert_eq!(parse_arg("ko1", &resolve).unwrap(), Value::Remotable(Ref::new("ko1")));
+        assert_eq!(parse_arg("42", &resolve).unwrap(), Value::Number(42.0));
+        assert_eq!(parse_arg("\"counter\"", &resolve).unwrap(), Value::string("counter"));
+        assert_eq!(parse_arg("hello world", &resolve).unwrap(), Value::string("hello world"));
+        assert_eq!(
+            parse_arg(r#"{"to":{"$ref":"counter"},"n":{"$bigint":"7"}}"#, &resolve).unwrap(),
+            Value::record([
+                ("to", Value::Remotable(Ref::new("ko1"))),
+                ("n", Value::BigInt(7))
+            ])
+        );
+    }
+
+    #[test]
+    fn unknown_references_and_forms_in_json_are_errors() {
+        assert!(parse_arg(r#"{"$ref":"nobody"}"#, &resolve).unwrap_err().contains("nobody"));
+        assert!(parse_arg(r#"{"$weird":1}"#, &resolve).unwrap_err().contains("$weird"));
+    }
+
+    #[test]
+    fn display_names_references_and_marks_what_json_cannot_say() {
+        let value = Value::Array(vec![
+            Value::Number(3.0),
+            Value::Remotable(Ref::new("ko1")),
+            Value::Undefined,
+            Value::BigInt(-5),
+        ]);
+        let shown = to_display(&value, &|kref| if kref == "ko1" { "counter".into() } else { kref.into() });
+        assert_eq!(
+            shown.to_string(),
+            r#"[3,{"$ref":"counter"},{"$undefined":true},{"$bigint":"-5"}]"#
+        );
+    }
+
+    #[test]
+    fn display_round_trips_through_parse() {
+        let value = Value::record([
+            ("big", Value::BigInt(1 << 70)),
+            ("nan", Value::Number(f64::INFINITY)),
+            ("who", Value::Remotable(Ref::new("ko1"))),
+        ]);
+        let shown = to_display(&value, &|k| k.to_owned());
+        assert_eq!(parse_arg(&shown.to_string(), &resolve).unwrap(), value);
+    }
+}

@@ -1,0 +1,205 @@
+//! A kernel's home folder: its SQLite store, its ed25519 key, and the lock
+//! that keeps two processes from running the same kernel at once.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::SigningKey;
+use swingstore::{Durability, SwingStore};
+
+use crate::kernel::{CommitPolicy, Kernel, KernelError};
+
+const STORE_FILE: &str = "store.sqlite";
+const KEY_FILE: &str = "kernel.key";
+const LOCK_FILE: &str = "lock";
+/// How long a command waits for another process to release the home.
+pub const LOCK_WAIT_MS_DEFAULT: u64 = 30_000;
+
+/// Errors about the home folder itself.
+#[derive(Debug, thiserror::Error)]
+pub enum HomeError {
+    #[error("no vat home at {0} (run `vat init` first, or pass --home)")]
+    Missing(PathBuf),
+    #[error("home {path} is in use by another vat process (waited {waited_ms} ms)")]
+    InUse { path: PathBuf, waited_ms: u64 },
+    #[error("home {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("home key {0} is damaged: expected 64 hex digits")]
+    BadKey(PathBuf),
+    #[error(transparent)]
+    Store(#[from] swingstore::StoreError),
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> HomeError + '_ {
+    move |source| HomeError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// An open, locked home. The lock is held until this is dropped.
+#[derive(Debug)]
+pub struct Home {
+    path: PathBuf,
+    key: SigningKey,
+    _lock: File,
+}
+
+/// What `vat init` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InitOutcome {
+    Created { did: String },
+    AlreadyExists { did: String },
+}
+
+/// The `did:key` of an ed25519 public key (multicodec 0xed, base58btc).
+pub fn did_key(key: &SigningKey) -> String {
+    let mut bytes = vec![0xed, 0x01];
+    bytes.extend_from_slice(key.verifying_key().as_bytes());
+    format!("did:key:z{}", bs58::encode(bytes).into_string())
+}
+
+fn lock(path: &Path, wait_ms: u64) -> Result<File, HomeError> {
+    let lock_path = path.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io_error(&lock_path))?;
+    let started = Instant::now();
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                if started.elapsed() >= Duration::from_millis(wait_ms) {
+                    return Err(HomeError::InUse {
+                        path: path.to_owned(),
+                        waited_ms: wait_ms,
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io_error(&lock_path)(e)),
+        }
+    }
+}
+
+fn read_key(path: &Path) -> Result<SigningKey, HomeError> {
+    let key_path = path.join(KEY_FILE);
+    let text = std::fs::read_to_string(&key_path).map_err(io_error(&key_path))?;
+    let text = text.trim();
+    if text.len() != 64 {
+        return Err(HomeError::BadKey(key_path));
+    }
+    let mut seed = [0u8; 32];
+    for (i, byte) in seed.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|_| HomeError::BadKey(key_path.clone()))?;
+    }
+    Ok(SigningKey::from_bytes(&seed))
+}
+
+fn write_key(path: &Path) -> Result<SigningKey, HomeError> {
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).map_err(|e| io_error(path)(std::io::Error::other(e.to_string())))?;
+    let hex: String = seed.iter().map(|b| format!("{b:02x}")).collect();
+    let key_path = path.join(KEY_FILE);
+    let temp_path = path.join(format!("{KEY_FILE}.tmp"));
+    let mut options = OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&temp_path).map_err(io_error(&temp_path))?;
+    file.write_all(format!("{hex}\n").as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(io_error(&temp_path))?;
+    std::fs::rename(&temp_path, &key_path).map_err(io_error(&key_path))?;
+    Ok(SigningKey::from_bytes(&seed))
+}
+
+impl Home {
+    /// Creates a home at `path` (store and key). An existing home is left unchanged.
+    pub fn init(path: &Path) -> Result<InitOutcome, HomeError> {
+        std::fs::create_dir_all(path).map_err(io_error(path))?;
+        let _lock = lock(path, LOCK_WAIT_MS_DEFAULT)?;
+        if path.join(KEY_FILE).exists() && path.join(STORE_FILE).exists() {
+            return Ok(InitOutcome::AlreadyExists {
+                did: did_key(&read_key(path)?),
+            });
+        }
+        let key = write_key(path)?;
+        let mut store = SwingStore::open(&path.join(STORE_FILE), Durability::Full)?;
+        store.commit()?;
+        Ok(InitOutcome::Created { did: did_key(&key) })
+    }
+
+    /// Opens and locks an existing home, waiting up to `lock_wait_ms` for another process.
+    pub fn open(path: &Path, lock_wait_ms: u64) -> Result<Home, HomeError> {
+        if !path.join(STORE_FILE).is_file() || !path.join(KEY_FILE).is_file() {
+            return Err(HomeError::Missing(path.to_owned()));
+        }
+        let lock = lock(path, lock_wait_ms)?;
+        let key = read_key(path)?;
+        Ok(Home {
+            path: path.to_owned(),
+            key,
+            _lock: lock,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The kernel's identity.
+    pub fn did(&self) -> String {
+        did_key(&self.key)
+    }
+
+    /// A kernel over this home's store. The home (and its lock) must outlive it.
+    pub fn kernel(&self, policy: CommitPolicy) -> Result<Kernel, HomeError> {
+        let store = SwingStore::open(&self.path.join(STORE_FILE), Durability::Full)?;
+        Ok(Kernel::new(store, policy)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_twice_keeps_the_first_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        let InitOutcome::Created { did } = Home::init(&home).unwrap() else {
+            panic!("first init creates")
+        };
+        assert!(did.starts_with("did:key:z6Mk"), "{did}");
+        assert_eq!(Home::init(&home).unwrap(), InitOutcome::AlreadyExists { did });
+    }
+
+    #[test]
+    fn a_second_opener_waits_then_reports_the_home_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        Home::init(dir.path()).unwrap();
+        let _first = Home::open(dir.path(), 0).unwrap();
+        let err = Home::open(dir.path(), 50).unwrap_err();
+        assert!(matches!(err, HomeError::InUse { waited_ms: 50, .. }), "{err}");
+    }
+
+    #[test]
+    fn opening_a_missing_home_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nowhere");
+        assert!(matches!(Home::open(&missing, 0), Err(HomeError::Missing(_))));
+        assert!(!missing.exists());
+    }
+}

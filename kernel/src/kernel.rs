@@ -1,0 +1,856 @@
+//! The crank loop: one delivery per crank, one swingstore savepoint per crank,
+//! commits grouped by a [`CommitPolicy`], and nothing reported outside before
+//! its commit.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use swingstore::{StoreError, SwingStore};
+use vat_supervisor::{Limits, SupervisorError, SyscallHandler, ThreadWorker, VatFault, VatModule, WasmHost, Worker};
+use vom::abi::{Delivery, Resolution, Syscall, SyscallResult};
+use vom::{CapData, Value};
+
+use crate::state::{KernelState, Message, PromiseState, RunQueueItem};
+
+/// The longest chain of promises forwarded to promises that routing follows.
+pub const FORWARDING_DEPTH_MAX: usize = 100;
+/// The most vatstore bytes (key plus value) one entry may hold.
+pub const VATSTORE_ENTRY_BYTES_MAX: usize = 1 << 20;
+
+/// Errors at the kernel boundary: bad requests and I/O. Broken invariants panic.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Module(#[from] SupervisorError),
+    #[error("vat name {0:?} is taken")]
+    VatNameTaken(String),
+    #[error("pet name {name:?} is already bound (to {kref})")]
+    PetNameTaken { name: String, kref: String },
+    #[error("invalid name {0:?}: use letters, digits, '-', '_' and '.', starting with a letter")]
+    BadName(String),
+    #[error("unknown reference {0:?}: not a pet name or a kref this kernel knows")]
+    UnknownTarget(String),
+    #[error("vat failed to start: {0}")]
+    StartFailed(VatFault),
+    #[error("the run queue emptied before {0} settled")]
+    Unsettled(String),
+}
+
+/// When ended cranks become durable. Output waits for the commit either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommitPolicy {
+    /// `cranks_per_commit_max`: commit after this many cranks (1: every crank).
+    pub cranks_per_commit_max: u32,
+    /// `commit_interval_ms`: commit when this long has passed since the last commit.
+    pub commit_interval_ms: u64,
+}
+
+impl CommitPolicy {
+    /// Every crank in its own SQLite transaction.
+    pub const EVERY_CRANK: CommitPolicy = CommitPolicy {
+        cranks_per_commit_max: 1,
+        commit_interval_ms: 0,
+    };
+    /// Cranks grouped, at most 1000 or 50 ms per commit.
+    pub const GROUPED: CommitPolicy = CommitPolicy {
+        cranks_per_commit_max: 1000,
+        commit_interval_ms: 50,
+    };
+}
+
+/// A vat as `vat list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VatInfo {
+    pub id: String,
+    pub name: String,
+    pub bundle: String,
+    pub root: String,
+    pub state: String,
+    pub reason: Option<String>,
+}
+
+/// The kernel: its tables in swingstore, its Wasm host and its live workers.
+pub struct Kernel {
+    state: KernelState,
+    host: WasmHost,
+    modules: HashMap<String, VatModule>,
+    workers: HashMap<String, Box<dyn Worker>>,
+    policy: CommitPolicy,
+    cranks_since_commit: u32,
+    last_commit: Instant,
+    cranks_total: u64,
+}
+
+impl std::fmt::Debug for Kernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kernel")
+            .field("store", &self.state.store.path())
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Names (vats, pet names) are short identifiers, so they never clash with krefs' syntax in use.
+pub fn check_name(name: &str) -> Result<(), KernelError> {
+    let mut chars = name.chars();
+    let ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && name.len() <= 64
+        && !is_kref(name);
+    if ok { Ok(()) } else { Err(KernelError::BadName(name.to_owned())) }
+}
+
+/// `ko12` or `kp40`.
+pub fn is_kref(text: &str) -> bool {
+    (text.starts_with("ko") || text.starts_with("kp"))
+        && text.len() > 2
+        && text[2..].bytes().all(|b| b.is_ascii_digit())
+}
+
+fn is_vref(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    bytes.len() > 2
+        && matches!(bytes[0], b'o' | b'p')
+        && matches!(bytes[1], b'+' | b'-')
+        && bytes[2..].iter().all(u8::is_ascii_digit)
+}
+
+fn error_capdata(message: &str) -> CapData {
+    vom::capdata::encode(&Value::error(message))
+}
+
+impl Kernel {
+    /// A kernel over `store`, which it takes over for good.
+    pub fn new(store: SwingStore, policy: CommitPolicy) -> Result<Kernel, KernelError> {
+        Ok(Kernel {
+            state: KernelState { store },
+            host: WasmHost::new()?,
+            modules: HashMap::new(),
+            workers: HashMap::new(),
+            policy,
+            cranks_since_commit: 0,
+            last_commit: Instant::now(),
+            cranks_total: 0,
+        })
+    }
+
+    /// How many cranks this kernel object has run.
+    pub fn cranks_total(&self) -> u64 {
+        self.cranks_total
+    }
+
+    /// Makes everything done so far durable. Report results only after this.
+    pub fn commit(&mut self) -> Result<(), KernelError> {
+        self.state.store.commit()?;
+        self.cranks_since_commit = 0;
+        self.last_commit = Instant::now();
+        Ok(())
+    }
+
+    fn module(&mut self, cid: &str) -> Result<VatModule, KernelError> {
+        if let Some(module) = self.modules.get(cid) {
+            return Ok(module.clone());
+        }
+        let parsed = SwingStore::parse_cid(cid)?;
+        let bytes = self
+            .state
+            .store
+            .get_bundle(&parsed)?
+            .unwrap_or_else(|| panic!("kernel invariant: bundle {cid} of a vat is stored"));
+        let module = self.host.compile(&bytes)?;
+        self.modules.insert(cid.to_owned(), module.clone());
+        Ok(module)
+    }
+
+    fn vat_limits(&self, vat: &str) -> Result<Limits, KernelError> {
+        let mut limits = Limits::default();
+        if let Some(fuel) = self.state.get(&format!("{vat}.fuelPerDelivery"))? {
+            limits.fuel_per_delivery = fuel
+                .parse()
+                .unwrap_or_else(|_| panic!("kernel invariant: {vat}.fuelPerDelivery is a number"));
+        }
+        Ok(limits)
+    }
+
+    /// Creates vat `name` from `wasm`, binds the pet name `name` to its root
+    /// object, and returns the root's kref. Nothing is written if any step fails.
+    pub fn spawn_vat(&mut self, name: &str, wasm: &[u8], fuel_per_delivery: Option<u64>) -> Result<String, KernelError> {
+        check_name(name)?;
+        if self.state.get(&format!("vat.name.{name}"))?.is_some() {
+            return Err(KernelError::VatNameTaken(name.to_owned()));
+        }
+        if let Some(kref) = self.state.get(&format!("pet.{name}"))? {
+            return Err(KernelError::PetNameTaken {
+                name: name.to_owned(),
+                kref,
+            });
+        }
+        // Compile (and check the ABI) before writing anything.
+        let module = self.host.compile(wasm)?;
+        self.state.store.begin_crank()?;
+        match self.spawn_in_crank(name, wasm, module, fuel_per_delivery) {
+            Ok(root) => {
+                self.state.store.end_crank()?;
+                self.commit()?;
+                Ok(root)
+            }
+            Err(e) => {
+                self.state.store.abort_crank()?;
+                Err(e)
+            }
+        }
+    }
+
+    fn spawn_in_crank(
+        &mut self,
+        name: &str,
+        wasm: &[u8],
+        module: VatModule,
+        fuel_per_delivery: Option<u64>,
+    ) -> Result<String, KernelError> {
+        let cid = self.state.store.add_bundle(wasm)?.to_string();
+        self.modules.insert(cid.clone(), module);
+        let vat = self.state.allocate_vat_id()?;
+        self.state.set(&format!("{vat}.name"), name)?;
+        self.state.set(&format!("{vat}.bundle"), &cid)?;
+        self.state.set(&format!("{vat}.state"), "running")?;
+        if let Some(fuel) = fuel_per_delivery {
+            self.state.set(&format!("{vat}.fuelPerDelivery"), &fuel.to_string())?;
+        }
+        self.state.set(&format!("vat.name.{name}"), &vat)?;
+        let root = self.state.allocate_object(&vat)?;
+        self.state.clist_add(&vat, &root, vom::runtime::ROOT_VREF)?;
+        self.state.set(&format!("pet.{name}"), &root)?;
+        if let Err(fault) = self.ensure_worker(&vat) {
+            self.workers.remove(&vat);
+            return Err(match fault {
+                WorkerStartError::Fault(fault) => KernelError::StartFailed(fault),
+                WorkerStartError::Kernel(e) => e,
+            });
+        }
+        Ok(root)
+    }
+
+    /// Starts `vat`'s worker if it is not running, delivering `startVat`
+    /// within the current crank.
+    fn ensure_worker(&mut self, vat: &str) -> Result<(), WorkerStartError> {
+        if self.workers.contains_key(vat) {
+            return Ok(());
+        }
+        let cid = self
+            .state
+            .get(&format!("{vat}.bundle"))?
+            .unwrap_or_else(|| panic!("kernel invariant: vat {vat} has a bundle"));
+        let module = self.module(&cid)?;
+        let limits = self.vat_limits(vat)?;
+        let mut worker = ThreadWorker::start(&self.host, &module, limits).map_err(|e| match e {
+            SupervisorError::Fault(fault) => WorkerStartError::Fault(fault),
+            other => WorkerStartError::Kernel(other.into()),
+        })?;
+        let mut syscalls = VatSyscalls::new(&mut self.state, vat);
+        let outcome = worker.deliver(&Delivery::StartVat, &mut syscalls);
+        syscalls.finish()?;
+        outcome.map_err(WorkerStartError::Fault)?;
+        self.workers.insert(vat.to_owned(), Box::new(worker));
+        Ok(())
+    }
+
+    /// Queues `method(args)` to `target` (a kref) and returns the result promise.
+    pub fn queue_message(&mut self, target: &str, method: &str, args: CapData) -> Result<String, KernelError> {
+        if !self.state.kref_exists(target)? {
+            return Err(KernelError::UnknownTarget(target.to_owned()));
+        }
+        for slot in &args.slots {
+            if !self.state.kref_exists(slot)? {
+                return Err(KernelError::UnknownTarget(slot.clone()));
+            }
+        }
+        let result = self.state.allocate_promise(None)?;
+        self.state.push_run_queue(&RunQueueItem::Send {
+            target: target.to_owned(),
+            message: Message {
+                method: method.to_owned(),
+                args,
+                result: Some(result.clone()),
+            },
+        })?;
+        Ok(result)
+    }
+
+    /// Runs cranks until `kpid` settles, then commits and returns its settlement.
+    pub fn run_until_settled(&mut self, kpid: &str) -> Result<PromiseState, KernelError> {
+        loop {
+            match self.state.promise_state(kpid)? {
+                None => return Err(KernelError::UnknownTarget(kpid.to_owned())),
+                Some(PromiseState::Unresolved) => {}
+                Some(settled) => {
+                    self.commit()?;
+                    return Ok(settled);
+                }
+            }
+            if !self.step()? {
+                self.commit()?;
+                return Err(KernelError::Unsettled(kpid.to_owned()));
+            }
+        }
+    }
+
+    /// Runs cranks until the run queue is empty, then commits. Returns the crank count.
+    pub fn run_until_idle(&mut self) -> Result<u64, KernelError> {
+        let mut cranks = 0;
+        while self.step()? {
+            cranks += 1;
+        }
+        self.commit()?;
+        Ok(cranks)
+    }
+
+    /// Runs one crank, if there is work. Commits as the policy says.
+    pub fn step(&mut self) -> Result<bool, KernelError> {
+        self.state.store.begin_crank()?;
+        let Some(item) = self.state.pop_run_queue()? else {
+            self.state.store.abort_crank()?;
+            return Ok(false);
+        };
+        match self.crank(item.clone()) {
+            Ok(()) => self.state.store.end_crank()?,
+            Err(CrankError::Fault { vat, fault }) => {
+                // The crank is undone entirely, then its message is settled
+                // and the vat terminated in a crank of their own.
+                self.state.store.abort_crank()?;
+                self.workers.remove(&vat);
+                self.state.store.begin_crank()?;
+                let popped = self.state.pop_run_queue()?;
+                assert_eq!(popped.as_ref(), Some(&item), "kernel invariant: a faulted crank's item is still at the head");
+                let reason = format!("vat {vat} terminated: {fault}");
+                self.terminate_vat(&vat, &reason)?;
+                if let RunQueueItem::Send { message, .. } = &item {
+                    self.reject_if_unresolved(message.result.as_deref(), &reason)?;
+                }
+                self.state.store.end_crank()?;
+            }
+            Err(CrankError::Kernel(e)) => {
+                self.state.store.abort_crank()?;
+                return Err(e);
+            }
+        }
+        self.cranks_total += 1;
+        self.cranks_since_commit += 1;
+        if self.cranks_since_commit >= self.policy.cranks_per_commit_max
+            || self.last_commit.elapsed() >= Duration::from_millis(self.policy.commit_interval_ms)
+        {
+            self.commit()?;
+        }
+        Ok(true)
+    }
+
+    fn crank(&mut self, item: RunQueueItem) -> Result<(), CrankError> {
+        match item {
+            RunQueueItem::Send { target, message } => self.route_send(&target, message, 0),
+            RunQueueItem::Notify { vat, promise } => self.deliver_notify(&vat, &promise),
+        }
+    }
+
+    fn route_send(&mut self, target: &str, message: Message, depth: usize) -> Result<(), CrankError> {
+        if target.starts_with("kp") {
+            if depth >= FORWARDING_DEPTH_MAX {
+                let reason = format!("promise forwarding deeper than FORWARDING_DEPTH_MAX ({FORWARDING_DEPTH_MAX})");
+                return Ok(self.reject_if_unresolved(message.result.as_deref(), &reason)?);
+            }
+            return match self.state.promise_state(target)? {
+                None => panic!("kernel invariant: queued messages target known promises ({target})"),
+                Some(PromiseState::Unresolved) => Ok(self.state.queue_on_promise(target, &message)?),
+                Some(PromiseState::Rejected(data)) => Ok(self.settle(message.result.as_deref(), true, &data)?),
+                Some(PromiseState::Fulfilled(data)) => match vom::capdata::decode(&data) {
+                    Ok(Value::Remotable(r)) | Ok(Value::Promise(r)) => self.route_send(&r.slot, message, depth + 1),
+                    _ => {
+                        let reason = format!("cannot deliver {:?}: {target} was fulfilled with data, not an object", message.method);
+                        Ok(self.reject_if_unresolved(message.result.as_deref(), &reason)?)
+                    }
+                },
+            };
+        }
+        let owner = self
+            .state
+            .object_owner(target)?
+            .unwrap_or_else(|| panic!("kernel invariant: queued messages target known objects ({target})"));
+        if self.state.get(&format!("{owner}.state"))?.as_deref() != Some("running") {
+            let why = self.state.get(&format!("{owner}.reason"))?.unwrap_or_default();
+            return Ok(self.reject_if_unresolved(message.result.as_deref(), &why)?);
+        }
+        self.deliver_message(&owner, target, message)
+    }
+
+    fn deliver_message(&mut self, vat: &str, target: &str, message: Message) -> Result<(), CrankError> {
+        self.ensure_worker(vat).map_err(|e| e.into_crank_error(vat))?;
+        let target_vref = self
+            .state
+            .clist_vref(vat, target)?
+            .unwrap_or_else(|| panic!("kernel invariant: {vat} exports {target}, so its c-list has it"));
+        let args = self.export_capdata(vat, &message.args)?;
+        let result = match &message.result {
+            Some(kpid) => {
+                self.state.set_promise_decider(kpid, Some(vat))?;
+                Some(self.kref_to_vref(vat, kpid)?)
+            }
+            None => None,
+        };
+        let delivery = Delivery::Message {
+            target: target_vref,
+            method: message.method,
+            args,
+            result,
+        };
+        self.deliver(vat, &delivery)
+    }
+
+    fn deliver_notify(&mut self, vat: &str, kpid: &str) -> Result<(), CrankError> {
+        if self.state.get(&format!("{vat}.state"))?.as_deref() != Some("running") {
+            return Ok(());
+        }
+        let Some(vpid) = self.state.clist_vref(vat, kpid)? else {
+            return Ok(());
+        };
+        let (rejected, data) = match self.state.promise_state(kpid)? {
+            Some(PromiseState::Fulfilled(data)) => (false, data),
+            Some(PromiseState::Rejected(data)) => (true, data),
+            other => panic!("kernel invariant: notify for settled promises only ({kpid}: {other:?})"),
+        };
+        self.ensure_worker(vat).map_err(|e| e.into_crank_error(vat))?;
+        let data = self.export_capdata(vat, &data)?;
+        // The vat forgets a promise once told how it settled; so does its c-list.
+        self.state.clist_remove(vat, kpid)?;
+        let delivery = Delivery::Notify {
+            resolutions: vec![Resolution {
+                promise: vpid,
+                rejected,
+                data,
+            }],
+        };
+        self.deliver(vat, &delivery)
+    }
+
+    fn deliver(&mut self, vat: &str, delivery: &Delivery) -> Result<(), CrankError> {
+        let worker = self
+            .workers
+            .get_mut(vat)
+            .expect("kernel invariant: a vat's worker runs before delivery");
+        let mut syscalls = VatSyscalls::new(&mut self.state, vat);
+        let outcome = worker.deliver(delivery, &mut syscalls);
+        syscalls.finish()?;
+        outcome.map_err(|fault| CrankError::Fault {
+            vat: vat.to_owned(),
+            fault,
+        })
+    }
+
+    fn kref_to_vref(&mut self, vat: &str, kref: &str) -> Result<String, StoreError> {
+        kref_to_vref(&mut self.state, vat, kref)
+    }
+
+    fn export_capdata(&mut self, vat: &str, data: &CapData) -> Result<CapData, StoreError> {
+        let slots = data
+            .slots
+            .iter()
+            .map(|kref| self.kref_to_vref(vat, kref))
+            .collect::<Result<_, _>>()?;
+        Ok(CapData {
+            body: data.body.clone(),
+            slots,
+        })
+    }
+
+    fn settle(&mut self, kpid: Option<&str>, rejected: bool, data: &CapData) -> Result<(), StoreError> {
+        match kpid {
+            Some(kpid) => settle_promise(&mut self.state, kpid, rejected, data),
+            None => Ok(()),
+        }
+    }
+
+    fn reject_if_unresolved(&mut self, kpid: Option<&str>, reason: &str) -> Result<(), StoreError> {
+        let Some(kpid) = kpid else { return Ok(()) };
+        if self.state.promise_state(kpid)? == Some(PromiseState::Unresolved) {
+            settle_promise(&mut self.state, kpid, true, &error_capdata(reason))?;
+        }
+        Ok(())
+    }
+
+    /// Marks `vat` terminated and rejects every promise it decides.
+    fn terminate_vat(&mut self, vat: &str, reason: &str) -> Result<(), StoreError> {
+        self.workers.remove(vat);
+        self.state.set(&format!("{vat}.state"), "terminated")?;
+        self.state.set(&format!("{vat}.reason"), reason)?;
+        for (key, _) in self.state.scan_prefix(&format!("{vat}.c.kp"))? {
+            let kpid = &key[format!("{vat}.c.").len()..];
+            if self.state.promise_decider(kpid)?.as_deref() == Some(vat) {
+                self.reject_if_unresolved(Some(kpid), reason)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The settlement of `kpid` as it is now.
+    pub fn promise_state(&self, kpid: &str) -> Result<Option<PromiseState>, KernelError> {
+        Ok(self.state.promise_state(kpid)?)
+    }
+
+    /// The kref a pet name is bound to.
+    pub fn pet_name(&self, name: &str) -> Result<Option<String>, KernelError> {
+        Ok(self.state.get(&format!("pet.{name}"))?)
+    }
+
+    /// Binds `name` to `kref`. Fails if the name is taken.
+    pub fn bind_pet_name(&mut self, name: &str, kref: &str) -> Result<(), KernelError> {
+        check_name(name)?;
+        if let Some(existing) = self.pet_name(name)? {
+            return Err(KernelError::PetNameTaken {
+                name: name.to_owned(),
+                kref: existing,
+            });
+        }
+        if !self.state.kref_exists(kref)? {
+            return Err(KernelError::UnknownTarget(kref.to_owned()));
+        }
+        self.state.set(&format!("pet.{name}"), kref)?;
+        Ok(())
+    }
+
+    /// Every pet name and its kref, by name.
+    pub fn pet_names(&self) -> Result<Vec<(String, String)>, KernelError> {
+        Ok(self
+            .state
+            .scan_prefix("pet.")?
+            .into_iter()
+            .map(|(k, v)| (k["pet.".len()..].to_owned(), v))
+            .collect())
+    }
+
+    /// Resolves a pet name or a known kref to a kref.
+    pub fn resolve_reference(&self, text: &str) -> Result<String, KernelError> {
+        if let Some(kref) = self.pet_name(text)? {
+            return Ok(kref);
+        }
+        if is_kref(text) && self.state.kref_exists(text)? {
+            return Ok(text.to_owned());
+        }
+        Err(KernelError::UnknownTarget(text.to_owned()))
+    }
+
+    /// Every vat, in creation order.
+    pub fn vats(&self) -> Result<Vec<VatInfo>, KernelError> {
+        let mut vats = Vec::new();
+        for (key, id) in self.state.scan_prefix("vat.name.")? {
+            let name = key["vat.name.".len()..].to_owned();
+            let field = |f: &str| self.state.get(&format!("{id}.{f}"));
+            vats.push(VatInfo {
+                bundle: field("bundle")?.unwrap_or_default(),
+                root: self.state.clist_kref(&id, vom::runtime::ROOT_VREF)?.unwrap_or_default(),
+                state: field("state")?.unwrap_or_default(),
+                reason: field("reason")?,
+                id,
+                name,
+            });
+        }
+        vats.sort_by_key(|v| v.id[1..].parse::<u64>().unwrap_or(u64::MAX));
+        Ok(vats)
+    }
+
+    /// How many items wait in the run queue.
+    pub fn run_queue_len(&self) -> Result<u64, KernelError> {
+        Ok(self.state.run_queue_len()?)
+    }
+
+    /// The store's own structural check (empty when sound).
+    pub fn integrity_check(&self) -> Result<Vec<String>, KernelError> {
+        Ok(self.state.store.integrity_check()?)
+    }
+}
+
+enum WorkerStartError {
+    Fault(VatFault),
+    Kernel(KernelError),
+}
+
+impl From<StoreError> for WorkerStartError {
+    fn from(e: StoreError) -> Self {
+        WorkerStartError::Kernel(e.into())
+    }
+}
+
+impl From<KernelError> for WorkerStartError {
+    fn from(e: KernelError) -> Self {
+        WorkerStartError::Kernel(e)
+    }
+}
+
+impl WorkerStartError {
+    fn into_crank_error(self, vat: &str) -> CrankError {
+        match self {
+            WorkerStartError::Fault(fault) => CrankError::Fault {
+                vat: vat.to_owned(),
+                fault,
+            },
+            WorkerStartError::Kernel(e) => CrankError::Kernel(e),
+        }
+    }
+}
+
+enum CrankError {
+    Fault { vat: String, fault: VatFault },
+    Kernel(KernelError),
+}
+
+impl From<StoreError> for CrankError {
+    fn from(e: StoreError) -> Self {
+        CrankError::Kernel(e.into())
+    }
+}
+
+fn kref_to_vref(state: &mut KernelState, vat: &str, kref: &str) -> Result<String, StoreError> {
+    if let Some(vref) = state.clist_vref(vat, kref)? {
+        return Ok(vref);
+    }
+    let kind = if kref.starts_with("ko") { 'o' } else { 'p' };
+    let vref = state.allocate_import_vref(vat, kind)?;
+    state.clist_add(vat, kref, &vref)?;
+    Ok(vref)
+}
+
+/// Settles `kpid`: notifies its subscribers and re-queues the messages that waited on it.
+fn settle_promise(state: &mut KernelState, kpid: &str, rejected: bool, data: &CapData) -> Result<(), StoreError> {
+    let (subscribers, queued) = state.settle_promise(kpid, rejected, data)?;
+    for vat in subscribers {
+        state.push_run_queue(&RunQueueItem::Notify {
+            vat,
+            promise: kpid.to_owned(),
+        })?;
+    }
+    for message in queued {
+        state.push_run_queue(&RunQueueItem::Send {
+            target: kpid.to_owned(),
+            message,
+        })?;
+    }
+    Ok(())
+}
+
+/// Answers one vat's syscalls during a delivery: translates its vrefs through
+/// its c-list and refuses anything it may not name.
+struct VatSyscalls<'a> {
+    state: &'a mut KernelState,
+    vat: &'a str,
+    /// A store failure inside a syscall: the crank must abort, and it is the
+    /// kernel's failure, not the vat's.
+    store_error: Option<StoreError>,
+}
+
+impl<'a> VatSyscalls<'a> {
+    fn new(state: &'a mut KernelState, vat: &'a str) -> Self {
+        VatSyscalls {
+            state,
+            vat,
+            store_error: None,
+        }
+    }
+
+    /// Surfaces a store failure that happened during the delivery.
+    fn finish(self) -> Result<(), StoreError> {
+        self.store_error.map_or(Ok(()), Err)
+    }
+
+    /// The kref for `vref`, allocating one for a new export (`o+N`, `p+N`).
+    fn vref_to_kref(&mut self, vref: &str) -> Result<String, Refusal> {
+        if !is_vref(vref) {
+            return Err(Refusal::Illegal(format!("malformed vref {vref:?}")));
+        }
+        if let Some(kref) = self.state.clist_kref(self.vat, vref)? {
+            return Ok(kref);
+        }
+        let kref = match vref.as_bytes()[..2] {
+            [b'o', b'+'] => self.state.allocate_object(self.vat)?,
+            [b'p', b'+'] => self.state.allocate_promise(Some(self.vat))?,
+            _ => {
+                return Err(Refusal::Illegal(format!(
+                    "vref {vref} is not in the c-list of {} (a forged or stale reference)",
+                    self.vat
+                )));
+            }
+        };
+        self.state.clist_add(self.vat, &kref, vref)?;
+        Ok(kref)
+    }
+
+    fn import_capdata(&mut self, data: &CapData) -> Result<CapData, Refusal> {
+        vom::capdata::decode(data).map_err(|e| Refusal::Illegal(e.to_string()))?;
+        let slots = data
+            .slots
+            .iter()
+            .map(|vref| self.vref_to_kref(vref))
+            .collect::<Result<_, _>>()?;
+        Ok(CapData {
+            body: data.body.clone(),
+            slots,
+        })
+    }
+
+    fn vatstore_key(&self, key: &str) -> String {
+        format!("{}.vs.{key}", self.vat)
+    }
+
+    fn handle(&mut self, call: Syscall) -> Result<SyscallResult, Refusal> {
+        match call {
+            Syscall::VatstoreGet { key } => Ok(self.state.get(&self.vatstore_key(&key))?),
+            Syscall::VatstoreSet { key, value } => {
+                if key.len() + value.len() > VATSTORE_ENTRY_BYTES_MAX {
+                    return Err(Refusal::Illegal(format!(
+                        "vatstore entry of {} bytes exceeds VATSTORE_ENTRY_BYTES_MAX ({VATSTORE_ENTRY_BYTES_MAX})",
+                        key.len() + value.len()
+                    )));
+                }
+                self.state.set(&self.vatstore_key(&key), &value)?;
+                Ok(None)
+            }
+            Syscall::VatstoreDelete { key } => {
+                self.state.delete(&self.vatstore_key(&key))?;
+                Ok(None)
+            }
+            Syscall::VatstoreGetNextKey { key } => {
+                let prefix = self.vatstore_key("");
+                let next = self.state.store.get_next_key(&self.vatstore_key(&key))?;
+                Ok(next.and_then(|k| k.strip_prefix(&prefix).map(str::to_owned)))
+            }
+            Syscall::Send {
+                target,
+                method,
+                args,
+                result,
+            } => {
+                let target = self.vref_to_kref(&target)?;
+                let args = self.import_capdata(&args)?;
+                let result = match result {
+                    None => None,
+                    Some(vpid) => Some(self.result_promise(&vpid)?),
+                };
+                self.state.push_run_queue(&RunQueueItem::Send {
+                    target,
+                    message: Message { method, args, result },
+                })?;
+                Ok(None)
+            }
+            Syscall::Subscribe { promise } => {
+                let kpid = self.promise_kref(&promise)?;
+                match self.state.promise_state(&kpid)? {
+                    Some(PromiseState::Unresolved) => self.state.add_subscriber(&kpid, self.vat)?,
+                    _ => self.state.push_run_queue(&RunQueueItem::Notify {
+                        vat: self.vat.to_owned(),
+                        promise: kpid,
+                    })?,
+                }
+                Ok(None)
+            }
+            Syscall::Resolve { resolutions } => {
+                for resolution in resolutions {
+                    let kpid = self.promise_kref(&resolution.promise)?;
+                    let decider = self.state.promise_decider(&kpid)?;
+                    let unresolved = self.state.promise_state(&kpid)? == Some(PromiseState::Unresolved);
+                    if decider.as_deref() != Some(self.vat) || !unresolved {
+                        return Err(Refusal::Illegal(format!(
+                            "{} may not resolve {} ({kpid}): it is not its unresolved decider",
+                            self.vat, resolution.promise
+                        )));
+                    }
+                    let data = self.import_capdata(&resolution.data)?;
+                    settle_promise(self.state, &kpid, resolution.rejected, &data)?;
+                    // A decider forgets a promise once it has resolved it.
+                    self.state.clist_remove(self.vat, &kpid)?;
+                }
+                Ok(None)
+            }
+            Syscall::DropImports { vrefs } => {
+                for vref in vrefs {
+                    let kref = self.known_import(&vref)?;
+                    self.state.clist_set_reachable(self.vat, &kref, false)?;
+                }
+                Ok(None)
+            }
+            Syscall::RetireImports { vrefs } => {
+                for vref in vrefs {
+                    let kref = self.known_import(&vref)?;
+                    self.state.clist_remove(self.vat, &kref)?;
+                }
+                Ok(None)
+            }
+            Syscall::RetireExports { vrefs } => {
+                for vref in vrefs {
+                    if !vref.starts_with("o+") {
+                        return Err(Refusal::Illegal(format!("retireExports of {vref}, which is not an export")));
+                    }
+                    let kref = self.existing_kref(&vref)?;
+                    self.state.clist_remove(self.vat, &kref)?;
+                }
+                Ok(None)
+            }
+            Syscall::Exit { .. } => panic!("vat-supervisor invariant: exit never reaches the kernel's handler"),
+        }
+    }
+
+    fn existing_kref(&mut self, vref: &str) -> Result<String, Refusal> {
+        self.state.clist_kref(self.vat, vref)?.ok_or_else(|| {
+            Refusal::Illegal(format!("vref {vref} is not in the c-list of {}", self.vat))
+        })
+    }
+
+    fn known_import(&mut self, vref: &str) -> Result<String, Refusal> {
+        if !vref.starts_with("o-") {
+            return Err(Refusal::Illegal(format!("{vref} is not an object import")));
+        }
+        self.existing_kref(vref)
+    }
+
+    fn promise_kref(&mut self, vpid: &str) -> Result<String, Refusal> {
+        if !vpid.starts_with('p') {
+            return Err(Refusal::Illegal(format!("{vpid} is not a promise")));
+        }
+        self.vref_to_kref(vpid)
+    }
+
+    /// The kernel promise for a send's result: a new `p+N` the kernel now decides.
+    fn result_promise(&mut self, vpid: &str) -> Result<String, Refusal> {
+        if !vpid.starts_with("p+") || self.state.clist_kref(self.vat, vpid)?.is_some() {
+            return Err(Refusal::Illegal(format!(
+                "send result {vpid} must be a new promise (p+N) of {}",
+                self.vat
+            )));
+        }
+        let kpid = self.state.allocate_promise(None)?;
+        self.state.clist_add(self.vat, &kpid, vpid)?;
+        Ok(kpid)
+    }
+}
+
+enum Refusal {
+    Illegal(String),
+    Store(StoreError),
+}
+
+impl From<StoreError> for Refusal {
+    fn from(e: StoreError) -> Self {
+        Refusal::Store(e)
+    }
+}
+
+impl SyscallHandler for VatSyscalls<'_> {
+    fn syscall(&mut self, call: Syscall) -> Result<SyscallResult, String> {
+        match self.handle(call) {
+            Ok(result) => Ok(result),
+            Err(Refusal::Illegal(reason)) => Err(reason),
+            Err(Refusal::Store(e)) => {
+                let reason = format!("kernel store failed: {e}");
+                self.store_error = Some(e);
+                Err(reason)
+            }
+        }
+    }
+}

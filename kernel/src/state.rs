@@ -1,0 +1,299 @@
+//! Every table the kernel keeps, as keys in swingstore. Nothing here is
+//! cached in memory: a crank's view is the store's view, so aborting the
+//! crank's savepoint rolls back every table at once.
+//!
+//! | key | value |
+//! |---|---|
+//! | `kernel.nextVat` / `kernel.nextObject` / `kernel.nextPromise` | next id to allocate |
+//! | `runQueue.head` / `runQueue.tail` / `runQueue.<n>` | the run queue: JSON [`RunQueueItem`]s |
+//! | `ko<N>.owner` | the vat that exports object `ko<N>` |
+//! | `kp<N>.state` | `unresolved`, `fulfilled` or `rejected` |
+//! | `kp<N>.decider` | the vat that may resolve it (absent: the kernel) |
+//! | `kp<N>.subscribers` | comma-separated vats to notify |
+//! | `kp<N>.queue` | JSON array of messages waiting for the resolution |
+//! | `kp<N>.data` | the settlement's capdata (krefs in its slots) |
+//! | `v<N>.name`, `.bundle`, `.state`, `.reason`, `.options` | the vat's record |
+//! | `v<N>.nextObject` / `v<N>.nextPromise` | next import ids (`o-N`, `p-N`) |
+//! | `v<N>.c.<kref>` | `R <vref>` (reachable) or `_ <vref>` (recognizable only) |
+//! | `v<N>.c.<vref>` | `<kref>` |
+//! | `v<N>.vs.<key>` | the vat's vatstore |
+//! | `vat.name.<name>` | the vat's id |
+//! | `pet.<name>` | the kref a CLI pet name is bound to |
+
+use serde::{Deserialize, Serialize};
+use swingstore::{StoreError, SwingStore};
+use vom::CapData;
+
+/// A message as the kernel keeps it: slots are krefs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub method: String,
+    pub args: CapData,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<String>,
+}
+
+/// One unit of work: a crank delivers exactly one of these.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum RunQueueItem {
+    Send { target: String, message: Message },
+    Notify { vat: String, promise: String },
+}
+
+/// A kernel promise's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PromiseState {
+    Unresolved,
+    Fulfilled(CapData),
+    Rejected(CapData),
+}
+
+pub(crate) type StoreResult<T> = Result<T, StoreError>;
+
+/// The kernel's tables over one swingstore.
+#[derive(Debug)]
+pub(crate) struct KernelState {
+    pub(crate) store: SwingStore,
+}
+
+fn parse_counter(key: &str, text: Option<String>) -> u64 {
+    text.map_or(1, |t| {
+        t.parse()
+            .unwrap_or_else(|_| panic!("kernel invariant: {key} holds a number, found {t:?}"))
+    })
+}
+
+impl KernelState {
+    pub(crate) fn get(&self, key: &str) -> StoreResult<Option<String>> {
+        self.store.get(key)
+    }
+
+    pub(crate) fn set(&mut self, key: &str, value: &str) -> StoreResult<()> {
+        self.store.set(key, value)
+    }
+
+    pub(crate) fn delete(&mut self, key: &str) -> StoreResult<()> {
+        self.store.delete(key)
+    }
+
+    /// Takes the next number from the counter at `key` (counters start at 1).
+    fn next_id(&mut self, key: &str) -> StoreResult<u64> {
+        let id = parse_counter(key, self.get(key)?);
+        self.set(key, &(id + 1).to_string())?;
+        Ok(id)
+    }
+
+    pub(crate) fn allocate_vat_id(&mut self) -> StoreResult<String> {
+        Ok(format!("v{}", self.next_id("kernel.nextVat")?))
+    }
+
+    pub(crate) fn allocate_object(&mut self, owner: &str) -> StoreResult<String> {
+        let kref = format!("ko{}", self.next_id("kernel.nextObject")?);
+        self.set(&format!("{kref}.owner"), owner)?;
+        Ok(kref)
+    }
+
+    /// A new unresolved promise, decided by `decider` (or by the kernel).
+    pub(crate) fn allocate_promise(&mut self, decider: Option<&str>) -> StoreResult<String> {
+        let kpid = format!("kp{}", self.next_id("kernel.nextPromise")?);
+        self.set(&format!("{kpid}.state"), "unresolved")?;
+        if let Some(vat) = decider {
+            self.set(&format!("{kpid}.decider"), vat)?;
+        }
+        Ok(kpid)
+    }
+
+    pub(crate) fn object_owner(&self, kref: &str) -> StoreResult<Option<String>> {
+        self.get(&format!("{kref}.owner"))
+    }
+
+    pub(crate) fn promise_state(&self, kpid: &str) -> StoreResult<Option<PromiseState>> {
+        let Some(state) = self.get(&format!("{kpid}.state"))? else {
+            return Ok(None);
+        };
+        let data = || -> StoreResult<CapData> {
+            let text = self
+                .get(&format!("{kpid}.data"))?
+                .unwrap_or_else(|| panic!("kernel invariant: settled {kpid} has data"));
+            Ok(serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("kernel invariant: {kpid}.data is capdata: {e}")))
+        };
+        Ok(Some(match state.as_str() {
+            "unresolved" => PromiseState::Unresolved,
+            "fulfilled" => PromiseState::Fulfilled(data()?),
+            "rejected" => PromiseState::Rejected(data()?),
+            other => panic!("kernel invariant: {kpid}.state is a known state, found {other:?}"),
+        }))
+    }
+
+    pub(crate) fn promise_decider(&self, kpid: &str) -> StoreResult<Option<String>> {
+        self.get(&format!("{kpid}.decider"))
+    }
+
+    pub(crate) fn set_promise_decider(&mut self, kpid: &str, decider: Option<&str>) -> StoreResult<()> {
+        let key = format!("{kpid}.decider");
+        match decider {
+            Some(vat) => self.set(&key, vat),
+            None => self.delete(&key),
+        }
+    }
+
+    /// Does `kref` name an object or promise the kernel knows?
+    pub(crate) fn kref_exists(&self, kref: &str) -> StoreResult<bool> {
+        if kref.starts_with("ko") {
+            Ok(self.object_owner(kref)?.is_some())
+        } else if kref.starts_with("kp") {
+            Ok(self.get(&format!("{kref}.state"))?.is_some())
+        } else {
+            Ok(false)
+        }
+    }
+
+    pub(crate) fn subscribers(&self, kpid: &str) -> StoreResult<Vec<String>> {
+        Ok(self
+            .get(&format!("{kpid}.subscribers"))?
+            .map(|s| s.split(',').map(str::to_owned).collect())
+            .unwrap_or_default())
+    }
+
+    pub(crate) fn add_subscriber(&mut self, kpid: &str, vat: &str) -> StoreResult<()> {
+        let mut subscribers = self.subscribers(kpid)?;
+        if !subscribers.iter().any(|s| s == vat) {
+            subscribers.push(vat.to_owned());
+            self.set(&format!("{kpid}.subscribers"), &subscribers.join(","))?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn queue_on_promise(&mut self, kpid: &str, message: &Message) -> StoreResult<()> {
+        let key = format!("{kpid}.queue");
+        let mut queue: Vec<Message> = match self.get(&key)? {
+            Some(text) => serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("kernel invariant: {key} is a message list: {e}")),
+            None => Vec::new(),
+        };
+        queue.push(message.clone());
+        let text = serde_json::to_string(&queue).expect("kernel invariant: messages serialize");
+        self.set(&key, &text)
+    }
+
+    /// Settles `kpid` and takes what waited on it: (subscribers, queued messages).
+    pub(crate) fn settle_promise(
+        &mut self,
+        kpid: &str,
+        rejected: bool,
+        data: &CapData,
+    ) -> StoreResult<(Vec<String>, Vec<Message>)> {
+        let subscribers = self.subscribers(kpid)?;
+        let queue_key = format!("{kpid}.queue");
+        let queue: Vec<Message> = match self.get(&queue_key)? {
+            Some(text) => serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("kernel invariant: {queue_key} is a message list: {e}")),
+            None => Vec::new(),
+        };
+        let state = if rejected { "rejected" } else { "fulfilled" };
+        self.set(&format!("{kpid}.state"), state)?;
+        let data_text = serde_json::to_string(data).expect("kernel invariant: capdata serializes");
+        self.set(&format!("{kpid}.data"), &data_text)?;
+        self.delete(&format!("{kpid}.decider"))?;
+        self.delete(&format!("{kpid}.subscribers"))?;
+        self.delete(&queue_key)?;
+        Ok((subscribers, queue))
+    }
+
+    // ---- run queue ----
+
+    fn queue_index(&self, key: &str) -> StoreResult<u64> {
+        Ok(self
+            .get(key)?
+            .map_or(0, |t| t.parse().unwrap_or_else(|_| panic!("kernel invariant: {key} is a number"))))
+    }
+
+    pub(crate) fn push_run_queue(&mut self, item: &RunQueueItem) -> StoreResult<()> {
+        let tail = self.queue_index("runQueue.tail")?;
+        let text = serde_json::to_string(item).expect("kernel invariant: run-queue items serialize");
+        self.set(&format!("runQueue.{tail}"), &text)?;
+        self.set("runQueue.tail", &(tail + 1).to_string())
+    }
+
+    pub(crate) fn pop_run_queue(&mut self) -> StoreResult<Option<RunQueueItem>> {
+        let head = self.queue_index("runQueue.head")?;
+        let tail = self.queue_index("runQueue.tail")?;
+        assert!(head <= tail, "kernel invariant: run-queue head {head} <= tail {tail}");
+        if head == tail {
+            return Ok(None);
+        }
+        let key = format!("runQueue.{head}");
+        let text = self
+            .get(&key)?
+            .unwrap_or_else(|| panic!("kernel invariant: run-queue entry {key} exists"));
+        self.delete(&key)?;
+        self.set("runQueue.head", &(head + 1).to_string())?;
+        Ok(Some(serde_json::from_str(&text).unwrap_or_else(|e| {
+            panic!("kernel invariant: {key} is a run-queue item: {e}")
+        })))
+    }
+
+    pub(crate) fn run_queue_len(&self) -> StoreResult<u64> {
+        Ok(self.queue_index("runQueue.tail")? - self.queue_index("runQueue.head")?)
+    }
+
+    // ---- c-lists ----
+
+    pub(crate) fn clist_vref(&self, vat: &str, kref: &str) -> StoreResult<Option<String>> {
+        Ok(self
+            .get(&format!("{vat}.c.{kref}"))?
+            .map(|entry| entry[2..].to_owned()))
+    }
+
+    pub(crate) fn clist_kref(&self, vat: &str, vref: &str) -> StoreResult<Option<String>> {
+        self.get(&format!("{vat}.c.{vref}"))
+    }
+
+    pub(crate) fn clist_add(&mut self, vat: &str, kref: &str, vref: &str) -> StoreResult<()> {
+        // Cheap enough to keep on in release: a c-list entry never silently replaces another.
+        assert!(
+            self.get(&format!("{vat}.c.{kref}"))?.is_none() && self.get(&format!("{vat}.c.{vref}"))?.is_none(),
+            "kernel invariant: c-list symmetry ({vat} maps {kref} or {vref} already)"
+        );
+        self.set(&format!("{vat}.c.{kref}"), &format!("R {vref}"))?;
+        self.set(&format!("{vat}.c.{vref}"), kref)
+    }
+
+    pub(crate) fn clist_remove(&mut self, vat: &str, kref: &str) -> StoreResult<()> {
+        if let Some(vref) = self.clist_vref(vat, kref)? {
+            let back = self.clist_kref(vat, &vref)?;
+            assert_eq!(
+                back.as_deref(),
+                Some(kref),
+                "kernel invariant: c-list symmetry ({vat}: {kref} -> {vref} -> {back:?})"
+            );
+            self.delete(&format!("{vat}.c.{kref}"))?;
+            self.delete(&format!("{vat}.c.{vref}"))?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn clist_set_reachable(&mut self, vat: &str, kref: &str, reachable: bool) -> StoreResult<()> {
+        if let Some(vref) = self.clist_vref(vat, kref)? {
+            let flag = if reachable { 'R' } else { '_' };
+            self.set(&format!("{vat}.c.{kref}"), &format!("{flag} {vref}"))?;
+        }
+        Ok(())
+    }
+
+    /// Allocates the next import vref of `kind` (`o` or `p`) in `vat`.
+    pub(crate) fn allocate_import_vref(&mut self, vat: &str, kind: char) -> StoreResult<String> {
+        let key = if kind == 'o' {
+            format!("{vat}.nextObject")
+        } else {
+            format!("{vat}.nextPromise")
+        };
+        Ok(format!("{kind}-{}", self.next_id(&key)?))
+    }
+
+    pub(crate) fn scan_prefix(&self, prefix: &str) -> StoreResult<Vec<(String, String)>> {
+        self.store.scan_prefix(prefix)
+    }
+}
