@@ -1,1 +1,204 @@
-fn main(){}
+//! The `vat` CLI as a user drives it: real binary, real SQLite file, real Wasm guests.
+
+use std::process::Stdio;
+
+use vat_tests::VatHome;
+
+#[test]
+fn counter_counts_across_separate_processes() {
+    let home = VatHome::new();
+    assert_eq!(home.spawn("counter", "counter"), "ko1");
+    for expected in ["1", "2", "3"] {
+        assert_eq!(home.ok(&["send", "counter", "increment"]), expected);
+    }
+    assert_eq!(home.ok(&["send", "counter", "get"]), "3");
+    // The count lives in the counter vat's vatstore, committed to the file.
+    assert_eq!(home.get("v1.vs.count").as_deref(), Some("3"));
+}
+
+#[test]
+fn pingpong_sends_a_thousand_awaited_pings_to_another_vat() {
+    let home = VatHome::new();
+    home.spawn("a", "pingpong");
+    home.spawn("b", "pingpong");
+    assert_eq!(home.ok(&["send", "a", "run", "1000", "b"]), "1000");
+    // Nothing is left in flight once the result settled.
+    assert_eq!(home.get("runQueue.head"), home.get("runQueue.tail"));
+}
+
+#[test]
+fn references_are_passed_by_pet_name_and_kref() {
+    let home = VatHome::new();
+    home.spawn("a", "pingpong");
+    let b = home.spawn("b", "pingpong");
+    assert_eq!(home.ok(&["send", "a", "run", "3", &b]), "3");
+    assert_eq!(home.ok(&["send", "a", "run", "2", r#"{"$ref":"b"}"#]), "2");
+    // Pingpong's ping returns its argument, so a reference comes back by name.
+    assert_eq!(home.ok(&["send", "a", "ping", "b"]), r#"{"$ref":"b"}"#);
+}
+
+#[test]
+fn a_returned_reference_can_be_bound_with_as() {
+    let home = VatHome::new();
+    home.spawn("f", "faulty");
+    assert_eq!(home.ok(&["send", "f", "me", "--as", "self"]), r#"{"$ref":"self"}"#);
+    home.ok(&["send", "self", "set", "k", "v"]);
+    assert_eq!(home.ok(&["send", "f", "get", "k"]), r#""v""#);
+    let listing = home.ok(&["list"]);
+    assert!(listing.contains("self -> ko1"), "{listing}");
+    // Binding data, or binding a taken name, is refused.
+    let err = home.fails(&["send", "f", "get", "k", "--as", "data"]);
+    assert!(err.contains("not a reference"), "{err}");
+    let err = home.fails(&["send", "f", "me", "--as", "f"]);
+    assert!(err.contains("already bound"), "{err}");
+}
+
+#[test]
+fn init_again_says_so_and_changes_nothing() {
+    let home = VatHome::new();
+    let key = std::fs::read(home.path().join("kernel.key")).unwrap();
+    home.spawn("counter", "counter");
+    let before = home.dump();
+    let out = home.ok(&["init"]);
+    assert!(out.contains("already exists"), "{out}");
+    assert_eq!(home.dump(), before);
+    assert_eq!(std::fs::read(home.path().join("kernel.key")).unwrap(), key);
+}
+
+#[test]
+fn list_shows_vats_pet_names_and_krefs() {
+    let home = VatHome::new();
+    assert!(home.ok(&["list"]).contains("no vats"));
+    home.spawn("counter", "counter");
+    home.spawn("a", "pingpong");
+    let listing = home.ok(&["list"]);
+    assert!(listing.contains("v1 counter root ko1 running"), "{listing}");
+    assert!(listing.contains("v2 a root ko2 running"), "{listing}");
+    assert!(listing.contains("counter -> ko1"), "{listing}");
+}
+
+/// Each bad input gets one line of error, a non-zero exit, and leaves the store as it was.
+#[test]
+fn bad_input_fails_cleanly_and_changes_nothing() {
+    let home = VatHome::new();
+    home.spawn("counter", "counter");
+    home.ok(&["send", "counter", "increment"]);
+    let dir = tempfile::tempdir().unwrap();
+    let not_wasm = dir.path().join("notes.wasm");
+    std::fs::write(&not_wasm, "this is not wasm").unwrap();
+    // The smallest valid Wasm module: it has none of the vat ABI's exports.
+    let no_abi = dir.path().join("empty.wasm");
+    std::fs::write(&no_abi, b"\0asm\x01\0\0\0").unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["spawn", "x", not_wasm.to_str().unwrap()], "not a Wasm module"),
+        (vec!["spawn", "x", no_abi.to_str().unwrap()], "lacks the vat ABI export"),
+        (vec!["spawn", "x", "/no/such/file.wasm"], "cannot read"),
+        (vec!["spawn", "counter", no_abi.to_str().unwrap()], "taken"),
+        (vec!["spawn", "ko9", not_wasm.to_str().unwrap()], "invalid name"),
+        (vec!["send", "nobody", "increment"], "unknown reference \"nobody\""),
+        (vec!["send", "ko99", "increment"], "unknown reference \"ko99\""),
+        (vec!["send", "counter", "increment", r#"{"$ref":"nobody"}"#], "unknown reference"),
+        (vec!["send", "counter", "increment", r#"{"$bogus":1}"#], "unknown special form"),
+        (vec!["send", "counter", "get", "--as", "9lives"], "invalid name"),
+    ];
+    for (args, expected) in cases {
+        let before = home.dump();
+        let err = home.fails(&args);
+        assert!(err.contains(expected), "vat {args:?}: {err:?} should mention {expected:?}");
+        assert_eq!(home.dump(), before, "vat {args:?} changed the store");
+    }
+}
+
+/// A method the object lacks, or arguments it refuses, reject the result and
+/// leave the object's state untouched.
+#[test]
+fn a_refused_message_rejects_and_leaves_the_vat_state_alone() {
+    let home = VatHome::new();
+    home.spawn("counter", "counter");
+    home.ok(&["send", "counter", "increment"]);
+    let err = home.fails(&["send", "counter", "frob"]);
+    assert_eq!(err, "error: TypeError: no such method: frob");
+    let err = home.fails(&["send", "counter", "increment", "7"]);
+    assert_eq!(err, "error: TypeError: expected 0 argument(s), got 1");
+    assert_eq!(home.ok(&["send", "counter", "get"]), "1");
+    assert_eq!(home.get("v1.vs.count").as_deref(), Some("1"));
+}
+
+#[test]
+fn commands_need_a_home_and_do_not_create_one() {
+    let home = VatHome::uninitialized();
+    for args in [vec!["send", "counter", "get"], vec!["list"], vec!["spawn", "x", "y.wasm"]] {
+        let err = home.fails(&args);
+        assert!(err.contains("no vat home at"), "{err}");
+        assert!(err.contains("vat init"), "{err}");
+    }
+    assert!(!home.path().exists());
+}
+
+/// A guest that traps mid-crank: the crank's writes are gone, the vat is
+/// terminated, the caller's result is rejected with the reason, other vats work on.
+#[test]
+fn a_trapping_guest_is_terminated_and_its_crank_rolled_back() {
+    let home = VatHome::new();
+    home.spawn("f", "faulty");
+    home.spawn("counter", "counter");
+    home.ok(&["send", "f", "set", "before", "kept"]);
+    let err = home.fails(&["send", "f", "write_then_trap", "during"]);
+    assert!(err.starts_with("error: vat v1 terminated: guest trapped"), "{err}");
+    assert_eq!(home.get("v1.vs.before").as_deref(), Some("kept"));
+    assert_eq!(home.get("v1.vs.during"), None, "the trapped crank's write must be rolled back");
+    let listing = home.ok(&["list"]);
+    assert!(listing.contains("v1 f root ko1 terminated (vat v1 terminated: guest trapped"), "{listing}");
+    // Later messages to the dead vat are rejected with the same reason.
+    let err = home.fails(&["send", "f", "get", "before"]);
+    assert!(err.contains("vat v1 terminated"), "{err}");
+    // Other vats are unaffected.
+    assert_eq!(home.ok(&["send", "counter", "increment"]), "1");
+    assert_eq!(home.integrity(), "ok");
+}
+
+/// Several `vat` processes on one home take turns; none is lost.
+#[test]
+fn concurrent_invocations_take_turns_on_one_home() {
+    let home = VatHome::new();
+    home.spawn("counter", "counter");
+    let children: Vec<_> = (0..6)
+        .map(|_| {
+            home.command(&["send", "counter", "increment"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut seen: Vec<u64> = children
+        .into_iter()
+        .map(|child| {
+            let out = child.wait_with_output().unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8(out.stdout).unwrap().trim().parse().unwrap()
+        })
+        .collect();
+    seen.sort_unstable();
+    assert_eq!(seen, [1, 2, 3, 4, 5, 6]);
+    assert_eq!(home.ok(&["send", "counter", "get"]), "6");
+    assert_eq!(home.integrity(), "ok");
+}
+
+#[test]
+fn a_home_in_use_is_reported_after_the_wait() {
+    let home = VatHome::new();
+    // Hold the lock the way a running `vat` process does.
+    let lock = std::fs::OpenOptions::new().write(true).open(home.path().join("lock")).unwrap();
+    lock.lock().unwrap();
+    let err = home.fails(&["--lock-wait-ms", "100", "list"]);
+    assert!(err.contains("is in use by another vat process"), "{err}");
+}
+
+#[test]
+fn key_prints_the_kernels_did() {
+    let home = VatHome::new();
+    let did = home.ok(&["key"]);
+    assert!(did.starts_with("did:key:z6Mk"), "{did}");
+    assert_eq!(home.ok(&["key"]), did);
+}

@@ -1,1 +1,142 @@
-//! placeholder
+//! What every end-to-end test needs: a fresh home in a temporary folder, the
+//! real `vat` binary run against it, and the guest modules built for Wasm.
+//!
+//! The binary and the guests are built by `scripts/test` before the tests
+//! run (`VAT_BIN` and `VAT_GUESTS` override where they are looked for).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The folder cargo builds into, found from this test binary's own path
+/// (`<target>/<profile>/deps/<test>`).
+fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    exe.ancestors()
+        .nth(3)
+        .expect("test binary lives in <target>/<profile>/deps")
+        .to_owned()
+}
+
+/// The `vat` binary under test.
+pub fn vat_bin() -> PathBuf {
+    let path = std::env::var_os("VAT_BIN").map(PathBuf::from).unwrap_or_else(|| {
+        let exe = std::env::current_exe().expect("test binary path");
+        exe.parent().and_then(Path::parent).expect("profile dir").join("vat")
+    });
+    assert!(
+        path.is_file(),
+        "{} is missing: build it first (scripts/test does: cargo build -p kernel --bin vat)",
+        path.display()
+    );
+    path
+}
+
+/// A guest module, `counter`, `pingpong` or `faulty`, built for wasm32.
+pub fn guest(name: &str) -> PathBuf {
+    let dir = std::env::var_os("VAT_GUESTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir().join("wasm32-unknown-unknown/release"));
+    let path = dir.join(format!("{name}.wasm"));
+    assert!(
+        path.is_file(),
+        "{} is missing: build the guests first (scripts/build-guests)",
+        path.display()
+    );
+    path
+}
+
+/// A vat home in a temporary folder, removed when dropped.
+#[derive(Debug)]
+pub struct VatHome {
+    dir: tempfile::TempDir,
+}
+
+impl Default for VatHome {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl VatHome {
+    /// A home made by `vat init`.
+    pub fn new() -> VatHome {
+        let home = VatHome::uninitialized();
+        home.ok(&["init"]);
+        home
+    }
+
+    /// A folder for a home that `vat init` has not created.
+    pub fn uninitialized() -> VatHome {
+        VatHome {
+            dir: tempfile::tempdir().expect("temporary folder"),
+        }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+
+    /// A `vat` command against this home, ready to run or spawn.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(vat_bin());
+        command.arg("--home").arg(self.path()).args(args).env_remove("VAT_HOME");
+        command
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run vat")
+    }
+
+    /// Runs `vat ARGS`, expects success, returns stdout without the trailing newline.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "vat {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8 output").trim_end().to_owned()
+    }
+
+    /// Runs `vat ARGS`, expects a non-zero exit with exactly one line on
+    /// stderr, and returns that line.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        let stderr = String::from_utf8(out.stderr).expect("utf-8 errors");
+        assert!(!out.status.success(), "vat {args:?} should fail; stdout: {}", String::from_utf8_lossy(&out.stdout));
+        assert_eq!(stderr.lines().count(), 1, "vat {args:?}: one error line expected, got {stderr:?}");
+        stderr.trim_end().to_owned()
+    }
+
+    /// Every key and value in the home's store, read straight from SQLite.
+    pub fn dump(&self) -> Vec<(String, String)> {
+        let conn = rusqlite::Connection::open_with_flags(
+            self.path().join("store.sqlite"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .expect("open store");
+        let mut stmt = conn.prepare("SELECT key, value FROM kv ORDER BY key").expect("query");
+        stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+            .expect("rows")
+            .collect::<Result<_, _>>()
+            .expect("kv rows")
+    }
+
+    /// One key of the store, read straight from SQLite.
+    pub fn get(&self, key: &str) -> Option<String> {
+        self.dump().into_iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    /// SQLite's own integrity check of the store file.
+    pub fn integrity(&self) -> String {
+        let conn = rusqlite::Connection::open(self.path().join("store.sqlite")).expect("open store");
+        conn.query_row("PRAGMA integrity_check", [], |row| row.get(0)).expect("integrity_check")
+    }
+
+    /// Spawns `guest` as vat `name`, returning the root kref it printed.
+    pub fn spawn(&self, name: &str, guest_name: &str) -> String {
+        let module = guest(guest_name);
+        self.ok(&["spawn", name, module.to_str().expect("utf-8 path")])
+    }
+}

@@ -104,8 +104,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Spawn { name, module, fuel } => {
-            let wasm = std::fs::read(module).with_context(|| format!("cannot read {}", module.display()))?;
             let (_home, mut kernel) = open(&cli)?;
+            let wasm = std::fs::read(module).with_context(|| format!("cannot read {}", module.display()))?;
             let root = kernel
                 .spawn_vat(name, &wasm, *fuel)
                 .with_context(|| format!("cannot spawn {} from {}", name, module.display()))?;

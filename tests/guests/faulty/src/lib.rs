@@ -1,6 +1,7 @@
 //! A guest for fault tests. `write_then_trap(key)` writes `key` to the vatstore
 //! and then traps, so a test can check that the crank's writes are rolled back.
-//! `set(key, value)` and `get(key)` let the test look at the vatstore.
+//! `set(key, value)` and `get(key)` let the test look at the vatstore;
+//! `me()` returns a reference to this vat's root object.
 
 use std::rc::Rc;
 
@@ -24,6 +25,7 @@ impl Exo for Faulty {
                 args.string(0)
                     .map(|key| vatstore::get(&key).map_or(Value::Null, Value::from)),
             ),
+            "me" => Reply::ready(args.expect_count(0).map(|()| vom::export(self))),
             "write_then_trap" => {
                 if let Ok(key) = args.string(0) {
                     vatstore::set(&key, "written before the trap");
