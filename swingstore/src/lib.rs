@@ -3,19 +3,23 @@
 //!
 //! Transactions follow the kernel's crank discipline:
 //!
-//! * [`SwingStore::begin_crank`] opens a savepoint (and, lazily, the outer SQLite
-//!   transaction that a group of cranks shares);
-//! * [`SwingStore::end_crank`] keeps the crank's writes inside the outer transaction;
-//! * [`SwingStore::abort_crank`] rolls the crank back so that it leaves no trace;
-//! * [`SwingStore::commit`] makes every ended crank durable at once.
+//! * [`SwingStore::begin_crank`] starts a crank;
+//! * [`SwingStore::end_crank`] keeps the crank's writes for the next commit;
+//! * [`SwingStore::abort_crank`] drops the crank's writes, so it leaves no trace;
+//! * [`SwingStore::commit`] writes every ended crank to SQLite in one transaction.
 //!
 //! Committing after each crank gives "one transaction per crank"; committing
 //! after several gives group commit, which the kernel makes invisible to the
 //! outside world by releasing output only after [`SwingStore::commit`] returns.
 //!
-//! Writes outside a crank are allowed (the CLI binds pet names that way); they
-//! join the open outer transaction and become durable at the next commit.
+//! Writes are buffered in memory until the commit (SwingSet's crank buffer):
+//! a crank's writes sit in its own overlay, ended cranks in a pending overlay,
+//! and reads look through both before SQLite. Committed values are cached, which
+//! is sound because a store has one writer: the kernel holding its home's lock.
+//! Writes outside a crank join the pending overlay.
 
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -28,6 +32,9 @@ const RAW_CODEC: u64 = 0x55;
 
 /// How long a connection waits for another process's write lock before giving up.
 pub const BUSY_TIMEOUT_MS: u64 = 5_000;
+
+/// The most committed values kept in the read cache; past it the cache starts over.
+pub const READ_CACHE_ENTRIES_MAX: usize = 200_000;
 
 /// Errors at the swingstore boundary: all of them are operating errors (I/O,
 /// a damaged or foreign file, bad input), never broken invariants.
@@ -76,20 +83,25 @@ CREATE TABLE IF NOT EXISTS bundles (
 ) WITHOUT ROWID;
 ";
 
-/// Where the store is in the outer-transaction / crank life cycle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum TxState {
-    Idle,
-    Open,
-    InCrank,
-}
+/// Writes not yet in SQLite: `None` is a deletion.
+type Overlay = BTreeMap<String, Option<String>>;
 
 /// The durable store. One per kernel; not shared between threads.
 #[derive(Debug)]
 pub struct SwingStore {
     conn: Connection,
     path: PathBuf,
-    state: TxState,
+    /// The open crank's writes, if a crank is open.
+    crank: Option<Overlay>,
+    crank_bundles: Vec<(String, Vec<u8>)>,
+    /// Ended cranks' writes, waiting for the commit.
+    pending: Overlay,
+    pending_bundles: Vec<(String, Vec<u8>)>,
+    /// Committed values (`None`: known absent), for reads that miss the overlays.
+    cache: std::cell::RefCell<HashMap<String, Option<String>>>,
+    /// True while a read transaction is open: reads between commits share one
+    /// snapshot instead of taking SQLite's file lock statement by statement.
+    reading: std::cell::Cell<bool>,
 }
 
 /// The CIDv1 (raw codec, sha2-256) of `bytes`: the CID IPFS gives the same bytes.
@@ -133,7 +145,12 @@ impl SwingStore {
         Ok(SwingStore {
             conn,
             path: path.to_owned(),
-            state: TxState::Idle,
+            crank: None,
+            crank_bundles: Vec::new(),
+            pending: Overlay::new(),
+            pending_bundles: Vec::new(),
+            cache: Default::default(),
+            reading: Default::default(),
         })
     }
 
@@ -142,146 +159,264 @@ impl SwingStore {
         &self.path
     }
 
-    fn ensure_open_transaction(&mut self) -> Result<()> {
-        if self.state == TxState::Idle {
-            self.conn.execute_batch("BEGIN IMMEDIATE")?;
-            self.state = TxState::Open;
-        }
-        Ok(())
-    }
-
     /// Starts a crank: its writes can be discarded as a whole by [`Self::abort_crank`].
     pub fn begin_crank(&mut self) -> Result<()> {
         assert!(
-            self.state != TxState::InCrank,
+            self.crank.is_none(),
             "swingstore invariant: cranks do not nest (begin_crank inside a crank)"
         );
-        self.ensure_open_transaction()?;
-        self.conn.execute_batch("SAVEPOINT crank")?;
-        self.state = TxState::InCrank;
+        self.crank = Some(Overlay::new());
         Ok(())
     }
 
     /// Ends a crank, keeping its writes for the next [`Self::commit`].
     pub fn end_crank(&mut self) -> Result<()> {
-        assert!(
-            self.state == TxState::InCrank,
-            "swingstore invariant: end_crank outside a crank"
-        );
-        self.conn.execute_batch("RELEASE crank")?;
-        self.state = TxState::Open;
+        let crank = self
+            .crank
+            .take()
+            .expect("swingstore invariant: end_crank outside a crank");
+        self.pending.extend(crank);
+        self.pending_bundles.append(&mut self.crank_bundles);
         Ok(())
     }
 
     /// Discards every write made since [`Self::begin_crank`].
     pub fn abort_crank(&mut self) -> Result<()> {
         assert!(
-            self.state == TxState::InCrank,
+            self.crank.take().is_some(),
             "swingstore invariant: abort_crank outside a crank"
         );
-        self.conn
-            .execute_batch("ROLLBACK TO crank; RELEASE crank")?;
-        self.state = TxState::Open;
+        self.crank_bundles.clear();
         Ok(())
     }
 
     /// True while a crank is open.
     pub fn in_crank(&self) -> bool {
-        self.state == TxState::InCrank
+        self.crank.is_some()
     }
 
     /// True when writes are waiting for [`Self::commit`].
     pub fn has_uncommitted(&self) -> bool {
-        self.state != TxState::Idle
+        !self.pending.is_empty() || !self.pending_bundles.is_empty()
     }
 
-    /// Makes every ended crank (and every write outside a crank) durable.
+    /// Writes every ended crank (and every write outside a crank) to SQLite in
+    /// one transaction, durably.
     pub fn commit(&mut self) -> Result<()> {
         assert!(
-            self.state != TxState::InCrank,
+            self.crank.is_none(),
             "swingstore invariant: commit inside a crank (end or abort it first)"
         );
-        if self.state == TxState::Open {
-            self.conn.execute_batch("COMMIT")?;
-            self.state = TxState::Idle;
+        if !self.has_uncommitted() {
+            // Release the read snapshot, so a long-idle kernel does not pin the WAL.
+            if self.reading.replace(false) {
+                self.conn.execute_batch("COMMIT")?;
+            }
+            return Ok(());
         }
+        // The read transaction, if open, becomes the write transaction: no
+        // other process writes this file, so the upgrade cannot conflict.
+        if !self.reading.replace(false) {
+            self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        }
+        if let Err(e) = self.write_pending() {
+            // Nothing of this commit reaches the file; the overlays are kept.
+            let _ = self.conn.execute_batch("ROLLBACK");
+            return Err(e);
+        }
+        let mut cache = self.cache.borrow_mut();
+        if cache.len() + self.pending.len() > READ_CACHE_ENTRIES_MAX {
+            cache.clear();
+        }
+        cache.extend(std::mem::take(&mut self.pending));
+        self.pending_bundles.clear();
+        Ok(())
+    }
+
+    fn write_pending(&self) -> Result<()> {
+        let mut upsert = self
+            .conn
+            .prepare_cached("INSERT OR REPLACE INTO kv (key, value) VALUES (?1, ?2)")?;
+        let mut delete = self.conn.prepare_cached("DELETE FROM kv WHERE key = ?1")?;
+        for (key, value) in &self.pending {
+            match value {
+                Some(value) => upsert.execute(params![key, value])?,
+                None => delete.execute([key])?,
+            };
+        }
+        let mut bundle = self
+            .conn
+            .prepare_cached("INSERT OR IGNORE INTO bundles (cid, bytes) VALUES (?1, ?2)")?;
+        for (cid, bytes) in &self.pending_bundles {
+            bundle.execute(params![cid, bytes])?;
+        }
+        self.conn.execute_batch("COMMIT")?;
         Ok(())
     }
 
     /// Discards everything not yet committed, open crank included.
     pub fn rollback(&mut self) -> Result<()> {
-        if self.state != TxState::Idle {
+        if self.reading.replace(false) {
             self.conn.execute_batch("ROLLBACK")?;
-            self.state = TxState::Idle;
+        }
+        self.crank = None;
+        self.crank_bundles.clear();
+        self.pending.clear();
+        self.pending_bundles.clear();
+        Ok(())
+    }
+
+    /// The overlays' word on `key`: `Some(None)` means deleted, `None` means no word.
+    fn overlaid(&self, key: &str) -> Option<Option<&String>> {
+        if let Some(crank) = &self.crank
+            && let Some(value) = crank.get(key)
+        {
+            return Some(value.as_ref());
+        }
+        self.pending.get(key).map(Option::as_ref)
+    }
+
+    /// Opens the read transaction that reads share until the next commit.
+    /// Sound because this store is the file's only writer.
+    fn begin_reading(&self) -> Result<()> {
+        if !self.reading.get() {
+            self.conn.execute_batch("BEGIN DEFERRED")?;
+            self.reading.set(true);
         }
         Ok(())
     }
 
-    pub fn get(&self, key: &str) -> Result<Option<String>> {
+    fn db_get(&self, key: &str) -> Result<Option<String>> {
+        if let Some(value) = self.cache.borrow().get(key) {
+            return Ok(value.clone());
+        }
+        self.begin_reading()?;
         let mut stmt = self
             .conn
             .prepare_cached("SELECT value FROM kv WHERE key = ?1")?;
-        Ok(stmt.query_row([key], |row| row.get(0)).optional()?)
+        let value: Option<String> = stmt.query_row([key], |row| row.get(0)).optional()?;
+        let mut cache = self.cache.borrow_mut();
+        if cache.len() >= READ_CACHE_ENTRIES_MAX {
+            cache.clear();
+        }
+        cache.insert(key.to_owned(), value.clone());
+        Ok(value)
+    }
+
+    pub fn get(&self, key: &str) -> Result<Option<String>> {
+        match self.overlaid(key) {
+            Some(value) => Ok(value.cloned()),
+            None => self.db_get(key),
+        }
     }
 
     pub fn has(&self, key: &str) -> Result<bool> {
         Ok(self.get(key)?.is_some())
     }
 
+    fn write(&mut self, key: &str, value: Option<String>) {
+        let overlay = self.crank.as_mut().unwrap_or(&mut self.pending);
+        overlay.insert(key.to_owned(), value);
+    }
+
     pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
-        self.ensure_open_transaction()?;
-        let mut stmt = self
-            .conn
-            .prepare_cached("INSERT OR REPLACE INTO kv (key, value) VALUES (?1, ?2)")?;
-        stmt.execute(params![key, value])?;
+        self.write(key, Some(value.to_owned()));
         Ok(())
     }
 
     pub fn delete(&mut self, key: &str) -> Result<()> {
-        self.ensure_open_transaction()?;
-        let mut stmt = self.conn.prepare_cached("DELETE FROM kv WHERE key = ?1")?;
-        stmt.execute([key])?;
+        self.write(key, None);
         Ok(())
+    }
+
+    /// The first overlay key after `previous` that the overlays say exists.
+    fn overlay_next_key(&self, previous: &str) -> Option<String> {
+        let after = (Bound::Excluded(previous), Bound::Unbounded);
+        let mut candidates: Vec<&String> = Vec::new();
+        for overlay in self.crank.iter().chain(std::iter::once(&self.pending)) {
+            candidates.extend(overlay.range::<str, _>(after).map(|(k, _)| k));
+        }
+        candidates.sort();
+        candidates
+            .into_iter()
+            .find(|key| matches!(self.overlaid(key), Some(Some(_))))
+            .cloned()
     }
 
     /// The smallest key strictly greater than `previous`, in byte order.
     /// `get_next_key("")` is the first key of the store.
     pub fn get_next_key(&self, previous: &str) -> Result<Option<String>> {
+        self.begin_reading()?;
         let mut stmt = self
             .conn
             .prepare_cached("SELECT key FROM kv WHERE key > ?1 ORDER BY key LIMIT 1")?;
-        Ok(stmt.query_row([previous], |row| row.get(0)).optional()?)
+        let mut after = previous.to_owned();
+        // Skip committed keys that the overlays delete.
+        let from_db = loop {
+            let next: Option<String> = stmt.query_row([&after], |row| row.get(0)).optional()?;
+            match next {
+                Some(key) if matches!(self.overlaid(&key), Some(None)) => after = key,
+                other => break other,
+            }
+        };
+        let from_overlay = self.overlay_next_key(previous);
+        Ok(match (from_db, from_overlay) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
     }
 
     /// Every `(key, value)` whose key starts with `prefix`, in key order.
     pub fn scan_prefix(&self, prefix: &str) -> Result<Vec<(String, String)>> {
+        self.begin_reading()?;
         let mut stmt = self.conn.prepare_cached(
             "SELECT key, value FROM kv WHERE key >= ?1 AND substr(key, 1, ?2) = ?1 ORDER BY key",
         )?;
         let rows = stmt.query_map(params![prefix, prefix.len() as i64], |row| {
             Ok((row.get(0)?, row.get(1)?))
         })?;
-        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        let mut merged: BTreeMap<String, Option<String>> = rows
+            .map(|row| row.map(|(k, v): (String, String)| (k, Some(v))))
+            .collect::<rusqlite::Result<_>>()?;
+        for overlay in std::iter::once(&self.pending).chain(self.crank.iter()) {
+            let range = overlay.range::<str, _>((Bound::Included(prefix), Bound::Unbounded));
+            for (key, value) in range.take_while(|(k, _)| k.starts_with(prefix)) {
+                merged.insert(key.clone(), value.clone());
+            }
+        }
+        Ok(merged
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .collect())
     }
 
     /// Stores `bytes` under their CID and returns it; storing the same bytes twice is a no-op.
     pub fn add_bundle(&mut self, bytes: &[u8]) -> Result<Cid> {
         let cid = cid_of(bytes);
-        self.ensure_open_transaction()?;
-        let mut stmt = self
-            .conn
-            .prepare_cached("INSERT OR IGNORE INTO bundles (cid, bytes) VALUES (?1, ?2)")?;
-        stmt.execute(params![cid.to_string(), bytes])?;
+        let entry = (cid.to_string(), bytes.to_vec());
+        if self.crank.is_some() {
+            self.crank_bundles.push(entry);
+        } else {
+            self.pending_bundles.push(entry);
+        }
         Ok(cid)
     }
 
     pub fn get_bundle(&self, cid: &Cid) -> Result<Option<Vec<u8>>> {
+        let text = cid.to_string();
+        self.begin_reading()?;
+        if let Some((_, bytes)) = self
+            .crank_bundles
+            .iter()
+            .chain(&self.pending_bundles)
+            .find(|(c, _)| *c == text)
+        {
+            return Ok(Some(bytes.clone()));
+        }
         let mut stmt = self
             .conn
             .prepare_cached("SELECT bytes FROM bundles WHERE cid = ?1")?;
-        Ok(stmt
-            .query_row([cid.to_string()], |row| row.get(0))
-            .optional()?)
+        Ok(stmt.query_row([text], |row| row.get(0)).optional()?)
     }
 
     /// Parses a CID string such as `bafkrei...`.
@@ -289,8 +424,9 @@ impl SwingStore {
         Cid::try_from(text).map_err(|e| StoreError::BadCid(format!("{text}: {e}")))
     }
 
-    /// Runs SQLite's own structural check; `Ok(())` means the file is sound.
+    /// Runs SQLite's own structural check; an empty list means the file is sound.
     pub fn integrity_check(&self) -> Result<Vec<String>> {
+        self.begin_reading()?;
         let mut stmt = self.conn.prepare("PRAGMA integrity_check")?;
         let rows = stmt.query_map([], |row| row.get::<_, String>(0))?;
         let problems: Vec<String> = rows
@@ -422,6 +558,57 @@ mod tests {
         let (_dir, mut store) = fresh();
         store.begin_crank().unwrap();
         store.begin_crank().unwrap();
+    }
+
+    #[test]
+    fn reads_see_uncommitted_writes_merged_with_committed_ones() {
+        let (_dir, mut store) = fresh();
+        for key in ["a", "c", "e"] {
+            store.set(key, "committed").unwrap();
+        }
+        store.commit().unwrap();
+        store.begin_crank().unwrap();
+        store.delete("c").unwrap();
+        store.set("d", "pending").unwrap();
+        store.end_crank().unwrap();
+        store.begin_crank().unwrap();
+        store.set("b", "crank").unwrap();
+        store.delete("e").unwrap();
+        store.set("d", "crank").unwrap();
+        let mut keys = Vec::new();
+        let mut key = String::new();
+        while let Some(next) = store.get_next_key(&key).unwrap() {
+            keys.push(next.clone());
+            key = next;
+        }
+        assert_eq!(keys, ["a", "b", "d"]);
+        assert_eq!(store.get("d").unwrap().as_deref(), Some("crank"));
+        assert_eq!(store.get("c").unwrap(), None);
+        let scanned: Vec<(String, String)> = store.scan_prefix("").unwrap();
+        assert_eq!(
+            scanned,
+            [("a".into(), "committed".into()), ("b".into(), "crank".into()), ("d".into(), "crank".into())]
+        );
+        store.abort_crank().unwrap();
+        assert_eq!(store.get("e").unwrap().as_deref(), Some("committed"));
+        assert_eq!(store.get("d").unwrap().as_deref(), Some("pending"));
+    }
+
+    #[test]
+    fn a_commit_writes_the_net_effect_of_its_cranks() {
+        let (dir, mut store) = fresh();
+        for i in 0..100 {
+            store.begin_crank().unwrap();
+            store.set("counter", &i.to_string()).unwrap();
+            store.set(&format!("temp.{i}"), "x").unwrap();
+            store.delete(&format!("temp.{i}")).unwrap();
+            store.end_crank().unwrap();
+        }
+        store.commit().unwrap();
+        drop(store);
+        let store = SwingStore::open(&dir.path().join("store.sqlite"), Durability::Normal).unwrap();
+        assert_eq!(store.get("counter").unwrap().as_deref(), Some("99"));
+        assert_eq!(store.scan_prefix("temp.").unwrap(), []);
     }
 
     #[test]
