@@ -41,7 +41,10 @@ fn references_are_passed_by_pet_name_and_kref() {
 fn a_returned_reference_can_be_bound_with_as() {
     let home = VatHome::new();
     home.spawn("f", "faulty");
-    assert_eq!(home.ok(&["send", "f", "me", "--as", "self"]), r#"{"$ref":"self"}"#);
+    assert_eq!(
+        home.ok(&["send", "f", "me", "--as", "self"]),
+        r#"{"$ref":"self"}"#
+    );
     home.ok(&["send", "self", "set", "k", "v"]);
     assert_eq!(home.ok(&["send", "f", "get", "k"]), r#""v""#);
     let listing = home.ok(&["list"]);
@@ -90,21 +93,48 @@ fn bad_input_fails_cleanly_and_changes_nothing() {
     let no_abi = dir.path().join("empty.wasm");
     std::fs::write(&no_abi, b"\0asm\x01\0\0\0").unwrap();
     let cases: Vec<(Vec<&str>, &str)> = vec![
-        (vec!["spawn", "x", not_wasm.to_str().unwrap()], "not a Wasm module"),
-        (vec!["spawn", "x", no_abi.to_str().unwrap()], "lacks the vat ABI export"),
+        (
+            vec!["spawn", "x", not_wasm.to_str().unwrap()],
+            "not a Wasm module",
+        ),
+        (
+            vec!["spawn", "x", no_abi.to_str().unwrap()],
+            "lacks the vat ABI export",
+        ),
         (vec!["spawn", "x", "/no/such/file.wasm"], "cannot read"),
         (vec!["spawn", "counter", no_abi.to_str().unwrap()], "taken"),
-        (vec!["spawn", "ko9", not_wasm.to_str().unwrap()], "invalid name"),
-        (vec!["send", "nobody", "increment"], "unknown reference \"nobody\""),
-        (vec!["send", "ko99", "increment"], "unknown reference \"ko99\""),
-        (vec!["send", "counter", "increment", r#"{"$ref":"nobody"}"#], "unknown reference"),
-        (vec!["send", "counter", "increment", r#"{"$bogus":1}"#], "unknown special form"),
-        (vec!["send", "counter", "get", "--as", "9lives"], "invalid name"),
+        (
+            vec!["spawn", "ko9", not_wasm.to_str().unwrap()],
+            "invalid name",
+        ),
+        (
+            vec!["send", "nobody", "increment"],
+            "unknown reference \"nobody\"",
+        ),
+        (
+            vec!["send", "ko99", "increment"],
+            "unknown reference \"ko99\"",
+        ),
+        (
+            vec!["send", "counter", "increment", r#"{"$ref":"nobody"}"#],
+            "unknown reference",
+        ),
+        (
+            vec!["send", "counter", "increment", r#"{"$bogus":1}"#],
+            "unknown special form",
+        ),
+        (
+            vec!["send", "counter", "get", "--as", "9lives"],
+            "invalid name",
+        ),
     ];
     for (args, expected) in cases {
         let before = home.dump();
         let err = home.fails(&args);
-        assert!(err.contains(expected), "vat {args:?}: {err:?} should mention {expected:?}");
+        assert!(
+            err.contains(expected),
+            "vat {args:?}: {err:?} should mention {expected:?}"
+        );
         assert_eq!(home.dump(), before, "vat {args:?} changed the store");
     }
 }
@@ -127,7 +157,11 @@ fn a_refused_message_rejects_and_leaves_the_vat_state_alone() {
 #[test]
 fn commands_need_a_home_and_do_not_create_one() {
     let home = VatHome::uninitialized();
-    for args in [vec!["send", "counter", "get"], vec!["list"], vec!["spawn", "x", "y.wasm"]] {
+    for args in [
+        vec!["send", "counter", "get"],
+        vec!["list"],
+        vec!["spawn", "x", "y.wasm"],
+    ] {
         let err = home.fails(&args);
         assert!(err.contains("no vat home at"), "{err}");
         assert!(err.contains("vat init"), "{err}");
@@ -144,11 +178,21 @@ fn a_trapping_guest_is_terminated_and_its_crank_rolled_back() {
     home.spawn("counter", "counter");
     home.ok(&["send", "f", "set", "before", "kept"]);
     let err = home.fails(&["send", "f", "write_then_trap", "during"]);
-    assert!(err.starts_with("error: vat v1 terminated: guest trapped"), "{err}");
+    assert!(
+        err.starts_with("error: vat v1 terminated: guest trapped"),
+        "{err}"
+    );
     assert_eq!(home.get("v1.vs.before").as_deref(), Some("kept"));
-    assert_eq!(home.get("v1.vs.during"), None, "the trapped crank's write must be rolled back");
+    assert_eq!(
+        home.get("v1.vs.during"),
+        None,
+        "the trapped crank's write must be rolled back"
+    );
     let listing = home.ok(&["list"]);
-    assert!(listing.contains("v1 f root ko1 terminated (vat v1 terminated: guest trapped"), "{listing}");
+    assert!(
+        listing.contains("v1 f root ko1 terminated (vat v1 terminated: guest trapped"),
+        "{listing}"
+    );
     // Later messages to the dead vat are rejected with the same reason.
     let err = home.fails(&["send", "f", "get", "before"]);
     assert!(err.contains("vat v1 terminated"), "{err}");
@@ -175,8 +219,16 @@ fn concurrent_invocations_take_turns_on_one_home() {
         .into_iter()
         .map(|child| {
             let out = child.wait_with_output().unwrap();
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-            String::from_utf8(out.stdout).unwrap().trim().parse().unwrap()
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout)
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap()
         })
         .collect();
     seen.sort_unstable();
@@ -189,7 +241,10 @@ fn concurrent_invocations_take_turns_on_one_home() {
 fn a_home_in_use_is_reported_after_the_wait() {
     let home = VatHome::new();
     // Hold the lock the way a running `vat` process does.
-    let lock = std::fs::OpenOptions::new().write(true).open(home.path().join("lock")).unwrap();
+    let lock = std::fs::OpenOptions::new()
+        .write(true)
+        .open(home.path().join("lock"))
+        .unwrap();
     lock.lock().unwrap();
     let err = home.fails(&["--lock-wait-ms", "100", "list"]);
     assert!(err.contains("is in use by another vat process"), "{err}");

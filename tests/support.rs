@@ -19,10 +19,15 @@ fn target_dir() -> PathBuf {
 
 /// The `vat` binary under test.
 pub fn vat_bin() -> PathBuf {
-    let path = std::env::var_os("VAT_BIN").map(PathBuf::from).unwrap_or_else(|| {
-        let exe = std::env::current_exe().expect("test binary path");
-        exe.parent().and_then(Path::parent).expect("profile dir").join("vat")
-    });
+    let path = std::env::var_os("VAT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let exe = std::env::current_exe().expect("test binary path");
+            exe.parent()
+                .and_then(Path::parent)
+                .expect("profile dir")
+                .join("vat")
+        });
     assert!(
         path.is_file(),
         "{} is missing: build it first (scripts/test does: cargo build -p kernel --bin vat)",
@@ -79,7 +84,11 @@ impl VatHome {
     /// A `vat` command against this home, ready to run or spawn.
     pub fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(vat_bin());
-        command.arg("--home").arg(self.path()).args(args).env_remove("VAT_HOME");
+        command
+            .arg("--home")
+            .arg(self.path())
+            .args(args)
+            .env_remove("VAT_HOME");
         command
     }
 
@@ -96,7 +105,10 @@ impl VatHome {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        String::from_utf8(out.stdout).expect("utf-8 output").trim_end().to_owned()
+        String::from_utf8(out.stdout)
+            .expect("utf-8 output")
+            .trim_end()
+            .to_owned()
     }
 
     /// Runs `vat ARGS`, expects a non-zero exit with exactly one line on
@@ -104,8 +116,16 @@ impl VatHome {
     pub fn fails(&self, args: &[&str]) -> String {
         let out = self.run(args);
         let stderr = String::from_utf8(out.stderr).expect("utf-8 errors");
-        assert!(!out.status.success(), "vat {args:?} should fail; stdout: {}", String::from_utf8_lossy(&out.stdout));
-        assert_eq!(stderr.lines().count(), 1, "vat {args:?}: one error line expected, got {stderr:?}");
+        assert!(
+            !out.status.success(),
+            "vat {args:?} should fail; stdout: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert_eq!(
+            stderr.lines().count(),
+            1,
+            "vat {args:?}: one error line expected, got {stderr:?}"
+        );
         stderr.trim_end().to_owned()
     }
 
@@ -116,7 +136,9 @@ impl VatHome {
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
         )
         .expect("open store");
-        let mut stmt = conn.prepare("SELECT key, value FROM kv ORDER BY key").expect("query");
+        let mut stmt = conn
+            .prepare("SELECT key, value FROM kv ORDER BY key")
+            .expect("query");
         stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
             .expect("rows")
             .collect::<Result<_, _>>()
@@ -125,13 +147,18 @@ impl VatHome {
 
     /// One key of the store, read straight from SQLite.
     pub fn get(&self, key: &str) -> Option<String> {
-        self.dump().into_iter().find(|(k, _)| k == key).map(|(_, v)| v)
+        self.dump()
+            .into_iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v)
     }
 
     /// SQLite's own integrity check of the store file.
     pub fn integrity(&self) -> String {
-        let conn = rusqlite::Connection::open(self.path().join("store.sqlite")).expect("open store");
-        conn.query_row("PRAGMA integrity_check", [], |row| row.get(0)).expect("integrity_check")
+        let conn =
+            rusqlite::Connection::open(self.path().join("store.sqlite")).expect("open store");
+        conn.query_row("PRAGMA integrity_check", [], |row| row.get(0))
+            .expect("integrity_check")
     }
 
     /// Spawns `guest` as vat `name`, returning the root kref it printed.

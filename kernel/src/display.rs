@@ -38,7 +38,9 @@ pub fn to_display(value: &Value, name_of: &dyn Fn(&str) -> String) -> Json {
                 .map(|(k, v)| (k.clone(), to_display(v, name_of)))
                 .collect(),
         ),
-        Value::Tagged { tag, payload } => json!({"$tag": tag, "payload": to_display(payload, name_of)}),
+        Value::Tagged { tag, payload } => {
+            json!({"$tag": tag, "payload": to_display(payload, name_of)})
+        }
         Value::Remotable(r) => json!({"$ref": name_of(&r.slot)}),
         Value::Promise(r) => json!({"$promise": name_of(&r.slot)}),
         Value::Error(e) => json!({"$error": e.message, "name": e.name}),
@@ -110,7 +112,9 @@ fn from_display(json: &Json, resolve: &dyn Fn(&str) -> Option<String>) -> Result
             let mut record = BTreeMap::new();
             for (key, value) in map {
                 if key.starts_with('$') {
-                    return Err(format!("unknown special form {key:?} (see `vat send --help`)"));
+                    return Err(format!(
+                        "unknown special form {key:?} (see `vat send --help`)"
+                    ));
                 }
                 record.insert(key.clone(), from_display(value, resolve)?);
             }
@@ -132,11 +136,23 @@ mod tests {
 
     #[test]
     fn arguments_are_pet_names_then_json_then_strings() {
-        assert_eq!(parse_arg("counter", &resolve).unwrap(), Value::Remotable(Ref::new("ko1")));
-        assert_eq!(parse_arg("ko1", &resolve).unwrap(), Value::Remotable(Ref::new("ko1")));
+        assert_eq!(
+            parse_arg("counter", &resolve).unwrap(),
+            Value::Remotable(Ref::new("ko1"))
+        );
+        assert_eq!(
+            parse_arg("ko1", &resolve).unwrap(),
+            Value::Remotable(Ref::new("ko1"))
+        );
         assert_eq!(parse_arg("42", &resolve).unwrap(), Value::Number(42.0));
-        assert_eq!(parse_arg("\"counter\"", &resolve).unwrap(), Value::string("counter"));
-        assert_eq!(parse_arg("hello world", &resolve).unwrap(), Value::string("hello world"));
+        assert_eq!(
+            parse_arg("\"counter\"", &resolve).unwrap(),
+            Value::string("counter")
+        );
+        assert_eq!(
+            parse_arg("hello world", &resolve).unwrap(),
+            Value::string("hello world")
+        );
         assert_eq!(
             parse_arg(r#"{"to":{"$ref":"counter"},"n":{"$bigint":"7"}}"#, &resolve).unwrap(),
             Value::record([
@@ -148,8 +164,16 @@ mod tests {
 
     #[test]
     fn unknown_references_and_forms_in_json_are_errors() {
-        assert!(parse_arg(r#"{"$ref":"nobody"}"#, &resolve).unwrap_err().contains("nobody"));
-        assert!(parse_arg(r#"{"$weird":1}"#, &resolve).unwrap_err().contains("$weird"));
+        assert!(
+            parse_arg(r#"{"$ref":"nobody"}"#, &resolve)
+                .unwrap_err()
+                .contains("nobody")
+        );
+        assert!(
+            parse_arg(r#"{"$weird":1}"#, &resolve)
+                .unwrap_err()
+                .contains("$weird")
+        );
     }
 
     #[test]
@@ -160,7 +184,13 @@ mod tests {
             Value::Undefined,
             Value::BigInt(-5),
         ]);
-        let shown = to_display(&value, &|kref| if kref == "ko1" { "counter".into() } else { kref.into() });
+        let shown = to_display(&value, &|kref| {
+            if kref == "ko1" {
+                "counter".into()
+            } else {
+                kref.into()
+            }
+        });
         assert_eq!(
             shown.to_string(),
             r#"[3,{"$ref":"counter"},{"$undefined":true},{"$bigint":"-5"}]"#

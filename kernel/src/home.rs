@@ -102,7 +102,8 @@ fn read_key(path: &Path) -> Result<SigningKey, HomeError> {
     }
     let mut seed = [0u8; 32];
     for (i, byte) in seed.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|_| HomeError::BadKey(key_path.clone()))?;
+        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16)
+            .map_err(|_| HomeError::BadKey(key_path.clone()))?;
     }
     Ok(SigningKey::from_bytes(&seed))
 }
@@ -183,7 +184,10 @@ mod tests {
             panic!("first init creates")
         };
         assert!(did.starts_with("did:key:z6Mk"), "{did}");
-        assert_eq!(Home::init(&home).unwrap(), InitOutcome::AlreadyExists { did });
+        assert_eq!(
+            Home::init(&home).unwrap(),
+            InitOutcome::AlreadyExists { did }
+        );
     }
 
     #[test]
@@ -192,14 +196,20 @@ mod tests {
         Home::init(dir.path()).unwrap();
         let _first = Home::open(dir.path(), 0).unwrap();
         let err = Home::open(dir.path(), 50).unwrap_err();
-        assert!(matches!(err, HomeError::InUse { waited_ms: 50, .. }), "{err}");
+        assert!(
+            matches!(err, HomeError::InUse { waited_ms: 50, .. }),
+            "{err}"
+        );
     }
 
     #[test]
     fn opening_a_missing_home_creates_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("nowhere");
-        assert!(matches!(Home::open(&missing, 0), Err(HomeError::Missing(_))));
+        assert!(matches!(
+            Home::open(&missing, 0),
+            Err(HomeError::Missing(_))
+        ));
         assert!(!missing.exists());
     }
 }

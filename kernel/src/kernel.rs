@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use swingstore::{StoreError, SwingStore};
-use vat_supervisor::{Limits, SupervisorError, SyscallHandler, ThreadWorker, VatFault, VatModule, WasmHost, Worker};
+use vat_supervisor::{
+    Limits, SupervisorError, SyscallHandler, ThreadWorker, VatFault, VatModule, WasmHost, Worker,
+};
 use vom::abi::{Delivery, Resolution, Syscall, SyscallResult};
 use vom::{CapData, Value};
 
@@ -99,7 +101,11 @@ pub fn check_name(name: &str) -> Result<(), KernelError> {
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         && name.len() <= 64
         && !is_kref(name);
-    if ok { Ok(()) } else { Err(KernelError::BadName(name.to_owned())) }
+    if ok {
+        Ok(())
+    } else {
+        Err(KernelError::BadName(name.to_owned()))
+    }
 }
 
 /// `ko12` or `kp40`.
@@ -176,7 +182,12 @@ impl Kernel {
 
     /// Creates vat `name` from `wasm`, binds the pet name `name` to its root
     /// object, and returns the root's kref. Nothing is written if any step fails.
-    pub fn spawn_vat(&mut self, name: &str, wasm: &[u8], fuel_per_delivery: Option<u64>) -> Result<String, KernelError> {
+    pub fn spawn_vat(
+        &mut self,
+        name: &str,
+        wasm: &[u8],
+        fuel_per_delivery: Option<u64>,
+    ) -> Result<String, KernelError> {
         check_name(name)?;
         if self.state.get(&format!("vat.name.{name}"))?.is_some() {
             return Err(KernelError::VatNameTaken(name.to_owned()));
@@ -217,7 +228,8 @@ impl Kernel {
         self.state.set(&format!("{vat}.bundle"), &cid)?;
         self.state.set(&format!("{vat}.state"), "running")?;
         if let Some(fuel) = fuel_per_delivery {
-            self.state.set(&format!("{vat}.fuelPerDelivery"), &fuel.to_string())?;
+            self.state
+                .set(&format!("{vat}.fuelPerDelivery"), &fuel.to_string())?;
         }
         self.state.set(&format!("vat.name.{name}"), &vat)?;
         let root = self.state.allocate_object(&vat)?;
@@ -258,7 +270,12 @@ impl Kernel {
     }
 
     /// Queues `method(args)` to `target` (a kref) and returns the result promise.
-    pub fn queue_message(&mut self, target: &str, method: &str, args: CapData) -> Result<String, KernelError> {
+    pub fn queue_message(
+        &mut self,
+        target: &str,
+        method: &str,
+        args: CapData,
+    ) -> Result<String, KernelError> {
         if !self.state.kref_exists(target)? {
             return Err(KernelError::UnknownTarget(target.to_owned()));
         }
@@ -323,7 +340,11 @@ impl Kernel {
                 self.workers.remove(&vat);
                 self.state.store.begin_crank()?;
                 let popped = self.state.pop_run_queue()?;
-                assert_eq!(popped.as_ref(), Some(&item), "kernel invariant: a faulted crank's item is still at the head");
+                assert_eq!(
+                    popped.as_ref(),
+                    Some(&item),
+                    "kernel invariant: a faulted crank's item is still at the head"
+                );
                 let reason = format!("vat {vat} terminated: {fault}");
                 self.terminate_vat(&vat, &reason)?;
                 if let RunQueueItem::Send { message, .. } = &item {
@@ -353,42 +374,67 @@ impl Kernel {
         }
     }
 
-    fn route_send(&mut self, target: &str, message: Message, depth: usize) -> Result<(), CrankError> {
+    fn route_send(
+        &mut self,
+        target: &str,
+        message: Message,
+        depth: usize,
+    ) -> Result<(), CrankError> {
         if target.starts_with("kp") {
             if depth >= FORWARDING_DEPTH_MAX {
-                let reason = format!("promise forwarding deeper than FORWARDING_DEPTH_MAX ({FORWARDING_DEPTH_MAX})");
+                let reason = format!(
+                    "promise forwarding deeper than FORWARDING_DEPTH_MAX ({FORWARDING_DEPTH_MAX})"
+                );
                 return Ok(self.reject_if_unresolved(message.result.as_deref(), &reason)?);
             }
             return match self.state.promise_state(target)? {
-                None => panic!("kernel invariant: queued messages target known promises ({target})"),
-                Some(PromiseState::Unresolved) => Ok(self.state.queue_on_promise(target, &message)?),
-                Some(PromiseState::Rejected(data)) => Ok(self.settle(message.result.as_deref(), true, &data)?),
+                None => {
+                    panic!("kernel invariant: queued messages target known promises ({target})")
+                }
+                Some(PromiseState::Unresolved) => {
+                    Ok(self.state.queue_on_promise(target, &message)?)
+                }
+                Some(PromiseState::Rejected(data)) => {
+                    Ok(self.settle(message.result.as_deref(), true, &data)?)
+                }
                 Some(PromiseState::Fulfilled(data)) => match vom::capdata::decode(&data) {
-                    Ok(Value::Remotable(r)) | Ok(Value::Promise(r)) => self.route_send(&r.slot, message, depth + 1),
+                    Ok(Value::Remotable(r)) | Ok(Value::Promise(r)) => {
+                        self.route_send(&r.slot, message, depth + 1)
+                    }
                     _ => {
-                        let reason = format!("cannot deliver {:?}: {target} was fulfilled with data, not an object", message.method);
+                        let reason = format!(
+                            "cannot deliver {:?}: {target} was fulfilled with data, not an object",
+                            message.method
+                        );
                         Ok(self.reject_if_unresolved(message.result.as_deref(), &reason)?)
                     }
                 },
             };
         }
-        let owner = self
-            .state
-            .object_owner(target)?
-            .unwrap_or_else(|| panic!("kernel invariant: queued messages target known objects ({target})"));
+        let owner = self.state.object_owner(target)?.unwrap_or_else(|| {
+            panic!("kernel invariant: queued messages target known objects ({target})")
+        });
         if self.state.get(&format!("{owner}.state"))?.as_deref() != Some("running") {
-            let why = self.state.get(&format!("{owner}.reason"))?.unwrap_or_default();
+            let why = self
+                .state
+                .get(&format!("{owner}.reason"))?
+                .unwrap_or_default();
             return Ok(self.reject_if_unresolved(message.result.as_deref(), &why)?);
         }
         self.deliver_message(&owner, target, message)
     }
 
-    fn deliver_message(&mut self, vat: &str, target: &str, message: Message) -> Result<(), CrankError> {
-        self.ensure_worker(vat).map_err(|e| e.into_crank_error(vat))?;
-        let target_vref = self
-            .state
-            .clist_vref(vat, target)?
-            .unwrap_or_else(|| panic!("kernel invariant: {vat} exports {target}, so its c-list has it"));
+    fn deliver_message(
+        &mut self,
+        vat: &str,
+        target: &str,
+        message: Message,
+    ) -> Result<(), CrankError> {
+        self.ensure_worker(vat)
+            .map_err(|e| e.into_crank_error(vat))?;
+        let target_vref = self.state.clist_vref(vat, target)?.unwrap_or_else(|| {
+            panic!("kernel invariant: {vat} exports {target}, so its c-list has it")
+        });
         let args = self.export_capdata(vat, &message.args)?;
         let result = match &message.result {
             Some(kpid) => {
@@ -416,9 +462,12 @@ impl Kernel {
         let (rejected, data) = match self.state.promise_state(kpid)? {
             Some(PromiseState::Fulfilled(data)) => (false, data),
             Some(PromiseState::Rejected(data)) => (true, data),
-            other => panic!("kernel invariant: notify for settled promises only ({kpid}: {other:?})"),
+            other => {
+                panic!("kernel invariant: notify for settled promises only ({kpid}: {other:?})")
+            }
         };
-        self.ensure_worker(vat).map_err(|e| e.into_crank_error(vat))?;
+        self.ensure_worker(vat)
+            .map_err(|e| e.into_crank_error(vat))?;
         let data = self.export_capdata(vat, &data)?;
         // The vat forgets a promise once told how it settled; so does its c-list.
         self.state.clist_remove(vat, kpid)?;
@@ -462,7 +511,12 @@ impl Kernel {
         })
     }
 
-    fn settle(&mut self, kpid: Option<&str>, rejected: bool, data: &CapData) -> Result<(), StoreError> {
+    fn settle(
+        &mut self,
+        kpid: Option<&str>,
+        rejected: bool,
+        data: &CapData,
+    ) -> Result<(), StoreError> {
         match kpid {
             Some(kpid) => settle_promise(&mut self.state, kpid, rejected, data),
             None => Ok(()),
@@ -546,7 +600,10 @@ impl Kernel {
             let field = |f: &str| self.state.get(&format!("{id}.{f}"));
             vats.push(VatInfo {
                 bundle: field("bundle")?.unwrap_or_default(),
-                root: self.state.clist_kref(&id, vom::runtime::ROOT_VREF)?.unwrap_or_default(),
+                root: self
+                    .state
+                    .clist_kref(&id, vom::runtime::ROOT_VREF)?
+                    .unwrap_or_default(),
                 state: field("state")?.unwrap_or_default(),
                 reason: field("reason")?,
                 id,
@@ -619,7 +676,12 @@ fn kref_to_vref(state: &mut KernelState, vat: &str, kref: &str) -> Result<String
 }
 
 /// Settles `kpid`: notifies its subscribers and re-queues the messages that waited on it.
-fn settle_promise(state: &mut KernelState, kpid: &str, rejected: bool, data: &CapData) -> Result<(), StoreError> {
+fn settle_promise(
+    state: &mut KernelState,
+    kpid: &str,
+    rejected: bool,
+    data: &CapData,
+) -> Result<(), StoreError> {
     let (subscribers, queued) = state.settle_promise(kpid, rejected, data)?;
     for vat in subscribers {
         state.push_run_queue(&RunQueueItem::Notify {
@@ -735,7 +797,11 @@ impl<'a> VatSyscalls<'a> {
                 };
                 self.state.push_run_queue(&RunQueueItem::Send {
                     target,
-                    message: Message { method, args, result },
+                    message: Message {
+                        method,
+                        args,
+                        result,
+                    },
                 })?;
                 Ok(None)
             }
@@ -754,7 +820,8 @@ impl<'a> VatSyscalls<'a> {
                 for resolution in resolutions {
                     let kpid = self.promise_kref(&resolution.promise)?;
                     let decider = self.state.promise_decider(&kpid)?;
-                    let unresolved = self.state.promise_state(&kpid)? == Some(PromiseState::Unresolved);
+                    let unresolved =
+                        self.state.promise_state(&kpid)? == Some(PromiseState::Unresolved);
                     if decider.as_deref() != Some(self.vat) || !unresolved {
                         return Err(Refusal::Illegal(format!(
                             "{} may not resolve {} ({kpid}): it is not its unresolved decider",
@@ -785,14 +852,18 @@ impl<'a> VatSyscalls<'a> {
             Syscall::RetireExports { vrefs } => {
                 for vref in vrefs {
                     if !vref.starts_with("o+") {
-                        return Err(Refusal::Illegal(format!("retireExports of {vref}, which is not an export")));
+                        return Err(Refusal::Illegal(format!(
+                            "retireExports of {vref}, which is not an export"
+                        )));
                     }
                     let kref = self.existing_kref(&vref)?;
                     self.state.clist_remove(self.vat, &kref)?;
                 }
                 Ok(None)
             }
-            Syscall::Exit { .. } => panic!("vat-supervisor invariant: exit never reaches the kernel's handler"),
+            Syscall::Exit { .. } => {
+                panic!("vat-supervisor invariant: exit never reaches the kernel's handler")
+            }
         }
     }
 

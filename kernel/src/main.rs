@@ -14,7 +14,11 @@ use kernel::{CommitPolicy, Home, InitOutcome, Kernel, LOCK_WAIT_MS_DEFAULT, Prom
 use vom::Value;
 
 #[derive(Parser, Debug)]
-#[command(name = "vat", version, about = "A durable object-capability vat kernel")]
+#[command(
+    name = "vat",
+    version,
+    about = "A durable object-capability vat kernel"
+)]
 struct Cli {
     /// The home folder: store and kernel key.
     #[arg(long, global = true, env = "VAT_HOME", default_value = ".vat")]
@@ -92,7 +96,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     println!("kernel key {did}");
                 }
                 InitOutcome::AlreadyExists { did } => {
-                    println!("vat home {} already exists; nothing changed", cli.home.display());
+                    println!(
+                        "vat home {} already exists; nothing changed",
+                        cli.home.display()
+                    );
                     println!("kernel key {did}");
                 }
             }
@@ -105,7 +112,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Spawn { name, module, fuel } => {
             let (_home, mut kernel) = open(&cli)?;
-            let wasm = std::fs::read(module).with_context(|| format!("cannot read {}", module.display()))?;
+            let wasm = std::fs::read(module)
+                .with_context(|| format!("cannot read {}", module.display()))?;
             let root = kernel
                 .spawn_vat(name, &wasm, *fuel)
                 .with_context(|| format!("cannot spawn {} from {}", name, module.display()))?;
@@ -126,7 +134,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             for vat in vats {
                 let reason = vat.reason.map(|r| format!(" ({r})")).unwrap_or_default();
-                println!("{} {} root {} {}{} bundle {}", vat.id, vat.name, vat.root, vat.state, reason, vat.bundle);
+                println!(
+                    "{} {} root {} {}{} bundle {}",
+                    vat.id, vat.name, vat.root, vat.state, reason, vat.bundle
+                );
             }
             let names = kernel.pet_names()?;
             if !names.is_empty() {
@@ -140,7 +151,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-fn send(cli: &Cli, target: &str, method: &str, args: &[String], bind_as: Option<&str>) -> Result<ExitCode> {
+fn send(
+    cli: &Cli,
+    target: &str,
+    method: &str,
+    args: &[String],
+    bind_as: Option<&str>,
+) -> Result<ExitCode> {
     let (_home, mut kernel) = open(cli)?;
     if let Some(name) = bind_as {
         kernel::check_name(name)?;
@@ -157,8 +174,11 @@ fn send(cli: &Cli, target: &str, method: &str, args: &[String], bind_as: Option<
     let args = vom::capdata::encode(&Value::Array(values));
     let kpid = kernel.queue_message(&target, method, args)?;
     let settled = kernel.run_until_settled(&kpid)?;
-    let names: std::collections::HashMap<String, String> =
-        kernel.pet_names()?.into_iter().map(|(name, kref)| (kref, name)).collect();
+    let names: std::collections::HashMap<String, String> = kernel
+        .pet_names()?
+        .into_iter()
+        .map(|(name, kref)| (kref, name))
+        .collect();
     let name_of = |kref: &str| names.get(kref).cloned().unwrap_or_else(|| kref.to_owned());
     match settled {
         PromiseState::Fulfilled(data) => {

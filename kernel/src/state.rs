@@ -131,7 +131,11 @@ impl KernelState {
         self.get(&format!("{kpid}.decider"))
     }
 
-    pub(crate) fn set_promise_decider(&mut self, kpid: &str, decider: Option<&str>) -> StoreResult<()> {
+    pub(crate) fn set_promise_decider(
+        &mut self,
+        kpid: &str,
+        decider: Option<&str>,
+    ) -> StoreResult<()> {
         let key = format!("{kpid}.decider");
         match decider {
             Some(vat) => self.set(&key, vat),
@@ -205,14 +209,16 @@ impl KernelState {
     // ---- run queue ----
 
     fn queue_index(&self, key: &str) -> StoreResult<u64> {
-        Ok(self
-            .get(key)?
-            .map_or(0, |t| t.parse().unwrap_or_else(|_| panic!("kernel invariant: {key} is a number"))))
+        Ok(self.get(key)?.map_or(0, |t| {
+            t.parse()
+                .unwrap_or_else(|_| panic!("kernel invariant: {key} is a number"))
+        }))
     }
 
     pub(crate) fn push_run_queue(&mut self, item: &RunQueueItem) -> StoreResult<()> {
         let tail = self.queue_index("runQueue.tail")?;
-        let text = serde_json::to_string(item).expect("kernel invariant: run-queue items serialize");
+        let text =
+            serde_json::to_string(item).expect("kernel invariant: run-queue items serialize");
         self.set(&format!("runQueue.{tail}"), &text)?;
         self.set("runQueue.tail", &(tail + 1).to_string())
     }
@@ -220,7 +226,10 @@ impl KernelState {
     pub(crate) fn pop_run_queue(&mut self) -> StoreResult<Option<RunQueueItem>> {
         let head = self.queue_index("runQueue.head")?;
         let tail = self.queue_index("runQueue.tail")?;
-        assert!(head <= tail, "kernel invariant: run-queue head {head} <= tail {tail}");
+        assert!(
+            head <= tail,
+            "kernel invariant: run-queue head {head} <= tail {tail}"
+        );
         if head == tail {
             return Ok(None);
         }
@@ -254,7 +263,8 @@ impl KernelState {
     pub(crate) fn clist_add(&mut self, vat: &str, kref: &str, vref: &str) -> StoreResult<()> {
         // Cheap enough to keep on in release: a c-list entry never silently replaces another.
         assert!(
-            self.get(&format!("{vat}.c.{kref}"))?.is_none() && self.get(&format!("{vat}.c.{vref}"))?.is_none(),
+            self.get(&format!("{vat}.c.{kref}"))?.is_none()
+                && self.get(&format!("{vat}.c.{vref}"))?.is_none(),
             "kernel invariant: c-list symmetry ({vat} maps {kref} or {vref} already)"
         );
         self.set(&format!("{vat}.c.{kref}"), &format!("R {vref}"))?;
@@ -275,7 +285,12 @@ impl KernelState {
         Ok(())
     }
 
-    pub(crate) fn clist_set_reachable(&mut self, vat: &str, kref: &str, reachable: bool) -> StoreResult<()> {
+    pub(crate) fn clist_set_reachable(
+        &mut self,
+        vat: &str,
+        kref: &str,
+        reachable: bool,
+    ) -> StoreResult<()> {
         if let Some(vref) = self.clist_vref(vat, kref)? {
             let flag = if reachable { 'R' } else { '_' };
             self.set(&format!("{vat}.c.{kref}"), &format!("{flag} {vref}"))?;

@@ -515,7 +515,13 @@ mod tests {
     #[test]
     fn scan_prefix_returns_only_that_prefix_in_order() {
         let (_dir, mut store) = fresh();
-        for (k, v) in [("v1.c.o+0", "ko1"), ("v1.c.ko1", "o+0"), ("v10.x", "no"), ("v1.", "edge"), ("v2.c", "no")] {
+        for (k, v) in [
+            ("v1.c.o+0", "ko1"),
+            ("v1.c.ko1", "o+0"),
+            ("v10.x", "no"),
+            ("v1.", "edge"),
+            ("v2.c", "no"),
+        ] {
             store.set(k, v).unwrap();
         }
         let rows = store.scan_prefix("v1.").unwrap();
@@ -537,7 +543,10 @@ mod tests {
             "bafkreifjjcie6lypi6ny7amxnfftagclbuxndqonfipmb64f2km2devei4"
         );
         assert_eq!(store.add_bundle(b"hello world\n").unwrap(), cid);
-        assert_eq!(store.get_bundle(&cid).unwrap().as_deref(), Some(&b"hello world\n"[..]));
+        assert_eq!(
+            store.get_bundle(&cid).unwrap().as_deref(),
+            Some(&b"hello world\n"[..])
+        );
         let parsed = SwingStore::parse_cid(&cid.to_string()).unwrap();
         assert_eq!(parsed, cid);
         assert!(SwingStore::parse_cid("not-a-cid").is_err());
@@ -587,7 +596,11 @@ mod tests {
         let scanned: Vec<(String, String)> = store.scan_prefix("").unwrap();
         assert_eq!(
             scanned,
-            [("a".into(), "committed".into()), ("b".into(), "crank".into()), ("d".into(), "crank".into())]
+            [
+                ("a".into(), "committed".into()),
+                ("b".into(), "crank".into()),
+                ("d".into(), "crank".into())
+            ]
         );
         store.abort_crank().unwrap();
         assert_eq!(store.get("e").unwrap().as_deref(), Some("committed"));

@@ -98,8 +98,14 @@ impl fmt::Display for VatFault {
             ),
             VatFault::IllegalSyscall(reason) => write!(f, "illegal syscall: {reason}"),
             VatFault::AbiViolation(reason) => write!(f, "vat ABI violation: {reason}"),
-            VatFault::Exit { failure: true, reason } => write!(f, "vat exited with failure: {reason}"),
-            VatFault::Exit { failure: false, reason } => write!(f, "vat exited: {reason}"),
+            VatFault::Exit {
+                failure: true,
+                reason,
+            } => write!(f, "vat exited with failure: {reason}"),
+            VatFault::Exit {
+                failure: false,
+                reason,
+            } => write!(f, "vat exited: {reason}"),
         }
     }
 }
@@ -248,7 +254,9 @@ impl WasmHost {
 fn memory_of(caller: &mut Caller<'_, HostState>) -> Result<Memory, VatFault> {
     match caller.get_export("memory") {
         Some(Extern::Memory(memory)) => Ok(memory),
-        _ => Err(VatFault::AbiViolation("the guest has no exported memory".into())),
+        _ => Err(VatFault::AbiViolation(
+            "the guest has no exported memory".into(),
+        )),
     }
 }
 
@@ -264,7 +272,9 @@ fn read_guest(caller: &mut Caller<'_, HostState>, ptr: i32, len: i32) -> Result<
     let start = ptr as u32 as usize;
     data.get(start..start + len as usize)
         .map(<[u8]>::to_vec)
-        .ok_or_else(|| VatFault::AbiViolation(format!("buffer {start}+{len} is outside guest memory")))
+        .ok_or_else(|| {
+            VatFault::AbiViolation(format!("buffer {start}+{len} is outside guest memory"))
+        })
 }
 
 fn read_text(caller: &mut Caller<'_, HostState>, ptr: i32, len: i32) -> Result<String, VatFault> {
@@ -279,7 +289,10 @@ fn refuse(caller: &mut Caller<'_, HostState>, fault: VatFault) -> wasmtime::Erro
     wasmtime::Error::msg(message)
 }
 
-fn call_handler(caller: &mut Caller<'_, HostState>, call: Syscall) -> Result<SyscallResult, wasmtime::Error> {
+fn call_handler(
+    caller: &mut Caller<'_, HostState>,
+    call: Syscall,
+) -> Result<SyscallResult, wasmtime::Error> {
     let handler = caller
         .data()
         .handler
@@ -313,7 +326,10 @@ fn json_syscall(
 ) -> Result<(), wasmtime::Error> {
     let text = read_text(caller, ptr, len).map_err(|f| refuse(caller, f))?;
     let call: Syscall = serde_json::from_str(&text).map_err(|e| {
-        refuse(caller, VatFault::IllegalSyscall(format!("malformed {import} payload: {e}")))
+        refuse(
+            caller,
+            VatFault::IllegalSyscall(format!("malformed {import} payload: {e}")),
+        )
     })?;
     let matches = matches!(
         (&call, import),
@@ -340,7 +356,13 @@ fn json_syscall(
                 other => vom::capdata::encode(&other).body,
             },
         );
-        return Err(refuse(caller, VatFault::Exit { failure: *failure, reason }));
+        return Err(refuse(
+            caller,
+            VatFault::Exit {
+                failure: *failure,
+                reason,
+            },
+        ));
     }
     call_handler(caller, call).map(|_| ())
 }
@@ -384,7 +406,12 @@ fn define_imports(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         IMPORT_MODULE,
         "vatstore_set",
-        |mut caller: Caller<'_, HostState>, kp: i32, kl: i32, vp: i32, vl: i32| -> wasmtime::Result<()> {
+        |mut caller: Caller<'_, HostState>,
+         kp: i32,
+         kl: i32,
+         vp: i32,
+         vl: i32|
+         -> wasmtime::Result<()> {
             let key = read_text(&mut caller, kp, kl).map_err(|f| refuse(&mut caller, f))?;
             let value = read_text(&mut caller, vp, vl).map_err(|f| refuse(&mut caller, f))?;
             call_handler(&mut caller, Syscall::VatstoreSet { key, value }).map(|_| ())
@@ -409,12 +436,14 @@ fn define_imports(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 ));
             };
             let memory = memory_of(&mut caller).map_err(|f| refuse(&mut caller, f))?;
-            memory.write(&mut caller, ptr as u32 as usize, &bytes).map_err(|_| {
-                refuse(
-                    &mut caller,
-                    VatFault::AbiViolation("read_result buffer is outside guest memory".into()),
-                )
-            })
+            memory
+                .write(&mut caller, ptr as u32 as usize, &bytes)
+                .map_err(|_| {
+                    refuse(
+                        &mut caller,
+                        VatFault::AbiViolation("read_result buffer is outside guest memory".into()),
+                    )
+                })
         },
     )?;
     Ok(())
@@ -445,7 +474,11 @@ fn signature_error(name: &str, e: impl fmt::Display) -> SupervisorError {
 impl ThreadWorker {
     /// Instantiates `module` with `limits`. Runs no delivery: the kernel sends
     /// `startVat` first.
-    pub fn start(host: &WasmHost, module: &VatModule, limits: Limits) -> Result<ThreadWorker, SupervisorError> {
+    pub fn start(
+        host: &WasmHost,
+        module: &VatModule,
+        limits: Limits,
+    ) -> Result<ThreadWorker, SupervisorError> {
         let state = HostState {
             limits: StoreLimitsBuilder::new()
                 .memory_size(limits.memory_bytes_max)
@@ -494,7 +527,9 @@ impl ThreadWorker {
             .map_err(|e| classify_trap(&e, &mut self.store, &self.limits))?;
         self.memory
             .write(&mut self.store, ptr as u32 as usize, bytes)
-            .map_err(|_| VatFault::AbiViolation(format!("vat_alloc returned {ptr}, outside guest memory")))?;
+            .map_err(|_| {
+                VatFault::AbiViolation(format!("vat_alloc returned {ptr}, outside guest memory"))
+            })?;
         let status = self
             .deliver
             .call(&mut self.store, (ptr, len))
@@ -509,7 +544,11 @@ impl ThreadWorker {
 }
 
 /// Turns a wasmtime error into the fault that caused it.
-fn classify_trap(error: &wasmtime::Error, store: &mut Store<HostState>, limits: &Limits) -> VatFault {
+fn classify_trap(
+    error: &wasmtime::Error,
+    store: &mut Store<HostState>,
+    limits: &Limits,
+) -> VatFault {
     if let Some(fault) = store.data_mut().fault.take() {
         return fault;
     }
@@ -518,7 +557,9 @@ fn classify_trap(error: &wasmtime::Error, store: &mut Store<HostState>, limits: 
             fuel_per_delivery: limits.fuel_per_delivery,
         },
         Some(trap) => VatFault::Trap(trap.to_string()),
-        None if format!("{error:#}").contains("memory") && format!("{error:#}").contains("limit") => {
+        None if format!("{error:#}").contains("memory")
+            && format!("{error:#}").contains("limit") =>
+        {
             VatFault::MemoryLimit {
                 memory_bytes_max: limits.memory_bytes_max,
             }
@@ -528,8 +569,13 @@ fn classify_trap(error: &wasmtime::Error, store: &mut Store<HostState>, limits: 
 }
 
 impl Worker for ThreadWorker {
-    fn deliver(&mut self, delivery: &Delivery, handler: &mut dyn SyscallHandler) -> Result<(), VatFault> {
-        let bytes = serde_json::to_vec(delivery).expect("vat-supervisor invariant: deliveries serialize");
+    fn deliver(
+        &mut self,
+        delivery: &Delivery,
+        handler: &mut dyn SyscallHandler,
+    ) -> Result<(), VatFault> {
+        let bytes =
+            serde_json::to_vec(delivery).expect("vat-supervisor invariant: deliveries serialize");
         if bytes.len() > self.limits.message_bytes_max {
             return Err(VatFault::AbiViolation(format!(
                 "delivery of {} bytes exceeds message_bytes_max ({})",
@@ -586,7 +632,10 @@ mod tests {
         )
         .unwrap();
         let err = host().compile(&wasm).unwrap_err();
-        assert!(err.to_string().contains("wasi_snapshot_preview1.fd_write"), "{err}");
+        assert!(
+            err.to_string().contains("wasi_snapshot_preview1.fd_write"),
+            "{err}"
+        );
     }
 
     const MINIMAL: &str = r#"
@@ -617,7 +666,16 @@ mod tests {
     #[test]
     fn refuses_another_abi_version() {
         let err = host().compile(&minimal(7)).unwrap_err();
-        assert!(matches!(err, SupervisorError::AbiVersion { found: 7, expected: 1 }), "{err}");
+        assert!(
+            matches!(
+                err,
+                SupervisorError::AbiVersion {
+                    found: 7,
+                    expected: 1
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]
@@ -642,19 +700,23 @@ mod tests {
         let module = host.compile(&minimal(ABI_VERSION)).unwrap();
         let mut worker = ThreadWorker::start(&host, &module, Limits::default()).unwrap();
         let mut recorder = Recorder(Vec::new(), Err("vref o-9 is not in the c-list".into()));
-        let fault = worker.deliver(&Delivery::StartVat, &mut recorder).unwrap_err();
-        assert_eq!(fault, VatFault::IllegalSyscall("vref o-9 is not in the c-list".into()));
+        let fault = worker
+            .deliver(&Delivery::StartVat, &mut recorder)
+            .unwrap_err();
+        assert_eq!(
+            fault,
+            VatFault::IllegalSyscall("vref o-9 is not in the c-list".into())
+        );
     }
 
     #[test]
     fn fuel_bounds_a_delivery() {
         let host = host();
         // The guest spins while byte 0 of its memory is non-zero: make it so.
-        let wasm = wat::parse_str(
-            MINIMAL
-                .replace("VERSION", "1")
-                .replace("(data (i32.const 16) \"keyvalue\")", "(data (i32.const 0) \"\\01\") (data (i32.const 16) \"keyvalue\")"),
-        )
+        let wasm = wat::parse_str(MINIMAL.replace("VERSION", "1").replace(
+            "(data (i32.const 16) \"keyvalue\")",
+            "(data (i32.const 0) \"\\01\") (data (i32.const 16) \"keyvalue\")",
+        ))
         .unwrap();
         let module = host.compile(&wasm).unwrap();
         let limits = Limits {
@@ -665,7 +727,12 @@ mod tests {
         let fault = worker
             .deliver(&Delivery::StartVat, &mut Recorder(Vec::new(), Ok(())))
             .unwrap_err();
-        assert_eq!(fault, VatFault::OutOfFuel { fuel_per_delivery: 100_000 });
+        assert_eq!(
+            fault,
+            VatFault::OutOfFuel {
+                fuel_per_delivery: 100_000
+            }
+        );
         assert!(fault.to_string().contains("fuel_per_delivery"));
     }
 }

@@ -340,7 +340,9 @@ fn decode_recur(
     depth: usize,
 ) -> Result<Value, DecodeError> {
     if depth > BODY_DEPTH_MAX {
-        return bad(format!("nesting deeper than BODY_DEPTH_MAX ({BODY_DEPTH_MAX})"));
+        return bad(format!(
+            "nesting deeper than BODY_DEPTH_MAX ({BODY_DEPTH_MAX})"
+        ));
     }
     Ok(match json {
         Json::Null => Value::Null,
@@ -471,10 +473,7 @@ mod tests {
             ("alpha", Value::Null),
             ("#hash", Value::Bool(false)),
         ]);
-        assert_eq!(
-            body(&value),
-            r##"#{"!#hash":false,"alpha":null,"zeta":1}"##
-        );
+        assert_eq!(body(&value), r##"#{"!#hash":false,"alpha":null,"zeta":1}"##);
         round_trip(value);
     }
 
@@ -499,7 +498,10 @@ mod tests {
     #[test]
     fn errors_and_tagged_values_are_records_with_hash_keys() {
         let error = Value::error("no such method: frob");
-        assert_eq!(body(&error), r##"#{"#error":"no such method: frob","name":"Error"}"##);
+        assert_eq!(
+            body(&error),
+            r##"#{"#error":"no such method: frob","name":"Error"}"##
+        );
         round_trip(error);
         let tagged = Value::Tagged {
             tag: "copySet".into(),
@@ -532,14 +534,14 @@ mod tests {
     #[test]
     fn malformed_bodies_are_refused_with_a_reason() {
         let cases = [
-            ("3", vec![]),                            // no '#'
-            ("#[", vec![]),                           // not JSON
-            ("#\"$1\"", vec!["o+1".to_owned()]),      // slot out of range
-            ("#\"#bogus\"", vec![]),                  // unknown constant
-            ("#\"*reserved\"", vec![]),               // reserved prefix
-            ("#{\"#weird\":1}", vec![]),              // unknown record type
-            ("#\"+12x\"", vec![]),                    // bad bigint
-            ("#{\"#tag\":\"t\"}", vec![]),            // tag without payload
+            ("3", vec![]),                       // no '#'
+            ("#[", vec![]),                      // not JSON
+            ("#\"$1\"", vec!["o+1".to_owned()]), // slot out of range
+            ("#\"#bogus\"", vec![]),             // unknown constant
+            ("#\"*reserved\"", vec![]),          // reserved prefix
+            ("#{\"#weird\":1}", vec![]),         // unknown record type
+            ("#\"+12x\"", vec![]),               // bad bigint
+            ("#{\"#tag\":\"t\"}", vec![]),       // tag without payload
         ];
         for (text, slots) in cases {
             let data = CapData {
@@ -552,7 +554,11 @@ mod tests {
 
     #[test]
     fn nesting_beyond_the_limit_is_refused() {
-        let deep = format!("#{}{}", "[".repeat(BODY_DEPTH_MAX + 2), "]".repeat(BODY_DEPTH_MAX + 2));
+        let deep = format!(
+            "#{}{}",
+            "[".repeat(BODY_DEPTH_MAX + 2),
+            "]".repeat(BODY_DEPTH_MAX + 2)
+        );
         let err = decode(&CapData {
             body: deep,
             slots: vec![],

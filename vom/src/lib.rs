@@ -81,7 +81,9 @@ impl Reply {
         Reply::Ready(outcome.map(Into::into))
     }
 
-    pub fn later<T: Into<Value>>(future: impl Future<Output = Result<T, Error>> + 'static) -> Reply {
+    pub fn later<T: Into<Value>>(
+        future: impl Future<Output = Result<T, Error>> + 'static,
+    ) -> Reply {
         Reply::Later(Box::pin(async move { future.await.map(Into::into) }))
     }
 

@@ -14,7 +14,12 @@ mod imports {
         pub fn resolve(ptr: *const u8, len: usize);
         pub fn subscribe(ptr: *const u8, len: usize);
         pub fn vatstore_get(key_ptr: *const u8, key_len: usize) -> i32;
-        pub fn vatstore_set(key_ptr: *const u8, key_len: usize, value_ptr: *const u8, value_len: usize);
+        pub fn vatstore_set(
+            key_ptr: *const u8,
+            key_len: usize,
+            value_ptr: *const u8,
+            value_len: usize,
+        );
         pub fn vatstore_delete(key_ptr: *const u8, key_len: usize);
         pub fn vatstore_get_next_key(key_ptr: *const u8, key_len: usize) -> i32;
         pub fn drop_imports(ptr: *const u8, len: usize);

@@ -36,4 +36,3 @@ impl Exo for Counter {
 }
 
 vom::vat_main!(Counter);
-
