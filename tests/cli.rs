@@ -257,3 +257,44 @@ fn key_prints_the_kernels_did() {
     assert!(did.starts_with("did:key:z6Mk"), "{did}");
     assert_eq!(home.ok(&["key"]), did);
 }
+
+/// SIGKILL of a `vat` process mid-run loses at most its uncommitted cranks:
+/// the store stays sound and the next invocation carries on.
+#[test]
+fn a_killed_vat_process_leaves_committed_state_intact() {
+    let home = VatHome::new();
+    home.spawn("a", "pingpong");
+    home.spawn("b", "pingpong");
+    home.spawn("counter", "counter");
+    home.ok(&["send", "counter", "increment"]);
+    let mut child = home
+        .command(&["send", "a", "run", "100000000", "b"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until some of the run's cranks are committed, then kill it mid-run.
+    let progressed = |home: &VatHome| {
+        home.get("runQueue.head")
+            .is_some_and(|head| head.parse::<u64>().unwrap() > 200)
+    };
+    let started = std::time::Instant::now();
+    while !progressed(&home) {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it could be killed"
+        );
+        assert!(
+            started.elapsed().as_secs() < 120,
+            "no committed progress in 120 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(home.integrity(), "ok");
+    // Committed state is all there, and the kernel works on.
+    assert_eq!(home.ok(&["send", "counter", "get"]), "1");
+    assert_eq!(home.ok(&["send", "counter", "increment"]), "2");
+    assert_eq!(home.ok(&["send", "a", "run", "5", "b"]), "5");
+}
