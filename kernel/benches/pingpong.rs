@@ -4,7 +4,7 @@
 //! - the raw rate of small SQLite commits (one key written, then COMMIT),
 //!   the physical limit of committing every crank;
 //! - mode (a): cranks/s with every crank committed on its own;
-//! - mode (b): cranks/s with cranks as savepoints and commits grouped
+//! - mode (b): cranks/s with each crank atomic in swingstore's crank buffer and commits grouped
 //!   (CommitPolicy::GROUPED), results released only after their commit.
 //!
 //! Run: `scripts/build-guests && cargo bench -p kernel --bench pingpong`

@@ -1,4 +1,4 @@
-//! The crank loop: one delivery per crank, one swingstore savepoint per crank,
+//! The crank loop: one delivery per crank, one swingstore crank per crank,
 //! commits grouped by a [`CommitPolicy`], and nothing reported outside before
 //! its commit.
 
@@ -198,8 +198,13 @@ impl Kernel {
                 kref,
             });
         }
-        // Compile (and check the ABI) before writing anything.
-        let module = self.host.compile(wasm)?;
+        // Compile (and check the ABI) before writing anything; a module
+        // already compiled under the same CID is reused.
+        let cid = swingstore::cid_of(wasm).to_string();
+        let module = match self.modules.get(&cid) {
+            Some(module) => module.clone(),
+            None => self.host.compile(wasm)?,
+        };
         self.state.store.begin_crank()?;
         match self.spawn_in_crank(name, wasm, module, fuel_per_delivery) {
             Ok(root) => {
@@ -312,16 +317,6 @@ impl Kernel {
                 return Err(KernelError::Unsettled(kpid.to_owned()));
             }
         }
-    }
-
-    /// Runs cranks until the run queue is empty, then commits. Returns the crank count.
-    pub fn run_until_idle(&mut self) -> Result<u64, KernelError> {
-        let mut cranks = 0;
-        while self.step()? {
-            cranks += 1;
-        }
-        self.commit()?;
-        Ok(cranks)
     }
 
     /// Runs one crank, if there is work. Commits as the policy says.
@@ -612,16 +607,6 @@ impl Kernel {
         }
         vats.sort_by_key(|v| v.id[1..].parse::<u64>().unwrap_or(u64::MAX));
         Ok(vats)
-    }
-
-    /// How many items wait in the run queue.
-    pub fn run_queue_len(&self) -> Result<u64, KernelError> {
-        Ok(self.state.run_queue_len()?)
-    }
-
-    /// The store's own structural check (empty when sound).
-    pub fn integrity_check(&self) -> Result<Vec<String>, KernelError> {
-        Ok(self.state.store.integrity_check()?)
     }
 }
 

@@ -1,6 +1,6 @@
-//! Every table the kernel keeps, as keys in swingstore. Nothing here is
-//! cached in memory: a crank's view is the store's view, so aborting the
-//! crank's savepoint rolls back every table at once.
+//! Every table the kernel keeps, as keys in swingstore. The kernel keeps no
+//! copy of its own: a crank's view is the store's view, so aborting the
+//! crank rolls back every table at once.
 //!
 //! | key | value |
 //! |---|---|
@@ -242,10 +242,6 @@ impl KernelState {
         Ok(Some(serde_json::from_str(&text).unwrap_or_else(|e| {
             panic!("kernel invariant: {key} is a run-queue item: {e}")
         })))
-    }
-
-    pub(crate) fn run_queue_len(&self) -> StoreResult<u64> {
-        Ok(self.queue_index("runQueue.tail")? - self.queue_index("runQueue.head")?)
     }
 
     // ---- c-lists ----

@@ -190,11 +190,6 @@ impl SwingStore {
         Ok(())
     }
 
-    /// True while a crank is open.
-    pub fn in_crank(&self) -> bool {
-        self.crank.is_some()
-    }
-
     /// True when writes are waiting for [`Self::commit`].
     pub fn has_uncommitted(&self) -> bool {
         !self.pending.is_empty() || !self.pending_bundles.is_empty()
@@ -254,18 +249,6 @@ impl SwingStore {
         Ok(())
     }
 
-    /// Discards everything not yet committed, open crank included.
-    pub fn rollback(&mut self) -> Result<()> {
-        if self.reading.replace(false) {
-            self.conn.execute_batch("ROLLBACK")?;
-        }
-        self.crank = None;
-        self.crank_bundles.clear();
-        self.pending.clear();
-        self.pending_bundles.clear();
-        Ok(())
-    }
-
     /// The overlays' word on `key`: `Some(None)` means deleted, `None` means no word.
     fn overlaid(&self, key: &str) -> Option<Option<&String>> {
         if let Some(crank) = &self.crank
@@ -308,10 +291,6 @@ impl SwingStore {
             Some(value) => Ok(value.cloned()),
             None => self.db_get(key),
         }
-    }
-
-    pub fn has(&self, key: &str) -> Result<bool> {
-        Ok(self.get(key)?.is_some())
     }
 
     fn write(&mut self, key: &str, value: Option<String>) {
