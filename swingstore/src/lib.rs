@@ -13,12 +13,13 @@
 //! outside world by releasing output only after [`SwingStore::commit`] returns.
 //!
 //! Writes are buffered in memory until the commit (SwingSet's crank buffer):
-//! a crank's writes sit in its own overlay, ended cranks in a pending overlay,
-//! and reads look through both before SQLite. Committed values are cached, which
-//! is sound because a store has one writer: the kernel holding its home's lock.
-//! Writes outside a crank join the pending overlay.
+//! the store's view maps each key it has seen to its current value, marked
+//! dirty until committed, and a crank keeps an undo log that abort replays.
+//! Committed values stay in the view as a read cache, which is sound because a
+//! store has one writer: the kernel holding its home's lock. Writes outside a
+//! crank are simply dirty until the next commit.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -33,7 +34,7 @@ const RAW_CODEC: u64 = 0x55;
 /// How long a connection waits for another process's write lock before giving up.
 pub const BUSY_TIMEOUT_MS: u64 = 5_000;
 
-/// The most committed values kept in the read cache; past it the cache starts over.
+/// The most keys the view keeps; past it, the cache of committed values starts over at a commit.
 pub const READ_CACHE_ENTRIES_MAX: usize = 200_000;
 
 /// Errors at the swingstore boundary: all of them are operating errors (I/O,
@@ -83,22 +84,29 @@ CREATE TABLE IF NOT EXISTS bundles (
 ) WITHOUT ROWID;
 ";
 
-/// Writes not yet in SQLite: `None` is a deletion.
-type Overlay = BTreeMap<String, Option<String>>;
+/// What the store knows of a key: its current value (`None`: absent), and
+/// whether that value is a write not yet committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Slot {
+    value: Option<String>,
+    dirty: bool,
+}
 
 /// The durable store. One per kernel; not shared between threads.
 #[derive(Debug)]
 pub struct SwingStore {
     conn: Connection,
     path: PathBuf,
-    /// The open crank's writes, if a crank is open.
-    crank: Option<Overlay>,
+    /// Every key read or written since the cache last started over: committed
+    /// values (clean) and writes waiting for the commit (dirty).
+    view: std::cell::RefCell<HashMap<String, Slot>>,
+    /// The dirty keys, in order: what the commit writes, and what ordered
+    /// reads merge with SQLite's keys.
+    dirty: BTreeSet<String>,
+    /// The open crank's undo log: each write's key and the slot it replaced.
+    crank: Option<Vec<(String, Option<Slot>)>>,
     crank_bundles: Vec<(String, Vec<u8>)>,
-    /// Ended cranks' writes, waiting for the commit.
-    pending: Overlay,
     pending_bundles: Vec<(String, Vec<u8>)>,
-    /// Committed values (`None`: known absent), for reads that miss the overlays.
-    cache: std::cell::RefCell<HashMap<String, Option<String>>>,
     /// True while a read transaction is open: reads between commits share one
     /// snapshot instead of taking SQLite's file lock statement by statement.
     reading: std::cell::Cell<bool>,
@@ -145,11 +153,11 @@ impl SwingStore {
         Ok(SwingStore {
             conn,
             path: path.to_owned(),
+            view: Default::default(),
+            dirty: BTreeSet::new(),
             crank: None,
             crank_bundles: Vec::new(),
-            pending: Overlay::new(),
             pending_bundles: Vec::new(),
-            cache: Default::default(),
             reading: Default::default(),
         })
     }
@@ -165,34 +173,46 @@ impl SwingStore {
             self.crank.is_none(),
             "swingstore invariant: cranks do not nest (begin_crank inside a crank)"
         );
-        self.crank = Some(Overlay::new());
+        self.crank = Some(Vec::new());
         Ok(())
     }
 
     /// Ends a crank, keeping its writes for the next [`Self::commit`].
     pub fn end_crank(&mut self) -> Result<()> {
-        let crank = self
-            .crank
-            .take()
-            .expect("swingstore invariant: end_crank outside a crank");
-        self.pending.extend(crank);
+        assert!(
+            self.crank.take().is_some(),
+            "swingstore invariant: end_crank outside a crank"
+        );
         self.pending_bundles.append(&mut self.crank_bundles);
         Ok(())
     }
 
     /// Discards every write made since [`Self::begin_crank`].
     pub fn abort_crank(&mut self) -> Result<()> {
-        assert!(
-            self.crank.take().is_some(),
-            "swingstore invariant: abort_crank outside a crank"
-        );
+        let undo = self
+            .crank
+            .take()
+            .expect("swingstore invariant: abort_crank outside a crank");
+        let view = self.view.get_mut();
+        // Replayed newest first, each key ends with the slot it had before the crank.
+        for (key, old) in undo.iter().rev() {
+            match old {
+                Some(slot) => view.insert(key.clone(), slot.clone()),
+                None => view.remove(key),
+            };
+        }
+        for (key, _) in &undo {
+            if !view.get(key).is_some_and(|slot| slot.dirty) {
+                self.dirty.remove(key);
+            }
+        }
         self.crank_bundles.clear();
         Ok(())
     }
 
     /// True when writes are waiting for [`Self::commit`].
     pub fn has_uncommitted(&self) -> bool {
-        !self.pending.is_empty() || !self.pending_bundles.is_empty()
+        !self.dirty.is_empty() || !self.pending_bundles.is_empty()
     }
 
     /// Writes every ended crank (and every write outside a crank) to SQLite in
@@ -219,11 +239,17 @@ impl SwingStore {
             let _ = self.conn.execute_batch("ROLLBACK");
             return Err(e);
         }
-        let mut cache = self.cache.borrow_mut();
-        if cache.len() + self.pending.len() > READ_CACHE_ENTRIES_MAX {
-            cache.clear();
+        let view = self.view.get_mut();
+        if view.len() > READ_CACHE_ENTRIES_MAX {
+            view.clear();
+        } else {
+            for key in &self.dirty {
+                if let Some(slot) = view.get_mut(key) {
+                    slot.dirty = false;
+                }
+            }
         }
-        cache.extend(std::mem::take(&mut self.pending));
+        self.dirty.clear();
         self.pending_bundles.clear();
         Ok(())
     }
@@ -233,8 +259,12 @@ impl SwingStore {
             .conn
             .prepare_cached("INSERT OR REPLACE INTO kv (key, value) VALUES (?1, ?2)")?;
         let mut delete = self.conn.prepare_cached("DELETE FROM kv WHERE key = ?1")?;
-        for (key, value) in &self.pending {
-            match value {
+        let view = self.view.borrow();
+        for key in &self.dirty {
+            let slot = view
+                .get(key)
+                .expect("swingstore invariant: a dirty key has a slot in the view");
+            match &slot.value {
                 Some(value) => upsert.execute(params![key, value])?,
                 None => delete.execute([key])?,
             };
@@ -249,16 +279,6 @@ impl SwingStore {
         Ok(())
     }
 
-    /// The overlays' word on `key`: `Some(None)` means deleted, `None` means no word.
-    fn overlaid(&self, key: &str) -> Option<Option<&String>> {
-        if let Some(crank) = &self.crank
-            && let Some(value) = crank.get(key)
-        {
-            return Some(value.as_ref());
-        }
-        self.pending.get(key).map(Option::as_ref)
-    }
-
     /// Opens the read transaction that reads share until the next commit.
     /// Sound because this store is the file's only writer.
     fn begin_reading(&self) -> Result<()> {
@@ -269,33 +289,34 @@ impl SwingStore {
         Ok(())
     }
 
-    fn db_get(&self, key: &str) -> Result<Option<String>> {
-        if let Some(value) = self.cache.borrow().get(key) {
-            return Ok(value.clone());
+    pub fn get(&self, key: &str) -> Result<Option<String>> {
+        if let Some(slot) = self.view.borrow().get(key) {
+            return Ok(slot.value.clone());
         }
         self.begin_reading()?;
         let mut stmt = self
             .conn
             .prepare_cached("SELECT value FROM kv WHERE key = ?1")?;
         let value: Option<String> = stmt.query_row([key], |row| row.get(0)).optional()?;
-        let mut cache = self.cache.borrow_mut();
-        if cache.len() >= READ_CACHE_ENTRIES_MAX {
-            cache.clear();
-        }
-        cache.insert(key.to_owned(), value.clone());
+        self.view.borrow_mut().insert(
+            key.to_owned(),
+            Slot {
+                value: value.clone(),
+                dirty: false,
+            },
+        );
         Ok(value)
     }
 
-    pub fn get(&self, key: &str) -> Result<Option<String>> {
-        match self.overlaid(key) {
-            Some(value) => Ok(value.cloned()),
-            None => self.db_get(key),
-        }
-    }
-
     fn write(&mut self, key: &str, value: Option<String>) {
-        let overlay = self.crank.as_mut().unwrap_or(&mut self.pending);
-        overlay.insert(key.to_owned(), value);
+        let slot = Slot { value, dirty: true };
+        let old = self.view.get_mut().insert(key.to_owned(), slot);
+        if !old.as_ref().is_some_and(|slot| slot.dirty) {
+            self.dirty.insert(key.to_owned());
+        }
+        if let Some(undo) = &mut self.crank {
+            undo.push((key.to_owned(), old));
+        }
     }
 
     pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
@@ -308,18 +329,13 @@ impl SwingStore {
         Ok(())
     }
 
-    /// The first overlay key after `previous` that the overlays say exists.
-    fn overlay_next_key(&self, previous: &str) -> Option<String> {
-        let after = (Bound::Excluded(previous), Bound::Unbounded);
-        let mut candidates: Vec<&String> = Vec::new();
-        for overlay in self.crank.iter().chain(std::iter::once(&self.pending)) {
-            candidates.extend(overlay.range::<str, _>(after).map(|(k, _)| k));
-        }
-        candidates.sort();
-        candidates
-            .into_iter()
-            .find(|key| matches!(self.overlaid(key), Some(Some(_))))
-            .cloned()
+    /// The uncommitted value of `key`: `Some(None)` if deleted, `None` if not written.
+    fn dirty_value(&self, key: &str) -> Option<Option<String>> {
+        self.view
+            .borrow()
+            .get(key)
+            .filter(|slot| slot.dirty)
+            .map(|slot| slot.value.clone())
     }
 
     /// The smallest key strictly greater than `previous`, in byte order.
@@ -330,16 +346,20 @@ impl SwingStore {
             .conn
             .prepare_cached("SELECT key FROM kv WHERE key > ?1 ORDER BY key LIMIT 1")?;
         let mut after = previous.to_owned();
-        // Skip committed keys that the overlays delete.
+        // Skip committed keys that uncommitted writes delete.
         let from_db = loop {
             let next: Option<String> = stmt.query_row([&after], |row| row.get(0)).optional()?;
             match next {
-                Some(key) if matches!(self.overlaid(&key), Some(None)) => after = key,
+                Some(key) if self.dirty_value(&key) == Some(None) => after = key,
                 other => break other,
             }
         };
-        let from_overlay = self.overlay_next_key(previous);
-        Ok(match (from_db, from_overlay) {
+        let from_dirty = self
+            .dirty
+            .range::<str, _>((Bound::Excluded(previous), Bound::Unbounded))
+            .find(|key| matches!(self.dirty_value(key), Some(Some(_))))
+            .cloned();
+        Ok(match (from_db, from_dirty) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         })
@@ -357,11 +377,14 @@ impl SwingStore {
         let mut merged: BTreeMap<String, Option<String>> = rows
             .map(|row| row.map(|(k, v): (String, String)| (k, Some(v))))
             .collect::<rusqlite::Result<_>>()?;
-        for overlay in std::iter::once(&self.pending).chain(self.crank.iter()) {
-            let range = overlay.range::<str, _>((Bound::Included(prefix), Bound::Unbounded));
-            for (key, value) in range.take_while(|(k, _)| k.starts_with(prefix)) {
-                merged.insert(key.clone(), value.clone());
-            }
+        let range = self
+            .dirty
+            .range::<str, _>((Bound::Included(prefix), Bound::Unbounded));
+        for key in range.take_while(|k| k.starts_with(prefix)) {
+            let value = self
+                .dirty_value(key)
+                .expect("swingstore invariant: a dirty key has a dirty slot");
+            merged.insert(key.clone(), value);
         }
         Ok(merged
             .into_iter()
@@ -584,6 +607,20 @@ mod tests {
         store.abort_crank().unwrap();
         assert_eq!(store.get("e").unwrap().as_deref(), Some("committed"));
         assert_eq!(store.get("d").unwrap().as_deref(), Some("pending"));
+        // What the ended crank wrote is committed; what the aborted one wrote is not.
+        store.commit().unwrap();
+        let path = store.path().to_owned();
+        drop(store);
+        let store = SwingStore::open(&path, Durability::Normal).unwrap();
+        let all: Vec<(String, String)> = store.scan_prefix("").unwrap();
+        assert_eq!(
+            all,
+            [
+                ("a".into(), "committed".into()),
+                ("d".into(), "pending".into()),
+                ("e".into(), "committed".into())
+            ]
+        );
     }
 
     #[test]
