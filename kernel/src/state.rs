@@ -90,16 +90,16 @@ impl KernelState {
 
     pub(crate) fn allocate_object(&mut self, owner: &str) -> StoreResult<String> {
         let kref = format!("ko{}", self.next_id("kernel.nextObject")?);
-        self.set(&format!("{kref}.owner"), owner)?;
+        self.store.set_new(&format!("{kref}.owner"), owner)?;
         Ok(kref)
     }
 
     /// A new unresolved promise, decided by `decider` (or by the kernel).
     pub(crate) fn allocate_promise(&mut self, decider: Option<&str>) -> StoreResult<String> {
         let kpid = format!("kp{}", self.next_id("kernel.nextPromise")?);
-        self.set(&format!("{kpid}.state"), "unresolved")?;
+        self.store.set_new(&format!("{kpid}.state"), "unresolved")?;
         if let Some(vat) = decider {
-            self.set(&format!("{kpid}.decider"), vat)?;
+            self.store.set_new(&format!("{kpid}.decider"), vat)?;
         }
         Ok(kpid)
     }
@@ -219,7 +219,7 @@ impl KernelState {
         let tail = self.queue_index("runQueue.tail")?;
         let text =
             serde_json::to_string(item).expect("kernel invariant: run-queue items serialize");
-        self.set(&format!("runQueue.{tail}"), &text)?;
+        self.store.set_new(&format!("runQueue.{tail}"), &text)?;
         self.set("runQueue.tail", &(tail + 1).to_string())
     }
 

@@ -19,7 +19,7 @@
 //! store has one writer: the kernel holding its home's lock. Writes outside a
 //! crank are simply dirty until the next commit.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -27,6 +27,9 @@ use std::time::Duration;
 use cid::Cid;
 use multihash_codetable::{Code, MultihashDigest};
 use rusqlite::{Connection, OptionalExtension, params};
+// Keys come from the kernel itself, not from an adversary choosing hash
+// collisions, so the view uses a fast hash rather than SipHash.
+use rustc_hash::FxHashMap;
 
 /// The multicodec code of raw bytes: a bundle's CID says "these bytes, as they are".
 const RAW_CODEC: u64 = 0x55;
@@ -90,6 +93,9 @@ CREATE TABLE IF NOT EXISTS bundles (
 struct Slot {
     value: Option<String>,
     dirty: bool,
+    /// Whether SQLite holds the key, when known: a deletion of a key SQLite
+    /// does not hold costs the commit nothing.
+    in_db: Option<bool>,
 }
 
 /// The durable store. One per kernel; not shared between threads.
@@ -99,7 +105,7 @@ pub struct SwingStore {
     path: PathBuf,
     /// Every key read or written since the cache last started over: committed
     /// values (clean) and writes waiting for the commit (dirty).
-    view: std::cell::RefCell<HashMap<String, Slot>>,
+    view: std::cell::RefCell<FxHashMap<String, Slot>>,
     /// The dirty keys, in order: what the commit writes, and what ordered
     /// reads merge with SQLite's keys.
     dirty: BTreeSet<String>,
@@ -246,6 +252,7 @@ impl SwingStore {
             for key in &self.dirty {
                 if let Some(slot) = view.get_mut(key) {
                     slot.dirty = false;
+                    slot.in_db = Some(slot.value.is_some());
                 }
             }
         }
@@ -264,9 +271,10 @@ impl SwingStore {
             let slot = view
                 .get(key)
                 .expect("swingstore invariant: a dirty key has a slot in the view");
-            match &slot.value {
-                Some(value) => upsert.execute(params![key, value])?,
-                None => delete.execute([key])?,
+            match (&slot.value, slot.in_db) {
+                (Some(value), _) => upsert.execute(params![key, value])?,
+                (None, Some(false)) => 0,
+                (None, _) => delete.execute([key])?,
             };
         }
         let mut bundle = self
@@ -301,6 +309,7 @@ impl SwingStore {
         self.view.borrow_mut().insert(
             key.to_owned(),
             Slot {
+                in_db: Some(value.is_some()),
                 value: value.clone(),
                 dirty: false,
             },
@@ -308,9 +317,16 @@ impl SwingStore {
         Ok(value)
     }
 
-    fn write(&mut self, key: &str, value: Option<String>) {
-        let slot = Slot { value, dirty: true };
-        let old = self.view.get_mut().insert(key.to_owned(), slot);
+    fn write(&mut self, key: &str, value: Option<String>, new: bool) {
+        let view = self.view.get_mut();
+        let known = view.get(key).and_then(|slot| slot.in_db);
+        let in_db = if new { Some(false) } else { known };
+        let slot = Slot {
+            value,
+            dirty: true,
+            in_db,
+        };
+        let old = view.insert(key.to_owned(), slot);
         if !old.as_ref().is_some_and(|slot| slot.dirty) {
             self.dirty.insert(key.to_owned());
         }
@@ -320,12 +336,23 @@ impl SwingStore {
     }
 
     pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
-        self.write(key, Some(value.to_owned()));
+        self.write(key, Some(value.to_owned()), false);
+        Ok(())
+    }
+
+    /// Sets a key the caller knows has never been committed (it comes from a
+    /// fresh id), so that deleting it before the commit costs SQLite nothing.
+    pub fn set_new(&mut self, key: &str, value: &str) -> Result<()> {
+        debug_assert!(
+            self.get(key)?.is_none(),
+            "swingstore invariant: set_new of a key that exists ({key})"
+        );
+        self.write(key, Some(value.to_owned()), true);
         Ok(())
     }
 
     pub fn delete(&mut self, key: &str) -> Result<()> {
-        self.write(key, None);
+        self.write(key, None, false);
         Ok(())
     }
 
@@ -638,6 +665,25 @@ mod tests {
         let store = SwingStore::open(&dir.path().join("store.sqlite"), Durability::Normal).unwrap();
         assert_eq!(store.get("counter").unwrap().as_deref(), Some("99"));
         assert_eq!(store.scan_prefix("temp.").unwrap(), []);
+    }
+
+    #[test]
+    fn keys_set_new_and_deleted_before_the_commit_never_reach_the_file() {
+        let (dir, mut store) = fresh();
+        store.begin_crank().unwrap();
+        store.set_new("queue.1", "item").unwrap();
+        store.set_new("kept", "yes").unwrap();
+        store.end_crank().unwrap();
+        store.begin_crank().unwrap();
+        store.delete("queue.1").unwrap();
+        store.end_crank().unwrap();
+        store.commit().unwrap();
+        // A later deletion of a committed key does reach the file.
+        store.delete("kept").unwrap();
+        store.commit().unwrap();
+        drop(store);
+        let store = SwingStore::open(&dir.path().join("store.sqlite"), Durability::Normal).unwrap();
+        assert_eq!(store.scan_prefix("").unwrap(), []);
     }
 
     #[test]
