@@ -14,6 +14,12 @@
 
 use std::fmt;
 
+mod process;
+#[allow(clippy::all, clippy::pedantic, missing_debug_implementations, unused)]
+mod worker_capnp;
+
+pub use process::{ModuleSource, PROTOCOL_VERSION, ProcessWorker, serve};
+
 use vom::abi::{ABI_VERSION, Delivery, IMPORT_MODULE, Syscall, SyscallResult};
 use wasmtime::{
     Caller, Config, Engine, Extern, Instance, InstancePre, Linker, Memory, Module, Store,
@@ -26,6 +32,12 @@ pub const FUEL_PER_DELIVERY_DEFAULT: u64 = 1_000_000_000;
 pub const MEMORY_BYTES_MAX_DEFAULT: usize = 256 << 20;
 /// Default maximum size of one syscall payload or delivery.
 pub const MESSAGE_BYTES_MAX_DEFAULT: usize = 1 << 20;
+/// Default wall-clock time one delivery may take.
+pub const DEADLINE_MS_DEFAULT: u64 = 10_000;
+/// Default number of syscalls one delivery may make.
+pub const SYSCALLS_PER_DELIVERY_MAX_DEFAULT: u32 = 100_000;
+/// How often the epoch ticker advances: the resolution of `deadline_ms`.
+const EPOCH_TICK_MS: u64 = 5;
 
 /// The exports ABI v1 requires of a guest.
 const REQUIRED_EXPORTS: [&str; 4] = ["memory", "vat_abi_version", "vat_alloc", "vat_deliver"];
@@ -55,6 +67,10 @@ pub struct Limits {
     pub memory_bytes_max: usize,
     /// `message_bytes_max`: the largest delivery or syscall payload.
     pub message_bytes_max: usize,
+    /// `deadline_ms`: the wall-clock time one delivery may take.
+    pub deadline_ms: u64,
+    /// `syscalls_per_delivery_max`: how many syscalls one delivery may make.
+    pub syscalls_per_delivery_max: u32,
 }
 
 impl Default for Limits {
@@ -63,6 +79,8 @@ impl Default for Limits {
             fuel_per_delivery: FUEL_PER_DELIVERY_DEFAULT,
             memory_bytes_max: MEMORY_BYTES_MAX_DEFAULT,
             message_bytes_max: MESSAGE_BYTES_MAX_DEFAULT,
+            deadline_ms: DEADLINE_MS_DEFAULT,
+            syscalls_per_delivery_max: SYSCALLS_PER_DELIVERY_MAX_DEFAULT,
         }
     }
 }
@@ -76,6 +94,10 @@ pub enum VatFault {
     OutOfFuel { fuel_per_delivery: u64 },
     /// The guest tried to grow past `memory_bytes_max`.
     MemoryLimit { memory_bytes_max: usize },
+    /// The delivery ran past `deadline_ms` of wall-clock time.
+    Deadline { deadline_ms: u64 },
+    /// The guest's worker process died or broke its protocol (not the guest's doing).
+    WorkerDied(String),
     /// The kernel refused a syscall (a forged reference, a malformed payload...).
     IllegalSyscall(String),
     /// The guest broke the ABI (bad buffers, a non-zero `vat_deliver` status...).
@@ -96,6 +118,10 @@ impl fmt::Display for VatFault {
                 f,
                 "guest exceeded memory_bytes_max ({memory_bytes_max} bytes)"
             ),
+            VatFault::Deadline { deadline_ms } => {
+                write!(f, "delivery exceeded deadline_ms ({deadline_ms} ms)")
+            }
+            VatFault::WorkerDied(reason) => write!(f, "worker process died: {reason}"),
             VatFault::IllegalSyscall(reason) => write!(f, "illegal syscall: {reason}"),
             VatFault::AbiViolation(reason) => write!(f, "vat ABI violation: {reason}"),
             VatFault::Exit {
@@ -153,6 +179,15 @@ pub trait Worker {
 pub struct WasmHost {
     engine: Engine,
     linker: Linker<HostState>,
+    /// Tells the epoch ticker thread to stop when the host goes away.
+    ticker_stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for WasmHost {
+    fn drop(&mut self) {
+        self.ticker_stop
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl fmt::Debug for WasmHost {
@@ -176,6 +211,9 @@ impl fmt::Debug for VatModule {
 struct HostState {
     limits: StoreLimits,
     message_bytes_max: usize,
+    syscalls_per_delivery_max: u32,
+    /// Syscalls made so far in the current delivery.
+    syscalls: u32,
     /// Valid only while `ThreadWorker::deliver` runs; see the SAFETY note there.
     handler: Option<*mut (dyn SyscallHandler + 'static)>,
     /// Bytes the last syscall returned, waiting for `read_result`.
@@ -193,6 +231,7 @@ impl WasmHost {
         let mut config = Config::new();
         config
             .consume_fuel(true)
+            .epoch_interruption(true)
             // Determinism: every NaN a guest produces has one bit pattern, and no
             // feature whose results vary by machine or schedule is offered
             // (threads are compiled out: the `threads` feature is not enabled).
@@ -201,19 +240,97 @@ impl WasmHost {
         let engine = Engine::new(&config).map_err(engine_error)?;
         let mut linker = Linker::new(&engine);
         define_imports(&mut linker).map_err(engine_error)?;
-        Ok(WasmHost { engine, linker })
+        // Deadlines are counted in epochs; this thread advances them.
+        let ticker_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (ticking_engine, stop) = (engine.clone(), ticker_stop.clone());
+        std::thread::Builder::new()
+            .name("vat-epoch-ticker".into())
+            .spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(std::time::Duration::from_millis(EPOCH_TICK_MS));
+                    ticking_engine.increment_epoch();
+                }
+            })
+            .map_err(engine_error)?;
+        Ok(WasmHost {
+            engine,
+            linker,
+            ticker_stop,
+        })
+    }
+
+    /// A hash of everything a compiled artifact depends on (wasmtime version,
+    /// engine settings): artifacts are cached under it.
+    pub fn compatibility_hash(&self) -> String {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        self.engine
+            .precompile_compatibility_hash()
+            .hash(&mut hasher);
+        format!("{:016x}", hasher.finish())
+    }
+
+    /// Where [`Self::load_cached`] keeps the artifact of module `cid`.
+    pub fn artifact_path(&self, cid: &str, cache_dir: &std::path::Path) -> std::path::PathBuf {
+        cache_dir.join(format!("{cid}-{}.cwasm", self.compatibility_hash()))
+    }
+
+    /// Loads an artifact written by [`Self::load_cached`], checking it against the ABI.
+    pub fn load_artifact(&self, path: &std::path::Path) -> Result<VatModule, SupervisorError> {
+        // SAFETY: artifacts are written by `Module::serialize` into the kernel's
+        // own home, named by the engine's compatibility hash; wasmtime also
+        // re-checks the header and compatibility before use.
+        let module = unsafe { Module::deserialize_file(&self.engine, path) }
+            .map_err(|e| SupervisorError::Engine(format!("artifact {}: {e}", path.display())))?;
+        self.accept(module)
+    }
+
+    /// Like [`Self::compile`], but keeps the compiled artifact in `cache_dir`
+    /// under `cid` and this engine's compatibility hash, and loads it from
+    /// there when it is already present: a module is compiled once per
+    /// machine, not once per process.
+    pub fn load_cached(
+        &self,
+        wasm: &[u8],
+        cid: &str,
+        cache_dir: &std::path::Path,
+    ) -> Result<VatModule, SupervisorError> {
+        let path = self.artifact_path(cid, cache_dir);
+        if path.is_file()
+            && let Ok(module) = self.load_artifact(&path)
+        {
+            return Ok(module);
+        }
+        let module = self.compile_module(wasm)?;
+        let bytes = module.serialize().map_err(engine_error)?;
+        let temp = path.with_extension("tmp");
+        std::fs::create_dir_all(cache_dir)
+            .and_then(|()| std::fs::write(&temp, bytes))
+            .and_then(|()| std::fs::rename(&temp, &path))
+            .map_err(|e| {
+                SupervisorError::Engine(format!("module cache {}: {e}", path.display()))
+            })?;
+        self.accept(module)
     }
 
     /// Compiles `bytes` and checks them against the ABI: the required exports
     /// with their types, only offered imports, and a matching ABI version.
     pub fn compile(&self, bytes: &[u8]) -> Result<VatModule, SupervisorError> {
+        let module = self.compile_module(bytes)?;
+        self.accept(module)
+    }
+
+    fn compile_module(&self, bytes: &[u8]) -> Result<Module, SupervisorError> {
         if !bytes.starts_with(b"\0asm") {
             return Err(SupervisorError::NotWasm(
                 "the file does not start with the Wasm magic number".into(),
             ));
         }
-        let module = Module::new(&self.engine, bytes)
-            .map_err(|e| SupervisorError::NotWasm(format!("{e:#}").replace('\n', " ")))?;
+        Module::new(&self.engine, bytes)
+            .map_err(|e| SupervisorError::NotWasm(format!("{e:#}").replace('\n', " ")))
+    }
+
+    fn accept(&self, module: Module) -> Result<VatModule, SupervisorError> {
         for import in module.imports() {
             if import.module() != IMPORT_MODULE || !OFFERED_IMPORTS.contains(&import.name()) {
                 return Err(SupervisorError::UnknownImport {
@@ -293,6 +410,17 @@ fn call_handler(
     caller: &mut Caller<'_, HostState>,
     call: Syscall,
 ) -> Result<SyscallResult, wasmtime::Error> {
+    let state = caller.data_mut();
+    state.syscalls += 1;
+    if state.syscalls > state.syscalls_per_delivery_max {
+        let max = state.syscalls_per_delivery_max;
+        return Err(refuse(
+            caller,
+            VatFault::IllegalSyscall(format!(
+                "delivery exceeded syscalls_per_delivery_max ({max})"
+            )),
+        ));
+    }
     let handler = caller
         .data()
         .handler
@@ -485,6 +613,8 @@ impl ThreadWorker {
                 .trap_on_grow_failure(true)
                 .build(),
             message_bytes_max: limits.message_bytes_max,
+            syscalls_per_delivery_max: limits.syscalls_per_delivery_max,
+            syscalls: 0,
             handler: None,
             result: None,
             fault: None,
@@ -494,6 +624,8 @@ impl ThreadWorker {
         store
             .set_fuel(limits.fuel_per_delivery)
             .map_err(engine_error)?;
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(limits.deadline_ms.div_ceil(EPOCH_TICK_MS).max(1));
         let instance = module
             .pre
             .instantiate(&mut store)
@@ -556,6 +688,9 @@ fn classify_trap(
         Some(Trap::OutOfFuel) => VatFault::OutOfFuel {
             fuel_per_delivery: limits.fuel_per_delivery,
         },
+        Some(Trap::Interrupt) => VatFault::Deadline {
+            deadline_ms: limits.deadline_ms,
+        },
         Some(trap) => VatFault::Trap(trap.to_string()),
         None if format!("{error:#}").contains("memory")
             && format!("{error:#}").contains("limit") =>
@@ -586,6 +721,9 @@ impl Worker for ThreadWorker {
         self.store
             .set_fuel(self.limits.fuel_per_delivery)
             .expect("vat-supervisor invariant: fuel is enabled on the engine");
+        self.store
+            .set_epoch_deadline(self.limits.deadline_ms.div_ceil(EPOCH_TICK_MS).max(1));
+        self.store.data_mut().syscalls = 0;
         // SAFETY: the handler pointer is erased to 'static only to sit in the
         // store's data while the guest runs below; it is cleared before this
         // function returns, so it never outlives the `&mut` it came from.
@@ -707,6 +845,65 @@ mod tests {
             fault,
             VatFault::IllegalSyscall("vref o-9 is not in the c-list".into())
         );
+    }
+
+    fn spinning_module() -> Vec<u8> {
+        wat::parse_str(MINIMAL.replace("VERSION", "1").replace(
+            "(data (i32.const 16) \"keyvalue\")",
+            "(data (i32.const 0) \"\\01\") (data (i32.const 16) \"keyvalue\")",
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_wall_clock_deadline_bounds_a_delivery_whatever_its_fuel() {
+        let host = host();
+        let module = host.compile(&spinning_module()).unwrap();
+        let limits = Limits {
+            fuel_per_delivery: u64::MAX,
+            deadline_ms: 50,
+            ..Limits::default()
+        };
+        let mut worker = ThreadWorker::start(&host, &module, limits).unwrap();
+        let fault = worker
+            .deliver(&Delivery::StartVat, &mut Recorder(Vec::new(), Ok(())))
+            .unwrap_err();
+        assert_eq!(fault, VatFault::Deadline { deadline_ms: 50 });
+    }
+
+    #[test]
+    fn syscalls_per_delivery_are_bounded() {
+        let host = host();
+        let module = host.compile(&minimal(ABI_VERSION)).unwrap();
+        let limits = Limits {
+            syscalls_per_delivery_max: 0,
+            ..Limits::default()
+        };
+        let mut worker = ThreadWorker::start(&host, &module, limits).unwrap();
+        let fault = worker
+            .deliver(&Delivery::StartVat, &mut Recorder(Vec::new(), Ok(())))
+            .unwrap_err();
+        assert!(
+            fault.to_string().contains("syscalls_per_delivery_max (0)"),
+            "{fault}"
+        );
+    }
+
+    #[test]
+    fn compiled_modules_are_cached_by_cid_and_engine() {
+        let host = host();
+        let dir = tempfile::tempdir().unwrap();
+        let wasm = minimal(ABI_VERSION);
+        host.load_cached(&wasm, "bafkreitest", dir.path()).unwrap();
+        let artifact = host.artifact_path("bafkreitest", dir.path());
+        assert!(artifact.is_file());
+        // A second load comes from the artifact, even if the bytes were lost.
+        host.load_cached(b"not even wasm", "bafkreitest", dir.path())
+            .unwrap();
+        // A damaged artifact is recompiled, not trusted.
+        std::fs::write(&artifact, b"garbage").unwrap();
+        host.load_cached(&wasm, "bafkreitest", dir.path()).unwrap();
+        assert!(host.load_artifact(&artifact).is_ok());
     }
 
     #[test]

@@ -1,0 +1,79 @@
+@0xd3f0c2a9e4b7a615;
+# The pipe protocol between the kernel and a `vat-supervisor` worker process.
+#
+# Each frame is one Cap'n Proto message in the standard stream framing:
+# `ToWorker` on the worker's stdin, `FromWorker` on its stdout. The vat ABI's
+# own messages (deliveries, syscalls) travel inside as their JSON text, so
+# this protocol never changes when the ABI gains a syscall.
+#
+# A session: Start -> Ready (or StartFailed); then per delivery: Deliver ->
+# zero or more Syscalls (each answered by SyscallResult when `awaitsResult`)
+# -> Delivered or Fault. Syscalls that return nothing are batched into the
+# next Syscalls or Delivered frame; the kernel applies them in order.
+
+const protocolVersion :UInt32 = 1;
+
+struct Limits {
+  fuelPerDelivery @0 :UInt64;
+  memoryBytesMax @1 :UInt64;
+  messageBytesMax @2 :UInt64;
+  deadlineMs @3 :UInt64;
+  syscallsPerDeliveryMax @4 :UInt32;
+}
+
+struct Start {
+  protocolVersion @0 :UInt32;
+  limits @1 :Limits;
+  union {
+    wasm @2 :Data;        # Compile these bytes.
+    artifact @3 :Text;    # Load this compiled artifact (written by a compatible engine).
+  }
+}
+
+struct ToWorker {
+  union {
+    start @0 :Start;
+    deliver @1 :Text;     # A JSON vom::abi::Delivery.
+    syscallResult @2 :SyscallResult;
+  }
+}
+
+struct SyscallResult {
+  union {
+    none @0 :Void;
+    value @1 :Text;
+    refused @2 :Text;     # The kernel refused one of the batch: the guest traps.
+  }
+}
+
+struct Fault {
+  kind @0 :Kind;
+  message @1 :Text;
+  limit @2 :UInt64;       # The limit a limit fault names.
+  failure @3 :Bool;       # For `exit`: whether the vat exited with failure.
+
+  enum Kind {
+    trap @0;
+    outOfFuel @1;
+    memoryLimit @2;
+    deadline @3;
+    illegalSyscall @4;
+    abiViolation @5;
+    exit @6;
+  }
+}
+
+struct FromWorker {
+  union {
+    ready @0 :Void;
+    startFailed @1 :Text;
+    syscalls @2 :Syscalls;
+    delivered @3 :List(Text);   # Batched syscalls, JSON vom::abi::Syscall each.
+    fault @4 :Fault;
+  }
+}
+
+struct Syscalls {
+  calls @0 :List(Text);         # JSON vom::abi::Syscall each, in order.
+  awaitsResult @1 :Bool;        # The last call wants a SyscallResult.
+}

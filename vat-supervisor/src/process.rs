@@ -1,0 +1,438 @@
+//! Worker processes: [`ProcessWorker`] is the kernel's side, [`serve`] the
+//! `vat-supervisor` binary's. They speak `schema/worker.capnp` over the
+//! child's stdin and stdout.
+//!
+//! A worker process's crash, hang or memory blow-up is the vat's fault, never
+//! the kernel's: the kernel sees [`VatFault::WorkerDied`] and decides.
+
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+
+use capnp::message::{Builder, ReaderOptions};
+use capnp::serialize;
+use vom::abi::{Delivery, Syscall, SyscallResult};
+
+use crate::worker_capnp::{fault, from_worker, start, syscall_result, to_worker};
+use crate::{Limits, SupervisorError, SyscallHandler, ThreadWorker, VatFault, WasmHost, Worker};
+
+/// The protocol version both sides must speak (`protocolVersion` in the schema).
+pub const PROTOCOL_VERSION: u32 = crate::worker_capnp::PROTOCOL_VERSION;
+
+/// Where a worker process gets its module.
+#[derive(Debug, Clone)]
+pub enum ModuleSource {
+    /// Compile these bytes.
+    Wasm(Vec<u8>),
+    /// Load this artifact, written by [`WasmHost::load_cached`].
+    Artifact(PathBuf),
+}
+
+fn reader_options(limits: &Limits) -> ReaderOptions {
+    let mut options = ReaderOptions::new();
+    // A frame may carry a module (on start) or a message of up to
+    // message_bytes_max, plus framing; anything larger is refused unread.
+    let words = (limits.message_bytes_max.max(64 << 20) / 8 + 1024) as u64;
+    options.traversal_limit_in_words(Some(words as usize));
+    options
+}
+
+fn protocol_error(e: impl std::fmt::Display) -> VatFault {
+    VatFault::WorkerDied(format!("worker protocol: {e}"))
+}
+
+fn write_frame(
+    writer: &mut impl Write,
+    message: &Builder<capnp::message::HeapAllocator>,
+) -> Result<(), VatFault> {
+    serialize::write_message(&mut *writer, message).map_err(protocol_error)?;
+    writer
+        .flush()
+        .map_err(|e| VatFault::WorkerDied(format!("pipe closed: {e}")))
+}
+
+/// The kernel's handle on a vat hosted in a `vat-supervisor` child process.
+#[derive(Debug)]
+pub struct ProcessWorker {
+    child: Child,
+    to_worker: BufWriter<ChildStdin>,
+    from_worker: BufReader<ChildStdout>,
+    options: ReaderOptions,
+}
+
+impl ProcessWorker {
+    /// Starts `program` (the `vat-supervisor` binary) hosting `module` with `limits`.
+    pub fn start(
+        program: &Path,
+        module: ModuleSource,
+        limits: Limits,
+    ) -> Result<ProcessWorker, SupervisorError> {
+        let mut child = Command::new(program)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| {
+                SupervisorError::Engine(format!("cannot start {}: {e}", program.display()))
+            })?;
+        let to_worker = BufWriter::new(child.stdin.take().expect("piped stdin"));
+        let from_worker = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut worker = ProcessWorker {
+            child,
+            to_worker,
+            from_worker,
+            options: reader_options(&limits),
+        };
+        let mut message = Builder::new_default();
+        {
+            let mut start = message.init_root::<to_worker::Builder>().init_start();
+            start.set_protocol_version(PROTOCOL_VERSION);
+            let mut wire_limits = start.reborrow().init_limits();
+            wire_limits.set_fuel_per_delivery(limits.fuel_per_delivery);
+            wire_limits.set_memory_bytes_max(limits.memory_bytes_max as u64);
+            wire_limits.set_message_bytes_max(limits.message_bytes_max as u64);
+            wire_limits.set_deadline_ms(limits.deadline_ms);
+            wire_limits.set_syscalls_per_delivery_max(limits.syscalls_per_delivery_max);
+            match &module {
+                ModuleSource::Wasm(bytes) => start.set_wasm(bytes),
+                ModuleSource::Artifact(path) => start.set_artifact(path.to_string_lossy().as_ref()),
+            }
+        }
+        write_frame(&mut worker.to_worker, &message)?;
+        let reply = serialize::read_message(&mut worker.from_worker, worker.options)
+            .map_err(protocol_error)?;
+        let root = reply
+            .get_root::<from_worker::Reader>()
+            .map_err(protocol_error)?;
+        match root.which().map_err(protocol_error)? {
+            from_worker::Ready(()) => Ok(worker),
+            from_worker::StartFailed(reason) => {
+                let reason = reason
+                    .and_then(|t| Ok(t.to_string()?))
+                    .map_err(protocol_error)?;
+                Err(SupervisorError::Fault(VatFault::Trap(reason)))
+            }
+            _ => Err(protocol_error("expected ready").into()),
+        }
+    }
+
+    /// The worker process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Applies a batch of syscalls in order; the first refusal stops the batch.
+    fn apply(
+        calls: capnp::text_list::Reader<'_>,
+        handler: &mut dyn SyscallHandler,
+    ) -> Result<Result<SyscallResult, String>, VatFault> {
+        let mut last = Ok(None);
+        for text in calls.iter() {
+            let text = text
+                .and_then(|t| Ok(t.to_str()?.to_owned()))
+                .map_err(protocol_error)?;
+            let call: Syscall = serde_json::from_str(&text).map_err(protocol_error)?;
+            last = handler.syscall(call);
+            if last.is_err() {
+                break;
+            }
+        }
+        Ok(last)
+    }
+}
+
+fn fault_from_wire(fault: fault::Reader<'_>) -> Result<VatFault, VatFault> {
+    let message = fault
+        .get_message()
+        .and_then(|t| Ok(t.to_string()?))
+        .map_err(protocol_error)?;
+    let limit = fault.get_limit();
+    Ok(match fault.get_kind().map_err(protocol_error)? {
+        fault::Kind::Trap => VatFault::Trap(message),
+        fault::Kind::OutOfFuel => VatFault::OutOfFuel {
+            fuel_per_delivery: limit,
+        },
+        fault::Kind::MemoryLimit => VatFault::MemoryLimit {
+            memory_bytes_max: limit as usize,
+        },
+        fault::Kind::Deadline => VatFault::Deadline { deadline_ms: limit },
+        fault::Kind::IllegalSyscall => VatFault::IllegalSyscall(message),
+        fault::Kind::AbiViolation => VatFault::AbiViolation(message),
+        fault::Kind::Exit => VatFault::Exit {
+            failure: fault.get_failure(),
+            reason: message,
+        },
+    })
+}
+
+fn fault_to_wire(fault: &VatFault, mut wire: fault::Builder<'_>) {
+    let (kind, message, limit, failure) = match fault {
+        VatFault::Trap(m) | VatFault::WorkerDied(m) => (fault::Kind::Trap, m.clone(), 0, false),
+        VatFault::OutOfFuel { fuel_per_delivery } => (
+            fault::Kind::OutOfFuel,
+            String::new(),
+            *fuel_per_delivery,
+            false,
+        ),
+        VatFault::MemoryLimit { memory_bytes_max } => (
+            fault::Kind::MemoryLimit,
+            String::new(),
+            *memory_bytes_max as u64,
+            false,
+        ),
+        VatFault::Deadline { deadline_ms } => {
+            (fault::Kind::Deadline, String::new(), *deadline_ms, false)
+        }
+        VatFault::IllegalSyscall(m) => (fault::Kind::IllegalSyscall, m.clone(), 0, false),
+        VatFault::AbiViolation(m) => (fault::Kind::AbiViolation, m.clone(), 0, false),
+        VatFault::Exit { failure, reason } => (fault::Kind::Exit, reason.clone(), 0, *failure),
+    };
+    wire.set_kind(kind);
+    wire.set_message(message.as_str());
+    wire.set_limit(limit);
+    wire.set_failure(failure);
+}
+
+impl Worker for ProcessWorker {
+    fn deliver(
+        &mut self,
+        delivery: &Delivery,
+        handler: &mut dyn SyscallHandler,
+    ) -> Result<(), VatFault> {
+        let json = serde_json::to_string(delivery)
+            .expect("vat-supervisor invariant: deliveries serialize");
+        let mut message = Builder::new_default();
+        message
+            .init_root::<to_worker::Builder>()
+            .set_deliver(json.as_str());
+        write_frame(&mut self.to_worker, &message)?;
+        loop {
+            let frame =
+                serialize::read_message(&mut self.from_worker, self.options).map_err(|e| {
+                    let status = self.child.try_wait().ok().flatten();
+                    match status {
+                        Some(status) => VatFault::WorkerDied(format!("{status}")),
+                        None => protocol_error(e),
+                    }
+                })?;
+            let root = frame
+                .get_root::<from_worker::Reader>()
+                .map_err(protocol_error)?;
+            match root.which().map_err(protocol_error)? {
+                from_worker::Syscalls(batch) => {
+                    let batch = batch.map_err(protocol_error)?;
+                    let outcome = Self::apply(batch.get_calls().map_err(protocol_error)?, handler)?;
+                    if let Err(reason) = &outcome
+                        && !batch.get_awaits_result()
+                    {
+                        return Err(VatFault::IllegalSyscall(reason.clone()));
+                    }
+                    if batch.get_awaits_result() {
+                        let mut reply = Builder::new_default();
+                        let mut result = reply
+                            .init_root::<to_worker::Builder>()
+                            .init_syscall_result();
+                        match &outcome {
+                            Ok(None) => result.set_none(()),
+                            Ok(Some(value)) => result.set_value(value.as_str()),
+                            Err(reason) => result.set_refused(reason.as_str()),
+                        }
+                        write_frame(&mut self.to_worker, &reply)?;
+                    }
+                }
+                from_worker::Delivered(calls) => {
+                    let outcome = Self::apply(calls.map_err(protocol_error)?, handler)?;
+                    return outcome.map(|_| ()).map_err(VatFault::IllegalSyscall);
+                }
+                from_worker::Fault(fault) => {
+                    return Err(fault_from_wire(fault.map_err(protocol_error)?)?);
+                }
+                _ => return Err(protocol_error("unexpected frame during a delivery")),
+            }
+        }
+    }
+}
+
+impl Drop for ProcessWorker {
+    fn drop(&mut self) {
+        // Closing stdin ends a healthy worker; a stuck one is killed.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The worker side of a syscall: batches what returns nothing, asks the
+/// kernel for what returns something.
+struct PipeSyscalls<'a, R: Read, W: Write> {
+    input: &'a mut R,
+    output: &'a mut W,
+    options: ReaderOptions,
+    batch: Vec<String>,
+    failed: Option<VatFault>,
+}
+
+impl<R: Read, W: Write> PipeSyscalls<'_, R, W> {
+    fn ask(&mut self, call: &Syscall) -> Result<SyscallResult, VatFault> {
+        self.batch
+            .push(serde_json::to_string(call).expect("syscalls serialize"));
+        let mut message = Builder::new_default();
+        {
+            let mut syscalls = message.init_root::<from_worker::Builder>().init_syscalls();
+            syscalls.set_awaits_result(true);
+            let mut calls = syscalls.init_calls(self.batch.len() as u32);
+            for (i, text) in self.batch.drain(..).enumerate() {
+                calls.set(i as u32, text.as_str());
+            }
+        }
+        write_frame(self.output, &message)?;
+        let reply =
+            serialize::read_message(&mut *self.input, self.options).map_err(protocol_error)?;
+        let root = reply
+            .get_root::<to_worker::Reader>()
+            .map_err(protocol_error)?;
+        let to_worker::SyscallResult(result) = root.which().map_err(protocol_error)? else {
+            return Err(protocol_error("expected a syscall result"));
+        };
+        match result
+            .map_err(protocol_error)?
+            .which()
+            .map_err(protocol_error)?
+        {
+            syscall_result::None(()) => Ok(None),
+            syscall_result::Value(text) => Ok(Some(
+                text.and_then(|t| Ok(t.to_string()?))
+                    .map_err(protocol_error)?,
+            )),
+            syscall_result::Refused(text) => Err(VatFault::IllegalSyscall(
+                text.and_then(|t| Ok(t.to_string()?))
+                    .map_err(protocol_error)?,
+            )),
+        }
+    }
+}
+
+impl<R: Read, W: Write> SyscallHandler for PipeSyscalls<'_, R, W> {
+    fn syscall(&mut self, call: Syscall) -> Result<SyscallResult, String> {
+        match call {
+            Syscall::VatstoreGet { .. } | Syscall::VatstoreGetNextKey { .. } => {
+                match self.ask(&call) {
+                    Ok(result) => Ok(result),
+                    Err(fault) => {
+                        let reason = match &fault {
+                            VatFault::IllegalSyscall(reason) => reason.clone(),
+                            other => other.to_string(),
+                        };
+                        self.failed = Some(fault);
+                        Err(reason)
+                    }
+                }
+            }
+            other => {
+                self.batch
+                    .push(serde_json::to_string(&other).expect("syscalls serialize"));
+                Ok(None)
+            }
+        }
+    }
+}
+
+fn start_failed(output: &mut impl Write, reason: &str) -> Result<(), VatFault> {
+    let mut message = Builder::new_default();
+    message
+        .init_root::<from_worker::Builder>()
+        .set_start_failed(reason);
+    write_frame(output, &message)
+}
+
+/// Runs a worker: reads `Start` and then deliveries from `input`, answers on
+/// `output`, until `input` closes. The body of the `vat-supervisor` binary.
+pub fn serve(input: impl Read, output: impl Write) -> Result<(), VatFault> {
+    let mut input = BufReader::new(input);
+    let mut output = BufWriter::new(output);
+    let startup_options = reader_options(&Limits::default());
+    let first = serialize::read_message(&mut input, startup_options).map_err(protocol_error)?;
+    let root = first
+        .get_root::<to_worker::Reader>()
+        .map_err(protocol_error)?;
+    let to_worker::Start(start) = root.which().map_err(protocol_error)? else {
+        return Err(protocol_error("expected start"));
+    };
+    let start = start.map_err(protocol_error)?;
+    if start.get_protocol_version() != PROTOCOL_VERSION {
+        let reason = format!(
+            "worker protocol version {} requested, this worker speaks {PROTOCOL_VERSION}",
+            start.get_protocol_version()
+        );
+        return start_failed(&mut output, &reason);
+    }
+    let wire = start.get_limits().map_err(protocol_error)?;
+    let limits = Limits {
+        fuel_per_delivery: wire.get_fuel_per_delivery(),
+        memory_bytes_max: wire.get_memory_bytes_max() as usize,
+        message_bytes_max: wire.get_message_bytes_max() as usize,
+        deadline_ms: wire.get_deadline_ms(),
+        syscalls_per_delivery_max: wire.get_syscalls_per_delivery_max(),
+    };
+    let options = reader_options(&limits);
+    let host = match WasmHost::new() {
+        Ok(host) => host,
+        Err(e) => return start_failed(&mut output, &e.to_string()),
+    };
+    let module = match start.which().map_err(protocol_error)? {
+        start::Wasm(bytes) => host.compile(bytes.map_err(protocol_error)?),
+        start::Artifact(path) => {
+            let path = path
+                .and_then(|p| Ok(p.to_string()?))
+                .map_err(protocol_error)?;
+            host.load_artifact(Path::new(&path))
+        }
+    };
+    let mut worker = match module.and_then(|module| ThreadWorker::start(&host, &module, limits)) {
+        Ok(worker) => worker,
+        Err(e) => return start_failed(&mut output, &e.to_string()),
+    };
+    drop(first);
+    let mut message = Builder::new_default();
+    message.init_root::<from_worker::Builder>().set_ready(());
+    write_frame(&mut output, &message)?;
+    loop {
+        let frame =
+            match serialize::try_read_message(&mut input, options).map_err(protocol_error)? {
+                Some(frame) => frame,
+                None => return Ok(()), // The kernel closed our stdin: done.
+            };
+        let root = frame
+            .get_root::<to_worker::Reader>()
+            .map_err(protocol_error)?;
+        let to_worker::Deliver(json) = root.which().map_err(protocol_error)? else {
+            return Err(protocol_error("expected a delivery"));
+        };
+        let json = json
+            .and_then(|t| Ok(t.to_string()?))
+            .map_err(protocol_error)?;
+        let delivery: Delivery = serde_json::from_str(&json).map_err(protocol_error)?;
+        let mut syscalls = PipeSyscalls {
+            input: &mut input,
+            output: &mut output,
+            options,
+            batch: Vec::new(),
+            failed: None,
+        };
+        let outcome = worker.deliver(&delivery, &mut syscalls);
+        let (failed, batch) = (syscalls.failed.take(), std::mem::take(&mut syscalls.batch));
+        let mut reply = Builder::new_default();
+        {
+            let root = reply.init_root::<from_worker::Builder>();
+            match outcome.map_err(|fault| failed.unwrap_or(fault)) {
+                Ok(()) => {
+                    let mut calls = root.init_delivered(batch.len() as u32);
+                    for (i, text) in batch.iter().enumerate() {
+                        calls.set(i as u32, text.as_str());
+                    }
+                }
+                Err(fault) => fault_to_wire(&fault, root.init_fault()),
+            }
+        }
+        write_frame(&mut output, &reply)?;
+    }
+}

@@ -1,0 +1,128 @@
+//! The process worker against the real `vat-supervisor` binary.
+
+use std::path::Path;
+
+use vat_supervisor::{Limits, ModuleSource, ProcessWorker, SyscallHandler, VatFault, Worker};
+use vom::abi::{Delivery, Syscall, SyscallResult};
+
+/// A guest that reads key "in", then writes its value under "out" and sends
+/// one message, so a delivery needs a syscall answered mid-way and a batch.
+const ECHO: &str = r##"
+    (module
+      (import "vat" "vatstore_get" (func $get (param i32 i32) (result i32)))
+      (import "vat" "vatstore_set" (func $set (param i32 i32 i32 i32)))
+      (import "vat" "read_result" (func $read (param i32)))
+      (import "vat" "send" (func $send (param i32 i32)))
+      (memory (export "memory") 1)
+      (data (i32.const 16) "inout")
+      (data (i32.const 64) "{\"type\":\"send\",\"target\":\"o+0\",\"method\":\"m\",\"args\":{\"body\":\"#[]\",\"slots\":[]}}")
+      (func (export "vat_abi_version") (result i32) i32.const 1)
+      (func (export "vat_alloc") (param i32) (result i32) i32.const 2048)
+      (func (export "vat_deliver") (param i32 i32) (result i32)
+        (local $len i32)
+        (local.set $len (call $get (i32.const 16) (i32.const 2)))
+        (if (i32.ge_s (local.get $len) (i32.const 0))
+          (then
+            (call $read (i32.const 512))
+            (call $set (i32.const 18) (i32.const 3) (i32.const 512) (local.get $len))
+            (call $send (i32.const 64) (i32.const 76))))
+        i32.const 0))
+"##;
+
+struct Kernelish {
+    seen: Vec<Syscall>,
+    value: Option<String>,
+}
+
+impl SyscallHandler for Kernelish {
+    fn syscall(&mut self, call: Syscall) -> Result<SyscallResult, String> {
+        self.seen.push(call.clone());
+        match call {
+            Syscall::VatstoreGet { .. } => Ok(self.value.clone()),
+            Syscall::VatstoreSet { .. } => Ok(None),
+            Syscall::Send { ref target, .. } if target == "o+0" => Ok(None),
+            other => Err(format!("refused {other:?}")),
+        }
+    }
+}
+
+fn supervisor() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_vat-supervisor"))
+}
+
+fn worker() -> ProcessWorker {
+    let wasm = wat::parse_str(ECHO).unwrap();
+    ProcessWorker::start(supervisor(), ModuleSource::Wasm(wasm), Limits::default()).unwrap()
+}
+
+#[test]
+fn syscalls_cross_the_pipe_in_order_with_answers() {
+    let mut worker = worker();
+    let mut kernel = Kernelish {
+        seen: Vec::new(),
+        value: Some("hello".into()),
+    };
+    worker.deliver(&Delivery::StartVat, &mut kernel).unwrap();
+    assert_eq!(kernel.seen.len(), 3, "{:?}", kernel.seen);
+    assert_eq!(kernel.seen[0], Syscall::VatstoreGet { key: "in".into() });
+    assert_eq!(
+        kernel.seen[1],
+        Syscall::VatstoreSet {
+            key: "out".into(),
+            value: "hello".into()
+        }
+    );
+    assert!(matches!(&kernel.seen[2], Syscall::Send { method, .. } if method == "m"));
+    // The worker stays up for the next delivery.
+    kernel.seen.clear();
+    kernel.value = None;
+    worker.deliver(&Delivery::StartVat, &mut kernel).unwrap();
+    assert_eq!(kernel.seen, [Syscall::VatstoreGet { key: "in".into() }]);
+}
+
+#[test]
+fn a_refused_batched_syscall_fails_the_delivery() {
+    let wasm = wat::parse_str(ECHO.replace("o+0", "o-9")).unwrap();
+    let mut worker =
+        ProcessWorker::start(supervisor(), ModuleSource::Wasm(wasm), Limits::default()).unwrap();
+    let mut kernel = Kernelish {
+        seen: Vec::new(),
+        value: Some("x".into()),
+    };
+    let fault = worker
+        .deliver(&Delivery::StartVat, &mut kernel)
+        .unwrap_err();
+    assert!(
+        matches!(&fault, VatFault::IllegalSyscall(reason) if reason.contains("o-9")),
+        "{fault}"
+    );
+}
+
+#[test]
+fn a_killed_worker_is_reported_as_such() {
+    let mut worker = worker();
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", &worker.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut kernel = Kernelish {
+        seen: Vec::new(),
+        value: None,
+    };
+    let fault = worker
+        .deliver(&Delivery::StartVat, &mut kernel)
+        .unwrap_err();
+    assert!(matches!(fault, VatFault::WorkerDied(_)), "{fault}");
+}
+
+#[test]
+fn a_module_the_worker_cannot_load_fails_the_start() {
+    let err = ProcessWorker::start(
+        supervisor(),
+        ModuleSource::Wasm(b"nope".to_vec()),
+        Limits::default(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("not a Wasm module"), "{err}");
+}
