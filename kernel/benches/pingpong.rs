@@ -7,15 +7,31 @@
 //! - mode (b): cranks/s with each crank atomic in swingstore's crank buffer and commits grouped
 //!   (CommitPolicy::GROUPED), results released only after their commit.
 //!
-//! Run: `scripts/build-guests && cargo bench -p kernel --bench pingpong`
+//! Run: `scripts/build-guests && cargo build --release -p vat-supervisor && cargo bench -p kernel --bench pingpong`
 //! (`PINGS_A=2000 PINGS_B=50000` to change the run lengths).
 
 use std::path::PathBuf;
 use std::time::Instant;
 
-use kernel::{CommitPolicy, Kernel, PromiseState};
+use kernel::{CommitPolicy, Kernel, PromiseState, VatOptions, WorkerKind};
 use swingstore::{Durability, SwingStore};
 use vom::{Ref, Value};
+
+/// `vat-supervisor` as built beside this bench (`cargo build --release -p vat-supervisor`).
+fn supervisor() -> PathBuf {
+    let exe = std::env::current_exe().expect("bench binary path");
+    let path = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("profile dir")
+        .join("vat-supervisor");
+    assert!(
+        path.is_file(),
+        "{} is missing: cargo build --release -p vat-supervisor",
+        path.display()
+    );
+    path
+}
 
 fn pingpong_wasm() -> Vec<u8> {
     let dir = std::env::var_os("VAT_GUESTS")
@@ -51,12 +67,18 @@ fn raw_commits_per_second(commits: u64) -> f64 {
 }
 
 /// Runs `pings` round trips and returns (cranks, seconds).
-fn pingpong(policy: CommitPolicy, pings: u64, wasm: &[u8]) -> (u64, f64) {
+fn pingpong(policy: CommitPolicy, worker: WorkerKind, pings: u64, wasm: &[u8]) -> (u64, f64) {
     let dir = tempfile::tempdir().unwrap();
     let store = SwingStore::open(&dir.path().join("store.sqlite"), Durability::Full).unwrap();
     let mut kernel = Kernel::new(store, policy).unwrap();
-    let a = kernel.spawn_vat("a", wasm, None).unwrap();
-    let b = kernel.spawn_vat("b", wasm, None).unwrap();
+    kernel.set_supervisor_program(supervisor());
+    kernel.set_module_cache(dir.path().join("modules"));
+    let options = VatOptions {
+        worker,
+        ..VatOptions::default()
+    };
+    let a = kernel.spawn_vat("a", wasm, options).unwrap();
+    let b = kernel.spawn_vat("b", wasm, options).unwrap();
     // Warm up: both workers started, caches filled.
     let warm = kernel
         .queue_message(
@@ -109,22 +131,45 @@ fn main() {
         );
     }
     let raw = raw_commits_per_second(count("RAW_COMMITS", 2000));
-    let (cranks_a, seconds_a) = pingpong(CommitPolicy::EVERY_CRANK, count("PINGS_A", 1000), &wasm);
-    let (cranks_b, seconds_b) = pingpong(CommitPolicy::GROUPED, count("PINGS_B", 20000), &wasm);
+    let (cranks_a, seconds_a) = pingpong(
+        CommitPolicy::EVERY_CRANK,
+        WorkerKind::Thread,
+        count("PINGS_A", 1000),
+        &wasm,
+    );
+    let (cranks_b, seconds_b) = pingpong(
+        CommitPolicy::GROUPED,
+        WorkerKind::Thread,
+        count("PINGS_B", 20000),
+        &wasm,
+    );
+    let (cranks_p, seconds_p) = pingpong(
+        CommitPolicy::GROUPED,
+        WorkerKind::Process,
+        count("PINGS_B", 20000),
+        &wasm,
+    );
     if !measuring {
-        println!("smoke run ok: pingpong settled in both commit modes");
+        println!("smoke run ok: pingpong settled in both commit modes and both worker kinds");
         return;
     }
     println!("raw small SQLite commits (synchronous=FULL, WAL): {raw:.0}/s");
     let rate_a = cranks_a as f64 / seconds_a;
     println!(
-        "mode (a) every crank committed: {cranks_a} cranks in {seconds_a:.3} s = {rate_a:.0} cranks/s ({:.0}% of raw commits)",
+        "mode (a) every crank committed, thread workers: {cranks_a} cranks in {seconds_a:.3} s = {rate_a:.0} cranks/s ({:.0}% of raw commits)",
         100.0 * rate_a / raw
     );
-    let rate_b = cranks_b as f64 / seconds_b;
     let policy = CommitPolicy::GROUPED;
-    println!(
-        "mode (b) grouped commits (<= {} cranks or {} ms): {cranks_b} cranks in {seconds_b:.3} s = {rate_b:.0} cranks/s",
+    let group = format!(
+        "<= {} cranks or {} ms",
         policy.cranks_per_commit_max, policy.commit_interval_ms
+    );
+    let rate_b = cranks_b as f64 / seconds_b;
+    println!(
+        "mode (b) grouped commits ({group}), thread workers: {cranks_b} cranks in {seconds_b:.3} s = {rate_b:.0} cranks/s"
+    );
+    let rate_p = cranks_p as f64 / seconds_p;
+    println!(
+        "mode (b) grouped commits ({group}), process workers: {cranks_p} cranks in {seconds_p:.3} s = {rate_p:.0} cranks/s"
     );
 }

@@ -14,6 +14,8 @@ use crate::kernel::{CommitPolicy, Kernel, KernelError};
 const STORE_FILE: &str = "store.sqlite";
 const KEY_FILE: &str = "kernel.key";
 const LOCK_FILE: &str = "lock";
+/// Compiled modules, by CID and engine: a cache that can always be deleted.
+const MODULES_DIR: &str = "modules";
 /// How long a command waits for another process to release the home.
 pub const LOCK_WAIT_MS_DEFAULT: u64 = 30_000;
 
@@ -168,7 +170,9 @@ impl Home {
     /// A kernel over this home's store. The home (and its lock) must outlive it.
     pub fn kernel(&self, policy: CommitPolicy) -> Result<Kernel, HomeError> {
         let store = SwingStore::open(&self.path.join(STORE_FILE), Durability::Full)?;
-        Ok(Kernel::new(store, policy)?)
+        let mut kernel = Kernel::new(store, policy)?;
+        kernel.set_module_cache(self.path.join(MODULES_DIR));
+        Ok(kernel)
     }
 }
 

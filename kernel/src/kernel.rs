@@ -3,11 +3,15 @@
 //! its commit.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
 
 use swingstore::{StoreError, SwingStore};
 use vat_supervisor::{
-    Limits, SupervisorError, SyscallHandler, ThreadWorker, VatFault, VatModule, WasmHost, Worker,
+    Limits, ModuleSource, ProcessWorker, SupervisorError, SyscallHandler, ThreadWorker, VatFault,
+    VatModule, WasmHost, Worker,
 };
 use vom::abi::{Delivery, Resolution, Syscall, SyscallResult};
 use vom::{CapData, Value};
@@ -38,6 +42,10 @@ pub enum KernelError {
     StartFailed(VatFault),
     #[error("the run queue emptied before {0} settled")]
     Unsettled(String),
+    #[error(
+        "worker binary {0} not found (build it with `cargo build -p vat-supervisor`, set VAT_SUPERVISOR, or spawn with --worker thread)"
+    )]
+    NoSupervisor(PathBuf),
 }
 
 /// When ended cranks become durable. Output waits for the commit either way.
@@ -62,6 +70,53 @@ impl CommitPolicy {
     };
 }
 
+/// Where a vat's guest runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkerKind {
+    /// A `vat-supervisor` child process per vat: its crash is the vat's fault only.
+    Process,
+    /// In the kernel's own process: faster, for tests and trusted guests.
+    Thread,
+}
+
+/// How a vat is run: its worker and its limits. Kept with the vat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VatOptions {
+    pub worker: WorkerKind,
+    pub fuel_per_delivery: u64,
+    pub deadline_ms: u64,
+    pub memory_bytes_max: usize,
+    pub message_bytes_max: usize,
+    pub syscalls_per_delivery_max: u32,
+}
+
+impl Default for VatOptions {
+    fn default() -> Self {
+        let limits = Limits::default();
+        VatOptions {
+            worker: WorkerKind::Process,
+            fuel_per_delivery: limits.fuel_per_delivery,
+            deadline_ms: limits.deadline_ms,
+            memory_bytes_max: limits.memory_bytes_max,
+            message_bytes_max: limits.message_bytes_max,
+            syscalls_per_delivery_max: limits.syscalls_per_delivery_max,
+        }
+    }
+}
+
+impl VatOptions {
+    fn limits(&self) -> Limits {
+        Limits {
+            fuel_per_delivery: self.fuel_per_delivery,
+            deadline_ms: self.deadline_ms,
+            memory_bytes_max: self.memory_bytes_max,
+            message_bytes_max: self.message_bytes_max,
+            syscalls_per_delivery_max: self.syscalls_per_delivery_max,
+        }
+    }
+}
+
 /// A vat as `vat list` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VatInfo {
@@ -71,6 +126,7 @@ pub struct VatInfo {
     pub root: String,
     pub state: String,
     pub reason: Option<String>,
+    pub worker: WorkerKind,
 }
 
 /// The kernel: its tables in swingstore, its Wasm host and its live workers.
@@ -79,6 +135,10 @@ pub struct Kernel {
     host: WasmHost,
     modules: HashMap<String, VatModule>,
     workers: HashMap<String, Box<dyn Worker>>,
+    /// Where compiled modules are kept between processes, if anywhere.
+    module_cache: Option<PathBuf>,
+    /// The `vat-supervisor` binary that process workers run.
+    supervisor: Option<PathBuf>,
     policy: CommitPolicy,
     cranks_since_commit: u32,
     last_commit: Instant,
@@ -135,6 +195,8 @@ impl Kernel {
             host: WasmHost::new()?,
             modules: HashMap::new(),
             workers: HashMap::new(),
+            module_cache: None,
+            supervisor: None,
             policy,
             cranks_since_commit: 0,
             last_commit: Instant::now(),
@@ -145,6 +207,34 @@ impl Kernel {
     /// How many cranks this kernel object has run.
     pub fn cranks_total(&self) -> u64 {
         self.cranks_total
+    }
+
+    /// Keeps compiled modules in `dir`, so each is compiled once per machine.
+    pub fn set_module_cache(&mut self, dir: PathBuf) {
+        self.module_cache = Some(dir);
+    }
+
+    /// The `vat-supervisor` binary for process workers. By default:
+    /// `$VAT_SUPERVISOR`, else `vat-supervisor` beside the running executable.
+    pub fn set_supervisor_program(&mut self, path: PathBuf) {
+        self.supervisor = Some(path);
+    }
+
+    fn supervisor_program(&self) -> Result<PathBuf, KernelError> {
+        let path = self
+            .supervisor
+            .clone()
+            .or_else(|| std::env::var_os("VAT_SUPERVISOR").map(PathBuf::from))
+            .or_else(|| {
+                let exe = std::env::current_exe().ok()?;
+                Some(exe.parent()?.join("vat-supervisor"))
+            })
+            .unwrap_or_else(|| PathBuf::from("vat-supervisor"));
+        if path.is_file() {
+            Ok(path)
+        } else {
+            Err(KernelError::NoSupervisor(path))
+        }
     }
 
     /// Makes everything done so far durable. Report results only after this.
@@ -165,19 +255,24 @@ impl Kernel {
             .store
             .get_bundle(&parsed)?
             .unwrap_or_else(|| panic!("kernel invariant: bundle {cid} of a vat is stored"));
-        let module = self.host.compile(&bytes)?;
+        let module = self.compile(&bytes, cid)?;
         self.modules.insert(cid.to_owned(), module.clone());
         Ok(module)
     }
 
-    fn vat_limits(&self, vat: &str) -> Result<Limits, KernelError> {
-        let mut limits = Limits::default();
-        if let Some(fuel) = self.state.get(&format!("{vat}.fuelPerDelivery"))? {
-            limits.fuel_per_delivery = fuel
-                .parse()
-                .unwrap_or_else(|_| panic!("kernel invariant: {vat}.fuelPerDelivery is a number"));
-        }
-        Ok(limits)
+    fn compile(&self, wasm: &[u8], cid: &str) -> Result<VatModule, KernelError> {
+        Ok(match &self.module_cache {
+            Some(dir) => self.host.load_cached(wasm, cid, dir)?,
+            None => self.host.compile(wasm)?,
+        })
+    }
+
+    fn vat_options(&self, vat: &str) -> Result<VatOptions, KernelError> {
+        Ok(match self.state.get(&format!("{vat}.options"))? {
+            Some(text) => serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("kernel invariant: {vat}.options are vat options: {e}")),
+            None => VatOptions::default(),
+        })
     }
 
     /// Creates vat `name` from `wasm`, binds the pet name `name` to its root
@@ -186,7 +281,7 @@ impl Kernel {
         &mut self,
         name: &str,
         wasm: &[u8],
-        fuel_per_delivery: Option<u64>,
+        options: VatOptions,
     ) -> Result<String, KernelError> {
         check_name(name)?;
         if self.state.get(&format!("vat.name.{name}"))?.is_some() {
@@ -203,10 +298,13 @@ impl Kernel {
         let cid = swingstore::cid_of(wasm).to_string();
         let module = match self.modules.get(&cid) {
             Some(module) => module.clone(),
-            None => self.host.compile(wasm)?,
+            None => self.compile(wasm, &cid)?,
         };
+        if options.worker == WorkerKind::Process {
+            self.supervisor_program()?;
+        }
         self.state.store.begin_crank()?;
-        match self.spawn_in_crank(name, wasm, module, fuel_per_delivery) {
+        match self.spawn_in_crank(name, wasm, module, options) {
             Ok(root) => {
                 self.state.store.end_crank()?;
                 self.commit()?;
@@ -224,7 +322,7 @@ impl Kernel {
         name: &str,
         wasm: &[u8],
         module: VatModule,
-        fuel_per_delivery: Option<u64>,
+        options: VatOptions,
     ) -> Result<String, KernelError> {
         let cid = self.state.store.add_bundle(wasm)?.to_string();
         self.modules.insert(cid.clone(), module);
@@ -232,10 +330,9 @@ impl Kernel {
         self.state.set(&format!("{vat}.name"), name)?;
         self.state.set(&format!("{vat}.bundle"), &cid)?;
         self.state.set(&format!("{vat}.state"), "running")?;
-        if let Some(fuel) = fuel_per_delivery {
-            self.state
-                .set(&format!("{vat}.fuelPerDelivery"), &fuel.to_string())?;
-        }
+        let options_text =
+            serde_json::to_string(&options).expect("kernel invariant: options serialize");
+        self.state.set(&format!("{vat}.options"), &options_text)?;
         self.state.set(&format!("vat.name.{name}"), &vat)?;
         let root = self.state.allocate_object(&vat)?;
         self.state.clist_add(&vat, &root, vom::runtime::ROOT_VREF)?;
@@ -261,8 +358,28 @@ impl Kernel {
             .get(&format!("{vat}.bundle"))?
             .unwrap_or_else(|| panic!("kernel invariant: vat {vat} has a bundle"));
         let module = self.module(&cid)?;
-        let limits = self.vat_limits(vat)?;
-        let mut worker = ThreadWorker::start(&self.host, &module, limits).map_err(|e| match e {
+        let options = self.vat_options(vat)?;
+        let started = match options.worker {
+            WorkerKind::Thread => ThreadWorker::start(&self.host, &module, options.limits())
+                .map(|worker| Box::new(worker) as Box<dyn Worker>),
+            WorkerKind::Process => {
+                let program = self.supervisor_program()?;
+                let source =
+                    match &self.module_cache {
+                        Some(dir) => ModuleSource::Artifact(self.host.artifact_path(&cid, dir)),
+                        None => {
+                            let parsed = SwingStore::parse_cid(&cid)?;
+                            let bytes = self.state.store.get_bundle(&parsed)?;
+                            ModuleSource::Wasm(bytes.unwrap_or_else(|| {
+                                panic!("kernel invariant: bundle {cid} is stored")
+                            }))
+                        }
+                    };
+                ProcessWorker::start(&program, source, options.limits())
+                    .map(|worker| Box::new(worker) as Box<dyn Worker>)
+            }
+        };
+        let mut worker = started.map_err(|e| match e {
             SupervisorError::Fault(fault) => WorkerStartError::Fault(fault),
             other => WorkerStartError::Kernel(other.into()),
         })?;
@@ -270,7 +387,21 @@ impl Kernel {
         let outcome = worker.deliver(&Delivery::StartVat, &mut syscalls);
         syscalls.finish()?;
         outcome.map_err(WorkerStartError::Fault)?;
-        self.workers.insert(vat.to_owned(), Box::new(worker));
+        self.workers.insert(vat.to_owned(), worker);
+        // A vat's heap is a cache: what it awaited in memory died with its
+        // previous worker, so the promises it decided can no longer be kept.
+        let key = format!("{vat}.incarnation");
+        let incarnation: u64 = self.state.get(&key)?.map_or(0, |n| {
+            n.parse()
+                .unwrap_or_else(|_| panic!("kernel invariant: {key} is a number"))
+        });
+        self.state.set(&key, &(incarnation + 1).to_string())?;
+        if incarnation > 0 {
+            let reason = format!(
+                "vat {vat} restarted: the promises it decided were awaiting in memory and are lost"
+            );
+            self.reject_decided_promises(vat, &reason)?;
+        }
         Ok(())
     }
 
@@ -326,30 +457,43 @@ impl Kernel {
             self.state.store.abort_crank()?;
             return Ok(false);
         };
-        match self.crank(item.clone()) {
-            Ok(()) => self.state.store.end_crank()?,
-            Err(CrankError::Fault { vat, fault }) => {
-                // The crank is undone entirely, then its message is settled
-                // and the vat terminated in a crank of their own.
-                self.state.store.abort_crank()?;
-                self.workers.remove(&vat);
-                self.state.store.begin_crank()?;
-                let popped = self.state.pop_run_queue()?;
-                assert_eq!(
-                    popped.as_ref(),
-                    Some(&item),
-                    "kernel invariant: a faulted crank's item is still at the head"
-                );
-                let reason = format!("vat {vat} terminated: {fault}");
-                self.terminate_vat(&vat, &reason)?;
-                if let RunQueueItem::Send { message, .. } = &item {
-                    self.reject_if_unresolved(message.result.as_deref(), &reason)?;
+        let mut retried = false;
+        loop {
+            match self.crank(item.clone()) {
+                Ok(()) => {
+                    self.state.store.end_crank()?;
+                    break;
                 }
-                self.state.store.end_crank()?;
-            }
-            Err(CrankError::Kernel(e)) => {
-                self.state.store.abort_crank()?;
-                return Err(e);
+                Err(CrankError::Fault { vat, fault }) => {
+                    // The crank is undone entirely. A worker that died (not the
+                    // guest's doing, perhaps) gets one retry from committed
+                    // state; otherwise the message is settled and the vat
+                    // terminated in a crank of their own.
+                    self.state.store.abort_crank()?;
+                    self.workers.remove(&vat);
+                    self.state.store.begin_crank()?;
+                    let popped = self.state.pop_run_queue()?;
+                    assert_eq!(
+                        popped.as_ref(),
+                        Some(&item),
+                        "kernel invariant: a faulted crank's item is still at the head"
+                    );
+                    if matches!(fault, VatFault::WorkerDied(_)) && !retried {
+                        retried = true;
+                        continue;
+                    }
+                    let reason = format!("vat {vat} terminated: {fault}");
+                    self.terminate_vat(&vat, &reason)?;
+                    if let RunQueueItem::Send { message, .. } = &item {
+                        self.reject_if_unresolved(message.result.as_deref(), &reason)?;
+                    }
+                    self.state.store.end_crank()?;
+                    break;
+                }
+                Err(CrankError::Kernel(e)) => {
+                    self.state.store.abort_crank()?;
+                    return Err(e);
+                }
             }
         }
         self.cranks_total += 1;
@@ -531,6 +675,11 @@ impl Kernel {
         self.workers.remove(vat);
         self.state.set(&format!("{vat}.state"), "terminated")?;
         self.state.set(&format!("{vat}.reason"), reason)?;
+        self.reject_decided_promises(vat, reason)
+    }
+
+    /// Rejects every unresolved promise `vat` decides.
+    fn reject_decided_promises(&mut self, vat: &str, reason: &str) -> Result<(), StoreError> {
         for (key, _) in self.state.scan_prefix(&format!("{vat}.c.kp"))? {
             let kpid = &key[format!("{vat}.c.").len()..];
             if self.state.promise_decider(kpid)?.as_deref() == Some(vat) {
@@ -601,6 +750,7 @@ impl Kernel {
                     .unwrap_or_default(),
                 state: field("state")?.unwrap_or_default(),
                 reason: field("reason")?,
+                worker: self.vat_options(&id)?.worker,
                 id,
                 name,
             });

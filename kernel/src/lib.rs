@@ -12,5 +12,7 @@ mod kernel;
 mod state;
 
 pub use home::{Home, HomeError, InitOutcome, LOCK_WAIT_MS_DEFAULT, did_key};
-pub use kernel::{CommitPolicy, Kernel, KernelError, VatInfo, check_name, is_kref};
+pub use kernel::{
+    CommitPolicy, Kernel, KernelError, VatInfo, VatOptions, WorkerKind, check_name, is_kref,
+};
 pub use state::PromiseState;

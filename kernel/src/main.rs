@@ -10,7 +10,10 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use kernel::display::{parse_arg, to_display};
-use kernel::{CommitPolicy, Home, InitOutcome, Kernel, LOCK_WAIT_MS_DEFAULT, PromiseState};
+use kernel::{
+    CommitPolicy, Home, InitOutcome, Kernel, LOCK_WAIT_MS_DEFAULT, PromiseState, VatOptions,
+    WorkerKind,
+};
 use vom::Value;
 
 #[derive(Parser, Debug)]
@@ -32,6 +35,12 @@ struct Cli {
     command: Command,
 }
 
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Worker {
+    Process,
+    Thread,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Create the home: an empty store and a new ed25519 kernel key.
@@ -42,9 +51,24 @@ enum Command {
         name: String,
         /// The vat's Wasm module (built against the vom guest SDK).
         module: PathBuf,
+        /// Where the guest runs: its own `vat-supervisor` process, or in this process.
+        #[arg(long, value_enum, default_value_t = Worker::Process)]
+        worker: Worker,
         /// Fuel one delivery may burn (fuel_per_delivery).
-        #[arg(long)]
-        fuel: Option<u64>,
+        #[arg(long, default_value_t = VatOptions::default().fuel_per_delivery)]
+        fuel: u64,
+        /// Wall-clock time one delivery may take, in ms (deadline_ms).
+        #[arg(long, default_value_t = VatOptions::default().deadline_ms)]
+        deadline_ms: u64,
+        /// The most linear memory the guest may have (memory_bytes_max).
+        #[arg(long, default_value_t = VatOptions::default().memory_bytes_max)]
+        memory_bytes: usize,
+        /// The largest message, result or syscall payload (message_bytes_max).
+        #[arg(long, default_value_t = VatOptions::default().message_bytes_max)]
+        message_bytes: usize,
+        /// The most syscalls one delivery may make (syscalls_per_delivery_max).
+        #[arg(long, default_value_t = VatOptions::default().syscalls_per_delivery_max)]
+        syscalls_max: u32,
     },
     /// Send METHOD(ARGS) to TARGET, run the kernel until the result settles, print it.
     ///
@@ -110,12 +134,32 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("{}", home.did());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Spawn { name, module, fuel } => {
+        Command::Spawn {
+            name,
+            module,
+            worker,
+            fuel,
+            deadline_ms,
+            memory_bytes,
+            message_bytes,
+            syscalls_max,
+        } => {
             let (_home, mut kernel) = open(&cli)?;
             let wasm = std::fs::read(module)
                 .with_context(|| format!("cannot read {}", module.display()))?;
+            let options = VatOptions {
+                worker: match worker {
+                    Worker::Process => WorkerKind::Process,
+                    Worker::Thread => WorkerKind::Thread,
+                },
+                fuel_per_delivery: *fuel,
+                deadline_ms: *deadline_ms,
+                memory_bytes_max: *memory_bytes,
+                message_bytes_max: *message_bytes,
+                syscalls_per_delivery_max: *syscalls_max,
+            };
             let root = kernel
-                .spawn_vat(name, &wasm, *fuel)
+                .spawn_vat(name, &wasm, options)
                 .with_context(|| format!("cannot spawn {} from {}", name, module.display()))?;
             println!("{root}");
             Ok(ExitCode::SUCCESS)
@@ -134,9 +178,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             for vat in vats {
                 let reason = vat.reason.map(|r| format!(" ({r})")).unwrap_or_default();
+                let worker = match vat.worker {
+                    WorkerKind::Process => "process",
+                    WorkerKind::Thread => "thread",
+                };
                 println!(
-                    "{} {} root {} {}{} bundle {}",
-                    vat.id, vat.name, vat.root, vat.state, reason, vat.bundle
+                    "{} {} root {} {}{} worker {} bundle {}",
+                    vat.id, vat.name, vat.root, vat.state, reason, worker, vat.bundle
                 );
             }
             let names = kernel.pet_names()?;
