@@ -375,7 +375,7 @@ impl Kernel {
                             }))
                         }
                     };
-                ProcessWorker::start(&program, source, options.limits())
+                ProcessWorker::start(&program, vat, source, options.limits())
                     .map(|worker| Box::new(worker) as Box<dyn Worker>)
             }
         };

@@ -22,8 +22,8 @@ pub use process::{ModuleSource, PROTOCOL_VERSION, ProcessWorker, serve};
 
 use vom::abi::{ABI_VERSION, Delivery, IMPORT_MODULE, Syscall, SyscallResult};
 use wasmtime::{
-    Caller, Config, Engine, Extern, Instance, InstancePre, Linker, Memory, Module, Store,
-    StoreLimits, StoreLimitsBuilder, Trap, TypedFunc,
+    Caller, Config, Engine, Extern, Instance, InstancePre, Linker, Memory, Module, Store, Trap,
+    TypedFunc,
 };
 
 /// Default fuel a guest may burn in one delivery (roughly, Wasm instructions).
@@ -208,8 +208,45 @@ impl fmt::Debug for VatModule {
     }
 }
 
+/// Enforces `memory_bytes_max`, and remembers refusing, so the trap it
+/// causes is reported as the limit it is.
+struct MemoryLimiter {
+    memory_bytes_max: usize,
+    exceeded: bool,
+}
+
+impl wasmtime::ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory_bytes_max {
+            self.exceeded = true;
+            return Err(wasmtime::Error::msg(format!(
+                "memory_bytes_max ({} bytes) exceeded",
+                self.memory_bytes_max
+            )));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= TABLE_ELEMENTS_MAX)
+    }
+}
+
+/// The most elements a guest's tables may hold.
+const TABLE_ELEMENTS_MAX: usize = 100_000;
+
 struct HostState {
-    limits: StoreLimits,
+    limiter: MemoryLimiter,
     message_bytes_max: usize,
     syscalls_per_delivery_max: u32,
     /// Syscalls made so far in the current delivery.
@@ -608,10 +645,10 @@ impl ThreadWorker {
         limits: Limits,
     ) -> Result<ThreadWorker, SupervisorError> {
         let state = HostState {
-            limits: StoreLimitsBuilder::new()
-                .memory_size(limits.memory_bytes_max)
-                .trap_on_grow_failure(true)
-                .build(),
+            limiter: MemoryLimiter {
+                memory_bytes_max: limits.memory_bytes_max,
+                exceeded: false,
+            },
             message_bytes_max: limits.message_bytes_max,
             syscalls_per_delivery_max: limits.syscalls_per_delivery_max,
             syscalls: 0,
@@ -620,7 +657,7 @@ impl ThreadWorker {
             fault: None,
         };
         let mut store = Store::new(&host.engine, state);
-        store.limiter(|state| &mut state.limits);
+        store.limiter(|state| &mut state.limiter);
         store
             .set_fuel(limits.fuel_per_delivery)
             .map_err(engine_error)?;
@@ -684,6 +721,11 @@ fn classify_trap(
     if let Some(fault) = store.data_mut().fault.take() {
         return fault;
     }
+    if std::mem::take(&mut store.data_mut().limiter.exceeded) {
+        return VatFault::MemoryLimit {
+            memory_bytes_max: limits.memory_bytes_max,
+        };
+    }
     match error.downcast_ref::<Trap>() {
         Some(Trap::OutOfFuel) => VatFault::OutOfFuel {
             fuel_per_delivery: limits.fuel_per_delivery,
@@ -692,13 +734,6 @@ fn classify_trap(
             deadline_ms: limits.deadline_ms,
         },
         Some(trap) => VatFault::Trap(trap.to_string()),
-        None if format!("{error:#}").contains("memory")
-            && format!("{error:#}").contains("limit") =>
-        {
-            VatFault::MemoryLimit {
-                memory_bytes_max: limits.memory_bytes_max,
-            }
-        }
         None => VatFault::Trap(format!("{error:#}").replace('\n', " ")),
     }
 }

@@ -5,9 +5,11 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    if std::env::args().len() > 1 {
+    // The only argument is `--vat ID`, a label that shows in `ps`.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if !(args.is_empty() || (args.len() == 2 && args[0] == "--vat")) {
         eprintln!(
-            "vat-supervisor takes no arguments: the kernel starts it and speaks to it over stdin/stdout"
+            "usage: vat-supervisor [--vat ID] (the kernel starts it and speaks to it over stdin/stdout)"
         );
         return ExitCode::from(2);
     }

@@ -61,13 +61,16 @@ pub struct ProcessWorker {
 }
 
 impl ProcessWorker {
-    /// Starts `program` (the `vat-supervisor` binary) hosting `module` with `limits`.
+    /// Starts `program` (the `vat-supervisor` binary) hosting `module` with
+    /// `limits`. `label` (the vat's id) shows in `ps` as `--vat LABEL`.
     pub fn start(
         program: &Path,
+        label: &str,
         module: ModuleSource,
         limits: Limits,
     ) -> Result<ProcessWorker, SupervisorError> {
         let mut child = Command::new(program)
+            .args(["--vat", label])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -98,9 +101,21 @@ impl ProcessWorker {
                 ModuleSource::Artifact(path) => start.set_artifact(path.to_string_lossy().as_ref()),
             }
         }
-        write_frame(&mut worker.to_worker, &message)?;
-        let reply = serialize::read_message(&mut worker.from_worker, worker.options)
-            .map_err(protocol_error)?;
+        let exited = |worker: &mut ProcessWorker, e: &dyn std::fmt::Display| -> SupervisorError {
+            match worker.child.wait() {
+                Ok(status) => {
+                    VatFault::WorkerDied(format!("worker exited at start ({status})")).into()
+                }
+                Err(_) => protocol_error(e).into(),
+            }
+        };
+        if let Err(e) = write_frame(&mut worker.to_worker, &message) {
+            return Err(exited(&mut worker, &e));
+        }
+        let reply = match serialize::read_message(&mut worker.from_worker, worker.options) {
+            Ok(reply) => reply,
+            Err(e) => return Err(exited(&mut worker, &e)),
+        };
         let root = reply
             .get_root::<from_worker::Reader>()
             .map_err(protocol_error)?;

@@ -52,7 +52,13 @@ fn supervisor() -> &'static Path {
 
 fn worker() -> ProcessWorker {
     let wasm = wat::parse_str(ECHO).unwrap();
-    ProcessWorker::start(supervisor(), ModuleSource::Wasm(wasm), Limits::default()).unwrap()
+    ProcessWorker::start(
+        supervisor(),
+        "v1",
+        ModuleSource::Wasm(wasm),
+        Limits::default(),
+    )
+    .unwrap()
 }
 
 #[test]
@@ -83,8 +89,13 @@ fn syscalls_cross_the_pipe_in_order_with_answers() {
 #[test]
 fn a_refused_batched_syscall_fails_the_delivery() {
     let wasm = wat::parse_str(ECHO.replace("o+0", "o-9")).unwrap();
-    let mut worker =
-        ProcessWorker::start(supervisor(), ModuleSource::Wasm(wasm), Limits::default()).unwrap();
+    let mut worker = ProcessWorker::start(
+        supervisor(),
+        "v1",
+        ModuleSource::Wasm(wasm),
+        Limits::default(),
+    )
+    .unwrap();
     let mut kernel = Kernelish {
         seen: Vec::new(),
         value: Some("x".into()),
@@ -120,6 +131,7 @@ fn a_killed_worker_is_reported_as_such() {
 fn a_module_the_worker_cannot_load_fails_the_start() {
     let err = ProcessWorker::start(
         supervisor(),
+        "v1",
         ModuleSource::Wasm(b"nope".to_vec()),
         Limits::default(),
     )
