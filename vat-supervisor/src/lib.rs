@@ -942,6 +942,32 @@ mod tests {
     }
 
     #[test]
+    fn nans_are_canonical_whatever_the_hardware_would_produce() {
+        // NaN + 0 keeps the payload 0x7fc00001 on x86; canonicalized, the
+        // result is 0x7fc00000 on every machine. The guest traps otherwise.
+        let wasm = wat::parse_str(
+            r#"(module
+                 (memory (export "memory") 1)
+                 (func (export "vat_abi_version") (result i32) i32.const 1)
+                 (func (export "vat_alloc") (param i32) (result i32) i32.const 1024)
+                 (func (export "vat_deliver") (param i32 i32) (result i32)
+                   (if (i32.ne
+                         (i32.reinterpret_f32
+                           (f32.add (f32.reinterpret_i32 (i32.const 0x7fc00001)) (f32.const 0)))
+                         (i32.const 0x7fc00000))
+                     (then unreachable))
+                   i32.const 0))"#,
+        )
+        .unwrap();
+        let host = host();
+        let module = host.compile(&wasm).unwrap();
+        let mut worker = ThreadWorker::start(&host, &module, Limits::default()).unwrap();
+        worker
+            .deliver(&Delivery::StartVat, &mut Recorder(Vec::new(), Ok(())))
+            .unwrap();
+    }
+
+    #[test]
     fn fuel_bounds_a_delivery() {
         let host = host();
         // The guest spins while byte 0 of its memory is non-zero: make it so.
