@@ -298,3 +298,42 @@ fn a_killed_vat_process_leaves_committed_state_intact() {
     assert_eq!(home.ok(&["send", "counter", "increment"]), "2");
     assert_eq!(home.ok(&["send", "a", "run", "5", "b"]), "5");
 }
+
+#[test]
+fn a_missing_worker_binary_is_named_with_the_way_out() {
+    let home = VatHome::new();
+    let module = vat_tests::guest("counter");
+    let before = home.dump();
+    let out = home
+        .command(&["spawn", "counter", module.to_str().unwrap()])
+        .env("VAT_SUPERVISOR", "/nonexistent/vat-supervisor")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("/nonexistent/vat-supervisor not found"),
+        "{err}"
+    );
+    assert!(err.contains("--worker thread"), "{err}");
+    assert_eq!(home.dump(), before);
+    // The in-process worker needs no binary.
+    let out = home
+        .command(&[
+            "spawn",
+            "counter",
+            module.to_str().unwrap(),
+            "--worker",
+            "thread",
+        ])
+        .env("VAT_SUPERVISOR", "/nonexistent/vat-supervisor")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(home.ok(&["send", "counter", "increment"]), "1");
+    assert!(home.ok(&["list"]).contains("worker thread"));
+}

@@ -319,7 +319,9 @@ impl WasmHost {
         // re-checks the header and compatibility before use.
         let module = unsafe { Module::deserialize_file(&self.engine, path) }
             .map_err(|e| SupervisorError::Engine(format!("artifact {}: {e}", path.display())))?;
-        self.accept(module)
+        // Artifacts are written only for modules that passed the whole ABI
+        // check, so the version probe (an instantiation) is not repeated.
+        self.accept(module, false)
     }
 
     /// Like [`Self::compile`], but keeps the compiled artifact in `cache_dir`
@@ -339,6 +341,7 @@ impl WasmHost {
             return Ok(module);
         }
         let module = self.compile_module(wasm)?;
+        let accepted = self.accept(module.clone(), true)?;
         let bytes = module.serialize().map_err(engine_error)?;
         let temp = path.with_extension("tmp");
         std::fs::create_dir_all(cache_dir)
@@ -347,14 +350,14 @@ impl WasmHost {
             .map_err(|e| {
                 SupervisorError::Engine(format!("module cache {}: {e}", path.display()))
             })?;
-        self.accept(module)
+        Ok(accepted)
     }
 
     /// Compiles `bytes` and checks them against the ABI: the required exports
     /// with their types, only offered imports, and a matching ABI version.
     pub fn compile(&self, bytes: &[u8]) -> Result<VatModule, SupervisorError> {
         let module = self.compile_module(bytes)?;
-        self.accept(module)
+        self.accept(module, true)
     }
 
     fn compile_module(&self, bytes: &[u8]) -> Result<Module, SupervisorError> {
@@ -367,7 +370,9 @@ impl WasmHost {
             .map_err(|e| SupervisorError::NotWasm(format!("{e:#}").replace('\n', " ")))
     }
 
-    fn accept(&self, module: Module) -> Result<VatModule, SupervisorError> {
+    /// Checks `module`'s imports and exports against the ABI and, when
+    /// `probe_version`, asks an instance which ABI version it speaks.
+    fn accept(&self, module: Module, probe_version: bool) -> Result<VatModule, SupervisorError> {
         for import in module.imports() {
             if import.module() != IMPORT_MODULE || !OFFERED_IMPORTS.contains(&import.name()) {
                 return Err(SupervisorError::UnknownImport {
@@ -386,6 +391,9 @@ impl WasmHost {
             .instantiate_pre(&module)
             .map_err(|e| SupervisorError::BadSignature(format!("{e:#}")))?;
         let vat_module = VatModule { pre };
+        if !probe_version {
+            return Ok(vat_module);
+        }
         // Ask the module which ABI it speaks, in a throwaway instance.
         let mut probe = ThreadWorker::start(self, &vat_module, Limits::default())?;
         let version_fn = probe
