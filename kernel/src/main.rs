@@ -75,10 +75,13 @@ enum Command {
     /// Each ARG is a pet name or kref (a reference), else JSON, else a string.
     /// JSON may use {"$ref": NAME}, {"$bigint": "12"}, {"$undefined": true}.
     /// A rejected result prints the error and exits 1.
+    #[command(allow_negative_numbers = true)]
     Send {
         /// A pet name or a kref (ko12, kp40).
         target: String,
+        /// The method to call.
         method: String,
+        /// The arguments: pet names or krefs, JSON, or strings.
         args: Vec<String>,
         /// Bind the returned reference to this pet name.
         #[arg(long = "as", value_name = "NAME")]
