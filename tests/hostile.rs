@@ -252,22 +252,10 @@ fn a_module_importing_what_the_abi_does_not_offer_is_refused_at_spawn() {
 /// The process ids of the `vat-supervisor` workers hosting `vat` for the
 /// `vat` process `parent` (tests run in parallel, each with its own vats).
 fn worker_pids(parent: u32, vat: &str) -> Vec<u32> {
-    let out = std::process::Command::new("ps")
-        .args(["-eo", "pid,ppid,args"])
-        .output()
-        .unwrap();
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let pid = fields.next()?.parse().ok()?;
-            let ppid: u32 = fields.next()?.parse().ok()?;
-            let args: Vec<&str> = fields.collect();
-            let hosts_vat =
-                args.len() == 3 && args[0].ends_with("vat-supervisor") && args[2] == vat;
-            (ppid == parent && hosts_vat).then_some(pid)
-        })
+    vat_tests::workers_of(parent)
+        .into_iter()
+        .filter(|(_, hosted)| hosted == vat)
+        .map(|(pid, _)| pid)
         .collect()
 }
 

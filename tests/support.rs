@@ -167,3 +167,66 @@ impl VatHome {
         self.ok(&["spawn", name, module.to_str().expect("utf-8 path")])
     }
 }
+
+/// A `vat start` daemon on a home, killed when dropped if still running.
+#[derive(Debug)]
+pub struct Daemon {
+    pub child: std::process::Child,
+}
+
+impl Daemon {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl VatHome {
+    /// Starts `vat start` on this home and waits until it serves its socket.
+    pub fn start_daemon(&self) -> Daemon {
+        let child = self
+            .command(&["start"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start the daemon");
+        let daemon = Daemon { child };
+        let socket = self.path().join("vat.sock");
+        let started = std::time::Instant::now();
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            assert!(
+                started.elapsed().as_secs() < 60,
+                "the daemon did not come up"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        daemon
+    }
+}
+
+/// The `vat-supervisor` processes whose parent is `parent`, with the vat each hosts.
+pub fn workers_of(parent: u32) -> Vec<(u32, String)> {
+    let out = Command::new("ps")
+        .args(["-eo", "pid,ppid,args"])
+        .output()
+        .expect("ps");
+    String::from_utf8(out.stdout)
+        .expect("ps output")
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let pid = fields.next()?.parse().ok()?;
+            let ppid: u32 = fields.next()?.parse().ok()?;
+            let args: Vec<&str> = fields.collect();
+            let is_worker =
+                args.len() == 3 && args[0].ends_with("vat-supervisor") && args[1] == "--vat";
+            (ppid == parent && is_worker).then(|| (pid, args[2].to_owned()))
+        })
+        .collect()
+}

@@ -131,9 +131,16 @@ fn write_key(path: &Path) -> Result<SigningKey, HomeError> {
 impl Home {
     /// Creates a home at `path` (store and key). An existing home is left unchanged.
     pub fn init(path: &Path) -> Result<InitOutcome, HomeError> {
+        let exists = || path.join(KEY_FILE).exists() && path.join(STORE_FILE).exists();
+        // An existing home is reported without its lock, which a daemon may hold.
+        if exists() {
+            return Ok(InitOutcome::AlreadyExists {
+                did: did_key(&read_key(path)?),
+            });
+        }
         std::fs::create_dir_all(path).map_err(io_error(path))?;
         let _lock = lock(path, LOCK_WAIT_MS_DEFAULT)?;
-        if path.join(KEY_FILE).exists() && path.join(STORE_FILE).exists() {
+        if exists() {
             return Ok(InitOutcome::AlreadyExists {
                 did: did_key(&read_key(path)?),
             });

@@ -127,6 +127,8 @@ pub struct VatInfo {
     pub state: String,
     pub reason: Option<String>,
     pub worker: WorkerKind,
+    /// The worker process's id, while this kernel runs one for the vat.
+    pub worker_pid: Option<u32>,
 }
 
 /// The kernel: its tables in swingstore, its Wasm host and its live workers.
@@ -736,6 +738,30 @@ impl Kernel {
         Err(KernelError::UnknownTarget(text.to_owned()))
     }
 
+    /// Starts a worker for every running vat that has none, each in a crank
+    /// of its own, then commits. A vat whose worker cannot start is left to
+    /// fail at its next delivery, where faults are handled.
+    pub fn start_workers(&mut self) -> Result<(), KernelError> {
+        for vat in self.vats()? {
+            if vat.state != "running" || self.workers.contains_key(&vat.id) {
+                continue;
+            }
+            self.state.store.begin_crank()?;
+            match self.ensure_worker(&vat.id) {
+                Ok(()) => self.state.store.end_crank()?,
+                Err(WorkerStartError::Fault(_)) => {
+                    self.workers.remove(&vat.id);
+                    self.state.store.abort_crank()?;
+                }
+                Err(WorkerStartError::Kernel(e)) => {
+                    self.state.store.abort_crank()?;
+                    return Err(e);
+                }
+            }
+        }
+        self.commit()
+    }
+
     /// Every vat, in creation order.
     pub fn vats(&self) -> Result<Vec<VatInfo>, KernelError> {
         let mut vats = Vec::new();
@@ -751,6 +777,7 @@ impl Kernel {
                 state: field("state")?.unwrap_or_default(),
                 reason: field("reason")?,
                 worker: self.vat_options(&id)?.worker,
+                worker_pid: self.workers.get(&id).and_then(|w| w.pid()),
                 id,
                 name,
             });

@@ -1,10 +1,16 @@
 //! `vat`: run a durable object-capability kernel from the command line.
 //!
-//! Every invocation opens the home's store, does its work, commits and exits,
-//! so state carries over between invocations. A home is used by one process at
-//! a time; others wait for it (up to `--lock-wait-ms`).
+//! Commands run in one of two places, with the same code and output:
+//! - in this process, against the home's store: it opens the store, does its
+//!   work, commits and exits, so state carries over between invocations (a
+//!   home is used by one process at a time; others wait `--lock-wait-ms`);
+//! - in the home's daemon (`vat start`), when one is running: the command is
+//!   sent over `HOME/vat.sock` and the daemon's long-lived kernel runs it,
+//!   with its vats' workers kept alive between commands.
 
-use std::path::PathBuf;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
@@ -14,7 +20,13 @@ use kernel::{
     CommitPolicy, Home, InitOutcome, Kernel, LOCK_WAIT_MS_DEFAULT, PromiseState, VatOptions,
     WorkerKind,
 };
+use serde::{Deserialize, Serialize};
 use vom::Value;
+
+/// The daemon's socket, inside the home.
+const SOCKET_FILE: &str = "vat.sock";
+/// The largest request the daemon reads (`request_bytes_max`).
+const REQUEST_BYTES_MAX: u64 = 1 << 20;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -35,13 +47,13 @@ struct Cli {
     command: Command,
 }
 
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 enum Worker {
     Process,
     Thread,
 }
 
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand, Debug, Serialize, Deserialize)]
 enum Command {
     /// Create the home: an empty store and a new ed25519 kernel key.
     Init,
@@ -87,19 +99,35 @@ enum Command {
         #[arg(long = "as", value_name = "NAME")]
         bind_as: Option<String>,
     },
-    /// List vats, pet names, and their krefs.
+    /// List vats, their workers, pet names, and their krefs.
     List,
     /// Print the kernel's identity (did:key).
     Key,
+    /// Run the kernel as a daemon for this home: vats' workers stay up, and
+    /// other `vat` commands are served over HOME/vat.sock. Runs until `vat stop`.
+    Start,
+    /// Stop the home's daemon.
+    Stop,
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(cli) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {}", one_line(&format!("{e:#}")));
-            ExitCode::FAILURE
+/// What a command prints and how it exits, wherever it ran.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Outcome {
+    stdout: String,
+    stderr: String,
+    failed: bool,
+}
+
+impl Outcome {
+    fn line(&mut self, text: impl std::fmt::Display) {
+        self.stdout.push_str(&format!("{text}\n"));
+    }
+
+    fn error(text: &str) -> Outcome {
+        Outcome {
+            stdout: String::new(),
+            stderr: format!("error: {}\n", one_line(text)),
+            failed: true,
         }
     }
 }
@@ -108,35 +136,77 @@ fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-fn open(cli: &Cli) -> Result<(Home, Kernel)> {
-    let home = Home::open(&cli.home, cli.lock_wait_ms)?;
-    let kernel = home.kernel(CommitPolicy::GROUPED)?;
-    Ok((home, kernel))
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let outcome = dispatch(cli).unwrap_or_else(|e| Outcome::error(&format!("{e:#}")));
+    print!("{}", outcome.stdout);
+    eprint!("{}", outcome.stderr);
+    if outcome.failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
-fn run(cli: Cli) -> Result<ExitCode> {
-    match &cli.command {
-        Command::Init => {
-            match Home::init(&cli.home)? {
-                InitOutcome::Created { did } => {
-                    println!("created vat home {}", cli.home.display());
-                    println!("kernel key {did}");
-                }
-                InitOutcome::AlreadyExists { did } => {
-                    println!(
-                        "vat home {} already exists; nothing changed",
-                        cli.home.display()
-                    );
-                    println!("kernel key {did}");
-                }
+fn dispatch(cli: Cli) -> Result<Outcome> {
+    let socket = cli.home.join(SOCKET_FILE);
+    match cli.command {
+        Command::Init => init(&cli.home),
+        Command::Start => serve(&cli.home, cli.lock_wait_ms),
+        Command::Stop => match connect(&socket) {
+            Some(stream) => request(stream, &Command::Stop),
+            None => bail!("no daemon is running for home {}", cli.home.display()),
+        },
+        mut command => {
+            // The daemon may run elsewhere in the file system: give it absolute paths.
+            if let Command::Spawn { module, .. } = &mut command {
+                *module = std::path::absolute(&*module).context("module path")?;
             }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Key => {
+            if let Some(stream) = connect(&socket) {
+                return request(stream, &command);
+            }
             let home = Home::open(&cli.home, cli.lock_wait_ms)?;
-            println!("{}", home.did());
-            Ok(ExitCode::SUCCESS)
+            let mut kernel = home.kernel(CommitPolicy::GROUPED)?;
+            Ok(execute(&home, &mut kernel, &command))
         }
+    }
+}
+
+fn init(path: &Path) -> Result<Outcome> {
+    let mut outcome = Outcome::default();
+    match Home::init(path)? {
+        InitOutcome::Created { did } => {
+            outcome.line(format!("created vat home {}", path.display()));
+            outcome.line(format!("kernel key {did}"));
+        }
+        InitOutcome::AlreadyExists { did } => {
+            outcome.line(format!(
+                "vat home {} already exists; nothing changed",
+                path.display()
+            ));
+            outcome.line(format!("kernel key {did}"));
+        }
+    }
+    Ok(outcome)
+}
+
+/// Runs one command against a kernel; errors become the outcome's one line.
+fn execute(home: &Home, kernel: &mut Kernel, command: &Command) -> Outcome {
+    let mut outcome = Outcome::default();
+    match run_command(home, kernel, command, &mut outcome) {
+        Ok(()) => outcome,
+        Err(e) => Outcome::error(&format!("{e:#}")),
+    }
+}
+
+fn run_command(
+    home: &Home,
+    kernel: &mut Kernel,
+    command: &Command,
+    out: &mut Outcome,
+) -> Result<()> {
+    match command {
+        Command::Key => out.line(home.did()),
         Command::Spawn {
             name,
             module,
@@ -147,7 +217,6 @@ fn run(cli: Cli) -> Result<ExitCode> {
             message_bytes,
             syscalls_max,
         } => {
-            let (_home, mut kernel) = open(&cli)?;
             let wasm = std::fs::read(module)
                 .with_context(|| format!("cannot read {}", module.display()))?;
             let options = VatOptions {
@@ -164,52 +233,54 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let root = kernel
                 .spawn_vat(name, &wasm, options)
                 .with_context(|| format!("cannot spawn {} from {}", name, module.display()))?;
-            println!("{root}");
-            Ok(ExitCode::SUCCESS)
+            out.line(root);
         }
         Command::Send {
             target,
             method,
             args,
             bind_as,
-        } => send(&cli, target, method, args, bind_as.as_deref()),
+        } => send(kernel, target, method, args, bind_as.as_deref(), out)?,
         Command::List => {
-            let (_home, kernel) = open(&cli)?;
             let vats = kernel.vats()?;
             if vats.is_empty() {
-                println!("no vats (spawn one with `vat spawn NAME MODULE.wasm`)");
+                out.line("no vats (spawn one with `vat spawn NAME MODULE.wasm`)");
             }
             for vat in vats {
                 let reason = vat.reason.map(|r| format!(" ({r})")).unwrap_or_default();
-                let worker = match vat.worker {
-                    WorkerKind::Process => "process",
-                    WorkerKind::Thread => "thread",
+                let worker = match (vat.worker, vat.worker_pid) {
+                    (WorkerKind::Process, Some(pid)) => format!("process (pid {pid})"),
+                    (WorkerKind::Process, None) => "process".to_owned(),
+                    (WorkerKind::Thread, _) => "thread".to_owned(),
                 };
-                println!(
+                out.line(format!(
                     "{} {} root {} {}{} worker {} bundle {}",
                     vat.id, vat.name, vat.root, vat.state, reason, worker, vat.bundle
-                );
+                ));
             }
             let names = kernel.pet_names()?;
             if !names.is_empty() {
-                println!("pet names:");
+                out.line("pet names:");
                 for (name, kref) in names {
-                    println!("  {name} -> {kref}");
+                    out.line(format!("  {name} -> {kref}"));
                 }
             }
-            Ok(ExitCode::SUCCESS)
+        }
+        Command::Init | Command::Start | Command::Stop => {
+            bail!("this command does not run inside a kernel")
         }
     }
+    Ok(())
 }
 
 fn send(
-    cli: &Cli,
+    kernel: &mut Kernel,
     target: &str,
     method: &str,
     args: &[String],
     bind_as: Option<&str>,
-) -> Result<ExitCode> {
-    let (_home, mut kernel) = open(cli)?;
+    out: &mut Outcome,
+) -> Result<()> {
     if let Some(name) = bind_as {
         kernel::check_name(name)?;
         if let Some(kref) = kernel.pet_name(name)? {
@@ -241,15 +312,11 @@ fn send(
                 kernel.bind_pet_name(name, &reference.slot)?;
                 kernel.commit()?;
             }
-            let shown = to_display(&value, &|kref| {
-                if bind_as.is_some() && value.as_ref().is_some_and(|r| r.slot == kref) {
-                    bind_as.unwrap_or_default().to_owned()
-                } else {
-                    name_of(kref)
-                }
+            let shown = to_display(&value, &|kref| match (bind_as, value.as_ref()) {
+                (Some(name), Some(r)) if r.slot == kref => name.to_owned(),
+                _ => name_of(kref),
             });
-            println!("{shown}");
-            Ok(ExitCode::SUCCESS)
+            out.line(shown);
         }
         PromiseState::Rejected(data) => {
             let reason = match vom::capdata::decode(&data) {
@@ -257,9 +324,85 @@ fn send(
                 Ok(other) => to_display(&other, &name_of).to_string(),
                 Err(e) => e.to_string(),
             };
-            eprintln!("error: {}", one_line(&reason));
-            Ok(ExitCode::FAILURE)
+            *out = Outcome::error(&reason);
         }
         PromiseState::Unresolved => unreachable!("run_until_settled returns settled promises"),
     }
+    Ok(())
+}
+
+/// A connection to the home's daemon, if one answers.
+fn connect(socket: &Path) -> Option<UnixStream> {
+    UnixStream::connect(socket).ok()
+}
+
+/// Sends one command to the daemon and returns what it says.
+fn request(mut stream: UnixStream, command: &Command) -> Result<Outcome> {
+    let mut line = serde_json::to_string(command).context("request")?;
+    line.push('\n');
+    stream.write_all(line.as_bytes()).context("daemon socket")?;
+    let mut reply = String::new();
+    BufReader::new(stream)
+        .read_line(&mut reply)
+        .context("daemon socket")?;
+    serde_json::from_str(&reply).context("the daemon's reply")
+}
+
+/// Removes the socket when the daemon ends, however it ends.
+struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// `vat start`: serves commands over the home's socket until `vat stop`.
+fn serve(path: &Path, lock_wait_ms: u64) -> Result<Outcome> {
+    let home = Home::open(path, lock_wait_ms)?;
+    let socket = home.path().join(SOCKET_FILE);
+    // Holding the home's lock, no other daemon can be alive: a socket left
+    // here is stale (its daemon was killed).
+    let _ = std::fs::remove_file(&socket);
+    let listener = UnixListener::bind(&socket)
+        .with_context(|| format!("cannot listen on {}", socket.display()))?;
+    let _socket_file = SocketFile(socket.clone());
+    let mut kernel = home.kernel(CommitPolicy::GROUPED)?;
+    kernel.start_workers()?;
+    println!(
+        "kernel {} serving {} on {}",
+        home.did(),
+        home.path().display(),
+        socket.display()
+    );
+    std::io::stdout().flush().ok();
+    for stream in listener.incoming() {
+        let Ok(mut stream) = stream else { continue };
+        let mut line = String::new();
+        let read = BufReader::new((&stream).take(REQUEST_BYTES_MAX)).read_line(&mut line);
+        let (outcome, stop) = match read.map(|_| serde_json::from_str::<Command>(&line)) {
+            Ok(Ok(Command::Stop)) => {
+                let mut outcome = Outcome::default();
+                outcome.line(format!("stopped the daemon for {}", home.path().display()));
+                (outcome, true)
+            }
+            Ok(Ok(command)) => (execute(&home, &mut kernel, &command), false),
+            Ok(Err(e)) => (
+                Outcome::error(&format!(
+                    "malformed request (request_bytes_max {REQUEST_BYTES_MAX}): {e}"
+                )),
+                false,
+            ),
+            Err(e) => (Outcome::error(&format!("reading the request: {e}")), false),
+        };
+        let mut reply = serde_json::to_string(&outcome).expect("outcomes serialize");
+        reply.push('\n');
+        // A client that went away does not stop the daemon.
+        let _ = stream.write_all(reply.as_bytes());
+        if stop {
+            break;
+        }
+    }
+    kernel.commit()?;
+    Ok(Outcome::default())
 }

@@ -171,6 +171,11 @@ pub trait Worker {
         delivery: &Delivery,
         handler: &mut dyn SyscallHandler,
     ) -> Result<(), VatFault>;
+
+    /// The worker's process id, when it runs in a process of its own.
+    fn pid(&self) -> Option<u32> {
+        None
+    }
 }
 
 /// One wasmtime engine, configured for deterministic, metered guests, and the

@@ -209,6 +209,10 @@ fn fault_to_wire(fault: &VatFault, mut wire: fault::Builder<'_>) {
 }
 
 impl Worker for ProcessWorker {
+    fn pid(&self) -> Option<u32> {
+        Some(self.child.id())
+    }
+
     fn deliver(
         &mut self,
         delivery: &Delivery,

@@ -1,0 +1,89 @@
+//! `vat start`: a long-lived kernel for a home, serving the other commands
+//! over its socket, with one worker process per running vat.
+
+use vat_tests::{VatHome, workers_of};
+
+#[test]
+fn the_daemon_keeps_one_worker_process_per_running_vat() {
+    let home = VatHome::new();
+    home.spawn("counter", "counter");
+    let daemon = home.start_daemon();
+    // Vats that existed before the daemon get workers when it starts.
+    let workers = workers_of(daemon.pid());
+    assert_eq!(
+        workers
+            .iter()
+            .map(|(_, vat)| vat.as_str())
+            .collect::<Vec<_>>(),
+        ["v1"]
+    );
+    home.spawn("a", "pingpong");
+    home.spawn("b", "pingpong");
+    let mut vats: Vec<String> = workers_of(daemon.pid())
+        .into_iter()
+        .map(|(_, vat)| vat)
+        .collect();
+    vats.sort();
+    assert_eq!(vats, ["v1", "v2", "v3"]);
+    let listing = home.ok(&["list"]);
+    for (pid, vat) in workers_of(daemon.pid()) {
+        assert!(
+            listing.contains(&format!("{vat} ")) && listing.contains(&format!("(pid {pid})")),
+            "{listing}"
+        );
+    }
+    // Commands run in the daemon's kernel, with the same output as without it.
+    assert_eq!(home.ok(&["send", "counter", "increment"]), "1");
+    assert_eq!(home.ok(&["send", "a", "run", "200", "b"]), "200");
+    assert_eq!(
+        home.fails(&["send", "counter", "frob"]),
+        "error: TypeError: no such method: frob"
+    );
+    assert!(home.ok(&["init"]).contains("already exists"));
+    // The same workers served all of it.
+    assert_eq!(workers_of(daemon.pid()).len(), 3);
+}
+
+#[test]
+fn stop_ends_the_daemon_and_its_workers_and_state_carries_on() {
+    let home = VatHome::new();
+    home.spawn("counter", "counter");
+    let mut daemon = home.start_daemon();
+    let pid = daemon.pid();
+    assert_eq!(home.ok(&["send", "counter", "increment"]), "1");
+    assert!(home.ok(&["stop"]).contains("stopped"));
+    assert!(daemon.child.wait().unwrap().success());
+    assert!(workers_of(pid).is_empty());
+    assert!(!home.path().join("vat.sock").exists());
+    // Without a daemon, commands run on the store directly.
+    assert_eq!(home.ok(&["send", "counter", "increment"]), "2");
+    let err = home.fails(&["stop"]);
+    assert!(err.contains("no daemon is running"), "{err}");
+}
+
+#[test]
+fn a_killed_daemon_loses_nothing_committed() {
+    let home = VatHome::new();
+    home.spawn("counter", "counter");
+    let mut daemon = home.start_daemon();
+    for expected in ["1", "2", "3"] {
+        assert_eq!(home.ok(&["send", "counter", "increment"]), expected);
+    }
+    let pid = daemon.pid();
+    daemon.child.kill().unwrap();
+    daemon.child.wait().unwrap();
+    // Its workers notice their kernel is gone and exit.
+    let started = std::time::Instant::now();
+    while !workers_of(pid).is_empty() {
+        assert!(
+            started.elapsed().as_secs() < 30,
+            "workers outlived their daemon"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // The stale socket is ignored; a new daemon takes over the same state.
+    assert_eq!(home.ok(&["send", "counter", "get"]), "3");
+    let _daemon = home.start_daemon();
+    assert_eq!(home.ok(&["send", "counter", "increment"]), "4");
+    assert_eq!(home.integrity(), "ok");
+}
