@@ -14,6 +14,7 @@ fn counter_counts_across_separate_processes() {
     assert_eq!(home.ok(&["send", "counter", "get"]), "3");
     // The count lives in the counter vat's vatstore, committed to the file.
     assert_eq!(home.get("v1.vs.count").as_deref(), Some("3"));
+    home.check();
 }
 
 #[test]
@@ -24,6 +25,7 @@ fn pingpong_sends_a_thousand_awaited_pings_to_another_vat() {
     assert_eq!(home.ok(&["send", "a", "run", "1000", "b"]), "1000");
     // Nothing is left in flight once the result settled.
     assert_eq!(home.get("runQueue.head"), home.get("runQueue.tail"));
+    home.check();
 }
 
 #[test]
@@ -199,6 +201,7 @@ fn a_trapping_guest_is_terminated_and_its_crank_rolled_back() {
     // Other vats are unaffected.
     assert_eq!(home.ok(&["send", "counter", "increment"]), "1");
     assert_eq!(home.integrity(), "ok");
+    home.check();
 }
 
 /// Several `vat` processes on one home take turns; none is lost.
@@ -235,6 +238,7 @@ fn concurrent_invocations_take_turns_on_one_home() {
     assert_eq!(seen, [1, 2, 3, 4, 5, 6]);
     assert_eq!(home.ok(&["send", "counter", "get"]), "6");
     assert_eq!(home.integrity(), "ok");
+    home.check();
 }
 
 #[test]
@@ -297,6 +301,7 @@ fn a_killed_vat_process_leaves_committed_state_intact() {
     assert_eq!(home.ok(&["send", "counter", "get"]), "1");
     assert_eq!(home.ok(&["send", "counter", "increment"]), "2");
     assert_eq!(home.ok(&["send", "a", "run", "5", "b"]), "5");
+    home.check();
 }
 
 #[test]
@@ -336,4 +341,46 @@ fn a_missing_worker_binary_is_named_with_the_way_out() {
     );
     assert_eq!(home.ok(&["send", "counter", "increment"]), "1");
     assert!(home.ok(&["list"]).contains("worker thread"));
+}
+
+/// `vat check` finds what a damaged store gets wrong, one line per discrepancy.
+#[test]
+fn check_reports_each_discrepancy_in_a_damaged_store() {
+    let home = VatHome::new();
+    home.spawn("a", "pingpong");
+    home.spawn("b", "pingpong");
+    assert_eq!(home.ok(&["send", "a", "run", "10", "b"]), "10");
+    home.check();
+    {
+        let conn = rusqlite::Connection::open(home.path().join("store.sqlite")).unwrap();
+        // One side of a c-list entry lost, and an object given to a vat that does not exist.
+        conn.execute("DELETE FROM kv WHERE key = 'v1.c.o-1'", [])
+            .unwrap();
+        conn.execute("UPDATE kv SET value = 'v9' WHERE key = 'ko1.owner'", [])
+            .unwrap();
+    }
+    let out = home.run(&["check"]);
+    assert!(!out.status.success());
+    let report = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        report.contains("c-list asymmetry in v1: ko2 -> o-1, but o-1 does not map back"),
+        "{report}"
+    );
+    assert!(
+        report.contains("ko1 is owned by v9, which does not exist"),
+        "{report}"
+    );
+    assert!(
+        report.contains("v1 exports ko1 as o+0 but does not own it"),
+        "{report}"
+    );
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(
+        stderr.trim(),
+        format!(
+            "error: {} discrepancies in {} keys",
+            report.lines().count(),
+            home.dump().len()
+        )
+    );
 }

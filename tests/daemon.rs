@@ -42,6 +42,7 @@ fn the_daemon_keeps_one_worker_process_per_running_vat() {
     assert!(home.ok(&["init"]).contains("already exists"));
     // The same workers served all of it.
     assert_eq!(workers_of(daemon.pid()).len(), 3);
+    home.check();
 }
 
 #[test]
@@ -86,4 +87,5 @@ fn a_killed_daemon_loses_nothing_committed() {
     let _daemon = home.start_daemon();
     assert_eq!(home.ok(&["send", "counter", "increment"]), "4");
     assert_eq!(home.integrity(), "ok");
+    home.check();
 }

@@ -88,6 +88,7 @@ impl Scene {
             "{line}"
         );
         assert_eq!(self.home.integrity(), "ok");
+        self.home.check();
     }
 }
 
@@ -306,6 +307,7 @@ fn a_killed_worker_is_restarted_and_the_delivery_retried() {
     );
     assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), "3000");
     assert!(home.ok(&["list"]).contains("v2 b root ko2 running"));
+    home.check();
 }
 
 #[test]
@@ -328,6 +330,7 @@ fn a_killed_worker_loses_what_its_vat_awaited_in_memory() {
     // Both vats work on.
     assert_eq!(home.ok(&["send", "a", "run", "3", "b"]), "3");
     assert_eq!(home.integrity(), "ok");
+    home.check();
 }
 
 #[test]

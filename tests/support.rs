@@ -153,6 +153,12 @@ impl VatHome {
             .map(|(_, v)| v)
     }
 
+    /// Runs `vat check` and expects the kernel's tables to be consistent.
+    pub fn check(&self) {
+        let report = self.ok(&["check"]);
+        assert!(report.starts_with("ok: "), "vat check: {report}");
+    }
+
     /// SQLite's own integrity check of the store file.
     pub fn integrity(&self) -> String {
         let conn =

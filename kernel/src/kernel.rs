@@ -762,6 +762,12 @@ impl Kernel {
         self.commit()
     }
 
+    /// Re-derives the tables' invariants from the store: every discrepancy
+    /// found (none when consistent), and how many keys were read.
+    pub fn check(&self) -> Result<(Vec<String>, usize), KernelError> {
+        Ok(crate::check::check(&self.state)?)
+    }
+
     /// Every vat, in creation order.
     pub fn vats(&self) -> Result<Vec<VatInfo>, KernelError> {
         let mut vats = Vec::new();

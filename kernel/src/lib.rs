@@ -6,6 +6,7 @@
 //! [`Home`] (open a locked home and its kernel), and the display forms in
 //! [`display`] that the CLI uses for values.
 
+mod check;
 pub mod display;
 mod home;
 mod kernel;

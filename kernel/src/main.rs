@@ -103,6 +103,8 @@ enum Command {
     List,
     /// Print the kernel's identity (did:key).
     Key,
+    /// Check the kernel's tables for consistency; print each discrepancy, exit 1 if any.
+    Check,
     /// Run the kernel as a daemon for this home: vats' workers stay up, and
     /// other `vat` commands are served over HOME/vat.sock. Runs until `vat stop`.
     Start,
@@ -207,6 +209,18 @@ fn run_command(
 ) -> Result<()> {
     match command {
         Command::Key => out.line(home.did()),
+        Command::Check => {
+            let (problems, keys) = kernel.check()?;
+            if problems.is_empty() {
+                out.line(format!("ok: {keys} keys consistent"));
+            } else {
+                for problem in &problems {
+                    out.line(problem);
+                }
+                out.stderr = format!("error: {} discrepancies in {keys} keys\n", problems.len());
+                out.failed = true;
+            }
+        }
         Command::Spawn {
             name,
             module,

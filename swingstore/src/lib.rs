@@ -448,6 +448,22 @@ impl SwingStore {
         Ok(stmt.query_row([text], |row| row.get(0)).optional()?)
     }
 
+    /// The CIDs of every stored bundle, committed or not.
+    pub fn bundle_cids(&self) -> Result<BTreeSet<String>> {
+        self.begin_reading()?;
+        let mut stmt = self.conn.prepare_cached("SELECT cid FROM bundles")?;
+        let mut cids: BTreeSet<String> = stmt
+            .query_map([], |row| row.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        cids.extend(
+            self.crank_bundles
+                .iter()
+                .chain(&self.pending_bundles)
+                .map(|(cid, _)| cid.clone()),
+        );
+        Ok(cids)
+    }
+
     /// Parses a CID string such as `bafkrei...`.
     pub fn parse_cid(text: &str) -> Result<Cid> {
         Cid::try_from(text).map_err(|e| StoreError::BadCid(format!("{text}: {e}")))

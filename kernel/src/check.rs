@@ -1,0 +1,335 @@
+//! `vat check`: re-derives what the kernel's tables must satisfy from the
+//! store itself and reports every discrepancy. It reads everything and
+//! writes nothing.
+//!
+//! Checked now: SQLite's own integrity; the run queue's bounds and items;
+//! object owners; promise states and what each state may carry; c-list
+//! symmetry, flags, ownership of exports, and id counters; vat records and
+//! their bundles; pet names. Reference counts join when the kernel keeps them.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use vom::CapData;
+
+use crate::state::{KernelState, Message, RunQueueItem};
+
+fn id_of(text: &str, prefix: &str) -> Option<u64> {
+    text.strip_prefix(prefix)?.parse().ok()
+}
+
+/// The number after the sign in a vref (`o+7`, `p-3`).
+fn vref_id(vref: &str) -> Option<u64> {
+    vref.get(2..)?.parse().ok()
+}
+
+struct Checker<'a> {
+    kv: &'a BTreeMap<String, String>,
+    problems: Vec<String>,
+}
+
+impl Checker<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.kv.get(key).map(String::as_str)
+    }
+
+    fn problem(&mut self, text: String) {
+        self.problems.push(text);
+    }
+
+    fn counter(&self, key: &str) -> u64 {
+        self.get(key).and_then(|v| v.parse().ok()).unwrap_or(1)
+    }
+
+    fn kref_exists(&self, kref: &str) -> bool {
+        if kref.starts_with("ko") {
+            self.kv.contains_key(&format!("{kref}.owner"))
+        } else {
+            self.kv.contains_key(&format!("{kref}.state"))
+        }
+    }
+
+    fn vat_exists(&self, vat: &str) -> bool {
+        self.kv.contains_key(&format!("{vat}.name"))
+    }
+
+    fn check_krefs(&mut self, place: &str, data: &CapData) {
+        for slot in &data.slots {
+            if !self.kref_exists(slot) {
+                self.problem(format!("{place} names {slot}, which does not exist"));
+            }
+        }
+    }
+
+    fn check_message(&mut self, place: &str, message: &Message) {
+        self.check_krefs(place, &message.args);
+        if let Some(result) = &message.result
+            && !self.kref_exists(result)
+        {
+            self.problem(format!("{place} has result {result}, which does not exist"));
+        }
+    }
+
+    fn run_queue(&mut self) {
+        let index = |key: &str| self.get(key).map_or(Some(0), |v| v.parse::<u64>().ok());
+        let (Some(head), Some(tail)) = (index("runQueue.head"), index("runQueue.tail")) else {
+            return self.problem("runQueue.head or runQueue.tail is not a number".into());
+        };
+        if head > tail {
+            return self.problem(format!("run queue head {head} is past its tail {tail}"));
+        }
+        for (key, value) in self.kv.range("runQueue.".to_owned()..) {
+            let Some(rest) = key.strip_prefix("runQueue.") else {
+                break;
+            };
+            if rest == "head" || rest == "tail" {
+                continue;
+            }
+            match rest.parse::<u64>() {
+                Ok(n) if (head..tail).contains(&n) => {}
+                _ => self
+                    .problems
+                    .push(format!("{key} lies outside the run queue [{head}, {tail})")),
+            }
+            let _ = value;
+        }
+        for n in head..tail {
+            let key = format!("runQueue.{n}");
+            let Some(text) = self.get(&key).map(str::to_owned) else {
+                self.problem(format!("{key} is missing from the run queue"));
+                continue;
+            };
+            match serde_json::from_str::<RunQueueItem>(&text) {
+                Ok(RunQueueItem::Send { target, message }) => {
+                    if !self.kref_exists(&target) {
+                        self.problem(format!("{key} targets {target}, which does not exist"));
+                    }
+                    self.check_message(&key, &message);
+                }
+                Ok(RunQueueItem::Notify { vat, promise }) => {
+                    if !self.vat_exists(&vat) {
+                        self.problem(format!("{key} notifies {vat}, which does not exist"));
+                    }
+                    if self
+                        .get(&format!("{promise}.state"))
+                        .is_none_or(|s| s == "unresolved")
+                    {
+                        self.problem(format!("{key} notifies of {promise}, which is not settled"));
+                    }
+                }
+                Err(e) => self.problem(format!("{key} is not a run-queue item: {e}")),
+            }
+        }
+    }
+
+    fn objects_and_promises(&mut self, max_object: u64, max_promise: u64) {
+        let next_object = self.counter("kernel.nextObject");
+        let next_promise = self.counter("kernel.nextPromise");
+        if max_object >= next_object {
+            self.problem(format!(
+                "ko{max_object} exists but kernel.nextObject is {next_object}"
+            ));
+        }
+        if max_promise >= next_promise {
+            self.problem(format!(
+                "kp{max_promise} exists but kernel.nextPromise is {next_promise}"
+            ));
+        }
+        let entries: Vec<(String, String)> = self
+            .kv
+            .iter()
+            .filter(|(k, _)| k.starts_with("ko") || k.starts_with("kp"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (key, value) in entries {
+            let Some((kref, field)) = key.split_once('.') else {
+                continue;
+            };
+            match field {
+                "owner" if !self.vat_exists(&value) => {
+                    self.problem(format!("{kref} is owned by {value}, which does not exist"))
+                }
+                "state" => self.promise(kref, &value),
+                "decider" if !self.vat_exists(&value) => self.problem(format!(
+                    "{kref} is decided by {value}, which does not exist"
+                )),
+                "subscribers" => {
+                    for vat in value.split(',') {
+                        if !self.vat_exists(vat) {
+                            self.problem(format!(
+                                "{kref} is watched by {vat}, which does not exist"
+                            ));
+                        }
+                    }
+                }
+                "queue" => match serde_json::from_str::<Vec<Message>>(&value) {
+                    Ok(messages) => {
+                        for message in &messages {
+                            self.check_message(&key, message);
+                        }
+                    }
+                    Err(e) => self.problem(format!("{key} is not a message list: {e}")),
+                },
+                _ => {}
+            }
+        }
+    }
+
+    fn promise(&mut self, kpid: &str, state: &str) {
+        match state {
+            "unresolved" => {
+                if self.kv.contains_key(&format!("{kpid}.data")) {
+                    self.problem(format!("{kpid} is unresolved but has settlement data"));
+                }
+            }
+            "fulfilled" | "rejected" => {
+                for field in ["decider", "subscribers", "queue"] {
+                    if self.kv.contains_key(&format!("{kpid}.{field}")) {
+                        self.problem(format!("{kpid} is {state} but still has a {field}"));
+                    }
+                }
+                match self
+                    .get(&format!("{kpid}.data"))
+                    .map(serde_json::from_str::<CapData>)
+                {
+                    Some(Ok(data)) => self.check_krefs(&format!("{kpid}.data"), &data),
+                    Some(Err(e)) => self.problem(format!("{kpid}.data is not capdata: {e}")),
+                    None => self.problem(format!("{kpid} is {state} but has no data")),
+                }
+            }
+            other => self.problem(format!("{kpid} has unknown state {other:?}")),
+        }
+    }
+
+    fn clist(&mut self, vat: &str) {
+        let prefix = format!("{vat}.c.");
+        let entries: Vec<(String, String)> = self
+            .kv
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .map(|(k, v)| (k[prefix.len()..].to_owned(), v.clone()))
+            .collect();
+        let (mut max_import_object, mut max_import_promise) = (0, 0);
+        for (name, value) in entries {
+            if name.starts_with("ko") || name.starts_with("kp") {
+                let Some((flag, vref)) = value.split_once(' ') else {
+                    self.problem(format!(
+                        "{prefix}{name} is {value:?}, not 'R vref' or '_ vref'"
+                    ));
+                    continue;
+                };
+                if flag != "R" && flag != "_" {
+                    self.problem(format!("{prefix}{name} has unknown flag {flag:?}"));
+                }
+                if self.get(&format!("{prefix}{vref}")) != Some(name.as_str()) {
+                    self.problem(format!(
+                        "c-list asymmetry in {vat}: {name} -> {vref}, but {vref} does not map back"
+                    ));
+                }
+                if !self.kref_exists(&name) {
+                    self.problem(format!("{vat}'s c-list names {name}, which does not exist"));
+                }
+                if vref.starts_with("o+") && self.get(&format!("{name}.owner")) != Some(vat) {
+                    self.problem(format!(
+                        "{vat} exports {name} as {vref} but does not own it"
+                    ));
+                }
+            } else {
+                if self
+                    .get(&format!("{prefix}{value}"))
+                    .and_then(|v| v.get(2..))
+                    != Some(name.as_str())
+                {
+                    self.problem(format!("c-list asymmetry in {vat}: {name} -> {value}, but {value} does not map back"));
+                }
+                match (name.get(..2), vref_id(&name)) {
+                    (Some("o-"), Some(id)) => max_import_object = max_import_object.max(id),
+                    (Some("p-"), Some(id)) => max_import_promise = max_import_promise.max(id),
+                    (Some("o+" | "p+"), Some(_)) => {}
+                    _ => self.problem(format!("{vat}'s c-list has a malformed vref {name:?}")),
+                }
+            }
+        }
+        for (kind, max, key) in [
+            ("o-", max_import_object, format!("{vat}.nextObject")),
+            ("p-", max_import_promise, format!("{vat}.nextPromise")),
+        ] {
+            let next = self.counter(&key);
+            if max > 0 && max >= next {
+                self.problem(format!("{vat} imports {kind}{max} but {key} is {next}"));
+            }
+        }
+    }
+
+    fn vats(&mut self, bundles: &BTreeSet<String>) -> u64 {
+        let names: Vec<(String, String)> = self
+            .kv
+            .range("vat.name.".to_owned()..)
+            .take_while(|(k, _)| k.starts_with("vat.name."))
+            .map(|(k, v)| (k["vat.name.".len()..].to_owned(), v.clone()))
+            .collect();
+        let mut max_vat = 0;
+        for (name, vat) in names {
+            max_vat = max_vat.max(id_of(&vat, "v").unwrap_or(0));
+            if self.get(&format!("{vat}.name")) != Some(name.as_str()) {
+                self.problem(format!("vat name {name} maps to {vat}, whose name differs"));
+            }
+            match self.get(&format!("{vat}.state")) {
+                Some("running") => {}
+                Some("terminated") if self.kv.contains_key(&format!("{vat}.reason")) => {}
+                Some("terminated") => self.problem(format!("{vat} is terminated with no reason")),
+                other => self.problem(format!("{vat} has state {other:?}")),
+            }
+            match self.get(&format!("{vat}.bundle")) {
+                Some(cid) if bundles.contains(cid) => {}
+                Some(cid) => self.problem(format!("{vat}'s bundle {cid} is not stored")),
+                None => self.problem(format!("{vat} has no bundle")),
+            }
+            self.clist(&vat);
+        }
+        let next_vat = self.counter("kernel.nextVat");
+        if max_vat >= next_vat {
+            self.problem(format!(
+                "v{max_vat} exists but kernel.nextVat is {next_vat}"
+            ));
+        }
+        max_vat
+    }
+
+    fn pet_names(&mut self) {
+        let names: Vec<(String, String)> = self
+            .kv
+            .range("pet.".to_owned()..)
+            .take_while(|(k, _)| k.starts_with("pet."))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (key, kref) in names {
+            if !self.kref_exists(&kref) {
+                self.problem(format!("{key} names {kref}, which does not exist"));
+            }
+        }
+    }
+}
+
+/// Every discrepancy in the kernel's tables; empty when they are consistent.
+/// Returns how many keys were read, too.
+pub(crate) fn check(state: &KernelState) -> Result<(Vec<String>, usize), swingstore::StoreError> {
+    let mut problems = state.store.integrity_check()?;
+    let kv: BTreeMap<String, String> = state.scan_prefix("")?.into_iter().collect();
+    let bundles = state.store.bundle_cids()?;
+    let (mut max_object, mut max_promise) = (0, 0);
+    for key in kv.keys() {
+        let kref = key.split('.').next().unwrap_or_default();
+        max_object = max_object.max(id_of(kref, "ko").unwrap_or(0));
+        max_promise = max_promise.max(id_of(kref, "kp").unwrap_or(0));
+    }
+    let mut checker = Checker {
+        kv: &kv,
+        problems: Vec::new(),
+    };
+    checker.run_queue();
+    checker.objects_and_promises(max_object, max_promise);
+    checker.vats(&bundles);
+    checker.pet_names();
+    problems.append(&mut checker.problems);
+    Ok((problems, kv.len()))
+}
