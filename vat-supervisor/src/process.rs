@@ -41,6 +41,13 @@ fn protocol_error(e: impl std::fmt::Display) -> VatFault {
     VatFault::WorkerDied(format!("worker protocol: {e}"))
 }
 
+/// A text field of a frame, as an owned string.
+fn owned_text(field: capnp::Result<capnp::text::Reader<'_>>) -> Result<String, VatFault> {
+    field
+        .and_then(|t| Ok(t.to_string()?))
+        .map_err(protocol_error)
+}
+
 fn write_frame(
     writer: &mut impl Write,
     message: &Builder<capnp::message::HeapAllocator>,
@@ -122,9 +129,7 @@ impl ProcessWorker {
         match root.which().map_err(protocol_error)? {
             from_worker::Ready(()) => Ok(worker),
             from_worker::StartFailed(reason) => {
-                let reason = reason
-                    .and_then(|t| Ok(t.to_string()?))
-                    .map_err(protocol_error)?;
+                let reason = owned_text(reason)?;
                 Err(SupervisorError::Fault(VatFault::Trap(reason)))
             }
             _ => Err(protocol_error("expected ready").into()),
@@ -143,9 +148,7 @@ impl ProcessWorker {
     ) -> Result<Result<SyscallResult, String>, VatFault> {
         let mut last = Ok(None);
         for text in calls.iter() {
-            let text = text
-                .and_then(|t| Ok(t.to_str()?.to_owned()))
-                .map_err(protocol_error)?;
+            let text = owned_text(text)?;
             let call: Syscall = serde_json::from_str(&text).map_err(protocol_error)?;
             last = handler.syscall(call);
             if last.is_err() {
@@ -157,10 +160,7 @@ impl ProcessWorker {
 }
 
 fn fault_from_wire(fault: fault::Reader<'_>) -> Result<VatFault, VatFault> {
-    let message = fault
-        .get_message()
-        .and_then(|t| Ok(t.to_string()?))
-        .map_err(protocol_error)?;
+    let message = owned_text(fault.get_message())?;
     let limit = fault.get_limit();
     Ok(match fault.get_kind().map_err(protocol_error)? {
         fault::Kind::Trap => VatFault::Trap(message),
@@ -318,14 +318,8 @@ impl<R: Read, W: Write> PipeSyscalls<'_, R, W> {
             .map_err(protocol_error)?
         {
             syscall_result::None(()) => Ok(None),
-            syscall_result::Value(text) => Ok(Some(
-                text.and_then(|t| Ok(t.to_string()?))
-                    .map_err(protocol_error)?,
-            )),
-            syscall_result::Refused(text) => Err(VatFault::IllegalSyscall(
-                text.and_then(|t| Ok(t.to_string()?))
-                    .map_err(protocol_error)?,
-            )),
+            syscall_result::Value(text) => Ok(Some(owned_text(text)?)),
+            syscall_result::Refused(text) => Err(VatFault::IllegalSyscall(owned_text(text)?)),
         }
     }
 }
@@ -400,9 +394,7 @@ pub fn serve(input: impl Read, output: impl Write) -> Result<(), VatFault> {
     let module = match start.which().map_err(protocol_error)? {
         start::Wasm(bytes) => host.compile(bytes.map_err(protocol_error)?),
         start::Artifact(path) => {
-            let path = path
-                .and_then(|p| Ok(p.to_string()?))
-                .map_err(protocol_error)?;
+            let path = owned_text(path)?;
             host.load_artifact(Path::new(&path))
         }
     };
@@ -426,9 +418,7 @@ pub fn serve(input: impl Read, output: impl Write) -> Result<(), VatFault> {
         let to_worker::Deliver(json) = root.which().map_err(protocol_error)? else {
             return Err(protocol_error("expected a delivery"));
         };
-        let json = json
-            .and_then(|t| Ok(t.to_string()?))
-            .map_err(protocol_error)?;
+        let json = owned_text(json)?;
         let delivery: Delivery = serde_json::from_str(&json).map_err(protocol_error)?;
         let mut syscalls = PipeSyscalls {
             input: &mut input,
