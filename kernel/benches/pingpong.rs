@@ -91,6 +91,7 @@ fn pingpong(policy: CommitPolicy, worker: WorkerKind, pings: u64, wasm: &[u8]) -
         )
         .unwrap();
     kernel.run_until_settled(&warm).unwrap();
+    kernel.release(&warm).unwrap();
     let args = vom::capdata::encode(&Value::Array(vec![
         Value::from(pings),
         Value::Remotable(Ref::new(b)),

@@ -5,13 +5,14 @@
 //! Checked now: SQLite's own integrity; the run queue's bounds and items;
 //! object owners; promise states and what each state may carry; c-list
 //! symmetry, flags, ownership of exports, and id counters; vat records and
-//! their bundles; pet names. Reference counts join when the kernel keeps them.
+//! their bundles; pet names; and each promise's reference count, recounted
+//! from every place that refers to it. Objects' counts join with object GC.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use vom::CapData;
 
-use crate::state::{KernelState, Message, RunQueueItem};
+use crate::state::{KernelState, Message, RunQueueItem, promises_in_item, promises_in_message};
 
 fn id_of(text: &str, prefix: &str) -> Option<u64> {
     text.strip_prefix(prefix)?.parse().ok()
@@ -295,6 +296,68 @@ impl Checker<'_> {
         max_vat
     }
 
+    /// Recounts every promise's references and compares with `kp<N>.refs`.
+    fn promise_refs(&mut self) {
+        let mut counted: BTreeMap<String, u64> = BTreeMap::new();
+        let mut count = |kref: &str| {
+            if kref.starts_with("kp") {
+                *counted.entry(kref.to_owned()).or_default() += 1;
+            }
+        };
+        for (key, value) in self.kv {
+            let mut parts = key.splitn(3, '.');
+            let (first, second, rest) = (parts.next(), parts.next(), parts.next());
+            match (first, second, rest) {
+                // A c-list's kref side, `v<N>.c.kp<M>`.
+                (Some(vat), Some("c"), Some(kref)) if vat.starts_with('v') => count(kref),
+                (Some("runQueue"), Some(n), None) if n.parse::<u64>().is_ok() => {
+                    if let Ok(item) = serde_json::from_str::<RunQueueItem>(value) {
+                        promises_in_item(&item).into_iter().for_each(&mut count);
+                    }
+                }
+                (Some(kref), Some("queue"), None) if kref.starts_with("kp") => {
+                    if let Ok(queue) = serde_json::from_str::<Vec<Message>>(value) {
+                        queue
+                            .iter()
+                            .flat_map(promises_in_message)
+                            .for_each(&mut count);
+                    }
+                }
+                (Some(kref), Some("data"), None) if kref.starts_with("kp") => {
+                    if let Ok(data) = serde_json::from_str::<CapData>(value) {
+                        data.slots.iter().for_each(|slot| count(slot));
+                    }
+                }
+                (Some(kref), Some("pinned"), None) if kref.starts_with("kp") => count(kref),
+                (Some("pet"), Some(_), _) => count(value),
+                _ => {}
+            }
+        }
+        let promises: Vec<String> = self
+            .kv
+            .keys()
+            .filter_map(|k| {
+                k.strip_suffix(".state")
+                    .filter(|kref| kref.starts_with("kp"))
+            })
+            .map(str::to_owned)
+            .collect();
+        for kpid in promises {
+            let stored: u64 = self
+                .get(&format!("{kpid}.refs"))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            let actual = counted.get(&kpid).copied().unwrap_or(0);
+            if stored != actual {
+                self.problem(format!(
+                    "{kpid} has refs {stored} but {actual} places refer to it"
+                ));
+            } else if actual == 0 {
+                self.problem(format!("{kpid} has no references but was not freed"));
+            }
+        }
+    }
+
     fn pet_names(&mut self) {
         let names: Vec<(String, String)> = self
             .kv
@@ -330,6 +393,7 @@ pub(crate) fn check(state: &KernelState) -> Result<(Vec<String>, usize), swingst
     checker.objects_and_promises(max_object, max_promise);
     checker.vats(&bundles);
     checker.pet_names();
+    checker.promise_refs();
     problems.append(&mut checker.problems);
     Ok((problems, kv.len()))
 }

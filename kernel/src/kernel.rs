@@ -193,7 +193,10 @@ impl Kernel {
     /// A kernel over `store`, which it takes over for good.
     pub fn new(store: SwingStore, policy: CommitPolicy) -> Result<Kernel, KernelError> {
         Ok(Kernel {
-            state: KernelState { store },
+            state: KernelState {
+                store,
+                maybe_free: Default::default(),
+            },
             host: WasmHost::new()?,
             modules: HashMap::new(),
             workers: HashMap::new(),
@@ -308,12 +311,12 @@ impl Kernel {
         self.state.store.begin_crank()?;
         match self.spawn_in_crank(name, wasm, module, options) {
             Ok(root) => {
-                self.state.store.end_crank()?;
+                self.state.end_crank()?;
                 self.commit()?;
                 Ok(root)
             }
             Err(e) => {
-                self.state.store.abort_crank()?;
+                self.state.abort_crank()?;
                 Err(e)
             }
         }
@@ -407,7 +410,16 @@ impl Kernel {
         Ok(())
     }
 
-    /// Queues `method(args)` to `target` (a kref) and returns the result promise.
+    /// Lets go of a result promise from [`Self::queue_message`], once read;
+    /// it is freed when nothing else refers to it.
+    pub fn release(&mut self, kpid: &str) -> Result<(), KernelError> {
+        self.state.unpin(kpid)?;
+        self.state.collect_garbage()?;
+        Ok(())
+    }
+
+    /// Queues `method(args)` to `target` (a kref) and returns the result
+    /// promise, which stays until [`Self::release`].
     pub fn queue_message(
         &mut self,
         target: &str,
@@ -423,6 +435,8 @@ impl Kernel {
             }
         }
         let result = self.state.allocate_promise(None)?;
+        // The caller holds the result until it calls `release`.
+        self.state.pin(&result)?;
         self.state.push_run_queue(&RunQueueItem::Send {
             target: target.to_owned(),
             message: Message {
@@ -456,14 +470,14 @@ impl Kernel {
     pub fn step(&mut self) -> Result<bool, KernelError> {
         self.state.store.begin_crank()?;
         let Some(item) = self.state.pop_run_queue()? else {
-            self.state.store.abort_crank()?;
+            self.state.abort_crank()?;
             return Ok(false);
         };
         let mut retried = false;
         loop {
             match self.crank(item.clone()) {
                 Ok(()) => {
-                    self.state.store.end_crank()?;
+                    self.state.end_crank()?;
                     break;
                 }
                 Err(CrankError::Fault { vat, fault }) => {
@@ -471,7 +485,7 @@ impl Kernel {
                     // guest's doing, perhaps) gets one retry from committed
                     // state; otherwise the message is settled and the vat
                     // terminated in a crank of their own.
-                    self.state.store.abort_crank()?;
+                    self.state.abort_crank()?;
                     self.workers.remove(&vat);
                     self.state.store.begin_crank()?;
                     let popped = self.state.pop_run_queue()?;
@@ -489,11 +503,11 @@ impl Kernel {
                     if let RunQueueItem::Send { message, .. } = &item {
                         self.reject_if_unresolved(message.result.as_deref(), &reason)?;
                     }
-                    self.state.store.end_crank()?;
+                    self.state.end_crank()?;
                     break;
                 }
                 Err(CrankError::Kernel(e)) => {
-                    self.state.store.abort_crank()?;
+                    self.state.abort_crank()?;
                     return Err(e);
                 }
             }
@@ -714,6 +728,7 @@ impl Kernel {
             return Err(KernelError::UnknownTarget(kref.to_owned()));
         }
         self.state.set(&format!("pet.{name}"), kref)?;
+        self.state.incref(kref)?;
         Ok(())
     }
 
@@ -748,13 +763,13 @@ impl Kernel {
             }
             self.state.store.begin_crank()?;
             match self.ensure_worker(&vat.id) {
-                Ok(()) => self.state.store.end_crank()?,
+                Ok(()) => self.state.end_crank()?,
                 Err(WorkerStartError::Fault(_)) => {
                     self.workers.remove(&vat.id);
-                    self.state.store.abort_crank()?;
+                    self.state.abort_crank()?;
                 }
                 Err(WorkerStartError::Kernel(e)) => {
-                    self.state.store.abort_crank()?;
+                    self.state.abort_crank()?;
                     return Err(e);
                 }
             }

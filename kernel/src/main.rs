@@ -342,6 +342,9 @@ fn send(
         }
         PromiseState::Unresolved => unreachable!("run_until_settled returns settled promises"),
     }
+    // Read and reported: the result promise can go.
+    kernel.release(&kpid)?;
+    kernel.commit()?;
     Ok(())
 }
 

@@ -12,6 +12,8 @@
 //! | `kp<N>.subscribers` | comma-separated vats to notify |
 //! | `kp<N>.queue` | JSON array of messages waiting for the resolution |
 //! | `kp<N>.data` | the settlement's capdata (krefs in its slots) |
+//! | `kp<N>.refs` | how many places refer to it (c-lists, run queue, queues, data, pet names, pins) |
+//! | `kp<N>.pinned` | present while a host (the CLI) waits for its settlement |
 //! | `v<N>.name`, `.bundle`, `.state`, `.reason`, `.options` | the vat's record |
 //! | `v<N>.nextObject` / `v<N>.nextPromise` | next import ids (`o-N`, `p-N`) |
 //! | `v<N>.c.<kref>` | `R <vref>` (reachable) or `_ <vref>` (recognizable only) |
@@ -55,6 +57,30 @@ pub(crate) type StoreResult<T> = Result<T, StoreError>;
 #[derive(Debug)]
 pub(crate) struct KernelState {
     pub(crate) store: SwingStore,
+    /// Promises whose count reached zero in this crank: deleted when it ends,
+    /// unless something took a reference again by then.
+    pub(crate) maybe_free: std::collections::BTreeSet<String>,
+}
+
+/// The kernel promises a message refers to: its result and its arguments.
+pub(crate) fn promises_in_message(message: &Message) -> impl Iterator<Item = &str> {
+    message
+        .result
+        .as_deref()
+        .into_iter()
+        .chain(message.args.slots.iter().map(String::as_str))
+        .filter(|kref| kref.starts_with("kp"))
+}
+
+/// The kernel promises a run-queue item refers to.
+pub(crate) fn promises_in_item(item: &RunQueueItem) -> Vec<&str> {
+    match item {
+        RunQueueItem::Send { target, message } => std::iter::once(target.as_str())
+            .filter(|kref| kref.starts_with("kp"))
+            .chain(promises_in_message(message))
+            .collect(),
+        RunQueueItem::Notify { promise, .. } => vec![promise.as_str()],
+    }
 }
 
 fn parse_counter(key: &str, text: Option<String>) -> u64 {
@@ -170,7 +196,101 @@ impl KernelState {
         Ok(())
     }
 
+    fn promise_refs(&self, kpid: &str) -> StoreResult<u64> {
+        let key = format!("{kpid}.refs");
+        Ok(self.get(&key)?.map_or(0, |n| {
+            n.parse()
+                .unwrap_or_else(|_| panic!("kernel invariant: {key} is a number"))
+        }))
+    }
+
+    /// One more place refers to `kref` (only promises are counted so far).
+    pub(crate) fn incref(&mut self, kref: &str) -> StoreResult<()> {
+        if kref.starts_with("kp") {
+            let refs = self.promise_refs(kref)?;
+            self.set(&format!("{kref}.refs"), &(refs + 1).to_string())?;
+        }
+        Ok(())
+    }
+
+    /// One place fewer refers to `kref`; at zero it may be freed at the crank's end.
+    pub(crate) fn decref(&mut self, kref: &str) -> StoreResult<()> {
+        if kref.starts_with("kp") {
+            let refs = self.promise_refs(kref)?;
+            assert!(
+                refs > 0,
+                "kernel invariant: the refcount of {kref} never goes negative"
+            );
+            self.set(&format!("{kref}.refs"), &(refs - 1).to_string())?;
+            if refs == 1 {
+                self.maybe_free.insert(kref.to_owned());
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps `kpid` alive for a host that waits on it.
+    pub(crate) fn pin(&mut self, kpid: &str) -> StoreResult<()> {
+        self.set(&format!("{kpid}.pinned"), "1")?;
+        self.incref(kpid)
+    }
+
+    pub(crate) fn unpin(&mut self, kpid: &str) -> StoreResult<()> {
+        if self.get(&format!("{kpid}.pinned"))?.is_some() {
+            self.delete(&format!("{kpid}.pinned"))?;
+            self.decref(kpid)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes every promise that nothing refers to any more, and what only
+    /// it referred to.
+    pub(crate) fn collect_garbage(&mut self) -> StoreResult<()> {
+        while let Some(kpid) = self.maybe_free.pop_first() {
+            if self.promise_refs(&kpid)? != 0 || self.get(&format!("{kpid}.state"))?.is_none() {
+                continue;
+            }
+            let mut released: Vec<String> = Vec::new();
+            if let Some(text) = self.get(&format!("{kpid}.data"))? {
+                let data: CapData = serde_json::from_str(&text)
+                    .unwrap_or_else(|e| panic!("kernel invariant: {kpid}.data is capdata: {e}"));
+                released.extend(data.slots.into_iter().filter(|k| k.starts_with("kp")));
+            }
+            if let Some(text) = self.get(&format!("{kpid}.queue"))? {
+                let queue: Vec<Message> = serde_json::from_str(&text).unwrap_or_else(|e| {
+                    panic!("kernel invariant: {kpid}.queue is a message list: {e}")
+                });
+                for message in &queue {
+                    released.extend(promises_in_message(message).map(str::to_owned));
+                }
+            }
+            for field in ["state", "data", "decider", "subscribers", "queue", "refs"] {
+                self.delete(&format!("{kpid}.{field}"))?;
+            }
+            for kref in released {
+                self.decref(&kref)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn end_crank(&mut self) -> StoreResult<()> {
+        self.collect_garbage()?;
+        self.store.end_crank()
+    }
+
+    pub(crate) fn abort_crank(&mut self) -> StoreResult<()> {
+        self.maybe_free.clear();
+        self.store.abort_crank()
+    }
+
     pub(crate) fn queue_on_promise(&mut self, kpid: &str, message: &Message) -> StoreResult<()> {
+        for kref in promises_in_message(message)
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+        {
+            self.incref(&kref)?;
+        }
         let key = format!("{kpid}.queue");
         let mut queue: Vec<Message> = match self.get(&key)? {
             Some(text) => serde_json::from_str(&text)
@@ -196,6 +316,19 @@ impl KernelState {
                 .unwrap_or_else(|e| panic!("kernel invariant: {queue_key} is a message list: {e}")),
             None => Vec::new(),
         };
+        // The queue gives up its messages (the caller re-queues them) and
+        // the data takes references to the promises it names.
+        for message in &queue {
+            for kref in promises_in_message(message)
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+            {
+                self.decref(&kref)?;
+            }
+        }
+        for kref in data.slots.iter().filter(|k| k.starts_with("kp")) {
+            self.incref(kref)?;
+        }
         let state = if rejected { "rejected" } else { "fulfilled" };
         self.set(&format!("{kpid}.state"), state)?;
         let data_text = serde_json::to_string(data).expect("kernel invariant: capdata serializes");
@@ -220,6 +353,9 @@ impl KernelState {
         let text =
             serde_json::to_string(item).expect("kernel invariant: run-queue items serialize");
         self.store.set_new(&format!("runQueue.{tail}"), &text)?;
+        for kref in promises_in_item(item) {
+            self.incref(kref)?;
+        }
         self.set("runQueue.tail", &(tail + 1).to_string())
     }
 
@@ -239,9 +375,12 @@ impl KernelState {
             .unwrap_or_else(|| panic!("kernel invariant: run-queue entry {key} exists"));
         self.delete(&key)?;
         self.set("runQueue.head", &(head + 1).to_string())?;
-        Ok(Some(serde_json::from_str(&text).unwrap_or_else(|e| {
-            panic!("kernel invariant: {key} is a run-queue item: {e}")
-        })))
+        let item: RunQueueItem = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("kernel invariant: {key} is a run-queue item: {e}"));
+        for kref in promises_in_item(&item) {
+            self.decref(kref)?;
+        }
+        Ok(Some(item))
     }
 
     // ---- c-lists ----
@@ -264,7 +403,8 @@ impl KernelState {
             "kernel invariant: c-list symmetry ({vat} maps {kref} or {vref} already)"
         );
         self.set(&format!("{vat}.c.{kref}"), &format!("R {vref}"))?;
-        self.set(&format!("{vat}.c.{vref}"), kref)
+        self.set(&format!("{vat}.c.{vref}"), kref)?;
+        self.incref(kref)
     }
 
     pub(crate) fn clist_remove(&mut self, vat: &str, kref: &str) -> StoreResult<()> {
@@ -277,6 +417,7 @@ impl KernelState {
             );
             self.delete(&format!("{vat}.c.{kref}"))?;
             self.delete(&format!("{vat}.c.{vref}"))?;
+            self.decref(kref)?;
         }
         Ok(())
     }
