@@ -384,3 +384,16 @@ fn check_reports_each_discrepancy_in_a_damaged_store() {
         )
     );
 }
+
+/// Settled promises are freed: long runs leave the store the size short ones do.
+#[test]
+fn the_store_levels_off_however_long_the_run() {
+    let home = VatHome::new();
+    home.spawn("a", "pingpong");
+    home.spawn("b", "pingpong");
+    assert_eq!(home.ok(&["send", "a", "run", "20", "b"]), "20");
+    let after_short = home.dump().len();
+    assert_eq!(home.ok(&["send", "a", "run", "500", "b"]), "500");
+    assert_eq!(home.dump().len(), after_short, "the store grew with the run's length");
+    home.check();
+}
