@@ -394,6 +394,10 @@ fn the_store_levels_off_however_long_the_run() {
     assert_eq!(home.ok(&["send", "a", "run", "20", "b"]), "20");
     let after_short = home.dump().len();
     assert_eq!(home.ok(&["send", "a", "run", "500", "b"]), "500");
-    assert_eq!(home.dump().len(), after_short, "the store grew with the run's length");
+    assert_eq!(
+        home.dump().len(),
+        after_short,
+        "the store grew with the run's length"
+    );
     home.check();
 }

@@ -309,7 +309,16 @@ fn send(
         .collect::<Result<Vec<_>>>()?;
     let args = vom::capdata::encode(&Value::Array(values));
     let kpid = kernel.queue_message(&target, method, args)?;
-    let settled = kernel.run_until_settled(&kpid)?;
+    let reported = report(kernel, &kpid, bind_as, out);
+    // Reported or not, nobody will read the result promise again.
+    kernel.release(&kpid)?;
+    kernel.commit()?;
+    reported
+}
+
+/// Runs the kernel until `kpid` settles, then reports the settlement.
+fn report(kernel: &mut Kernel, kpid: &str, bind_as: Option<&str>, out: &mut Outcome) -> Result<()> {
+    let settled = kernel.run_until_settled(kpid)?;
     let names: std::collections::HashMap<String, String> = kernel
         .pet_names()?
         .into_iter()
@@ -342,9 +351,6 @@ fn send(
         }
         PromiseState::Unresolved => unreachable!("run_until_settled returns settled promises"),
     }
-    // Read and reported: the result promise can go.
-    kernel.release(&kpid)?;
-    kernel.commit()?;
     Ok(())
 }
 
