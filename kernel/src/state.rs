@@ -134,16 +134,32 @@ impl KernelState {
         self.get(&format!("{kref}.owner"))
     }
 
+    /// The messages waiting on `kpid` (none when it has no queue).
+    fn promise_queue(&self, kpid: &str) -> StoreResult<Vec<Message>> {
+        Ok(match self.get(&format!("{kpid}.queue"))? {
+            Some(text) => serde_json::from_str(&text).unwrap_or_else(|e| {
+                panic!("kernel invariant: {kpid}.queue is a message list: {e}")
+            }),
+            None => Vec::new(),
+        })
+    }
+
+    /// The settlement data of `kpid`, if it is settled.
+    fn promise_data(&self, kpid: &str) -> StoreResult<Option<CapData>> {
+        Ok(self.get(&format!("{kpid}.data"))?.map(|text| {
+            serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("kernel invariant: {kpid}.data is capdata: {e}"))
+        }))
+    }
+
     pub(crate) fn promise_state(&self, kpid: &str) -> StoreResult<Option<PromiseState>> {
         let Some(state) = self.get(&format!("{kpid}.state"))? else {
             return Ok(None);
         };
         let data = || -> StoreResult<CapData> {
-            let text = self
-                .get(&format!("{kpid}.data"))?
-                .unwrap_or_else(|| panic!("kernel invariant: settled {kpid} has data"));
-            Ok(serde_json::from_str(&text)
-                .unwrap_or_else(|e| panic!("kernel invariant: {kpid}.data is capdata: {e}")))
+            Ok(self
+                .promise_data(kpid)?
+                .unwrap_or_else(|| panic!("kernel invariant: settled {kpid} has data")))
         };
         Ok(Some(match state.as_str() {
             "unresolved" => PromiseState::Unresolved,
@@ -251,18 +267,11 @@ impl KernelState {
                 continue;
             }
             let mut released: Vec<String> = Vec::new();
-            if let Some(text) = self.get(&format!("{kpid}.data"))? {
-                let data: CapData = serde_json::from_str(&text)
-                    .unwrap_or_else(|e| panic!("kernel invariant: {kpid}.data is capdata: {e}"));
+            if let Some(data) = self.promise_data(&kpid)? {
                 released.extend(data.slots.into_iter().filter(|k| k.starts_with("kp")));
             }
-            if let Some(text) = self.get(&format!("{kpid}.queue"))? {
-                let queue: Vec<Message> = serde_json::from_str(&text).unwrap_or_else(|e| {
-                    panic!("kernel invariant: {kpid}.queue is a message list: {e}")
-                });
-                for message in &queue {
-                    released.extend(promises_in_message(message).map(str::to_owned));
-                }
+            for message in &self.promise_queue(&kpid)? {
+                released.extend(promises_in_message(message).map(str::to_owned));
             }
             for field in ["state", "data", "decider", "subscribers", "queue", "refs"] {
                 self.delete(&format!("{kpid}.{field}"))?;
@@ -291,15 +300,10 @@ impl KernelState {
         {
             self.incref(&kref)?;
         }
-        let key = format!("{kpid}.queue");
-        let mut queue: Vec<Message> = match self.get(&key)? {
-            Some(text) => serde_json::from_str(&text)
-                .unwrap_or_else(|e| panic!("kernel invariant: {key} is a message list: {e}")),
-            None => Vec::new(),
-        };
+        let mut queue = self.promise_queue(kpid)?;
         queue.push(message.clone());
         let text = serde_json::to_string(&queue).expect("kernel invariant: messages serialize");
-        self.set(&key, &text)
+        self.set(&format!("{kpid}.queue"), &text)
     }
 
     /// Settles `kpid` and takes what waited on it: (subscribers, queued messages).
@@ -310,12 +314,7 @@ impl KernelState {
         data: &CapData,
     ) -> StoreResult<(Vec<String>, Vec<Message>)> {
         let subscribers = self.subscribers(kpid)?;
-        let queue_key = format!("{kpid}.queue");
-        let queue: Vec<Message> = match self.get(&queue_key)? {
-            Some(text) => serde_json::from_str(&text)
-                .unwrap_or_else(|e| panic!("kernel invariant: {queue_key} is a message list: {e}")),
-            None => Vec::new(),
-        };
+        let queue = self.promise_queue(kpid)?;
         // The queue gives up its messages (the caller re-queues them) and
         // the data takes references to the promises it names.
         for message in &queue {
@@ -335,7 +334,7 @@ impl KernelState {
         self.set(&format!("{kpid}.data"), &data_text)?;
         self.delete(&format!("{kpid}.decider"))?;
         self.delete(&format!("{kpid}.subscribers"))?;
-        self.delete(&queue_key)?;
+        self.delete(&format!("{kpid}.queue"))?;
         Ok((subscribers, queue))
     }
 

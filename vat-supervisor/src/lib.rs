@@ -303,7 +303,7 @@ impl WasmHost {
 
     /// A hash of everything a compiled artifact depends on (wasmtime version,
     /// engine settings): artifacts are cached under it.
-    pub fn compatibility_hash(&self) -> String {
+    fn compatibility_hash(&self) -> String {
         use std::hash::{Hash, Hasher};
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         self.engine

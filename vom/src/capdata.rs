@@ -168,23 +168,6 @@ impl Value {
             _ => None,
         }
     }
-
-    /// Every reference in this value, in the order encoding visits them.
-    pub fn refs(&self) -> Vec<&Ref> {
-        let mut out = Vec::new();
-        self.collect_refs(&mut out);
-        out
-    }
-
-    fn collect_refs<'a>(&'a self, out: &mut Vec<&'a Ref>) {
-        match self {
-            Value::Remotable(r) | Value::Promise(r) => out.push(r),
-            Value::Array(items) => items.iter().for_each(|v| v.collect_refs(out)),
-            Value::Record(map) => map.values().for_each(|v| v.collect_refs(out)),
-            Value::Tagged { payload, .. } => payload.collect_refs(out),
-            _ => {}
-        }
-    }
 }
 
 impl From<bool> for Value {
