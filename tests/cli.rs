@@ -278,22 +278,14 @@ fn a_killed_vat_process_leaves_committed_state_intact() {
         .spawn()
         .unwrap();
     // Wait until some of the run's cranks are committed, then kill it mid-run.
-    let progressed = |home: &VatHome| {
-        home.get("runQueue.head")
-            .is_some_and(|head| head.parse::<u64>().unwrap() > 200)
-    };
-    let started = std::time::Instant::now();
-    while !progressed(&home) {
+    vat_tests::wait_until("no committed progress", 120, || {
         assert!(
             child.try_wait().unwrap().is_none(),
             "the run ended before it could be killed"
         );
-        assert!(
-            started.elapsed().as_secs() < 120,
-            "no committed progress in 120 s"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+        home.get("runQueue.head")
+            .is_some_and(|head| head.parse::<u64>().unwrap() > 200)
+    });
     child.kill().unwrap();
     child.wait().unwrap();
     assert_eq!(home.integrity(), "ok");

@@ -74,14 +74,9 @@ fn a_killed_daemon_loses_nothing_committed() {
     daemon.child.kill().unwrap();
     daemon.child.wait().unwrap();
     // Its workers notice their kernel is gone and exit.
-    let started = std::time::Instant::now();
-    while !workers_of(pid).is_empty() {
-        assert!(
-            started.elapsed().as_secs() < 30,
-            "workers outlived their daemon"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    vat_tests::wait_until("workers outlived their daemon", 30, || {
+        workers_of(pid).is_empty()
+    });
     // The stale socket is ignored; a new daemon takes over the same state.
     assert_eq!(home.ok(&["send", "counter", "get"]), "3");
     let _daemon = home.start_daemon();

@@ -269,27 +269,17 @@ fn kill_worker_mid_run(home: &VatHome, victim: &str) -> std::process::Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let started = std::time::Instant::now();
-    loop {
+    vat_tests::wait_until("no progress to interrupt", 120, || {
         let progressed = home
             .get("runQueue.head")
             .is_some_and(|h| h.parse::<u64>().unwrap() > 300);
         let pids = worker_pids(child.id(), victim);
         if progressed && !pids.is_empty() {
-            for pid in pids {
-                std::process::Command::new("kill")
-                    .args(["-KILL", &pid.to_string()])
-                    .status()
-                    .unwrap();
-            }
-            break;
+            pids.into_iter().for_each(vat_tests::kill_hard);
+            return true;
         }
-        assert!(
-            started.elapsed().as_secs() < 120,
-            "no progress to interrupt"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+        false
+    });
     child.wait_with_output().unwrap()
 }
 
@@ -350,23 +340,15 @@ fn a_worker_that_dies_twice_on_one_delivery_terminates_its_vat() {
         .unwrap();
     // Kill the worker mid-delivery, then kill the one that retries the delivery.
     let mut killed = Vec::new();
-    let started = std::time::Instant::now();
-    while killed.len() < 2 {
+    vat_tests::wait_until("workers to kill did not appear", 60, || {
         for pid in worker_pids(child.id(), "v2") {
             if !killed.contains(&pid) {
-                std::process::Command::new("kill")
-                    .args(["-KILL", &pid.to_string()])
-                    .status()
-                    .unwrap();
+                vat_tests::kill_hard(pid);
                 killed.push(pid);
             }
         }
-        assert!(
-            started.elapsed().as_secs() < 60,
-            "workers to kill did not appear"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+        killed.len() >= 2
+    });
     let out = child.wait_with_output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8(out.stderr).unwrap();

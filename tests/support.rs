@@ -174,6 +174,26 @@ impl VatHome {
     }
 }
 
+/// Polls `ready` every 20 ms until it holds; fails naming `what` after `limit_s` seconds.
+pub fn wait_until(what: &str, limit_s: u64, mut ready: impl FnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while !ready() {
+        assert!(
+            started.elapsed().as_secs() < limit_s,
+            "{what} (waited {limit_s} s)"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Sends SIGKILL to `pid`. A process that exited meanwhile is no failure.
+pub fn kill_hard(pid: u32) {
+    Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .expect("run kill");
+}
+
 /// A `vat start` daemon on a home, killed when dropped if still running.
 #[derive(Debug)]
 pub struct Daemon {
@@ -204,14 +224,9 @@ impl VatHome {
             .expect("start the daemon");
         let daemon = Daemon { child };
         let socket = self.path().join("vat.sock");
-        let started = std::time::Instant::now();
-        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-            assert!(
-                started.elapsed().as_secs() < 60,
-                "the daemon did not come up"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        wait_until("the daemon did not come up", 60, || {
+            std::os::unix::net::UnixStream::connect(&socket).is_ok()
+        });
         daemon
     }
 }
