@@ -12,8 +12,12 @@ fn counter_counts_across_separate_processes() {
         assert_eq!(home.ok(&["send", "counter", "increment"]), expected);
     }
     assert_eq!(home.ok(&["send", "counter", "get"]), "3");
-    // The count lives in the counter vat's vatstore, committed to the file.
-    assert_eq!(home.get("v1.vs.count").as_deref(), Some("3"));
+    // The count lives in the counter's durable record in its vatstore
+    // (kind 10, instance 1: kept in baggage and exported), committed to the file.
+    assert_eq!(
+        home.get("v1.vs.vom.vs.o+d10/1").as_deref(),
+        Some(r#"1|x||{"count":3}"#)
+    );
     home.check();
 }
 
@@ -149,11 +153,20 @@ fn a_refused_message_rejects_and_leaves_the_vat_state_alone() {
     home.spawn("counter", "counter");
     home.ok(&["send", "counter", "increment"]);
     let err = home.fails(&["send", "counter", "frob"]);
-    assert_eq!(err, "error: TypeError: no such method: frob");
+    assert_eq!(
+        err,
+        r#"error: TypeError: Counter has no method "frob" (it has: increment, get)"#
+    );
     let err = home.fails(&["send", "counter", "increment", "7"]);
-    assert_eq!(err, "error: TypeError: expected 0 argument(s), got 1");
+    assert_eq!(
+        err,
+        "error: TypeError: Counter.increment: expected 0 argument(s), got 1"
+    );
     assert_eq!(home.ok(&["send", "counter", "get"]), "1");
-    assert_eq!(home.get("v1.vs.count").as_deref(), Some("1"));
+    assert_eq!(
+        home.get("v1.vs.vom.vs.o+d10/1").as_deref(),
+        Some(r#"1|x||{"count":1}"#)
+    );
 }
 
 #[test]

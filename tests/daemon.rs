@@ -37,7 +37,7 @@ fn the_daemon_keeps_one_worker_process_per_running_vat() {
     assert_eq!(home.ok(&["send", "a", "run", "200", "b"]), "200");
     assert_eq!(
         home.fails(&["send", "counter", "frob"]),
-        "error: TypeError: no such method: frob"
+        r#"error: TypeError: Counter has no method "frob" (it has: increment, get)"#
     );
     assert!(home.ok(&["init"]).contains("already exists"));
     // The same workers served all of it.

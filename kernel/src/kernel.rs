@@ -40,6 +40,12 @@ pub enum KernelError {
     UnknownTarget(String),
     #[error("vat failed to start: {0}")]
     StartFailed(VatFault),
+    #[error("no vat named {0:?}")]
+    UnknownVat(String),
+    #[error("vat {name:?} is not running: {reason}")]
+    VatNotRunning { name: String, reason: String },
+    #[error("upgrade of {name:?} failed, the old version keeps running: {fault}")]
+    UpgradeFailed { name: String, fault: VatFault },
     #[error("the run queue emptied before {0} settled")]
     Unsettled(String),
     #[error(
@@ -145,7 +151,13 @@ pub struct Kernel {
     cranks_since_commit: u32,
     last_commit: Instant,
     cranks_total: u64,
+    /// Deliveries to each vat since its last `bringOutYourDead`. Kept in
+    /// memory only: when a vat collects its garbage does not change what it does.
+    deliveries_since_collection: HashMap<String, u32>,
 }
+
+/// A vat gets a `bringOutYourDead` delivery after this many other deliveries.
+pub const DELIVERIES_PER_COLLECTION_MAX: u32 = 1000;
 
 impl std::fmt::Debug for Kernel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -177,12 +189,31 @@ pub fn is_kref(text: &str) -> bool {
         && text[2..].bytes().all(|b| b.is_ascii_digit())
 }
 
-fn is_vref(text: &str) -> bool {
+/// A vref: `o+N`, `o-N`, `p+N`, `p-N`, or a vat's durable or virtual object
+/// `o+dK/I`, `o+vK/I`, with `:F` for a facet.
+pub(crate) fn is_vref(text: &str) -> bool {
+    fn digits(text: &str) -> bool {
+        !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit())
+    }
     let bytes = text.as_bytes();
-    bytes.len() > 2
-        && matches!(bytes[0], b'o' | b'p')
-        && matches!(bytes[1], b'+' | b'-')
-        && bytes[2..].iter().all(u8::is_ascii_digit)
+    if bytes.len() < 3 || !matches!(bytes[0], b'o' | b'p') || !matches!(bytes[1], b'+' | b'-') {
+        return false;
+    }
+    if digits(&text[2..]) {
+        return true;
+    }
+    let Some(virtual_ref) = text
+        .strip_prefix("o+d")
+        .or_else(|| text.strip_prefix("o+v"))
+    else {
+        return false;
+    };
+    let (instance, facet) = match virtual_ref.split_once(':') {
+        Some((instance, facet)) => (instance, Some(facet)),
+        None => (virtual_ref, None),
+    };
+    matches!(instance.split_once('/'), Some((kind, id)) if digits(kind) && digits(id))
+        && facet.is_none_or(digits)
 }
 
 fn error_capdata(message: &str) -> CapData {
@@ -206,6 +237,7 @@ impl Kernel {
             cranks_since_commit: 0,
             last_commit: Instant::now(),
             cranks_total: 0,
+            deliveries_since_collection: HashMap::new(),
         })
     }
 
@@ -410,6 +442,116 @@ impl Kernel {
         Ok(())
     }
 
+    /// The id (`vN`) of the vat named `name`.
+    pub fn vat_id(&self, name: &str) -> Result<String, KernelError> {
+        self.state
+            .get(&format!("vat.name.{name}"))?
+            .ok_or_else(|| KernelError::UnknownVat(name.to_owned()))
+    }
+
+    fn running_vat_id(&self, name: &str) -> Result<String, KernelError> {
+        let vat = self.vat_id(name)?;
+        if self.state.get(&format!("{vat}.state"))?.as_deref() != Some("running") {
+            let reason = self
+                .state
+                .get(&format!("{vat}.reason"))?
+                .unwrap_or_default();
+            return Err(KernelError::VatNotRunning {
+                name: name.to_owned(),
+                reason,
+            });
+        }
+        Ok(vat)
+    }
+
+    /// Upgrades vat `name` to `wasm`: stops it, swaps its bundle and starts the
+    /// new version against the same vatstore, all in one crank. If the new
+    /// version fails to start (a trap, or a durable kind it does not define
+    /// again), nothing changes and the old version keeps running. The
+    /// promises the vat decided are rejected: their awaits died with its heap.
+    /// Returns the new bundle's CID.
+    pub fn upgrade_vat(&mut self, name: &str, wasm: &[u8]) -> Result<String, KernelError> {
+        let vat = self.running_vat_id(name)?;
+        let cid = swingstore::cid_of(wasm).to_string();
+        let module = match self.modules.get(&cid) {
+            Some(module) => module.clone(),
+            None => self.compile(wasm, &cid)?,
+        };
+        if self.vat_options(&vat)?.worker == WorkerKind::Process {
+            self.supervisor_program()?;
+        }
+        self.commit()?;
+        self.state.store.begin_crank()?;
+        // The old worker goes now: the new version must not share its heap.
+        self.workers.remove(&vat);
+        self.deliveries_since_collection.remove(&vat);
+        let started = self.upgrade_in_crank(&vat, wasm, &cid, module);
+        match started {
+            Ok(()) => {
+                self.state.end_crank()?;
+                self.commit()?;
+                Ok(cid)
+            }
+            Err(e) => {
+                self.state.abort_crank()?;
+                self.workers.remove(&vat);
+                Err(match e {
+                    WorkerStartError::Fault(fault) => KernelError::UpgradeFailed {
+                        name: name.to_owned(),
+                        fault,
+                    },
+                    WorkerStartError::Kernel(e) => e,
+                })
+            }
+        }
+    }
+
+    fn upgrade_in_crank(
+        &mut self,
+        vat: &str,
+        wasm: &[u8],
+        cid: &str,
+        module: VatModule,
+    ) -> Result<(), WorkerStartError> {
+        self.state.store.add_bundle(wasm)?;
+        self.modules.insert(cid.to_owned(), module);
+        self.state.set(&format!("{vat}.bundle"), cid)?;
+        let reason = format!("vat {vat} upgraded: the promises it decided were lost with its heap");
+        self.reject_decided_promises(vat, &reason)?;
+        self.ensure_worker(vat)
+    }
+
+    /// Delivers `bringOutYourDead` to vat `name` in a crank of its own: the
+    /// vat deletes the durable objects nothing refers to any more.
+    pub fn collect_vat_garbage(&mut self, name: &str) -> Result<(), KernelError> {
+        let vat = self.running_vat_id(name)?;
+        self.bring_out_your_dead(&vat)?;
+        self.commit()
+    }
+
+    fn bring_out_your_dead(&mut self, vat: &str) -> Result<(), KernelError> {
+        self.state.store.begin_crank()?;
+        let delivered = match self.ensure_worker(vat) {
+            Ok(()) => self.deliver(vat, &Delivery::BringOutYourDead),
+            Err(e) => Err(e.into_crank_error(vat)),
+        };
+        self.deliveries_since_collection.remove(vat);
+        match delivered {
+            Ok(()) => Ok(self.state.end_crank()?),
+            Err(CrankError::Fault { vat, fault }) => {
+                self.state.abort_crank()?;
+                self.workers.remove(&vat);
+                self.state.store.begin_crank()?;
+                self.terminate_vat(&vat, &format!("vat {vat} terminated: {fault}"))?;
+                Ok(self.state.end_crank()?)
+            }
+            Err(CrankError::Kernel(e)) => {
+                self.state.abort_crank()?;
+                Err(e)
+            }
+        }
+    }
+
     /// Lets go of a result promise from [`Self::queue_message`], once read;
     /// it is freed when nothing else refers to it.
     pub fn release(&mut self, kpid: &str) -> Result<(), KernelError> {
@@ -510,6 +652,17 @@ impl Kernel {
                     self.state.abort_crank()?;
                     return Err(e);
                 }
+            }
+        }
+        let due: Vec<String> = self
+            .deliveries_since_collection
+            .iter()
+            .filter(|(_, count)| **count >= DELIVERIES_PER_COLLECTION_MAX)
+            .map(|(vat, _)| vat.clone())
+            .collect();
+        for vat in due {
+            if self.workers.contains_key(&vat) {
+                self.bring_out_your_dead(&vat)?;
             }
         }
         self.cranks_total += 1;
@@ -644,6 +797,10 @@ impl Kernel {
         let mut syscalls = VatSyscalls::new(&mut self.state, vat);
         let outcome = worker.deliver(delivery, &mut syscalls);
         syscalls.finish()?;
+        *self
+            .deliveries_since_collection
+            .entry(vat.to_owned())
+            .or_default() += 1;
         outcome.map_err(|fault| CrankError::Fault {
             vat: vat.to_owned(),
             fault,

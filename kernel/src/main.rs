@@ -99,6 +99,25 @@ enum Command {
         #[arg(long = "as", value_name = "NAME")]
         bind_as: Option<String>,
     },
+    /// Upgrade vat NAME to a new version of its module, keeping its durable state.
+    ///
+    /// The new version starts against the same vatstore and must define again
+    /// every durable kind the old one made; if it does not, or fails to start,
+    /// nothing changes and the old version keeps running. Promises the vat
+    /// decided are rejected ("upgraded"); its non-durable objects are gone.
+    Upgrade {
+        /// The vat's name.
+        name: String,
+        /// The new version's Wasm module.
+        module: PathBuf,
+    },
+    /// Have vat NAME delete the durable objects nothing refers to any more
+    /// (a `bringOutYourDead` delivery; the kernel also sends one every
+    /// 1000 deliveries).
+    Collect {
+        /// The vat's name.
+        name: String,
+    },
     /// List vats, their workers, pet names, and their krefs.
     List,
     /// Print the kernel's identity (did:key).
@@ -161,7 +180,7 @@ fn dispatch(cli: Cli) -> Result<Outcome> {
         },
         mut command => {
             // The daemon may run elsewhere in the file system: give it absolute paths.
-            if let Command::Spawn { module, .. } = &mut command {
+            if let Command::Spawn { module, .. } | Command::Upgrade { module, .. } = &mut command {
                 *module = std::path::absolute(&*module).context("module path")?;
             }
             if let Some(stream) = connect(&socket) {
@@ -255,6 +274,16 @@ fn run_command(
             args,
             bind_as,
         } => send(kernel, target, method, args, bind_as.as_deref(), out)?,
+        Command::Upgrade { name, module } => {
+            let wasm = std::fs::read(module)
+                .with_context(|| format!("cannot read {}", module.display()))?;
+            let cid = kernel.upgrade_vat(name, &wasm)?;
+            out.line(format!("upgraded {name} to bundle {cid}"));
+        }
+        Command::Collect { name } => {
+            kernel.collect_vat_garbage(name)?;
+            out.line(format!("{name}: collected"));
+        }
         Command::List => {
             let vats = kernel.vats()?;
             if vats.is_empty() {

@@ -68,6 +68,8 @@ pub enum Delivery {
     },
     /// Promises the vat subscribed to have settled.
     Notify { resolutions: Vec<Resolution> },
+    /// The vat should delete the durable objects nothing refers to any more.
+    BringOutYourDead,
 }
 
 /// What a vat asks of the kernel during a delivery.

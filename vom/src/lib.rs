@@ -28,11 +28,18 @@ use std::rc::Rc;
 
 pub mod abi;
 pub mod capdata;
+pub mod collections;
+pub mod durable;
+pub mod passable;
 pub mod runtime;
 mod sys;
 
 pub use capdata::{CapData, ErrorValue, Ref, Value};
-pub use runtime::{Promise, export, send};
+pub use collections::{Baggage, MapStore, SetStore, WeakMapStore};
+pub use durable::{Durable, Kind, define};
+pub use passable::{FromPassable, IntoReply, ToPassable};
+pub use runtime::{Promise, Root, export, send};
+pub use vom_macros::exo;
 
 /// What a method fails with: an error that travels as data to the caller.
 pub type Error = ErrorValue;
@@ -197,10 +204,36 @@ pub mod vatstore {
     }
 }
 
-/// Defines a vat's Wasm exports, with `$root` (an expression of a type that
-/// implements [`Exo`]) as its root object, built each time the vat starts.
+/// Defines a vat's Wasm exports.
+///
+/// - `vat_main!(start: path::to::start)`: `start(&Baggage)` runs each time the
+///   vat starts (first start, restart, upgrade); it defines the vat's durable
+///   kinds and returns its root object (anything convertible to [`Root`]).
+/// - `vat_main!(expr)`: `expr`, a value of a type that implements [`Exo`], is
+///   the root object, built each time the vat starts.
 #[macro_export]
 macro_rules! vat_main {
+    (start: $start:path) => {
+        #[unsafe(no_mangle)]
+        pub extern "C" fn vat_abi_version() -> i32 {
+            $crate::abi::ABI_VERSION
+        }
+
+        #[unsafe(no_mangle)]
+        pub extern "C" fn vat_alloc(len: i32) -> i32 {
+            $crate::runtime::alloc(len)
+        }
+
+        #[unsafe(no_mangle)]
+        pub extern "C" fn vat_deliver(ptr: i32, len: i32) -> i32 {
+            // SAFETY: the host passes back the buffer it got from `vat_alloc`, once.
+            unsafe {
+                $crate::runtime::deliver_raw(ptr, len, |baggage| {
+                    $crate::Root::from($start(baggage))
+                })
+            }
+        }
+    };
     ($root:expr) => {
         #[unsafe(no_mangle)]
         pub extern "C" fn vat_abi_version() -> i32 {
@@ -216,8 +249,10 @@ macro_rules! vat_main {
         pub extern "C" fn vat_deliver(ptr: i32, len: i32) -> i32 {
             // SAFETY: the host passes back the buffer it got from `vat_alloc`, once.
             unsafe {
-                $crate::runtime::deliver_raw(ptr, len, || {
-                    ::std::rc::Rc::new($root) as ::std::rc::Rc<dyn $crate::Exo>
+                $crate::runtime::deliver_raw(ptr, len, |_baggage| {
+                    $crate::runtime::Root::Heap(
+                        ::std::rc::Rc::new($root) as ::std::rc::Rc<dyn $crate::Exo>
+                    )
                 })
             }
         }

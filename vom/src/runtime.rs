@@ -15,9 +15,9 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 
 use crate::abi::{Delivery, Resolution, Syscall};
-use crate::capdata::{self, ErrorValue, Ref, Value};
-use crate::sys;
-use crate::{Args, Error, Exo, Reply};
+use crate::capdata::{self, CapData, ErrorValue, Ref, Value};
+use crate::collections::Baggage;
+use crate::{Args, Error, Exo, Reply, durable, sys};
 
 /// The vatstore key under which vom keeps its id counters.
 const IDS_KEY: &str = "vom.ids";
@@ -40,8 +40,39 @@ struct Task {
     result: Option<String>,
 }
 
+/// What a vat's start function returns as its root object (`o+0`).
+pub enum Root {
+    /// An object on the heap, built again each time the vat starts.
+    Heap(Rc<dyn Exo>),
+    /// A durable object: messages to `o+0` go to it.
+    Durable(Ref),
+}
+
+impl std::fmt::Debug for Root {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Root::Heap(_) => f.write_str("Root::Heap(..)"),
+            Root::Durable(r) => write!(f, "Root::Durable({})", r.slot),
+        }
+    }
+}
+
+impl<S: durable::Kind> From<durable::Durable<S>> for Root {
+    fn from(object: durable::Durable<S>) -> Root {
+        Root::Durable(object.reference())
+    }
+}
+
+impl<E: Exo> From<E> for Root {
+    fn from(object: E) -> Root {
+        Root::Heap(Rc::new(object))
+    }
+}
+
 #[derive(Default)]
 struct VatState {
+    /// The durable object `o+0` stands for, if the root is durable.
+    durable_root: Option<String>,
     exports: HashMap<String, Rc<dyn Exo>>,
     export_ids: HashMap<usize, String>,
     next_export_id: u64,
@@ -166,10 +197,19 @@ pub fn send(target: &Ref, method: &str, args: Vec<Value>) -> Promise {
     sys::syscall(&Syscall::Send {
         target: target.slot.clone(),
         method: method.to_owned(),
-        args: capdata::encode(&Value::Array(args)),
+        args: outgoing(&Value::Array(args)),
         result: Some(vpid.clone()),
     });
     Promise { vpid }
+}
+
+/// Encodes data leaving the vat: durable objects in it are now exported.
+fn outgoing(value: &Value) -> CapData {
+    let data = capdata::encode(value);
+    for slot in &data.slots {
+        durable::note_exported(slot);
+    }
+    data
 }
 
 fn settle(result_vpid: Option<String>, outcome: Result<Value, Error>) {
@@ -182,7 +222,7 @@ fn settle(result_vpid: Option<String>, outcome: Result<Value, Error>) {
         resolutions: vec![Resolution {
             promise,
             rejected,
-            data: capdata::encode(&value),
+            data: outgoing(&value),
         }],
     });
 }
@@ -248,6 +288,24 @@ fn save_ids_if_dirty() {
 }
 
 fn deliver_message(target: &str, method: &str, args: &capdata::CapData, result: Option<String>) {
+    let durable_target = if target.starts_with("o+d") {
+        Some(target.to_owned())
+    } else if target == ROOT_VREF {
+        with_vat(|vat| vat.durable_root.clone())
+    } else {
+        None
+    };
+    if let Some(target) = durable_target {
+        let args = match capdata::decode(args) {
+            Ok(Value::Array(items)) => items,
+            Ok(_) => return settle(result, Err(Error::type_error("arguments must be an array"))),
+            Err(e) => return settle(result, Err(Error::type_error(e.to_string()))),
+        };
+        return match durable::dispatch(&target, method, args) {
+            Reply::Ready(outcome) => settle(result, outcome),
+            Reply::Later(future) => spawn(future, result),
+        };
+    }
     let object = with_vat(|vat| vat.exports.get(target).cloned());
     let Some(object) = object else {
         let message = format!(
@@ -284,17 +342,59 @@ fn deliver_notify(resolutions: Vec<Resolution>) {
     }
 }
 
-/// Handles one delivery (the body of the guest's `vat_deliver` export).
-pub fn dispatch(delivery: Delivery, make_root: impl FnOnce() -> Rc<dyn Exo>) {
-    match delivery {
-        Delivery::StartVat => {
-            load_ids();
-            let root = make_root();
+/// Reports a panic to the kernel as the vat's failure, with its message,
+/// rather than as a bare trap.
+fn report_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| info.to_string());
+        sys::syscall(&Syscall::Exit {
+            failure: true,
+            info: capdata::encode(&Value::String(message)),
+        });
+    }));
+}
+
+fn start_vat(make_root: impl FnOnce(&Baggage) -> Root) {
+    report_panics();
+    load_ids();
+    let baggage = Baggage::open();
+    let root = make_root(&baggage);
+    let missing = durable::missing_kinds();
+    if !missing.is_empty() {
+        sys::syscall(&Syscall::Exit {
+            failure: true,
+            info: capdata::encode(&Value::string(format!(
+                "this version does not define the durable kind(s) {} that an earlier version made",
+                missing.join(", ")
+            ))),
+        });
+    }
+    match root {
+        Root::Heap(root) => {
             let key = Rc::as_ptr(&root) as *const () as usize;
             with_vat(|vat| {
                 vat.export_ids.insert(key, ROOT_VREF.to_owned());
                 vat.exports.insert(ROOT_VREF.to_owned(), root);
             });
+        }
+        Root::Durable(root) => {
+            durable::note_exported(&root.slot);
+            with_vat(|vat| vat.durable_root = Some(root.slot));
+        }
+    }
+}
+
+/// Handles one delivery (the body of the guest's `vat_deliver` export).
+pub fn dispatch(delivery: Delivery, make_root: impl FnOnce(&Baggage) -> Root) {
+    match delivery {
+        Delivery::StartVat => start_vat(make_root),
+        Delivery::BringOutYourDead => {
+            durable::bring_out_your_dead();
         }
         Delivery::Message {
             target,
@@ -305,6 +405,7 @@ pub fn dispatch(delivery: Delivery, make_root: impl FnOnce() -> Rc<dyn Exo>) {
         Delivery::Notify { resolutions } => deliver_notify(resolutions),
     }
     run_ready_tasks();
+    durable::flush();
     save_ids_if_dirty();
 }
 
@@ -318,7 +419,7 @@ pub fn alloc(len: i32) -> i32 {
 ///
 /// # Safety
 /// `ptr` and `len` must come from one call of [`alloc`], and be used once.
-pub unsafe fn deliver_raw(ptr: i32, len: i32, make_root: impl FnOnce() -> Rc<dyn Exo>) -> i32 {
+pub unsafe fn deliver_raw(ptr: i32, len: i32, make_root: impl FnOnce(&Baggage) -> Root) -> i32 {
     let slice = std::ptr::slice_from_raw_parts_mut(ptr as usize as *mut u8, len.max(0) as usize);
     // SAFETY: per this function's contract, the buffer came from `alloc(len)`.
     let bytes = unsafe { Box::from_raw(slice) };

@@ -1,38 +1,32 @@
-//! A counter whose count lives in the vatstore, so it survives every restart.
+//! A counter that is a durable exo: its count survives every restart, with no
+//! replay, and an upgrade to `counter-v2` keeps it.
 //!
 //! Methods: `increment()` adds one and returns the new count; `get()` returns it.
 
-use std::rc::Rc;
+use serde::{Deserialize, Serialize};
+use vom::{Baggage, Durable};
 
-use vom::{Args, Exo, Reply, Value, vatstore};
-
-struct Counter;
-
-const COUNT_KEY: &str = "count";
-
-fn count() -> u64 {
-    vatstore::get(COUNT_KEY).map_or(0, |text| {
-        text.parse()
-            .expect("counter invariant: the stored count is a number")
-    })
+#[derive(Serialize, Deserialize)]
+struct Counter {
+    count: u64,
 }
 
-impl Exo for Counter {
-    fn interface_name(&self) -> &str {
-        "Counter"
+#[vom::exo]
+impl Counter {
+    pub fn increment(&mut self) -> u64 {
+        self.count += 1;
+        self.count
     }
 
-    fn call(self: Rc<Self>, method: &str, args: Args) -> Reply {
-        match method {
-            "increment" => Reply::ready(args.expect_count(0).map(|()| {
-                let next = count() + 1;
-                vatstore::set(COUNT_KEY, &next.to_string());
-                Value::from(next)
-            })),
-            "get" => Reply::ready(args.expect_count(0).map(|()| Value::from(count()))),
-            other => Reply::no_such_method(other),
-        }
+    pub fn get(&self) -> u64 {
+        self.count
     }
 }
 
-vom::vat_main!(Counter);
+/// Runs each time the vat starts: defines the kind, finds (or makes) the counter.
+fn start(baggage: &Baggage) -> Durable<Counter> {
+    vom::define::<Counter>();
+    baggage.get_or_init("counter", || Durable::new(Counter { count: 0 }))
+}
+
+vom::vat_main!(start: start);

@@ -1,0 +1,922 @@
+//! Durable kinds and their instances: the virtual object manager proper.
+//!
+//! A kind is a serde state type plus methods (see [`Kind`] and the
+//! `#[vom::exo]` macro). Each instance is a durable object named
+//! `o+d<kind>/<instance>` (`:<facet>` appended for multi-facet kinds) whose
+//! state lives only in the vatstore. The heap is a cache: an instance is
+//! loaded on first use, its state written back at the end of the crank in
+//! which it changed, and evicted when the cache is over its bound.
+//!
+//! # Vatstore layout (all keys under `vom.`)
+//!
+//! | key | value |
+//! |---|---|
+//! | `vom.kinds` | the kind table: names, ids, facets, instance counters |
+//! | `vom.vs.<base>` | an instance record: `rc|flags|refs|state-json` |
+//! | `vom.vc.<base>.<encoded key>` | a collection entry: `refs|[key, value]` |
+//! | `vom.vco.<base>.<vref>` | the ordinal a collection gave a reference key |
+//! | `vom.ow.<key base>.<collection base>` | a weak collection holds an entry keyed by `<key base>` |
+//!
+//! `rc` counts the references to the instance from durable state and from
+//! strong collection keys and values; `flags` holds `x` once the instance has
+//! been exported through the kernel; `refs` lists what its own state refers to.
+//! An instance with no count, no export and no handle on the heap is deleted at
+//! the next `bringOutYourDead`, and what it referred to loses a count.
+
+use std::any::Any;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::marker::PhantomData;
+use std::rc::Rc;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::capdata::{Ref, Value};
+use crate::passable::{FromPassable, ToPassable};
+use crate::{Error, Reply, sys};
+
+/// How many instances the heap cache keeps between cranks. Instances in use
+/// (a handle exists on the heap) are kept beyond it.
+pub const INSTANCE_CACHE_MAX: usize = 10_000;
+/// The largest serialized state an instance may have.
+pub const STATE_BYTES_MAX: usize = 256 * 1024;
+/// The most kinds a vat may define.
+pub const KINDS_MAX: usize = 10_000;
+
+const KINDS_KEY: &str = "vom.kinds";
+const RECORD_PREFIX: &str = "vom.vs.";
+/// Kind ids below this are vom's own (the collection kinds).
+const FIRST_USER_KIND: u64 = 10;
+pub(crate) const MAP_STORE_KIND: u64 = 1;
+pub(crate) const SET_STORE_KIND: u64 = 2;
+pub(crate) const WEAK_MAP_STORE_KIND: u64 = 3;
+const RESERVED_KINDS: [(&str, u64); 3] = [
+    ("vom:MapStore", MAP_STORE_KIND),
+    ("vom:SetStore", SET_STORE_KIND),
+    ("vom:WeakMapStore", WEAK_MAP_STORE_KIND),
+];
+
+/// A durable kind: a serde state type whose instances answer messages.
+/// Implemented by `#[vom::exo]`; define it with [`define`] every time the vat
+/// starts, before it makes or uses instances.
+pub trait Kind: Serialize + DeserializeOwned + 'static {
+    /// The kind's name: stable across upgrades, it is how a new version finds
+    /// the old version's instances.
+    const NAME: &'static str;
+    /// Facet names, for a kind whose instances are several objects over one
+    /// state; empty for a kind with one object per instance.
+    const FACETS: &'static [&'static str];
+    /// Runs `method` on facet `facet` of `this`, after checking the call
+    /// against the method's guard.
+    fn dispatch(this: &Durable<Self>, facet: usize, method: &str, args: Vec<Value>) -> Reply;
+}
+
+type Dispatch = fn(Rc<str>, usize, &str, Vec<Value>) -> Reply;
+type Serializer = fn(&dyn Any) -> (String, Vec<String>);
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredKind {
+    name: String,
+    id: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    facets: Vec<String>,
+    /// The last instance number handed out.
+    next: u64,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct StoredKinds {
+    next: u64,
+    kinds: Vec<StoredKind>,
+}
+
+struct KindEntry {
+    stored: StoredKind,
+    /// Set when this incarnation defined the kind.
+    dispatch: Option<Dispatch>,
+}
+
+struct Slot {
+    kind: u64,
+    /// The record has been read from the vatstore (or the instance is new).
+    loaded: bool,
+    /// The instance exists (it was found, or made in this incarnation).
+    exists: bool,
+    rc: u64,
+    exported: bool,
+    refs: Vec<String>,
+    state_json: String,
+    state: Option<Box<dyn Any>>,
+    serialize: Option<Serializer>,
+    /// The state was lent out mutably since it was last serialized.
+    state_dirty: bool,
+    record_dirty: bool,
+    /// The state is lent out right now (a method of this instance is running).
+    lent: bool,
+}
+
+impl Slot {
+    fn unloaded(kind: u64) -> Slot {
+        Slot {
+            kind,
+            loaded: false,
+            exists: false,
+            rc: 0,
+            exported: false,
+            refs: Vec::new(),
+            state_json: String::new(),
+            state: None,
+            serialize: None,
+            state_dirty: false,
+            record_dirty: false,
+            lent: false,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Vom {
+    kinds_loaded: bool,
+    kinds: BTreeMap<u64, KindEntry>,
+    kind_ids: HashMap<String, u64>,
+    next_kind: u64,
+    kinds_dirty: bool,
+    slots: HashMap<Rc<str>, Slot>,
+    /// Slots whose record must be written at the end of the crank.
+    dirty: Vec<String>,
+    /// Instances whose count reached zero, or that were made: candidates for
+    /// deletion. Plain strings, so that the only strong reference vom itself
+    /// holds to a cached name is the cache's key: any other is a handle.
+    possibly_dead: BTreeSet<String>,
+}
+
+thread_local! {
+    static VOM: RefCell<Vom> = RefCell::new(Vom::default());
+    /// References met while serializing durable data: see [`collect_refs`].
+    static COLLECTING: RefCell<Option<Vec<String>>> = const { RefCell::new(None) };
+}
+
+fn with_vom<T>(f: impl FnOnce(&mut Vom) -> T) -> T {
+    VOM.with(|vom| f(&mut vom.borrow_mut()))
+}
+
+/// Serializes `value` to JSON, returning the references it contains.
+pub(crate) fn to_json_with_refs<T: Serialize + ?Sized>(value: &T) -> (String, Vec<String>) {
+    let previous = COLLECTING.with(|c| c.borrow_mut().replace(Vec::new()));
+    let json = serde_json::to_string(value);
+    let refs = COLLECTING.with(|c| std::mem::replace(&mut *c.borrow_mut(), previous));
+    let json = json.unwrap_or_else(|e| panic!("vom invariant: durable data serializes: {e}"));
+    (json, refs.unwrap_or_default())
+}
+
+/// Notes that the value being serialized refers to `vref`.
+pub(crate) fn note_ref(vref: &str) {
+    COLLECTING.with(|c| {
+        if let Some(refs) = c.borrow_mut().as_mut() {
+            refs.push(vref.to_owned());
+        }
+    });
+}
+
+/// A durable vref's parts: kind, base (`o+dK/I`), facet.
+pub(crate) fn parse_durable(vref: &str) -> Option<(u64, &str, Option<usize>)> {
+    let rest = vref.strip_prefix("o+d")?;
+    let (base, facet) = match vref.split_once(':') {
+        Some((base, facet)) => (base, Some(facet.parse().ok()?)),
+        None => (vref, None),
+    };
+    let (kind, instance) = rest.split(':').next()?.split_once('/')?;
+    instance.parse::<u64>().ok()?;
+    Some((kind.parse().ok()?, base, facet))
+}
+
+fn load_kinds(vom: &mut Vom) {
+    if vom.kinds_loaded {
+        return;
+    }
+    vom.kinds_loaded = true;
+    let stored: StoredKinds = match sys::vatstore_get(KINDS_KEY) {
+        Some(json) => serde_json::from_str(&json)
+            .unwrap_or_else(|e| panic!("vom invariant: {KINDS_KEY} parses: {e}")),
+        None => StoredKinds {
+            next: FIRST_USER_KIND,
+            kinds: RESERVED_KINDS
+                .iter()
+                .map(|(name, id)| StoredKind {
+                    name: (*name).to_owned(),
+                    id: *id,
+                    facets: Vec::new(),
+                    next: 0,
+                })
+                .collect(),
+        },
+    };
+    vom.next_kind = stored.next;
+    for kind in stored.kinds {
+        vom.kind_ids.insert(kind.name.clone(), kind.id);
+        let reserved = kind.id < FIRST_USER_KIND;
+        vom.kinds.insert(
+            kind.id,
+            KindEntry {
+                stored: kind,
+                dispatch: reserved.then_some(collection_dispatch as Dispatch),
+            },
+        );
+    }
+}
+
+fn collection_dispatch(base: Rc<str>, _facet: usize, method: &str, _args: Vec<Value>) -> Reply {
+    Reply::Ready(Err(Error::type_error(format!(
+        "{base} is a durable collection, not an object: it has no method {method:?}"
+    ))))
+}
+
+fn dispatch_erased<K: Kind>(base: Rc<str>, facet: usize, method: &str, args: Vec<Value>) -> Reply {
+    K::dispatch(&Durable::from_base(base), facet, method, args)
+}
+
+/// Defines kind `K` for this incarnation of the vat: a new kind gets an id;
+/// a kind a previous version defined gets its old id back, so its instances
+/// answer again. Call it when the vat starts, before using `K`.
+pub fn define<K: Kind>() {
+    with_vom(|vom| {
+        load_kinds(vom);
+        let facets: Vec<String> = K::FACETS.iter().map(|f| (*f).to_owned()).collect();
+        let id = match vom.kind_ids.get(K::NAME) {
+            Some(id) => *id,
+            None => {
+                assert!(
+                    vom.kinds.len() < KINDS_MAX,
+                    "vom limit: a vat may define at most KINDS_MAX ({KINDS_MAX}) kinds"
+                );
+                let id = vom.next_kind;
+                vom.next_kind += 1;
+                vom.kind_ids.insert(K::NAME.to_owned(), id);
+                vom.kinds.insert(
+                    id,
+                    KindEntry {
+                        stored: StoredKind {
+                            name: K::NAME.to_owned(),
+                            id,
+                            facets: facets.clone(),
+                            next: 0,
+                        },
+                        dispatch: None,
+                    },
+                );
+                vom.kinds_dirty = true;
+                id
+            }
+        };
+        let entry = vom
+            .kinds
+            .get_mut(&id)
+            .expect("vom invariant: kind ids map to kinds");
+        assert!(
+            entry.stored.facets == facets,
+            "kind {} had facets {:?} and is now defined with {:?}: a kind's facets cannot change",
+            K::NAME,
+            entry.stored.facets,
+            facets
+        );
+        entry.dispatch = Some(dispatch_erased::<K>);
+    });
+}
+
+/// After the vat's start code ran: every kind an earlier version defined must
+/// be defined again, or the vat cannot start (and an upgrade is rolled back).
+pub(crate) fn missing_kinds() -> Vec<String> {
+    with_vom(|vom| {
+        load_kinds(vom);
+        vom.kinds
+            .values()
+            .filter(|k| k.dispatch.is_none())
+            .map(|k| k.stored.name.clone())
+            .collect()
+    })
+}
+
+fn kind_id_of(name: &str) -> u64 {
+    with_vom(|vom| {
+        load_kinds(vom);
+        match vom.kind_ids.get(name) {
+            Some(id) if vom.kinds[id].dispatch.is_some() => *id,
+            _ => panic!(
+                "kind {name} must be defined with vom::define::<{name}>() when the vat starts"
+            ),
+        }
+    })
+}
+
+fn record_key(base: &str) -> String {
+    format!("{RECORD_PREFIX}{base}")
+}
+
+fn encode_record(slot: &Slot) -> String {
+    let flags = if slot.exported { "x" } else { "" };
+    format!(
+        "{}|{flags}|{}|{}",
+        slot.rc,
+        slot.refs.join(","),
+        slot.state_json
+    )
+}
+
+/// Reads `base`'s record into its slot, if not read yet. Returns whether the instance exists.
+fn load(vom: &mut Vom, base: &str) -> bool {
+    let slot = match vom.slots.get_mut(base) {
+        Some(slot) => slot,
+        None => {
+            let kind = parse_durable(base)
+                .unwrap_or_else(|| panic!("vom invariant: {base} is a durable vref"))
+                .0;
+            vom.slots.insert(Rc::from(base), Slot::unloaded(kind));
+            vom.slots.get_mut(base).expect("just inserted")
+        }
+    };
+    if slot.loaded {
+        return slot.exists;
+    }
+    slot.loaded = true;
+    let Some(record) = sys::vatstore_get(&record_key(base)) else {
+        return false;
+    };
+    let mut parts = record.splitn(4, '|');
+    let (Some(rc), Some(flags), Some(refs), Some(state)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        panic!("vom invariant: the record of {base} has four parts");
+    };
+    slot.exists = true;
+    slot.rc = rc
+        .parse()
+        .unwrap_or_else(|_| panic!("vom invariant: the count of {base} is a number"));
+    slot.exported = flags.contains('x');
+    slot.refs = if refs.is_empty() {
+        Vec::new()
+    } else {
+        refs.split(',').map(str::to_owned).collect()
+    };
+    slot.state_json = state.to_owned();
+    true
+}
+
+fn mark_dirty(vom: &mut Vom, base: &str) {
+    let slot = vom
+        .slots
+        .get_mut(base)
+        .expect("vom invariant: a dirty slot is cached");
+    if !slot.record_dirty {
+        slot.record_dirty = true;
+        vom.dirty.push(base.to_owned());
+    }
+}
+
+fn interned(vom: &mut Vom, base: &str) -> Rc<str> {
+    if let Some((name, _)) = vom.slots.get_key_value(base) {
+        return name.clone();
+    }
+    let kind = parse_durable(base)
+        .unwrap_or_else(|| panic!("vom invariant: {base} is a durable vref"))
+        .0;
+    let name: Rc<str> = Rc::from(base);
+    vom.slots.insert(name.clone(), Slot::unloaded(kind));
+    name
+}
+
+/// Adds one to the count of each durable instance in `refs`.
+fn add_refs(vom: &mut Vom, refs: &[String]) {
+    for vref in refs {
+        let Some((_, base, _)) = parse_durable(vref) else {
+            continue;
+        };
+        if !load(vom, base) {
+            panic!("vom invariant: durable data refers to {base}, which does not exist");
+        }
+        vom.slots.get_mut(base).expect("loaded").rc += 1;
+        mark_dirty(vom, base);
+    }
+}
+
+/// Takes one from the count of each durable instance in `refs`.
+fn drop_refs(vom: &mut Vom, refs: &[String]) {
+    for vref in refs {
+        let Some((_, base, _)) = parse_durable(vref) else {
+            continue;
+        };
+        if !load(vom, base) {
+            continue;
+        }
+        let slot = vom.slots.get_mut(base).expect("loaded");
+        slot.rc = slot
+            .rc
+            .checked_sub(1)
+            .unwrap_or_else(|| panic!("vom invariant: the count of {base} never goes below zero"));
+        let dead = slot.rc == 0;
+        mark_dirty(vom, base);
+        if dead {
+            vom.possibly_dead.insert(base.to_owned());
+        }
+    }
+}
+
+/// Moves counts from `old` refs to `new` refs (used when durable data changes).
+pub(crate) fn replace_refs(old: &[String], new: &[String]) {
+    if old == new {
+        return;
+    }
+    with_vom(|vom| {
+        add_refs(vom, new);
+        drop_refs(vom, old);
+    });
+}
+
+/// Makes a new instance of kind `kind` with `state`, counted by nothing yet.
+fn make_instance<S: Serialize + 'static>(kind: u64, state: S) -> Rc<str> {
+    with_vom(|vom| {
+        load_kinds(vom);
+        let entry = vom
+            .kinds
+            .get_mut(&kind)
+            .expect("vom invariant: instances are made of known kinds");
+        entry.stored.next += 1;
+        let base = format!("o+d{kind}/{}", entry.stored.next);
+        vom.kinds_dirty = true;
+        let name: Rc<str> = Rc::from(base.as_str());
+        let mut slot = Slot::unloaded(kind);
+        slot.loaded = true;
+        slot.exists = true;
+        slot.state = Some(Box::new(state));
+        slot.serialize = Some(serialize_erased::<S>);
+        slot.state_dirty = true;
+        vom.slots.insert(name.clone(), slot);
+        mark_dirty(vom, &base);
+        vom.possibly_dead.insert(base);
+        name
+    })
+}
+
+fn serialize_erased<S: Serialize + 'static>(state: &dyn Any) -> (String, Vec<String>) {
+    let state = state
+        .downcast_ref::<S>()
+        .expect("vom invariant: a slot's serializer matches its state type");
+    to_json_with_refs(state)
+}
+
+/// Lends `base`'s state to `f`, deserializing it on first use.
+fn with_state<S: DeserializeOwned + Serialize + 'static, R>(
+    base: &Rc<str>,
+    mutable: bool,
+    f: impl FnOnce(&mut S) -> R,
+) -> R {
+    let taken = with_vom(|vom| {
+        if !load(vom, base) {
+            panic!("durable object {base} no longer exists");
+        }
+        let slot = vom.slots.get_mut(&**base).expect("loaded");
+        assert!(
+            !slot.lent,
+            "durable object {base} is already in use: a method reached its own object through a handle"
+        );
+        slot.lent = true;
+        match slot.state.take() {
+            Some(state) => Ok(state),
+            None => {
+                slot.serialize = Some(serialize_erased::<S>);
+                Err(slot.state_json.clone())
+            }
+        }
+    });
+    // Deserializing meets handles (which intern their names in the cache), so
+    // it runs with the cache released.
+    let mut state: Box<dyn Any> = taken.unwrap_or_else(|json| {
+        let state: S = serde_json::from_str(&json).unwrap_or_else(|e| {
+            panic!(
+                "the stored state of {base} does not fit {}: {e}",
+                std::any::type_name::<S>()
+            )
+        });
+        Box::new(state)
+    });
+    let typed = state.downcast_mut::<S>().unwrap_or_else(|| {
+        panic!(
+            "vom invariant: {base} holds a state of another type than {}",
+            std::any::type_name::<S>()
+        )
+    });
+    let result = f(typed);
+    with_vom(|vom| {
+        let slot = vom
+            .slots
+            .get_mut(&**base)
+            .expect("vom invariant: a lent slot stays cached");
+        slot.lent = false;
+        slot.state = Some(state);
+        if mutable && !slot.state_dirty {
+            slot.state_dirty = true;
+            mark_dirty(vom, base);
+        }
+    });
+    result
+}
+
+/// Writes back what changed in this crank: states, counts, the kind table.
+/// Runs at the end of every delivery.
+pub(crate) fn flush() {
+    loop {
+        let dirty = with_vom(|vom| std::mem::take(&mut vom.dirty));
+        if dirty.is_empty() {
+            break;
+        }
+        for base in dirty {
+            // Serialize a changed state first: its references may move counts.
+            let serialized = with_vom(|vom| {
+                let slot = vom.slots.get_mut(&*base)?;
+                if !slot.state_dirty {
+                    return None;
+                }
+                slot.state_dirty = false;
+                let serialize = slot
+                    .serialize
+                    .expect("vom invariant: a dirty state has a serializer");
+                let state = slot
+                    .state
+                    .as_deref()
+                    .expect("vom invariant: a dirty state is present");
+                Some(serialize(state))
+            });
+            if let Some((json, refs)) = serialized {
+                assert!(
+                    json.len() <= STATE_BYTES_MAX,
+                    "the state of {base} is {} bytes, over STATE_BYTES_MAX ({STATE_BYTES_MAX})",
+                    json.len()
+                );
+                let old = with_vom(|vom| {
+                    let slot = vom.slots.get_mut(&*base).expect("cached");
+                    slot.state_json = json;
+                    std::mem::replace(&mut slot.refs, refs.clone())
+                });
+                replace_refs(&old, &refs);
+            }
+            let record = with_vom(|vom| {
+                let slot = vom.slots.get_mut(&*base)?;
+                slot.record_dirty = false;
+                slot.exists.then(|| encode_record(slot))
+            });
+            if let Some(record) = record {
+                sys::vatstore_set(&record_key(&base), &record);
+            }
+        }
+    }
+    let kinds = with_vom(|vom| {
+        if !std::mem::take(&mut vom.kinds_dirty) {
+            return None;
+        }
+        let stored = StoredKinds {
+            next: vom.next_kind,
+            kinds: vom.kinds.values().map(|k| k.stored.clone()).collect(),
+        };
+        Some(serde_json::to_string(&stored).expect("vom invariant: the kind table serializes"))
+    });
+    if let Some(kinds) = kinds {
+        sys::vatstore_set(KINDS_KEY, &kinds);
+    }
+    evict();
+}
+
+/// Keeps the cache within [`INSTANCE_CACHE_MAX`]: drops clean slots no handle refers to.
+fn evict() {
+    with_vom(|vom| {
+        if vom.slots.len() <= INSTANCE_CACHE_MAX {
+            return;
+        }
+        vom.slots
+            .retain(|name, slot| Rc::strong_count(name) > 1 || slot.record_dirty || slot.lent);
+    });
+}
+
+/// Deletes every instance that nothing counts, nothing exported and nothing
+/// on the heap holds, cascading to what they referred to. Returns how many.
+pub(crate) fn bring_out_your_dead() -> u64 {
+    let mut deleted = 0;
+    let mut kept = Vec::new();
+    loop {
+        let next = with_vom(|vom| vom.possibly_dead.pop_first());
+        let Some(base) = next else { break };
+        let verdict = with_vom(|vom| {
+            if !load(vom, &base) {
+                return None;
+            }
+            let (name, slot) = vom.slots.get_key_value(base.as_str()).expect("loaded");
+            // The cache's key is the one reference vom holds; more are handles.
+            let held_on_heap = Rc::strong_count(name) > 1;
+            Some(slot.rc == 0 && !slot.exported && !held_on_heap && !slot.lent)
+        });
+        match verdict {
+            None => {}
+            Some(false) => {
+                let still_zero = with_vom(|vom| {
+                    vom.slots
+                        .get(&*base)
+                        .is_some_and(|s| s.rc == 0 && !s.exported)
+                });
+                if still_zero {
+                    kept.push(base);
+                }
+            }
+            Some(true) => {
+                delete_instance(&base);
+                deleted += 1;
+            }
+        }
+    }
+    with_vom(|vom| vom.possibly_dead.extend(kept));
+    flush();
+    deleted
+}
+
+fn delete_instance(base: &str) {
+    let (kind, refs) = with_vom(|vom| {
+        let slot = vom.slots.get_mut(base).expect("loaded");
+        slot.exists = false;
+        slot.state = None;
+        slot.state_dirty = false;
+        (slot.kind, std::mem::take(&mut slot.refs))
+    });
+    sys::vatstore_delete(&record_key(base));
+    if kind < FIRST_USER_KIND {
+        crate::collections::clear_for_deletion(base, kind);
+    }
+    crate::collections::forget_weak_entries(base);
+    with_vom(|vom| {
+        drop_refs(vom, &refs);
+        vom.slots.remove(base);
+    });
+}
+
+/// Records that `vref` (if one of ours) went out through the kernel: it stays
+/// alive until the kernel says otherwise.
+pub(crate) fn note_exported(vref: &str) {
+    let Some((_, base, _)) = parse_durable(vref) else {
+        return;
+    };
+    with_vom(|vom| {
+        if !load(vom, base) {
+            return;
+        }
+        let slot = vom.slots.get_mut(base).expect("loaded");
+        if !slot.exported {
+            slot.exported = true;
+            mark_dirty(vom, base);
+        }
+    });
+}
+
+/// Routes a message to a durable object of this vat.
+pub(crate) fn dispatch(target: &str, method: &str, args: Vec<Value>) -> Reply {
+    let Some((kind, base, facet)) = parse_durable(target) else {
+        return Reply::Ready(Err(Error::new(format!("{target} is not a durable object"))));
+    };
+    let found = with_vom(|vom| {
+        load_kinds(vom);
+        let entry = vom.kinds.get(&kind)?;
+        let dispatch = entry.dispatch?;
+        let facets = entry.stored.facets.len();
+        if !load(vom, base) {
+            return Some(Err(format!("durable object {target} no longer exists")));
+        }
+        let facet = match (facet, facets) {
+            (None, 0) => 0,
+            (Some(f), n) if f < n => f,
+            _ => return Some(Err(format!("{target} names no facet of its kind"))),
+        };
+        Some(Ok((dispatch, interned(vom, base), facet)))
+    });
+    match found {
+        None => Reply::Ready(Err(Error::new(format!(
+            "{target} is of a kind this version of the vat does not define"
+        )))),
+        Some(Err(message)) => Reply::Ready(Err(Error::new(message))),
+        Some(Ok((dispatch, base, facet))) => dispatch(base, facet, method, args),
+    }
+}
+
+/// Creates the durable collection kinds' instance `o+d1/1`, the baggage, on
+/// first start; a no-op afterwards.
+pub(crate) fn ensure_baggage() -> Rc<str> {
+    let exists = with_vom(|vom| load(vom, crate::collections::BAGGAGE_VREF));
+    if exists {
+        with_vom(|vom| interned(vom, crate::collections::BAGGAGE_VREF))
+    } else {
+        let base = crate::collections::new_collection_instance(MAP_STORE_KIND);
+        assert_eq!(
+            &*base,
+            crate::collections::BAGGAGE_VREF,
+            "vom invariant: the baggage is the first map store"
+        );
+        // The baggage is a root: it never dies.
+        with_vom(|vom| {
+            vom.slots.get_mut(&*base).expect("made").rc = 1;
+            vom.possibly_dead.remove(&*base);
+        });
+        base
+    }
+}
+
+pub(crate) fn make_collection<S: Serialize + 'static>(kind: u64, state: S) -> Rc<str> {
+    make_instance(kind, state)
+}
+
+pub(crate) fn intern(base: &str) -> Rc<str> {
+    with_vom(|vom| interned(vom, base))
+}
+
+pub(crate) fn collection_state<S: DeserializeOwned + Serialize + 'static, R>(
+    base: &Rc<str>,
+    mutable: bool,
+    f: impl FnOnce(&mut S) -> R,
+) -> R {
+    with_state(base, mutable, f)
+}
+
+pub(crate) fn exists(base: &str) -> bool {
+    with_vom(|vom| load(vom, base))
+}
+
+/// A handle on a durable object of kind `S`. Cheap to clone; holding one on
+/// the heap keeps the object alive. It can be stored in durable state and
+/// collections, passed in messages, and returned from methods.
+pub struct Durable<S> {
+    base: Rc<str>,
+    _state: PhantomData<fn() -> S>,
+}
+
+impl<S> Clone for Durable<S> {
+    fn clone(&self) -> Self {
+        Durable {
+            base: self.base.clone(),
+            _state: PhantomData,
+        }
+    }
+}
+
+impl<S> PartialEq for Durable<S> {
+    fn eq(&self, other: &Self) -> bool {
+        self.base == other.base
+    }
+}
+
+impl<S> Eq for Durable<S> {}
+
+impl<S> std::fmt::Debug for Durable<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Durable({})", self.base)
+    }
+}
+
+impl<S: Kind> Durable<S> {
+    /// Makes a new instance of `S` with `state`. Unless it is stored, exported
+    /// or held, it is deleted at the next `bringOutYourDead`.
+    pub fn new(state: S) -> Durable<S> {
+        let kind = kind_id_of(S::NAME);
+        Durable::from_base(make_instance(kind, state))
+    }
+
+    /// A reference to facet `name` of this instance, to pass in messages.
+    pub fn facet(&self, name: &str) -> Ref {
+        let index = S::FACETS
+            .iter()
+            .position(|f| *f == name)
+            .unwrap_or_else(|| panic!("kind {} has no facet {name:?}", S::NAME));
+        Ref {
+            slot: format!("{}:{index}", self.base),
+            iface: Some(format!("Alleged: {}.{name}", S::NAME)),
+        }
+    }
+
+    /// A reference to the object (the first facet of a multi-facet kind).
+    pub fn reference(&self) -> Ref {
+        match S::FACETS.first() {
+            None => Ref {
+                slot: self.base.to_string(),
+                iface: Some(format!("Alleged: {}", S::NAME)),
+            },
+            Some(first) => self.facet(first),
+        }
+    }
+}
+
+impl<S: DeserializeOwned + Serialize + 'static> Durable<S> {
+    pub(crate) fn from_base(base: Rc<str>) -> Durable<S> {
+        Durable {
+            base,
+            _state: PhantomData,
+        }
+    }
+
+    /// The instance's vref (`o+dK/I`).
+    pub fn vref(&self) -> &str {
+        &self.base
+    }
+
+    /// Reads the state.
+    pub fn with<R>(&self, f: impl FnOnce(&S) -> R) -> R {
+        with_state(&self.base, false, |state: &mut S| f(state))
+    }
+
+    /// Changes the state; it is written back at the end of the crank.
+    pub fn with_mut<R>(&self, f: impl FnOnce(&mut S) -> R) -> R {
+        with_state(&self.base, true, f)
+    }
+}
+
+impl<S> Serialize for Durable<S> {
+    fn serialize<Z: serde::Serializer>(&self, serializer: Z) -> Result<Z::Ok, Z::Error> {
+        note_ref(&self.base);
+        serializer.serialize_str(&self.base)
+    }
+}
+
+impl<'de, S: DeserializeOwned + Serialize + 'static> Deserialize<'de> for Durable<S> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let vref = String::deserialize(deserializer)?;
+        if parse_durable(&vref).is_none_or(|(_, _, facet)| facet.is_some()) {
+            return Err(serde::de::Error::custom(format!(
+                "{vref:?} is not a durable object's vref"
+            )));
+        }
+        Ok(Durable::from_base(intern(&vref)))
+    }
+}
+
+impl<S: Kind> ToPassable for Durable<S> {
+    fn to_passable(&self) -> Value {
+        Value::Remotable(self.reference())
+    }
+}
+
+impl<S: Kind> FromPassable for Durable<S> {
+    const SHAPE: &'static str = "a durable object of the expected kind from this vat";
+    fn from_passable(value: &Value) -> Option<Self> {
+        let Value::Remotable(r) = value else {
+            return None;
+        };
+        let (kind, base, facet) = parse_durable(&r.slot)?;
+        let expected_facet = if S::FACETS.is_empty() { None } else { Some(0) };
+        if kind != kind_id_of(S::NAME) || facet != expected_facet || !exists(base) {
+            return None;
+        }
+        Some(Durable::from_base(intern(base)))
+    }
+}
+
+impl Serialize for Ref {
+    fn serialize<Z: serde::Serializer>(&self, serializer: Z) -> Result<Z::Ok, Z::Error> {
+        note_ref(&self.slot);
+        (&self.slot, &self.iface).serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Ref {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let (slot, iface) = <(String, Option<String>)>::deserialize(deserializer)?;
+        Ok(Ref { slot, iface })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durable_vrefs_parse_into_kind_base_and_facet() {
+        assert_eq!(parse_durable("o+d10/3"), Some((10, "o+d10/3", None)));
+        assert_eq!(parse_durable("o+d10/3:1"), Some((10, "o+d10/3", Some(1))));
+        assert_eq!(parse_durable("o+10"), None);
+        assert_eq!(parse_durable("o+d10"), None);
+        assert_eq!(parse_durable("o+d10/x"), None);
+        assert_eq!(parse_durable("o-d10/3"), None);
+    }
+
+    #[test]
+    fn serializing_durable_data_collects_its_references() {
+        #[derive(Serialize)]
+        struct Holder {
+            name: String,
+            friend: Ref,
+            others: Vec<Ref>,
+        }
+        let holder = Holder {
+            name: "a".into(),
+            friend: Ref::new("o-4"),
+            others: vec![Ref::new("o+d11/2"), Ref::new("o+d11/3")],
+        };
+        let (json, refs) = to_json_with_refs(&holder);
+        assert_eq!(refs, ["o-4", "o+d11/2", "o+d11/3"]);
+        assert!(json.contains("\"o-4\""));
+        // Outside a collection, serializing notes nothing and leaks nothing.
+        let (_, again) = to_json_with_refs(&"plain");
+        assert!(again.is_empty());
+    }
+}

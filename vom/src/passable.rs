@@ -1,0 +1,319 @@
+//! Conversions between Rust types and passable [`Value`]s, which double as a
+//! method's interface guard: the `#[vom::exo]` macro converts every argument
+//! with [`FromPassable`] before the method runs, so a call with the wrong
+//! arity or argument types is rejected with a clear `TypeError` and the
+//! object's state is never touched.
+
+use crate::capdata::{self, Ref, Value};
+use crate::{Error, Reply};
+
+/// A type a method can take as an argument. `SHAPE` names what the guard
+/// accepts, for error messages.
+pub trait FromPassable: Sized {
+    const SHAPE: &'static str;
+    fn from_passable(value: &Value) -> Option<Self>;
+}
+
+/// A type a method can return or pass in a message.
+pub trait ToPassable {
+    fn to_passable(&self) -> Value;
+}
+
+/// What a method may return: a passable value, a `Result` of one, or a [`Reply`].
+pub trait IntoReply {
+    fn into_reply(self) -> Reply;
+}
+
+impl IntoReply for Reply {
+    fn into_reply(self) -> Reply {
+        self
+    }
+}
+
+impl<T: ToPassable> IntoReply for T {
+    fn into_reply(self) -> Reply {
+        Reply::Ready(Ok(self.to_passable()))
+    }
+}
+
+impl<T: ToPassable> IntoReply for Result<T, Error> {
+    fn into_reply(self) -> Reply {
+        Reply::Ready(self.map(|value| value.to_passable()))
+    }
+}
+
+fn describe(value: &Value) -> String {
+    match value {
+        Value::Remotable(r) => {
+            return format!(
+                "a remotable ({})",
+                r.iface.as_deref().unwrap_or("no interface")
+            );
+        }
+        Value::Promise(_) => return "a promise".to_owned(),
+        _ => {}
+    }
+    let body = capdata::encode(value).body;
+    let body = body.strip_prefix('#').unwrap_or(&body);
+    if body.len() > 60 {
+        format!("{}...", &body[..body.floor_char_boundary(60)])
+    } else {
+        body.to_owned()
+    }
+}
+
+/// Checks a call against a method's guard: its arity, then each argument's
+/// shape. Used by the code `#[vom::exo]` generates.
+#[doc(hidden)]
+pub fn guard_arity(
+    interface: &str,
+    method: &str,
+    args: &[Value],
+    count: usize,
+) -> Result<(), Error> {
+    if args.len() == count {
+        Ok(())
+    } else {
+        Err(Error::type_error(format!(
+            "{interface}.{method}: expected {count} argument(s), got {}",
+            args.len()
+        )))
+    }
+}
+
+#[doc(hidden)]
+pub fn guard_arg<T: FromPassable>(
+    interface: &str,
+    method: &str,
+    args: &[Value],
+    index: usize,
+) -> Result<T, Error> {
+    let value = &args[index];
+    T::from_passable(value).ok_or_else(|| {
+        Error::type_error(format!(
+            "{interface}.{method}: argument {index} must be {}, got {}",
+            T::SHAPE,
+            describe(value)
+        ))
+    })
+}
+
+#[doc(hidden)]
+pub fn unknown_method(interface: &str, method: &str, methods: &[&str]) -> Error {
+    Error::type_error(format!(
+        "{interface} has no method {method:?} (it has: {})",
+        methods.join(", ")
+    ))
+}
+
+impl FromPassable for Value {
+    const SHAPE: &'static str = "any passable";
+    fn from_passable(value: &Value) -> Option<Self> {
+        Some(value.clone())
+    }
+}
+
+impl ToPassable for Value {
+    fn to_passable(&self) -> Value {
+        self.clone()
+    }
+}
+
+impl FromPassable for u64 {
+    const SHAPE: &'static str = "a natural number (u64)";
+    fn from_passable(value: &Value) -> Option<Self> {
+        value.as_u64()
+    }
+}
+
+impl ToPassable for u64 {
+    fn to_passable(&self) -> Value {
+        // Beyond 2^53 a JavaScript number loses precision, so large values pass as bigints.
+        if *self < (1 << 53) {
+            Value::Number(*self as f64)
+        } else {
+            Value::BigInt(i128::from(*self))
+        }
+    }
+}
+
+impl FromPassable for u32 {
+    const SHAPE: &'static str = "a natural number below 2^32 (u32)";
+    fn from_passable(value: &Value) -> Option<Self> {
+        value.as_u64().and_then(|n| u32::try_from(n).ok())
+    }
+}
+
+impl ToPassable for u32 {
+    fn to_passable(&self) -> Value {
+        Value::Number(f64::from(*self))
+    }
+}
+
+impl FromPassable for i64 {
+    const SHAPE: &'static str = "an integer (i64)";
+    fn from_passable(value: &Value) -> Option<Self> {
+        match value {
+            Value::Number(n) if n.fract() == 0.0 && n.abs() <= 9.007_199_254_740_992e15 => {
+                Some(*n as i64)
+            }
+            Value::BigInt(n) => i64::try_from(*n).ok(),
+            _ => None,
+        }
+    }
+}
+
+impl ToPassable for i64 {
+    fn to_passable(&self) -> Value {
+        if self.unsigned_abs() < (1 << 53) {
+            Value::Number(*self as f64)
+        } else {
+            Value::BigInt(i128::from(*self))
+        }
+    }
+}
+
+impl FromPassable for f64 {
+    const SHAPE: &'static str = "a number";
+    fn from_passable(value: &Value) -> Option<Self> {
+        value.as_f64()
+    }
+}
+
+impl ToPassable for f64 {
+    fn to_passable(&self) -> Value {
+        Value::Number(*self)
+    }
+}
+
+impl FromPassable for bool {
+    const SHAPE: &'static str = "a boolean";
+    fn from_passable(value: &Value) -> Option<Self> {
+        match value {
+            Value::Bool(b) => Some(*b),
+            _ => None,
+        }
+    }
+}
+
+impl ToPassable for bool {
+    fn to_passable(&self) -> Value {
+        Value::Bool(*self)
+    }
+}
+
+impl FromPassable for String {
+    const SHAPE: &'static str = "a string";
+    fn from_passable(value: &Value) -> Option<Self> {
+        value.as_str().map(str::to_owned)
+    }
+}
+
+impl ToPassable for String {
+    fn to_passable(&self) -> Value {
+        Value::String(self.clone())
+    }
+}
+
+impl ToPassable for &str {
+    fn to_passable(&self) -> Value {
+        Value::String((*self).to_owned())
+    }
+}
+
+impl ToPassable for () {
+    fn to_passable(&self) -> Value {
+        Value::Undefined
+    }
+}
+
+impl FromPassable for Ref {
+    const SHAPE: &'static str = "a remotable reference";
+    fn from_passable(value: &Value) -> Option<Self> {
+        match value {
+            Value::Remotable(r) => Some(r.clone()),
+            _ => None,
+        }
+    }
+}
+
+impl ToPassable for Ref {
+    fn to_passable(&self) -> Value {
+        Value::Remotable(self.clone())
+    }
+}
+
+impl<T: FromPassable> FromPassable for Option<T> {
+    const SHAPE: &'static str = "undefined, null, or the inner shape";
+    fn from_passable(value: &Value) -> Option<Self> {
+        match value {
+            Value::Undefined | Value::Null => Some(None),
+            other => T::from_passable(other).map(Some),
+        }
+    }
+}
+
+impl<T: ToPassable> ToPassable for Option<T> {
+    fn to_passable(&self) -> Value {
+        self.as_ref()
+            .map_or(Value::Undefined, ToPassable::to_passable)
+    }
+}
+
+impl<T: FromPassable> FromPassable for Vec<T> {
+    const SHAPE: &'static str = "an array";
+    fn from_passable(value: &Value) -> Option<Self> {
+        match value {
+            Value::Array(items) => items.iter().map(T::from_passable).collect(),
+            _ => None,
+        }
+    }
+}
+
+impl<T: ToPassable> ToPassable for Vec<T> {
+    fn to_passable(&self) -> Value {
+        Value::Array(self.iter().map(ToPassable::to_passable).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guards_name_the_method_the_argument_and_the_expected_shape() {
+        let args = vec![Value::string("ten")];
+        let error = guard_arg::<u64>("Purse", "withdraw", &args, 0).unwrap_err();
+        assert_eq!(error.name, "TypeError");
+        assert_eq!(
+            error.message,
+            r#"Purse.withdraw: argument 0 must be a natural number (u64), got "ten""#
+        );
+        let error = guard_arity("Purse", "withdraw", &args, 2).unwrap_err();
+        assert_eq!(
+            error.message,
+            "Purse.withdraw: expected 2 argument(s), got 1"
+        );
+        assert_eq!(guard_arg::<String>("P", "m", &args, 0).unwrap(), "ten");
+    }
+
+    #[test]
+    fn large_naturals_pass_as_bigints_and_come_back() {
+        let big = u64::MAX;
+        let value = big.to_passable();
+        assert_eq!(value, Value::BigInt(i128::from(big)));
+        assert_eq!(u64::from_passable(&value), Some(big));
+        assert_eq!(7u64.to_passable(), Value::Number(7.0));
+        assert_eq!(u64::from_passable(&Value::Number(-1.0)), None);
+        assert_eq!(u64::from_passable(&Value::Number(1.5)), None);
+    }
+
+    #[test]
+    fn arrays_and_options_check_their_items() {
+        let ok = Value::Array(vec![Value::Number(1.0), Value::Number(2.0)]);
+        assert_eq!(Vec::<u64>::from_passable(&ok), Some(vec![1, 2]));
+        let mixed = Value::Array(vec![Value::Number(1.0), Value::string("x")]);
+        assert_eq!(Vec::<u64>::from_passable(&mixed), None);
+        assert_eq!(Option::<u64>::from_passable(&Value::Undefined), Some(None));
+    }
+}
