@@ -16,6 +16,7 @@
 //! | `vom.vc.<base>.<encoded key>` | a collection entry: `refs|[key, value]` |
 //! | `vom.vco.<base>.<vref>` | the ordinal a collection gave a reference key |
 //! | `vom.ow.<key base>.<collection base>` | a weak collection holds an entry keyed by `<key base>` |
+//! | `vom.pd.<base>` | the instance may be garbage: its count fell to zero, or it was made and not kept |
 //!
 //! `rc` counts the references to the instance from durable state and from
 //! strong collection keys and values; `flags` holds `x` once the instance has
@@ -45,6 +46,9 @@ pub const STATE_BYTES_MAX: usize = 256 * 1024;
 pub const KINDS_MAX: usize = 10_000;
 
 const KINDS_KEY: &str = "vom.kinds";
+/// Instances that may be garbage, kept in the vatstore so that a worker that
+/// stops (every `vat` command's does) does not forget them.
+const POSSIBLY_DEAD_PREFIX: &str = "vom.pd.";
 const RECORD_PREFIX: &str = "vom.vs.";
 /// Kind ids below this are vom's own (the collection kinds).
 const FIRST_USER_KIND: u64 = 10;
@@ -569,6 +573,7 @@ pub(crate) fn flush() {
             }
         }
     }
+    record_possibly_dead();
     let kinds = with_vom(|vom| {
         if !std::mem::take(&mut vom.kinds_dirty) {
             return None;
@@ -583,6 +588,36 @@ pub(crate) fn flush() {
         sys::vatstore_set(KINDS_KEY, &kinds);
     }
     evict();
+}
+
+/// Moves this crank's candidates that still qualify (no count, never
+/// exported) into the vatstore, where `bringOutYourDead` finds them.
+fn record_possibly_dead() {
+    let candidates = with_vom(|vom| std::mem::take(&mut vom.possibly_dead));
+    for base in candidates {
+        let qualifies = with_vom(|vom| {
+            load(vom, &base) && {
+                let slot = &vom.slots[base.as_str()];
+                slot.rc == 0 && !slot.exported
+            }
+        });
+        if qualifies {
+            sys::vatstore_set(&format!("{POSSIBLY_DEAD_PREFIX}{base}"), "");
+        }
+    }
+}
+
+fn recorded_possibly_dead() -> Vec<String> {
+    let mut found = Vec::new();
+    let mut at = POSSIBLY_DEAD_PREFIX.to_owned();
+    while let Some(key) = sys::vatstore_get_next_key(&at) {
+        let Some(base) = key.strip_prefix(POSSIBLY_DEAD_PREFIX) else {
+            break;
+        };
+        found.push(base.to_owned());
+        at = key;
+    }
+    found
 }
 
 /// Keeps the cache within [`INSTANCE_CACHE_MAX`]: drops clean slots no handle refers to.
@@ -601,38 +636,39 @@ fn evict() {
 pub(crate) fn bring_out_your_dead() -> u64 {
     let mut deleted = 0;
     let mut kept = Vec::new();
+    flush();
     loop {
-        let next = with_vom(|vom| vom.possibly_dead.pop_first());
-        let Some(base) = next else { break };
-        let verdict = with_vom(|vom| {
-            if !load(vom, &base) {
-                return None;
-            }
-            let (name, slot) = vom.slots.get_key_value(base.as_str()).expect("loaded");
-            // The cache's key is the one reference vom holds; more are handles.
-            let held_on_heap = Rc::strong_count(name) > 1;
-            Some(slot.rc == 0 && !slot.exported && !held_on_heap && !slot.lent)
-        });
-        match verdict {
-            None => {}
-            Some(false) => {
-                let still_zero = with_vom(|vom| {
-                    vom.slots
-                        .get(&*base)
-                        .is_some_and(|s| s.rc == 0 && !s.exported)
-                });
-                if still_zero {
-                    kept.push(base);
+        // Deleting an instance drops what it referred to; the flush records
+        // those that reach zero, and the next round takes them.
+        let candidates = recorded_possibly_dead();
+        if candidates.is_empty() {
+            break;
+        }
+        for base in candidates {
+            sys::vatstore_delete(&format!("{POSSIBLY_DEAD_PREFIX}{base}"));
+            let verdict = with_vom(|vom| {
+                if !load(vom, &base) {
+                    return None;
                 }
-            }
-            Some(true) => {
-                delete_instance(&base);
-                deleted += 1;
+                let (name, slot) = vom.slots.get_key_value(base.as_str()).expect("loaded");
+                // The cache's key is the one reference vom holds; more are handles.
+                let held_on_heap = Rc::strong_count(name) > 1 || slot.lent;
+                Some((slot.rc == 0 && !slot.exported, held_on_heap))
+            });
+            match verdict {
+                Some((true, false)) => {
+                    delete_instance(&base);
+                    deleted += 1;
+                }
+                Some((true, true)) => kept.push(base),
+                _ => {}
             }
         }
+        flush();
     }
-    with_vom(|vom| vom.possibly_dead.extend(kept));
-    flush();
+    for base in kept {
+        sys::vatstore_set(&format!("{POSSIBLY_DEAD_PREFIX}{base}"), "");
+    }
     deleted
 }
 

@@ -45,10 +45,10 @@ impl<T: ToPassable> IntoReply for Result<T, Error> {
 fn describe(value: &Value) -> String {
     match value {
         Value::Remotable(r) => {
-            return format!(
-                "a remotable ({})",
-                r.iface.as_deref().unwrap_or("no interface")
-            );
+            return match &r.iface {
+                Some(iface) => format!("a remotable ({iface})"),
+                None => "a remotable".to_owned(),
+            };
         }
         Value::Promise(_) => return "a promise".to_owned(),
         _ => {}
