@@ -1,0 +1,154 @@
+//! The virtual object manager's figures:
+//! - durable object creation rate, in one crank (`make(n)` on the `things`
+//!   test guest: each object made and kept in a durable map), and the commit;
+//! - restart-to-first-delivery with 1k, 100k and 1M durable objects: a new
+//!   kernel over the same store, a new worker, `startVat`, then the first
+//!   message to one object (found through the registry) and its reply;
+//! - bytes on disk per small durable object.
+//!
+//! Run: `scripts/build-guests && cargo build --release -p vat-supervisor && cargo bench -p kernel --bench durable`
+//! (`DURABLE_BENCH_MAX=100000` to stop below a million).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use kernel::{CommitPolicy, Kernel, PromiseState, VatOptions, WorkerKind};
+use swingstore::{Durability, SwingStore};
+use vom::{CapData, Value};
+
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("bench binary path");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("profile dir")
+        .to_owned()
+}
+
+fn things_wasm() -> Vec<u8> {
+    let path = profile_dir().join("../wasm32-unknown-unknown/release/things.wasm");
+    std::fs::read(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (run scripts/build-guests)", path.display()))
+}
+
+fn args(values: Vec<Value>) -> CapData {
+    vom::capdata::encode(&Value::Array(values))
+}
+
+struct Bench {
+    dir: tempfile::TempDir,
+    cache: tempfile::TempDir,
+}
+
+impl Bench {
+    fn kernel(&self) -> Kernel {
+        let store =
+            SwingStore::open(&self.dir.path().join("store.sqlite"), Durability::Full).unwrap();
+        let mut kernel = Kernel::new(store, CommitPolicy::GROUPED).unwrap();
+        kernel.set_module_cache(self.cache.path().to_owned());
+        kernel.set_supervisor_program(profile_dir().join("vat-supervisor"));
+        kernel
+    }
+
+    fn store_bytes(&self) -> u64 {
+        std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().metadata().unwrap().len())
+            .sum()
+    }
+}
+
+fn call(kernel: &mut Kernel, target: &str, method: &str, values: Vec<Value>) -> CapData {
+    let kpid = kernel.queue_message(target, method, args(values)).unwrap();
+    let settled = kernel.run_until_settled(&kpid).unwrap();
+    kernel.release(&kpid).unwrap();
+    match settled {
+        PromiseState::Fulfilled(data) => data,
+        other => panic!("{method} failed: {other:?}"),
+    }
+}
+
+fn main() {
+    let measuring = std::env::args().any(|arg| arg == "--bench");
+    let max: u64 = std::env::var("DURABLE_BENCH_MAX")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if measuring { 1_000_000 } else { 2_000 });
+    let batch: u64 = if measuring { 50_000 } else { 1_000 };
+    let wasm = things_wasm();
+    let options = VatOptions {
+        worker: WorkerKind::Process,
+        fuel_per_delivery: 20_000_000_000,
+        deadline_ms: 60_000,
+        syscalls_per_delivery_max: 10_000_000,
+        ..VatOptions::default()
+    };
+    let bench = Bench {
+        dir: tempfile::tempdir().unwrap(),
+        cache: tempfile::tempdir().unwrap(),
+    };
+    let mut kernel = bench.kernel();
+    let root = kernel.spawn_vat("things", &wasm, options).unwrap();
+    let empty_bytes = bench.store_bytes();
+    let mut made = 0u64;
+    let mut rates = Vec::new();
+    for checkpoint in [1_000u64, 100_000, 1_000_000] {
+        if checkpoint > max {
+            break;
+        }
+        while made < checkpoint {
+            let count = batch.min(checkpoint - made);
+            let started = Instant::now();
+            let kpid = kernel
+                .queue_message(&root, "make", args(vec![Value::from(count)]))
+                .unwrap();
+            assert!(kernel.step().unwrap(), "the make crank runs");
+            let crank_s = started.elapsed().as_secs_f64();
+            kernel.commit().unwrap();
+            let total_s = started.elapsed().as_secs_f64();
+            assert!(matches!(
+                kernel.promise_state(&kpid).unwrap(),
+                Some(PromiseState::Fulfilled(_))
+            ));
+            kernel.release(&kpid).unwrap();
+            made += count;
+            if count == batch {
+                rates.push((count as f64 / crank_s, count as f64 / total_s));
+            }
+        }
+        drop(kernel);
+        let bytes = bench.store_bytes() - empty_bytes;
+
+        // Restart: a new kernel (as a new process would build), a new worker.
+        let id = made - 1;
+        let started = Instant::now();
+        kernel = bench.kernel();
+        kernel.start_workers().unwrap();
+        let started_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let thing = call(&mut kernel, &root, "thing", vec![Value::from(id)]);
+        let thing_kref = thing.slots[0].clone();
+        let described = call(&mut kernel, &thing_kref, "describe", vec![]);
+        let first_ms = started.elapsed().as_secs_f64() * 1000.0;
+        assert_eq!(
+            vom::capdata::decode(&described).unwrap(),
+            Value::string(format!("thing {id}: t{id}"))
+        );
+        if measuring {
+            println!(
+                "{made} durable objects: restart to first delivery {first_ms:.1} ms (kernel and worker up in {started_ms:.1} ms); {:.0} bytes on disk per object",
+                bytes as f64 / made as f64
+            );
+        }
+    }
+    if measuring && !rates.is_empty() {
+        rates.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let (crank, total) = rates[rates.len() / 2];
+        let best = rates.iter().map(|r| r.0).fold(0.0, f64::max);
+        println!(
+            "creation, {batch} objects per crank, process worker: {crank:.0} objects/s in the crank (best {best:.0}), {total:.0} objects/s with the commit (median of {} batches)",
+            rates.len()
+        );
+    }
+    if !measuring {
+        println!("smoke run ok: made {made} durable objects, restarted, delivered");
+    }
+}
