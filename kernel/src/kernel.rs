@@ -1272,12 +1272,31 @@ mod tests {
 
     #[test]
     fn vrefs_include_durable_and_virtual_objects_with_facets() {
-        for good in ["o+0", "o-12", "p+3", "p-9", "o+d10/3", "o+d10/3:1", "o+v11/2"] {
+        for good in [
+            "o+0",
+            "o-12",
+            "p+3",
+            "p-9",
+            "o+d10/3",
+            "o+d10/3:1",
+            "o+v11/2",
+        ] {
             assert!(is_vref(good), "{good}");
         }
         for bad in [
-            "o+", "o+x", "x+1", "o*1", "o+d10", "o+d/3", "o+d10/", "o+d10/3:", "o+d10/3:a",
-            "p+d10/3", "o-d10/3", "o+q10/3", "o+d10/3/4",
+            "o+",
+            "o+x",
+            "x+1",
+            "o*1",
+            "o+d10",
+            "o+d/3",
+            "o+d10/",
+            "o+d10/3:",
+            "o+d10/3:a",
+            "p+d10/3",
+            "o-d10/3",
+            "o+q10/3",
+            "o+d10/3/4",
         ] {
             assert!(!is_vref(bad), "{bad}");
         }

@@ -118,6 +118,18 @@ pub struct SwingStore {
     reading: std::cell::Cell<bool>,
 }
 
+/// The smallest string greater than every string starting with `prefix`,
+/// when the prefix ends in an ASCII character below DEL (all of ours do).
+fn prefix_successor(prefix: &str) -> Option<String> {
+    let last = *prefix.as_bytes().last()?;
+    if last >= 0x7e {
+        return None;
+    }
+    let mut end = prefix[..prefix.len() - 1].to_owned();
+    end.push(char::from(last + 1));
+    Some(end)
+}
+
 /// The CIDv1 (raw codec, sha2-256) of `bytes`: the CID IPFS gives the same bytes.
 pub fn cid_of(bytes: &[u8]) -> Cid {
     Cid::new_v1(RAW_CODEC, Code::Sha2_256.digest(bytes))
@@ -395,15 +407,29 @@ impl SwingStore {
     /// Every `(key, value)` whose key starts with `prefix`, in key order.
     pub fn scan_prefix(&self, prefix: &str) -> Result<Vec<(String, String)>> {
         self.begin_reading()?;
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT key, value FROM kv WHERE key >= ?1 AND substr(key, 1, ?2) = ?1 ORDER BY key",
-        )?;
-        let rows = stmt.query_map(params![prefix, prefix.len() as i64], |row| {
-            Ok((row.get(0)?, row.get(1)?))
-        })?;
-        let mut merged: BTreeMap<String, Option<String>> = rows
-            .map(|row| row.map(|(k, v): (String, String)| (k, Some(v))))
-            .collect::<rusqlite::Result<_>>()?;
+        // The range ends at the prefix's successor, so that the scan costs
+        // what the prefix holds, not what follows it in the table.
+        let mut merged: BTreeMap<String, Option<String>> = match prefix_successor(prefix) {
+            Some(end) => {
+                let mut stmt = self.conn.prepare_cached(
+                    "SELECT key, value FROM kv WHERE key >= ?1 AND key < ?2 ORDER BY key",
+                )?;
+                let rows =
+                    stmt.query_map(params![prefix, end], |row| Ok((row.get(0)?, row.get(1)?)))?;
+                rows.map(|row| row.map(|(k, v): (String, String)| (k, Some(v))))
+                    .collect::<rusqlite::Result<_>>()?
+            }
+            None => {
+                let mut stmt = self.conn.prepare_cached(
+                    "SELECT key, value FROM kv WHERE key >= ?1 AND substr(key, 1, ?2) = ?1 ORDER BY key",
+                )?;
+                let rows = stmt.query_map(params![prefix, prefix.len() as i64], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })?;
+                rows.map(|row| row.map(|(k, v): (String, String)| (k, Some(v))))
+                    .collect::<rusqlite::Result<_>>()?
+            }
+        };
         let range = self
             .dirty
             .range::<str, _>((Bound::Included(prefix), Bound::Unbounded));
