@@ -138,6 +138,18 @@ fn main() {
     if let Some(dir) = std::env::var_os("DURABLE_BENCH_RESTART") {
         return restart(Path::new(&dir));
     }
+    if std::env::var_os("DURABLE_BENCH_THREAD_ONLY").is_some() {
+        // For profiling the creation path alone.
+        let options = VatOptions {
+            worker: WorkerKind::Thread,
+            fuel_per_delivery: 20_000_000_000,
+            deadline_ms: 60_000,
+            syscalls_per_delivery_max: 10_000_000,
+            ..VatOptions::default()
+        };
+        let rates = creation_rates(&things_wasm(), options, 50_000, 10);
+        return report_rates("thread", 50_000, rates);
+    }
     let measuring = std::env::args().any(|arg| arg == "--bench");
     let max: u64 = std::env::var("DURABLE_BENCH_MAX")
         .ok()

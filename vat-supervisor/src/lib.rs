@@ -279,6 +279,10 @@ impl WasmHost {
             // (threads are compiled out: the `threads` feature is not enabled).
             .cranelift_nan_canonicalization(true)
             .wasm_relaxed_simd(false);
+        // For profiling guests with `perf`: names JIT code in /tmp/perf-PID.map.
+        if std::env::var_os("VAT_WASM_PERFMAP").is_some() {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config).map_err(engine_error)?;
         let mut linker = Linker::new(&engine);
         define_imports(&mut linker).map_err(engine_error)?;

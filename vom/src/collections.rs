@@ -80,9 +80,17 @@ pub fn encode_number(n: f64) -> String {
 /// Endo's `encodePassable` for a bigint: the digit count in an Elias-delta
 /// style prefix, so that byte order is numeric order.
 pub fn encode_bigint(n: i128) -> String {
-    let digits = n.unsigned_abs().to_string();
+    // 128-bit division is slow on wasm32: most keys fit in 64 bits.
+    let digits = match u64::try_from(n.unsigned_abs()) {
+        Ok(magnitude) => {
+            let mut digits = String::with_capacity(20);
+            durable::push_decimal(&mut digits, magnitude);
+            digits
+        }
+        Err(_) => n.unsigned_abs().to_string(),
+    };
     let count = digits.len();
-    let count_digits = count.to_string().len();
+    let count_digits = if count < 10 { 1 } else { 2 };
     if n < 0 {
         let complement_count = 10u64.pow(count_digits as u32) - count as u64;
         // The ten's complement of the digits: 10^count + n, padded to count digits.
@@ -99,7 +107,15 @@ pub fn encode_bigint(n: i128) -> String {
             w = count
         )
     } else {
-        format!("p{}{count}:{digits}", "~".repeat(count_digits - 1))
+        let mut out = String::with_capacity(4 + count_digits + count);
+        out.push('p');
+        for _ in 1..count_digits {
+            out.push('~');
+        }
+        durable::push_decimal(&mut out, count as u64);
+        out.push(':');
+        out.push_str(&digits);
+        out
     }
 }
 
@@ -156,7 +172,11 @@ impl<S: DeserializeOwned + Serialize + 'static> Key for Durable<S> {
 impl<S: DeserializeOwned + Serialize + 'static> WeakKey for Durable<S> {}
 
 fn entry_prefix(base: &str) -> String {
-    format!("vom.vc.{base}.")
+    let mut prefix = String::with_capacity(32 + base.len());
+    prefix.push_str("vom.vc.");
+    prefix.push_str(base);
+    prefix.push('.');
+    prefix
 }
 
 fn ordinal_key(base: &str, vref: &str) -> String {
@@ -214,7 +234,9 @@ impl Raw {
                 encoded.len()
             )));
         }
-        Ok(Some(format!("{}{encoded}", entry_prefix(&self.base))))
+        let mut key = entry_prefix(&self.base);
+        key.push_str(&encoded);
+        Ok(Some(key))
     }
 
     fn get_entry<K: DeserializeOwned, V: DeserializeOwned>(&self, key: &str) -> Option<(K, V)> {
@@ -266,7 +288,13 @@ impl Raw {
         if !self.weak {
             refs.extend(key_refs);
         }
-        let entry = format!("{}|[{key_json},{value_json}]", refs.join(","));
+        let mut entry = refs.join(",");
+        entry.reserve(4 + key_json.len() + value_json.len());
+        entry.push_str("|[");
+        entry.push_str(&key_json);
+        entry.push(',');
+        entry.push_str(&value_json);
+        entry.push(']');
         if entry.len() > COLLECTION_ENTRY_BYTES_MAX {
             return Err(Error::new(format!(
                 "collection entry of {} bytes exceeds COLLECTION_ENTRY_BYTES_MAX ({COLLECTION_ENTRY_BYTES_MAX})",

@@ -26,10 +26,11 @@
 
 use std::any::Any;
 use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeMap;
 use std::marker::PhantomData;
 use std::rc::Rc;
 
+use rustc_hash::FxHashMap;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -143,16 +144,17 @@ impl Slot {
 struct Vom {
     kinds_loaded: bool,
     kinds: BTreeMap<u64, KindEntry>,
-    kind_ids: HashMap<String, u64>,
+    kind_ids: FxHashMap<String, u64>,
     next_kind: u64,
     kinds_dirty: bool,
-    slots: HashMap<Rc<str>, Slot>,
+    slots: FxHashMap<Rc<str>, Slot>,
     /// Slots whose record must be written at the end of the crank.
     dirty: Vec<String>,
     /// Instances whose count reached zero, or that were made: candidates for
-    /// deletion. Plain strings, so that the only strong reference vom itself
-    /// holds to a cached name is the cache's key: any other is a handle.
-    possibly_dead: BTreeSet<String>,
+    /// deletion (duplicates allowed). Plain strings, so that the only strong
+    /// reference vom itself holds to a cached name is the cache's key: any
+    /// other is a handle.
+    possibly_dead: Vec<String>,
 }
 
 thread_local! {
@@ -314,17 +316,46 @@ fn kind_id_of(name: &str) -> u64 {
 }
 
 fn record_key(base: &str) -> String {
-    format!("{RECORD_PREFIX}{base}")
+    let mut key = String::with_capacity(RECORD_PREFIX.len() + base.len());
+    key.push_str(RECORD_PREFIX);
+    key.push_str(base);
+    key
+}
+
+/// Appends `n` in decimal. The hot paths build keys by hand: `format!` is a
+/// large share of a guest's instructions when it makes many objects.
+pub(crate) fn push_decimal(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.push_str(std::str::from_utf8(&digits[at..]).expect("ASCII digits"));
 }
 
 fn encode_record(slot: &Slot) -> String {
-    let flags = if slot.exported { "x" } else { "" };
-    format!(
-        "{}|{flags}|{}|{}",
-        slot.rc,
-        slot.refs.join(","),
-        slot.state_json
-    )
+    let refs_len: usize = slot.refs.iter().map(|r| r.len() + 1).sum();
+    let mut record = String::with_capacity(24 + refs_len + slot.state_json.len());
+    push_decimal(&mut record, slot.rc);
+    record.push('|');
+    if slot.exported {
+        record.push('x');
+    }
+    record.push('|');
+    for (index, vref) in slot.refs.iter().enumerate() {
+        if index > 0 {
+            record.push(',');
+        }
+        record.push_str(vref);
+    }
+    record.push('|');
+    record.push_str(&slot.state_json);
+    record
 }
 
 /// Reads `base`'s record into its slot, if not read yet. Returns whether the instance exists.
@@ -420,7 +451,7 @@ fn drop_refs(vom: &mut Vom, refs: &[String]) {
         let dead = slot.rc == 0;
         mark_dirty(vom, base);
         if dead {
-            vom.possibly_dead.insert(base.to_owned());
+            vom.possibly_dead.push(base.to_owned());
         }
     }
 }
@@ -445,7 +476,11 @@ fn make_instance<S: Serialize + 'static>(kind: u64, state: S) -> Rc<str> {
             .get_mut(&kind)
             .expect("vom invariant: instances are made of known kinds");
         entry.stored.next += 1;
-        let base = format!("o+d{kind}/{}", entry.stored.next);
+        let mut base = String::with_capacity(16);
+        base.push_str("o+d");
+        push_decimal(&mut base, kind);
+        base.push('/');
+        push_decimal(&mut base, entry.stored.next);
         vom.kinds_dirty = true;
         let name: Rc<str> = Rc::from(base.as_str());
         let mut slot = Slot::unloaded(kind);
@@ -456,7 +491,7 @@ fn make_instance<S: Serialize + 'static>(kind: u64, state: S) -> Rc<str> {
         slot.state_dirty = true;
         vom.slots.insert(name.clone(), slot);
         mark_dirty(vom, &base);
-        vom.possibly_dead.insert(base);
+        vom.possibly_dead.push(base);
         name
     })
 }
@@ -593,6 +628,7 @@ pub(crate) fn flush() {
 /// Moves this crank's candidates that still qualify (no count, never
 /// exported) into the vatstore, where `bringOutYourDead` finds them.
 fn record_possibly_dead() {
+    // Duplicates only write the same key twice.
     let candidates = with_vom(|vom| std::mem::take(&mut vom.possibly_dead));
     for base in candidates {
         let qualifies = with_vom(|vom| {
@@ -754,7 +790,7 @@ pub(crate) fn ensure_baggage() -> Rc<str> {
         // The baggage is a root: it never dies.
         with_vom(|vom| {
             vom.slots.get_mut(&*base).expect("made").rc = 1;
-            vom.possibly_dead.remove(&*base);
+            vom.possibly_dead.retain(|candidate| **candidate != *base);
         });
         base
     }

@@ -7,12 +7,14 @@
 //! whatever the program stores itself.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
+
+use rustc_hash::FxHashMap as HashMap;
 
 use crate::abi::{Delivery, Resolution, Syscall};
 use crate::capdata::{self, CapData, ErrorValue, Ref, Value};
