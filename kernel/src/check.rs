@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use vom::CapData;
 
-use crate::state::{KernelState, Message, RunQueueItem, promises_in_item, promises_in_message};
+use crate::state::{GcAction, KernelState, Message, RunQueueItem, krefs_in_item, krefs_in_message};
 
 fn id_of(text: &str, prefix: &str) -> Option<u64> {
     text.strip_prefix(prefix)?.parse().ok()
@@ -296,43 +296,114 @@ impl Checker<'_> {
         max_vat
     }
 
-    /// Recounts every promise's references and compares with `kp<N>.refs`.
-    fn promise_refs(&mut self) {
-        let mut counted: BTreeMap<String, u64> = BTreeMap::new();
-        let mut count = |kref: &str| {
-            if kref.starts_with("kp") {
-                *counted.entry(kref.to_owned()).or_default() += 1;
+    /// Recounts every promise's references and every object's reachable
+    /// and recognizable counts, and compares with `kp<N>.refs` and `ko<N>.refs`.
+    fn refs(&mut self) {
+        // For promises, the first count; for objects, (reachable, recognizable).
+        let mut counted: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        let mut count = |kref: &str, reachable: bool| {
+            let entry = counted.entry(kref.to_owned()).or_default();
+            if reachable {
+                entry.0 += 1;
             }
+            entry.1 += 1;
         };
         for (key, value) in self.kv {
             let mut parts = key.splitn(3, '.');
             let (first, second, rest) = (parts.next(), parts.next(), parts.next());
             match (first, second, rest) {
-                // A c-list's kref side, `v<N>.c.kp<M>`.
-                (Some(vat), Some("c"), Some(kref)) if vat.starts_with('v') => count(kref),
+                // A c-list's kref side, `v<N>.c.kp<M>`; an exporter's own
+                // entry does not count.
+                (Some(vat), Some("c"), Some(kref)) if vat.starts_with('v') => {
+                    let own =
+                        kref.starts_with("ko") && self.get(&format!("{kref}.owner")) == Some(vat);
+                    if (kref.starts_with("ko") || kref.starts_with("kp")) && !own {
+                        count(kref, value.starts_with('R') || kref.starts_with("kp"));
+                    }
+                }
                 (Some("runQueue"), Some(n), None) if n.parse::<u64>().is_ok() => {
                     if let Ok(item) = serde_json::from_str::<RunQueueItem>(value) {
-                        promises_in_item(&item).into_iter().for_each(&mut count);
+                        krefs_in_item(&item)
+                            .into_iter()
+                            .for_each(|kref| count(kref, true));
                     }
                 }
                 (Some(kref), Some("queue"), None) if kref.starts_with("kp") => {
                     if let Ok(queue) = serde_json::from_str::<Vec<Message>>(value) {
                         queue
                             .iter()
-                            .flat_map(promises_in_message)
-                            .for_each(&mut count);
+                            .flat_map(krefs_in_message)
+                            .for_each(|kref| count(kref, true));
                     }
                 }
                 (Some(kref), Some("data"), None) if kref.starts_with("kp") => {
                     if let Ok(data) = serde_json::from_str::<CapData>(value) {
-                        data.slots.iter().for_each(|slot| count(slot));
+                        data.slots.iter().for_each(|slot| count(slot, true));
                     }
                 }
-                (Some(kref), Some("pinned"), None) if kref.starts_with("kp") => count(kref),
-                (Some("pet"), Some(_), _) => count(value),
+                (Some(kref), Some("pinned"), None) if kref.starts_with("kp") => count(kref, true),
+                (Some("pet"), Some(_), _) => count(value, true),
                 _ => {}
             }
         }
+        let objects: Vec<(String, String)> = self
+            .kv
+            .iter()
+            .filter_map(|(k, owner)| {
+                k.strip_suffix(".owner")
+                    .filter(|kref| kref.starts_with("ko"))
+                    .map(|kref| (kref.to_owned(), owner.clone()))
+            })
+            .collect();
+        for (ko, owner) in objects {
+            let stored = self
+                .get(&format!("{ko}.refs"))
+                .and_then(|text| {
+                    let (r, c) = text.split_once(',')?;
+                    Some((r.parse().ok()?, c.parse().ok()?))
+                })
+                .unwrap_or((0, 0));
+            let actual = counted.get(&ko).copied().unwrap_or((0, 0));
+            if stored != actual {
+                self.problem(format!(
+                    "{ko} has counts {},{} (reachable,recognizable) but {},{} places refer to it",
+                    stored.0, stored.1, actual.0, actual.1
+                ));
+                continue;
+            }
+            let running = self.get(&format!("{owner}.state")) == Some("running");
+            let pending = |action: GcAction| {
+                self.kv
+                    .contains_key(&format!("gc.{}.{owner}.{ko}", action.name()))
+            };
+            let owner_reaches = self
+                .get(&format!("{owner}.c.{ko}"))
+                .is_some_and(|entry| entry.starts_with('R'));
+            if running && actual.0 == 0 && owner_reaches && !pending(GcAction::Drop) {
+                self.problem(format!(
+                    "{ko} is unreachable but {owner} was not told to drop it"
+                ));
+            }
+            if actual.1 == 0 && (!running || !pending(GcAction::Retire)) {
+                self.problem(format!("{ko} is unrecognizable but was not retired"));
+            }
+        }
+        for key in self.kv.keys().filter(|k| k.starts_with("gc.")) {
+            let mut parts = key["gc.".len()..].splitn(3, '.');
+            let well_formed = parts.next().and_then(GcAction::parse).is_some()
+                && parts.next().is_some_and(|vat| self.vat_exists(vat))
+                && parts.next().is_some_and(|kref| kref.starts_with("ko"));
+            if !well_formed {
+                self.problems.push(format!(
+                    "{key} is not a GC action on a known vat and object"
+                ));
+            }
+        }
+        let counted: BTreeMap<String, u64> = counted
+            .into_iter()
+            .filter(|(kref, _)| kref.starts_with("kp"))
+            .map(|(kref, (_, n))| (kref, n))
+            .collect();
         let promises: Vec<String> = self
             .kv
             .keys()
@@ -393,7 +464,7 @@ pub(crate) fn check(state: &KernelState) -> Result<(Vec<String>, usize), swingst
     checker.objects_and_promises(max_object, max_promise);
     checker.vats(&bundles);
     checker.pet_names();
-    checker.promise_refs();
+    checker.refs();
     problems.append(&mut checker.problems);
     Ok((problems, kv.len()))
 }

@@ -16,7 +16,7 @@ use vat_supervisor::{
 use vom::abi::{Delivery, Resolution, Syscall, SyscallResult};
 use vom::{CapData, Value};
 
-use crate::state::{KernelState, Message, PromiseState, RunQueueItem};
+use crate::state::{GcAction, KernelState, Message, PromiseState, RunQueueItem};
 
 /// The longest chain of promises forwarded to promises that routing follows.
 pub const FORWARDING_DEPTH_MAX: usize = 100;
@@ -158,6 +158,9 @@ pub struct Kernel {
 
 /// A vat gets a `bringOutYourDead` delivery after this many other deliveries.
 pub const DELIVERIES_PER_COLLECTION_MAX: u32 = 1000;
+/// How many keys of a terminated vat (c-list entries, then vatstore) one
+/// cleanup crank deletes: the budget that keeps termination from stalling others.
+pub const CLEANUP_ENTRIES_PER_CRANK_MAX: u32 = 500;
 
 impl std::fmt::Debug for Kernel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -227,6 +230,7 @@ impl Kernel {
             state: KernelState {
                 store,
                 maybe_free: Default::default(),
+                maybe_unreachable: Default::default(),
             },
             host: WasmHost::new()?,
             modules: HashMap::new(),
@@ -374,6 +378,7 @@ impl Kernel {
         let root = self.state.allocate_object(&vat)?;
         self.state.clist_add(&vat, &root, vom::runtime::ROOT_VREF)?;
         self.state.set(&format!("pet.{name}"), &root)?;
+        self.state.incref(&root)?;
         if let Err(fault) = self.ensure_worker(&vat) {
             self.workers.remove(&vat);
             return Err(match fault {
@@ -536,20 +541,7 @@ impl Kernel {
             Err(e) => Err(e.into_crank_error(vat)),
         };
         self.deliveries_since_collection.remove(vat);
-        match delivered {
-            Ok(()) => Ok(self.state.end_crank()?),
-            Err(CrankError::Fault { vat, fault }) => {
-                self.state.abort_crank()?;
-                self.workers.remove(&vat);
-                self.state.store.begin_crank()?;
-                self.terminate_vat(&vat, &format!("vat {vat} terminated: {fault}"))?;
-                Ok(self.state.end_crank()?)
-            }
-            Err(CrankError::Kernel(e)) => {
-                self.state.abort_crank()?;
-                Err(e)
-            }
-        }
+        self.finish_side_crank(delivered)
     }
 
     /// Lets go of a result promise from [`Self::queue_message`], once read;
@@ -608,8 +600,190 @@ impl Kernel {
         }
     }
 
-    /// Runs one crank, if there is work. Commits as the policy says.
+    /// Runs one crank, if there is work. Commits as the policy says. GC
+    /// actions go before ordinary work; a terminated vat's cleanup takes one
+    /// bounded slice after each ordinary crank, so it never stalls the others.
     pub fn step(&mut self) -> Result<bool, KernelError> {
+        if self.gc_step()? {
+            self.after_crank()?;
+            return Ok(true);
+        }
+        let worked = self.run_queue_step()?;
+        let cleaned = self.cleanup_step()?;
+        if worked || cleaned {
+            self.after_crank()?;
+        }
+        Ok(worked || cleaned)
+    }
+
+    /// Commits as the policy says; a vat due for `bringOutYourDead` gets it.
+    fn after_crank(&mut self) -> Result<(), KernelError> {
+        let due: Vec<String> = self
+            .deliveries_since_collection
+            .iter()
+            .filter(|(_, count)| **count >= DELIVERIES_PER_COLLECTION_MAX)
+            .map(|(vat, _)| vat.clone())
+            .collect();
+        for vat in due {
+            if self.workers.contains_key(&vat) {
+                self.bring_out_your_dead(&vat)?;
+            }
+        }
+        self.cranks_total += 1;
+        self.cranks_since_commit += 1;
+        if self.cranks_since_commit >= self.policy.cranks_per_commit_max
+            || self.last_commit.elapsed() >= Duration::from_millis(self.policy.commit_interval_ms)
+        {
+            self.commit()?;
+        }
+        Ok(())
+    }
+
+    /// Delivers the first pending batch of GC actions (one kind, one vat),
+    /// leaving out those that no longer apply. Returns whether it ran a crank.
+    fn gc_step(&mut self) -> Result<bool, KernelError> {
+        let Some((first, _)) = self.state.store.get_next_key("gc.")?.map(|k| (k, ())) else {
+            return Ok(false);
+        };
+        let Some(rest) = first.strip_prefix("gc.") else {
+            return Ok(false);
+        };
+        let mut parts = rest.splitn(3, '.');
+        let (Some(action), Some(vat)) = (parts.next().and_then(GcAction::parse), parts.next())
+        else {
+            panic!("kernel invariant: GC action keys are gc.<action>.<vat>.<kref> ({first})")
+        };
+        let vat = vat.to_owned();
+        let prefix = format!("gc.{}.{vat}.", action.name());
+        self.state.store.begin_crank()?;
+        let mut vrefs = Vec::new();
+        for (key, value) in self.state.scan_prefix(&prefix)? {
+            self.state.delete(&key)?;
+            let ko = &key[prefix.len()..];
+            if let Some(vref) = self.gc_action_target(action, &vat, ko, &value)? {
+                vrefs.push(vref);
+            }
+        }
+        let running = self.state.get(&format!("{vat}.state"))?.as_deref() == Some("running");
+        if vrefs.is_empty() || !running {
+            self.state.end_crank()?;
+            return Ok(true);
+        }
+        let delivery = match action {
+            GcAction::Drop => Delivery::DropExports { vrefs },
+            GcAction::Retire => Delivery::RetireExports { vrefs },
+            GcAction::RetireImport => Delivery::RetireImports { vrefs },
+        };
+        let delivered = match self.ensure_worker(&vat) {
+            Ok(()) => self.deliver(&vat, &delivery),
+            Err(e) => Err(e.into_crank_error(&vat)),
+        };
+        self.finish_side_crank(delivered)?;
+        Ok(true)
+    }
+
+    /// Applies one GC action to the kernel's tables; returns the vref to
+    /// tell the vat, or `None` if the action no longer applies (stale).
+    fn gc_action_target(
+        &mut self,
+        action: GcAction,
+        vat: &str,
+        ko: &str,
+        value: &str,
+    ) -> Result<Option<String>, KernelError> {
+        if action == GcAction::RetireImport {
+            return Ok(Some(value.to_owned()));
+        }
+        if self.state.object_owner(ko)?.as_deref() != Some(vat) {
+            return Ok(None);
+        }
+        let (reachable, recognizable) = self.state.object_refs(ko)?;
+        let Some(vref) = self.state.clist_vref(vat, ko)? else {
+            return Ok(None);
+        };
+        Ok(match action {
+            GcAction::Drop if reachable == 0 && self.state.clist_reachable(vat, ko)? => {
+                self.state.clist_set_reachable(vat, ko, false)?;
+                Some(vref)
+            }
+            GcAction::Retire if recognizable == 0 => {
+                self.state.delete_object(ko)?;
+                Some(vref)
+            }
+            _ => None,
+        })
+    }
+
+    /// Ends a crank that is not a run-queue item's (GC, cleanup,
+    /// `bringOutYourDead`): a fault terminates the vat in a crank of its own.
+    fn finish_side_crank(&mut self, delivered: Result<(), CrankError>) -> Result<(), KernelError> {
+        match delivered {
+            Ok(()) => Ok(self.state.end_crank()?),
+            Err(CrankError::Fault { vat, fault }) => {
+                self.state.abort_crank()?;
+                self.workers.remove(&vat);
+                self.state.store.begin_crank()?;
+                self.terminate_vat(&vat, &format!("vat {vat} terminated: {fault}"))?;
+                Ok(self.state.end_crank()?)
+            }
+            Err(CrankError::Kernel(e)) => {
+                self.state.abort_crank()?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Deletes up to [`CLEANUP_ENTRIES_PER_CRANK_MAX`] keys of a terminated
+    /// vat (its c-list first, releasing what it held, then its vatstore).
+    /// Returns whether there was anything to do.
+    fn cleanup_step(&mut self) -> Result<bool, KernelError> {
+        let Some(marker) = self.state.store.get_next_key("cleanup.")? else {
+            return Ok(false);
+        };
+        let Some(vat) = marker.strip_prefix("cleanup.").map(str::to_owned) else {
+            return Ok(false);
+        };
+        self.state.store.begin_crank()?;
+        let mut budget = CLEANUP_ENTRIES_PER_CRANK_MAX;
+        let clist = format!("{vat}.c.k");
+        let mut at = clist.clone();
+        while budget > 0 {
+            let Some(key) = self.state.store.get_next_key(&at)? else {
+                break;
+            };
+            let Some(kref) = key.strip_prefix(&format!("{vat}.c.")) else {
+                break;
+            };
+            if !key.starts_with(&clist) {
+                break;
+            }
+            let kref = kref.to_owned();
+            self.state.clist_remove(&vat, &kref)?;
+            at = key;
+            budget -= 1;
+        }
+        let vatstore = format!("{vat}.vs.");
+        let mut at = vatstore.clone();
+        while budget > 0 {
+            let Some(key) = self.state.store.get_next_key(&at)? else {
+                break;
+            };
+            if !key.starts_with(&vatstore) {
+                break;
+            }
+            self.state.delete(&key)?;
+            at = key;
+            budget -= 1;
+        }
+        if budget > 0 {
+            self.state.delete(&marker)?;
+        }
+        self.state.end_crank()?;
+        Ok(true)
+    }
+
+    /// Takes the next run-queue item and delivers it. Returns whether there was one.
+    fn run_queue_step(&mut self) -> Result<bool, KernelError> {
         self.state.store.begin_crank()?;
         let Some(item) = self.state.pop_run_queue()? else {
             self.state.abort_crank()?;
@@ -653,24 +827,6 @@ impl Kernel {
                     return Err(e);
                 }
             }
-        }
-        let due: Vec<String> = self
-            .deliveries_since_collection
-            .iter()
-            .filter(|(_, count)| **count >= DELIVERIES_PER_COLLECTION_MAX)
-            .map(|(vat, _)| vat.clone())
-            .collect();
-        for vat in due {
-            if self.workers.contains_key(&vat) {
-                self.bring_out_your_dead(&vat)?;
-            }
-        }
-        self.cranks_total += 1;
-        self.cranks_since_commit += 1;
-        if self.cranks_since_commit >= self.policy.cranks_per_commit_max
-            || self.last_commit.elapsed() >= Duration::from_millis(self.policy.commit_interval_ms)
-        {
-            self.commit()?;
         }
         Ok(true)
     }
@@ -843,12 +999,14 @@ impl Kernel {
         Ok(())
     }
 
-    /// Marks `vat` terminated and rejects every promise it decides.
+    /// Marks `vat` terminated and rejects every promise it decides. Its
+    /// c-list and vatstore are deleted afterwards, a slice per crank.
     fn terminate_vat(&mut self, vat: &str, reason: &str) -> Result<(), StoreError> {
         self.workers.remove(vat);
         self.state.set(&format!("{vat}.state"), "terminated")?;
         self.state.set(&format!("{vat}.reason"), reason)?;
-        self.reject_decided_promises(vat, reason)
+        self.reject_decided_promises(vat, reason)?;
+        self.state.set(&format!("cleanup.{vat}"), "")
     }
 
     /// Rejects every unresolved promise `vat` decides.
@@ -948,10 +1106,11 @@ impl Kernel {
             let field = |f: &str| self.state.get(&format!("{id}.{f}"));
             vats.push(VatInfo {
                 bundle: field("bundle")?.unwrap_or_default(),
-                root: self
-                    .state
-                    .clist_kref(&id, vom::runtime::ROOT_VREF)?
-                    .unwrap_or_default(),
+                // A terminated vat's c-list is deleted; its pet name remains.
+                root: match self.state.clist_kref(&id, vom::runtime::ROOT_VREF)? {
+                    Some(kref) => kref,
+                    None => self.state.get(&format!("pet.{name}"))?.unwrap_or_default(),
+                },
                 state: field("state")?.unwrap_or_default(),
                 reason: field("reason")?,
                 worker: self.vat_options(&id)?.worker,
@@ -1007,12 +1166,32 @@ impl From<StoreError> for CrankError {
 
 fn kref_to_vref(state: &mut KernelState, vat: &str, kref: &str) -> Result<String, StoreError> {
     if let Some(vref) = state.clist_vref(vat, kref)? {
+        // Given the reference again, the vat can reach it again.
+        state.clist_set_reachable(vat, kref, true)?;
         return Ok(vref);
     }
     let kind = if kref.starts_with("ko") { 'o' } else { 'p' };
     let vref = state.allocate_import_vref(vat, kind)?;
     state.clist_add(vat, kref, &vref)?;
     Ok(vref)
+}
+
+/// Deletes an object its exporter retired: each importer that still
+/// recognized it forgets it (its entry goes now; a `retireImports` tells it).
+fn retire_object(state: &mut KernelState, ko: &str) -> Result<(), StoreError> {
+    let owner = state.object_owner(ko)?;
+    for (_, vat) in state.scan_prefix("vat.name.")? {
+        if Some(&vat) == owner.as_ref() {
+            continue;
+        }
+        if let Some(vref) = state.clist_vref(&vat, ko)? {
+            state.clist_remove(&vat, ko)?;
+            if state.get(&format!("{vat}.state"))?.as_deref() == Some("running") {
+                state.add_gc_action(GcAction::RetireImport, &vat, ko, &vref)?;
+            }
+        }
+    }
+    state.delete_object(ko)
 }
 
 /// Settles `kpid`: notifies its subscribers and re-queues the messages that waited on it.
@@ -1068,6 +1247,8 @@ impl<'a> VatSyscalls<'a> {
             return Err(Refusal::Illegal(format!("malformed vref {vref:?}")));
         }
         if let Some(kref) = self.state.clist_kref(self.vat, vref)? {
+            // A vat that names a reference again can reach it again.
+            self.state.clist_set_reachable(self.vat, &kref, true)?;
             return Ok(kref);
         }
         let kref = match vref.as_bytes()[..2] {
@@ -1196,8 +1377,17 @@ impl<'a> VatSyscalls<'a> {
                             "retireExports of {vref}, which is not an export"
                         )));
                     }
-                    let kref = self.existing_kref(&vref)?;
-                    self.state.clist_remove(self.vat, &kref)?;
+                    // The kernel may have retired it first: then there is nothing to do.
+                    let Some(kref) = self.state.clist_kref(self.vat, &vref)? else {
+                        continue;
+                    };
+                    let (reachable, _) = self.state.object_refs(&kref)?;
+                    if reachable > 0 {
+                        return Err(Refusal::Illegal(format!(
+                            "retireExports of {vref} ({kref}), which is still reachable"
+                        )));
+                    }
+                    retire_object(self.state, &kref)?;
                 }
                 Ok(None)
             }

@@ -7,6 +7,9 @@
 //! | `kernel.nextVat` / `kernel.nextObject` / `kernel.nextPromise` | next id to allocate |
 //! | `runQueue.head` / `runQueue.tail` / `runQueue.<n>` | the run queue: JSON [`RunQueueItem`]s |
 //! | `ko<N>.owner` | the vat that exports object `ko<N>` |
+//! | `ko<N>.refs` | `<reachable>,<recognizable>`: how many places can reach it and recognize it |
+//! | `gc.<action>.<vat>.<kref>` | a pending GC action (`drop`, `retire`: to the exporter; `retireImport`: to an importer, value its vref) |
+//! | `cleanup.<vat>` | a terminated vat whose c-list and vatstore are still being deleted |
 //! | `kp<N>.state` | `unresolved`, `fulfilled` or `rejected` |
 //! | `kp<N>.decider` | the vat that may resolve it (absent: the kernel) |
 //! | `kp<N>.subscribers` | comma-separated vats to notify |
@@ -60,26 +63,57 @@ pub(crate) struct KernelState {
     /// Promises whose count reached zero in this crank: deleted when it ends,
     /// unless something took a reference again by then.
     pub(crate) maybe_free: std::collections::BTreeSet<String>,
+    /// Objects whose reachable count reached zero in this crank: at its end,
+    /// those still at zero get GC actions for their exporters.
+    pub(crate) maybe_unreachable: std::collections::BTreeSet<String>,
 }
 
-/// The kernel promises a message refers to: its result and its arguments.
-pub(crate) fn promises_in_message(message: &Message) -> impl Iterator<Item = &str> {
+/// The krefs a message refers to: its result and its arguments.
+pub(crate) fn krefs_in_message(message: &Message) -> impl Iterator<Item = &str> {
     message
         .result
         .as_deref()
         .into_iter()
         .chain(message.args.slots.iter().map(String::as_str))
-        .filter(|kref| kref.starts_with("kp"))
 }
 
-/// The kernel promises a run-queue item refers to.
-pub(crate) fn promises_in_item(item: &RunQueueItem) -> Vec<&str> {
+/// The krefs a run-queue item refers to.
+pub(crate) fn krefs_in_item(item: &RunQueueItem) -> Vec<&str> {
     match item {
         RunQueueItem::Send { target, message } => std::iter::once(target.as_str())
-            .filter(|kref| kref.starts_with("kp"))
-            .chain(promises_in_message(message))
+            .chain(krefs_in_message(message))
             .collect(),
         RunQueueItem::Notify { promise, .. } => vec![promise.as_str()],
+    }
+}
+
+/// A kind of GC action, delivered to a vat before ordinary work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum GcAction {
+    /// Nothing can reach the exporter's object any more.
+    Drop,
+    /// Nothing can recognize it either: the exporter forgets it.
+    Retire,
+    /// The exporter retired an object this importer still recognized.
+    RetireImport,
+}
+
+impl GcAction {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            GcAction::Drop => "drop",
+            GcAction::Retire => "retire",
+            GcAction::RetireImport => "retireImport",
+        }
+    }
+
+    pub(crate) fn parse(name: &str) -> Option<GcAction> {
+        match name {
+            "drop" => Some(GcAction::Drop),
+            "retire" => Some(GcAction::Retire),
+            "retireImport" => Some(GcAction::RetireImport),
+            _ => None,
+        }
     }
 }
 
@@ -220,11 +254,75 @@ impl KernelState {
         }))
     }
 
-    /// One more place refers to `kref` (only promises are counted so far).
+    /// An object's (reachable, recognizable) counts.
+    pub(crate) fn object_refs(&self, ko: &str) -> StoreResult<(u64, u64)> {
+        let key = format!("{ko}.refs");
+        Ok(match self.get(&key)? {
+            None => (0, 0),
+            Some(text) => text
+                .split_once(',')
+                .and_then(|(r, c)| Some((r.parse().ok()?, c.parse().ok()?)))
+                .unwrap_or_else(|| panic!("kernel invariant: {key} is 'reachable,recognizable'")),
+        })
+    }
+
+    /// Changes an object's counts: both by `recognizable`, and the reachable
+    /// count too when `reachable`. Counts never go below zero.
+    fn change_object_refs(&mut self, ko: &str, up: bool, reachable: bool) -> StoreResult<()> {
+        let (r, c) = self.object_refs(ko)?;
+        let (r, c) = if up {
+            (if reachable { r + 1 } else { r }, c + 1)
+        } else {
+            let r = if reachable {
+                r.checked_sub(1).unwrap_or_else(|| {
+                    panic!("kernel invariant: the reachable count of {ko} never goes negative")
+                })
+            } else {
+                r
+            };
+            let c = c.checked_sub(1).unwrap_or_else(|| {
+                panic!("kernel invariant: the recognizable count of {ko} never goes negative")
+            });
+            (r, c)
+        };
+        assert!(
+            r <= c,
+            "kernel invariant: {ko} is reachable ({r}) from no more places than recognize it ({c})"
+        );
+        if r == 0 {
+            self.maybe_unreachable.insert(ko.to_owned());
+        }
+        self.set(&format!("{ko}.refs"), &format!("{r},{c}"))
+    }
+
+    /// Moves one of an object's references between reachable and merely
+    /// recognizable (a c-list flag flipped).
+    fn change_object_reachable(&mut self, ko: &str, up: bool) -> StoreResult<()> {
+        let (r, c) = self.object_refs(ko)?;
+        let r = if up {
+            r + 1
+        } else {
+            r.checked_sub(1).unwrap_or_else(|| {
+                panic!("kernel invariant: the reachable count of {ko} never goes negative")
+            })
+        };
+        assert!(
+            r <= c,
+            "kernel invariant: {ko} reachable ({r}) <= recognizable ({c})"
+        );
+        if r == 0 {
+            self.maybe_unreachable.insert(ko.to_owned());
+        }
+        self.set(&format!("{ko}.refs"), &format!("{r},{c}"))
+    }
+
+    /// One more place refers to `kref` (reachably, for an object).
     pub(crate) fn incref(&mut self, kref: &str) -> StoreResult<()> {
         if kref.starts_with("kp") {
             let refs = self.promise_refs(kref)?;
             self.set(&format!("{kref}.refs"), &(refs + 1).to_string())?;
+        } else if kref.starts_with("ko") {
+            self.change_object_refs(kref, true, true)?;
         }
         Ok(())
     }
@@ -241,6 +339,8 @@ impl KernelState {
             if refs == 1 {
                 self.maybe_free.insert(kref.to_owned());
             }
+        } else if kref.starts_with("ko") {
+            self.change_object_refs(kref, false, true)?;
         }
         Ok(())
     }
@@ -268,10 +368,10 @@ impl KernelState {
             }
             let mut released: Vec<String> = Vec::new();
             if let Some(data) = self.promise_data(&kpid)? {
-                released.extend(data.slots.into_iter().filter(|k| k.starts_with("kp")));
+                released.extend(data.slots);
             }
             for message in &self.promise_queue(&kpid)? {
-                released.extend(promises_in_message(message).map(str::to_owned));
+                released.extend(krefs_in_message(message).map(str::to_owned));
             }
             for field in ["state", "data", "decider", "subscribers", "queue", "refs"] {
                 self.delete(&format!("{kpid}.{field}"))?;
@@ -283,18 +383,71 @@ impl KernelState {
         Ok(())
     }
 
+    /// Turns objects that became unreachable (or unrecognizable) in this
+    /// crank into GC actions for their exporters. An exporter that is gone
+    /// gets none: its unrecognizable objects are deleted at once.
+    fn schedule_gc_actions(&mut self) -> StoreResult<()> {
+        while let Some(ko) = self.maybe_unreachable.pop_first() {
+            let Some(owner) = self.object_owner(&ko)? else {
+                continue;
+            };
+            let (reachable, recognizable) = self.object_refs(&ko)?;
+            if reachable > 0 {
+                continue;
+            }
+            let running = self.get(&format!("{owner}.state"))?.as_deref() == Some("running");
+            if !running {
+                if recognizable == 0 {
+                    self.delete_object(&ko)?;
+                }
+                continue;
+            }
+            if self.clist_reachable(&owner, &ko)? {
+                self.add_gc_action(GcAction::Drop, &owner, &ko, "")?;
+            }
+            if recognizable == 0 {
+                self.add_gc_action(GcAction::Retire, &owner, &ko, "")?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn add_gc_action(
+        &mut self,
+        action: GcAction,
+        vat: &str,
+        kref: &str,
+        value: &str,
+    ) -> StoreResult<()> {
+        self.set(&format!("gc.{}.{vat}.{kref}", action.name()), value)
+    }
+
+    /// Forgets a kernel object: its record, its counts, its exporter's entry.
+    pub(crate) fn delete_object(&mut self, ko: &str) -> StoreResult<()> {
+        if let Some(owner) = self.object_owner(ko)? {
+            if let Some(vref) = self.clist_vref(&owner, ko)? {
+                self.delete(&format!("{owner}.c.{ko}"))?;
+                self.delete(&format!("{owner}.c.{vref}"))?;
+            }
+        }
+        self.delete(&format!("{ko}.owner"))?;
+        self.delete(&format!("{ko}.refs"))
+    }
+
     pub(crate) fn end_crank(&mut self) -> StoreResult<()> {
         self.collect_garbage()?;
+        self.schedule_gc_actions()?;
         self.store.end_crank()
     }
 
     pub(crate) fn abort_crank(&mut self) -> StoreResult<()> {
         self.maybe_free.clear();
+        self.maybe_unreachable.clear();
         self.store.abort_crank()
     }
 
     pub(crate) fn queue_on_promise(&mut self, kpid: &str, message: &Message) -> StoreResult<()> {
-        for kref in promises_in_message(message)
+        for kref in krefs_in_message(message)
             .map(str::to_owned)
             .collect::<Vec<_>>()
         {
@@ -318,14 +471,14 @@ impl KernelState {
         // The queue gives up its messages (the caller re-queues them) and
         // the data takes references to the promises it names.
         for message in &queue {
-            for kref in promises_in_message(message)
+            for kref in krefs_in_message(message)
                 .map(str::to_owned)
                 .collect::<Vec<_>>()
             {
                 self.decref(&kref)?;
             }
         }
-        for kref in data.slots.iter().filter(|k| k.starts_with("kp")) {
+        for kref in &data.slots {
             self.incref(kref)?;
         }
         let state = if rejected { "rejected" } else { "fulfilled" };
@@ -352,7 +505,7 @@ impl KernelState {
         let text =
             serde_json::to_string(item).expect("kernel invariant: run-queue items serialize");
         self.store.set_new(&format!("runQueue.{tail}"), &text)?;
-        for kref in promises_in_item(item) {
+        for kref in krefs_in_item(item) {
             self.incref(kref)?;
         }
         self.set("runQueue.tail", &(tail + 1).to_string())
@@ -376,7 +529,7 @@ impl KernelState {
         self.set("runQueue.head", &(head + 1).to_string())?;
         let item: RunQueueItem = serde_json::from_str(&text)
             .unwrap_or_else(|e| panic!("kernel invariant: {key} is a run-queue item: {e}"));
-        for kref in promises_in_item(&item) {
+        for kref in krefs_in_item(&item) {
             self.decref(kref)?;
         }
         Ok(Some(item))
@@ -394,6 +547,18 @@ impl KernelState {
         self.get(&format!("{vat}.c.{vref}"))
     }
 
+    /// Whether `kref` is `vat`'s own export (its entry does not count).
+    fn is_own_export(&self, vat: &str, kref: &str) -> StoreResult<bool> {
+        Ok(kref.starts_with("ko") && self.object_owner(kref)?.as_deref() == Some(vat))
+    }
+
+    /// Whether `vat`'s c-list entry for `kref` is flagged reachable.
+    pub(crate) fn clist_reachable(&self, vat: &str, kref: &str) -> StoreResult<bool> {
+        Ok(self
+            .get(&format!("{vat}.c.{kref}"))?
+            .is_some_and(|entry| entry.starts_with('R')))
+    }
+
     pub(crate) fn clist_add(&mut self, vat: &str, kref: &str, vref: &str) -> StoreResult<()> {
         // Cheap enough to keep on in release: a c-list entry never silently replaces another.
         assert!(
@@ -403,6 +568,9 @@ impl KernelState {
         );
         self.set(&format!("{vat}.c.{kref}"), &format!("R {vref}"))?;
         self.set(&format!("{vat}.c.{vref}"), kref)?;
+        if self.is_own_export(vat, kref)? {
+            return Ok(());
+        }
         self.incref(kref)
     }
 
@@ -414,9 +582,14 @@ impl KernelState {
                 Some(kref),
                 "kernel invariant: c-list symmetry ({vat}: {kref} -> {vref} -> {back:?})"
             );
+            let reachable = self.clist_reachable(vat, kref)?;
             self.delete(&format!("{vat}.c.{kref}"))?;
             self.delete(&format!("{vat}.c.{vref}"))?;
-            self.decref(kref)?;
+            if kref.starts_with("kp") {
+                self.decref(kref)?;
+            } else if !self.is_own_export(vat, kref)? {
+                self.change_object_refs(kref, false, reachable)?;
+            }
         }
         Ok(())
     }
@@ -428,8 +601,15 @@ impl KernelState {
         reachable: bool,
     ) -> StoreResult<()> {
         if let Some(vref) = self.clist_vref(vat, kref)? {
+            let was = self.clist_reachable(vat, kref)?;
+            if was == reachable {
+                return Ok(());
+            }
             let flag = if reachable { 'R' } else { '_' };
             self.set(&format!("{vat}.c.{kref}"), &format!("{flag} {vref}"))?;
+            if kref.starts_with("ko") && !self.is_own_export(vat, kref)? {
+                self.change_object_reachable(kref, reachable)?;
+            }
         }
         Ok(())
     }

@@ -70,6 +70,13 @@ pub enum Delivery {
     Notify { resolutions: Vec<Resolution> },
     /// The vat should delete the durable objects nothing refers to any more.
     BringOutYourDead,
+    /// Nothing outside the vat can reach these exports any more (others may
+    /// still recognize them).
+    DropExports { vrefs: Vec<String> },
+    /// Nothing outside the vat can recognize these exports: forget them.
+    RetireExports { vrefs: Vec<String> },
+    /// These imports' exporter retired them: they will never be seen again.
+    RetireImports { vrefs: Vec<String> },
 }
 
 /// What a vat asks of the kernel during a delivery.

@@ -30,19 +30,64 @@ pub struct CapData {
 
 /// A reference to an object or promise, named by its slot in the receiver's
 /// namespace (a vref inside a vat, a kref inside the kernel).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+///
+/// Inside a vat, a reference to an import also holds it: when the last one
+/// is dropped (and no durable state refers to it), vom tells the kernel the
+/// vat dropped the import. Equality, order and hashing ignore the holder.
+#[derive(Clone)]
 pub struct Ref {
     pub slot: String,
     /// The alleged interface name, such as `Alleged: Counter`, if the sender gave one.
     pub iface: Option<String>,
+    pub(crate) holder: Option<std::sync::Arc<crate::imports::Holder>>,
 }
 
 impl Ref {
     pub fn new(slot: impl Into<String>) -> Ref {
+        Ref::with_iface(slot, None)
+    }
+
+    pub fn with_iface(slot: impl Into<String>, iface: Option<String>) -> Ref {
         Ref {
             slot: slot.into(),
-            iface: None,
+            iface,
+            holder: None,
         }
+    }
+}
+
+impl fmt::Debug for Ref {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ref")
+            .field("slot", &self.slot)
+            .field("iface", &self.iface)
+            .finish()
+    }
+}
+
+impl PartialEq for Ref {
+    fn eq(&self, other: &Ref) -> bool {
+        (&self.slot, &self.iface) == (&other.slot, &other.iface)
+    }
+}
+
+impl Eq for Ref {}
+
+impl std::hash::Hash for Ref {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (&self.slot, &self.iface).hash(state);
+    }
+}
+
+impl PartialOrd for Ref {
+    fn partial_cmp(&self, other: &Ref) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Ref {
+    fn cmp(&self, other: &Ref) -> std::cmp::Ordering {
+        (&self.slot, &self.iface).cmp(&(&other.slot, &other.iface))
     }
 }
 
@@ -302,10 +347,7 @@ fn decode_slot(
     if iface.is_some() {
         ifaces[index] = iface;
     }
-    Ok(Ref {
-        slot: slot.clone(),
-        iface: ifaces[index].clone(),
-    })
+    Ok(Ref::with_iface(slot.clone(), ifaces[index].clone()))
 }
 
 fn unescape_key(key: &str) -> Result<String, DecodeError> {
@@ -462,10 +504,7 @@ mod tests {
 
     #[test]
     fn remotables_and_promises_use_slots_once_each() {
-        let counter = Ref {
-            slot: "o-4".into(),
-            iface: Some("Alleged: Counter".into()),
-        };
+        let counter = Ref::with_iface("o-4", Some("Alleged: Counter".into()));
         let value = Value::Array(vec![
             Value::Remotable(counter.clone()),
             Value::Promise(Ref::new("p+2")),

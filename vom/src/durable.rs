@@ -17,12 +17,16 @@
 //! | `vom.vco.<base>.<vref>` | the ordinal a collection gave a reference key |
 //! | `vom.ow.<key base>.<collection base>` | a weak collection holds an entry keyed by `<key base>` |
 //! | `vom.pd.<base>` | the instance may be garbage: its count fell to zero, or it was made and not kept |
+//! | `vom.ir.<vref>` | how many durable references an import (`o-N`) has |
 //!
 //! `rc` counts the references to the instance from durable state and from
-//! strong collection keys and values; `flags` holds `x` once the instance has
-//! been exported through the kernel; `refs` lists what its own state refers to.
-//! An instance with no count, no export and no handle on the heap is deleted at
-//! the next `bringOutYourDead`, and what it referred to loses a count.
+//! strong collection keys and values; `flags` is `x<mask>` for the facets the
+//! kernel can reach (exported, not yet dropped) and `k<mask>` for those it
+//! still recognizes (not yet retired); `refs` lists what its own state refers
+//! to. An instance with no count, no reachable export and no handle on the
+//! heap is deleted at the next `bringOutYourDead` (telling the kernel, with
+//! `retireExports`, of the facets it still recognizes), and what it referred
+//! to loses a count.
 
 use std::any::Any;
 use std::cell::RefCell;
@@ -109,7 +113,10 @@ struct Slot {
     /// The instance exists (it was found, or made in this incarnation).
     exists: bool,
     rc: u64,
-    exported: bool,
+    /// Facets (bit per facet) the kernel can reach: exported, not dropped.
+    exported: u64,
+    /// Facets the kernel still recognizes: exported, not retired.
+    known: u64,
     refs: Vec<String>,
     state_json: String,
     state: Option<Box<dyn Any>>,
@@ -128,7 +135,8 @@ impl Slot {
             loaded: false,
             exists: false,
             rc: 0,
-            exported: false,
+            exported: 0,
+            known: 0,
             refs: Vec::new(),
             state_json: String::new(),
             state: None,
@@ -343,8 +351,13 @@ fn encode_record(slot: &Slot) -> String {
     let mut record = String::with_capacity(24 + refs_len + slot.state_json.len());
     push_decimal(&mut record, slot.rc);
     record.push('|');
-    if slot.exported {
+    if slot.exported != 0 {
         record.push('x');
+        push_decimal(&mut record, slot.exported);
+    }
+    if slot.known != 0 {
+        record.push('k');
+        push_decimal(&mut record, slot.known);
     }
     record.push('|');
     for (index, vref) in slot.refs.iter().enumerate() {
@@ -387,7 +400,19 @@ fn load(vom: &mut Vom, base: &str) -> bool {
     slot.rc = rc
         .parse()
         .unwrap_or_else(|_| panic!("vom invariant: the count of {base} is a number"));
-    slot.exported = flags.contains('x');
+    let mask = |letter: char| -> u64 {
+        flags.split_once(letter).map_or(0, |(_, rest)| {
+            let digits = rest
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+                .unwrap_or("");
+            digits
+                .parse()
+                .unwrap_or_else(|_| panic!("vom invariant: the flags of {base} are x<mask>k<mask>"))
+        })
+    };
+    slot.exported = mask('x');
+    slot.known = mask('k');
     slot.refs = if refs.is_empty() {
         Vec::new()
     } else {
@@ -423,6 +448,10 @@ fn interned(vom: &mut Vom, base: &str) -> Rc<str> {
 /// Adds one to the count of each durable instance in `refs`.
 fn add_refs(vom: &mut Vom, refs: &[String]) {
     for vref in refs {
+        if vref.starts_with("o-") {
+            change_import_count(vref, true);
+            continue;
+        }
         let Some((_, base, _)) = parse_durable(vref) else {
             continue;
         };
@@ -437,6 +466,10 @@ fn add_refs(vom: &mut Vom, refs: &[String]) {
 /// Takes one from the count of each durable instance in `refs`.
 fn drop_refs(vom: &mut Vom, refs: &[String]) {
     for vref in refs {
+        if vref.starts_with("o-") {
+            change_import_count(vref, false);
+            continue;
+        }
         let Some((_, base, _)) = parse_durable(vref) else {
             continue;
         };
@@ -634,7 +667,7 @@ fn record_possibly_dead() {
         let qualifies = with_vom(|vom| {
             load(vom, &base) && {
                 let slot = &vom.slots[base.as_str()];
-                slot.rc == 0 && !slot.exported
+                slot.rc == 0 && slot.exported == 0
             }
         });
         if qualifies {
@@ -689,7 +722,7 @@ pub(crate) fn bring_out_your_dead() -> u64 {
                 let (name, slot) = vom.slots.get_key_value(base.as_str()).expect("loaded");
                 // The cache's key is the one reference vom holds; more are handles.
                 let held_on_heap = Rc::strong_count(name) > 1 || slot.lent;
-                Some((slot.rc == 0 && !slot.exported, held_on_heap))
+                Some((slot.rc == 0 && slot.exported == 0, held_on_heap))
             });
             match verdict {
                 Some((true, false)) => {
@@ -709,14 +742,38 @@ pub(crate) fn bring_out_your_dead() -> u64 {
 }
 
 fn delete_instance(base: &str) {
-    let (kind, refs) = with_vom(|vom| {
+    let (kind, refs, known, multi_facet) = with_vom(|vom| {
+        let multi_facet = vom
+            .kinds
+            .get(&vom.slots[base].kind)
+            .is_some_and(|k| !k.stored.facets.is_empty());
         let slot = vom.slots.get_mut(base).expect("loaded");
         slot.exists = false;
         slot.state = None;
         slot.state_dirty = false;
-        (slot.kind, std::mem::take(&mut slot.refs))
+        (
+            slot.kind,
+            std::mem::take(&mut slot.refs),
+            slot.known,
+            multi_facet,
+        )
     });
     sys::vatstore_delete(&record_key(base));
+    if known != 0 {
+        // The kernel still recognizes some facets (others hold them weakly):
+        // it must forget them too.
+        let vrefs = (0..64)
+            .filter(|facet| known & (1 << facet) != 0)
+            .map(|facet| {
+                if multi_facet {
+                    format!("{base}:{facet}")
+                } else {
+                    base.to_owned()
+                }
+            })
+            .collect();
+        sys::syscall(&crate::abi::Syscall::RetireExports { vrefs });
+    }
     if kind < FIRST_USER_KIND {
         crate::collections::clear_for_deletion(base, kind);
     }
@@ -727,22 +784,82 @@ fn delete_instance(base: &str) {
     });
 }
 
-/// Records that `vref` (if one of ours) went out through the kernel: it stays
-/// alive until the kernel says otherwise.
-pub(crate) fn note_exported(vref: &str) {
-    let Some((_, base, _)) = parse_durable(vref) else {
+/// Changes the export flags of durable object `vref`'s facet: `set`
+/// reachable and recognized bits, `clear_reachable`, `clear_known`.
+fn change_export(vref: &str, set: bool, clear_reachable: bool, clear_known: bool) {
+    let Some((_, base, facet)) = parse_durable(vref) else {
         return;
     };
+    let bit = 1u64 << facet.unwrap_or(0).min(63);
     with_vom(|vom| {
         if !load(vom, base) {
             return;
         }
         let slot = vom.slots.get_mut(base).expect("loaded");
-        if !slot.exported {
-            slot.exported = true;
+        let (exported, known) = (slot.exported, slot.known);
+        if set {
+            slot.exported |= bit;
+            slot.known |= bit;
+        }
+        if clear_reachable {
+            slot.exported &= !bit;
+        }
+        if clear_known {
+            slot.known &= !bit;
+        }
+        let unreachable = slot.exported == 0 && slot.rc == 0;
+        if (slot.exported, slot.known) != (exported, known) {
             mark_dirty(vom, base);
+            if unreachable {
+                vom.possibly_dead.push(base.to_owned());
+            }
         }
     });
+}
+
+/// Records that `vref` (if one of ours) went out through the kernel: it stays
+/// alive until the kernel drops it.
+pub(crate) fn note_exported(vref: &str) {
+    change_export(vref, true, false, false);
+}
+
+/// The kernel can no longer reach `vref` (`dropExports`).
+pub(crate) fn note_dropped(vref: &str) {
+    change_export(vref, false, true, false);
+}
+
+/// The kernel no longer recognizes `vref` (`retireExports`).
+pub(crate) fn note_retired(vref: &str) {
+    change_export(vref, false, true, true);
+}
+
+/// How many durable references import `vref` has.
+pub(crate) fn import_count(vref: &str) -> u64 {
+    sys::vatstore_get(&import_count_key(vref)).map_or(0, |n| {
+        n.parse()
+            .unwrap_or_else(|_| panic!("vom invariant: the durable count of {vref} is a number"))
+    })
+}
+
+fn import_count_key(vref: &str) -> String {
+    format!("vom.ir.{vref}")
+}
+
+fn change_import_count(vref: &str, up: bool) {
+    let count = import_count(vref);
+    let count = if up {
+        count + 1
+    } else {
+        count.checked_sub(1).unwrap_or_else(|| {
+            panic!("vom invariant: the durable count of {vref} never goes below zero")
+        })
+    };
+    if count == 0 {
+        sys::vatstore_delete(&import_count_key(vref));
+        crate::imports::maybe_dropped(vref);
+    } else {
+        sys::vatstore_set(&import_count_key(vref), &count.to_string());
+    }
 }
 
 /// Routes a message to a durable object of this vat.
@@ -861,19 +978,16 @@ impl<S: Kind> Durable<S> {
             .iter()
             .position(|f| *f == name)
             .unwrap_or_else(|| panic!("kind {} has no facet {name:?}", S::NAME));
-        Ref {
-            slot: format!("{}:{index}", self.base),
-            iface: Some(format!("Alleged: {}.{name}", S::NAME)),
-        }
+        Ref::with_iface(
+            format!("{}:{index}", self.base),
+            Some(format!("Alleged: {}.{name}", S::NAME)),
+        )
     }
 
     /// A reference to the object (the first facet of a multi-facet kind).
     pub fn reference(&self) -> Ref {
         match S::FACETS.first() {
-            None => Ref {
-                slot: self.base.to_string(),
-                iface: Some(format!("Alleged: {}", S::NAME)),
-            },
+            None => Ref::with_iface(self.base.to_string(), Some(format!("Alleged: {}", S::NAME))),
             Some(first) => self.facet(first),
         }
     }
@@ -953,7 +1067,9 @@ impl Serialize for Ref {
 impl<'de> Deserialize<'de> for Ref {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let (slot, iface) = <(String, Option<String>)>::deserialize(deserializer)?;
-        Ok(Ref { slot, iface })
+        let mut reference = Ref::with_iface(slot, iface);
+        crate::imports::hold(&mut reference);
+        Ok(reference)
     }
 }
 

@@ -30,6 +30,7 @@ pub mod abi;
 pub mod capdata;
 pub mod collections;
 pub mod durable;
+mod imports;
 pub mod passable;
 pub mod runtime;
 mod sys;

@@ -121,10 +121,7 @@ pub fn export(object: Rc<dyn Exo>) -> Value {
         vat.exports.insert(vref.clone(), object);
         vref
     });
-    Value::Remotable(Ref {
-        slot,
-        iface: Some(iface),
-    })
+    Value::Remotable(Ref::with_iface(slot, Some(iface)))
 }
 
 fn allocate_promise() -> String {
@@ -299,7 +296,10 @@ fn deliver_message(target: &str, method: &str, args: &capdata::CapData, result: 
     };
     if let Some(target) = durable_target {
         let args = match capdata::decode(args) {
-            Ok(Value::Array(items)) => items,
+            Ok(Value::Array(mut items)) => {
+                items.iter_mut().for_each(crate::imports::hold_all);
+                items
+            }
             Ok(_) => return settle(result, Err(Error::type_error("arguments must be an array"))),
             Err(e) => return settle(result, Err(Error::type_error(e.to_string()))),
         };
@@ -316,7 +316,10 @@ fn deliver_message(target: &str, method: &str, args: &capdata::CapData, result: 
         return settle(result, Err(Error::new(message)));
     };
     let args = match capdata::decode(args) {
-        Ok(Value::Array(items)) => Args::new(items),
+        Ok(Value::Array(mut items)) => {
+            items.iter_mut().for_each(crate::imports::hold_all);
+            Args::new(items)
+        }
         Ok(_) => return settle(result, Err(Error::type_error("arguments must be an array"))),
         Err(e) => return settle(result, Err(Error::type_error(e.to_string()))),
     };
@@ -329,8 +332,14 @@ fn deliver_message(target: &str, method: &str, args: &capdata::CapData, result: 
 fn deliver_notify(resolutions: Vec<Resolution>) {
     for resolution in resolutions {
         let outcome = match capdata::decode(&resolution.data) {
-            Ok(value) if resolution.rejected => Err(value),
-            Ok(value) => Ok(value),
+            Ok(mut value) => {
+                crate::imports::hold_all(&mut value);
+                if resolution.rejected {
+                    Err(value)
+                } else {
+                    Ok(value)
+                }
+            }
             Err(e) => Err(Value::error(e.to_string())),
         };
         let waker = with_vat(|vat| {
@@ -398,6 +407,23 @@ pub fn dispatch(delivery: Delivery, make_root: impl FnOnce(&Baggage) -> Root) {
         Delivery::BringOutYourDead => {
             durable::bring_out_your_dead();
         }
+        Delivery::DropExports { vrefs } => {
+            for vref in vrefs {
+                durable::note_dropped(&vref);
+                forget_heap_export(&vref);
+            }
+        }
+        Delivery::RetireExports { vrefs } => {
+            for vref in vrefs {
+                durable::note_retired(&vref);
+                forget_heap_export(&vref);
+            }
+        }
+        Delivery::RetireImports { vrefs } => {
+            for vref in vrefs {
+                crate::imports::forget(&vref);
+            }
+        }
         Delivery::Message {
             target,
             method,
@@ -408,7 +434,22 @@ pub fn dispatch(delivery: Delivery, make_root: impl FnOnce(&Baggage) -> Root) {
     }
     run_ready_tasks();
     durable::flush();
+    crate::imports::release_dropped(durable::import_count);
     save_ids_if_dirty();
+}
+
+/// The kernel can no longer reach heap export `vref`: the vat lets go of it
+/// (the root, `o+0`, is the vat's for good).
+fn forget_heap_export(vref: &str) {
+    if vref == ROOT_VREF || vref.starts_with("o+d") {
+        return;
+    }
+    with_vat(|vat| {
+        if let Some(object) = vat.exports.remove(vref) {
+            let key = Rc::as_ptr(&object) as *const () as usize;
+            vat.export_ids.remove(&key);
+        }
+    });
 }
 
 /// The guest's `vat_alloc` export: a buffer of `len` bytes for the host to fill.
