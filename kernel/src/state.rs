@@ -424,11 +424,11 @@ impl KernelState {
 
     /// Forgets a kernel object: its record, its counts, its exporter's entry.
     pub(crate) fn delete_object(&mut self, ko: &str) -> StoreResult<()> {
-        if let Some(owner) = self.object_owner(ko)? {
-            if let Some(vref) = self.clist_vref(&owner, ko)? {
-                self.delete(&format!("{owner}.c.{ko}"))?;
-                self.delete(&format!("{owner}.c.{vref}"))?;
-            }
+        if let Some(owner) = self.object_owner(ko)?
+            && let Some(vref) = self.clist_vref(&owner, ko)?
+        {
+            self.delete(&format!("{owner}.c.{ko}"))?;
+            self.delete(&format!("{owner}.c.{vref}"))?;
         }
         self.delete(&format!("{ko}.owner"))?;
         self.delete(&format!("{ko}.refs"))
