@@ -425,8 +425,14 @@ impl Kernel {
             SupervisorError::Fault(fault) => WorkerStartError::Fault(fault),
             other => WorkerStartError::Kernel(other.into()),
         })?;
+        let imports = self
+            .state
+            .scan_prefix(&format!("{vat}.c.ko"))?
+            .into_iter()
+            .filter_map(|(_, entry)| entry.strip_prefix("R o-").map(|id| format!("o-{id}")))
+            .collect();
         let mut syscalls = VatSyscalls::new(&mut self.state, vat);
-        let outcome = worker.deliver(&Delivery::StartVat, &mut syscalls);
+        let outcome = worker.deliver(&Delivery::StartVat { imports }, &mut syscalls);
         syscalls.finish()?;
         outcome.map_err(WorkerStartError::Fault)?;
         self.workers.insert(vat.to_owned(), worker);
@@ -526,12 +532,21 @@ impl Kernel {
         self.ensure_worker(vat)
     }
 
-    /// Delivers `bringOutYourDead` to vat `name` in a crank of its own: the
-    /// vat deletes the durable objects nothing refers to any more.
+    /// Delivers pending GC actions, then `bringOutYourDead` to vat `name` in a
+    /// crank of its own (the vat deletes the durable objects nothing refers
+    /// to any more), then the GC actions that caused.
     pub fn collect_vat_garbage(&mut self, name: &str) -> Result<(), KernelError> {
         let vat = self.running_vat_id(name)?;
+        self.run_gc_actions()?;
         self.bring_out_your_dead(&vat)?;
+        self.run_gc_actions()?;
         self.commit()
+    }
+
+    /// Delivers every pending GC action (and those they cause).
+    fn run_gc_actions(&mut self) -> Result<(), KernelError> {
+        while self.gc_step()? {}
+        Ok(())
     }
 
     fn bring_out_your_dead(&mut self, vat: &str) -> Result<(), KernelError> {
@@ -549,6 +564,7 @@ impl Kernel {
     pub fn release(&mut self, kpid: &str) -> Result<(), KernelError> {
         self.state.unpin(kpid)?;
         self.state.collect_garbage()?;
+        self.state.schedule_gc_actions()?;
         Ok(())
     }
 

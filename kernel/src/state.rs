@@ -386,7 +386,7 @@ impl KernelState {
     /// Turns objects that became unreachable (or unrecognizable) in this
     /// crank into GC actions for their exporters. An exporter that is gone
     /// gets none: its unrecognizable objects are deleted at once.
-    fn schedule_gc_actions(&mut self) -> StoreResult<()> {
+    pub(crate) fn schedule_gc_actions(&mut self) -> StoreResult<()> {
         while let Some(ko) = self.maybe_unreachable.pop_first() {
             let Some(owner) = self.object_owner(&ko)? else {
                 continue;

@@ -874,7 +874,9 @@ mod tests {
         let module = host.compile(&minimal(ABI_VERSION)).unwrap();
         let mut worker = ThreadWorker::start(&host, &module, Limits::default()).unwrap();
         let mut recorder = Recorder(Vec::new(), Ok(()));
-        worker.deliver(&Delivery::StartVat, &mut recorder).unwrap();
+        worker
+            .deliver(&Delivery::start_vat(), &mut recorder)
+            .unwrap();
         assert_eq!(
             recorder.0,
             [Syscall::VatstoreSet {
@@ -891,7 +893,7 @@ mod tests {
         let mut worker = ThreadWorker::start(&host, &module, Limits::default()).unwrap();
         let mut recorder = Recorder(Vec::new(), Err("vref o-9 is not in the c-list".into()));
         let fault = worker
-            .deliver(&Delivery::StartVat, &mut recorder)
+            .deliver(&Delivery::start_vat(), &mut recorder)
             .unwrap_err();
         assert_eq!(
             fault,
@@ -918,7 +920,7 @@ mod tests {
         };
         let mut worker = ThreadWorker::start(&host, &module, limits).unwrap();
         let fault = worker
-            .deliver(&Delivery::StartVat, &mut Recorder(Vec::new(), Ok(())))
+            .deliver(&Delivery::start_vat(), &mut Recorder(Vec::new(), Ok(())))
             .unwrap_err();
         assert_eq!(fault, VatFault::Deadline { deadline_ms: 50 });
     }
@@ -933,7 +935,7 @@ mod tests {
         };
         let mut worker = ThreadWorker::start(&host, &module, limits).unwrap();
         let fault = worker
-            .deliver(&Delivery::StartVat, &mut Recorder(Vec::new(), Ok(())))
+            .deliver(&Delivery::start_vat(), &mut Recorder(Vec::new(), Ok(())))
             .unwrap_err();
         assert!(
             fault.to_string().contains("syscalls_per_delivery_max (0)"),
@@ -980,7 +982,7 @@ mod tests {
         let module = host.compile(&wasm).unwrap();
         let mut worker = ThreadWorker::start(&host, &module, Limits::default()).unwrap();
         worker
-            .deliver(&Delivery::StartVat, &mut Recorder(Vec::new(), Ok(())))
+            .deliver(&Delivery::start_vat(), &mut Recorder(Vec::new(), Ok(())))
             .unwrap();
     }
 
@@ -1000,7 +1002,7 @@ mod tests {
         };
         let mut worker = ThreadWorker::start(&host, &module, limits).unwrap();
         let fault = worker
-            .deliver(&Delivery::StartVat, &mut Recorder(Vec::new(), Ok(())))
+            .deliver(&Delivery::start_vat(), &mut Recorder(Vec::new(), Ok(())))
             .unwrap_err();
         assert_eq!(
             fault,

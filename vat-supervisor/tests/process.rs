@@ -68,7 +68,7 @@ fn syscalls_cross_the_pipe_in_order_with_answers() {
         seen: Vec::new(),
         value: Some("hello".into()),
     };
-    worker.deliver(&Delivery::StartVat, &mut kernel).unwrap();
+    worker.deliver(&Delivery::start_vat(), &mut kernel).unwrap();
     assert_eq!(kernel.seen.len(), 3, "{:?}", kernel.seen);
     assert_eq!(kernel.seen[0], Syscall::VatstoreGet { key: "in".into() });
     assert_eq!(
@@ -82,7 +82,7 @@ fn syscalls_cross_the_pipe_in_order_with_answers() {
     // The worker stays up for the next delivery.
     kernel.seen.clear();
     kernel.value = None;
-    worker.deliver(&Delivery::StartVat, &mut kernel).unwrap();
+    worker.deliver(&Delivery::start_vat(), &mut kernel).unwrap();
     assert_eq!(kernel.seen, [Syscall::VatstoreGet { key: "in".into() }]);
 }
 
@@ -101,7 +101,7 @@ fn a_refused_batched_syscall_fails_the_delivery() {
         value: Some("x".into()),
     };
     let fault = worker
-        .deliver(&Delivery::StartVat, &mut kernel)
+        .deliver(&Delivery::start_vat(), &mut kernel)
         .unwrap_err();
     assert!(
         matches!(&fault, VatFault::IllegalSyscall(reason) if reason.contains("o-9")),
@@ -122,7 +122,7 @@ fn a_killed_worker_is_reported_as_such() {
         value: None,
     };
     let fault = worker
-        .deliver(&Delivery::StartVat, &mut kernel)
+        .deliver(&Delivery::start_vat(), &mut kernel)
         .unwrap_err();
     assert!(matches!(fault, VatFault::WorkerDied(_)), "{fault}");
 }

@@ -55,8 +55,14 @@ pub struct Resolution {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "camelCase")]
 pub enum Delivery {
-    /// Sent each time a worker starts the vat: the guest builds its root object (`o+0`).
-    StartVat,
+    /// Sent each time a worker starts the vat: the guest builds its root
+    /// object (`o+0`). `imports` are the imports the kernel holds for the vat
+    /// as reachable: a restarted vat drops those its durable state does not
+    /// refer to, since whatever held them on its heap is gone.
+    StartVat {
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        imports: Vec<String>,
+    },
     /// A message to one of the vat's objects (or promises it decides).
     Message {
         target: String,
@@ -77,6 +83,15 @@ pub enum Delivery {
     RetireExports { vrefs: Vec<String> },
     /// These imports' exporter retired them: they will never be seen again.
     RetireImports { vrefs: Vec<String> },
+}
+
+impl Delivery {
+    /// `startVat` for a vat that holds no imports (a new one).
+    pub fn start_vat() -> Delivery {
+        Delivery::StartVat {
+            imports: Vec::new(),
+        }
+    }
 }
 
 /// What a vat asks of the kernel during a delivery.
@@ -149,7 +164,7 @@ mod tests {
         );
         assert_eq!(serde_json::from_str::<Delivery>(&json).unwrap(), delivery);
         assert_eq!(
-            serde_json::to_string(&Delivery::StartVat).unwrap(),
+            serde_json::to_string(&Delivery::start_vat()).unwrap(),
             r#"{"type":"startVat"}"#
         );
     }

@@ -142,6 +142,13 @@ pub struct Promise {
 }
 
 impl Promise {
+    /// A promise received in a message or result, to await it.
+    pub fn from_ref(reference: &Ref) -> Promise {
+        Promise {
+            vpid: reference.slot.clone(),
+        }
+    }
+
     pub fn to_value(&self) -> Value {
         Value::Promise(Ref::new(self.vpid.clone()))
     }
@@ -152,10 +159,8 @@ impl Future for Promise {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let (settled, subscribe) = with_vat(|vat| {
-            let record = vat
-                .promises
-                .get_mut(&self.vpid)
-                .expect("vom invariant: an awaited promise has a record until it settles");
+            // A promise this vat received (`p-N`) gets its record when first awaited.
+            let record = vat.promises.entry(self.vpid.clone()).or_default();
             if let Some(settled) = record.settled.take() {
                 vat.promises.remove(&self.vpid);
                 return (Some(settled), false);
@@ -213,6 +218,12 @@ fn outgoing(value: &Value) -> CapData {
 
 fn settle(result_vpid: Option<String>, outcome: Result<Value, Error>) {
     let Some(promise) = result_vpid else { return };
+    // A result that is itself a promise is followed: the caller's promise
+    // settles as that one does (a promise chain, across as many vats as it takes).
+    if let Ok(Value::Promise(next)) = &outcome {
+        let next = Promise::from_ref(next);
+        return spawn(Box::pin(next), Some(promise));
+    }
     let (rejected, value) = match outcome {
         Ok(value) => (false, value),
         Err(error) => (true, Value::Error(error)),
@@ -370,9 +381,14 @@ fn report_panics() {
     }));
 }
 
-fn start_vat(make_root: impl FnOnce(&Baggage) -> Root) {
+fn start_vat(make_root: impl FnOnce(&Baggage) -> Root, imports: Vec<String>) {
     report_panics();
     load_ids();
+    // Whatever held these on the previous worker's heap is gone; those the
+    // durable state does not refer to are dropped at the end of this delivery.
+    for vref in &imports {
+        crate::imports::maybe_dropped(vref);
+    }
     let baggage = Baggage::open();
     let root = make_root(&baggage);
     let missing = durable::missing_kinds();
@@ -403,7 +419,7 @@ fn start_vat(make_root: impl FnOnce(&Baggage) -> Root) {
 /// Handles one delivery (the body of the guest's `vat_deliver` export).
 pub fn dispatch(delivery: Delivery, make_root: impl FnOnce(&Baggage) -> Root) {
     match delivery {
-        Delivery::StartVat => start_vat(make_root),
+        Delivery::StartVat { imports } => start_vat(make_root, imports),
         Delivery::BringOutYourDead => {
             durable::bring_out_your_dead();
         }

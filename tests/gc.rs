@@ -1,0 +1,232 @@
+//! Kernel garbage collection end to end: objects passed between vats are
+//! counted (reachable and recognizable) wherever references to them live, and
+//! freed in their exporter when the last one goes. Promise chains and
+//! messages queued on promises that settle either way. Each scenario ends
+//! with `vat check` recounting everything from the store.
+//!
+//! The vats are `holder` guests run by a daemon, so what they hold on their
+//! heaps lives across commands. `e` (v1) exports the objects in question.
+
+use vat_tests::{Daemon, VatHome};
+
+struct Scene {
+    home: VatHome,
+    _daemon: Daemon,
+}
+
+impl Scene {
+    /// A daemon with holder vats `e` (v1), `a` (v2), `b` (v3), `c` (v4), `d` (v5).
+    fn new() -> Scene {
+        let home = VatHome::new();
+        let daemon = home.start_daemon();
+        for name in ["e", "a", "b", "c", "d"] {
+            home.spawn(name, "holder");
+        }
+        Scene {
+            home,
+            _daemon: daemon,
+        }
+    }
+
+    fn send(&self, args: &[&str]) -> String {
+        let mut full = vec!["send"];
+        full.extend_from_slice(args);
+        self.home.ok(&full)
+    }
+
+    /// The objects `e` exports besides its root.
+    fn exported_by_e(&self) -> Vec<String> {
+        self.home
+            .dump()
+            .into_iter()
+            .filter(|(k, v)| k.ends_with(".owner") && v == "v1" && k != "ko1.owner")
+            .map(|(k, _)| k.trim_end_matches(".owner").to_owned())
+            .collect()
+    }
+
+    /// The one object `e` exports besides its root.
+    fn the_object(&self) -> String {
+        let objects = self.exported_by_e();
+        assert_eq!(objects.len(), 1, "e exports one object: {objects:?}");
+        objects.into_iter().next().unwrap()
+    }
+
+    /// (reachable, recognizable) of `ko`.
+    fn counts(&self, ko: &str) -> (u64, u64) {
+        let text = self.home.get(&format!("{ko}.refs")).unwrap_or_default();
+        let (r, c) = text.split_once(',').expect("ko.refs is r,c");
+        (r.parse().unwrap(), c.parse().unwrap())
+    }
+
+    /// Runs pending GC actions (and e's bringOutYourDead), then expects
+    /// nothing of `e`'s but its root to remain.
+    fn expect_collected(&self) {
+        self.home.ok(&["collect", "e"]);
+        assert_eq!(self.exported_by_e(), Vec::<String>::new());
+        let e_clist: Vec<String> = self
+            .home
+            .dump()
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("v1.c.ko") && k != "v1.c.ko1")
+            .map(|(k, _)| k)
+            .collect();
+        assert!(e_clist.is_empty(), "e's c-list forgot it: {e_clist:?}");
+        self.home.check();
+    }
+}
+
+#[test]
+fn two_importers_drop_in_turn_then_the_exporter_frees_it() {
+    let scene = Scene::new();
+    scene.send(&["a", "take", "e", "x", "x"]);
+    scene.send(&["a", "give", "x", "b", "x"]);
+    assert_eq!(scene.send(&["b", "call", "x", "describe"]), "\"x\"");
+    let x = scene.the_object();
+    assert_eq!(scene.counts(&x), (2, 2));
+    scene.home.check();
+
+    assert_eq!(scene.send(&["a", "drop", "x"]), "true");
+    assert_eq!(scene.counts(&x), (1, 1));
+    scene.home.ok(&["collect", "e"]);
+    assert_eq!(scene.exported_by_e(), [x.clone()], "b still holds it");
+    scene.home.check();
+
+    scene.send(&["b", "drop", "x"]);
+    scene.expect_collected();
+}
+
+#[test]
+fn an_import_dropped_then_received_again_is_reachable_again() {
+    let scene = Scene::new();
+    scene.send(&["a", "take", "e", "x", "x"]);
+    scene.send(&["a", "give", "x", "b", "x"]);
+    scene.send(&["a", "drop", "x"]);
+    let x = scene.the_object();
+    assert_eq!(scene.counts(&x), (1, 1));
+    // b hands it back: a imports it anew and can use it.
+    scene.send(&["b", "give", "x", "a", "again"]);
+    assert_eq!(scene.send(&["a", "call", "again", "describe"]), "\"x\"");
+    assert_eq!(scene.counts(&x), (2, 2));
+    scene.home.check();
+    scene.send(&["a", "drop", "again"]);
+    scene.send(&["b", "drop", "x"]);
+    scene.expect_collected();
+}
+
+#[test]
+fn a_reference_held_only_by_a_promise_queue_survives_until_delivered() {
+    let scene = Scene::new();
+    scene.send(&["a", "take", "e", "x", "x"]);
+    // a holds d's unresolved promise p and sends p.hold("x", X), which waits in p's queue.
+    scene.send(&["a", "ask", "d", "p"]);
+    scene.send(&["a", "queueOn", "p", "hold", "x"]);
+    scene.send(&["a", "drop", "x"]);
+    let x = scene.the_object();
+    assert_eq!(scene.counts(&x), (1, 1), "only the queued message refers to it");
+    scene.home.ok(&["collect", "e"]);
+    assert_eq!(scene.exported_by_e(), [x.clone()]);
+    scene.home.check();
+
+    // p resolves to c: the queued message moves on, and c holds X.
+    scene.send(&["d", "fire", "p", "c"]);
+    assert_eq!(scene.send(&["c", "call", "x", "describe"]), "\"x\"");
+    assert_eq!(scene.counts(&x), (1, 1));
+    scene.home.check();
+    scene.send(&["c", "drop", "x"]);
+    scene.send(&["a", "drop", "p"]);
+    scene.expect_collected();
+}
+
+#[test]
+fn a_reference_held_only_by_resolution_data_survives_until_read() {
+    let scene = Scene::new();
+    scene.send(&["d", "take", "e", "x", "x"]);
+    scene.send(&["a", "ask", "d", "q"]);
+    // d fulfills q with X and forgets X: only q's settlement refers to it.
+    scene.send(&["d", "fireHeld", "q", "x"]);
+    let x = scene.the_object();
+    assert_eq!(scene.counts(&x), (1, 1));
+    scene.home.ok(&["collect", "e"]);
+    assert_eq!(scene.exported_by_e(), [x.clone()]);
+    scene.home.check();
+
+    // a reads q: now a holds X, and the settled promise is gone.
+    scene.send(&["a", "await", "q"]);
+    assert_eq!(scene.send(&["a", "call", "q", "describe"]), "\"x\"");
+    assert_eq!(scene.counts(&x), (1, 1));
+    scene.home.check();
+    scene.send(&["a", "drop", "q"]);
+    scene.expect_collected();
+}
+
+#[test]
+fn a_terminated_importer_lets_go_of_its_imports() {
+    let scene = Scene::new();
+    scene.send(&["a", "take", "e", "x", "x"]);
+    scene.send(&["a", "holdDurably", "kept", "e"]);
+    let x = scene.the_object();
+    assert_eq!(scene.counts(&x), (1, 1));
+    let err = scene.home.fails(&["send", "a", "trap"]);
+    assert!(err.contains("vat v2 terminated"), "{err}");
+    // Its c-list is deleted (a slice at a time), and with it the reference.
+    scene.expect_collected();
+    assert!(
+        scene.home.dump().iter().all(|(k, _)| !k.starts_with("v2.")
+            || k.starts_with("v2.name")
+            || k.starts_with("v2.state")
+            || k.starts_with("v2.reason")
+            || k.starts_with("v2.bundle")
+            || k.starts_with("v2.options")
+            || k.starts_with("v2.incarnation")
+            || k.starts_with("v2.next")),
+        "a terminated vat keeps only its record"
+    );
+}
+
+#[test]
+fn an_object_whose_exporter_was_terminated_goes_when_its_importers_let_go() {
+    let scene = Scene::new();
+    scene.send(&["a", "take", "e", "x", "x"]);
+    let x = scene.the_object();
+    let err = scene.home.fails(&["send", "e", "trap"]);
+    assert!(err.contains("vat v1 terminated"), "{err}");
+    let err = scene.home.fails(&["send", "a", "call", "x", "describe"]);
+    assert!(err.contains("vat v1 terminated"), "{err}");
+    assert_eq!(scene.counts(&x), (1, 1));
+    scene.send(&["a", "drop", "x"]);
+    assert_eq!(scene.home.get(&format!("{x}.owner")), None, "deleted at once");
+    scene.home.check();
+}
+
+#[test]
+fn a_promise_chain_through_several_vats_settles_with_the_last_answer() {
+    let scene = Scene::new();
+    let hops = r#"[{"$ref":"b"},{"$ref":"c"},{"$ref":"d"}]"#;
+    assert_eq!(scene.send(&["a", "chain", hops, "42"]), "42");
+    // A reference makes the same trip and arrives usable.
+    scene.send(&["a", "take", "e", "x", "x"]);
+    scene.send(&["a", "give", "x", "b", "x"]);
+    let hops = r#"[{"$ref":"c"},{"$ref":"d"}]"#;
+    assert_eq!(scene.send(&["a", "chain", hops, "e"]), r#"{"$ref":"e"}"#);
+    scene.home.check();
+    scene.send(&["a", "drop", "x"]);
+    scene.send(&["b", "drop", "x"]);
+    scene.expect_collected();
+}
+
+#[test]
+fn messages_queued_on_a_promise_that_rejects_release_what_they_carry() {
+    let scene = Scene::new();
+    scene.send(&["a", "take", "e", "x", "x"]);
+    scene.send(&["a", "ask", "d", "r"]);
+    scene.send(&["a", "queueOn", "r", "hold", "x"]);
+    scene.send(&["a", "queueOn", "r", "hold", "x"]);
+    scene.send(&["a", "drop", "x"]);
+    let x = scene.the_object();
+    assert_eq!(scene.counts(&x), (2, 2), "two queued messages carry it");
+    scene.send(&["d", "fail", "r", "no such luck"]);
+    let err = scene.home.fails(&["send", "a", "await", "r"]);
+    assert_eq!(err, "error: no such luck");
+    scene.send(&["a", "drop", "r"]);
+    scene.expect_collected();
+}
