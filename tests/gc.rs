@@ -122,7 +122,11 @@ fn a_reference_held_only_by_a_promise_queue_survives_until_delivered() {
     scene.send(&["a", "queueOn", "p", "hold", "x"]);
     scene.send(&["a", "drop", "x"]);
     let x = scene.the_object();
-    assert_eq!(scene.counts(&x), (1, 1), "only the queued message refers to it");
+    assert_eq!(
+        scene.counts(&x),
+        (1, 1),
+        "only the queued message refers to it"
+    );
     scene.home.ok(&["collect", "e"]);
     assert_eq!(scene.exported_by_e(), [x.clone()]);
     scene.home.check();
@@ -194,7 +198,11 @@ fn an_object_whose_exporter_was_terminated_goes_when_its_importers_let_go() {
     assert!(err.contains("vat v1 terminated"), "{err}");
     assert_eq!(scene.counts(&x), (1, 1));
     scene.send(&["a", "drop", "x"]);
-    assert_eq!(scene.home.get(&format!("{x}.owner")), None, "deleted at once");
+    assert_eq!(
+        scene.home.get(&format!("{x}.owner")),
+        None,
+        "deleted at once"
+    );
     scene.home.check();
 }
 

@@ -1110,6 +1110,18 @@ impl Kernel {
 
     /// Re-derives the tables' invariants from the store: every discrepancy
     /// found (none when consistent), and how many keys were read.
+    /// The kernel objects `vat` exports, by scanning every object: for
+    /// tests and tools, not for the crank path.
+    pub fn objects_owned_by(&self, vat: &str) -> Result<Vec<String>, KernelError> {
+        Ok(self
+            .state
+            .scan_prefix("ko")?
+            .into_iter()
+            .filter(|(key, owner)| key.ends_with(".owner") && owner == vat)
+            .map(|(key, _)| key.trim_end_matches(".owner").to_owned())
+            .collect())
+    }
+
     pub fn check(&self) -> Result<(Vec<String>, usize), KernelError> {
         Ok(crate::check::check(&self.state)?)
     }

@@ -176,6 +176,10 @@ impl Exo for Holder {
             },
             "later" => match args.string(0) {
                 Ok(name) => {
+                    // A name asked again replaces the old promise, which is rejected.
+                    if DEFERRED.with(|d| d.borrow().contains_key(&name)) {
+                        let _ = settle_later(&name, Err(Error::new("replaced")));
+                    }
                     let deferred = Rc::new(RefCell::new(Deferred::default()));
                     DEFERRED.with(|d| d.borrow_mut().insert(name, deferred.clone()));
                     Reply::later(Later(deferred))
