@@ -154,6 +154,8 @@ pub struct Kernel {
     /// Deliveries to each vat since its last `bringOutYourDead`. Kept in
     /// memory only: when a vat collects its garbage does not change what it does.
     deliveries_since_collection: HashMap<String, u32>,
+    /// GC actions accumulate instead of being delivered (benchmarks only).
+    gc_deferred: bool,
 }
 
 /// A vat gets a `bringOutYourDead` delivery after this many other deliveries.
@@ -242,6 +244,7 @@ impl Kernel {
             last_commit: Instant::now(),
             cranks_total: 0,
             deliveries_since_collection: HashMap::new(),
+            gc_deferred: false,
         })
     }
 
@@ -658,6 +661,9 @@ impl Kernel {
     /// Delivers the first pending batch of GC actions (one kind, one vat),
     /// leaving out those that no longer apply. Returns whether it ran a crank.
     fn gc_step(&mut self) -> Result<bool, KernelError> {
+        if self.gc_deferred {
+            return Ok(false);
+        }
         let Some((first, _)) = self.state.store.get_next_key("gc.")?.map(|k| (k, ())) else {
             return Ok(false);
         };
@@ -1110,6 +1116,12 @@ impl Kernel {
 
     /// Re-derives the tables' invariants from the store: every discrepancy
     /// found (none when consistent), and how many keys were read.
+    /// Leaves GC actions queued instead of delivering them, to measure what
+    /// collection costs; `false` (the default) delivers them again.
+    pub fn set_gc_deferred(&mut self, deferred: bool) {
+        self.gc_deferred = deferred;
+    }
+
     /// The kernel objects `vat` exports, by scanning every object: for
     /// tests and tools, not for the crank path.
     pub fn objects_owned_by(&self, vat: &str) -> Result<Vec<String>, KernelError> {

@@ -17,6 +17,7 @@
 //! - `chain(hops, value)`: `hops[0].chain(rest, value)`, returning its promise; `value` at the end.
 //! - `take(from, label, name)`: await `from.make(label)` and hold the new object as `name`.
 //! - `fireHeld(name, heldName)`: fulfill `later(name)` with what is held as `heldName`, and drop it.
+//! - `churn(from, n)`: `n` times, await `from.make(..)` and drop the result.
 //! - `echo(x)`: returns `x`. `trap()`: traps (the vat is terminated).
 
 use std::cell::RefCell;
@@ -253,6 +254,17 @@ impl Exo for Holder {
                 HELD.with(|h| h.borrow_mut().remove(&held_name));
                 settle_later(&name, Ok(value))
             })()),
+            "churn" => match (args.reference(0), args.u64(1)) {
+                (Ok(from), Ok(count)) => Reply::later(async move {
+                    for _ in 0..count {
+                        // Made, received, and dropped at once: garbage for the kernel to collect.
+                        let object = send(&from, "make", vec![Value::from("churn")]).await?;
+                        drop(object);
+                    }
+                    Ok(Value::from(count))
+                }),
+                (Err(e), _) | (_, Err(e)) => Reply::Ready(Err(e)),
+            },
             "echo" => Reply::ready(args.get(0).cloned()),
             "trap" => panic!("trap requested"),
             other => Reply::no_such_method(other),
