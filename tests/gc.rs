@@ -17,15 +17,35 @@ struct Scene {
 impl Scene {
     /// A daemon with holder vats `e` (v1), `a` (v2), `b` (v3), `c` (v4), `d` (v5).
     fn new() -> Scene {
+        Scene::with_decider_flags(&[])
+    }
+
+    /// The same, with `d` spawned with `flags` (such as `--no-pipelining`).
+    fn with_decider_flags(flags: &[&str]) -> Scene {
         let home = VatHome::new();
         let daemon = home.start_daemon();
+        let module = vat_tests::guest("holder");
         for name in ["e", "a", "b", "c", "d"] {
-            home.spawn(name, "holder");
+            let mut args = vec!["spawn", name, module.to_str().unwrap()];
+            if name == "d" {
+                args.extend_from_slice(flags);
+            }
+            home.ok(&args);
         }
         Scene {
             home,
             _daemon: daemon,
         }
+    }
+
+    /// The keys of the kernel's promise queues.
+    fn promise_queues(&self) -> Vec<String> {
+        self.home
+            .dump()
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("kp") && k.ends_with(".queue"))
+            .map(|(k, _)| k)
+            .collect()
     }
 
     fn send(&self, args: &[&str]) -> String {
@@ -88,7 +108,11 @@ fn two_importers_drop_in_turn_then_the_exporter_frees_it() {
     assert_eq!(scene.send(&["a", "drop", "x"]), "true");
     assert_eq!(scene.counts(&x), (1, 1));
     scene.home.ok(&["collect", "e"]);
-    assert_eq!(scene.exported_by_e(), [x.clone()], "b still holds it");
+    assert_eq!(
+        scene.exported_by_e(),
+        std::slice::from_ref(&x),
+        "b still holds it"
+    );
     scene.home.check();
 
     scene.send(&["b", "drop", "x"]);
@@ -115,7 +139,8 @@ fn an_import_dropped_then_received_again_is_reachable_again() {
 
 #[test]
 fn a_reference_held_only_by_a_promise_queue_survives_until_delivered() {
-    let scene = Scene::new();
+    // d does not take pipelined messages: they wait in the kernel.
+    let scene = Scene::with_decider_flags(&["--no-pipelining"]);
     scene.send(&["a", "take", "e", "x", "x"]);
     // a holds d's unresolved promise p and sends p.hold("x", X), which waits in p's queue.
     scene.send(&["a", "ask", "d", "p"]);
@@ -127,8 +152,9 @@ fn a_reference_held_only_by_a_promise_queue_survives_until_delivered() {
         (1, 1),
         "only the queued message refers to it"
     );
+    assert_eq!(scene.promise_queues().len(), 1);
     scene.home.ok(&["collect", "e"]);
-    assert_eq!(scene.exported_by_e(), [x.clone()]);
+    assert_eq!(scene.exported_by_e(), std::slice::from_ref(&x));
     scene.home.check();
 
     // p resolves to c: the queued message moves on, and c holds X.
@@ -151,7 +177,7 @@ fn a_reference_held_only_by_resolution_data_survives_until_read() {
     let x = scene.the_object();
     assert_eq!(scene.counts(&x), (1, 1));
     scene.home.ok(&["collect", "e"]);
-    assert_eq!(scene.exported_by_e(), [x.clone()]);
+    assert_eq!(scene.exported_by_e(), std::slice::from_ref(&x));
     scene.home.check();
 
     // a reads q: now a holds X, and the settled promise is gone.
@@ -224,7 +250,7 @@ fn a_promise_chain_through_several_vats_settles_with_the_last_answer() {
 
 #[test]
 fn messages_queued_on_a_promise_that_rejects_release_what_they_carry() {
-    let scene = Scene::new();
+    let scene = Scene::with_decider_flags(&["--no-pipelining"]);
     scene.send(&["a", "take", "e", "x", "x"]);
     scene.send(&["a", "ask", "d", "r"]);
     scene.send(&["a", "queueOn", "r", "hold", "x"]);
@@ -235,6 +261,50 @@ fn messages_queued_on_a_promise_that_rejects_release_what_they_carry() {
     scene.send(&["d", "fail", "r", "no such luck"]);
     let err = scene.home.fails(&["send", "a", "await", "r"]);
     assert_eq!(err, "error: no such luck");
+    scene.send(&["a", "drop", "r"]);
+    scene.expect_collected();
+}
+
+#[test]
+fn messages_to_a_promise_are_pipelined_to_its_decider_and_follow_its_resolution() {
+    let scene = Scene::new();
+    scene.send(&["a", "take", "e", "x", "x"]);
+    scene.send(&["a", "ask", "d", "p"]);
+    scene.send(&["a", "queueOn", "p", "hold", "x"]);
+    scene.send(&["a", "drop", "x"]);
+    let x = scene.the_object();
+    // The message went to d, which decides p: no kernel queue, d holds X.
+    assert_eq!(scene.promise_queues(), Vec::<String>::new());
+    assert!(
+        scene.home.get(&format!("v5.c.{x}")).is_some(),
+        "d imported X with the pipelined message"
+    );
+    assert_eq!(scene.counts(&x), (1, 1));
+    scene.home.check();
+    // p resolves to c: d sends the message on, c gets X, d lets go of it.
+    scene.send(&["d", "fire", "p", "c"]);
+    assert_eq!(scene.send(&["c", "call", "x", "describe"]), "\"x\"");
+    assert_eq!(scene.home.get(&format!("v5.c.{x}")), None);
+    assert_eq!(scene.counts(&x), (1, 1));
+    scene.home.check();
+    scene.send(&["c", "drop", "x"]);
+    scene.send(&["a", "drop", "p"]);
+    scene.expect_collected();
+}
+
+#[test]
+fn pipelined_sends_to_a_promise_that_later_rejects_are_rejected_too() {
+    let scene = Scene::new();
+    scene.send(&["a", "take", "e", "x", "x"]);
+    scene.send(&["a", "ask", "d", "r"]);
+    scene.send(&["a", "queueOn", "r", "hold", "x"]);
+    scene.send(&["a", "drop", "x"]);
+    scene.send(&["d", "fail", "r", "no such luck"]);
+    assert_eq!(
+        scene.home.fails(&["send", "a", "await", "r"]),
+        "error: no such luck"
+    );
+    // The pipelined message was rejected with its target, and X let go.
     scene.send(&["a", "drop", "r"]);
     scene.expect_collected();
 }

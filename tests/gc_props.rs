@@ -91,9 +91,10 @@ impl World {
     }
 
     /// Sends `method(args)` to vat `vat`'s root and runs the kernel until it is idle.
-    fn send(&mut self, target: &str, method: &str, args: Vec<Value>) {
+    fn send_to(&mut self, vat: usize, method: &str, args: Vec<Value>) {
+        let target = self.root(vat).to_owned();
         let args: CapData = vom::capdata::encode(&Value::Array(args));
-        let kpid = self.kernel.queue_message(target, method, args).unwrap();
+        let kpid = self.kernel.queue_message(&target, method, args).unwrap();
         while self.kernel.step().unwrap() {}
         self.kernel.commit().unwrap();
         let _: Option<PromiseState> = self.kernel.promise_state(&kpid).unwrap();
@@ -108,30 +109,30 @@ impl World {
             Op::Take(v, n) => {
                 let e = self.roots[0].clone();
                 let args = vec![Value::Remotable(Ref::new(e)), s("x"), s(NAMES[n])];
-                self.send(&self.root(v).to_owned(), "take", args);
+                self.send_to(v, "take", args);
             }
             Op::Give(v, n, to) => {
                 let args = vec![s(NAMES[n]), self.reference(to), s(NAMES[n])];
-                self.send(&self.root(v).to_owned(), "give", args);
+                self.send_to(v, "give", args);
             }
-            Op::Drop(v, n) => self.send(&self.root(v).to_owned(), "drop", vec![s(NAMES[n])]),
+            Op::Drop(v, n) => self.send_to(v, "drop", vec![s(NAMES[n])]),
             Op::Ask(v, d, p) => {
                 let args = vec![self.reference(d), s(PROMISES[p])];
-                self.send(&self.root(v).to_owned(), "ask", args);
+                self.send_to(v, "ask", args);
             }
             Op::QueueOn(v, p, n) => {
                 let args = vec![s(PROMISES[p]), s("hold"), s(NAMES[n])];
-                self.send(&self.root(v).to_owned(), "queueOn", args);
+                self.send_to(v, "queueOn", args);
             }
             Op::Fire(d, p, to) => {
                 let args = vec![s(PROMISES[p]), self.reference(to)];
-                self.send(&self.root(d).to_owned(), "fire", args);
+                self.send_to(d, "fire", args);
             }
             Op::Fail(d, p) => {
                 let args = vec![s(PROMISES[p]), s("no")];
-                self.send(&self.root(d).to_owned(), "fail", args);
+                self.send_to(d, "fail", args);
             }
-            Op::Terminate(v) => self.send(&self.root(v).to_owned(), "trap", vec![]),
+            Op::Terminate(v) => self.send_to(v, "trap", vec![]),
             Op::Collect => {
                 self.kernel.collect_vat_garbage("e").unwrap();
             }
@@ -159,19 +160,19 @@ proptest! {
         // Everyone lets go of everything: e's objects must all be freed.
         for vat in 0..VATS.len() {
             for name in NAMES.iter().chain(PROMISES.iter()) {
-                world.send(&world.root(vat).to_owned(), "drop", vec![Value::from(*name)]);
+                world.send_to(vat, "drop", vec![Value::from(*name)]);
             }
         }
         // Messages still queued on never-settled promises keep what they carry;
         // settling every promise lets them go.
         for decider in 0..VATS.len() {
             for promise in PROMISES {
-                world.send(&world.root(decider).to_owned(), "fail", vec![Value::from(promise), Value::from("end")]);
+                world.send_to(decider, "fail", vec![Value::from(promise), Value::from("end")]);
             }
         }
         for vat in 0..VATS.len() {
             for name in NAMES {
-                world.send(&world.root(vat).to_owned(), "drop", vec![Value::from(name)]);
+                world.send_to(vat, "drop", vec![Value::from(name)]);
             }
         }
         world.kernel.collect_vat_garbage("e").unwrap();

@@ -95,6 +95,11 @@ pub struct VatOptions {
     pub memory_bytes_max: usize,
     pub message_bytes_max: usize,
     pub syscalls_per_delivery_max: u32,
+    /// Messages to promises this vat decides are delivered to it at once
+    /// (it queues them and sends them on when the promise settles) rather
+    /// than queued in the kernel. vom vats accept them.
+    #[serde(default)]
+    pub pipelining: bool,
 }
 
 impl Default for VatOptions {
@@ -107,6 +112,7 @@ impl Default for VatOptions {
             memory_bytes_max: limits.memory_bytes_max,
             message_bytes_max: limits.message_bytes_max,
             syscalls_per_delivery_max: limits.syscalls_per_delivery_max,
+            pipelining: true,
         }
     }
 }
@@ -878,6 +884,11 @@ impl Kernel {
                     panic!("kernel invariant: queued messages target known promises ({target})")
                 }
                 Some(PromiseState::Unresolved) => {
+                    if let Some(decider) = self.state.promise_decider(target)?
+                        && self.accepts_pipelining(&decider)?
+                    {
+                        return self.deliver_message(&decider, target, message);
+                    }
                     Ok(self.state.queue_on_promise(target, &message)?)
                 }
                 Some(PromiseState::Rejected(data)) => {
@@ -908,6 +919,14 @@ impl Kernel {
             return Ok(self.reject_if_unresolved(message.result.as_deref(), &why)?);
         }
         self.deliver_message(&owner, target, message)
+    }
+
+    /// Whether messages to promises `vat` decides go straight to it.
+    fn accepts_pipelining(&self, vat: &str) -> Result<bool, KernelError> {
+        Ok(
+            self.state.get(&format!("{vat}.state"))?.as_deref() == Some("running")
+                && self.vat_options(vat)?.pipelining,
+        )
     }
 
     fn deliver_message(
@@ -1201,6 +1220,12 @@ enum CrankError {
 impl From<StoreError> for CrankError {
     fn from(e: StoreError) -> Self {
         CrankError::Kernel(e.into())
+    }
+}
+
+impl From<KernelError> for CrankError {
+    fn from(e: KernelError) -> Self {
+        CrankError::Kernel(e)
     }
 }
 

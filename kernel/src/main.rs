@@ -81,6 +81,10 @@ enum Command {
         /// The most syscalls one delivery may make (syscalls_per_delivery_max).
         #[arg(long, default_value_t = VatOptions::default().syscalls_per_delivery_max)]
         syscalls_max: u32,
+        /// Queue messages to promises this vat decides in the kernel, rather
+        /// than pipelining them to the vat.
+        #[arg(long)]
+        no_pipelining: bool,
     },
     /// Send METHOD(ARGS) to TARGET, run the kernel until the result settles, print it.
     ///
@@ -249,6 +253,7 @@ fn run_command(
             memory_bytes,
             message_bytes,
             syscalls_max,
+            no_pipelining,
         } => {
             let wasm = std::fs::read(module)
                 .with_context(|| format!("cannot read {}", module.display()))?;
@@ -262,6 +267,7 @@ fn run_command(
                 memory_bytes_max: *memory_bytes,
                 message_bytes_max: *message_bytes,
                 syscalls_per_delivery_max: *syscalls_max,
+                pipelining: !*no_pipelining,
             };
             let root = kernel
                 .spawn_vat(name, &wasm, options)

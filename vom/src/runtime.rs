@@ -42,6 +42,14 @@ struct Task {
     result: Option<String>,
 }
 
+/// A message the kernel pipelined to a promise this vat decides: it waits
+/// here until the promise settles, then goes where the promise went.
+struct Pipelined {
+    method: String,
+    args: Vec<Value>,
+    result: Option<String>,
+}
+
 /// What a vat's start function returns as its root object (`o+0`).
 pub enum Root {
     /// An object on the heap, built again each time the vat starts.
@@ -82,6 +90,9 @@ struct VatState {
     ids_dirty: bool,
     promises: HashMap<String, PromiseRecord>,
     tasks: HashMap<u64, Task>,
+    /// Result promises of methods still running: messages may be pipelined to them.
+    deciding: std::collections::HashSet<String>,
+    pipelined: HashMap<String, Vec<Pipelined>>,
     next_task_id: u64,
 }
 
@@ -224,6 +235,10 @@ fn settle(result_vpid: Option<String>, outcome: Result<Value, Error>) {
         let next = Promise::from_ref(next);
         return spawn(Box::pin(next), Some(promise));
     }
+    let queued = with_vat(|vat| {
+        vat.deciding.remove(&promise);
+        vat.pipelined.remove(&promise).unwrap_or_default()
+    });
     let (rejected, value) = match outcome {
         Ok(value) => (false, value),
         Err(error) => (true, Value::Error(error)),
@@ -235,10 +250,37 @@ fn settle(result_vpid: Option<String>, outcome: Result<Value, Error>) {
             data: outgoing(&value),
         }],
     });
+    for message in queued {
+        forward_pipelined(message, rejected, &value);
+    }
+}
+
+/// Sends a pipelined message on to what its target promise settled to:
+/// delivered here if that is one of this vat's objects, sent on otherwise.
+fn forward_pipelined(message: Pipelined, rejected: bool, settled: &Value) {
+    let outcome = match (rejected, settled) {
+        (true, Value::Error(error)) => Err(error.clone()),
+        (true, other) => Err(rejection_error(other.clone())),
+        (false, Value::Remotable(target)) if target.slot.starts_with("o+") => {
+            return deliver_local(&target.slot, &message.method, message.args, message.result);
+        }
+        (false, Value::Remotable(target)) => {
+            let promise = send(target, &message.method, message.args);
+            Ok(promise.to_value())
+        }
+        (false, _) => Err(Error::type_error(format!(
+            "cannot deliver {:?}: its target was fulfilled with data, not an object",
+            message.method
+        ))),
+    };
+    settle(message.result, outcome);
 }
 
 fn spawn(future: LocalFuture, result: Option<String>) {
     let id = with_vat(|vat| {
+        if let Some(vpid) = &result {
+            vat.deciding.insert(vpid.clone());
+        }
         vat.next_task_id += 1;
         let id = vat.next_task_id;
         vat.tasks.insert(id, Task { future, result });
@@ -298,6 +340,43 @@ fn save_ids_if_dirty() {
 }
 
 fn deliver_message(target: &str, method: &str, args: &capdata::CapData, result: Option<String>) {
+    let args = match capdata::decode(args) {
+        Ok(Value::Array(mut items)) => {
+            items.iter_mut().for_each(crate::imports::hold_all);
+            items
+        }
+        Ok(_) => return settle(result, Err(Error::type_error("arguments must be an array"))),
+        Err(e) => return settle(result, Err(Error::type_error(e.to_string()))),
+    };
+    if target.starts_with('p') {
+        // Pipelined: the kernel sent it to the promise this vat decides.
+        let method = method.to_owned();
+        let waiting = with_vat(|vat| {
+            if !vat.deciding.contains(target) {
+                return Some((method, args, result));
+            }
+            vat.pipelined
+                .entry(target.to_owned())
+                .or_default()
+                .push(Pipelined {
+                    method,
+                    args,
+                    result,
+                });
+            None
+        });
+        if let Some((method, _, result)) = waiting {
+            let message =
+                format!("cannot deliver {method:?} to {target}: this vat no longer decides it");
+            settle(result, Err(Error::new(message)));
+        }
+        return;
+    }
+    deliver_local(target, method, args, result);
+}
+
+/// Delivers a message to one of this vat's own objects, heap or durable.
+fn deliver_local(target: &str, method: &str, args: Vec<Value>, result: Option<String>) {
     let durable_target = if target.starts_with("o+d") {
         Some(target.to_owned())
     } else if target == ROOT_VREF {
@@ -306,14 +385,6 @@ fn deliver_message(target: &str, method: &str, args: &capdata::CapData, result: 
         None
     };
     if let Some(target) = durable_target {
-        let args = match capdata::decode(args) {
-            Ok(Value::Array(mut items)) => {
-                items.iter_mut().for_each(crate::imports::hold_all);
-                items
-            }
-            Ok(_) => return settle(result, Err(Error::type_error("arguments must be an array"))),
-            Err(e) => return settle(result, Err(Error::type_error(e.to_string()))),
-        };
         return match durable::dispatch(&target, method, args) {
             Reply::Ready(outcome) => settle(result, outcome),
             Reply::Later(future) => spawn(future, result),
@@ -326,15 +397,7 @@ fn deliver_message(target: &str, method: &str, args: &capdata::CapData, result: 
         );
         return settle(result, Err(Error::new(message)));
     };
-    let args = match capdata::decode(args) {
-        Ok(Value::Array(mut items)) => {
-            items.iter_mut().for_each(crate::imports::hold_all);
-            Args::new(items)
-        }
-        Ok(_) => return settle(result, Err(Error::type_error("arguments must be an array"))),
-        Err(e) => return settle(result, Err(Error::type_error(e.to_string()))),
-    };
-    match object.call(method, args) {
+    match object.call(method, Args::new(args)) {
         Reply::Ready(outcome) => settle(result, outcome),
         Reply::Later(future) => spawn(future, result),
     }
