@@ -165,7 +165,7 @@ impl Exo for Holder {
                 let (name, to, new_name) = (args.string(0)?, args.reference(1)?, args.string(2)?);
                 let value = held(&name)?;
                 // Not awaited: the hold lands when the receiver gets it.
-                let _ = send(&to, "hold", vec![Value::from(new_name), value]);
+                drop(send(&to, "hold", vec![Value::from(new_name), value]));
                 Ok(Value::Undefined)
             })()),
             "call" => match (args.string(0), args.string(1)) {
@@ -207,7 +207,7 @@ impl Exo for Holder {
                 let (name, method, arg_name) = (args.string(0)?, args.string(1)?, args.string(2)?);
                 let target = held_ref(&name)?;
                 let arg = held(&arg_name)?;
-                let _ = send(&target, &method, vec![Value::from(arg_name), arg]);
+                drop(send(&target, &method, vec![Value::from(arg_name), arg]));
                 Ok(Value::Undefined)
             })()),
             "await" => match args.string(0).and_then(|name| Ok((held_ref(&name)?, name))) {
