@@ -323,3 +323,23 @@ fn collections_keep_integer_keys_in_numeric_order() {
     assert_eq!(home.ok(&["send", "things", "ids", "50", "60"]), "[]");
     assert_eq!(home.ok(&["send", "things", "count"]), "35");
 }
+
+/// Promises the vat decided die with its heap on upgrade: they are rejected
+/// as "upgraded", and whoever awaits them hears so. Heap objects are gone too.
+#[test]
+fn an_upgrade_rejects_the_promises_the_vat_decided() {
+    let home = VatHome::new();
+    let _daemon = home.start_daemon();
+    home.spawn("a", "holder");
+    home.spawn("d", "holder");
+    home.ok(&["send", "a", "ask", "d", "p"]);
+    home.ok(&["send", "a", "take", "d", "x", "x"]);
+    assert_eq!(home.ok(&["send", "a", "call", "x", "describe"]), "\"x\"");
+    let holder = vat_tests::guest("holder");
+    home.ok(&["upgrade", "d", holder.to_str().unwrap()]);
+    let err = home.fails(&["send", "a", "await", "p"]);
+    assert!(err.starts_with("error: vat v2 upgraded"), "{err}");
+    let err = home.fails(&["send", "a", "call", "x", "describe"]);
+    assert!(err.contains("is gone"), "a heap object does not survive: {err}");
+    home.check();
+}
