@@ -340,6 +340,9 @@ fn an_upgrade_rejects_the_promises_the_vat_decided() {
     let err = home.fails(&["send", "a", "await", "p"]);
     assert!(err.starts_with("error: vat v2 upgraded"), "{err}");
     let err = home.fails(&["send", "a", "call", "x", "describe"]);
-    assert!(err.contains("is gone"), "a heap object does not survive: {err}");
+    assert!(
+        err.contains("is gone"),
+        "a heap object does not survive: {err}"
+    );
     home.check();
 }

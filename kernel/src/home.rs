@@ -174,6 +174,12 @@ impl Home {
         did_key(&self.key)
     }
 
+    /// Signs `message` with the kernel's key (ed25519).
+    pub fn sign(&self, message: &[u8]) -> [u8; 64] {
+        use ed25519_dalek::Signer;
+        self.key.sign(message).to_bytes()
+    }
+
     /// A kernel over this home's store. The home (and its lock) must outlive it.
     pub fn kernel(&self, policy: CommitPolicy) -> Result<Kernel, HomeError> {
         let store = SwingStore::open(&self.path.join(STORE_FILE), Durability::Full)?;

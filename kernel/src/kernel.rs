@@ -162,6 +162,9 @@ pub struct Kernel {
     deliveries_since_collection: HashMap<String, u32>,
     /// GC actions accumulate instead of being delivered (benchmarks only).
     gc_deferred: bool,
+    /// Fuel each delivered message used, by its result promise, for the
+    /// result promises a job runner watches (see `crate::jobs`).
+    pub(crate) fuel_watch: HashMap<String, Option<u64>>,
 }
 
 /// A vat gets a `bringOutYourDead` delivery after this many other deliveries.
@@ -239,6 +242,8 @@ impl Kernel {
                 store,
                 maybe_free: Default::default(),
                 maybe_unreachable: Default::default(),
+                gc_actions_maybe: true,
+                cleanup_maybe: true,
             },
             host: WasmHost::new()?,
             modules: HashMap::new(),
@@ -251,6 +256,7 @@ impl Kernel {
             cranks_total: 0,
             deliveries_since_collection: HashMap::new(),
             gc_deferred: false,
+            fuel_watch: HashMap::new(),
         })
     }
 
@@ -667,15 +673,15 @@ impl Kernel {
     /// Delivers the first pending batch of GC actions (one kind, one vat),
     /// leaving out those that no longer apply. Returns whether it ran a crank.
     fn gc_step(&mut self) -> Result<bool, KernelError> {
-        if self.gc_deferred {
+        if self.gc_deferred || !self.state.gc_actions_maybe {
             return Ok(false);
         }
-        let Some((first, _)) = self.state.store.get_next_key("gc.")?.map(|k| (k, ())) else {
+        let next = self.state.store.get_next_key("gc.")?;
+        let Some(rest) = next.as_deref().and_then(|key| key.strip_prefix("gc.")) else {
+            self.state.gc_actions_maybe = false;
             return Ok(false);
         };
-        let Some(rest) = first.strip_prefix("gc.") else {
-            return Ok(false);
-        };
+        let first = next.clone().expect("just matched");
         let mut parts = rest.splitn(3, '.');
         let (Some(action), Some(vat)) = (parts.next().and_then(GcAction::parse), parts.next())
         else {
@@ -765,12 +771,19 @@ impl Kernel {
     /// vat (its c-list first, releasing what it held, then its vatstore).
     /// Returns whether there was anything to do.
     fn cleanup_step(&mut self) -> Result<bool, KernelError> {
-        let Some(marker) = self.state.store.get_next_key("cleanup.")? else {
+        if !self.state.cleanup_maybe {
+            return Ok(false);
+        }
+        let next = self.state.store.get_next_key("cleanup.")?;
+        let Some(vat) = next
+            .as_deref()
+            .and_then(|key| key.strip_prefix("cleanup."))
+            .map(str::to_owned)
+        else {
+            self.state.cleanup_maybe = false;
             return Ok(false);
         };
-        let Some(vat) = marker.strip_prefix("cleanup.").map(str::to_owned) else {
-            return Ok(false);
-        };
+        let marker = format!("cleanup.{vat}");
         self.state.store.begin_crank()?;
         let mut budget = CLEANUP_ENTRIES_PER_CRANK_MAX;
         let clist = format!("{vat}.c.k");
@@ -954,7 +967,13 @@ impl Kernel {
             args,
             result,
         };
-        self.deliver(vat, &delivery)
+        self.deliver(vat, &delivery)?;
+        if let Some(kpid) = &message.result
+            && let Some(fuel) = self.fuel_watch.get_mut(kpid)
+        {
+            *fuel = self.workers.get(vat).and_then(|w| w.fuel_used());
+        }
+        Ok(())
     }
 
     fn deliver_notify(&mut self, vat: &str, kpid: &str) -> Result<(), CrankError> {
@@ -1047,6 +1066,7 @@ impl Kernel {
         self.state.set(&format!("{vat}.state"), "terminated")?;
         self.state.set(&format!("{vat}.reason"), reason)?;
         self.reject_decided_promises(vat, reason)?;
+        self.state.cleanup_maybe = true;
         self.state.set(&format!("cleanup.{vat}"), "")
     }
 
@@ -1135,6 +1155,14 @@ impl Kernel {
 
     /// Re-derives the tables' invariants from the store: every discrepancy
     /// found (none when consistent), and how many keys were read.
+    pub(crate) fn state_mut(&mut self) -> &mut KernelState {
+        &mut self.state
+    }
+
+    pub(crate) fn state_ref(&self) -> &KernelState {
+        &self.state
+    }
+
     /// Leaves GC actions queued instead of delivering them, to measure what
     /// collection costs; `false` (the default) delivers them again.
     pub fn set_gc_deferred(&mut self, deferred: bool) {

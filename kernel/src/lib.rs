@@ -3,16 +3,20 @@
 //! CLI runs against.
 //!
 //! The API boundary is [`Kernel`] (spawn vats, queue messages, run cranks),
-//! [`Home`] (open a locked home and its kernel), and the display forms in
-//! [`display`] that the CLI uses for values.
+//! [`Home`] (open a locked home and its kernel), the display forms in
+//! [`display`] that the CLI uses for values, and IPVM jobs ([`ipvm`]: the
+//! job format and its validation; [`Kernel::run_job`] runs one).
 
 mod check;
 pub mod display;
 mod home;
+pub mod ipvm;
+mod jobs;
 mod kernel;
 mod state;
 
 pub use home::{Home, HomeError, InitOutcome, LOCK_WAIT_MS_DEFAULT, did_key};
+pub use jobs::{JobEvent, TaskOutcome};
 pub use kernel::{
     CommitPolicy, Kernel, KernelError, VatInfo, VatOptions, WorkerKind, check_name, is_kref,
 };

@@ -122,6 +122,15 @@ enum Command {
         /// The vat's name.
         name: String,
     },
+    /// Content-addressed Wasm modules (bundles).
+    #[command(subcommand)]
+    Bundle(BundleCommand),
+    /// Content-addressed values, for IPVM job inputs.
+    #[command(subcommand)]
+    Value(ValueCommand),
+    /// IPVM jobs: signed workflows of Wasm tasks.
+    #[command(subcommand)]
+    Job(JobCommand),
     /// List vats, their workers, pet names, and their krefs.
     List,
     /// Print the kernel's identity (did:key).
@@ -133,6 +142,48 @@ enum Command {
     Start,
     /// Stop the home's daemon.
     Stop,
+}
+
+#[derive(Subcommand, Debug, Serialize, Deserialize)]
+enum BundleCommand {
+    /// Store a Wasm module; print its CID (raw, sha2-256: the CID IPFS gives those bytes).
+    Add {
+        /// The module file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug, Serialize, Deserialize)]
+enum ValueCommand {
+    /// Store a JSON value; print its CID (DAG-CBOR, sha2-256). Jobs name it as {"/": CID}.
+    Add {
+        /// The value, as JSON.
+        json: String,
+    },
+}
+
+#[derive(Subcommand, Debug, Serialize, Deserialize)]
+enum JobCommand {
+    /// Sign JOB.json with this home's key (setting its requestor), in place.
+    Sign {
+        /// The job file.
+        file: PathBuf,
+    },
+    /// Validate and run JOB.json: progress per task, then the outputs.
+    Run {
+        /// The job file (signed).
+        file: PathBuf,
+    },
+    /// Each task's state in job ID (its CID).
+    Status {
+        /// The job's CID, as `vat job run` printed it.
+        id: String,
+    },
+    /// The receipts of job ID's finished tasks, one JSON per line.
+    Receipts {
+        /// The job's CID.
+        id: String,
+    },
 }
 
 /// What a command prints and how it exits, wherever it ran.
@@ -186,6 +237,11 @@ fn dispatch(cli: Cli) -> Result<Outcome> {
             // The daemon may run elsewhere in the file system: give it absolute paths.
             if let Command::Spawn { module, .. } | Command::Upgrade { module, .. } = &mut command {
                 *module = std::path::absolute(&*module).context("module path")?;
+            }
+            if let Command::Bundle(BundleCommand::Add { file })
+            | Command::Job(JobCommand::Sign { file } | JobCommand::Run { file }) = &mut command
+            {
+                *file = std::path::absolute(&*file).context("file path")?;
             }
             if let Some(stream) = connect(&socket) {
                 return request(stream, &command);
@@ -290,6 +346,17 @@ fn run_command(
             kernel.collect_vat_garbage(name)?;
             out.line(format!("{name}: collected"));
         }
+        Command::Bundle(BundleCommand::Add { file }) => {
+            let wasm =
+                std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+            out.line(kernel.add_bundle(&wasm)?);
+        }
+        Command::Value(ValueCommand::Add { json }) => {
+            let value: serde_json::Value =
+                serde_json::from_str(json).context("the value is not JSON")?;
+            out.line(kernel.add_value(&value)?);
+        }
+        Command::Job(job) => run_job_command(home, kernel, job, out)?,
         Command::List => {
             let vats = kernel.vats()?;
             if vats.is_empty() {
@@ -317,6 +384,104 @@ fn run_command(
         }
         Command::Init | Command::Start | Command::Stop => {
             bail!("this command does not run inside a kernel")
+        }
+    }
+    Ok(())
+}
+
+fn read_job(file: &Path) -> Result<serde_json::Value> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not JSON", file.display()))
+}
+
+fn run_job_command(
+    home: &Home,
+    kernel: &mut Kernel,
+    command: &JobCommand,
+    out: &mut Outcome,
+) -> Result<()> {
+    match command {
+        JobCommand::Sign { file } => {
+            let mut job = read_job(file)?;
+            let map = job
+                .as_object_mut()
+                .with_context(|| format!("{} is not a JSON object", file.display()))?;
+            map.insert("requestor".into(), home.did().into());
+            if !map.contains_key("nonce") {
+                let mut nonce = [0u8; 12];
+                getrandom::fill(&mut nonce)
+                    .map_err(|e| anyhow::anyhow!("no randomness for the nonce: {e}"))?;
+                map.insert("nonce".into(), bs58::encode(nonce).into_string().into());
+            }
+            map.remove("signature");
+            let signature = home.sign(&kernel::ipvm::signing_bytes(&job));
+            job["signature"] = kernel::ipvm::encode_signature(&signature).into();
+            let text = serde_json::to_string_pretty(&job).expect("JSON serializes");
+            std::fs::write(file, format!("{text}\n"))
+                .with_context(|| format!("cannot write {}", file.display()))?;
+            out.line(format!(
+                "signed job {} as {}",
+                kernel::ipvm::value_cid(&job),
+                home.did()
+            ));
+        }
+        JobCommand::Run { file } => {
+            let job = kernel.validate_job(read_job(file)?, &home.did())?;
+            out.line(format!("job {}", job.cid));
+            let outcomes = kernel.run_job(
+                &job,
+                &home.did(),
+                &|message| home.sign(message),
+                &mut |event| {
+                    let line = match event {
+                        kernel::JobEvent::Started { label } => format!("  {label}: started"),
+                        kernel::JobEvent::Memoized { label, ok } => {
+                            format!(
+                                "  {label}: {} (receipt found: not run again)",
+                                if ok { "ok" } else { "failed" }
+                            )
+                        }
+                        kernel::JobEvent::Finished { label, ok, fuel } => format!(
+                            "  {label}: {}{}",
+                            if ok { "ok" } else { "failed" },
+                            fuel.map(|f| format!(" (fuel {f})")).unwrap_or_default()
+                        ),
+                        kernel::JobEvent::Skipped { label } => format!("  {label}: skipped"),
+                    };
+                    // Progress shows as it happens (on the daemon's stderr,
+                    // when a daemon runs the job).
+                    eprintln!("{line}");
+                },
+            )?;
+            let outputs: serde_json::Map<String, serde_json::Value> = outcomes
+                .into_iter()
+                .map(|(label, outcome)| {
+                    let shown = match outcome {
+                        kernel::TaskOutcome::Ok(value) => serde_json::json!({"ok": value}),
+                        kernel::TaskOutcome::Error(reason) => serde_json::json!({"error": reason}),
+                        kernel::TaskOutcome::Skipped => serde_json::json!({"skipped": true}),
+                    };
+                    (label, shown)
+                })
+                .collect();
+            out.line(serde_json::Value::Object(outputs));
+        }
+        JobCommand::Status { id } => match kernel.job_status(id)? {
+            None => bail!("no job {id} has run here"),
+            Some(states) => {
+                for (label, state) in states {
+                    out.line(format!("{label}: {state}"));
+                }
+            }
+        },
+        JobCommand::Receipts { id } => {
+            if kernel.job_status(id)?.is_none() {
+                bail!("no job {id} has run here");
+            }
+            for (label, receipt) in kernel.job_receipts(id)? {
+                out.line(serde_json::json!({"task": label, "receipt": receipt}));
+            }
         }
     }
     Ok(())

@@ -66,6 +66,11 @@ pub(crate) struct KernelState {
     /// Objects whose reachable count reached zero in this crank: at its end,
     /// those still at zero get GC actions for their exporters.
     pub(crate) maybe_unreachable: std::collections::BTreeSet<String>,
+    /// False only when the store is known to hold no GC action: spares the
+    /// crank loop a store query per crank. Set whenever an action is added.
+    pub(crate) gc_actions_maybe: bool,
+    /// The same for terminated vats' cleanup.
+    pub(crate) cleanup_maybe: bool,
 }
 
 /// The krefs a message refers to: its result and its arguments.
@@ -419,6 +424,7 @@ impl KernelState {
         kref: &str,
         value: &str,
     ) -> StoreResult<()> {
+        self.gc_actions_maybe = true;
         self.set(&format!("gc.{}.{vat}.{kref}", action.name()), value)
     }
 

@@ -176,6 +176,12 @@ pub trait Worker {
     fn pid(&self) -> Option<u32> {
         None
     }
+
+    /// The fuel the last delivery consumed, when the worker can tell
+    /// (thread workers can; the process protocol does not carry it yet).
+    fn fuel_used(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// One wasmtime engine, configured for deterministic, metered guests, and the
@@ -639,6 +645,7 @@ pub struct ThreadWorker {
     alloc: TypedFunc<i32, i32>,
     deliver: TypedFunc<(i32, i32), i32>,
     limits: Limits,
+    last_fuel_used: Option<u64>,
 }
 
 impl fmt::Debug for ThreadWorker {
@@ -701,6 +708,7 @@ impl ThreadWorker {
             alloc,
             deliver,
             limits,
+            last_fuel_used: None,
         })
     }
 
@@ -784,10 +792,19 @@ impl Worker for ThreadWorker {
         self.store.data_mut().handler = Some(handler);
         self.store.data_mut().fault = None;
         let outcome = self.run_delivery(&bytes);
+        self.last_fuel_used = self
+            .store
+            .get_fuel()
+            .ok()
+            .map(|left| self.limits.fuel_per_delivery.saturating_sub(left));
         let state = self.store.data_mut();
         state.handler = None;
         state.result = None;
         outcome
+    }
+
+    fn fuel_used(&self) -> Option<u64> {
+        self.last_fuel_used
     }
 }
 

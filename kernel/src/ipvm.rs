@@ -1,0 +1,612 @@
+//! IPVM jobs: signed, content-addressed workflows of Wasm tasks, run as
+//! messages to vats.
+//!
+//! A job (`{type: "ipvm/job", version: "0.1.0", requestor, nonce, run:
+//! {label: task}, signature}`) is parsed and validated whole before anything
+//! runs: labels, CIDs, acyclicity (a cycle is named), each task's shape, the
+//! requestor's signature over the job's canonical DAG-CBOR encoding, and the
+//! requestor's authority. Then each task becomes a message: a pure task
+//! (`ipvm/wasm`) to the root of a task-runner vat whose module is the task's
+//! module CID, run with `maxGas` as its fuel; an effect task (`ipvm/effect`)
+//! to a capability the kernel's owner named. An input `{from: label}` waits
+//! for that task's output. A finished task gets a receipt (`{ran, out, fuel}`,
+//! signed by the kernel) kept in the store, written in one crank with the
+//! task's new state; a pure task whose receipt exists is not run again.
+//!
+//! # Store layout
+//!
+//! | key | value |
+//! |---|---|
+//! | `ipvm.value.<cid>` | a value (JSON), addressed by the CID of its DAG-CBOR encoding |
+//! | `ipvm.receipt.<cid>` | a receipt (JSON), by its own CID |
+//! | `ipvm.memo.<instruction cid>` | the receipt CID of a pure task already run |
+//! | `job.<cid>` | a submitted job (its signed JSON) |
+//! | `job.<cid>.t.<label>` | `pending`, `running <kpid>`, `ok <receipt>`, `error <receipt>` |
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use cid::Cid;
+use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+use multihash_codetable::{Code, MultihashDigest};
+use serde_json::{Value as Json, json};
+use vom::Value;
+
+/// The most tasks a job may have.
+pub const JOB_TASKS_MAX: usize = 1000;
+/// The most inputs a task may have.
+pub const TASK_INPUTS_MAX: usize = 64;
+/// The fuel a pure task gets when it names no `maxGas`.
+pub const MAX_GAS_DEFAULT: u64 = 1_000_000_000;
+/// The largest `maxGas` a task may ask for.
+pub const MAX_GAS_LIMIT: u64 = 100_000_000_000;
+
+const DAG_CBOR: u64 = 0x71;
+
+/// Why a job was refused before anything ran. Each names what is wrong.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum JobError {
+    #[error("malformed job: {0}")]
+    Malformed(String),
+    #[error("malformed task {label:?}: {reason}")]
+    MalformedTask { label: String, reason: String },
+    #[error("task {task:?} names unknown label {label:?}")]
+    UnknownLabel { task: String, label: String },
+    #[error("task {task:?} names unknown CID {cid}")]
+    UnknownCid { task: String, cid: String },
+    #[error("the job has a cycle: {0}")]
+    Cycle(String),
+    #[error("the job is not signed (sign it with `vat job sign`)")]
+    Unsigned,
+    #[error("bad signature: {0}")]
+    BadSignature(String),
+    #[error("requestor {requestor} may not run jobs here: {reason}")]
+    Unauthorized { requestor: String, reason: String },
+    #[error("task {task:?}: effect on {target:?}, which the requestor was not granted")]
+    NotGranted { task: String, target: String },
+}
+
+/// A task's input.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    Literal(Json),
+    /// A stored value, by CID (`{"/": cid}`).
+    Link(String),
+    /// Output `out` of task `label`.
+    From {
+        label: String,
+        out: usize,
+    },
+}
+
+/// What a task does.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TaskKind {
+    /// Call `func` of the Wasm module `module` (a vom vat) with fuel `max_gas`.
+    Wasm {
+        module: String,
+        func: String,
+        max_gas: u64,
+    },
+    /// Send `method` to capability `target` (a pet name).
+    Effect { target: String, method: String },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Task {
+    pub label: String,
+    pub kind: TaskKind,
+    pub inputs: Vec<Input>,
+    /// Tasks to run if this one fails.
+    pub on_error: Vec<String>,
+    /// Tasks to run once this one finishes, either way.
+    pub always: Vec<String>,
+}
+
+impl Task {
+    /// The labels this task waits for: its `from` inputs.
+    pub fn depends_on(&self) -> impl Iterator<Item = &str> {
+        self.inputs.iter().filter_map(|input| match input {
+            Input::From { label, .. } => Some(label.as_str()),
+            _ => None,
+        })
+    }
+}
+
+/// A parsed, validated job.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// The CID of the signed job's DAG-CBOR encoding: its id.
+    pub cid: String,
+    pub requestor: String,
+    pub tasks: BTreeMap<String, Task>,
+    /// The job as submitted (signed).
+    pub json: Json,
+}
+
+/// The canonical DAG-CBOR encoding of a JSON value (map keys sorted as DAG-CBOR sorts them).
+pub fn dag_cbor(value: &Json) -> Vec<u8> {
+    serde_ipld_dagcbor::to_vec(value).expect("kernel invariant: JSON encodes as DAG-CBOR")
+}
+
+/// The CIDv1 (dag-cbor, sha2-256) of a JSON value's canonical encoding.
+pub fn value_cid(value: &Json) -> String {
+    Cid::new_v1(DAG_CBOR, Code::Sha2_256.digest(&dag_cbor(value))).to_string()
+}
+
+/// The bytes a requestor signs: the job without its signature.
+pub fn signing_bytes(job: &Json) -> Vec<u8> {
+    let mut unsigned = job.clone();
+    if let Some(map) = unsigned.as_object_mut() {
+        map.remove("signature");
+    }
+    dag_cbor(&unsigned)
+}
+
+/// Encodes a signature as multibase base58btc (`z...`).
+pub fn encode_signature(signature: &[u8; 64]) -> String {
+    format!("z{}", bs58::encode(signature).into_string())
+}
+
+/// The ed25519 public key of a `did:key`.
+pub fn did_key_public(did: &str) -> Result<VerifyingKey, String> {
+    let encoded = did
+        .strip_prefix("did:key:z")
+        .ok_or_else(|| format!("{did:?} is not an ed25519 did:key"))?;
+    let bytes = bs58::decode(encoded)
+        .into_vec()
+        .map_err(|e| format!("{did:?}: {e}"))?;
+    let key = bytes
+        .strip_prefix(&[0xed, 0x01])
+        .ok_or_else(|| format!("{did:?} is not an ed25519 key"))?;
+    let key: [u8; 32] = key
+        .try_into()
+        .map_err(|_| format!("{did:?} has a key of the wrong length"))?;
+    VerifyingKey::from_bytes(&key).map_err(|e| format!("{did:?}: {e}"))
+}
+
+/// Checks `signature` (multibase base58btc) by `did` over `message`.
+pub fn verify(did: &str, message: &[u8], signature: &str) -> Result<(), String> {
+    let key = did_key_public(did)?;
+    let bytes = signature
+        .strip_prefix('z')
+        .ok_or("a signature is multibase base58btc (z...)")
+        .and_then(|s| bs58::decode(s).into_vec().map_err(|_| "not base58"))
+        .map_err(str::to_owned)?;
+    let bytes: [u8; 64] = bytes
+        .try_into()
+        .map_err(|_| "a signature is 64 bytes".to_owned())?;
+    key.verify(message, &Signature::from_bytes(&bytes))
+        .map_err(|_| format!("it does not verify against {did}"))
+}
+
+fn malformed_task(label: &str, reason: impl Into<String>) -> JobError {
+    JobError::MalformedTask {
+        label: label.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+fn labels(label: &str, task: &Json, field: &str) -> Result<Vec<String>, JobError> {
+    match task.get(field) {
+        None => Ok(Vec::new()),
+        Some(Json::Array(items)) => items
+            .iter()
+            .map(|item| {
+                item.as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| malformed_task(label, format!("{field} lists labels")))
+            })
+            .collect(),
+        Some(_) => Err(malformed_task(
+            label,
+            format!("{field} must be a list of labels"),
+        )),
+    }
+}
+
+fn parse_input(label: &str, input: &Json) -> Result<Input, JobError> {
+    if let Some(map) = input.as_object() {
+        if let Some(from) = map.get("from") {
+            let from = from
+                .as_str()
+                .ok_or_else(|| malformed_task(label, "from names a label"))?;
+            let out = match map.get("out") {
+                None => 0,
+                Some(out) => out
+                    .as_u64()
+                    .ok_or_else(|| malformed_task(label, "out is a natural number"))?
+                    as usize,
+            };
+            if map.len() > 2 || (map.len() == 2 && !map.contains_key("out")) {
+                return Err(malformed_task(label, "a from input is {from, out}"));
+            }
+            return Ok(Input::From {
+                label: from.to_owned(),
+                out,
+            });
+        }
+        if let (Some(Json::String(cid)), 1) = (map.get("/"), map.len()) {
+            return Ok(Input::Link(cid.clone()));
+        }
+    }
+    Ok(Input::Literal(input.clone()))
+}
+
+fn parse_task(label: &str, task: &Json) -> Result<Task, JobError> {
+    let map = task
+        .as_object()
+        .ok_or_else(|| malformed_task(label, "a task is an object"))?;
+    let string = |field: &str| -> Result<String, JobError> {
+        map.get(field)
+            .and_then(Json::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| malformed_task(label, format!("{field} is missing or not a string")))
+    };
+    let inputs = match map.get("input") {
+        None => Vec::new(),
+        Some(Json::Array(items)) if items.len() <= TASK_INPUTS_MAX => items
+            .iter()
+            .map(|input| parse_input(label, input))
+            .collect::<Result<_, _>>()?,
+        Some(Json::Array(_)) => {
+            return Err(malformed_task(
+                label,
+                format!("more than TASK_INPUTS_MAX ({TASK_INPUTS_MAX}) inputs"),
+            ));
+        }
+        Some(_) => return Err(malformed_task(label, "input must be a list")),
+    };
+    let kind = match string("type")?.as_str() {
+        "ipvm/wasm" => {
+            let module = string("with")?;
+            Cid::try_from(module.as_str())
+                .map_err(|e| malformed_task(label, format!("with is not a CID: {e}")))?;
+            let max_gas = match map.get("maxGas") {
+                None => MAX_GAS_DEFAULT,
+                Some(gas) => gas
+                    .as_u64()
+                    .filter(|gas| (1..=MAX_GAS_LIMIT).contains(gas))
+                    .ok_or_else(|| {
+                        malformed_task(
+                            label,
+                            format!("maxGas must be a natural number from 1 to MAX_GAS_LIMIT ({MAX_GAS_LIMIT})"),
+                        )
+                    })?,
+            };
+            TaskKind::Wasm {
+                module,
+                func: string("func")?,
+                max_gas,
+            }
+        }
+        "ipvm/effect" => TaskKind::Effect {
+            target: string("with")?,
+            method: string("do")?,
+        },
+        other => {
+            return Err(malformed_task(
+                label,
+                format!("unknown task type {other:?} (ipvm/wasm or ipvm/effect)"),
+            ));
+        }
+    };
+    Ok(Task {
+        label: label.to_owned(),
+        kind,
+        inputs,
+        on_error: labels(label, task, "onError")?,
+        always: labels(label, task, "always")?,
+    })
+}
+
+/// Finds a cycle through the tasks' dependencies (`from`, and the edges to
+/// `onError`/`always` tasks, which run after their task) and names it.
+fn find_cycle(tasks: &BTreeMap<String, Task>) -> Option<String> {
+    // Edges point from a task to what must finish before it.
+    let mut before: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for task in tasks.values() {
+        let entry = before.entry(&task.label).or_default();
+        entry.extend(task.depends_on());
+        for next in task.on_error.iter().chain(&task.always) {
+            before.entry(next).or_default().insert(&task.label);
+        }
+    }
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        Visiting,
+        Done,
+    }
+    fn visit<'a>(
+        label: &'a str,
+        before: &BTreeMap<&'a str, BTreeSet<&'a str>>,
+        marks: &mut BTreeMap<&'a str, Mark>,
+        path: &mut Vec<&'a str>,
+    ) -> Option<String> {
+        match marks.get(label) {
+            Some(Mark::Done) => return None,
+            Some(Mark::Visiting) => {
+                let start = path.iter().position(|l| *l == label).unwrap_or(0);
+                let mut cycle: Vec<&str> = path[start..].to_vec();
+                cycle.push(label);
+                return Some(cycle.join(" -> "));
+            }
+            None => {}
+        }
+        marks.insert(label, Mark::Visiting);
+        path.push(label);
+        for dependency in before.get(label).into_iter().flatten() {
+            if let Some(cycle) = visit(dependency, before, marks, path) {
+                return Some(cycle);
+            }
+        }
+        path.pop();
+        marks.insert(label, Mark::Done);
+        None
+    }
+    let mut marks = BTreeMap::new();
+    for label in before.keys() {
+        if let Some(cycle) = visit(label, &before, &mut marks, &mut Vec::new()) {
+            return Some(cycle);
+        }
+    }
+    None
+}
+
+/// What validation needs to know of the kernel: stored modules and values,
+/// the owner's identity and capabilities.
+pub trait JobContext {
+    fn has_module(&self, cid: &str) -> bool;
+    fn has_value(&self, cid: &str) -> bool;
+    fn owner(&self) -> String;
+    fn has_capability(&self, pet_name: &str) -> bool;
+}
+
+impl Job {
+    /// Parses and validates a job: nothing runs unless all of it is sound.
+    pub fn parse(json: Json, context: &dyn JobContext) -> Result<Job, JobError> {
+        let map = json
+            .as_object()
+            .ok_or_else(|| JobError::Malformed("a job is a JSON object".into()))?;
+        let field = |name: &str| -> Result<&str, JobError> {
+            map.get(name)
+                .and_then(Json::as_str)
+                .ok_or_else(|| JobError::Malformed(format!("{name} is missing or not a string")))
+        };
+        if field("type")? != "ipvm/job" {
+            return Err(JobError::Malformed("type must be \"ipvm/job\"".into()));
+        }
+        if field("version")? != "0.1.0" {
+            return Err(JobError::Malformed("version must be \"0.1.0\"".into()));
+        }
+        let requestor = field("requestor")?.to_owned();
+        did_key_public(&requestor).map_err(JobError::Malformed)?;
+        if !map.contains_key("nonce") {
+            return Err(JobError::Malformed("nonce is missing".into()));
+        }
+        let run = map
+            .get("run")
+            .and_then(Json::as_object)
+            .ok_or_else(|| JobError::Malformed("run is missing or not an object".into()))?;
+        if run.is_empty() {
+            return Err(JobError::Malformed("run names no tasks".into()));
+        }
+        if run.len() > JOB_TASKS_MAX {
+            return Err(JobError::Malformed(format!(
+                "more than JOB_TASKS_MAX ({JOB_TASKS_MAX}) tasks"
+            )));
+        }
+        let tasks: BTreeMap<String, Task> = run
+            .iter()
+            .map(|(label, task)| Ok((label.clone(), parse_task(label, task)?)))
+            .collect::<Result<_, JobError>>()?;
+        for task in tasks.values() {
+            let named = task
+                .depends_on()
+                .chain(task.on_error.iter().map(String::as_str))
+                .chain(task.always.iter().map(String::as_str));
+            for label in named {
+                if !tasks.contains_key(label) {
+                    return Err(JobError::UnknownLabel {
+                        task: task.label.clone(),
+                        label: label.to_owned(),
+                    });
+                }
+            }
+            if let TaskKind::Wasm { module, .. } = &task.kind
+                && !context.has_module(module)
+            {
+                return Err(JobError::UnknownCid {
+                    task: task.label.clone(),
+                    cid: module.clone(),
+                });
+            }
+            for input in &task.inputs {
+                if let Input::Link(cid) = input
+                    && !context.has_value(cid)
+                {
+                    return Err(JobError::UnknownCid {
+                        task: task.label.clone(),
+                        cid: cid.clone(),
+                    });
+                }
+            }
+        }
+        if let Some(cycle) = find_cycle(&tasks) {
+            return Err(JobError::Cycle(cycle));
+        }
+        let signature = match map.get("signature") {
+            None => return Err(JobError::Unsigned),
+            Some(Json::String(signature)) => signature,
+            Some(_) => return Err(JobError::BadSignature("it is not a string".into())),
+        };
+        verify(&requestor, &signing_bytes(&json), signature).map_err(JobError::BadSignature)?;
+        let owner = context.owner();
+        if requestor != owner {
+            return Err(JobError::Unauthorized {
+                requestor,
+                reason: format!(
+                    "only this kernel's owner ({owner}) may; delegations are not supported yet"
+                ),
+            });
+        }
+        for task in tasks.values() {
+            if let TaskKind::Effect { target, .. } = &task.kind
+                && !context.has_capability(target)
+            {
+                return Err(JobError::NotGranted {
+                    task: task.label.clone(),
+                    target: target.clone(),
+                });
+            }
+        }
+        Ok(Job {
+            cid: value_cid(&json),
+            requestor,
+            tasks,
+            json,
+        })
+    }
+}
+
+/// A task's output as plain JSON, or why it is not plain data.
+pub fn value_to_json(value: &Value) -> Result<Json, String> {
+    Ok(match value {
+        Value::Undefined | Value::Null => Json::Null,
+        Value::Bool(b) => Json::Bool(*b),
+        Value::Number(n) if n.is_finite() => {
+            if n.fract() == 0.0 && n.abs() < 9.007_199_254_740_992e15 {
+                Json::from(*n as i64)
+            } else {
+                Json::from(*n)
+            }
+        }
+        Value::BigInt(n) => match i64::try_from(*n) {
+            Ok(n) => Json::from(n),
+            Err(_) => Json::from(n.to_string()),
+        },
+        Value::String(s) => Json::from(s.as_str()),
+        Value::Array(items) => {
+            Json::Array(items.iter().map(value_to_json).collect::<Result<_, _>>()?)
+        }
+        Value::Record(map) => Json::Object(
+            map.iter()
+                .map(|(k, v)| Ok((k.clone(), value_to_json(v)?)))
+                .collect::<Result<_, String>>()?,
+        ),
+        other => return Err(format!("a task output must be plain data, not {other:?}")),
+    })
+}
+
+/// A JSON input as a passable value.
+pub fn json_to_value(json: &Json) -> Value {
+    match json {
+        Json::Null => Value::Null,
+        Json::Bool(b) => Value::Bool(*b),
+        Json::Number(n) => n
+            .as_i64()
+            .map(|n| Value::Number(n as f64))
+            .or_else(|| n.as_f64().map(Value::Number))
+            .unwrap_or(Value::Null),
+        Json::String(s) => Value::String(s.clone()),
+        Json::Array(items) => Value::Array(items.iter().map(json_to_value).collect()),
+        Json::Object(map) => Value::Record(
+            map.iter()
+                .map(|(k, v)| (k.clone(), json_to_value(v)))
+                .collect(),
+        ),
+    }
+}
+
+/// A receipt's body: what ran, how it ended, what it cost.
+pub fn receipt_body(
+    ran: &str,
+    outcome: &Result<Json, String>,
+    fuel: Option<u64>,
+    issuer: &str,
+) -> Json {
+    let out = match outcome {
+        Ok(value) => json!({"ok": value}),
+        Err(reason) => json!({"error": reason}),
+    };
+    json!({"ran": ran, "out": out, "fuel": fuel, "iss": issuer})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Everything;
+
+    impl JobContext for Everything {
+        fn has_module(&self, _: &str) -> bool {
+            true
+        }
+        fn has_value(&self, _: &str) -> bool {
+            true
+        }
+        fn owner(&self) -> String {
+            String::new()
+        }
+        fn has_capability(&self, _: &str) -> bool {
+            true
+        }
+    }
+
+    fn task(from: &[&str], on_error: &[&str]) -> Json {
+        let inputs: Vec<Json> = from.iter().map(|l| json!({"from": l})).collect();
+        json!({"type": "ipvm/wasm", "with": "bafkreibjkd6hsvnmwidyrps4jh5afrelvr675z3vgjeraiceovcxrrlxky", "func": "f", "input": inputs, "onError": on_error})
+    }
+
+    fn tasks(run: Json) -> BTreeMap<String, Task> {
+        run.as_object()
+            .unwrap()
+            .iter()
+            .map(|(l, t)| (l.clone(), parse_task(l, t).unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn a_cycle_is_named_along_its_path() {
+        let run = json!({"a": task(&["b"], &[]), "b": task(&["a"], &[]), "c": task(&[], &[])});
+        assert_eq!(find_cycle(&tasks(run)).as_deref(), Some("a -> b -> a"));
+        let run = json!({"a": task(&[], &["b"]), "b": task(&["a"], &[])});
+        assert!(find_cycle(&tasks(run)).is_some(), "onError edges count");
+        let run = json!({"a": task(&[], &[]), "b": task(&["a"], &[]), "c": task(&["a", "b"], &[])});
+        assert_eq!(find_cycle(&tasks(run)), None);
+    }
+
+    #[test]
+    fn values_are_addressed_by_canonical_dag_cbor() {
+        // Key order does not change the encoding: DAG-CBOR sorts map keys.
+        let a = json!({"b": 1, "aa": [true, "x"]});
+        let b: Json = serde_json::from_str(r#"{"aa": [true, "x"], "b": 1}"#).unwrap();
+        assert_eq!(dag_cbor(&a), dag_cbor(&b));
+        assert!(value_cid(&a).starts_with("bafyrei"), "{}", value_cid(&a));
+        // Shorter keys sort first, as DAG-CBOR requires.
+        assert_eq!(dag_cbor(&json!({"b": 1, "aa": 2}))[1], 0x61);
+    }
+
+    #[test]
+    fn inputs_are_literals_links_or_task_outputs() {
+        assert_eq!(
+            parse_input("t", &json!({"from": "a", "out": 1})).unwrap(),
+            Input::From {
+                label: "a".into(),
+                out: 1
+            }
+        );
+        assert_eq!(
+            parse_input("t", &json!({"/": "bafy"})).unwrap(),
+            Input::Link("bafy".into())
+        );
+        assert_eq!(
+            parse_input("t", &json!({"x": 1})).unwrap(),
+            Input::Literal(json!({"x": 1}))
+        );
+        assert!(parse_input("t", &json!({"from": "a", "to": 1})).is_err());
+        assert!(matches!(
+            Job::parse(json!({"type": "ipvm/job"}), &Everything),
+            Err(JobError::Malformed(_))
+        ));
+    }
+}

@@ -1,0 +1,507 @@
+//! The IPVM job runner: turns a validated [`Job`] into messages, drives the
+//! kernel until every task has an outcome, and keeps receipts. Durable: a
+//! job's task states and receipts live in the store, each task's outcome
+//! written in one crank with its receipt, so a runner that is killed and
+//! started again on the same job continues where it stopped, and never runs
+//! a finished task twice.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value as Json, json};
+use vom::{CapData, Value};
+
+use crate::ipvm::{self, Input, Job, JobContext, TaskKind};
+use crate::kernel::{Kernel, KernelError, VatOptions, WorkerKind};
+use crate::state::PromiseState;
+
+/// What happened to a task, as the runner reports it while it runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobEvent {
+    Started {
+        label: String,
+    },
+    /// A pure task whose receipt existed: not run again.
+    Memoized {
+        label: String,
+        ok: bool,
+    },
+    Finished {
+        label: String,
+        ok: bool,
+        fuel: Option<u64>,
+    },
+    Skipped {
+        label: String,
+    },
+}
+
+/// A task's final state.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TaskOutcome {
+    Ok(Json),
+    Error(String),
+    Skipped,
+}
+
+fn task_key(job: &str, label: &str) -> String {
+    format!("job.{job}.t.{label}")
+}
+
+struct StoreContext<'a> {
+    kernel: &'a Kernel,
+    owner: String,
+}
+
+impl JobContext for StoreContext<'_> {
+    fn has_module(&self, cid: &str) -> bool {
+        swingstore::SwingStore::parse_cid(cid)
+            .ok()
+            .and_then(|cid| {
+                self.kernel
+                    .state_ref()
+                    .store
+                    .get_bundle(&cid)
+                    .ok()
+                    .flatten()
+            })
+            .is_some()
+    }
+
+    fn has_value(&self, cid: &str) -> bool {
+        matches!(
+            self.kernel.state_ref().get(&format!("ipvm.value.{cid}")),
+            Ok(Some(_))
+        )
+    }
+
+    fn owner(&self) -> String {
+        self.owner.clone()
+    }
+
+    fn has_capability(&self, pet_name: &str) -> bool {
+        matches!(self.kernel.pet_name(pet_name), Ok(Some(_)))
+    }
+}
+
+impl Kernel {
+    /// Stores a Wasm module as a bundle and returns its CID (raw, sha2-256).
+    pub fn add_bundle(&mut self, wasm: &[u8]) -> Result<String, KernelError> {
+        let cid = self.state_mut().store.add_bundle(wasm)?.to_string();
+        self.commit()?;
+        Ok(cid)
+    }
+
+    /// Stores a value and returns its CID (DAG-CBOR, sha2-256).
+    pub fn add_value(&mut self, value: &Json) -> Result<String, KernelError> {
+        let cid = ipvm::value_cid(value);
+        let text = value.to_string();
+        self.state_mut().set(&format!("ipvm.value.{cid}"), &text)?;
+        self.commit()?;
+        Ok(cid)
+    }
+
+    /// Parses and validates a job against this kernel (its modules, values,
+    /// capabilities, and its owner `owner`).
+    pub fn validate_job(&self, json: Json, owner: &str) -> Result<Job, ipvm::JobError> {
+        let context = StoreContext {
+            kernel: self,
+            owner: owner.to_owned(),
+        };
+        Job::parse(json, &context)
+    }
+
+    /// Each task's state, by label, or `None` for a job never run here.
+    pub fn job_status(&self, job: &str) -> Result<Option<Vec<(String, String)>>, KernelError> {
+        if self.state_ref().get(&format!("job.{job}"))?.is_none() {
+            return Ok(None);
+        }
+        let prefix = format!("job.{job}.t.");
+        Ok(Some(
+            self.state_ref()
+                .scan_prefix(&prefix)?
+                .into_iter()
+                .map(|(key, state)| (key[prefix.len()..].to_owned(), state))
+                .collect(),
+        ))
+    }
+
+    /// The receipts of a job's finished tasks, by label.
+    pub fn job_receipts(&self, job: &str) -> Result<Vec<(String, Json)>, KernelError> {
+        let mut receipts = Vec::new();
+        for (label, state) in self.job_status(job)?.unwrap_or_default() {
+            if let Some(cid) = state
+                .strip_prefix("ok ")
+                .or_else(|| state.strip_prefix("error "))
+                && let Some(text) = self.state_ref().get(&format!("ipvm.receipt.{cid}"))?
+            {
+                let receipt: Json = serde_json::from_str(&text)
+                    .unwrap_or_else(|e| panic!("kernel invariant: receipt {cid} is JSON: {e}"));
+                receipts.push((label, receipt));
+            }
+        }
+        Ok(receipts)
+    }
+
+    /// Runs `job` to the end (or continues it, if it ran here before), and
+    /// returns each task's outcome. `sign` signs receipts as `issuer`.
+    pub fn run_job(
+        &mut self,
+        job: &Job,
+        issuer: &str,
+        sign: &dyn Fn(&[u8]) -> [u8; 64],
+        progress: &mut dyn FnMut(JobEvent),
+    ) -> Result<BTreeMap<String, TaskOutcome>, KernelError> {
+        let id = job.cid.clone();
+        if self.state_ref().get(&format!("job.{id}"))?.is_none() {
+            self.state_mut()
+                .set(&format!("job.{id}"), &job.json.to_string())?;
+            for label in job.tasks.keys() {
+                self.state_mut().set(&task_key(&id, label), "pending")?;
+            }
+            self.commit()?;
+        }
+        let mut runner = Runner {
+            kernel: self,
+            job,
+            issuer,
+            sign,
+            progress,
+        };
+        runner.run()
+    }
+}
+
+struct Runner<'a> {
+    kernel: &'a mut Kernel,
+    job: &'a Job,
+    issuer: &'a str,
+    sign: &'a dyn Fn(&[u8]) -> [u8; 64],
+    progress: &'a mut dyn FnMut(JobEvent),
+}
+
+impl Runner<'_> {
+    fn state(&self, label: &str) -> Result<String, KernelError> {
+        Ok(self
+            .kernel
+            .state_ref()
+            .get(&task_key(&self.job.cid, label))?
+            .unwrap_or_else(|| panic!("kernel invariant: job task {label} has a state")))
+    }
+
+    fn outcome(&self, label: &str) -> Result<Option<TaskOutcome>, KernelError> {
+        let state = self.state(label)?;
+        if state == "skipped" {
+            return Ok(Some(TaskOutcome::Skipped));
+        }
+        let Some(cid) = state
+            .strip_prefix("ok ")
+            .or_else(|| state.strip_prefix("error "))
+        else {
+            return Ok(None);
+        };
+        let text = self
+            .kernel
+            .state_ref()
+            .get(&format!("ipvm.receipt.{cid}"))?
+            .unwrap_or_else(|| panic!("kernel invariant: receipt {cid} is stored"));
+        let receipt: Json = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("kernel invariant: receipt {cid} is JSON: {e}"));
+        Ok(Some(match &receipt["out"] {
+            out if out.get("ok").is_some() => TaskOutcome::Ok(out["ok"].clone()),
+            out => TaskOutcome::Error(out["error"].as_str().unwrap_or("failed").to_owned()),
+        }))
+    }
+
+    fn run(&mut self) -> Result<BTreeMap<String, TaskOutcome>, KernelError> {
+        loop {
+            let mut outcomes = BTreeMap::new();
+            for label in self.job.tasks.keys() {
+                if let Some(outcome) = self.outcome(label)? {
+                    outcomes.insert(label.clone(), outcome);
+                }
+            }
+            if outcomes.len() == self.job.tasks.len() {
+                return Ok(outcomes);
+            }
+            let mut moved = false;
+            for (label, task) in &self.job.tasks {
+                if self.state(label)? != "pending" {
+                    continue;
+                }
+                // Parents: tasks that name this one in onError or always.
+                let parents: Vec<(&str, bool)> = self
+                    .job
+                    .tasks
+                    .values()
+                    .filter_map(|parent| {
+                        let always = parent.always.contains(label);
+                        (always || parent.on_error.contains(label))
+                            .then_some((parent.label.as_str(), always))
+                    })
+                    .collect();
+                let waiting = task
+                    .depends_on()
+                    .chain(parents.iter().map(|(p, _)| *p))
+                    .any(|dependency| !outcomes.contains_key(dependency));
+                if waiting {
+                    continue;
+                }
+                moved = true;
+                if !parents.is_empty() {
+                    let triggered = parents.iter().any(|(parent, always)| {
+                        *always || !matches!(outcomes.get(*parent), Some(TaskOutcome::Ok(_)))
+                    });
+                    if !triggered {
+                        self.finish_skipped(label)?;
+                        continue;
+                    }
+                }
+                match self.inputs(task, &outcomes) {
+                    Ok(inputs) => self.start(task, inputs)?,
+                    Err(reason) => self.finish(label, "-", Err(reason), None, false)?,
+                }
+            }
+            if self.collect_running()? {
+                moved = true;
+            }
+            if !moved {
+                // Work is in flight: run the kernel until something settles.
+                if !self.kernel.step()? {
+                    self.kernel.commit()?;
+                    if !self.collect_running()? {
+                        return Err(KernelError::Unsettled(format!("job {}", self.job.cid)));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The task's arguments, or why it cannot run (an input that failed).
+    fn inputs(
+        &self,
+        task: &ipvm::Task,
+        outcomes: &BTreeMap<String, TaskOutcome>,
+    ) -> Result<Vec<Json>, String> {
+        task.inputs
+            .iter()
+            .map(|input| match input {
+                Input::Literal(value) => Ok(value.clone()),
+                Input::Link(cid) => {
+                    let text = self
+                        .kernel
+                        .state_ref()
+                        .get(&format!("ipvm.value.{cid}"))
+                        .ok()
+                        .flatten()
+                        .ok_or_else(|| format!("value {cid} is gone"))?;
+                    serde_json::from_str(&text).map_err(|e| format!("value {cid}: {e}"))
+                }
+                Input::From { label, out } => match outcomes.get(label) {
+                    Some(TaskOutcome::Ok(value)) => match (out, value) {
+                        (0, _) => Ok(value.clone()),
+                        (i, Json::Array(items)) => items
+                            .get(*i)
+                            .cloned()
+                            .ok_or_else(|| format!("task {label} has no output {i}")),
+                        (i, _) => Err(format!("task {label} has no output {i}")),
+                    },
+                    _ => Err(format!("input from task {label} failed")),
+                },
+            })
+            .collect()
+    }
+
+    fn start(&mut self, task: &ipvm::Task, inputs: Vec<Json>) -> Result<(), KernelError> {
+        let label = task.label.clone();
+        let args = vom::capdata::encode(&Value::Array(
+            inputs.iter().map(ipvm::json_to_value).collect(),
+        ));
+        let (target, method, instruction) = match &task.kind {
+            TaskKind::Wasm {
+                module,
+                func,
+                max_gas,
+            } => {
+                let instruction = ipvm::value_cid(&json!({
+                    "with": module, "func": func, "input": inputs, "maxGas": max_gas
+                }));
+                let memo = self
+                    .kernel
+                    .state_ref()
+                    .get(&format!("ipvm.memo.{instruction}"))?;
+                if let Some(receipt) = memo {
+                    let ok = self.receipt_ok(&receipt)?;
+                    let state = format!("{} {receipt}", if ok { "ok" } else { "error" });
+                    self.kernel
+                        .state_mut()
+                        .set(&task_key(&self.job.cid, &label), &state)?;
+                    self.kernel.commit()?;
+                    (self.progress)(JobEvent::Memoized { label, ok });
+                    return Ok(());
+                }
+                let root = self.runner_vat(module, *max_gas)?;
+                (root, func.clone(), instruction)
+            }
+            TaskKind::Effect { target, method } => {
+                let kref = self
+                    .kernel
+                    .pet_name(target)?
+                    .ok_or_else(|| KernelError::UnknownTarget(target.clone()))?;
+                (kref, method.clone(), "-".to_owned())
+            }
+        };
+        let kpid = self.kernel.queue_message(&target, &method, args)?;
+        self.kernel.fuel_watch.insert(kpid.clone(), None);
+        self.kernel.state_mut().set(
+            &task_key(&self.job.cid, &label),
+            &format!("running {kpid} {instruction}"),
+        )?;
+        self.kernel.commit()?;
+        (self.progress)(JobEvent::Started { label });
+        Ok(())
+    }
+
+    fn receipt_ok(&self, cid: &str) -> Result<bool, KernelError> {
+        let text = self
+            .kernel
+            .state_ref()
+            .get(&format!("ipvm.receipt.{cid}"))?
+            .unwrap_or_else(|| panic!("kernel invariant: receipt {cid} is stored"));
+        Ok(text.contains("\"ok\":"))
+    }
+
+    /// The root of a running task-runner vat for `module` with fuel
+    /// `max_gas`, spawned from the stored bundle if there is none.
+    fn runner_vat(&mut self, module: &str, max_gas: u64) -> Result<String, KernelError> {
+        let short = &module[module.len().saturating_sub(10)..];
+        for attempt in 0.. {
+            let name = format!("ipvm-{short}-{max_gas}-{attempt}");
+            if let Some(root) = self.kernel.pet_name(&name)? {
+                let vat = self.kernel.vat_id(&name)?;
+                let running = self
+                    .kernel
+                    .state_ref()
+                    .get(&format!("{vat}.state"))?
+                    .as_deref()
+                    == Some("running");
+                if running {
+                    return Ok(root);
+                }
+                continue;
+            }
+            let cid = swingstore::SwingStore::parse_cid(module)?;
+            let wasm = self
+                .kernel
+                .state_ref()
+                .store
+                .get_bundle(&cid)?
+                .unwrap_or_else(|| panic!("kernel invariant: validated module {module} is stored"));
+            let options = VatOptions {
+                // Thread workers report the fuel a task used, for its receipt.
+                worker: WorkerKind::Thread,
+                fuel_per_delivery: max_gas,
+                ..VatOptions::default()
+            };
+            return self.kernel.spawn_vat(&name, &wasm, options);
+        }
+        unreachable!("the loop returns")
+    }
+
+    /// Writes receipts for running tasks whose promise settled. Returns
+    /// whether any did.
+    fn collect_running(&mut self) -> Result<bool, KernelError> {
+        let mut any = false;
+        for label in self.job.tasks.keys() {
+            let state = self.state(label)?;
+            let Some(rest) = state.strip_prefix("running ") else {
+                continue;
+            };
+            let (kpid, instruction) = rest
+                .split_once(' ')
+                .unwrap_or_else(|| panic!("kernel invariant: running state is 'running kpid cid'"));
+            let outcome = match self.kernel.promise_state(kpid)? {
+                Some(PromiseState::Fulfilled(data)) => decode_output(&data),
+                Some(PromiseState::Rejected(data)) => Err(rejection(&data)),
+                Some(PromiseState::Unresolved) => continue,
+                None => Err("the task's result promise is gone".to_owned()),
+            };
+            let fuel = self.kernel.fuel_watch.remove(kpid).flatten().or_else(|| {
+                match (&self.job.tasks[label].kind, &outcome) {
+                    (TaskKind::Wasm { max_gas, .. }, Err(reason))
+                        if reason.contains("fuel_per_delivery") =>
+                    {
+                        Some(*max_gas)
+                    }
+                    _ => None,
+                }
+            });
+            let pure = instruction != "-";
+            let (kpid, instruction) = (kpid.to_owned(), instruction.to_owned());
+            self.finish(label, &instruction, outcome, fuel, pure)?;
+            self.kernel.release(&kpid)?;
+            self.kernel.commit()?;
+            any = true;
+        }
+        Ok(any)
+    }
+
+    /// Records a task's outcome: its signed receipt, the memo (for pure
+    /// tasks) and its state, in one crank.
+    fn finish(
+        &mut self,
+        label: &str,
+        instruction: &str,
+        outcome: Result<Json, String>,
+        fuel: Option<u64>,
+        pure: bool,
+    ) -> Result<(), KernelError> {
+        let ok = outcome.is_ok();
+        let body = ipvm::receipt_body(instruction, &outcome, fuel, self.issuer);
+        let signature = (self.sign)(&ipvm::dag_cbor(&body));
+        let mut receipt = body;
+        receipt["sig"] = Json::from(ipvm::encode_signature(&signature));
+        let cid = ipvm::value_cid(&receipt);
+        let state = self.kernel.state_mut();
+        state.store.begin_crank()?;
+        state.set(&format!("ipvm.receipt.{cid}"), &receipt.to_string())?;
+        if pure {
+            state.set(&format!("ipvm.memo.{instruction}"), &cid)?;
+        }
+        state.set(
+            &task_key(&self.job.cid, label),
+            &format!("{} {cid}", if ok { "ok" } else { "error" }),
+        )?;
+        state.end_crank()?;
+        self.kernel.commit()?;
+        (self.progress)(JobEvent::Finished {
+            label: label.to_owned(),
+            ok,
+            fuel,
+        });
+        Ok(())
+    }
+
+    fn finish_skipped(&mut self, label: &str) -> Result<(), KernelError> {
+        self.kernel
+            .state_mut()
+            .set(&task_key(&self.job.cid, label), "skipped")?;
+        self.kernel.commit()?;
+        (self.progress)(JobEvent::Skipped {
+            label: label.to_owned(),
+        });
+        Ok(())
+    }
+}
+
+fn decode_output(data: &CapData) -> Result<Json, String> {
+    let value = vom::capdata::decode(data).map_err(|e| e.to_string())?;
+    ipvm::value_to_json(&value)
+}
+
+fn rejection(data: &CapData) -> String {
+    match vom::capdata::decode(data) {
+        Ok(Value::Error(error)) => error.to_string(),
+        Ok(other) => format!("rejected with {}", vom::capdata::encode(&other).body),
+        Err(e) => e.to_string(),
+    }
+}
