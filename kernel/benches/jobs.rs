@@ -97,7 +97,7 @@ impl Bench {
 
 fn main() {
     let measuring = std::env::args().any(|arg| arg == "--bench");
-    let count = if measuring { 2000 } else { 20 };
+    let count = if measuring { ipvm::JOB_TASKS_MAX } else { 20 };
     let mut bench = Bench::new();
     // Warm up: the task-runner vat exists and its module is compiled.
     let warm = bench.job("warm", bench.trivial(1));
