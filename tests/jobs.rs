@@ -369,3 +369,58 @@ fn a_job_killed_midway_completes_on_rerun_without_running_a_task_twice() {
     assert_eq!(jobs.home.integrity(), "ok");
     jobs.home.check();
 }
+
+#[test]
+fn another_requestor_runs_jobs_only_as_far_as_the_owner_delegated() {
+    let jobs = Jobs::new();
+    jobs.home.spawn("counter", "counter");
+    let other = VatHome::new();
+    let other_did = other.ok(&["key"]);
+    let delegation = other.path().join("delegation.json");
+    let text = jobs
+        .home
+        .ok(&["job", "delegate", &other_did, "--cmd", "/ipvm/run"]);
+    std::fs::write(&delegation, &text).unwrap();
+    let expired = other.path().join("expired.json");
+    let text = jobs
+        .home
+        .ok(&["job", "delegate", &other_did, "--expires-in-s", "0"]);
+    std::fs::write(&expired, &text).unwrap();
+
+    let pure = jobs.write(
+        "pure.json",
+        &job(json!({"a": wasm("count", json!(["four"]))})),
+        false,
+    );
+    let sign_as_other = |path: &Path, proof: Option<&Path>| {
+        let mut args = vec!["job", "sign", path.to_str().unwrap()];
+        if let Some(proof) = proof {
+            args.extend(["--proof", proof.to_str().unwrap()]);
+        }
+        other.ok(&args);
+    };
+    sign_as_other(&pure, None);
+    let err = jobs.fails(&pure);
+    assert!(
+        err.ends_with("may not run jobs here: no delegation from the owner"),
+        "{err}"
+    );
+    sign_as_other(&pure, Some(&expired));
+    assert!(jobs.fails(&pure).ends_with("delegation 0 expired"));
+    sign_as_other(&pure, Some(&delegation));
+    let (_, outputs, _) = jobs.run(&pure);
+    assert_eq!(outputs, json!({"a": {"ok": 4}}));
+
+    // Pure tasks only: an effect on the owner's counter is not covered.
+    let effect = jobs.write(
+        "effect.json",
+        &job(json!({"bump": {"type": "ipvm/effect", "with": "counter", "do": "increment"}})),
+        false,
+    );
+    sign_as_other(&effect, Some(&delegation));
+    assert_eq!(
+        jobs.fails(&effect),
+        "error: task \"bump\": effect on \"counter\", which the requestor was not granted"
+    );
+    assert_eq!(jobs.home.ok(&["send", "counter", "get"]), "0");
+}

@@ -14,6 +14,7 @@ pub mod ipvm;
 mod jobs;
 mod kernel;
 mod state;
+pub mod ucan;
 
 pub use home::{Home, HomeError, InitOutcome, LOCK_WAIT_MS_DEFAULT, did_key};
 pub use jobs::{JobEvent, TaskOutcome};

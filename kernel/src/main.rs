@@ -168,6 +168,24 @@ enum JobCommand {
     Sign {
         /// The job file.
         file: PathBuf,
+        /// A delegation (from `vat job delegate`) to attach as proof, for a
+        /// kernel this home does not own. Repeat for a chain, owner's first.
+        #[arg(long = "proof", value_name = "DELEGATION.json")]
+        proofs: Vec<PathBuf>,
+    },
+    /// Print a delegation letting DID run jobs on this home's kernel.
+    Delegate {
+        /// Who may: a did:key.
+        to: String,
+        /// What: `/ipvm` (all), `/ipvm/run` (pure tasks), `/ipvm/effect/NAME`.
+        #[arg(long, default_value = "/ipvm")]
+        cmd: String,
+        /// For how many seconds (none: until revoked by a new key).
+        #[arg(long)]
+        expires_in_s: Option<u64>,
+        /// Re-delegate: the subject kernel's did:key (default: this home's).
+        #[arg(long)]
+        subject: Option<String>,
     },
     /// Validate and run JOB.json: progress per task, then the outputs.
     Run {
@@ -239,9 +257,15 @@ fn dispatch(cli: Cli) -> Result<Outcome> {
                 *module = std::path::absolute(&*module).context("module path")?;
             }
             if let Command::Bundle(BundleCommand::Add { file })
-            | Command::Job(JobCommand::Sign { file } | JobCommand::Run { file }) = &mut command
+            | Command::Job(JobCommand::Sign { file, .. } | JobCommand::Run { file }) =
+                &mut command
             {
                 *file = std::path::absolute(&*file).context("file path")?;
+            }
+            if let Command::Job(JobCommand::Sign { proofs, .. }) = &mut command {
+                for proof in proofs {
+                    *proof = std::path::absolute(&*proof).context("proof path")?;
+                }
             }
             if let Some(stream) = connect(&socket) {
                 return request(stream, &command);
@@ -402,12 +426,19 @@ fn run_job_command(
     out: &mut Outcome,
 ) -> Result<()> {
     match command {
-        JobCommand::Sign { file } => {
+        JobCommand::Sign { file, proofs } => {
             let mut job = read_job(file)?;
+            let chain = proofs
+                .iter()
+                .map(|proof| read_job(proof))
+                .collect::<Result<Vec<_>>>()?;
             let map = job
                 .as_object_mut()
                 .with_context(|| format!("{} is not a JSON object", file.display()))?;
             map.insert("requestor".into(), home.did().into());
+            if !chain.is_empty() {
+                map.insert("prf".into(), chain.into());
+            }
             if !map.contains_key("nonce") {
                 let mut nonce = [0u8; 12];
                 getrandom::fill(&mut nonce)
@@ -466,6 +497,32 @@ fn run_job_command(
                 })
                 .collect();
             out.line(serde_json::Value::Object(outputs));
+        }
+        JobCommand::Delegate {
+            to,
+            cmd,
+            expires_in_s,
+            subject,
+        } => {
+            kernel::ipvm::did_key_public(to).map_err(|e| anyhow::anyhow!(e))?;
+            let expires = expires_in_s.map(|s| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs())
+                    + s
+            });
+            let mut nonce = [0u8; 12];
+            getrandom::fill(&mut nonce).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+            let delegation = kernel::ucan::delegate(
+                &home.did(),
+                to,
+                subject.as_deref().unwrap_or(&home.did()),
+                cmd,
+                expires,
+                &bs58::encode(nonce).into_string(),
+                &|message| home.sign(message),
+            );
+            out.line(delegation);
         }
         JobCommand::Status { id } => match kernel.job_status(id)? {
             None => bail!("no job {id} has run here"),

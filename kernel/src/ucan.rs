@@ -1,0 +1,182 @@
+//! Delegation: the small subset of UCAN 1.0 a job needs, on ed25519 and
+//! DAG-CBOR. (The `ucan` crate follows an older spec and no longer builds.)
+//!
+//! A delegation is `{payload: {iss, aud, sub, cmd, exp, nonce}, sig}`: `iss`
+//! lets `aud` invoke commands under `cmd` on `sub` (the kernel owner's
+//! did:key) until `exp` (seconds since the Unix epoch, or null for never),
+//! and `sig` is `iss`'s ed25519 signature (multibase base58btc) over the
+//! payload's canonical DAG-CBOR. Commands are paths: `/` covers all,
+//! `/ipvm` every job, `/ipvm/run` pure tasks, `/ipvm/effect/<pet name>` an
+//! effect on that capability. A chain (a job's `prf` list) starts at the
+//! owner and ends at the job's requestor, each link's `aud` the next `iss`,
+//! each narrowing (never widening) what it passes on.
+
+use serde_json::{Value as Json, json};
+
+use crate::ipvm::{dag_cbor, encode_signature, verify};
+
+/// The longest delegation chain accepted.
+pub const CHAIN_LENGTH_MAX: usize = 8;
+
+/// Whether command `granted` covers command `wanted` (segment-wise prefix).
+pub fn covers(granted: &str, wanted: &str) -> bool {
+    let granted = granted.trim_end_matches('/');
+    granted.is_empty() || wanted == granted || wanted.starts_with(&format!("{granted}/"))
+}
+
+/// Makes a delegation from `issuer` (who signs with `sign`) to `audience`.
+pub fn delegate(
+    issuer: &str,
+    audience: &str,
+    subject: &str,
+    command: &str,
+    expires_s: Option<u64>,
+    nonce: &str,
+    sign: &dyn Fn(&[u8]) -> [u8; 64],
+) -> Json {
+    let payload = json!({
+        "iss": issuer, "aud": audience, "sub": subject, "cmd": command,
+        "exp": expires_s, "nonce": nonce,
+    });
+    let signature = sign(&dag_cbor(&payload));
+    json!({"payload": payload, "sig": encode_signature(&signature)})
+}
+
+/// The commands a chain grants `requestor` on `owner`'s kernel at time
+/// `now_s`: each link checked (signature, continuity, subject, expiry,
+/// narrowing). Returns the narrowest command, which covers all it grants.
+pub fn granted_command(
+    chain: &[Json],
+    owner: &str,
+    requestor: &str,
+    now_s: u64,
+) -> Result<String, String> {
+    if chain.is_empty() {
+        return Err("no delegation from the owner".into());
+    }
+    if chain.len() > CHAIN_LENGTH_MAX {
+        return Err(format!(
+            "a delegation chain longer than CHAIN_LENGTH_MAX ({CHAIN_LENGTH_MAX})"
+        ));
+    }
+    let mut expected_issuer = owner.to_owned();
+    let mut command = "/".to_owned();
+    for (index, link) in chain.iter().enumerate() {
+        let payload = link
+            .get("payload")
+            .ok_or_else(|| format!("delegation {index} has no payload"))?;
+        let field = |name: &str| -> Result<&str, String> {
+            payload
+                .get(name)
+                .and_then(Json::as_str)
+                .ok_or_else(|| format!("delegation {index} has no {name}"))
+        };
+        let (issuer, audience, subject, cmd) =
+            (field("iss")?, field("aud")?, field("sub")?, field("cmd")?);
+        if issuer != expected_issuer {
+            return Err(format!(
+                "delegation {index} is issued by {issuer}, not {expected_issuer}"
+            ));
+        }
+        if subject != owner {
+            return Err(format!(
+                "delegation {index} is about {subject}, not this kernel"
+            ));
+        }
+        let signature = link
+            .get("sig")
+            .and_then(Json::as_str)
+            .ok_or_else(|| format!("delegation {index} is not signed"))?;
+        verify(issuer, &dag_cbor(payload), signature)
+            .map_err(|e| format!("delegation {index}: bad signature: {e}"))?;
+        match payload.get("exp") {
+            None | Some(Json::Null) => {}
+            Some(exp) => {
+                let exp = exp
+                    .as_u64()
+                    .ok_or_else(|| format!("delegation {index}: exp is not a time"))?;
+                if exp <= now_s {
+                    return Err(format!("delegation {index} expired"));
+                }
+            }
+        }
+        if !covers(&command, cmd) {
+            return Err(format!("delegation {index} widens {command:?} to {cmd:?}"));
+        }
+        command = cmd.to_owned();
+        expected_issuer = audience.to_owned();
+    }
+    if expected_issuer != requestor {
+        return Err(format!(
+            "the chain ends at {expected_issuer}, not the requestor"
+        ));
+    }
+    Ok(command)
+}
+
+#[cfg(test)]
+mod tests {
+    use ed25519_dalek::{Signer, SigningKey};
+
+    use super::*;
+    use crate::home::did_key;
+
+    fn key(seed: u8) -> (SigningKey, String) {
+        let key = SigningKey::from_bytes(&[seed; 32]);
+        let did = did_key(&key);
+        (key, did)
+    }
+
+    #[test]
+    fn commands_cover_their_sub_commands_only() {
+        assert!(covers("/", "/ipvm/run"));
+        assert!(covers("/ipvm", "/ipvm/effect/counter"));
+        assert!(covers("/ipvm/run", "/ipvm/run"));
+        assert!(!covers("/ipvm/run", "/ipvm/effect/counter"));
+        assert!(!covers("/ipvm/eff", "/ipvm/effect/x"));
+    }
+
+    #[test]
+    fn a_chain_from_the_owner_to_the_requestor_grants_its_narrowest_command() {
+        let (owner_key, owner) = key(1);
+        let (alice_key, alice) = key(2);
+        let (_, bob) = key(3);
+        let first = delegate(&owner, &alice, &owner, "/ipvm", None, "n1", &|m| {
+            owner_key.sign(m).to_bytes()
+        });
+        let second = delegate(&alice, &bob, &owner, "/ipvm/run", Some(2000), "n2", &|m| {
+            alice_key.sign(m).to_bytes()
+        });
+        let chain = [first.clone(), second.clone()];
+        assert_eq!(
+            granted_command(&chain, &owner, &bob, 1000).unwrap(),
+            "/ipvm/run"
+        );
+        assert!(
+            granted_command(&chain, &owner, &bob, 3000)
+                .unwrap_err()
+                .contains("expired")
+        );
+        assert!(granted_command(&[second.clone()], &owner, &bob, 1000).is_err());
+        assert!(
+            granted_command(&[first.clone()], &owner, &bob, 1000)
+                .unwrap_err()
+                .contains("not the requestor")
+        );
+        let wider = delegate(&alice, &bob, &owner, "/", None, "n3", &|m| {
+            alice_key.sign(m).to_bytes()
+        });
+        assert!(
+            granted_command(&[first.clone(), wider], &owner, &bob, 1000)
+                .unwrap_err()
+                .contains("widens")
+        );
+        let mut forged = second;
+        forged["payload"]["cmd"] = "/ipvm".into();
+        assert!(
+            granted_command(&[first, forged], &owner, &bob, 1000)
+                .unwrap_err()
+                .contains("bad signature")
+        );
+    }
+}
