@@ -157,9 +157,9 @@ mod tests {
                 .unwrap_err()
                 .contains("expired")
         );
-        assert!(granted_command(&[second.clone()], &owner, &bob, 1000).is_err());
+        assert!(granted_command(std::slice::from_ref(&second), &owner, &bob, 1000).is_err());
         assert!(
-            granted_command(&[first.clone()], &owner, &bob, 1000)
+            granted_command(std::slice::from_ref(&first), &owner, &bob, 1000)
                 .unwrap_err()
                 .contains("not the requestor")
         );
