@@ -5,7 +5,7 @@
 //! started again on the same job continues where it stopped, and never runs
 //! a finished task twice.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Value as Json, json};
 use vom::{CapData, Value};
@@ -166,122 +166,140 @@ impl Kernel {
             issuer,
             sign,
             progress,
+            outcomes: BTreeMap::new(),
+            pending: BTreeSet::new(),
+            running: BTreeMap::new(),
         };
-        runner.run()
+        runner.load()?;
+        let outcomes = runner.run()?;
+        self.commit()?;
+        Ok(outcomes)
     }
 }
 
+/// Drives one job. Task states are read from the store once, then kept in
+/// memory as well as written, so each step costs what it changes.
 struct Runner<'a> {
     kernel: &'a mut Kernel,
     job: &'a Job,
     issuer: &'a str,
     sign: &'a dyn Fn(&[u8]) -> [u8; 64],
     progress: &'a mut dyn FnMut(JobEvent),
+    outcomes: BTreeMap<String, TaskOutcome>,
+    pending: BTreeSet<String>,
+    /// Label -> (result promise, instruction CID or `-` for an effect).
+    running: BTreeMap<String, (String, String)>,
 }
 
 impl Runner<'_> {
-    fn state(&self, label: &str) -> Result<String, KernelError> {
-        Ok(self
-            .kernel
-            .state_ref()
-            .get(&task_key(&self.job.cid, label))?
-            .unwrap_or_else(|| panic!("kernel invariant: job task {label} has a state")))
-    }
-
-    fn outcome(&self, label: &str) -> Result<Option<TaskOutcome>, KernelError> {
-        let state = self.state(label)?;
-        if state == "skipped" {
-            return Ok(Some(TaskOutcome::Skipped));
-        }
-        let Some(cid) = state
-            .strip_prefix("ok ")
-            .or_else(|| state.strip_prefix("error "))
-        else {
-            return Ok(None);
-        };
+    fn receipt(&self, cid: &str) -> Result<Json, KernelError> {
         let text = self
             .kernel
             .state_ref()
             .get(&format!("ipvm.receipt.{cid}"))?
             .unwrap_or_else(|| panic!("kernel invariant: receipt {cid} is stored"));
-        let receipt: Json = serde_json::from_str(&text)
-            .unwrap_or_else(|e| panic!("kernel invariant: receipt {cid} is JSON: {e}"));
-        Ok(Some(match &receipt["out"] {
+        Ok(serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("kernel invariant: receipt {cid} is JSON: {e}")))
+    }
+
+    fn receipt_outcome(&self, cid: &str) -> Result<TaskOutcome, KernelError> {
+        let receipt = self.receipt(cid)?;
+        Ok(match &receipt["out"] {
             out if out.get("ok").is_some() => TaskOutcome::Ok(out["ok"].clone()),
             out => TaskOutcome::Error(out["error"].as_str().unwrap_or("failed").to_owned()),
-        }))
+        })
+    }
+
+    /// Reads every task's state once.
+    fn load(&mut self) -> Result<(), KernelError> {
+        for label in self.job.tasks.keys() {
+            let state = self
+                .kernel
+                .state_ref()
+                .get(&task_key(&self.job.cid, label))?
+                .unwrap_or_else(|| panic!("kernel invariant: job task {label} has a state"));
+            if state == "pending" {
+                self.pending.insert(label.clone());
+            } else if state == "skipped" {
+                self.outcomes.insert(label.clone(), TaskOutcome::Skipped);
+            } else if let Some(rest) = state.strip_prefix("running ") {
+                let (kpid, instruction) = rest.split_once(' ').unwrap_or_else(|| {
+                    panic!("kernel invariant: running state is 'running kpid cid'")
+                });
+                self.running
+                    .insert(label.clone(), (kpid.to_owned(), instruction.to_owned()));
+            } else if let Some(cid) = state
+                .strip_prefix("ok ")
+                .or_else(|| state.strip_prefix("error "))
+            {
+                let outcome = self.receipt_outcome(cid)?;
+                self.outcomes.insert(label.clone(), outcome);
+            } else {
+                panic!("kernel invariant: job task {label} has a known state ({state})");
+            }
+        }
+        Ok(())
     }
 
     fn run(&mut self) -> Result<BTreeMap<String, TaskOutcome>, KernelError> {
         loop {
-            let mut outcomes = BTreeMap::new();
-            for label in self.job.tasks.keys() {
-                if let Some(outcome) = self.outcome(label)? {
-                    outcomes.insert(label.clone(), outcome);
-                }
-            }
-            if outcomes.len() == self.job.tasks.len() {
-                return Ok(outcomes);
+            if self.outcomes.len() == self.job.tasks.len() {
+                return Ok(self.outcomes.clone());
             }
             let mut moved = false;
-            for (label, task) in &self.job.tasks {
-                if self.state(label)? != "pending" {
-                    continue;
-                }
+            let pending: Vec<String> = self.pending.iter().cloned().collect();
+            for label in pending {
+                let task = &self.job.tasks[&label];
                 // Parents: tasks that name this one in onError or always.
                 let parents: Vec<(&str, bool)> = self
                     .job
                     .tasks
                     .values()
                     .filter_map(|parent| {
-                        let always = parent.always.contains(label);
-                        (always || parent.on_error.contains(label))
+                        let always = parent.always.contains(&label);
+                        (always || parent.on_error.contains(&label))
                             .then_some((parent.label.as_str(), always))
                     })
                     .collect();
                 let waiting = task
                     .depends_on()
                     .chain(parents.iter().map(|(p, _)| *p))
-                    .any(|dependency| !outcomes.contains_key(dependency));
+                    .any(|dependency| !self.outcomes.contains_key(dependency));
                 if waiting {
                     continue;
                 }
                 moved = true;
                 if !parents.is_empty() {
                     let triggered = parents.iter().any(|(parent, always)| {
-                        *always || !matches!(outcomes.get(*parent), Some(TaskOutcome::Ok(_)))
+                        *always || !matches!(self.outcomes.get(*parent), Some(TaskOutcome::Ok(_)))
                     });
                     if !triggered {
-                        self.finish_skipped(label)?;
+                        self.finish_skipped(&label)?;
                         continue;
                     }
                 }
-                match self.inputs(task, &outcomes) {
+                match self.inputs(task) {
                     Ok(inputs) => self.start(task, inputs)?,
-                    Err(reason) => self.finish(label, "-", Err(reason), None, false)?,
+                    Err(reason) => self.finish(&label, "-", Err(reason), None, false, None)?,
                 }
             }
             if self.collect_running()? {
                 moved = true;
             }
             if !moved {
-                // Work is in flight: run the kernel until something settles.
-                if !self.kernel.step()? {
-                    self.kernel.commit()?;
-                    if !self.collect_running()? {
-                        return Err(KernelError::Unsettled(format!("job {}", self.job.cid)));
-                    }
+                // Work is in flight: run what the kernel has queued (every
+                // started task, as far as it goes), then collect outcomes.
+                while self.kernel.step()? {}
+                self.kernel.commit()?;
+                if !self.collect_running()? {
+                    return Err(KernelError::Unsettled(format!("job {}", self.job.cid)));
                 }
             }
         }
     }
 
     /// The task's arguments, or why it cannot run (an input that failed).
-    fn inputs(
-        &self,
-        task: &ipvm::Task,
-        outcomes: &BTreeMap<String, TaskOutcome>,
-    ) -> Result<Vec<Json>, String> {
+    fn inputs(&self, task: &ipvm::Task) -> Result<Vec<Json>, String> {
         task.inputs
             .iter()
             .map(|input| match input {
@@ -296,7 +314,7 @@ impl Runner<'_> {
                         .ok_or_else(|| format!("value {cid} is gone"))?;
                     serde_json::from_str(&text).map_err(|e| format!("value {cid}: {e}"))
                 }
-                Input::From { label, out } => match outcomes.get(label) {
+                Input::From { label, out } => match self.outcomes.get(label) {
                     Some(TaskOutcome::Ok(value)) => match (out, value) {
                         (0, _) => Ok(value.clone()),
                         (i, Json::Array(items)) => items
@@ -311,6 +329,9 @@ impl Runner<'_> {
             .collect()
     }
 
+    /// Starts a task: a memo hit finishes it at once; otherwise its message
+    /// is queued (its state is committed with the next commit: a task lost
+    /// before then had not run, and starts again).
     fn start(&mut self, task: &ipvm::Task, inputs: Vec<Json>) -> Result<(), KernelError> {
         let label = task.label.clone();
         let args = vom::capdata::encode(&Value::Array(
@@ -330,12 +351,14 @@ impl Runner<'_> {
                     .state_ref()
                     .get(&format!("ipvm.memo.{instruction}"))?;
                 if let Some(receipt) = memo {
-                    let ok = self.receipt_ok(&receipt)?;
+                    let outcome = self.receipt_outcome(&receipt)?;
+                    let ok = matches!(outcome, TaskOutcome::Ok(_));
                     let state = format!("{} {receipt}", if ok { "ok" } else { "error" });
                     self.kernel
                         .state_mut()
                         .set(&task_key(&self.job.cid, &label), &state)?;
-                    self.kernel.commit()?;
+                    self.pending.remove(&label);
+                    self.outcomes.insert(label.clone(), outcome);
                     (self.progress)(JobEvent::Memoized { label, ok });
                     return Ok(());
                 }
@@ -356,18 +379,10 @@ impl Runner<'_> {
             &task_key(&self.job.cid, &label),
             &format!("running {kpid} {instruction}"),
         )?;
-        self.kernel.commit()?;
+        self.pending.remove(&label);
+        self.running.insert(label.clone(), (kpid, instruction));
         (self.progress)(JobEvent::Started { label });
         Ok(())
-    }
-
-    fn receipt_ok(&self, cid: &str) -> Result<bool, KernelError> {
-        let text = self
-            .kernel
-            .state_ref()
-            .get(&format!("ipvm.receipt.{cid}"))?
-            .unwrap_or_else(|| panic!("kernel invariant: receipt {cid} is stored"));
-        Ok(text.contains("\"ok\":"))
     }
 
     /// The root of a running task-runner vat for `module` with fuel
@@ -411,22 +426,20 @@ impl Runner<'_> {
     /// whether any did.
     fn collect_running(&mut self) -> Result<bool, KernelError> {
         let mut any = false;
-        for label in self.job.tasks.keys() {
-            let state = self.state(label)?;
-            let Some(rest) = state.strip_prefix("running ") else {
-                continue;
-            };
-            let (kpid, instruction) = rest
-                .split_once(' ')
-                .unwrap_or_else(|| panic!("kernel invariant: running state is 'running kpid cid'"));
-            let outcome = match self.kernel.promise_state(kpid)? {
+        let running: Vec<(String, (String, String))> = self
+            .running
+            .iter()
+            .map(|(l, r)| (l.clone(), r.clone()))
+            .collect();
+        for (label, (kpid, instruction)) in running {
+            let outcome = match self.kernel.promise_state(&kpid)? {
                 Some(PromiseState::Fulfilled(data)) => decode_output(&data),
                 Some(PromiseState::Rejected(data)) => Err(rejection(&data)),
                 Some(PromiseState::Unresolved) => continue,
                 None => Err("the task's result promise is gone".to_owned()),
             };
-            let fuel = self.kernel.fuel_watch.remove(kpid).flatten().or_else(|| {
-                match (&self.job.tasks[label].kind, &outcome) {
+            let fuel = self.kernel.fuel_watch.remove(&kpid).flatten().or_else(|| {
+                match (&self.job.tasks[&label].kind, &outcome) {
                     (TaskKind::Wasm { max_gas, .. }, Err(reason))
                         if reason.contains("fuel_per_delivery") =>
                     {
@@ -436,17 +449,15 @@ impl Runner<'_> {
                 }
             });
             let pure = instruction != "-";
-            let (kpid, instruction) = (kpid.to_owned(), instruction.to_owned());
-            self.finish(label, &instruction, outcome, fuel, pure)?;
-            self.kernel.release(&kpid)?;
-            self.kernel.commit()?;
+            self.finish(&label, &instruction, outcome, fuel, pure, Some(&kpid))?;
             any = true;
         }
         Ok(any)
     }
 
     /// Records a task's outcome: its signed receipt, the memo (for pure
-    /// tasks) and its state, in one crank.
+    /// tasks) and its state, in one crank, then commits (letting go of the
+    /// task's result promise in the same commit).
     fn finish(
         &mut self,
         label: &str,
@@ -454,6 +465,7 @@ impl Runner<'_> {
         outcome: Result<Json, String>,
         fuel: Option<u64>,
         pure: bool,
+        kpid: Option<&str>,
     ) -> Result<(), KernelError> {
         let ok = outcome.is_ok();
         let body = ipvm::receipt_body(instruction, &outcome, fuel, self.issuer);
@@ -472,7 +484,19 @@ impl Runner<'_> {
             &format!("{} {cid}", if ok { "ok" } else { "error" }),
         )?;
         state.end_crank()?;
+        if let Some(kpid) = kpid {
+            self.kernel.release(kpid)?;
+        }
         self.kernel.commit()?;
+        self.pending.remove(label);
+        self.running.remove(label);
+        self.outcomes.insert(
+            label.to_owned(),
+            match outcome {
+                Ok(value) => TaskOutcome::Ok(value),
+                Err(reason) => TaskOutcome::Error(reason),
+            },
+        );
         (self.progress)(JobEvent::Finished {
             label: label.to_owned(),
             ok,
@@ -485,7 +509,8 @@ impl Runner<'_> {
         self.kernel
             .state_mut()
             .set(&task_key(&self.job.cid, label), "skipped")?;
-        self.kernel.commit()?;
+        self.pending.remove(label);
+        self.outcomes.insert(label.to_owned(), TaskOutcome::Skipped);
         (self.progress)(JobEvent::Skipped {
             label: label.to_owned(),
         });
