@@ -109,13 +109,23 @@ fn main() {
     let memo_seconds = bench.run(&memo);
 
     let fan = 8;
-    let spin = |i: usize| json!({"type": "ipvm/wasm", "with": bench.tasks, "func": "spin", "input": [50_000_000 + i], "maxGas": 10_000_000_000u64});
+    let tasks = bench.tasks.clone();
+    let spin = |i: usize| json!({"type": "ipvm/wasm", "with": tasks, "func": "spin", "input": [50_000_000 + i], "maxGas": 10_000_000_000u64});
     let fan_run: Json = (0..fan)
         .map(|i| (format!("s{i}"), spin(i)))
         .collect::<serde_json::Map<_, _>>()
         .into();
-    let fan_job = bench.job("fan", fan_run);
-    let fan_seconds = bench.run(&fan_job);
+    // The same fan-out on one thread, then on two (new jobs, so no memo hits).
+    bench.kernel.set_pure_task_threads(1);
+    let fan_job = bench.job("fan-1", fan_run.clone());
+    let one_seconds = bench.run(&fan_job);
+    let fan_run_2: Json = (0..fan)
+        .map(|i| (format!("s{i}"), spin(fan + i)))
+        .collect::<serde_json::Map<_, _>>()
+        .into();
+    bench.kernel.set_pure_task_threads(2);
+    let fan_job = bench.job("fan-2", fan_run_2);
+    let two_seconds = bench.run(&fan_job);
     if measuring {
         println!(
             "trivial tasks, a signed receipt committed per task: {count} in {seconds:.2} s = {:.0} tasks/s",
@@ -126,7 +136,8 @@ fn main() {
             memo_seconds * 1e6 / count as f64
         );
         println!(
-            "CPU-bound fan-out, {fan} independent spin tasks: {fan_seconds:.2} s (tasks run one at a time: the kernel delivers one crank at a time)"
+            "CPU-bound fan-out, {fan} independent spin tasks: 1 thread {one_seconds:.2} s, 2 threads {two_seconds:.2} s = {:.2}x",
+            one_seconds / two_seconds
         );
     } else {
         println!("smoke run ok: {count} trivial tasks, memo hits, a fan-out of {fan}");

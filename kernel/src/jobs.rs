@@ -1,18 +1,123 @@
-//! The IPVM job runner: turns a validated [`Job`] into messages, drives the
-//! kernel until every task has an outcome, and keeps receipts. Durable: a
-//! job's task states and receipts live in the store, each task's outcome
-//! written in one crank with its receipt, so a runner that is killed and
-//! started again on the same job continues where it stopped, and never runs
-//! a finished task twice.
+//! The IPVM job runner: runs a validated [`Job`]'s tasks as their inputs
+//! become ready, and keeps receipts. Durable: a job's task states and
+//! receipts live in the store, each task's outcome written in one crank with
+//! its receipt, so a runner that is killed and started again on the same job
+//! continues where it stopped, and never runs a finished task twice.
+//!
+//! A pure task is a delivery of `func(inputs)` to a fresh instance of its
+//! module (a vom vat) with `maxGas` as fuel and a scratch vatstore: it can
+//! answer, not act (a send is refused). Pure tasks that are ready together
+//! run in parallel, on up to `Kernel::set_pure_task_threads` threads (one per
+//! core by default, at most [`PURE_TASKS_PARALLEL_MAX`]). An
+//! effect task is a message to a capability, through the run queue.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Value as Json, json};
 use vom::{CapData, Value};
 
+use vat_supervisor::{Limits, SyscallHandler, ThreadWorker, VatModule, WasmHost, Worker};
+use vom::abi::{Delivery, Syscall, SyscallResult};
+
 use crate::ipvm::{self, Input, Job, JobContext, TaskKind};
-use crate::kernel::{Kernel, KernelError, VatOptions, WorkerKind};
+use crate::kernel::{Kernel, KernelError};
 use crate::state::PromiseState;
+
+/// The most pure tasks that run at once (also bounded by the machine's cores).
+pub const PURE_TASKS_PARALLEL_MAX: usize = 16;
+
+/// A pure task ready to run.
+struct PureRun {
+    label: String,
+    instruction: String,
+    module: VatModule,
+    func: String,
+    args: CapData,
+    max_gas: u64,
+}
+
+/// Answers a pure task's syscalls: its vatstore is a scratch map, its only
+/// effect is answering (resolving its result promise, `p-1`).
+#[derive(Default)]
+struct PureHandler {
+    vatstore: BTreeMap<String, String>,
+    answer: Option<(bool, CapData)>,
+}
+
+const PURE_RESULT: &str = "p-1";
+
+impl SyscallHandler for PureHandler {
+    fn syscall(&mut self, call: Syscall) -> Result<SyscallResult, String> {
+        match call {
+            Syscall::VatstoreGet { key } => Ok(self.vatstore.get(&key).cloned()),
+            Syscall::VatstoreSet { key, value } => {
+                self.vatstore.insert(key, value);
+                Ok(None)
+            }
+            Syscall::VatstoreDelete { key } => {
+                self.vatstore.remove(&key);
+                Ok(None)
+            }
+            Syscall::VatstoreGetNextKey { key } => Ok(self
+                .vatstore
+                .range::<String, _>((std::ops::Bound::Excluded(&key), std::ops::Bound::Unbounded))
+                .next()
+                .map(|(k, _)| k.clone())),
+            Syscall::Resolve { resolutions } => {
+                for resolution in resolutions {
+                    if resolution.promise != PURE_RESULT || self.answer.is_some() {
+                        return Err(format!(
+                            "a pure task may only answer once ({} is not its result)",
+                            resolution.promise
+                        ));
+                    }
+                    self.answer = Some((resolution.rejected, resolution.data));
+                }
+                Ok(None)
+            }
+            Syscall::DropImports { .. }
+            | Syscall::RetireImports { .. }
+            | Syscall::RetireExports { .. } => Ok(None),
+            Syscall::Send { .. } | Syscall::Subscribe { .. } | Syscall::Exit { .. } => {
+                Err("a pure task may not send messages or await anything".to_owned())
+            }
+        }
+    }
+}
+
+/// Runs one pure task to its answer: (outcome, fuel used).
+fn run_pure(host: &WasmHost, run: &PureRun) -> (Result<Json, String>, Option<u64>) {
+    let limits = Limits {
+        fuel_per_delivery: run.max_gas,
+        ..Limits::default()
+    };
+    let mut worker = match ThreadWorker::start(host, &run.module, limits) {
+        Ok(worker) => worker,
+        Err(e) => return (Err(e.to_string()), None),
+    };
+    let mut handler = PureHandler::default();
+    if let Err(fault) = worker.deliver(&Delivery::start_vat(), &mut handler) {
+        return (
+            Err(format!("the module failed to start: {fault}")),
+            worker.fuel_used(),
+        );
+    }
+    let message = Delivery::Message {
+        target: vom::runtime::ROOT_VREF.to_owned(),
+        method: run.func.clone(),
+        args: run.args.clone(),
+        result: Some(PURE_RESULT.to_owned()),
+    };
+    let delivered = worker.deliver(&message, &mut handler);
+    let fuel = worker.fuel_used();
+    let outcome = match (delivered, handler.answer) {
+        (Err(fault), _) => Err(fault.to_string()),
+        (Ok(()), Some((false, data))) => decode_output(&data),
+        (Ok(()), Some((true, data))) => Err(rejection(&data)),
+        (Ok(()), None) => Err(format!("{} did not answer within its delivery", run.func)),
+    };
+    (outcome, fuel)
+}
 
 /// What happened to a task, as the runner reports it while it runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -247,6 +352,7 @@ impl Runner<'_> {
                 return Ok(self.outcomes.clone());
             }
             let mut moved = false;
+            let mut batch = Vec::new();
             let pending: Vec<String> = self.pending.iter().cloned().collect();
             for label in pending {
                 let task = &self.job.tasks[&label];
@@ -279,9 +385,17 @@ impl Runner<'_> {
                     }
                 }
                 match self.inputs(task) {
-                    Ok(inputs) => self.start(task, inputs)?,
+                    Ok(inputs) => {
+                        if let Some(run) = self.start(task, inputs)? {
+                            batch.push(run);
+                        }
+                    }
                     Err(reason) => self.finish(&label, "-", Err(reason), None, false, None)?,
                 }
+            }
+            if !batch.is_empty() {
+                self.run_batch(std::mem::take(&mut batch))?;
+                moved = true;
             }
             if self.collect_running()? {
                 moved = true;
@@ -329,15 +443,20 @@ impl Runner<'_> {
             .collect()
     }
 
-    /// Starts a task: a memo hit finishes it at once; otherwise its message
-    /// is queued (its state is committed with the next commit: a task lost
-    /// before then had not run, and starts again).
-    fn start(&mut self, task: &ipvm::Task, inputs: Vec<Json>) -> Result<(), KernelError> {
+    /// Starts a task: a memo hit finishes it at once; a pure task is
+    /// returned to run (with the others ready now); an effect's message is
+    /// queued (its state is committed with the next commit: a task lost before
+    /// then had not run, and starts again).
+    fn start(
+        &mut self,
+        task: &ipvm::Task,
+        inputs: Vec<Json>,
+    ) -> Result<Option<PureRun>, KernelError> {
         let label = task.label.clone();
         let args = vom::capdata::encode(&Value::Array(
             inputs.iter().map(ipvm::json_to_value).collect(),
         ));
-        let (target, method, instruction) = match &task.kind {
+        match &task.kind {
             TaskKind::Wasm {
                 module,
                 func,
@@ -360,66 +479,77 @@ impl Runner<'_> {
                     self.pending.remove(&label);
                     self.outcomes.insert(label.clone(), outcome);
                     (self.progress)(JobEvent::Memoized { label, ok });
-                    return Ok(());
+                    return Ok(None);
                 }
-                let root = self.runner_vat(module, *max_gas)?;
-                (root, func.clone(), instruction)
+                let (_, compiled) = self.kernel.compiled(module)?;
+                Ok(Some(PureRun {
+                    label,
+                    instruction,
+                    module: compiled,
+                    func: func.clone(),
+                    args,
+                    max_gas: *max_gas,
+                }))
             }
             TaskKind::Effect { target, method } => {
                 let kref = self
                     .kernel
                     .pet_name(target)?
                     .ok_or_else(|| KernelError::UnknownTarget(target.clone()))?;
-                (kref, method.clone(), "-".to_owned())
+                let kpid = self.kernel.queue_message(&kref, method, args)?;
+                self.kernel.state_mut().set(
+                    &task_key(&self.job.cid, &label),
+                    &format!("running {kpid} -"),
+                )?;
+                self.pending.remove(&label);
+                self.running.insert(label.clone(), (kpid, "-".to_owned()));
+                (self.progress)(JobEvent::Started { label });
+                Ok(None)
             }
-        };
-        let kpid = self.kernel.queue_message(&target, &method, args)?;
-        self.kernel.fuel_watch.insert(kpid.clone(), None);
-        self.kernel.state_mut().set(
-            &task_key(&self.job.cid, &label),
-            &format!("running {kpid} {instruction}"),
-        )?;
-        self.pending.remove(&label);
-        self.running.insert(label.clone(), (kpid, instruction));
-        (self.progress)(JobEvent::Started { label });
-        Ok(())
+        }
     }
 
-    /// The root of a running task-runner vat for `module` with fuel
-    /// `max_gas`, spawned from the stored bundle if there is none.
-    fn runner_vat(&mut self, module: &str, max_gas: u64) -> Result<String, KernelError> {
-        let short = &module[module.len().saturating_sub(10)..];
-        for attempt in 0.. {
-            let name = format!("ipvm-{short}-{max_gas}-{attempt}");
-            if let Some(root) = self.kernel.pet_name(&name)? {
-                let vat = self.kernel.vat_id(&name)?;
-                let running = self
-                    .kernel
-                    .state_ref()
-                    .get(&format!("{vat}.state"))?
-                    .as_deref()
-                    == Some("running");
-                if running {
-                    return Ok(root);
-                }
-                continue;
-            }
-            let cid = swingstore::SwingStore::parse_cid(module)?;
-            let wasm = self
-                .kernel
-                .state_ref()
-                .store
-                .get_bundle(&cid)?
-                .unwrap_or_else(|| panic!("kernel invariant: validated module {module} is stored"));
-            let options = VatOptions {
-                // Thread workers report the fuel a task used, for its receipt.
-                worker: WorkerKind::Thread,
-                fuel_per_delivery: max_gas,
-                ..VatOptions::default()
-            };
-            return self.kernel.spawn_vat(&name, &wasm, options);
+    /// Runs ready pure tasks in parallel, then records each outcome.
+    fn run_batch(&mut self, batch: Vec<PureRun>) -> Result<(), KernelError> {
+        for run in &batch {
+            (self.progress)(JobEvent::Started {
+                label: run.label.clone(),
+            });
         }
-        unreachable!("the loop returns")
+        let threads = self.kernel.pure_task_threads.min(batch.len()).max(1);
+        let (host, _) = match batch.first() {
+            Some(first) => self
+                .kernel
+                .compiled(&module_cid_of(self.job, &first.label))?,
+            None => return Ok(()),
+        };
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let mut results: Vec<Option<(Result<Json, String>, Option<u64>)>> =
+            (0..batch.len()).map(|_| None).collect();
+        let slots: Vec<std::sync::Mutex<&mut Option<_>>> =
+            results.iter_mut().map(std::sync::Mutex::new).collect();
+        std::thread::scope(|scope| {
+            for _ in 0..threads {
+                scope.spawn(|| {
+                    loop {
+                        let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(run) = batch.get(index) else { break };
+                        let result = run_pure(host, run);
+                        **slots[index].lock().expect("result slot") = Some(result);
+                    }
+                });
+            }
+        });
+        drop(slots);
+        for (run, result) in batch.iter().zip(results) {
+            let (outcome, fuel) = result.expect("kernel invariant: every pure task ran");
+            let fuel = fuel.or_else(|| {
+                matches!(&outcome, Err(reason) if reason.contains("fuel_per_delivery"))
+                    .then_some(run.max_gas)
+            });
+            self.finish(&run.label, &run.instruction, outcome, fuel, true, None)?;
+        }
+        Ok(())
     }
 
     /// Writes receipts for running tasks whose promise settled. Returns
@@ -438,18 +568,8 @@ impl Runner<'_> {
                 Some(PromiseState::Unresolved) => continue,
                 None => Err("the task's result promise is gone".to_owned()),
             };
-            let fuel = self.kernel.fuel_watch.remove(&kpid).flatten().or_else(|| {
-                match (&self.job.tasks[&label].kind, &outcome) {
-                    (TaskKind::Wasm { max_gas, .. }, Err(reason))
-                        if reason.contains("fuel_per_delivery") =>
-                    {
-                        Some(*max_gas)
-                    }
-                    _ => None,
-                }
-            });
-            let pure = instruction != "-";
-            self.finish(&label, &instruction, outcome, fuel, pure, Some(&kpid))?;
+            // Effects run as messages: their fuel is the capability's business.
+            self.finish(&label, &instruction, outcome, None, false, Some(&kpid))?;
             any = true;
         }
         Ok(any)
@@ -515,6 +635,14 @@ impl Runner<'_> {
             label: label.to_owned(),
         });
         Ok(())
+    }
+}
+
+/// The module CID of pure task `label`.
+fn module_cid_of(job: &Job, label: &str) -> String {
+    match &job.tasks[label].kind {
+        TaskKind::Wasm { module, .. } => module.clone(),
+        TaskKind::Effect { .. } => unreachable!("only pure tasks are batched"),
     }
 }
 

@@ -162,9 +162,8 @@ pub struct Kernel {
     deliveries_since_collection: HashMap<String, u32>,
     /// GC actions accumulate instead of being delivered (benchmarks only).
     gc_deferred: bool,
-    /// Fuel each delivered message used, by its result promise, for the
-    /// result promises a job runner watches (see `crate::jobs`).
-    pub(crate) fuel_watch: HashMap<String, Option<u64>>,
+    /// How many pure IPVM tasks run at once (default: one per core).
+    pub(crate) pure_task_threads: usize,
 }
 
 /// A vat gets a `bringOutYourDead` delivery after this many other deliveries.
@@ -256,7 +255,7 @@ impl Kernel {
             cranks_total: 0,
             deliveries_since_collection: HashMap::new(),
             gc_deferred: false,
-            fuel_watch: HashMap::new(),
+            pure_task_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         })
     }
 
@@ -967,13 +966,7 @@ impl Kernel {
             args,
             result,
         };
-        self.deliver(vat, &delivery)?;
-        if let Some(kpid) = &message.result
-            && let Some(fuel) = self.fuel_watch.get_mut(kpid)
-        {
-            *fuel = self.workers.get(vat).and_then(|w| w.fuel_used());
-        }
-        Ok(())
+        self.deliver(vat, &delivery)
     }
 
     fn deliver_notify(&mut self, vat: &str, kpid: &str) -> Result<(), CrankError> {
@@ -1155,12 +1148,24 @@ impl Kernel {
 
     /// Re-derives the tables' invariants from the store: every discrepancy
     /// found (none when consistent), and how many keys were read.
+    /// The compiled module of bundle `cid` (cached), and the host to run it.
+    pub(crate) fn compiled(&mut self, cid: &str) -> Result<(&WasmHost, VatModule), KernelError> {
+        let module = self.module(cid)?;
+        Ok((&self.host, module))
+    }
+
     pub(crate) fn state_mut(&mut self) -> &mut KernelState {
         &mut self.state
     }
 
     pub(crate) fn state_ref(&self) -> &KernelState {
         &self.state
+    }
+
+    /// How many pure IPVM tasks may run at once (at least 1; at most
+    /// `PURE_TASKS_PARALLEL_MAX`). The default is one per core.
+    pub fn set_pure_task_threads(&mut self, threads: usize) {
+        self.pure_task_threads = threads.clamp(1, crate::jobs::PURE_TASKS_PARALLEL_MAX);
     }
 
     /// Leaves GC actions queued instead of delivering them, to measure what

@@ -1030,3 +1030,15 @@ mod tests {
         assert!(fault.to_string().contains("fuel_per_delivery"));
     }
 }
+
+#[cfg(test)]
+mod sync_check {
+    fn is_sync<T: Send + Sync>() {}
+
+    /// The kernel runs pure IPVM tasks on several threads over one host.
+    #[test]
+    fn hosts_and_modules_are_shared_across_threads() {
+        is_sync::<super::WasmHost>();
+        is_sync::<super::VatModule>();
+    }
+}
