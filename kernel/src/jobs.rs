@@ -85,8 +85,11 @@ impl SyscallHandler for PureHandler {
     }
 }
 
-/// Runs one pure task to its answer: (outcome, fuel used).
-fn run_pure(host: &WasmHost, run: &PureRun) -> (Result<Json, String>, Option<u64>) {
+/// A pure task's outcome and the fuel it used.
+type PureOutcome = (Result<Json, String>, Option<u64>);
+
+/// Runs one pure task to its answer.
+fn run_pure(host: &WasmHost, run: &PureRun) -> PureOutcome {
     let limits = Limits {
         fuel_per_delivery: run.max_gas,
         ..Limits::default()
@@ -524,8 +527,7 @@ impl Runner<'_> {
             None => return Ok(()),
         };
         let next = std::sync::atomic::AtomicUsize::new(0);
-        let mut results: Vec<Option<(Result<Json, String>, Option<u64>)>> =
-            (0..batch.len()).map(|_| None).collect();
+        let mut results: Vec<Option<PureOutcome>> = (0..batch.len()).map(|_| None).collect();
         let slots: Vec<std::sync::Mutex<&mut Option<_>>> =
             results.iter_mut().map(std::sync::Mutex::new).collect();
         std::thread::scope(|scope| {
