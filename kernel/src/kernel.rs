@@ -1263,10 +1263,12 @@ impl From<KernelError> for CrankError {
 }
 
 fn kref_to_vref(state: &mut KernelState, vat: &str, kref: &str) -> Result<String, StoreError> {
-    if let Some(vref) = state.clist_vref(vat, kref)? {
+    if let Some(entry) = state.get(&format!("{vat}.c.{kref}"))? {
         // Given the reference again, the vat can reach it again.
-        state.clist_set_reachable(vat, kref, true)?;
-        return Ok(vref);
+        if !entry.starts_with('R') {
+            state.clist_set_reachable(vat, kref, true)?;
+        }
+        return Ok(entry[2..].to_owned());
     }
     let kind = if kref.starts_with("ko") { 'o' } else { 'p' };
     let vref = state.allocate_import_vref(vat, kind)?;
@@ -1345,8 +1347,11 @@ impl<'a> VatSyscalls<'a> {
             return Err(Refusal::Illegal(format!("malformed vref {vref:?}")));
         }
         if let Some(kref) = self.state.clist_kref(self.vat, vref)? {
-            // A vat that names a reference again can reach it again.
-            self.state.clist_set_reachable(self.vat, &kref, true)?;
+            // A vat that names a reference again can reach it again
+            // (promises have no reachable flag to restore).
+            if kref.starts_with("ko") {
+                self.state.clist_set_reachable(self.vat, &kref, true)?;
+            }
             return Ok(kref);
         }
         let kref = match vref.as_bytes()[..2] {

@@ -606,13 +606,13 @@ impl KernelState {
         kref: &str,
         reachable: bool,
     ) -> StoreResult<()> {
-        if let Some(vref) = self.clist_vref(vat, kref)? {
-            let was = self.clist_reachable(vat, kref)?;
-            if was == reachable {
+        let key = format!("{vat}.c.{kref}");
+        if let Some(entry) = self.get(&key)? {
+            if entry.starts_with('R') == reachable {
                 return Ok(());
             }
             let flag = if reachable { 'R' } else { '_' };
-            self.set(&format!("{vat}.c.{kref}"), &format!("{flag} {vref}"))?;
+            self.set(&key, &format!("{flag} {}", &entry[2..]))?;
             if kref.starts_with("ko") && !self.is_own_export(vat, kref)? {
                 self.change_object_reachable(kref, reachable)?;
             }
