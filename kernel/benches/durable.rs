@@ -9,26 +9,14 @@
 //! Run: `scripts/build-guests && cargo build --release -p vat-supervisor && cargo bench -p kernel --bench durable`
 //! (`DURABLE_BENCH_MAX=100000` to stop below a million).
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::time::Instant;
 
 use kernel::{CommitPolicy, Kernel, PromiseState, VatOptions, WorkerKind};
 use swingstore::{Durability, SwingStore};
 use vom::{CapData, Value};
-
-fn profile_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("bench binary path");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("profile dir")
-        .to_owned()
-}
-
-fn things_wasm() -> Vec<u8> {
-    let path = profile_dir().join("../wasm32-unknown-unknown/release/things.wasm");
-    std::fs::read(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (run scripts/build-guests)", path.display()))
-}
 
 fn args(values: Vec<Value>) -> CapData {
     vom::capdata::encode(&Value::Array(values))
@@ -55,7 +43,7 @@ fn open_kernel(dir: &Path, cache: &Path) -> Kernel {
         };
         let mut kernel = Kernel::new(store, policy).unwrap();
         kernel.set_module_cache(cache.to_owned());
-        kernel.set_supervisor_program(profile_dir().join("vat-supervisor"));
+        kernel.set_supervisor_program(common::profile_dir().join("vat-supervisor"));
         kernel
     }
 }
@@ -147,7 +135,7 @@ fn main() {
             syscalls_per_delivery_max: 10_000_000,
             ..VatOptions::default()
         };
-        let rates = creation_rates(&things_wasm(), options, 50_000, 10);
+        let rates = creation_rates(&common::guest_wasm("things"), options, 50_000, 10);
         return report_rates("thread", 50_000, rates);
     }
     let measuring = std::env::args().any(|arg| arg == "--bench");
@@ -156,7 +144,7 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(if measuring { 1_000_000 } else { 2_000 });
     let batch: u64 = if measuring { 50_000 } else { 1_000 };
-    let wasm = things_wasm();
+    let wasm = common::guest_wasm("things");
     let options = VatOptions {
         worker: WorkerKind::Process,
         fuel_per_delivery: 20_000_000_000,

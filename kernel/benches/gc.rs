@@ -8,26 +8,13 @@
 //! Run: `scripts/build-guests && cargo bench -p kernel --bench gc`
 //! (`GC_BENCH_CYCLES=1000000` for a million cycles; the default is 200,000).
 
-use std::path::{Path, PathBuf};
+mod common;
+
 use std::time::Instant;
 
 use kernel::{CommitPolicy, Kernel, PromiseState, VatOptions, WorkerKind};
 use swingstore::{Durability, SwingStore};
 use vom::{Ref, Value};
-
-fn profile_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("bench binary path");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("profile dir")
-        .to_owned()
-}
-
-fn holder_wasm() -> Vec<u8> {
-    let path = profile_dir().join("../wasm32-unknown-unknown/release/holder.wasm");
-    std::fs::read(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (run scripts/build-guests)", path.display()))
-}
 
 fn resident_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -98,7 +85,7 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(if measuring { 200_000 } else { 200 });
-    let wasm = holder_wasm();
+    let wasm = common::guest_wasm("holder");
     let checkpoints = 10;
     let per = cycles / checkpoints;
 

@@ -4,27 +4,14 @@
 //!
 //! Run: `scripts/build-guests && cargo bench -p kernel --bench jobs`
 
-use std::path::{Path, PathBuf};
+mod common;
+
 use std::time::Instant;
 
 use ed25519_dalek::{Signer, SigningKey};
 use kernel::{CommitPolicy, Kernel, TaskOutcome, did_key, ipvm};
 use serde_json::{Value as Json, json};
 use swingstore::{Durability, SwingStore};
-
-fn profile_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("bench binary path");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("profile dir")
-        .to_owned()
-}
-
-fn tasks_wasm() -> Vec<u8> {
-    let path = profile_dir().join("../wasm32-unknown-unknown/release/tasks.wasm");
-    std::fs::read(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (run scripts/build-guests)", path.display()))
-}
 
 struct Bench {
     kernel: Kernel,
@@ -44,7 +31,7 @@ impl Bench {
         getrandom::fill(&mut seed).unwrap();
         let key = SigningKey::from_bytes(&seed);
         let did = did_key(&key);
-        let tasks = kernel.add_bundle(&tasks_wasm()).unwrap();
+        let tasks = kernel.add_bundle(&common::guest_wasm("tasks")).unwrap();
         Bench {
             kernel,
             key,

@@ -10,43 +10,13 @@
 //! Run: `scripts/build-guests && cargo build --release -p vat-supervisor && cargo bench -p kernel --bench pingpong`
 //! (`PINGS_A=2000 PINGS_B=50000` to change the run lengths).
 
-use std::path::PathBuf;
+mod common;
+
 use std::time::Instant;
 
 use kernel::{CommitPolicy, Kernel, PromiseState, VatOptions, WorkerKind};
 use swingstore::{Durability, SwingStore};
 use vom::{Ref, Value};
-
-/// `vat-supervisor` as built beside this bench (`cargo build --release -p vat-supervisor`).
-fn supervisor() -> PathBuf {
-    let exe = std::env::current_exe().expect("bench binary path");
-    let path = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("profile dir")
-        .join("vat-supervisor");
-    assert!(
-        path.is_file(),
-        "{} is missing: cargo build --release -p vat-supervisor",
-        path.display()
-    );
-    path
-}
-
-fn pingpong_wasm() -> Vec<u8> {
-    let dir = std::env::var_os("VAT_GUESTS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let exe = std::env::current_exe().expect("bench binary path");
-            exe.ancestors()
-                .nth(3)
-                .expect("bench binary lives in <target>/<profile>/deps")
-                .join("wasm32-unknown-unknown/release")
-        });
-    let path = dir.join("pingpong.wasm");
-    std::fs::read(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (run scripts/build-guests first)", path.display()))
-}
 
 fn env_count(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -71,7 +41,7 @@ fn pingpong(policy: CommitPolicy, worker: WorkerKind, pings: u64, wasm: &[u8]) -
     let dir = tempfile::tempdir().unwrap();
     let store = SwingStore::open(&dir.path().join("store.sqlite"), Durability::Full).unwrap();
     let mut kernel = Kernel::new(store, policy).unwrap();
-    kernel.set_supervisor_program(supervisor());
+    kernel.set_supervisor_program(common::supervisor());
     kernel.set_module_cache(dir.path().join("modules"));
     let options = VatOptions {
         worker,
@@ -125,7 +95,7 @@ fn main() {
             5
         }
     };
-    let wasm = pingpong_wasm();
+    let wasm = common::guest_wasm("pingpong");
     if !measuring {
         println!(
             "smoke run of the pingpong bench; `cargo bench -p kernel --bench pingpong` measures"

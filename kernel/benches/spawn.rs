@@ -5,25 +5,13 @@
 //!
 //! Run: `scripts/build-guests && cargo build --release -p vat-supervisor && cargo bench -p kernel --bench spawn`
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::time::Instant;
 
 use kernel::{CommitPolicy, Kernel, VatOptions, WorkerKind};
 use swingstore::{Durability, SwingStore};
-
-fn profile_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("bench binary path");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("profile dir")
-        .to_owned()
-}
-
-fn counter_wasm() -> Vec<u8> {
-    let path = profile_dir().join("../wasm32-unknown-unknown/release/counter.wasm");
-    std::fs::read(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (run scripts/build-guests)", path.display()))
-}
 
 /// Milliseconds to spawn `counter` into a fresh kernel whose module cache is `cache`.
 fn spawn_ms(worker: WorkerKind, cache: &Path, wasm: &[u8]) -> f64 {
@@ -31,7 +19,7 @@ fn spawn_ms(worker: WorkerKind, cache: &Path, wasm: &[u8]) -> f64 {
     let store = SwingStore::open(&dir.path().join("store.sqlite"), Durability::Full).unwrap();
     let mut kernel = Kernel::new(store, CommitPolicy::GROUPED).unwrap();
     kernel.set_module_cache(cache.to_owned());
-    kernel.set_supervisor_program(profile_dir().join("vat-supervisor"));
+    kernel.set_supervisor_program(common::profile_dir().join("vat-supervisor"));
     let options = VatOptions {
         worker,
         ..VatOptions::default()
@@ -49,7 +37,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 fn main() {
     let measuring = std::env::args().any(|arg| arg == "--bench");
     let rounds = if measuring { 15 } else { 1 };
-    let wasm = counter_wasm();
+    let wasm = common::guest_wasm("counter");
     for worker in [WorkerKind::Thread, WorkerKind::Process] {
         let cold = median(
             (0..rounds)
