@@ -271,49 +271,45 @@ impl KernelState {
         })
     }
 
-    /// Changes an object's counts: both by `recognizable`, and the reachable
-    /// count too when `reachable`. Counts never go below zero.
+    /// Changes an object's counts by one, up or down: the recognizable count,
+    /// and the reachable count too when `reachable`.
     fn change_object_refs(&mut self, ko: &str, up: bool, reachable: bool) -> StoreResult<()> {
-        let (r, c) = self.object_refs(ko)?;
-        let (r, c) = if up {
-            (if reachable { r + 1 } else { r }, c + 1)
-        } else {
-            let r = if reachable {
-                r.checked_sub(1).unwrap_or_else(|| {
-                    panic!("kernel invariant: the reachable count of {ko} never goes negative")
-                })
-            } else {
-                r
-            };
-            let c = c.checked_sub(1).unwrap_or_else(|| {
-                panic!("kernel invariant: the recognizable count of {ko} never goes negative")
-            });
-            (r, c)
-        };
-        assert!(
-            r <= c,
-            "kernel invariant: {ko} is reachable ({r}) from no more places than recognize it ({c})"
-        );
-        if r == 0 {
-            self.maybe_unreachable.insert(ko.to_owned());
-        }
-        self.set(&format!("{ko}.refs"), &format!("{r},{c}"))
+        self.adjust_object_refs(ko, up, reachable, true)
     }
 
     /// Moves one of an object's references between reachable and merely
     /// recognizable (a c-list flag flipped).
     fn change_object_reachable(&mut self, ko: &str, up: bool) -> StoreResult<()> {
-        let (r, c) = self.object_refs(ko)?;
-        let r = if up {
-            r + 1
-        } else {
-            r.checked_sub(1).unwrap_or_else(|| {
-                panic!("kernel invariant: the reachable count of {ko} never goes negative")
-            })
+        self.adjust_object_refs(ko, up, true, false)
+    }
+
+    /// Moves an object's counts by one, up or down: the reachable count if
+    /// `reachable`, the recognizable count if `recognizable`. Counts never go
+    /// below zero, and reachable never exceeds recognizable.
+    fn adjust_object_refs(
+        &mut self,
+        ko: &str,
+        up: bool,
+        reachable: bool,
+        recognizable: bool,
+    ) -> StoreResult<()> {
+        let step = |count: u64, which: &str, applies: bool| -> u64 {
+            match (applies, up) {
+                (false, _) => count,
+                (true, true) => count + 1,
+                (true, false) => count.checked_sub(1).unwrap_or_else(|| {
+                    panic!("kernel invariant: the {which} count of {ko} never goes negative")
+                }),
+            }
         };
+        let (r, c) = self.object_refs(ko)?;
+        let (r, c) = (
+            step(r, "reachable", reachable),
+            step(c, "recognizable", recognizable),
+        );
         assert!(
             r <= c,
-            "kernel invariant: {ko} reachable ({r}) <= recognizable ({c})"
+            "kernel invariant: {ko} is reachable ({r}) from no more places than recognize it ({c})"
         );
         if r == 0 {
             self.maybe_unreachable.insert(ko.to_owned());

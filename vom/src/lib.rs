@@ -215,6 +215,9 @@ pub mod vatstore {
 #[macro_export]
 macro_rules! vat_main {
     (start: $start:path) => {
+        $crate::vat_main!(@exports |baggage| $crate::Root::from($start(baggage)));
+    };
+    (@exports $make_root:expr) => {
         #[unsafe(no_mangle)]
         pub extern "C" fn vat_abi_version() -> i32 {
             $crate::abi::ABI_VERSION
@@ -228,34 +231,12 @@ macro_rules! vat_main {
         #[unsafe(no_mangle)]
         pub extern "C" fn vat_deliver(ptr: i32, len: i32) -> i32 {
             // SAFETY: the host passes back the buffer it got from `vat_alloc`, once.
-            unsafe {
-                $crate::runtime::deliver_raw(ptr, len, |baggage| {
-                    $crate::Root::from($start(baggage))
-                })
-            }
+            unsafe { $crate::runtime::deliver_raw(ptr, len, $make_root) }
         }
     };
     ($root:expr) => {
-        #[unsafe(no_mangle)]
-        pub extern "C" fn vat_abi_version() -> i32 {
-            $crate::abi::ABI_VERSION
-        }
-
-        #[unsafe(no_mangle)]
-        pub extern "C" fn vat_alloc(len: i32) -> i32 {
-            $crate::runtime::alloc(len)
-        }
-
-        #[unsafe(no_mangle)]
-        pub extern "C" fn vat_deliver(ptr: i32, len: i32) -> i32 {
-            // SAFETY: the host passes back the buffer it got from `vat_alloc`, once.
-            unsafe {
-                $crate::runtime::deliver_raw(ptr, len, |_baggage| {
-                    $crate::runtime::Root::Heap(
-                        ::std::rc::Rc::new($root) as ::std::rc::Rc<dyn $crate::Exo>
-                    )
-                })
-            }
-        }
+        $crate::vat_main!(@exports |_baggage: &$crate::Baggage| {
+            $crate::runtime::Root::Heap(::std::rc::Rc::new($root) as ::std::rc::Rc<dyn $crate::Exo>)
+        });
     };
 }
