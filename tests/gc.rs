@@ -308,3 +308,44 @@ fn pipelined_sends_to_a_promise_that_later_rejects_are_rejected_too() {
     scene.send(&["a", "drop", "r"]);
     scene.expect_collected();
 }
+
+#[test]
+fn promises_nobody_awaits_are_freed_once_settled() {
+    let scene = Scene::new();
+    scene.send(&["a", "take", "e", "x", "x"]);
+    let promises = |scene: &Scene| {
+        scene
+            .home
+            .dump()
+            .iter()
+            .filter(|(k, _)| k.starts_with("kp") && k.ends_with(".state"))
+            .count()
+    };
+    let before = promises(&scene);
+    // Each give sends hold(..) and never awaits the answer.
+    for round in 0..20 {
+        scene.send(&["a", "give", "x", "b", &format!("x{round}")]);
+    }
+    // The last hold and its answer's notification may still be queued
+    // (commands run the queue only until their own result settles).
+    scene.send(&["c", "echo", "1"]);
+    scene.send(&["c", "echo", "2"]);
+    assert_eq!(
+        promises(&scene),
+        before,
+        "fire-and-forget sends leave no promises"
+    );
+    scene.home.check();
+}
+
+#[test]
+fn a_promise_passed_on_after_it_settled_arrives_settled() {
+    let scene = Scene::new();
+    scene.send(&["a", "ask", "d", "p"]);
+    scene.send(&["d", "fire", "p", "c"]);
+    // a's p settled (and the kernel forgot a's name for it); a passes it on.
+    scene.send(&["a", "give", "p", "b", "q"]);
+    assert_eq!(scene.send(&["b", "await", "q"]), r#"{"$ref":"c"}"#);
+    assert_eq!(scene.send(&["a", "await", "p"]), r#"{"$ref":"c"}"#);
+    scene.home.check();
+}

@@ -39,29 +39,31 @@ thread_local! {
     static LIVE: RefCell<FxHashMap<String, Weak<Holder>>> = RefCell::new(FxHashMap::default());
 }
 
-/// Makes `reference` hold its import, if it names one.
+/// Makes `reference` hold what it names, if it is an import or a promise.
 pub(crate) fn hold(reference: &mut Ref) {
-    if !reference.slot.starts_with("o-") || reference.holder.is_some() {
+    let slot = &reference.slot;
+    if !(slot.starts_with("o-") || slot.starts_with('p')) || reference.holder.is_some() {
         return;
     }
-    let holder = LIVE.with(|live| {
+    let (holder, new) = LIVE.with(|live| {
         let mut live = live.borrow_mut();
-        if let Some(holder) = live.get(&reference.slot).and_then(Weak::upgrade) {
-            return holder;
+        if let Some(holder) = live.get(slot).and_then(Weak::upgrade) {
+            return (holder, false);
         }
-        let holder = Arc::new(Holder {
-            vref: reference.slot.clone(),
-        });
-        live.insert(reference.slot.clone(), Arc::downgrade(&holder));
-        holder
+        let holder = Arc::new(Holder { vref: slot.clone() });
+        live.insert(slot.clone(), Arc::downgrade(&holder));
+        (holder, true)
     });
+    if new && slot.starts_with('p') {
+        crate::runtime::promise_held(slot);
+    }
     reference.holder = Some(holder);
 }
 
 /// Makes every import reference in `value` hold its import.
 pub(crate) fn hold_all(value: &mut Value) {
     match value {
-        Value::Remotable(reference) => hold(reference),
+        Value::Remotable(reference) | Value::Promise(reference) => hold(reference),
         Value::Array(items) => items.iter_mut().for_each(hold_all),
         Value::Record(entries) => entries.values_mut().for_each(hold_all),
         Value::Tagged { payload, .. } => hold_all(payload),
@@ -94,7 +96,8 @@ pub(crate) fn release_dropped(durable_count: impl Fn(&str) -> u64) {
                     .get(vref)
                     .is_some_and(|holder| holder.strong_count() > 0)
             });
-            !held && durable_count(vref) == 0
+            // Promises are not counted in durable state (it cannot hold them).
+            !held && (vref.starts_with('p') || durable_count(vref) == 0)
         })
         .collect();
     if released.is_empty() {
@@ -106,6 +109,16 @@ pub(crate) fn release_dropped(durable_count: impl Fn(&str) -> u64) {
             live.remove(vref);
         }
     });
+    // Promises: the vat keeps no settlement for them; the kernel forgets
+    // them when it has told the vat (every held promise is subscribed to).
+    let (promises, released): (Vec<String>, Vec<String>) =
+        released.into_iter().partition(|vref| vref.starts_with('p'));
+    for vpid in &promises {
+        crate::runtime::promise_released(vpid);
+    }
+    if released.is_empty() {
+        return;
+    }
     sys::syscall(&Syscall::DropImports {
         vrefs: released.clone(),
     });

@@ -35,6 +35,9 @@ struct PromiseRecord {
     subscribed: bool,
     settled: Option<Result<Value, Value>>,
     waker: Option<Waker>,
+    /// Nothing in the vat refers to the promise any more: its settlement,
+    /// when it comes, is not kept.
+    abandoned: bool,
 }
 
 struct Task {
@@ -147,22 +150,64 @@ fn allocate_promise() -> String {
 
 /// The eventual result of a message sent with [`send`]. Await it for the
 /// outcome; pass [`Promise::to_value`] in a message to hand the promise on.
+///
+/// vom subscribes to every promise the vat holds, so the kernel can forget
+/// it once it has told the vat how it settled; the settlement is kept while
+/// a `Promise` or a [`Value`] naming it exists in the vat.
 #[derive(Debug)]
 pub struct Promise {
     vpid: String,
+    holder: Option<Arc<crate::imports::Holder>>,
 }
 
 impl Promise {
-    /// A promise received in a message or result, to await it.
+    /// A promise received in a message or result (or kept as a value), to await it.
     pub fn from_ref(reference: &Ref) -> Promise {
+        let mut reference = reference.clone();
+        crate::imports::hold(&mut reference);
         Promise {
-            vpid: reference.slot.clone(),
+            vpid: reference.slot,
+            holder: reference.holder,
         }
     }
 
     pub fn to_value(&self) -> Value {
-        Value::Promise(Ref::new(self.vpid.clone()))
+        let mut reference = Ref::new(self.vpid.clone());
+        reference.holder = self.holder.clone();
+        Value::Promise(reference)
     }
+}
+
+/// Vom holds promise `vpid` (a `Promise` or a value names it): keep its
+/// settlement, and subscribe to it once.
+pub(crate) fn promise_held(vpid: &str) {
+    let subscribe = with_vat(|vat| {
+        let record = vat.promises.entry(vpid.to_owned()).or_default();
+        record.abandoned = false;
+        !std::mem::replace(&mut record.subscribed, true)
+    });
+    if subscribe {
+        sys::syscall(&Syscall::Subscribe {
+            promise: vpid.to_owned(),
+        });
+    }
+}
+
+/// Nothing in the vat names promise `vpid` any more.
+pub(crate) fn promise_released(vpid: &str) {
+    with_vat(|vat| {
+        let settled = match vat.promises.get_mut(vpid) {
+            Some(record) if record.settled.is_some() => true,
+            Some(record) => {
+                record.abandoned = true;
+                false
+            }
+            None => false,
+        };
+        if settled {
+            vat.promises.remove(vpid);
+        }
+    });
 }
 
 impl Future for Promise {
@@ -170,11 +215,10 @@ impl Future for Promise {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let (settled, subscribe) = with_vat(|vat| {
-            // A promise this vat received (`p-N`) gets its record when first awaited.
+            // The settlement stays for other holders; it goes with the last one.
             let record = vat.promises.entry(self.vpid.clone()).or_default();
-            if let Some(settled) = record.settled.take() {
-                vat.promises.remove(&self.vpid);
-                return (Some(settled), false);
+            if let Some(settled) = &record.settled {
+                return (Some(settled.clone()), false);
             }
             record.waker = Some(cx.waker().clone());
             let first = !record.subscribed;
@@ -209,22 +253,58 @@ fn rejection_error(reason: Value) -> Error {
 /// Sends `method(args)` to `target` eventually; the reply comes as a [`Promise`].
 pub fn send(target: &Ref, method: &str, args: Vec<Value>) -> Promise {
     let vpid = allocate_promise();
+    let (args, settled) = outgoing(&Value::Array(args));
     sys::syscall(&Syscall::Send {
         target: target.slot.clone(),
         method: method.to_owned(),
-        args: outgoing(&Value::Array(args)),
+        args,
         result: Some(vpid.clone()),
     });
-    Promise { vpid }
+    resolve_substitutes(settled);
+    Promise::from_ref(&Ref::new(vpid))
 }
 
 /// Encodes data leaving the vat: durable objects in it are now exported.
-fn outgoing(value: &Value) -> CapData {
-    let data = capdata::encode(value);
-    for slot in &data.slots {
+/// A promise that already settled here (the kernel has forgotten its vpid)
+/// goes out as a fresh promise, resolved the same way right after the
+/// syscall that carries it: the resolutions to make are returned.
+fn outgoing(value: &Value) -> (CapData, Vec<Resolution>) {
+    let mut data = capdata::encode(value);
+    let mut settled = Vec::new();
+    for slot in &mut data.slots {
         durable::note_exported(slot);
+        if !slot.starts_with('p') {
+            continue;
+        }
+        let outcome = with_vat(|vat| {
+            vat.promises
+                .get(slot.as_str())
+                .and_then(|r| r.settled.clone())
+        });
+        if let Some(outcome) = outcome {
+            let fresh = allocate_promise();
+            with_vat(|vat| vat.promises.remove(&fresh));
+            let (rejected, value) = match outcome {
+                Ok(value) => (false, value),
+                Err(reason) => (true, reason),
+            };
+            let (inner, more) = outgoing(&value);
+            settled.push(Resolution {
+                promise: fresh.clone(),
+                rejected,
+                data: inner,
+            });
+            settled.extend(more);
+            *slot = fresh;
+        }
     }
-    data
+    (data, settled)
+}
+
+fn resolve_substitutes(resolutions: Vec<Resolution>) {
+    if !resolutions.is_empty() {
+        sys::syscall(&Syscall::Resolve { resolutions });
+    }
 }
 
 fn settle(result_vpid: Option<String>, outcome: Result<Value, Error>) {
@@ -243,13 +323,15 @@ fn settle(result_vpid: Option<String>, outcome: Result<Value, Error>) {
         Ok(value) => (false, value),
         Err(error) => (true, Value::Error(error)),
     };
+    let (data, settled) = outgoing(&value);
     sys::syscall(&Syscall::Resolve {
         resolutions: vec![Resolution {
             promise,
             rejected,
-            data: outgoing(&value),
+            data,
         }],
     });
+    resolve_substitutes(settled);
     for message in queued {
         forward_pipelined(message, rejected, &value);
     }
@@ -416,10 +498,16 @@ fn deliver_notify(resolutions: Vec<Resolution>) {
             }
             Err(e) => Err(Value::error(e.to_string())),
         };
-        let waker = with_vat(|vat| {
-            let record = vat.promises.entry(resolution.promise).or_default();
-            record.settled = Some(outcome);
-            record.waker.take()
+        // A promise nothing in the vat names any more is forgotten now.
+        let waker = with_vat(|vat| match vat.promises.get_mut(&resolution.promise) {
+            Some(record) if !record.abandoned => {
+                record.settled = Some(outcome);
+                record.waker.take()
+            }
+            _ => {
+                vat.promises.remove(&resolution.promise);
+                None
+            }
         });
         if let Some(waker) = waker {
             waker.wake();
