@@ -77,21 +77,29 @@ fn creation_rates(wasm: &[u8], options: VatOptions, batch: u64, rounds: u32) -> 
     let mut kernel = bench.kernel();
     let root = kernel.spawn_vat("things", wasm, options).unwrap();
     (0..rounds)
-        .map(|_| {
-            let started = Instant::now();
-            let kpid = kernel
-                .queue_message(&root, "make", args(vec![Value::from(batch)]))
-                .unwrap();
-            while kernel.promise_state(&kpid).unwrap() == Some(PromiseState::Unresolved) {
-                assert!(kernel.step().unwrap(), "the make crank runs");
-            }
-            let crank_s = started.elapsed().as_secs_f64();
-            kernel.commit().unwrap();
-            let total_s = started.elapsed().as_secs_f64();
-            kernel.release(&kpid).unwrap();
-            (batch as f64 / crank_s, batch as f64 / total_s)
-        })
+        .map(|_| make(&mut kernel, &root, batch))
         .collect()
+}
+
+/// Makes `count` things in one crank: (objects/s in the crank, with the commit).
+fn make(kernel: &mut Kernel, root: &str, count: u64) -> (f64, f64) {
+    let started = Instant::now();
+    let kpid = kernel
+        .queue_message(root, "make", args(vec![Value::from(count)]))
+        .unwrap();
+    // Pending GC actions (from a restart's own messages) go first.
+    while kernel.promise_state(&kpid).unwrap() == Some(PromiseState::Unresolved) {
+        assert!(kernel.step().unwrap(), "the make crank runs");
+    }
+    let crank_s = started.elapsed().as_secs_f64();
+    kernel.commit().unwrap();
+    let total_s = started.elapsed().as_secs_f64();
+    assert!(matches!(
+        kernel.promise_state(&kpid).unwrap(),
+        Some(PromiseState::Fulfilled(_))
+    ));
+    kernel.release(&kpid).unwrap();
+    (count as f64 / crank_s, count as f64 / total_s)
 }
 
 fn report_rates(worker: &str, batch: u64, mut rates: Vec<(f64, f64)>) {
@@ -171,25 +179,10 @@ fn main() {
         }
         while made < checkpoint {
             let count = batch.min(checkpoint - made);
-            let started = Instant::now();
-            let kpid = kernel
-                .queue_message(&root, "make", args(vec![Value::from(count)]))
-                .unwrap();
-            // Pending GC actions (from the restart's own messages) go first.
-            while kernel.promise_state(&kpid).unwrap() == Some(PromiseState::Unresolved) {
-                assert!(kernel.step().unwrap(), "the make crank runs");
-            }
-            let crank_s = started.elapsed().as_secs_f64();
-            kernel.commit().unwrap();
-            let total_s = started.elapsed().as_secs_f64();
-            assert!(matches!(
-                kernel.promise_state(&kpid).unwrap(),
-                Some(PromiseState::Fulfilled(_))
-            ));
-            kernel.release(&kpid).unwrap();
+            let rate = make(&mut kernel, &root, count);
             made += count;
             if count == batch {
-                rates.push((count as f64 / crank_s, count as f64 / total_s));
+                rates.push(rate);
             }
         }
         // Closing the store checkpoints its log into the file.

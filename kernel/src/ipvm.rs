@@ -498,13 +498,7 @@ pub fn value_to_json(value: &Value) -> Result<Json, String> {
     Ok(match value {
         Value::Undefined | Value::Null => Json::Null,
         Value::Bool(b) => Json::Bool(*b),
-        Value::Number(n) if n.is_finite() => {
-            if n.fract() == 0.0 && n.abs() < 9.007_199_254_740_992e15 {
-                Json::from(*n as i64)
-            } else {
-                Json::from(*n)
-            }
-        }
+        Value::Number(n) if n.is_finite() => crate::display::finite_number(*n),
         Value::BigInt(n) => match i64::try_from(*n) {
             Ok(n) => Json::from(n),
             Err(_) => Json::from(n.to_string()),
