@@ -648,12 +648,19 @@ impl Kernel {
 
     /// Commits as the policy says; a vat due for `bringOutYourDead` gets it.
     fn after_crank(&mut self) -> Result<(), KernelError> {
-        let due: Vec<String> = self
+        let any_due = self
             .deliveries_since_collection
-            .iter()
-            .filter(|(_, count)| **count >= DELIVERIES_PER_COLLECTION_MAX)
-            .map(|(vat, _)| vat.clone())
-            .collect();
+            .values()
+            .any(|count| *count >= DELIVERIES_PER_COLLECTION_MAX);
+        let due: Vec<String> = if !any_due {
+            Vec::new()
+        } else {
+            self.deliveries_since_collection
+                .iter()
+                .filter(|(_, count)| **count >= DELIVERIES_PER_COLLECTION_MAX)
+                .map(|(vat, _)| vat.clone())
+                .collect()
+        };
         for vat in due {
             if self.workers.contains_key(&vat) {
                 self.bring_out_your_dead(&vat)?;
@@ -1006,10 +1013,13 @@ impl Kernel {
         let mut syscalls = VatSyscalls::new(&mut self.state, vat);
         let outcome = worker.deliver(delivery, &mut syscalls);
         syscalls.finish()?;
-        *self
-            .deliveries_since_collection
-            .entry(vat.to_owned())
-            .or_default() += 1;
+        // Counted without allocating once the vat has an entry (the hot path).
+        match self.deliveries_since_collection.get_mut(vat) {
+            Some(count) => *count += 1,
+            None => {
+                self.deliveries_since_collection.insert(vat.to_owned(), 1);
+            }
+        }
         outcome.map_err(|fault| CrankError::Fault {
             vat: vat.to_owned(),
             fault,

@@ -409,26 +409,20 @@ impl SwingStore {
         self.begin_reading()?;
         // The range ends at the prefix's successor, so that the scan costs
         // what the prefix holds, not what follows it in the table.
-        let mut merged: BTreeMap<String, Option<String>> = match prefix_successor(prefix) {
-            Some(end) => {
-                let mut stmt = self.conn.prepare_cached(
-                    "SELECT key, value FROM kv WHERE key >= ?1 AND key < ?2 ORDER BY key",
-                )?;
-                let rows =
-                    stmt.query_map(params![prefix, end], |row| Ok((row.get(0)?, row.get(1)?)))?;
-                rows.map(|row| row.map(|(k, v): (String, String)| (k, Some(v))))
-                    .collect::<rusqlite::Result<_>>()?
-            }
-            None => {
-                let mut stmt = self.conn.prepare_cached(
-                    "SELECT key, value FROM kv WHERE key >= ?1 AND substr(key, 1, ?2) = ?1 ORDER BY key",
-                )?;
-                let rows = stmt.query_map(params![prefix, prefix.len() as i64], |row| {
-                    Ok((row.get(0)?, row.get(1)?))
-                })?;
-                rows.map(|row| row.map(|(k, v): (String, String)| (k, Some(v))))
-                    .collect::<rusqlite::Result<_>>()?
-            }
+        let successor = prefix_successor(prefix);
+        let mut stmt = self.conn.prepare_cached(if successor.is_some() {
+            "SELECT key, value FROM kv WHERE key >= ?1 AND key < ?2 ORDER BY key"
+        } else {
+            "SELECT key, value FROM kv WHERE key >= ?1 AND substr(key, 1, length(?1)) = ?1 ORDER BY key"
+        })?;
+        let row = |row: &rusqlite::Row<'_>| Ok((row.get(0)?, Some(row.get(1)?)));
+        let mut merged: BTreeMap<String, Option<String>> = match &successor {
+            Some(end) => stmt
+                .query_map(params![prefix, end], row)?
+                .collect::<rusqlite::Result<_>>()?,
+            None => stmt
+                .query_map(params![prefix], row)?
+                .collect::<rusqlite::Result<_>>()?,
         };
         let range = self
             .dirty
