@@ -1,0 +1,104 @@
+//! Sturdy refs: `captp://<did:key>@<address>/<swiss>`, where the address is
+//! `host:port` (TCP) or `unix:<path>` with `/` written `%2F`. The swiss
+//! number is unguessable: holding the URI is the authority to the object.
+
+/// Where a kernel listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Address {
+    Tcp(String),
+    Unix(std::path::PathBuf),
+}
+
+impl Address {
+    /// `host:port`, or `unix:PATH`.
+    pub fn parse(text: &str) -> Result<Address, String> {
+        if let Some(path) = text.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err(format!("address {text:?} has an empty socket path"));
+            }
+            return Ok(Address::Unix(path.replace("%2F", "/").into()));
+        }
+        match text.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+                Ok(Address::Tcp(text.to_owned()))
+            }
+            _ => Err(format!(
+                "address {text:?} is neither host:port nor unix:PATH"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Address {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Address::Tcp(hostport) => f.write_str(hostport),
+            Address::Unix(path) => {
+                write!(f, "unix:{}", path.display().to_string().replace('/', "%2F"))
+            }
+        }
+    }
+}
+
+/// A parsed sturdy ref.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SturdyRef {
+    pub did: String,
+    pub address: Address,
+    pub swiss: String,
+}
+
+impl SturdyRef {
+    pub fn parse(uri: &str) -> Result<SturdyRef, String> {
+        let bad =
+            |why: &str| format!("sturdy ref {uri:?} {why} (expected captp://DID@ADDRESS/SWISS)");
+        let rest = uri
+            .strip_prefix("captp://")
+            .ok_or_else(|| bad("does not start with captp://"))?;
+        let (did, rest) = rest.split_once('@').ok_or_else(|| bad("has no DID@"))?;
+        if !did.starts_with("did:key:z") {
+            return Err(bad("does not name a did:key"));
+        }
+        let (address, swiss) = rest.rsplit_once('/').ok_or_else(|| bad("has no /SWISS"))?;
+        if swiss.is_empty() || !swiss.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return Err(bad("has a malformed swiss number"));
+        }
+        Ok(SturdyRef {
+            did: did.to_owned(),
+            address: Address::parse(address).map_err(|e| bad(&e))?,
+            swiss: swiss.to_owned(),
+        })
+    }
+}
+
+impl std::fmt::Display for SturdyRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "captp://{}@{}/{}", self.did, self.address, self.swiss)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sturdy_refs_round_trip_and_malformed_ones_say_why() {
+        for uri in [
+            "captp://did:key:z6Mkabc@127.0.0.1:7000/3xQ9",
+            "captp://did:key:z6Mkabc@unix:%2Ftmp%2Fa.sock/3xQ9",
+        ] {
+            assert_eq!(SturdyRef::parse(uri).unwrap().to_string(), uri);
+        }
+        let unix = SturdyRef::parse("captp://did:key:z6Mkabc@unix:%2Ftmp%2Fa.sock/x1").unwrap();
+        assert_eq!(unix.address, Address::Unix("/tmp/a.sock".into()));
+        for (uri, why) in [
+            ("http://x", "captp://"),
+            ("captp://did:key:z6Mk@127.0.0.1:7000/", "swiss"),
+            ("captp://nobody@127.0.0.1:7000/ab", "did:key"),
+            ("captp://did:key:z6Mk@nowhere/ab", "host:port"),
+        ] {
+            let err = SturdyRef::parse(uri).unwrap_err();
+            assert!(err.contains(why), "{uri}: {err}");
+        }
+    }
+}

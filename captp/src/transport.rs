@@ -1,0 +1,105 @@
+//! Frames on tokio byte streams: TCP or Unix sockets.
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::wire::{Limits, WireError, frame_length};
+
+/// Why a stream stopped yielding frames.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error("connection: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the peer closed the connection in the middle of a frame")]
+    Truncated,
+}
+
+/// Reads one frame (the standard stream framing), refusing it from its
+/// segment table when it breaks a limit. `None` at a clean end of stream.
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    limits: &Limits,
+) -> Result<Option<Vec<u8>>, TransportError> {
+    let mut frame = vec![0u8; 8];
+    match reader.read_exact(&mut frame[..4]).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let mut have = 4;
+    let total = loop {
+        if let Some(total) = frame_length(&frame[..have], limits)? {
+            break total;
+        }
+        // The segment table is 4 bytes per segment after the count.
+        let want = have + 4;
+        frame.resize(want.max(frame.len()), 0);
+        read_exact(reader, &mut frame[have..want]).await?;
+        have = want;
+    };
+    frame.resize(total, 0);
+    read_exact(reader, &mut frame[have..]).await?;
+    Ok(Some(frame))
+}
+
+async fn read_exact<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    buf: &mut [u8],
+) -> Result<(), TransportError> {
+    match reader.read_exact(buf).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(TransportError::Truncated),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Writes frames, flushing once at the end.
+pub async fn write_frames<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    frames: &[Vec<u8>],
+) -> Result<(), TransportError> {
+    for frame in frames {
+        writer.write_all(frame).await?;
+    }
+    writer.flush().await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{Message, encode};
+
+    #[tokio::test]
+    async fn frames_round_trip_and_oversized_ones_are_refused_from_their_header() {
+        let frames = vec![
+            encode(&Message::Bootstrap { question: 7 }),
+            encode(&Message::Release { id: 3, count: 2 }),
+        ];
+        let mut bytes = Vec::new();
+        write_frames(&mut bytes, &frames).await.unwrap();
+        let mut reader = bytes.as_slice();
+        let limits = Limits::default();
+        assert_eq!(
+            read_frame(&mut reader, &limits).await.unwrap(),
+            Some(frames[0].clone())
+        );
+        assert_eq!(
+            read_frame(&mut reader, &limits).await.unwrap(),
+            Some(frames[1].clone())
+        );
+        assert_eq!(read_frame(&mut reader, &limits).await.unwrap(), None);
+
+        // A header announcing 2^31 words is refused without reading (or allocating) them.
+        let mut huge = vec![0u8, 0, 0, 0];
+        huge.extend_from_slice(&0x8000_0000u32.to_le_bytes());
+        let err = read_frame(&mut huge.as_slice(), &limits).await.unwrap_err();
+        assert!(err.to_string().contains("frame_bytes_max"), "{err}");
+
+        // A frame cut short is an error, not a hang or a clean end.
+        let cut = &frames[0][..frames[0].len() - 3];
+        let err = read_frame(&mut &cut[..], &limits).await.unwrap_err();
+        assert!(matches!(err, TransportError::Truncated), "{err}");
+    }
+}
