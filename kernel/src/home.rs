@@ -185,6 +185,9 @@ impl Home {
         let store = SwingStore::open(&self.path.join(STORE_FILE), Durability::Full)?;
         let mut kernel = Kernel::new(store, policy)?;
         kernel.set_module_cache(self.path.join(MODULES_DIR));
+        // Connections to peers died with the process that had them.
+        kernel.remove_stale_peers()?;
+        kernel.commit()?;
         Ok(kernel)
     }
 }

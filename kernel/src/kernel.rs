@@ -16,6 +16,7 @@ use vat_supervisor::{
 use vom::abi::{Delivery, Resolution, Syscall, SyscallResult};
 use vom::{CapData, Value};
 
+use crate::membrane::is_peer;
 use crate::state::{GcAction, KernelState, Message, PromiseState, RunQueueItem};
 
 /// The longest chain of promises forwarded to promises that routing follows.
@@ -48,6 +49,8 @@ pub enum KernelError {
     UpgradeFailed { name: String, fault: VatFault },
     #[error("the run queue emptied before {0} settled")]
     Unsettled(String),
+    #[error("no randomness from the operating system: {0}")]
+    Randomness(String),
     #[error(
         "worker binary {0} not found (build it with `cargo build -p vat-supervisor`, set VAT_SUPERVISOR, or spawn with --worker thread)"
     )]
@@ -145,7 +148,7 @@ pub struct VatInfo {
 
 /// The kernel: its tables in swingstore, its Wasm host and its live workers.
 pub struct Kernel {
-    state: KernelState,
+    pub(crate) state: KernelState,
     host: WasmHost,
     modules: HashMap<String, VatModule>,
     workers: HashMap<String, Box<dyn Worker>>,
@@ -164,6 +167,8 @@ pub struct Kernel {
     gc_deferred: bool,
     /// How many pure IPVM tasks run at once (default: one per core).
     pub(crate) pure_task_threads: usize,
+    /// Frames to peers whose cranks are committed, waiting to be sent.
+    pub(crate) outbound_ready: Vec<(String, Vec<u8>)>,
 }
 
 /// A vat gets a `bringOutYourDead` delivery after this many other deliveries.
@@ -229,7 +234,7 @@ pub(crate) fn is_vref(text: &str) -> bool {
         && facet.is_none_or(digits)
 }
 
-fn error_capdata(message: &str) -> CapData {
+pub(crate) fn error_capdata(message: &str) -> CapData {
     vom::capdata::encode(&Value::error(message))
 }
 
@@ -243,6 +248,8 @@ impl Kernel {
                 maybe_unreachable: Default::default(),
                 gc_actions_maybe: true,
                 cleanup_maybe: true,
+                outbox_crank: Vec::new(),
+                outbox_ended: Vec::new(),
             },
             host: WasmHost::new()?,
             modules: HashMap::new(),
@@ -256,6 +263,7 @@ impl Kernel {
             deliveries_since_collection: HashMap::new(),
             gc_deferred: false,
             pure_task_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            outbound_ready: Vec::new(),
         })
     }
 
@@ -295,6 +303,8 @@ impl Kernel {
     /// Makes everything done so far durable. Report results only after this.
     pub fn commit(&mut self) -> Result<(), KernelError> {
         self.state.store.commit()?;
+        // Output gating: frames to peers leave only once their cranks are durable.
+        self.outbound_ready.append(&mut self.state.outbox_ended);
         self.cranks_since_commit = 0;
         self.last_commit = Instant::now();
         Ok(())
@@ -646,6 +656,14 @@ impl Kernel {
         Ok(worked || cleaned)
     }
 
+    /// Whether [`Self::step`] may find work (it may still find none).
+    pub fn has_work(&self) -> Result<bool, KernelError> {
+        if self.state.gc_actions_maybe || self.state.cleanup_maybe {
+            return Ok(true);
+        }
+        Ok(self.state.get("runQueue.head")? != self.state.get("runQueue.tail")?)
+    }
+
     /// Commits as the policy says; a vat due for `bringOutYourDead` gets it.
     fn after_crank(&mut self) -> Result<(), KernelError> {
         let any_due = self
@@ -696,6 +714,26 @@ impl Kernel {
         let vat = vat.to_owned();
         let prefix = format!("gc.{}.{vat}.", action.name());
         self.state.store.begin_crank()?;
+        if is_peer(&vat) {
+            for (key, _) in self.state.scan_prefix(&prefix)? {
+                self.state.delete(&key)?;
+                let ko = &key[prefix.len()..];
+                if self.state.object_owner(ko)?.as_deref() != Some(vat.as_str()) {
+                    continue;
+                }
+                let (reachable, recognizable) = self.state.object_refs(ko)?;
+                match action {
+                    GcAction::Drop if reachable == 0 => self.release_to_peer(&vat, ko)?,
+                    GcAction::Retire if recognizable == 0 => {
+                        self.release_to_peer(&vat, ko)?;
+                        self.state.delete_object(ko)?;
+                    }
+                    _ => {}
+                }
+            }
+            self.state.end_crank()?;
+            return Ok(true);
+        }
         let mut vrefs = Vec::new();
         for (key, value) in self.state.scan_prefix(&prefix)? {
             self.state.delete(&key)?;
@@ -942,6 +980,9 @@ impl Kernel {
 
     /// Whether messages to promises `vat` decides go straight to it.
     fn accepts_pipelining(&self, vat: &str) -> Result<bool, KernelError> {
+        if is_peer(vat) {
+            return Ok(self.state.get(&format!("{vat}.state"))?.as_deref() == Some("running"));
+        }
         Ok(
             self.state.get(&format!("{vat}.state"))?.as_deref() == Some("running")
                 && self.vat_options(vat)?.pipelining,
@@ -954,6 +995,9 @@ impl Kernel {
         target: &str,
         message: Message,
     ) -> Result<(), CrankError> {
+        if is_peer(vat) {
+            return Ok(self.deliver_to_peer(vat, target, message)?);
+        }
         self.ensure_worker(vat)
             .map_err(|e| e.into_crank_error(vat))?;
         let target_vref = self.state.clist_vref(vat, target)?.unwrap_or_else(|| {
@@ -977,6 +1021,9 @@ impl Kernel {
     }
 
     fn deliver_notify(&mut self, vat: &str, kpid: &str) -> Result<(), CrankError> {
+        if is_peer(vat) {
+            return Ok(self.notify_peer(vat, kpid)?);
+        }
         if self.state.get(&format!("{vat}.state"))?.as_deref() != Some("running") {
             return Ok(());
         }
@@ -1054,7 +1101,11 @@ impl Kernel {
         }
     }
 
-    fn reject_if_unresolved(&mut self, kpid: Option<&str>, reason: &str) -> Result<(), StoreError> {
+    pub(crate) fn reject_if_unresolved(
+        &mut self,
+        kpid: Option<&str>,
+        reason: &str,
+    ) -> Result<(), StoreError> {
         let Some(kpid) = kpid else { return Ok(()) };
         if self.state.promise_state(kpid)? == Some(PromiseState::Unresolved) {
             settle_promise(&mut self.state, kpid, true, &error_capdata(reason))?;
@@ -1305,7 +1356,7 @@ fn retire_object(state: &mut KernelState, ko: &str) -> Result<(), StoreError> {
 }
 
 /// Settles `kpid`: notifies its subscribers and re-queues the messages that waited on it.
-fn settle_promise(
+pub(crate) fn settle_promise(
     state: &mut KernelState,
     kpid: &str,
     rejected: bool,

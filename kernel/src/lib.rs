@@ -13,6 +13,8 @@ mod home;
 pub mod ipvm;
 mod jobs;
 mod kernel;
+mod membrane;
+pub mod node;
 mod state;
 pub mod ucan;
 
@@ -21,4 +23,7 @@ pub use jobs::{JobEvent, TaskOutcome};
 pub use kernel::{
     CommitPolicy, Kernel, KernelError, VatInfo, VatOptions, WorkerKind, check_name, is_kref,
 };
+pub use membrane::{ANSWERS_PER_PEER_MAX, PeerInfo, REFERENCES_PER_PEER_MAX};
 pub use state::PromiseState;
+/// The CapTP wire (re-exported: the daemon and tests speak it).
+pub use captp;

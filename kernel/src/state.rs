@@ -71,6 +71,10 @@ pub(crate) struct KernelState {
     pub(crate) gc_actions_maybe: bool,
     /// The same for terminated vats' cleanup.
     pub(crate) cleanup_maybe: bool,
+    /// Frames to peers made by the crank in progress: dropped if it aborts.
+    pub(crate) outbox_crank: Vec<(String, Vec<u8>)>,
+    /// Frames of ended cranks, released at the next commit.
+    pub(crate) outbox_ended: Vec<(String, Vec<u8>)>,
 }
 
 /// The krefs a message refers to: its result and its arguments.
@@ -143,7 +147,7 @@ impl KernelState {
     }
 
     /// Takes the next number from the counter at `key` (counters start at 1).
-    fn next_id(&mut self, key: &str) -> StoreResult<u64> {
+    pub(crate) fn next_id(&mut self, key: &str) -> StoreResult<u64> {
         let id = parse_counter(key, self.get(key)?);
         self.set(key, &(id + 1).to_string())?;
         Ok(id)
@@ -439,12 +443,14 @@ impl KernelState {
     pub(crate) fn end_crank(&mut self) -> StoreResult<()> {
         self.collect_garbage()?;
         self.schedule_gc_actions()?;
+        self.outbox_ended.append(&mut self.outbox_crank);
         self.store.end_crank()
     }
 
     pub(crate) fn abort_crank(&mut self) -> StoreResult<()> {
         self.maybe_free.clear();
         self.maybe_unreachable.clear();
+        self.outbox_crank.clear();
         self.store.abort_crank()
     }
 
