@@ -18,6 +18,8 @@ pub mod node;
 mod state;
 pub mod ucan;
 
+/// The CapTP wire (re-exported: the daemon and tests speak it).
+pub use captp;
 pub use home::{Home, HomeError, InitOutcome, LOCK_WAIT_MS_DEFAULT, did_key};
 pub use jobs::{JobEvent, TaskOutcome};
 pub use kernel::{
@@ -25,5 +27,3 @@ pub use kernel::{
 };
 pub use membrane::{ANSWERS_PER_PEER_MAX, PeerInfo, REFERENCES_PER_PEER_MAX};
 pub use state::PromiseState;
-/// The CapTP wire (re-exported: the daemon and tests speak it).
-pub use captp;

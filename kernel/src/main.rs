@@ -15,7 +15,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use kernel::captp;
 use kernel::display::{parse_arg, to_display};
+use kernel::node::Node;
 use kernel::{
     CommitPolicy, Home, InitOutcome, Kernel, LOCK_WAIT_MS_DEFAULT, PromiseState, VatOptions,
     WorkerKind,
@@ -139,7 +141,29 @@ enum Command {
     Check,
     /// Run the kernel as a daemon for this home: vats' workers stay up, and
     /// other `vat` commands are served over HOME/vat.sock. Runs until `vat stop`.
-    Start,
+    Start {
+        /// Also accept CapTP (Cap'n Proto RPC) connections here: host:port
+        /// (port 0 picks one) or unix:PATH.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+    },
+    /// Print a sturdy ref (captp://DID@ADDRESS/SWISS) for TARGET: whoever
+    /// holds it can reach TARGET over CapTP while the daemon listens.
+    Share {
+        /// A pet name or kref of an object.
+        target: String,
+    },
+    /// Connect to the kernel a sturdy ref names and bind NAME to its object;
+    /// `vat send NAME ...` then reaches it. Needs the daemon (`vat start`).
+    Enliven {
+        /// The sturdy ref, as `vat share` printed it.
+        uri: String,
+        /// The pet name to bind.
+        #[arg(long = "as", value_name = "NAME")]
+        bind_as: String,
+    },
+    /// List CapTP peers: who, their state, how many references they share.
+    Peers,
     /// Stop the home's daemon.
     Stop,
 }
@@ -246,7 +270,7 @@ fn dispatch(cli: Cli) -> Result<Outcome> {
     let socket = cli.home.join(SOCKET_FILE);
     match cli.command {
         Command::Init => init(&cli.home),
-        Command::Start => serve(&cli.home, cli.lock_wait_ms),
+        Command::Start { listen } => serve(&cli.home, cli.lock_wait_ms, listen.as_deref()),
         Command::Stop => match connect(&socket) {
             Some(stream) => request(stream, &Command::Stop),
             None => bail!("no daemon is running for home {}", cli.home.display()),
@@ -406,7 +430,38 @@ fn run_command(
                 }
             }
         }
-        Command::Init | Command::Start | Command::Stop => {
+        Command::Share { target } => {
+            let kref = kernel.resolve_reference(target)?;
+            let Some(address) = kernel.listen_address()? else {
+                bail!(
+                    "the daemon is not listening for CapTP: start it with `vat start --listen ADDR`"
+                );
+            };
+            let swiss = kernel.share(&kref)?;
+            let address =
+                captp::sturdy::Address::parse(&address).map_err(|e| anyhow::anyhow!(e))?;
+            out.line(captp::sturdy::SturdyRef {
+                did: home.did(),
+                address,
+                swiss,
+            });
+        }
+        Command::Peers => {
+            let peers = kernel.peers()?;
+            if peers.is_empty() {
+                out.line("no peers");
+            }
+            for peer in peers {
+                out.line(format!(
+                    "{} {} {} {} references {}",
+                    peer.id, peer.direction, peer.name, peer.state, peer.references
+                ));
+            }
+        }
+        Command::Enliven { .. } => {
+            bail!("enliven needs the daemon, which keeps the connection: run `vat start` first")
+        }
+        Command::Init | Command::Start { .. } | Command::Stop => {
             bail!("this command does not run inside a kernel")
         }
     }
@@ -552,6 +607,18 @@ fn send(
     bind_as: Option<&str>,
     out: &mut Outcome,
 ) -> Result<()> {
+    let kpid = start_send(kernel, target, method, args, bind_as)?;
+    finish_send(kernel, &kpid, bind_as, out)
+}
+
+/// Checks a send's arguments and queues it; returns the result promise.
+fn start_send(
+    kernel: &mut Kernel,
+    target: &str,
+    method: &str,
+    args: &[String],
+    bind_as: Option<&str>,
+) -> Result<String> {
     if let Some(name) = bind_as {
         kernel::check_name(name)?;
         if let Some(kref) = kernel.pet_name(name)? {
@@ -565,10 +632,19 @@ fn send(
         .map(|arg| parse_arg(arg, &resolve).map_err(|e| anyhow::anyhow!("argument {arg:?}: {e}")))
         .collect::<Result<Vec<_>>>()?;
     let args = vom::capdata::encode(&Value::Array(values));
-    let kpid = kernel.queue_message(&target, method, args)?;
-    let reported = report(kernel, &kpid, bind_as, out);
+    Ok(kernel.queue_message(&target, method, args)?)
+}
+
+/// Reports a send's settlement and lets go of its result promise.
+fn finish_send(
+    kernel: &mut Kernel,
+    kpid: &str,
+    bind_as: Option<&str>,
+    out: &mut Outcome,
+) -> Result<()> {
+    let reported = report(kernel, kpid, bind_as, out);
     // Reported or not, nobody will read the result promise again.
-    kernel.release(&kpid)?;
+    kernel.release(kpid)?;
     kernel.commit()?;
     reported
 }
@@ -637,8 +713,34 @@ impl Drop for SocketFile {
     }
 }
 
-/// `vat start`: serves commands over the home's socket until `vat stop`.
-fn serve(path: &Path, lock_wait_ms: u64) -> Result<Outcome> {
+/// A command from the CLI socket, with the connection to answer on.
+struct CliRequest {
+    command: std::io::Result<Result<Command, serde_json::Error>>,
+    stream: UnixStream,
+}
+
+/// A send (or enliven) the daemon answers once its result settles.
+struct Waiter {
+    kpid: String,
+    bind_as: Option<String>,
+    stream: UnixStream,
+    deadline: std::time::Instant,
+}
+
+/// How long the daemon waits for a result before answering the CLI that
+/// it has none yet (`send_timeout_ms`); the message stays queued.
+const SEND_TIMEOUT_MS: u64 = 60_000;
+
+fn reply(mut stream: &UnixStream, outcome: &Outcome) {
+    let mut reply = serde_json::to_string(outcome).expect("outcomes serialize");
+    reply.push('\n');
+    // A client that went away does not stop the daemon.
+    let _ = stream.write_all(reply.as_bytes());
+}
+
+/// `vat start`: serves commands over the home's socket, and CapTP on
+/// `listen`, until `vat stop`.
+fn serve(path: &Path, lock_wait_ms: u64, listen: Option<&str>) -> Result<Outcome> {
     let home = Home::open(path, lock_wait_ms)?;
     let socket = home.path().join(SOCKET_FILE);
     // Holding the home's lock, no other daemon can be alive: a socket left
@@ -649,40 +751,147 @@ fn serve(path: &Path, lock_wait_ms: u64) -> Result<Outcome> {
     let _socket_file = SocketFile(socket.clone());
     let mut kernel = home.kernel(CommitPolicy::GROUPED)?;
     kernel.start_workers()?;
+    let mut node: Node<CliRequest> = Node::new(kernel, captp::Limits::default())?;
+    let listening = match listen {
+        Some(text) => {
+            let address = captp::sturdy::Address::parse(text).map_err(|e| anyhow::anyhow!(e))?;
+            let bound = node.listen(&address)?;
+            Some(bound.to_string())
+        }
+        None => None,
+    };
+    node.kernel().set_listen_address(listening.as_deref())?;
+    node.kernel().commit()?;
+    let sender = node.sender();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let mut line = String::new();
+            let read = BufReader::new((&stream).take(REQUEST_BYTES_MAX)).read_line(&mut line);
+            let command = read.map(|_| serde_json::from_str::<Command>(&line));
+            if !sender.send(CliRequest { command, stream }) {
+                break;
+            }
+        }
+    });
     println!(
-        "kernel {} serving {} on {}",
+        "kernel {} serving {} on {}{}",
         home.did(),
         home.path().display(),
-        socket.display()
+        socket.display(),
+        listening
+            .as_ref()
+            .map(|a| format!(", CapTP on {a}"))
+            .unwrap_or_default()
     );
     std::io::stdout().flush().ok();
-    for stream in listener.incoming() {
-        let Ok(mut stream) = stream else { continue };
-        let mut line = String::new();
-        let read = BufReader::new((&stream).take(REQUEST_BYTES_MAX)).read_line(&mut line);
-        let (outcome, stop) = match read.map(|_| serde_json::from_str::<Command>(&line)) {
-            Ok(Ok(Command::Stop)) => {
-                let mut outcome = Outcome::default();
-                outcome.line(format!("stopped the daemon for {}", home.path().display()));
-                (outcome, true)
+    let mut waiters: Vec<Waiter> = Vec::new();
+    'serving: loop {
+        let wait = if waiters.is_empty() { 200 } else { 5 };
+        for request in node.turn(std::time::Duration::from_millis(wait))? {
+            let CliRequest { command, stream } = request;
+            let command = match command {
+                Ok(Ok(command)) => command,
+                Ok(Err(e)) => {
+                    let message =
+                        format!("malformed request (request_bytes_max {REQUEST_BYTES_MAX}): {e}");
+                    reply(&stream, &Outcome::error(&message));
+                    continue;
+                }
+                Err(e) => {
+                    reply(
+                        &stream,
+                        &Outcome::error(&format!("reading the request: {e}")),
+                    );
+                    continue;
+                }
+            };
+            let deadline =
+                std::time::Instant::now() + std::time::Duration::from_millis(SEND_TIMEOUT_MS);
+            match &command {
+                Command::Stop => {
+                    let mut outcome = Outcome::default();
+                    outcome.line(format!("stopped the daemon for {}", home.path().display()));
+                    node.flush()?;
+                    reply(&stream, &outcome);
+                    break 'serving;
+                }
+                Command::Send {
+                    target,
+                    method,
+                    args,
+                    bind_as,
+                } => match start_send(node.kernel(), target, method, args, bind_as.as_deref()) {
+                    Ok(kpid) => waiters.push(Waiter {
+                        kpid,
+                        bind_as: bind_as.clone(),
+                        stream,
+                        deadline,
+                    }),
+                    Err(e) => reply(&stream, &Outcome::error(&format!("{e:#}"))),
+                },
+                Command::Enliven { uri, bind_as } => match enliven(&mut node, uri, bind_as) {
+                    Ok(kpid) => waiters.push(Waiter {
+                        kpid,
+                        bind_as: Some(bind_as.clone()),
+                        stream,
+                        deadline,
+                    }),
+                    Err(e) => reply(&stream, &Outcome::error(&format!("{e:#}"))),
+                },
+                command => {
+                    let outcome = execute(&home, node.kernel(), command);
+                    node.flush()?;
+                    reply(&stream, &outcome);
+                }
             }
-            Ok(Ok(command)) => (execute(&home, &mut kernel, &command), false),
-            Ok(Err(e)) => (
+        }
+        let mut index = 0;
+        while index < waiters.len() {
+            let waiter = &waiters[index];
+            let settled =
+                node.kernel().promise_state(&waiter.kpid)? != Some(PromiseState::Unresolved);
+            let expired = std::time::Instant::now() >= waiter.deadline;
+            if !settled && !expired {
+                index += 1;
+                continue;
+            }
+            let waiter = waiters.swap_remove(index);
+            let mut out = Outcome::default();
+            let outcome = if settled {
+                match finish_send(
+                    node.kernel(),
+                    &waiter.kpid,
+                    waiter.bind_as.as_deref(),
+                    &mut out,
+                ) {
+                    Ok(()) => out,
+                    Err(e) => Outcome::error(&format!("{e:#}")),
+                }
+            } else {
+                node.kernel().release(&waiter.kpid)?;
                 Outcome::error(&format!(
-                    "malformed request (request_bytes_max {REQUEST_BYTES_MAX}): {e}"
-                )),
-                false,
-            ),
-            Err(e) => (Outcome::error(&format!("reading the request: {e}")), false),
-        };
-        let mut reply = serde_json::to_string(&outcome).expect("outcomes serialize");
-        reply.push('\n');
-        // A client that went away does not stop the daemon.
-        let _ = stream.write_all(reply.as_bytes());
-        if stop {
-            break;
+                    "no answer within {SEND_TIMEOUT_MS} ms (send_timeout_ms); the message stays queued"
+                ))
+            };
+            node.flush()?;
+            reply(&waiter.stream, &outcome);
         }
     }
-    kernel.commit()?;
+    node.flush()?;
     Ok(Outcome::default())
+}
+
+/// Dials the kernel a sturdy ref names (or reuses the connection) and asks
+/// it for the object; returns the promise for it.
+fn enliven(node: &mut Node<CliRequest>, uri: &str, bind_as: &str) -> Result<String> {
+    kernel::check_name(bind_as)?;
+    if let Some(kref) = node.kernel().pet_name(bind_as)? {
+        bail!("pet name {bind_as:?} is already bound (to {kref})");
+    }
+    let sturdy = captp::sturdy::SturdyRef::parse(uri).map_err(|e| anyhow::anyhow!(e))?;
+    let peer = node.connect(&sturdy.address)?;
+    let kpid = node.kernel().enliven(&peer, &sturdy.swiss)?;
+    node.flush()?;
+    Ok(kpid)
 }

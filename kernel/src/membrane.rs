@@ -80,6 +80,10 @@ struct Answer {
     /// The result promise (`exo`), or the restored object.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     kref: Option<String>,
+    /// Why it failed, if it was answered with an exception: calls
+    /// pipelined on it fail the same way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    broken: Option<String>,
 }
 
 /// A peer as `vat peers` shows it.
@@ -125,9 +129,9 @@ pub(crate) fn is_peer(id: &str) -> bool {
 
 /// The import or export id in a peer c-list ref (`o+3` -> 3).
 fn ref_id(text: &str) -> u32 {
-    text[2..]
-        .parse()
-        .unwrap_or_else(|_| panic!("kernel invariant: peer c-list refs are <o|p><+|-><id> ({text})"))
+    text[2..].parse().unwrap_or_else(|_| {
+        panic!("kernel invariant: peer c-list refs are <o|p><+|-><id> ({text})")
+    })
 }
 
 fn counter(state: &KernelState, key: &str) -> Result<u64, StoreError> {
@@ -194,7 +198,12 @@ impl Kernel {
             return Ok(());
         }
         self.state.store.begin_crank()?;
-        self.emit(peer, &Wire::Abort { reason: reason.to_owned() });
+        self.emit(
+            peer,
+            &Wire::Abort {
+                reason: reason.to_owned(),
+            },
+        );
         self.terminate_peer(peer, &format!("peer {peer} disconnected: {reason}"))?;
         self.state.end_crank()?;
         Ok(())
@@ -251,7 +260,10 @@ impl Kernel {
                 && !peer.contains('.')
                 && state == "running"
             {
-                self.remove_peer(peer, &format!("peer {peer} disconnected: the kernel restarted"))?;
+                self.remove_peer(
+                    peer,
+                    &format!("peer {peer} disconnected: the kernel restarted"),
+                )?;
             }
         }
         Ok(())
@@ -268,7 +280,10 @@ impl Kernel {
                 continue;
             }
             let get = |field: &str| -> Result<String, KernelError> {
-                Ok(self.state.get(&format!("{id}.{field}"))?.unwrap_or_default())
+                Ok(self
+                    .state
+                    .get(&format!("{id}.{field}"))?
+                    .unwrap_or_default())
             };
             let mut state = get("state")?;
             if state == "terminated" {
@@ -288,6 +303,21 @@ impl Kernel {
     }
 
     // ---- sturdy refs ----
+
+    /// Where the daemon accepts CapTP connections (`None`: it does not).
+    pub fn set_listen_address(&mut self, address: Option<&str>) -> Result<(), KernelError> {
+        self.state.store.begin_crank()?;
+        match address {
+            Some(address) => self.state.set("kernel.listen", address)?,
+            None => self.state.delete("kernel.listen")?,
+        }
+        self.state.end_crank()?;
+        Ok(())
+    }
+
+    pub fn listen_address(&self) -> Result<Option<String>, KernelError> {
+        Ok(self.state.get("kernel.listen")?)
+    }
 
     /// Makes a sturdy ref's swiss number for `kref`: whoever holds it can
     /// restore the object through the gate. The object stays alive for it.
@@ -319,7 +349,12 @@ impl Kernel {
                 exports: vec![],
             },
         )?;
-        self.emit(peer, &Wire::Bootstrap { question: bootstrap });
+        self.emit(
+            peer,
+            &Wire::Bootstrap {
+                question: bootstrap,
+            },
+        );
         let kp = self.state.allocate_promise(Some(peer))?;
         self.state.pin(&kp)?;
         let restore = self.next_question(peer)?;
@@ -391,7 +426,12 @@ impl Kernel {
             Err(MembraneError::Protocol(ProtocolError(reason))) => {
                 self.state.abort_crank()?;
                 self.state.store.begin_crank()?;
-                self.emit(peer, &Wire::Abort { reason: reason.clone() });
+                self.emit(
+                    peer,
+                    &Wire::Abort {
+                        reason: reason.clone(),
+                    },
+                );
                 self.terminate_peer(peer, &format!("peer {peer} aborted: {reason}"))?;
                 self.state.end_crank()?;
                 Ok(Some(reason))
@@ -408,6 +448,7 @@ impl Kernel {
                     &Answer {
                         kind: AnswerKind::Gate,
                         kref: None,
+                        broken: None,
                     },
                 )?;
                 self.emit(
@@ -551,6 +592,7 @@ impl Kernel {
                 &Answer {
                     kind: AnswerKind::Exo,
                     kref: None,
+                    broken: Some(reason.clone()),
                 },
             )?;
             kernel.emit(peer, &return_exception(question, &reason));
@@ -577,6 +619,7 @@ impl Kernel {
                                 &Answer {
                                     kind: AnswerKind::Restored,
                                     kref: Some(kref.clone()),
+                                    broken: None,
                                 },
                             )?;
                             let descriptor = self.export_kref(peer, &kref)?;
@@ -604,9 +647,17 @@ impl Kernel {
                 ),
             };
         }
+        if let Target::Answer { question: q, .. } = &target
+            && let Some(reason) = self.answer(peer, *q)?.broken
+        {
+            return answer_exception(self, reason);
+        }
         let target_kref = self.target_kref(peer, &target)?;
         let CallContent::Exo { method, args } = content else {
-            return answer_exception(self, "unimplemented: objects here are Exo (exo.capnp)".into());
+            return answer_exception(
+                self,
+                "unimplemented: objects here are Exo (exo.capnp)".into(),
+            );
         };
         let mut slots = Vec::with_capacity(args.caps.len());
         for index in &args.caps {
@@ -622,7 +673,9 @@ impl Kernel {
         if counter(&self.state, &format!("{peer}.answers"))? >= ANSWERS_PER_PEER_MAX {
             return answer_exception(
                 self,
-                format!("too many questions in flight (answers_per_peer_max {ANSWERS_PER_PEER_MAX})"),
+                format!(
+                    "too many questions in flight (answers_per_peer_max {ANSWERS_PER_PEER_MAX})"
+                ),
             );
         }
         let kp = self.state.allocate_promise(None)?;
@@ -632,9 +685,11 @@ impl Kernel {
             &Answer {
                 kind: AnswerKind::Exo,
                 kref: Some(kp.clone()),
+                broken: None,
             },
         )?;
-        self.state.set(&format!("{peer}.ak.{kp}"), &question.to_string())?;
+        self.state
+            .set(&format!("{peer}.ak.{kp}"), &question.to_string())?;
         self.state.incref(&kp)?;
         self.state.add_subscriber(&kp, peer)?;
         self.state.push_run_queue(&RunQueueItem::Send {
@@ -746,7 +801,8 @@ impl Kernel {
     fn put_question(&mut self, peer: &str, id: u32, question: &Question) -> Result<(), StoreError> {
         if let Some(kp) = &question.result {
             self.state.incref(kp)?;
-            self.state.set(&format!("{peer}.qk.{kp}"), &id.to_string())?;
+            self.state
+                .set(&format!("{peer}.qk.{kp}"), &id.to_string())?;
         }
         let text = serde_json::to_string(question).expect("questions serialize");
         self.state.set(&format!("{peer}.q.{id}"), &text)
@@ -865,7 +921,9 @@ impl Kernel {
             }
         }
         if let Some(text) = self.state.get(&format!("{peer}.qk.{kref}"))? {
-            let question = text.parse().expect("kernel invariant: question ids are numbers");
+            let question = text
+                .parse()
+                .expect("kernel invariant: question ids are numbers");
             return Ok(CapDescriptor::ReceiverAnswer {
                 question,
                 transform: vec![OBJECT_FIELD],
@@ -914,7 +972,11 @@ impl Kernel {
         Ok(())
     }
 
-    fn capdata_to_peer(&mut self, peer: &str, data: &CapData) -> Result<(Body, Vec<CapDescriptor>), StoreError> {
+    fn capdata_to_peer(
+        &mut self,
+        peer: &str,
+        data: &CapData,
+    ) -> Result<(Body, Vec<CapDescriptor>), StoreError> {
         let mut caps = Vec::with_capacity(data.slots.len());
         for kref in &data.slots {
             caps.push(self.export_kref(peer, kref)?);
@@ -932,7 +994,9 @@ impl Kernel {
 
     /// Queues a frame to `peer`; it leaves after the crank commits.
     fn emit(&mut self, peer: &str, message: &Wire) {
-        self.state.outbox_crank.push((peer.to_owned(), wire::encode(message)));
+        self.state
+            .outbox_crank
+            .push((peer.to_owned(), wire::encode(message)));
     }
 
     /// A message for one of the peer's objects (or a promise it decides).
@@ -944,7 +1008,9 @@ impl Kernel {
     ) -> Result<(), StoreError> {
         let wire_target = if let Some(text) = self.state.get(&format!("{peer}.qk.{target}"))? {
             Target::Answer {
-                question: text.parse().expect("kernel invariant: question ids are numbers"),
+                question: text
+                    .parse()
+                    .expect("kernel invariant: question ids are numbers"),
                 transform: vec![OBJECT_FIELD],
             }
         } else {
@@ -1008,7 +1074,9 @@ impl Kernel {
             Err(e) => e.to_string(),
         };
         if let Some(text) = self.state.get(&format!("{peer}.ak.{kp}"))? {
-            let answer: u32 = text.parse().expect("kernel invariant: answer ids are numbers");
+            let answer: u32 = text
+                .parse()
+                .expect("kernel invariant: answer ids are numbers");
             self.state.delete(&format!("{peer}.ak.{kp}"))?;
             let message = if rejected {
                 return_exception(answer, &reason())
@@ -1047,12 +1115,16 @@ impl Kernel {
         if let Some(vref) = self.state.clist_vref(peer, kp)?
             && let Some(id) = vref.strip_prefix("p-")
         {
-            let id: u32 = id.parse().expect("kernel invariant: export ids are numbers");
+            let id: u32 = id
+                .parse()
+                .expect("kernel invariant: export ids are numbers");
             let resolution = if rejected {
                 Err(reason())
             } else {
                 match vom::capdata::decode(&data) {
-                    Ok(Value::Remotable(r) | Value::Promise(r)) => Ok(self.export_kref(peer, &r.slot)?),
+                    Ok(Value::Remotable(r) | Value::Promise(r)) => {
+                        Ok(self.export_kref(peer, &r.slot)?)
+                    }
                     _ => Err("the promise settled to data, not a capability".to_owned()),
                 }
             };

@@ -147,7 +147,8 @@ impl<A: Send + 'static> Node<A> {
                     while let Ok((stream, from)) = listener.accept().await {
                         let _ = stream.set_nodelay(true);
                         let (read, write) = stream.into_split();
-                        let event = Event::Accepted(Box::new(read), Box::new(write), from.to_string());
+                        let event =
+                            Event::Accepted(Box::new(read), Box::new(write), from.to_string());
                         if sender.send(event).is_err() {
                             break;
                         }
@@ -181,7 +182,13 @@ impl<A: Send + 'static> Node<A> {
     pub fn connect(&mut self, address: &Address) -> Result<String, NodeError> {
         let text = address.to_string();
         for (peer, connection) in &self.by_peer {
-            if self.kernel.state.get(&format!("{peer}.address")).map_err(KernelError::from)?.as_deref() == Some(&text)
+            if self
+                .kernel
+                .state
+                .get(&format!("{peer}.address"))
+                .map_err(KernelError::from)?
+                .as_deref()
+                == Some(&text)
                 && self.connections.contains_key(connection)
             {
                 return Ok(peer.clone());
@@ -192,8 +199,16 @@ impl<A: Send + 'static> Node<A> {
             Address::Tcp(hostport) => {
                 let stream = self
                     .runtime
-                    .block_on(tokio::time::timeout(timeout, tokio::net::TcpStream::connect(hostport)))
-                    .map_err(|_| NodeError::Connect(text.clone(), format!("no answer in {CONNECT_TIMEOUT_MS} ms (connect_timeout_ms)")))?
+                    .block_on(async {
+                        tokio::time::timeout(timeout, tokio::net::TcpStream::connect(hostport))
+                            .await
+                    })
+                    .map_err(|_| {
+                        NodeError::Connect(
+                            text.clone(),
+                            format!("no answer in {CONNECT_TIMEOUT_MS} ms (connect_timeout_ms)"),
+                        )
+                    })?
                     .map_err(|e| NodeError::Connect(text.clone(), e.to_string()))?;
                 let _ = stream.set_nodelay(true);
                 let (read, write) = stream.into_split();
@@ -202,8 +217,15 @@ impl<A: Send + 'static> Node<A> {
             Address::Unix(path) => {
                 let stream = self
                     .runtime
-                    .block_on(tokio::time::timeout(timeout, tokio::net::UnixStream::connect(path)))
-                    .map_err(|_| NodeError::Connect(text.clone(), format!("no answer in {CONNECT_TIMEOUT_MS} ms (connect_timeout_ms)")))?
+                    .block_on(async {
+                        tokio::time::timeout(timeout, tokio::net::UnixStream::connect(path)).await
+                    })
+                    .map_err(|_| {
+                        NodeError::Connect(
+                            text.clone(),
+                            format!("no answer in {CONNECT_TIMEOUT_MS} ms (connect_timeout_ms)"),
+                        )
+                    })?
                     .map_err(|e| NodeError::Connect(text.clone(), e.to_string()))?;
                 let (read, write) = stream.into_split();
                 (Box::new(read), Box::new(write))
@@ -232,7 +254,10 @@ impl<A: Send + 'static> Node<A> {
                         }
                     }
                     Ok(None) => {
-                        let _ = sender.send(Event::Closed(number, "the peer closed the connection".into()));
+                        let _ = sender.send(Event::Closed(
+                            number,
+                            "the peer closed the connection".into(),
+                        ));
                         return;
                     }
                     Err(e) => {
@@ -298,7 +323,8 @@ impl<A: Send + 'static> Node<A> {
                 }
                 Event::Frame(number, frame) => {
                     if let Some(peer) = self.connections.get(&number).map(|c| c.peer.clone())
-                        && let Some(_reason) = self.kernel.receive_frame(&peer, &frame, &self.limits)?
+                        && let Some(_reason) =
+                            self.kernel.receive_frame(&peer, &frame, &self.limits)?
                     {
                         // The abort goes out with this turn's frames; then the connection closes.
                         self.flush()?;
