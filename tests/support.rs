@@ -50,6 +50,37 @@ pub fn guest(name: &str) -> PathBuf {
     path
 }
 
+/// The Python with pycapnp that `scripts/test` prepares (`VAT_PYTHON`
+/// overrides it).
+pub fn python() -> PathBuf {
+    let path = std::env::var_os("VAT_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir().join("pyenv/bin/python"));
+    assert!(
+        path.is_file(),
+        "{} is missing: scripts/test makes it (python3 -m venv, pip install pycapnp)",
+        path.display()
+    );
+    path
+}
+
+/// The repository's root folder.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is in the repository")
+        .to_owned()
+}
+
+/// A TCP port nothing listens on right now (for a daemon that must come
+/// back on the same address after a restart).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
 /// A vat home in a temporary folder, removed when dropped.
 #[derive(Debug)]
 pub struct VatHome {
@@ -216,8 +247,17 @@ impl Drop for Daemon {
 impl VatHome {
     /// Starts `vat start` on this home and waits until it serves its socket.
     pub fn start_daemon(&self) -> Daemon {
+        self.start_daemon_with(&["start"])
+    }
+
+    /// Starts `vat start --listen ADDR` (CapTP on ADDR; port 0 picks one).
+    pub fn start_listening(&self, address: &str) -> Daemon {
+        self.start_daemon_with(&["start", "--listen", address])
+    }
+
+    fn start_daemon_with(&self, args: &[&str]) -> Daemon {
         let child = self
-            .command(&["start"])
+            .command(args)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()

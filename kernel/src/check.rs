@@ -250,14 +250,43 @@ impl Checker<'_> {
                 }
             }
         }
+        // A peer numbers its exports (o-, p-) from one counter.
+        let (objects, promises) = if vat.starts_with('r') {
+            (format!("{vat}.nextExport"), format!("{vat}.nextExport"))
+        } else {
+            (format!("{vat}.nextObject"), format!("{vat}.nextPromise"))
+        };
         for (kind, max, key) in [
-            ("o-", max_import_object, format!("{vat}.nextObject")),
-            ("p-", max_import_promise, format!("{vat}.nextPromise")),
+            ("o-", max_import_object, objects),
+            ("p-", max_import_promise, promises),
         ] {
             let next = self.counter(&key);
             if max > 0 && max >= next {
                 self.problem(format!("{vat} imports {kind}{max} but {key} is {next}"));
             }
+        }
+    }
+
+    /// CapTP peers: their records and c-lists.
+    fn peers(&mut self) {
+        let peers: Vec<String> = self
+            .kv
+            .keys()
+            .filter_map(|k| k.strip_suffix(".name"))
+            .filter(|id| id.starts_with('r') && id[1..].parse::<u64>().is_ok())
+            .map(str::to_owned)
+            .collect();
+        let next = self.counter("kernel.nextPeer");
+        for peer in peers {
+            if id_of(&peer, "r").unwrap_or(0) >= next {
+                self.problem(format!("{peer} exists but kernel.nextPeer is {next}"));
+            }
+            match self.get(&format!("{peer}.state")) {
+                Some("running") => {}
+                Some("terminated") if self.kv.contains_key(&format!("{peer}.reason")) => {}
+                other => self.problem(format!("{peer} has state {other:?}")),
+            }
+            self.clist(&peer);
         }
     }
 
@@ -314,7 +343,9 @@ impl Checker<'_> {
             match (first, second, rest) {
                 // A c-list's kref side, `v<N>.c.kp<M>`; an exporter's own
                 // entry does not count.
-                (Some(vat), Some("c"), Some(kref)) if vat.starts_with('v') => {
+                (Some(vat), Some("c"), Some(kref))
+                    if vat.starts_with('v') || vat.starts_with('r') =>
+                {
                     let own =
                         kref.starts_with("ko") && self.get(&format!("{kref}.owner")) == Some(vat);
                     if (kref.starts_with("ko") || kref.starts_with("kp")) && !own {
@@ -342,7 +373,18 @@ impl Checker<'_> {
                     }
                 }
                 (Some(kref), Some("pinned"), None) if kref.starts_with("kp") => count(kref, true),
-                (Some("pet"), Some(_), _) => count(value, true),
+                (Some("pet" | "sturdy"), Some(_), _) => count(value, true),
+                // A peer's questions hold their result promises; its
+                // answers, until returned, the promises they wait for.
+                (Some(peer), Some("q"), Some(_)) if peer.starts_with('r') => {
+                    if let Some(kp) = serde_json::from_str::<serde_json::Value>(value)
+                        .ok()
+                        .and_then(|q| q.get("result")?.as_str().map(str::to_owned))
+                    {
+                        count(&kp, true);
+                    }
+                }
+                (Some(peer), Some("ak"), Some(kp)) if peer.starts_with('r') => count(kp, true),
                 _ => {}
             }
         }
@@ -463,6 +505,7 @@ pub(crate) fn check(state: &KernelState) -> Result<(Vec<String>, usize), swingst
     checker.run_queue();
     checker.objects_and_promises(max_object, max_promise);
     checker.vats(&bundles);
+    checker.peers();
     checker.pet_names();
     checker.refs();
     problems.append(&mut checker.problems);

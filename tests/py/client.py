@@ -33,7 +33,7 @@ class Callback(exo.Exo.Server):
 
     async def call(self, method, args, _context, **kwargs):
         self.calls.append([method, args.body])
-        _context.results.result.body = json.dumps(["#", len(self.calls)])[1:-1] if False else '#"ack ' + str(len(self.calls)) + '"'
+        _context.results.result.body = "#" + str(len(self.calls))
 
 
 async def main():
@@ -63,17 +63,19 @@ async def main():
         # mint.makePurse() returns a reference: pipeline a call on it
         # before the first answer arrives.
         mint = gate.restore(swiss).object
-        purse = mint.call("makePurse", {"body": "#[]"}).object
+        purse = mint.call("makePurse", {"body": '#["py"]'}).object
         balance = await purse.call("getBalance", {"body": "#[]"})
         out(step="pipelined", result=balance.result.body)
     elif scenario == "callback":
-        # A room that calls its members back: join with a local object.
+        # A room that calls its members back: join with a local object
+        # (under two names, so a post by one is told to the other).
         room = gate.restore(swiss).object
         me = Callback()
         joined = await room.call(
             "join", {"body": '#["py","$0.Alleged: member"]', "caps": [me]}
         )
-        posted = await room.call("post", {"body": '#["py","hello from python"]'})
+        await room.call("join", {"body": '#["py2","$0.Alleged: member"]', "caps": [me]})
+        posted = await room.call("post", {"body": '#["py2","hello from python"]'})
         for _ in range(100):
             if me.calls:
                 break
