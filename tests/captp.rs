@@ -81,3 +81,111 @@ fn a_pycapnp_client_calls_pipelines_and_is_called_back() {
     });
     home.check();
 }
+
+/// An object of the client's own that the kernel calls back: it records
+/// each call and answers with how many it had.
+struct Member {
+    calls: std::rc::Rc<std::cell::RefCell<Vec<(String, String)>>>,
+}
+
+impl captp::exo_capnp::exo::Server for Member {
+    async fn call(
+        self: std::rc::Rc<Self>,
+        params: captp::exo_capnp::exo::CallParams,
+        mut results: captp::exo_capnp::exo::CallResults,
+    ) -> Result<(), capnp::Error> {
+        let params = params.get()?;
+        let method = params.get_method()?.to_string()?;
+        let body = params.get_args()?.get_body()?.to_string()?;
+        let count = {
+            let mut calls = self.calls.borrow_mut();
+            calls.push((method, body));
+            calls.len()
+        };
+        results.get().init_result().set_body(format!("#{count}"));
+        Ok(())
+    }
+}
+
+#[test]
+fn a_capnp_rpc_client_calls_pipelines_and_is_called_back() {
+    use vat_tests::rpc::{call, restore, with_gate};
+
+    let home = VatHome::new();
+    home.spawn("mint", "mint");
+    home.spawn("room", "chat");
+    let _daemon = home.start_listening("127.0.0.1:0");
+    let mint = captp::sturdy::SturdyRef::parse(&home.ok(&["share", "mint"])).unwrap();
+    let room = captp::sturdy::SturdyRef::parse(&home.ok(&["share", "room"])).unwrap();
+    let address = mint.address.to_string();
+
+    let home_ref = &home;
+    let (balance, bad, calls) = with_gate(&address, |gate| async move {
+        let mint_object = restore(&gate, &mint.swiss);
+        // Three calls in one round trip: restore, makePurse on its answer,
+        // getBalance on makePurse's answer.
+        let purse = vat_tests::rpc::request(&mint_object, "makePurse", "#[\"rust\"]", vec![])
+            .send()
+            .pipeline
+            .get_object();
+        let balance = call(&purse, "getBalance", "#[]", vec![]).await;
+        let bad = call(&purse, "withdraw", "#[5]", vec![]).await;
+
+        let calls = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+        let member: captp::exo_capnp::exo::Client = capnp_rpc::new_client(Member {
+            calls: calls.clone(),
+        });
+        let room_object = restore(&gate, &room.swiss);
+        for name in ["rust", "rust2"] {
+            call(
+                &room_object,
+                "join",
+                &format!("#[\"{name}\",\"$0.Alleged: member\"]"),
+                vec![member.clone()],
+            )
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{e}: {}",
+                    std::fs::read_to_string(home_ref.daemon_log()).unwrap_or_default()
+                )
+            });
+        }
+        call(
+            &room_object,
+            "post",
+            "#[\"rust2\",\"hello from rust\"]",
+            vec![],
+        )
+        .await
+        .unwrap();
+        for _ in 0..100 {
+            if !calls.borrow().is_empty() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let calls = calls.borrow().clone();
+        (balance, bad, calls)
+    });
+    assert_eq!(balance.as_deref(), Ok("#0"));
+    let bad = bad.unwrap_err();
+    assert!(
+        bad.contains("cannot withdraw 5 from a balance of 0"),
+        "{bad}"
+    );
+    assert_eq!(
+        calls,
+        [(
+            "tell".to_owned(),
+            "#[1,\"rust2: hello from rust\"]".to_owned()
+        )]
+    );
+    assert_eq!(home.ok(&["send", "mint", "purseNames"]), r#"["rust"]"#);
+    vat_tests::wait_until("the peer was not released", 20, || {
+        home.ok(&["peers"])
+            .lines()
+            .all(|line| line.contains("disconnected"))
+    });
+    home.check();
+}

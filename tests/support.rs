@@ -245,6 +245,11 @@ impl Drop for Daemon {
 }
 
 impl VatHome {
+    /// Where the daemon's stderr goes: `daemon.log` beside the home.
+    pub fn daemon_log(&self) -> PathBuf {
+        self.path().with_extension("daemon.log")
+    }
+
     /// Starts `vat start` on this home and waits until it serves its socket.
     pub fn start_daemon(&self) -> Daemon {
         self.start_daemon_with(&["start"])
@@ -259,7 +264,8 @@ impl VatHome {
         let child = self
             .command(args)
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            // Kept beside the home, for a failing test to show.
+            .stderr(std::fs::File::create(self.daemon_log()).expect("daemon log"))
             .spawn()
             .expect("start the daemon");
         let daemon = Daemon { child };
@@ -290,4 +296,91 @@ pub fn workers_of(parent: u32) -> Vec<(u32, String)> {
             (ppid == parent && is_worker).then(|| (pid, args[2].to_owned()))
         })
         .collect()
+}
+
+/// A capnp-rpc (Rust) client of a kernel: what any Cap'n Proto peer does.
+pub mod rpc {
+    use std::future::Future;
+
+    use capnp_rpc::{RpcSystem, rpc_twoparty_capnp, twoparty};
+    use captp::exo_capnp::{exo, gate};
+    use futures::AsyncReadExt;
+
+    /// Connects to `address`, bootstraps the gate, and runs `body` with it
+    /// on a single-threaded runtime (capnp-rpc's objects are not `Send`).
+    pub fn with_gate<F, Fut, T>(address: &str, body: F) -> T
+    where
+        F: FnOnce(gate::Client) -> Fut,
+        Fut: Future<Output = T>,
+    {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&runtime, async move {
+            let stream = tokio::net::TcpStream::connect(address)
+                .await
+                .expect("connect to the kernel");
+            stream.set_nodelay(true).expect("nodelay");
+            let (reader, writer) =
+                tokio_util::compat::TokioAsyncReadCompatExt::compat(stream).split();
+            let network = Box::new(twoparty::VatNetwork::new(
+                futures::io::BufReader::new(reader),
+                futures::io::BufWriter::new(writer),
+                rpc_twoparty_capnp::Side::Client,
+                Default::default(),
+            ));
+            let mut system = RpcSystem::new(network, None);
+            let gate: gate::Client = system.bootstrap(rpc_twoparty_capnp::Side::Server);
+            tokio::task::spawn_local(system);
+            body(gate).await
+        })
+    }
+
+    /// The object a swiss number names (pipelined: no round trip of its own).
+    pub fn restore(gate: &gate::Client, swiss: &str) -> exo::Client {
+        let mut request = gate.restore_request();
+        request.get().set_swiss(swiss);
+        request.send().pipeline.get_object()
+    }
+
+    /// A call request of `method` with a smallcaps `body` and capabilities.
+    pub fn request(
+        target: &exo::Client,
+        method: &str,
+        body: &str,
+        caps: Vec<exo::Client>,
+    ) -> capnp::capability::Request<exo::call_params::Owned, exo::call_results::Owned> {
+        let mut request = target.call_request();
+        let mut params = request.get();
+        params.set_method(method);
+        let mut args = params.init_args();
+        args.set_body(body);
+        let mut list = args.init_caps(caps.len() as u32);
+        for (i, cap) in caps.into_iter().enumerate() {
+            list.set(i as u32, cap.client.hook);
+        }
+        request
+    }
+
+    /// Calls and waits: the result's smallcaps body, or the exception's text.
+    pub async fn call(
+        target: &exo::Client,
+        method: &str,
+        body: &str,
+        caps: Vec<exo::Client>,
+    ) -> Result<String, String> {
+        let response = request(target, method, body, caps)
+            .send()
+            .promise
+            .await
+            .map_err(|e| e.to_string())?;
+        let results = response.get().map_err(|e| e.to_string())?;
+        let body = results
+            .get_result()
+            .and_then(|r| r.get_body())
+            .map_err(|e| e.to_string())?;
+        Ok(body.to_str().map_err(|e| e.to_string())?.to_owned())
+    }
 }

@@ -384,7 +384,14 @@ impl Checker<'_> {
                         count(&kp, true);
                     }
                 }
-                (Some(peer), Some("ak"), Some(kp)) if peer.starts_with('r') => count(kp, true),
+                (Some(peer), Some("a"), Some(_)) if peer.starts_with('r') => {
+                    if let Some(kref) = serde_json::from_str::<serde_json::Value>(value)
+                        .ok()
+                        .and_then(|a| a.get("kref")?.as_str().map(str::to_owned))
+                    {
+                        count(&kref, true);
+                    }
+                }
                 _ => {}
             }
         }

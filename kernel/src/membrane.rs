@@ -84,6 +84,9 @@ struct Answer {
     /// pipelined on it fail the same way.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     broken: Option<String>,
+    /// The peer sent `Finish` before we returned: the entry goes with the `Return`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    finished: bool,
 }
 
 /// A peer as `vat peers` shows it.
@@ -230,11 +233,15 @@ impl Kernel {
                 self.state.decref(&kp)?;
             }
         }
-        for (key, _) in self.state.scan_prefix(&format!("{peer}.ak."))? {
+        for (key, text) in self.state.scan_prefix(&format!("{peer}.a."))? {
             self.state.delete(&key)?;
-            self.state.decref(&key[format!("{peer}.ak.").len()..])?;
+            let answer: Answer = serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("kernel invariant: {key} is an answer: {e}"));
+            if let Some(kref) = answer.kref {
+                self.state.decref(&kref)?;
+            }
         }
-        for prefix in ["a.", "ec.", "ic."] {
+        for prefix in ["ak.", "ec.", "ic."] {
             for (key, _) in self.state.scan_prefix(&format!("{peer}.{prefix}"))? {
                 self.state.delete(&key)?;
             }
@@ -409,6 +416,9 @@ impl Kernel {
             })
         };
         let decoded = wire::decode(frame, limits, &kinds);
+        if std::env::var_os("VAT_CAPTP_TRACE").is_some() {
+            eprintln!("{peer} <- {decoded:?}");
+        }
         self.state.store.begin_crank()?;
         let handled = match decoded {
             Ok(message) => self.handle_message(peer, message),
@@ -449,6 +459,7 @@ impl Kernel {
                         kind: AnswerKind::Gate,
                         kref: None,
                         broken: None,
+                        finished: false,
                     },
                 )?;
                 self.emit(
@@ -472,7 +483,20 @@ impl Kernel {
                 if self.state.get(&key)?.is_none() {
                     return protocol(format!("finish for unknown question {question}"));
                 }
-                self.close_answer(peer, question)?;
+                let mut answer = self.answer(peer, question)?;
+                let returned = match &answer.kref {
+                    Some(kp) if answer.kind == AnswerKind::Exo => {
+                        self.state.get(&format!("{peer}.ak.{kp}"))?.is_none()
+                    }
+                    _ => true,
+                };
+                if returned {
+                    self.close_answer(peer, question)?;
+                } else {
+                    answer.finished = true;
+                    let text = serde_json::to_string(&answer).expect("answers serialize");
+                    self.state.set(&key, &text)?;
+                }
                 Ok(())
             }
             Wire::Resolve {
@@ -593,6 +617,7 @@ impl Kernel {
                     kind: AnswerKind::Exo,
                     kref: None,
                     broken: Some(reason.clone()),
+                    finished: false,
                 },
             )?;
             kernel.emit(peer, &return_exception(question, &reason));
@@ -620,6 +645,7 @@ impl Kernel {
                                     kind: AnswerKind::Restored,
                                     kref: Some(kref.clone()),
                                     broken: None,
+                                    finished: false,
                                 },
                             )?;
                             let descriptor = self.export_kref(peer, &kref)?;
@@ -686,11 +712,11 @@ impl Kernel {
                 kind: AnswerKind::Exo,
                 kref: Some(kp.clone()),
                 broken: None,
+                finished: false,
             },
         )?;
         self.state
             .set(&format!("{peer}.ak.{kp}"), &question.to_string())?;
-        self.state.incref(&kp)?;
         self.state.add_subscriber(&kp, peer)?;
         self.state.push_run_queue(&RunQueueItem::Send {
             target: target_kref,
@@ -817,10 +843,22 @@ impl Kernel {
         }
     }
 
+    fn answer_entry(&self, peer: &str, question: u32) -> Result<Answer, ()> {
+        match self.state.get(&format!("{peer}.a.{question}")) {
+            Ok(Some(text)) => serde_json::from_str(&text).map_err(|_| ()),
+            _ => Err(()),
+        }
+    }
+
+    /// Records the peer's question; the answer holds a reference to what
+    /// it names until the peer's `Finish`.
     fn open_answer(&mut self, peer: &str, question: u32, answer: &Answer) -> Result<()> {
         let key = format!("{peer}.a.{question}");
         if self.state.get(&key)?.is_some() {
             return protocol(format!("question {question} is already in use"));
+        }
+        if let Some(kref) = &answer.kref {
+            self.state.incref(kref)?;
         }
         add_counter(&mut self.state, &format!("{peer}.answers"), 1)?;
         let text = serde_json::to_string(answer).expect("answers serialize");
@@ -828,7 +866,15 @@ impl Kernel {
     }
 
     fn close_answer(&mut self, peer: &str, question: u32) -> Result<(), StoreError> {
-        self.state.delete(&format!("{peer}.a.{question}"))?;
+        let key = format!("{peer}.a.{question}");
+        if let Some(text) = self.state.get(&key)? {
+            let answer: Answer = serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("kernel invariant: {key} is an answer: {e}"));
+            if let Some(kref) = answer.kref {
+                self.state.decref(&kref)?;
+            }
+        }
+        self.state.delete(&key)?;
         add_counter(&mut self.state, &format!("{peer}.answers"), -1)?;
         Ok(())
     }
@@ -994,6 +1040,9 @@ impl Kernel {
 
     /// Queues a frame to `peer`; it leaves after the crank commits.
     fn emit(&mut self, peer: &str, message: &Wire) {
+        if std::env::var_os("VAT_CAPTP_TRACE").is_some() {
+            eprintln!("{peer} -> {message:?}");
+        }
         self.state
             .outbox_crank
             .push((peer.to_owned(), wire::encode(message)));
@@ -1109,8 +1158,13 @@ impl Kernel {
                 })
             };
             self.emit(peer, &message);
-            self.state.decref(kp)?;
-            // The answer's entry stays until the peer's `Finish`.
+            // The answer's entry (and its reference) stays until the peer's
+            // `Finish`: it may still pipeline on it.
+            if let Ok(entry) = self.answer_entry(peer, answer)
+                && entry.finished
+            {
+                self.close_answer(peer, answer)?;
+            }
         }
         if let Some(vref) = self.state.clist_vref(peer, kp)?
             && let Some(id) = vref.strip_prefix("p-")
