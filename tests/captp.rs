@@ -189,3 +189,70 @@ fn a_capnp_rpc_client_calls_pipelines_and_is_called_back() {
     });
     home.check();
 }
+
+/// Three kernels: a room on one, a user on each of the other two.
+struct ChatWorld {
+    room: VatHome,
+    alice: VatHome,
+    bob: VatHome,
+}
+
+impl ChatWorld {
+    fn new() -> ChatWorld {
+        let world = ChatWorld {
+            room: VatHome::new(),
+            alice: VatHome::new(),
+            bob: VatHome::new(),
+        };
+        world.room.spawn("room", "chat");
+        world.alice.spawn("user", "chat");
+        world.bob.spawn("user", "chat");
+        world
+    }
+
+    /// Each user's kernel enlivens the room's sturdy ref and enters it.
+    fn enter(&self, uri: &str) {
+        for (home, name) in [(&self.alice, "Alice"), (&self.bob, "Bob")] {
+            assert_eq!(home.ok(&["enliven", uri, "--as", "room"]), r#"{"$ref":"room"}"#);
+            let welcome = home.ok(&["send", "user", "enter", "room", &format!("\"{name}\"")]);
+            assert!(welcome.starts_with(&format!("\"welcome {name}")), "{welcome}");
+        }
+    }
+
+    fn inbox(home: &VatHome, lines: usize) -> String {
+        let mut inbox = String::new();
+        vat_tests::wait_until("a post did not arrive", 30, || {
+            inbox = home.ok(&["send", "user", "inbox"]);
+            serde_json::from_str::<Vec<String>>(&inbox).unwrap().len() >= lines
+        });
+        inbox
+    }
+}
+
+#[test]
+fn a_chat_room_on_one_kernel_with_users_on_two_others() {
+    let world = ChatWorld::new();
+    let _room = world.room.start_listening("127.0.0.1:0");
+    let _alice = world.alice.start_daemon();
+    let _bob = world.bob.start_daemon();
+    let uri = world.room.ok(&["share", "room"]);
+    world.enter(&uri);
+
+    assert_eq!(world.alice.ok(&["send", "user", "say", "hi bob"]), "1");
+    assert_eq!(world.bob.ok(&["send", "user", "say", "hi alice"]), "2");
+    assert_eq!(world.alice.ok(&["send", "user", "say", "how are you?"]), "3");
+    assert_eq!(
+        ChatWorld::inbox(&world.bob, 2),
+        r#"["Alice: hi bob","Alice: how are you?"]"#
+    );
+    assert_eq!(ChatWorld::inbox(&world.alice, 1), r#"["Bob: hi alice"]"#);
+    assert_eq!(
+        world.room.ok(&["send", "room", "history"]),
+        r#"["Alice: hi bob","Bob: hi alice","Alice: how are you?"]"#
+    );
+    let peers = world.room.ok(&["peers"]);
+    assert_eq!(peers.lines().filter(|l| l.contains(" running ")).count(), 2, "{peers}");
+    for home in [&world.room, &world.alice, &world.bob] {
+        home.check();
+    }
+}

@@ -929,6 +929,11 @@ impl Kernel {
                             self.state.allocate_object(peer)?
                         };
                         self.state.clist_add(peer, &kref, &vref)?;
+                        // If nothing takes it in this crank (a capability the
+                        // body never names), the crank's end drops it again.
+                        if !promise {
+                            self.state.maybe_unreachable.insert(kref.clone());
+                        }
                         kref
                     }
                 };
