@@ -213,9 +213,15 @@ impl ChatWorld {
     /// Each user's kernel enlivens the room's sturdy ref and enters it.
     fn enter(&self, uri: &str) {
         for (home, name) in [(&self.alice, "Alice"), (&self.bob, "Bob")] {
-            assert_eq!(home.ok(&["enliven", uri, "--as", "room"]), r#"{"$ref":"room"}"#);
+            assert_eq!(
+                home.ok(&["enliven", uri, "--as", "room"]),
+                r#"{"$ref":"room"}"#
+            );
             let welcome = home.ok(&["send", "user", "enter", "room", &format!("\"{name}\"")]);
-            assert!(welcome.starts_with(&format!("\"welcome {name}")), "{welcome}");
+            assert!(
+                welcome.starts_with(&format!("\"welcome {name}")),
+                "{welcome}"
+            );
         }
     }
 
@@ -240,7 +246,10 @@ fn a_chat_room_on_one_kernel_with_users_on_two_others() {
 
     assert_eq!(world.alice.ok(&["send", "user", "say", "hi bob"]), "1");
     assert_eq!(world.bob.ok(&["send", "user", "say", "hi alice"]), "2");
-    assert_eq!(world.alice.ok(&["send", "user", "say", "how are you?"]), "3");
+    assert_eq!(
+        world.alice.ok(&["send", "user", "say", "how are you?"]),
+        "3"
+    );
     assert_eq!(
         ChatWorld::inbox(&world.bob, 2),
         r#"["Alice: hi bob","Alice: how are you?"]"#
@@ -251,8 +260,241 @@ fn a_chat_room_on_one_kernel_with_users_on_two_others() {
         r#"["Alice: hi bob","Bob: hi alice","Alice: how are you?"]"#
     );
     let peers = world.room.ok(&["peers"]);
-    assert_eq!(peers.lines().filter(|l| l.contains(" running ")).count(), 2, "{peers}");
+    assert_eq!(
+        peers.lines().filter(|l| l.contains(" running ")).count(),
+        2,
+        "{peers}"
+    );
     for home in [&world.room, &world.alice, &world.bob] {
         home.check();
     }
+}
+
+/// A peer that writes raw frames, well-formed or not.
+struct RawPeer {
+    stream: std::net::TcpStream,
+    /// What each of our questions expects back.
+    kinds: std::collections::HashMap<u32, captp::ReturnKind>,
+}
+
+impl RawPeer {
+    fn connect(address: &str) -> RawPeer {
+        let stream = std::net::TcpStream::connect(address).expect("connect");
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+            .unwrap();
+        RawPeer {
+            stream,
+            kinds: Default::default(),
+        }
+    }
+
+    fn send_bytes(&mut self, bytes: &[u8]) {
+        use std::io::Write;
+        // The kernel may already have closed: later reads tell.
+        let _ = self.stream.write_all(bytes);
+    }
+
+    fn send(&mut self, message: &captp::Message) {
+        match message {
+            captp::Message::Bootstrap { question } => {
+                self.kinds.insert(*question, captp::ReturnKind::Bootstrap);
+            }
+            captp::Message::Call(call) => {
+                let kind = match call.content {
+                    captp::CallContent::Restore { .. } => captp::ReturnKind::Restore,
+                    _ => captp::ReturnKind::Exo,
+                };
+                self.kinds.insert(call.question, kind);
+            }
+            _ => {}
+        }
+        self.send_bytes(&captp::wire::encode(message));
+    }
+
+    /// The next frame, or `None` once the kernel closed the connection.
+    fn receive(&mut self) -> Option<captp::Message> {
+        use std::io::Read;
+        let limits = captp::Limits::default();
+        let mut frame = Vec::new();
+        let total = loop {
+            if let Some(total) = captp::wire::frame_length(&frame, &limits).unwrap() {
+                break total;
+            }
+            let mut word = [0u8; 4];
+            if self.stream.read_exact(&mut word).is_err() {
+                return None;
+            }
+            frame.extend_from_slice(&word);
+        };
+        let mut rest = vec![0u8; total - frame.len()];
+        self.stream.read_exact(&mut rest).ok()?;
+        frame.extend(rest);
+        let kinds = self.kinds.clone();
+        Some(captp::wire::decode(&frame, &limits, &|q| kinds.get(&q).copied()).unwrap())
+    }
+
+    /// Reads until the kernel's `Abort`, which must be followed by the end
+    /// of the connection; returns its reason.
+    fn expect_abort(&mut self) -> String {
+        loop {
+            match self.receive() {
+                Some(captp::Message::Abort { reason }) => {
+                    assert!(
+                        self.receive().is_none(),
+                        "the connection stays open after Abort"
+                    );
+                    return reason;
+                }
+                Some(_) => continue,
+                None => panic!("the connection closed without an Abort"),
+            }
+        }
+    }
+
+    /// Bootstraps and restores `swiss`; returns the export id it got.
+    fn restore(&mut self, swiss: &str) -> u32 {
+        self.send(&captp::Message::Bootstrap { question: 0 });
+        self.send(&captp::Message::Call(captp::Call {
+            question: 1,
+            target: captp::Target::Answer {
+                question: 0,
+                transform: vec![],
+            },
+            content: captp::CallContent::Restore {
+                swiss: swiss.to_owned(),
+            },
+            caps: vec![],
+        }));
+        loop {
+            if let Some(captp::Message::Return(ret)) = self.receive()
+                && ret.answer == 1
+            {
+                let captp::ReturnOutcome::Results { caps, .. } = ret.outcome else {
+                    panic!("restore failed: {ret:?}")
+                };
+                let captp::CapDescriptor::SenderHosted(id) = caps[0] else {
+                    panic!("restore returned {caps:?}")
+                };
+                return id;
+            }
+        }
+    }
+
+    fn call(&mut self, question: u32, target: captp::Target, method: &str) {
+        self.send(&captp::Message::Call(captp::Call {
+            question,
+            target,
+            content: captp::CallContent::Exo {
+                method: method.to_owned(),
+                args: captp::Body {
+                    body: "#[]".into(),
+                    caps: vec![],
+                },
+            },
+            caps: vec![],
+        }));
+    }
+}
+
+#[test]
+fn a_hostile_peer_is_aborted_and_the_kernel_carries_on() {
+    let home = VatHome::new();
+    home.spawn("counter", "counter");
+    let _daemon = home.start_listening("127.0.0.1:0");
+    assert_eq!(home.ok(&["send", "counter", "increment"]), "1");
+    let sturdy = captp::sturdy::SturdyRef::parse(&home.ok(&["share", "counter"])).unwrap();
+    let address = sturdy.address.to_string();
+    let before = home.ok(&["send", "counter", "get"]);
+
+    // Bytes that are no Cap'n Proto message.
+    let mut peer = RawPeer::connect(&address);
+    peer.send_bytes(&[
+        0, 0, 0, 0, 2, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
+    ]);
+    let reason = peer.expect_abort();
+    assert!(reason.contains("malformed frame"), "{reason}");
+
+    // A frame announcing more than frame_bytes_max: refused from its header.
+    let mut peer = RawPeer::connect(&address);
+    let mut huge = vec![0u8, 0, 0, 0];
+    huge.extend_from_slice(&0x4000_0000u32.to_le_bytes());
+    peer.send_bytes(&huge);
+    let reason = peer.expect_abort();
+    assert!(reason.contains("frame_bytes_max"), "{reason}");
+
+    // A call to an export id never given out: guessing ids gets nothing.
+    let mut peer = RawPeer::connect(&address);
+    peer.call(1, captp::Target::Imported(77), "increment");
+    let reason = peer.expect_abort();
+    assert!(reason.contains("no export 77"), "{reason}");
+
+    // A finish for a question never asked; a return for a call never made.
+    let mut peer = RawPeer::connect(&address);
+    peer.send(&captp::Message::Finish {
+        question: 9,
+        release_result_caps: false,
+    });
+    assert!(peer.expect_abort().contains("unknown question 9"));
+    let mut peer = RawPeer::connect(&address);
+    peer.kinds.insert(5, captp::ReturnKind::Exo);
+    peer.send(&captp::Message::Return(captp::Return {
+        answer: 5,
+        release_param_caps: false,
+        no_finish_needed: false,
+        outcome: captp::ReturnOutcome::Exception("surprise".into()),
+    }));
+    assert!(peer.expect_abort().contains("unknown question 5"));
+
+    // A call on a capability after releasing it.
+    let mut peer = RawPeer::connect(&address);
+    let id = peer.restore(&sturdy.swiss);
+    peer.call(2, captp::Target::Imported(id), "increment");
+    let mut answered = false;
+    while !answered {
+        if let Some(captp::Message::Return(ret)) = peer.receive() {
+            answered = ret.answer == 2;
+        }
+    }
+    peer.send(&captp::Message::Release { id, count: 1 });
+    peer.call(3, captp::Target::Imported(id), "increment");
+    let reason = peer.expect_abort();
+    assert!(reason.contains(&format!("no export {id}")), "{reason}");
+
+    // A level-3 message is echoed back as unimplemented; the connection stays.
+    let mut peer = RawPeer::connect(&address);
+    let id = peer.restore(&sturdy.swiss);
+    let mut provide = capnp::message::Builder::new_default();
+    provide
+        .init_root::<capnp_rpc::rpc_capnp::message::Builder>()
+        .init_provide()
+        .set_question_id(4);
+    peer.send_bytes(&capnp::serialize::write_message_to_words(&provide));
+    assert!(matches!(
+        peer.receive(),
+        Some(captp::Message::Unimplemented { .. })
+    ));
+    peer.call(5, captp::Target::Imported(id), "get");
+    let reply = loop {
+        if let Some(captp::Message::Return(ret)) = peer.receive()
+            && ret.answer == 5
+        {
+            break ret;
+        }
+    };
+    assert!(
+        matches!(reply.outcome, captp::ReturnOutcome::Results { .. }),
+        "{reply:?}"
+    );
+    drop(peer);
+
+    // Only the one committed increment above happened; everything is consistent.
+    assert_eq!(before, "1");
+    assert_eq!(home.ok(&["send", "counter", "get"]), "2");
+    vat_tests::wait_until("the peers were not released", 20, || {
+        home.ok(&["peers"])
+            .lines()
+            .all(|line| line.contains("disconnected"))
+    });
+    home.check();
 }
