@@ -180,6 +180,13 @@ impl Home {
         self.key.sign(message).to_bytes()
     }
 
+    /// A signer with the kernel's key, for threads that outlive a borrow of the home.
+    pub fn signer(&self) -> impl Fn(&[u8]) -> [u8; 64] + Send + 'static {
+        use ed25519_dalek::Signer;
+        let key = self.key.clone();
+        move |message| key.sign(message).to_bytes()
+    }
+
     /// A kernel over this home's store. The home (and its lock) must outlive it.
     pub fn kernel(&self, policy: CommitPolicy) -> Result<Kernel, HomeError> {
         let store = SwingStore::open(&self.path.join(STORE_FILE), Durability::Full)?;

@@ -250,6 +250,7 @@ impl Kernel {
                 cleanup_maybe: true,
                 outbox_crank: Vec::new(),
                 outbox_ended: Vec::new(),
+                sessions: Default::default(),
             },
             host: WasmHost::new()?,
             modules: HashMap::new(),

@@ -751,7 +751,11 @@ fn serve(path: &Path, lock_wait_ms: u64, listen: Option<&str>) -> Result<Outcome
     let _socket_file = SocketFile(socket.clone());
     let mut kernel = home.kernel(CommitPolicy::GROUPED)?;
     kernel.start_workers()?;
-    let mut node: Node<CliRequest> = Node::new(kernel, captp::Limits::default())?;
+    let identity = kernel::node::Identity {
+        did: home.did(),
+        sign: Box::new(home.signer()),
+    };
+    let mut node: Node<CliRequest> = Node::new(kernel, identity, captp::Limits::default())?;
     let listening = match listen {
         Some(text) => {
             let address = captp::sturdy::Address::parse(text).map_err(|e| anyhow::anyhow!(e))?;
@@ -830,15 +834,17 @@ fn serve(path: &Path, lock_wait_ms: u64, listen: Option<&str>) -> Result<Outcome
                     }),
                     Err(e) => reply(&stream, &Outcome::error(&format!("{e:#}"))),
                 },
-                Command::Enliven { uri, bind_as } => match enliven(&mut node, uri, bind_as) {
-                    Ok(kpid) => waiters.push(Waiter {
-                        kpid,
-                        bind_as: Some(bind_as.clone()),
-                        stream,
-                        deadline,
-                    }),
-                    Err(e) => reply(&stream, &Outcome::error(&format!("{e:#}"))),
-                },
+                Command::Enliven { uri, bind_as } => {
+                    match enliven(&mut node, &home.did(), uri, bind_as) {
+                        Ok(kpid) => waiters.push(Waiter {
+                            kpid,
+                            bind_as: Some(bind_as.clone()),
+                            stream,
+                            deadline,
+                        }),
+                        Err(e) => reply(&stream, &Outcome::error(&format!("{e:#}"))),
+                    }
+                }
                 command => {
                     let outcome = execute(&home, node.kernel(), command);
                     node.flush()?;
@@ -884,13 +890,21 @@ fn serve(path: &Path, lock_wait_ms: u64, listen: Option<&str>) -> Result<Outcome
 
 /// Dials the kernel a sturdy ref names (or reuses the connection) and asks
 /// it for the object; returns the promise for it.
-fn enliven(node: &mut Node<CliRequest>, uri: &str, bind_as: &str) -> Result<String> {
+fn enliven(
+    node: &mut Node<CliRequest>,
+    home_did: &str,
+    uri: &str,
+    bind_as: &str,
+) -> Result<String> {
     kernel::check_name(bind_as)?;
     if let Some(kref) = node.kernel().pet_name(bind_as)? {
         bail!("pet name {bind_as:?} is already bound (to {kref})");
     }
     let sturdy = captp::sturdy::SturdyRef::parse(uri).map_err(|e| anyhow::anyhow!(e))?;
-    let peer = node.connect(&sturdy.address)?;
+    if sturdy.did == home_did {
+        bail!("that sturdy ref names an object of this kernel: use it directly");
+    }
+    let peer = node.session(&sturdy.did, &sturdy.address)?;
     let kpid = node.kernel().enliven(&peer, &sturdy.swiss)?;
     node.flush()?;
     Ok(kpid)

@@ -222,6 +222,13 @@ impl Kernel {
 
     fn terminate_peer(&mut self, peer: &str, reason: &str) -> Result<(), StoreError> {
         self.state.set(&format!("{peer}.state"), "terminated")?;
+        if let Some(did) = self.state.get(&format!("{peer}.did"))? {
+            self.state.delete(&format!("peer.did.{did}"))?;
+            self.state.sessions.remove(peer);
+            for (key, _) in self.state.scan_prefix(&format!("{peer}.out."))? {
+                self.state.delete(&key)?;
+            }
+        }
         self.state.set(&format!("{peer}.reason"), reason)?;
         for (key, text) in self.state.scan_prefix(&format!("{peer}.q."))? {
             self.state.delete(&key)?;
@@ -258,8 +265,9 @@ impl Kernel {
         self.state.set(&format!("cleanup.{peer}"), "")
     }
 
-    /// Forgets every peer a previous run of this kernel was connected to:
-    /// their connections died with it.
+    /// Forgets every client peer a previous run of this kernel was
+    /// connected to (their connections died with it); kernel peers' sessions
+    /// outlive connections and restarts.
     pub(crate) fn remove_stale_peers(&mut self) -> Result<(), KernelError> {
         for (key, state) in self.state.scan_prefix("r")? {
             if let Some(peer) = key.strip_suffix(".state")
@@ -267,6 +275,10 @@ impl Kernel {
                 && !peer.contains('.')
                 && state == "running"
             {
+                if self.state.get(&format!("{peer}.did"))?.is_some() {
+                    self.state.sessions.insert(peer.to_owned());
+                    continue;
+                }
                 self.remove_peer(
                     peer,
                     &format!("peer {peer} disconnected: the kernel restarted"),
@@ -295,6 +307,9 @@ impl Kernel {
             let mut state = get("state")?;
             if state == "terminated" {
                 state = format!("disconnected ({})", get("reason")?);
+            } else if self.state.sessions.contains(id) {
+                let unacknowledged = self.state.scan_prefix(&format!("{id}.out."))?.len();
+                state = format!("session ({unacknowledged} frames unacknowledged)");
             }
             let references = self.state.scan_prefix(&format!("{id}.c.k"))?.len();
             peers.push(PeerInfo {
@@ -307,6 +322,99 @@ impl Kernel {
         }
         peers.sort_by_key(|p| p.id[1..].parse::<u64>().unwrap_or(u64::MAX));
         Ok(peers)
+    }
+
+    // ---- sessions between kernels ----
+
+    /// The session with the kernel `did`, made if there is none; `address`
+    /// is where to dial it (none: it dials us).
+    pub fn session_peer(
+        &mut self,
+        did: &str,
+        address: Option<&str>,
+    ) -> Result<String, KernelError> {
+        if let Some(peer) = self.state.get(&format!("peer.did.{did}"))?
+            && self.state.get(&format!("{peer}.state"))?.as_deref() == Some("running")
+        {
+            if let Some(address) = address {
+                self.state.store.begin_crank()?;
+                self.state.set(&format!("{peer}.address"), address)?;
+                self.state.end_crank()?;
+            }
+            return Ok(peer);
+        }
+        let peer = self.add_peer(did, address.is_some())?;
+        self.state.store.begin_crank()?;
+        self.state.set(&format!("{peer}.did"), did)?;
+        self.state.set(&format!("peer.did.{did}"), &peer)?;
+        if let Some(address) = address {
+            self.state.set(&format!("{peer}.address"), address)?;
+        }
+        self.state.end_crank()?;
+        self.state.sessions.insert(peer.clone());
+        Ok(peer)
+    }
+
+    /// Kernel sessions this kernel dials: (peer, did, address).
+    pub fn sessions_to_dial(&self) -> Result<Vec<(String, String, String)>, KernelError> {
+        let mut out = Vec::new();
+        for peer in &self.state.sessions {
+            if let (Some(did), Some(address)) = (
+                self.state.get(&format!("{peer}.did"))?,
+                self.state.get(&format!("{peer}.address"))?,
+            ) {
+                out.push((peer.clone(), did, address));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether `peer` is a kernel with a durable session.
+    pub fn is_session(&self, peer: &str) -> bool {
+        self.state.sessions.contains(peer)
+    }
+
+    /// How many session frames from `peer` this kernel has applied.
+    pub fn session_received(&self, peer: &str) -> Result<u64, KernelError> {
+        Ok(counter(&self.state, &format!("{peer}.received"))?)
+    }
+
+    /// The session frames to `peer` numbered `from` on, as committed.
+    pub fn session_frames_from(&self, peer: &str, from: u64) -> Result<Vec<Vec<u8>>, KernelError> {
+        let start = format!("{peer}.out.{from:020}");
+        let prefix = format!("{peer}.out.");
+        let mut frames = Vec::new();
+        for (key, text) in self.state.scan_prefix(&prefix)? {
+            if key < start {
+                continue;
+            }
+            frames.push(
+                hex::decode(&text)
+                    .unwrap_or_else(|e| panic!("kernel invariant: {key} holds a hex frame: {e}")),
+            );
+        }
+        Ok(frames)
+    }
+
+    /// `peer` has applied our first `received` session frames: forget them.
+    pub fn session_acknowledged(&mut self, peer: &str, received: u64) -> Result<(), KernelError> {
+        let end = format!("{peer}.out.{received:020}");
+        let keys: Vec<String> = self
+            .state
+            .scan_prefix(&format!("{peer}.out."))?
+            .into_iter()
+            .map(|(key, _)| key)
+            .take_while(|key| *key < end)
+            .collect();
+        if keys.is_empty() {
+            return Ok(());
+        }
+        self.state.store.begin_crank()?;
+        for key in keys {
+            self.state.delete(&key)?;
+        }
+        self.state.end_crank()?;
+        Ok(())
     }
 
     // ---- sturdy refs ----
@@ -403,23 +511,39 @@ impl Kernel {
         frame: &[u8],
         limits: &Limits,
     ) -> Result<Option<String>, KernelError> {
+        let decoded = wire::decode(frame, limits, &|q| self.return_kind(peer, q));
+        self.receive_message(peer, decoded)
+    }
+
+    /// What our question `question` to `peer` expects back (for decoding).
+    pub fn return_kind(&self, peer: &str, question: u32) -> Option<ReturnKind> {
+        let text = self.state.get(&format!("{peer}.q.{question}")).ok()??;
+        let question: Question = serde_json::from_str(&text).ok()?;
+        Some(match question.kind {
+            QuestionKind::Exo => ReturnKind::Exo,
+            QuestionKind::Bootstrap => ReturnKind::Bootstrap,
+            QuestionKind::Restore => ReturnKind::Restore,
+        })
+    }
+
+    /// [`Kernel::receive_frame`] for a frame already decoded. A session
+    /// frame (between kernels) is counted in the same crank as its effects,
+    /// so a frame is applied exactly once however often it is resent.
+    pub fn receive_message(
+        &mut self,
+        peer: &str,
+        decoded: Result<Wire, wire::WireError>,
+    ) -> Result<Option<String>, KernelError> {
         if self.state.get(&format!("{peer}.state"))?.as_deref() != Some("running") {
             return Ok(Some(format!("peer {peer} is disconnected")));
         }
-        let kinds = |question: u32| -> Option<ReturnKind> {
-            let text = self.state.get(&format!("{peer}.q.{question}")).ok()??;
-            let question: Question = serde_json::from_str(&text).ok()?;
-            Some(match question.kind {
-                QuestionKind::Exo => ReturnKind::Exo,
-                QuestionKind::Bootstrap => ReturnKind::Bootstrap,
-                QuestionKind::Restore => ReturnKind::Restore,
-            })
-        };
-        let decoded = wire::decode(frame, limits, &kinds);
         if std::env::var_os("VAT_CAPTP_TRACE").is_some() {
             eprintln!("{peer} <- {decoded:?}");
         }
         self.state.store.begin_crank()?;
+        if self.state.sessions.contains(peer) {
+            add_counter(&mut self.state, &format!("{peer}.received"), 1)?;
+        }
         let handled = match decoded {
             Ok(message) => self.handle_message(peer, message),
             Err(e) => protocol(e.to_string()),

@@ -6,14 +6,30 @@
 //! after the commit that made them (output gating). Connection tasks only
 //! move bytes: each reads frames (refusing oversized ones from their
 //! header) and hands them to the loop, and writes what the loop gives it.
+//!
+//! Two kinds of peer:
+//! - **clients** (any Cap'n Proto peer: pycapnp, capnp-rpc): level 1, one
+//!   connection; when it ends, everything the peer held is released.
+//! - **kernels**: a durable session. A connection starts with a handshake
+//!   in questions numbered from [`EPHEMERAL_QUESTION_BASE`] (`Bootstrap`,
+//!   then `Gate.hello` and `Gate.prove`: each side signs the other's nonce
+//!   with its did:key and says how many session frames it has applied).
+//!   Each side then resends what the other has not applied, from the frames
+//!   it keeps in its store. Session frames are counted in the crank that
+//!   applies them, so each is applied exactly once; `Gate.ack` lets the
+//!   sender forget what was applied. The dialling side redials after any
+//!   disconnection or restart.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use captp::sturdy::Address;
 use captp::transport::{TransportError, read_frame, write_frames};
-use captp::wire::Limits;
+use captp::wire::{
+    self, Call, CallContent, CapDescriptor, Limits, Message as Wire, ResultContent, Return,
+    ReturnKind, ReturnOutcome, Target,
+};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc as tmpsc;
 
@@ -23,6 +39,14 @@ use crate::{Kernel, KernelError};
 pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
 /// Cranks one turn of the loop runs before it looks at the network again.
 pub const CRANKS_PER_TURN_MAX: usize = 1_000;
+/// Questions numbered from here are the connection's own (handshake and
+/// acknowledgements), outside any session's numbering.
+pub const EPHEMERAL_QUESTION_BASE: u32 = 0x8000_0000;
+/// The longest wait before dialling a lost kernel peer again (`redial_max_ms`).
+pub const REDIAL_MAX_MS: u64 = 2_000;
+
+const HELLO_CONTEXT: &[u8] = b"captp-hello";
+const PROVE_CONTEXT: &[u8] = b"captp-prove";
 
 type BoxedRead = Box<dyn AsyncRead + Unpin + Send>;
 type BoxedWrite = Box<dyn AsyncWrite + Unpin + Send>;
@@ -34,16 +58,28 @@ pub enum NodeError {
     Kernel(#[from] KernelError),
     #[error("cannot listen on {0}: {1}")]
     Listen(String, std::io::Error),
-    #[error("cannot connect to {0}: {1}")]
-    Connect(String, String),
     #[error("cannot start the network runtime: {0}")]
     Runtime(std::io::Error),
 }
 
+/// Who this kernel is on the network: its did:key and a signer with its key.
+pub struct Identity {
+    pub did: String,
+    pub sign: Box<dyn Fn(&[u8]) -> [u8; 64] + Send>,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity").field("did", &self.did).finish()
+    }
+}
+
 enum Event<A> {
     Accepted(BoxedRead, BoxedWrite, String),
+    Dialed(String, BoxedRead, BoxedWrite),
+    DialFailed(String, String),
     Frame(u64, Vec<u8>),
-    /// A connection ended (or broke the framing): its peer is removed.
+    /// A connection ended (or broke the framing).
     Closed(u64, String),
     App(A),
 }
@@ -53,29 +89,75 @@ enum Outgoing {
     Close,
 }
 
+/// Where a connection is in its life.
+enum Link {
+    /// Accepted, nothing read yet: the first frame says who it is.
+    Fresh,
+    /// A client peer (level 1).
+    Client(String),
+    /// A kernel is introducing itself to us.
+    Answering {
+        nonce: [u8; 32],
+        did: Option<String>,
+    },
+    /// We are introducing ourselves to the kernel `did` (session `peer`);
+    /// `proved` is the received count we told it, once we did.
+    Dialing {
+        peer: String,
+        did: String,
+        nonce: [u8; 32],
+        proved: Option<u64>,
+    },
+    /// An authenticated session with a kernel. The first `skip` frames it
+    /// resends were applied meanwhile from the connection this one replaced.
+    Session(String, u64),
+}
+
 struct Connection {
-    peer: String,
+    link: Link,
     writer: tmpsc::UnboundedSender<Outgoing>,
+    next_question: u32,
+    /// The received count we last acknowledged to the peer.
+    acknowledged: u64,
+}
+
+impl Connection {
+    fn send(&self, message: &Wire) {
+        let _ = self
+            .writer
+            .send(Outgoing::Frames(vec![wire::encode(message)]));
+    }
+
+    fn peer(&self) -> Option<&str> {
+        match &self.link {
+            Link::Client(peer) | Link::Session(peer, _) | Link::Dialing { peer, .. } => Some(peer),
+            _ => None,
+        }
+    }
 }
 
 /// A kernel with its connections. `A` is what the application feeds the
 /// loop besides the network (the daemon: CLI requests).
 pub struct Node<A: Send + 'static> {
     kernel: Kernel,
+    identity: Identity,
     runtime: tokio::runtime::Runtime,
     events: mpsc::Receiver<Event<A>>,
     sender: mpsc::Sender<Event<A>>,
     limits: Limits,
-    /// Live connections by connection number.
     connections: HashMap<u64, Connection>,
-    /// Connection numbers by peer id.
+    /// Live connections by peer (clients and established sessions).
     by_peer: HashMap<String, u64>,
     next_connection: u64,
+    /// Sessions to dial, and when; and those being dialled now.
+    redial_at: HashMap<String, (Instant, Duration)>,
+    dialing: HashSet<String>,
 }
 
 impl<A: Send + 'static> std::fmt::Debug for Node<A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Node")
+            .field("did", &self.identity.did)
             .field("connections", &self.connections.len())
             .finish()
     }
@@ -98,16 +180,90 @@ impl<A> NodeSender<A> {
     }
 }
 
+fn nonce() -> [u8; 32] {
+    let mut bytes = [0u8; 32];
+    // Without randomness a handshake cannot be fresh: better to stop.
+    getrandom::fill(&mut bytes).expect("kernel invariant: the OS provides randomness");
+    bytes
+}
+
+fn signed(context: &[u8], nonce: &[u8], did: &str) -> Vec<u8> {
+    [context, nonce, did.as_bytes()].concat()
+}
+
+fn verify(did: &str, message: &[u8], signature: &[u8]) -> Result<(), String> {
+    let key = crate::ipvm::did_key_public(did)?;
+    let signature: [u8; 64] = signature
+        .try_into()
+        .map_err(|_| "a signature is 64 bytes".to_owned())?;
+    key.verify_strict(message, &ed25519_dalek::Signature::from_bytes(&signature))
+        .map_err(|_| format!("the signature does not verify against {did}"))
+}
+
+/// Whether a decoded frame belongs to the connection (handshake,
+/// acknowledgements) rather than to the session it carries.
+fn is_ephemeral(decoded: &Result<Wire, wire::WireError>) -> bool {
+    match decoded {
+        Ok(Wire::Call(Call { question: q, .. }))
+        | Ok(Wire::Return(Return { answer: q, .. }))
+        | Ok(Wire::Finish { question: q, .. }) => *q >= EPHEMERAL_QUESTION_BASE,
+        _ => false,
+    }
+}
+
+fn gate_call(question: u32, content: CallContent) -> Wire {
+    Wire::Call(Call {
+        question,
+        target: Target::Imported(0),
+        content,
+        caps: vec![],
+    })
+}
+
+fn gate_return(answer: u32, content: ResultContent, caps: Vec<CapDescriptor>) -> Wire {
+    Wire::Return(Return {
+        answer,
+        release_param_caps: false,
+        no_finish_needed: true,
+        outcome: ReturnOutcome::Results { content, caps },
+    })
+}
+
+async fn dial(address: Address) -> Result<(BoxedRead, BoxedWrite), String> {
+    let timeout = Duration::from_millis(CONNECT_TIMEOUT_MS);
+    let late = || format!("no answer in {CONNECT_TIMEOUT_MS} ms (connect_timeout_ms)");
+    match address {
+        Address::Tcp(hostport) => {
+            let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&hostport))
+                .await
+                .map_err(|_| late())?
+                .map_err(|e| e.to_string())?;
+            let _ = stream.set_nodelay(true);
+            let (read, write) = stream.into_split();
+            Ok((Box::new(read), Box::new(write)))
+        }
+        Address::Unix(path) => {
+            let stream = tokio::time::timeout(timeout, tokio::net::UnixStream::connect(&path))
+                .await
+                .map_err(|_| late())?
+                .map_err(|e| e.to_string())?;
+            let (read, write) = stream.into_split();
+            Ok((Box::new(read), Box::new(write)))
+        }
+    }
+}
+
 impl<A: Send + 'static> Node<A> {
-    pub fn new(kernel: Kernel, limits: Limits) -> Result<Node<A>, NodeError> {
+    pub fn new(kernel: Kernel, identity: Identity, limits: Limits) -> Result<Node<A>, NodeError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .map_err(NodeError::Runtime)?;
         let (sender, events) = mpsc::channel();
-        Ok(Node {
+        let mut node = Node {
             kernel,
+            identity,
             runtime,
             events,
             sender,
@@ -115,7 +271,15 @@ impl<A: Send + 'static> Node<A> {
             connections: HashMap::new(),
             by_peer: HashMap::new(),
             next_connection: 1,
-        })
+            redial_at: HashMap::new(),
+            dialing: HashSet::new(),
+        };
+        // Sessions this kernel dials resume now (after a restart too).
+        for (peer, _, _) in node.kernel.sessions_to_dial()? {
+            node.redial_at
+                .insert(peer, (Instant::now(), Duration::from_millis(100)));
+        }
+        Ok(node)
     }
 
     pub fn kernel(&mut self) -> &mut Kernel {
@@ -130,8 +294,8 @@ impl<A: Send + 'static> Node<A> {
         NodeSender(self.sender.clone())
     }
 
-    /// Accepts CapTP connections on `address`; each is a new peer. Returns
-    /// the address as bound (a TCP port of 0 becomes the real one).
+    /// Accepts CapTP connections on `address`. Returns the address as bound
+    /// (a TCP port of 0 becomes the real one).
     pub fn listen(&mut self, address: &Address) -> Result<Address, NodeError> {
         let sender = self.sender.clone();
         match address {
@@ -177,68 +341,52 @@ impl<A: Send + 'static> Node<A> {
         }
     }
 
-    /// The peer connected at `address` that we dialled, dialling it if
-    /// there is none yet.
-    pub fn connect(&mut self, address: &Address) -> Result<String, NodeError> {
-        let text = address.to_string();
-        for (peer, connection) in &self.by_peer {
-            if self
-                .kernel
-                .state
-                .get(&format!("{peer}.address"))
-                .map_err(KernelError::from)?
-                .as_deref()
-                == Some(&text)
-                && self.connections.contains_key(connection)
-            {
-                return Ok(peer.clone());
-            }
+    /// The session with the kernel `did` at `address`, dialled if it is
+    /// not up. Frames for it wait in the store until it is.
+    pub fn session(&mut self, did: &str, address: &Address) -> Result<String, NodeError> {
+        let peer = self.kernel.session_peer(did, Some(&address.to_string()))?;
+        if !self.by_peer.contains_key(&peer) && !self.dialing.contains(&peer) {
+            self.redial_at
+                .insert(peer.clone(), (Instant::now(), Duration::from_millis(100)));
         }
-        let timeout = Duration::from_millis(CONNECT_TIMEOUT_MS);
-        let (read, write): (BoxedRead, BoxedWrite) = match address {
-            Address::Tcp(hostport) => {
-                let stream = self
-                    .runtime
-                    .block_on(async {
-                        tokio::time::timeout(timeout, tokio::net::TcpStream::connect(hostport))
-                            .await
-                    })
-                    .map_err(|_| {
-                        NodeError::Connect(
-                            text.clone(),
-                            format!("no answer in {CONNECT_TIMEOUT_MS} ms (connect_timeout_ms)"),
-                        )
-                    })?
-                    .map_err(|e| NodeError::Connect(text.clone(), e.to_string()))?;
-                let _ = stream.set_nodelay(true);
-                let (read, write) = stream.into_split();
-                (Box::new(read), Box::new(write))
-            }
-            Address::Unix(path) => {
-                let stream = self
-                    .runtime
-                    .block_on(async {
-                        tokio::time::timeout(timeout, tokio::net::UnixStream::connect(path)).await
-                    })
-                    .map_err(|_| {
-                        NodeError::Connect(
-                            text.clone(),
-                            format!("no answer in {CONNECT_TIMEOUT_MS} ms (connect_timeout_ms)"),
-                        )
-                    })?
-                    .map_err(|e| NodeError::Connect(text.clone(), e.to_string()))?;
-                let (read, write) = stream.into_split();
-                (Box::new(read), Box::new(write))
-            }
-        };
-        let peer = self.kernel.add_peer(&text, true)?;
-        self.kernel.set_peer_address(&peer, &text)?;
-        self.kernel.commit()?;
-        self.attach(peer.clone(), read, write);
         Ok(peer)
     }
 
-    fn attach(&mut self, peer: String, read: BoxedRead, write: BoxedWrite) {
+    fn start_dial(&mut self, peer: String) -> Result<(), NodeError> {
+        let Some((_, _, address)) = self
+            .kernel
+            .sessions_to_dial()?
+            .into_iter()
+            .find(|(p, _, _)| *p == peer)
+        else {
+            return Ok(());
+        };
+        let Ok(address) = Address::parse(&address) else {
+            return Ok(());
+        };
+        self.dialing.insert(peer.clone());
+        let sender = self.sender.clone();
+        self.runtime.spawn(async move {
+            let event = match dial(address).await {
+                Ok((read, write)) => Event::Dialed(peer, read, write),
+                Err(reason) => Event::DialFailed(peer, reason),
+            };
+            let _ = sender.send(event);
+        });
+        Ok(())
+    }
+
+    fn schedule_redial(&mut self, peer: &str) {
+        let backoff = self
+            .redial_at
+            .get(peer)
+            .map_or(Duration::from_millis(100), |(_, b)| *b);
+        let next = (backoff * 2).min(Duration::from_millis(REDIAL_MAX_MS));
+        self.redial_at
+            .insert(peer.to_owned(), (Instant::now() + backoff, next));
+    }
+
+    fn attach(&mut self, link: Link, read: BoxedRead, write: BoxedWrite) -> u64 {
         let number = self.next_connection;
         self.next_connection += 1;
         let (writer, mut outgoing) = tmpsc::unbounded_channel::<Outgoing>();
@@ -254,10 +402,8 @@ impl<A: Send + 'static> Node<A> {
                         }
                     }
                     Ok(None) => {
-                        let _ = sender.send(Event::Closed(
-                            number,
-                            "the peer closed the connection".into(),
-                        ));
+                        let reason = "the peer closed the connection".to_owned();
+                        let _ = sender.send(Event::Closed(number, reason));
                         return;
                     }
                     Err(e) => {
@@ -287,57 +433,76 @@ impl<A: Send + 'static> Node<A> {
                 }
             }
         });
-        self.by_peer.insert(peer.clone(), number);
-        self.connections.insert(number, Connection { peer, writer });
+        self.connections.insert(
+            number,
+            Connection {
+                link,
+                writer,
+                next_question: EPHEMERAL_QUESTION_BASE + 3,
+                acknowledged: 0,
+            },
+        );
+        number
     }
 
     fn close(&mut self, number: u64) {
         if let Some(connection) = self.connections.remove(&number) {
             let _ = connection.writer.send(Outgoing::Close);
-            self.by_peer.remove(&connection.peer);
+            if let Some(peer) = connection.peer()
+                && self.by_peer.get(peer) == Some(&number)
+            {
+                self.by_peer.remove(peer);
+            }
         }
+    }
+
+    /// Sends `Abort` on a connection and closes it.
+    fn refuse(&mut self, number: u64, reason: &str) {
+        if let Some(connection) = self.connections.get(&number) {
+            connection.send(&Wire::Abort {
+                reason: reason.to_owned(),
+            });
+        }
+        self.close(number);
     }
 
     /// One turn: takes what arrived (waiting up to `wait` if there is
     /// nothing to do), runs cranks, commits, and sends what they made.
     /// Returns the application events that arrived.
     pub fn turn(&mut self, wait: Duration) -> Result<Vec<A>, NodeError> {
+        let now = Instant::now();
+        let due: Vec<String> = self
+            .redial_at
+            .iter()
+            .filter(|(peer, (at, _))| {
+                *at <= now && !self.dialing.contains(*peer) && !self.by_peer.contains_key(*peer)
+            })
+            .map(|(peer, _)| peer.clone())
+            .collect();
+        for peer in due {
+            self.start_dial(peer)?;
+        }
         let mut app = Vec::new();
-        let mut busy = false;
-        let first = match self.events.try_recv() {
-            Ok(event) => Some(event),
-            Err(_) => None,
-        };
-        let mut next = first;
+        let mut next = self.events.try_recv().ok();
         if next.is_none() && !self.kernel.has_work()? {
             next = self.events.recv_timeout(wait).ok();
         }
         let started = Instant::now();
+        let mut busy = false;
         while let Some(event) = next {
             busy = true;
             match event {
                 Event::App(a) => app.push(a),
-                Event::Accepted(read, write, from) => {
-                    let peer = self.kernel.add_peer(&from, false)?;
-                    self.attach(peer, read, write);
+                Event::Accepted(read, write, _from) => {
+                    self.attach(Link::Fresh, read, write);
                 }
-                Event::Frame(number, frame) => {
-                    if let Some(peer) = self.connections.get(&number).map(|c| c.peer.clone())
-                        && let Some(_reason) =
-                            self.kernel.receive_frame(&peer, &frame, &self.limits)?
-                    {
-                        // The abort goes out with this turn's frames; then the connection closes.
-                        self.flush()?;
-                        self.close(number);
-                    }
+                Event::Dialed(peer, read, write) => self.dialed(peer, read, write)?,
+                Event::DialFailed(peer, _reason) => {
+                    self.dialing.remove(&peer);
+                    self.schedule_redial(&peer);
                 }
-                Event::Closed(number, reason) => {
-                    if let Some(peer) = self.connections.get(&number).map(|c| c.peer.clone()) {
-                        self.kernel.abort_peer(&peer, &reason)?;
-                        self.flush()?;
-                        self.close(number);
-                    }
-                }
+                Event::Frame(number, frame) => self.frame(number, &frame)?,
+                Event::Closed(number, reason) => self.closed(number, &reason)?,
             }
             // Keep cranking even under a flood of frames.
             if started.elapsed() > Duration::from_millis(20) {
@@ -351,11 +516,447 @@ impl<A: Send + 'static> Node<A> {
         }
         if busy || cranks > 0 {
             self.flush()?;
+            self.acknowledge()?;
         }
         Ok(app)
     }
 
+    fn dialed(
+        &mut self,
+        peer: String,
+        read: BoxedRead,
+        write: BoxedWrite,
+    ) -> Result<(), NodeError> {
+        // `peer` stays in `dialing` until the handshake ends either way, so
+        // a session never has two dialled connections at once.
+        let Some((_, did, _)) = self
+            .kernel
+            .sessions_to_dial()?
+            .into_iter()
+            .find(|(p, _, _)| *p == peer)
+        else {
+            return Ok(());
+        };
+        let nonce = nonce();
+        let number = self.attach(
+            Link::Dialing {
+                peer: peer.clone(),
+                did,
+                nonce,
+                proved: None,
+            },
+            read,
+            write,
+        );
+        let connection = &self.connections[&number];
+        connection.send(&Wire::Bootstrap {
+            question: EPHEMERAL_QUESTION_BASE,
+        });
+        connection.send(&Wire::Call(Call {
+            question: EPHEMERAL_QUESTION_BASE + 1,
+            target: Target::Answer {
+                question: EPHEMERAL_QUESTION_BASE,
+                transform: vec![],
+            },
+            content: CallContent::Hello {
+                did: self.identity.did.clone(),
+                nonce: nonce.to_vec(),
+            },
+            caps: vec![],
+        }));
+        Ok(())
+    }
+
+    fn closed(&mut self, number: u64, reason: &str) -> Result<(), NodeError> {
+        let Some(connection) = self.connections.get(&number) else {
+            return Ok(());
+        };
+        match &connection.link {
+            Link::Client(peer) => {
+                let peer = peer.clone();
+                self.kernel.abort_peer(&peer, reason)?;
+                self.flush()?;
+            }
+            Link::Session(peer, _) | Link::Dialing { peer, .. } => {
+                // The session outlives the connection; the dialler redials.
+                let peer = peer.clone();
+                self.dialing.remove(&peer);
+                let dials = self
+                    .kernel
+                    .sessions_to_dial()?
+                    .iter()
+                    .any(|(p, _, _)| *p == peer);
+                if dials {
+                    self.schedule_redial(&peer);
+                }
+            }
+            Link::Fresh | Link::Answering { .. } => {
+                if reason.starts_with("malformed frame") {
+                    self.refuse(number, reason);
+                    return Ok(());
+                }
+            }
+        }
+        self.close(number);
+        Ok(())
+    }
+
+    fn send_to(&self, number: u64, message: &Wire) {
+        if let Some(connection) = self.connections.get(&number) {
+            connection.send(message);
+        }
+    }
+
+    fn set_link(&mut self, number: u64, link: Link) {
+        if let Some(connection) = self.connections.get_mut(&number) {
+            connection.link = link;
+        }
+    }
+
+    /// Hands a frame to the kernel as `peer`'s; a protocol error closes
+    /// the connection once the `Abort` is out.
+    fn to_kernel(
+        &mut self,
+        number: u64,
+        peer: &str,
+        decoded: Result<Wire, wire::WireError>,
+    ) -> Result<(), NodeError> {
+        if self.kernel.receive_message(peer, decoded)?.is_some() {
+            self.flush()?;
+            self.close(number);
+        }
+        Ok(())
+    }
+
+    fn frame(&mut self, number: u64, frame: &[u8]) -> Result<(), NodeError> {
+        let Some(connection) = self.connections.get_mut(&number) else {
+            return Ok(());
+        };
+        // The link is taken out while the frame is handled, and put back.
+        let link = std::mem::replace(&mut connection.link, Link::Fresh);
+        let decoded = match &link {
+            Link::Client(peer) | Link::Session(peer, _) => {
+                let peer = peer.clone();
+                wire::decode(frame, &self.limits, &|q| {
+                    if q >= EPHEMERAL_QUESTION_BASE {
+                        Some(ReturnKind::Empty)
+                    } else {
+                        self.kernel.return_kind(&peer, q)
+                    }
+                })
+            }
+            _ => wire::decode(frame, &self.limits, &|q| {
+                Some(match q.wrapping_sub(EPHEMERAL_QUESTION_BASE) {
+                    0 => ReturnKind::Bootstrap,
+                    1 => ReturnKind::Hello,
+                    2 => ReturnKind::Prove,
+                    _ => ReturnKind::Empty,
+                })
+            }),
+        };
+        match link {
+            Link::Fresh => match decoded {
+                Ok(Wire::Bootstrap { question }) if question >= EPHEMERAL_QUESTION_BASE => {
+                    self.set_link(
+                        number,
+                        Link::Answering {
+                            nonce: nonce(),
+                            did: None,
+                        },
+                    );
+                    self.send_to(
+                        number,
+                        &gate_return(
+                            question,
+                            ResultContent::Bootstrap(Some(0)),
+                            vec![CapDescriptor::SenderHosted(0)],
+                        ),
+                    );
+                }
+                decoded => {
+                    let peer = self.kernel.add_peer("client", false)?;
+                    self.set_link(number, Link::Client(peer.clone()));
+                    self.by_peer.insert(peer.clone(), number);
+                    self.to_kernel(number, &peer, decoded)?;
+                }
+            },
+            Link::Client(peer) => {
+                self.set_link(number, Link::Client(peer.clone()));
+                self.to_kernel(number, &peer, decoded)?;
+            }
+            Link::Answering { nonce, did } => match decoded {
+                Ok(Wire::Call(Call {
+                    question,
+                    content:
+                        CallContent::Hello {
+                            did: theirs,
+                            nonce: their_nonce,
+                        },
+                    ..
+                })) => {
+                    if let Err(e) = crate::ipvm::did_key_public(&theirs) {
+                        self.refuse(number, &format!("hello: {e}"));
+                        return Ok(());
+                    }
+                    let signature =
+                        (self.identity.sign)(&signed(HELLO_CONTEXT, &their_nonce, &theirs));
+                    self.set_link(
+                        number,
+                        Link::Answering {
+                            nonce,
+                            did: Some(theirs),
+                        },
+                    );
+                    self.send_to(
+                        number,
+                        &gate_return(
+                            question,
+                            ResultContent::Hello {
+                                did: self.identity.did.clone(),
+                                nonce: nonce.to_vec(),
+                                signature: signature.to_vec(),
+                            },
+                            vec![],
+                        ),
+                    );
+                }
+                Ok(Wire::Call(Call {
+                    question,
+                    content:
+                        CallContent::Prove {
+                            signature,
+                            received,
+                        },
+                    ..
+                })) => {
+                    let Some(theirs) = did else {
+                        self.refuse(number, "prove before hello");
+                        return Ok(());
+                    };
+                    let message = signed(PROVE_CONTEXT, nonce.as_slice(), &self.identity.did);
+                    if let Err(e) = verify(&theirs, &message, &signature) {
+                        self.refuse(number, &format!("authentication failed: {e}"));
+                        return Ok(());
+                    }
+                    let peer = self.kernel.session_peer(&theirs, None)?;
+                    self.establish(number, peer, received, Some(question), None)?;
+                }
+                Ok(Wire::Finish { .. } | Wire::Release { .. }) => {
+                    self.set_link(number, Link::Answering { nonce, did });
+                }
+                Ok(other) => {
+                    let reason =
+                        format!("a kernel session starts with hello and prove, not {other:?}");
+                    self.refuse(number, &reason);
+                }
+                Err(e) => self.refuse(number, &format!("malformed frame: {e}")),
+            },
+            Link::Dialing {
+                peer,
+                did,
+                nonce,
+                proved,
+            } => {
+                let Ok(message) = decoded else {
+                    self.refuse(number, "malformed frame in the handshake");
+                    self.dialing.remove(&peer);
+                    self.schedule_redial(&peer);
+                    return Ok(());
+                };
+                let Wire::Return(Return {
+                    answer, outcome, ..
+                }) = message
+                else {
+                    if let Wire::Abort { .. } = message {
+                        self.close(number);
+                        self.dialing.remove(&peer);
+                        self.schedule_redial(&peer);
+                    } else {
+                        let link = Link::Dialing {
+                            peer,
+                            did,
+                            nonce,
+                            proved,
+                        };
+                        self.set_link(number, link);
+                    }
+                    return Ok(());
+                };
+                match (answer.wrapping_sub(EPHEMERAL_QUESTION_BASE), outcome) {
+                    (0, _) => {
+                        let link = Link::Dialing {
+                            peer,
+                            did,
+                            nonce,
+                            proved,
+                        };
+                        self.set_link(number, link);
+                    }
+                    (
+                        1,
+                        ReturnOutcome::Results {
+                            content:
+                                ResultContent::Hello {
+                                    did: theirs,
+                                    nonce: their_nonce,
+                                    signature,
+                                },
+                            ..
+                        },
+                    ) => {
+                        let expected = signed(HELLO_CONTEXT, nonce.as_slice(), &self.identity.did);
+                        let checked = if theirs != did {
+                            Err(format!("expected kernel {did}, found {theirs}"))
+                        } else {
+                            verify(&theirs, &expected, &signature)
+                        };
+                        if let Err(e) = checked {
+                            self.refuse(number, &format!("authentication failed: {e}"));
+                            self.dialing.remove(&peer);
+                            self.schedule_redial(&peer);
+                            return Ok(());
+                        }
+                        let proof =
+                            (self.identity.sign)(&signed(PROVE_CONTEXT, &their_nonce, &theirs));
+                        self.flush()?;
+                        let received = self.kernel.session_received(&peer)?;
+                        let link = Link::Dialing {
+                            peer,
+                            did,
+                            nonce,
+                            proved: Some(received),
+                        };
+                        self.set_link(number, link);
+                        self.send_to(
+                            number,
+                            &Wire::Call(Call {
+                                question: EPHEMERAL_QUESTION_BASE + 2,
+                                target: Target::Answer {
+                                    question: EPHEMERAL_QUESTION_BASE,
+                                    transform: vec![],
+                                },
+                                content: CallContent::Prove {
+                                    signature: proof.to_vec(),
+                                    received,
+                                },
+                                caps: vec![],
+                            }),
+                        );
+                    }
+                    (
+                        2,
+                        ReturnOutcome::Results {
+                            content: ResultContent::Prove { received },
+                            ..
+                        },
+                    ) if proved.is_some() => {
+                        self.establish(number, peer, received, None, proved)?;
+                    }
+                    (_, outcome) => {
+                        self.refuse(number, &format!("the handshake failed: {outcome:?}"));
+                        self.dialing.remove(&peer);
+                        self.schedule_redial(&peer);
+                    }
+                }
+            }
+            Link::Session(peer, skip) => {
+                if self.by_peer.get(&peer) != Some(&number) {
+                    // A newer connection carries this session now.
+                    self.close(number);
+                    return Ok(());
+                }
+                if skip > 0 && !is_ephemeral(&decoded) {
+                    // Resent, but applied already from the replaced connection.
+                    self.set_link(number, Link::Session(peer, skip - 1));
+                    return Ok(());
+                }
+                self.set_link(number, Link::Session(peer.clone(), 0));
+                match decoded {
+                    Ok(Wire::Call(Call {
+                        question,
+                        content: CallContent::Ack { received },
+                        ..
+                    })) if question >= EPHEMERAL_QUESTION_BASE => {
+                        self.kernel.session_acknowledged(&peer, received)?;
+                        self.send_to(number, &gate_return(question, ResultContent::Empty, vec![]));
+                    }
+                    Ok(
+                        Wire::Return(Return { answer: q, .. }) | Wire::Finish { question: q, .. },
+                    ) if q >= EPHEMERAL_QUESTION_BASE => {}
+                    decoded => self.to_kernel(number, &peer, decoded)?,
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The handshake is done: the connection carries `peer`'s session. Each
+    /// side resends what the other has not applied. `proved` is the count
+    /// we told the peer (dialling side), if frames may have been applied
+    /// since from an older connection.
+    fn establish(
+        &mut self,
+        number: u64,
+        peer: String,
+        their_received: u64,
+        answer: Option<u32>,
+        proved: Option<u64>,
+    ) -> Result<(), NodeError> {
+        self.dialing.remove(&peer);
+        // What is committed is what may be resent: commit first.
+        self.flush()?;
+        if let Some(old) = self.by_peer.get(&peer).copied()
+            && old != number
+        {
+            self.close(old);
+        }
+        self.kernel.session_acknowledged(&peer, their_received)?;
+        let frames = self.kernel.session_frames_from(&peer, their_received)?;
+        let received = self.kernel.session_received(&peer)?;
+        let Some(connection) = self.connections.get_mut(&number) else {
+            return Ok(());
+        };
+        if let Some(answer) = answer {
+            connection.send(&gate_return(
+                answer,
+                ResultContent::Prove { received },
+                vec![],
+            ));
+        }
+        connection.acknowledged = received;
+        let skip = proved.map_or(0, |told| received.saturating_sub(told));
+        connection.link = Link::Session(peer.clone(), skip);
+        if !frames.is_empty() {
+            let _ = connection.writer.send(Outgoing::Frames(frames));
+        }
+        self.by_peer.insert(peer.clone(), number);
+        self.redial_at.remove(&peer);
+        Ok(())
+    }
+
+    /// Tells each session peer how many of its frames are applied (and
+    /// committed), so it can forget them.
+    fn acknowledge(&mut self) -> Result<(), NodeError> {
+        for connection in self.connections.values_mut() {
+            let Link::Session(peer, _) = &connection.link else {
+                continue;
+            };
+            let received = self.kernel.session_received(peer)?;
+            if received > connection.acknowledged {
+                connection.acknowledged = received;
+                let question = connection.next_question;
+                connection.next_question = connection
+                    .next_question
+                    .wrapping_add(1)
+                    .max(EPHEMERAL_QUESTION_BASE + 3);
+                connection.send(&gate_call(question, CallContent::Ack { received }));
+            }
+        }
+        Ok(())
+    }
+
     /// Commits, then writes the committed frames to their connections.
+    /// Frames for a session that is down stay in the store for its return.
     pub fn flush(&mut self) -> Result<(), NodeError> {
         self.kernel.commit()?;
         let mut batches: HashMap<String, Vec<Vec<u8>>> = HashMap::new();

@@ -75,6 +75,9 @@ pub(crate) struct KernelState {
     pub(crate) outbox_crank: Vec<(String, Vec<u8>)>,
     /// Frames of ended cranks, released at the next commit.
     pub(crate) outbox_ended: Vec<(String, Vec<u8>)>,
+    /// Peers that are kernels with durable sessions: their frames are also
+    /// kept in the store (`r<N>.out.<seq>`) until acknowledged.
+    pub(crate) sessions: std::collections::BTreeSet<String>,
 }
 
 /// The krefs a message refers to: its result and its arguments.
@@ -443,6 +446,18 @@ impl KernelState {
     pub(crate) fn end_crank(&mut self) -> StoreResult<()> {
         self.collect_garbage()?;
         self.schedule_gc_actions()?;
+        for (peer, frame) in &self.outbox_crank {
+            if self.sessions.contains(peer) {
+                let key = format!("{peer}.sent");
+                let seq = self.get(&key)?.map_or(0, |n| {
+                    n.parse::<u64>()
+                        .unwrap_or_else(|_| panic!("kernel invariant: {key} is a number"))
+                });
+                self.store
+                    .set(&format!("{peer}.out.{seq:020}"), &hex::encode(frame))?;
+                self.store.set(&key, &(seq + 1).to_string())?;
+            }
+        }
         self.outbox_ended.append(&mut self.outbox_crank);
         self.store.end_crank()
     }
