@@ -260,11 +260,16 @@ fn a_chat_room_on_one_kernel_with_users_on_two_others() {
         r#"["Alice: hi bob","Bob: hi alice","Alice: how are you?"]"#
     );
     let peers = world.room.ok(&["peers"]);
-    assert_eq!(
-        peers.lines().filter(|l| l.contains(" running ")).count(),
-        2,
-        "{peers}"
-    );
+    // Two kernel sessions, each authenticated by its did:key.
+    for home in [&world.alice, &world.bob] {
+        let did = home.ok(&["key"]);
+        assert!(
+            peers
+                .lines()
+                .any(|l| l.contains(&did) && l.contains(" session ")),
+            "{peers}"
+        );
+    }
     for home in [&world.room, &world.alice, &world.bob] {
         home.check();
     }
