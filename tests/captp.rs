@@ -503,3 +503,90 @@ fn a_hostile_peer_is_aborted_and_the_kernel_carries_on() {
     });
     home.check();
 }
+
+#[test]
+fn the_room_kernel_killed_mid_conversation_loses_and_doubles_nothing() {
+    let world = ChatWorld::new();
+    // The room's kernel must come back where its sturdy ref says it is.
+    let address = format!("127.0.0.1:{}", vat_tests::free_port());
+    let room_daemon = world.room.start_listening(&address);
+    let _alice = world.alice.start_daemon();
+    let _bob = world.bob.start_daemon();
+    let uri = world.room.ok(&["share", "room"]);
+    world.enter(&uri);
+
+    // Alice and Bob each post 8 times, one after another, while the room's
+    // kernel is SIGKILLed after a few and restarted a moment later. Each
+    // `say` waits for its post number, however long the room is away.
+    let talk = |home: &VatHome, who: &str| {
+        let mut numbers = Vec::new();
+        for i in 1..=8 {
+            let number = home.ok(&["send", "user", "say", &format!("{who} {i}")]);
+            numbers.push(number.parse::<u64>().expect("a post number"));
+        }
+        numbers
+    };
+    let (alice_numbers, bob_numbers) = std::thread::scope(|scope| {
+        let alice = scope.spawn(|| talk(&world.alice, "alice"));
+        let bob = scope.spawn(|| talk(&world.bob, "bob"));
+        vat_tests::wait_until("no posts arrived", 30, || {
+            let history = world.room.ok(&["send", "room", "history"]);
+            serde_json::from_str::<Vec<String>>(&history).unwrap().len() >= 3
+        });
+        vat_tests::kill_hard(room_daemon.pid());
+        // (Read from the store, after the kill: what the room had committed.)
+        let committed: Vec<String> =
+            serde_json::from_str(&world.room.ok(&["send", "room", "history"])).unwrap();
+        assert!(
+            committed.len() < 16,
+            "the conversation was over before the kill"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        let restarted = world.room.start_listening(&address);
+        let numbers = (alice.join().unwrap(), bob.join().unwrap());
+        (numbers, restarted)
+    })
+    .0;
+
+    // Every post is in the room exactly once, each user's in order.
+    let history: Vec<String> =
+        serde_json::from_str(&world.room.ok(&["send", "room", "history"])).unwrap();
+    assert_eq!(history.len(), 16, "{history:?}");
+    for who in ["alice", "bob"] {
+        let mine: Vec<String> = history
+            .iter()
+            .filter(|line| line.contains(&format!(": {who} ")))
+            .cloned()
+            .collect();
+        let expected: Vec<String> = (1..=8)
+            .map(|i| {
+                format!(
+                    "{}: {who} {i}",
+                    if who == "alice" { "Alice" } else { "Bob" }
+                )
+            })
+            .collect();
+        assert_eq!(mine, expected);
+    }
+    // Each `say` got its own post number back.
+    let mut numbers: Vec<u64> = alice_numbers.iter().chain(&bob_numbers).copied().collect();
+    numbers.sort();
+    assert_eq!(numbers, (1..=16).collect::<Vec<u64>>());
+    // Each user was told every post of the other, exactly once.
+    let alice_inbox: Vec<String> =
+        serde_json::from_str(&ChatWorld::inbox(&world.alice, 8)).unwrap();
+    let bob_inbox: Vec<String> = serde_json::from_str(&ChatWorld::inbox(&world.bob, 8)).unwrap();
+    assert_eq!(
+        alice_inbox,
+        (1..=8).map(|i| format!("Bob: bob {i}")).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        bob_inbox,
+        (1..=8)
+            .map(|i| format!("Alice: alice {i}"))
+            .collect::<Vec<_>>()
+    );
+    for home in [&world.room, &world.alice, &world.bob] {
+        home.check();
+    }
+}
