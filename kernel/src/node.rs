@@ -44,6 +44,12 @@ pub const CRANKS_PER_TURN_MAX: usize = 1_000;
 pub const EPHEMERAL_QUESTION_BASE: u32 = 0x8000_0000;
 /// The longest wait before dialling a lost kernel peer again (`redial_max_ms`).
 pub const REDIAL_MAX_MS: u64 = 2_000;
+/// A session acknowledges what it applied once this many frames wait
+/// (`ack_frames_min`)...
+pub const ACK_FRAMES_MIN: u64 = 64;
+/// ...or once the oldest has waited this long (`ack_interval_ms`). Acks
+/// cost the sender a crank; few of them keep them off the critical path.
+pub const ACK_INTERVAL_MS: u64 = 100;
 
 const HELLO_CONTEXT: &[u8] = b"captp-hello";
 const PROVE_CONTEXT: &[u8] = b"captp-prove";
@@ -117,8 +123,9 @@ struct Connection {
     link: Link,
     writer: tmpsc::UnboundedSender<Outgoing>,
     next_question: u32,
-    /// The received count we last acknowledged to the peer.
+    /// The received count we last acknowledged to the peer, and when.
     acknowledged: u64,
+    acknowledged_at: Instant,
 }
 
 impl Connection {
@@ -440,6 +447,7 @@ impl<A: Send + 'static> Node<A> {
                 writer,
                 next_question: EPHEMERAL_QUESTION_BASE + 3,
                 acknowledged: 0,
+                acknowledged_at: Instant::now(),
             },
         );
         number
@@ -516,8 +524,8 @@ impl<A: Send + 'static> Node<A> {
         }
         if busy || cranks > 0 {
             self.flush()?;
-            self.acknowledge()?;
         }
+        self.acknowledge()?;
         Ok(app)
     }
 
@@ -937,13 +945,21 @@ impl<A: Send + 'static> Node<A> {
     /// Tells each session peer how many of its frames are applied (and
     /// committed), so it can forget them.
     fn acknowledge(&mut self) -> Result<(), NodeError> {
+        // Only what is committed may be acknowledged: the peer forgets it.
+        self.flush()?;
         for connection in self.connections.values_mut() {
             let Link::Session(peer, _) = &connection.link else {
                 continue;
             };
             let received = self.kernel.session_received(peer)?;
-            if received > connection.acknowledged {
+            let waiting = received.saturating_sub(connection.acknowledged);
+            let due = waiting >= ACK_FRAMES_MIN
+                || (waiting > 0
+                    && connection.acknowledged_at.elapsed()
+                        >= Duration::from_millis(ACK_INTERVAL_MS));
+            if due {
                 connection.acknowledged = received;
+                connection.acknowledged_at = Instant::now();
                 let question = connection.next_question;
                 connection.next_question = connection
                     .next_question

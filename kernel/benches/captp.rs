@@ -1,0 +1,218 @@
+//! CapTP latency and pipelined throughput on loopback, beside capnp-rpc's
+//! own Rust client and server on the same schema (`exo.capnp`), in one run.
+//!
+//! - capnp-rpc: an `Exo` server that answers each call at once, and a
+//!   client on its own thread: sequential calls (round-trip latency), then
+//!   bursts of calls all in flight (pipelined throughput).
+//! - kernel to kernel: two kernels (homes in a temporary folder, thread
+//!   workers), each a `Node` on its own thread, with an authenticated
+//!   session. Vat `ping` on kernel B sends `ping` to vat `pong` on kernel A:
+//!   `run(n)` awaits each reply before the next (latency), `burst(n)` sends
+//!   all n at once (throughput). Every frame is applied in a crank and
+//!   committed (fsync) before what it caused leaves: the figures include
+//!   durable commits on both sides.
+//!
+//! Run: `scripts/build-guests && cargo bench -p kernel --bench captp`
+//! (`CAPTP_CALLS=2000 CAPTP_BURST=500` to change the run lengths).
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use captp::exo_capnp::exo;
+use capnp_rpc::{RpcSystem, rpc_twoparty_capnp, twoparty};
+use futures::AsyncReadExt;
+use kernel::node::{Identity, Node};
+use kernel::{CommitPolicy, Home, PromiseState, VatOptions, WorkerKind};
+
+fn env_count(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+struct Echo;
+
+impl exo::Server for Echo {
+    async fn call(
+        self: std::rc::Rc<Self>,
+        params: exo::CallParams,
+        mut results: exo::CallResults,
+    ) -> Result<(), capnp::Error> {
+        let body = params.get()?.get_args()?.get_body()?.to_string()?;
+        results.get().init_result().set_body(body);
+        Ok(())
+    }
+}
+
+fn rpc_network(
+    stream: tokio::net::TcpStream,
+    side: rpc_twoparty_capnp::Side,
+) -> twoparty::VatNetwork<futures::io::BufReader<futures::io::ReadHalf<tokio_util::compat::Compat<tokio::net::TcpStream>>>> {
+    stream.set_nodelay(true).unwrap();
+    let (reader, writer) = tokio_util::compat::TokioAsyncReadCompatExt::compat(stream).split();
+    twoparty::VatNetwork::new(
+        futures::io::BufReader::new(reader),
+        futures::io::BufWriter::new(writer),
+        side,
+        Default::default(),
+    )
+}
+
+/// capnp-rpc Rust to Rust: (µs per sequential call, pipelined calls/s).
+fn capnp_rpc(calls: u64, burst: u64) -> (f64, f64) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&runtime, async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            let (stream, _) = listener.accept().await.unwrap();
+            let network = rpc_network(stream, rpc_twoparty_capnp::Side::Server);
+            let echo: exo::Client = capnp_rpc::new_client(Echo);
+            let _ = RpcSystem::new(Box::new(network), Some(echo.client)).await;
+        });
+    });
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, async move {
+        let stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        let network = rpc_network(stream, rpc_twoparty_capnp::Side::Client);
+        let mut system = RpcSystem::new(Box::new(network), None);
+        let echo: exo::Client = system.bootstrap(rpc_twoparty_capnp::Side::Server);
+        tokio::task::spawn_local(system);
+        let request = |i: u64| {
+            let mut request = echo.call_request();
+            let mut params = request.get();
+            params.set_method("ping");
+            params.init_args().set_body(format!("#[{i}]"));
+            request.send().promise
+        };
+        request(0).await.unwrap();
+        let started = Instant::now();
+        for i in 0..calls {
+            request(i).await.unwrap();
+        }
+        let latency = started.elapsed().as_secs_f64() * 1e6 / calls as f64;
+        let started = Instant::now();
+        let pending: Vec<_> = (0..burst).map(request).collect();
+        for reply in pending {
+            reply.await.unwrap();
+        }
+        let rate = burst as f64 / started.elapsed().as_secs_f64();
+        (latency, rate)
+    })
+}
+
+/// A kernel with a pingpong vat, as a node on its own thread until `stop`.
+fn kernel_node(dir: &std::path::Path, name: &str) -> (Home, Node<()>, String) {
+    let path = dir.join(name);
+    Home::init(&path).unwrap();
+    let home = Home::open(&path, 0).unwrap();
+    let mut kernel = home.kernel(CommitPolicy::GROUPED).unwrap();
+    kernel.set_supervisor_program(common::supervisor());
+    let options = VatOptions {
+        worker: WorkerKind::Thread,
+        ..VatOptions::default()
+    };
+    let root = kernel
+        .spawn_vat(name, &common::guest_wasm("pingpong"), options)
+        .unwrap();
+    let identity = Identity {
+        did: home.did(),
+        sign: Box::new(home.signer()),
+    };
+    let node = Node::new(kernel, identity, captp::Limits::default()).unwrap();
+    (home, node, root)
+}
+
+/// Kernel to kernel: (µs per sequential round trip, pipelined calls/s).
+fn kernel_to_kernel(calls: u64, burst: u64) -> (f64, f64) {
+    let dir = tempfile::tempdir().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    // Kernel A lives on its own thread (a kernel is not Send): it says
+    // where it is and what it shares, then serves until told to stop.
+    let (ready, announced) = std::sync::mpsc::channel();
+    let serving = {
+        let stop = stop.clone();
+        let dir = dir.path().to_owned();
+        std::thread::spawn(move || {
+            let (home_a, mut node_a, pong) = kernel_node(&dir, "pong");
+            let address = node_a
+                .listen(&captp::sturdy::Address::Tcp("127.0.0.1:0".into()))
+                .unwrap();
+            let swiss = node_a.kernel().share(&pong).unwrap();
+            node_a.flush().unwrap();
+            ready.send((home_a.did(), address, swiss)).unwrap();
+            while !stop.load(Ordering::Relaxed) {
+                node_a.turn(Duration::from_millis(20)).unwrap();
+            }
+        })
+    };
+    let (did_a, address, swiss) = announced.recv().unwrap();
+    let (_home_b, mut node_b, ping) = kernel_node(dir.path(), "ping");
+    let peer = node_b.session(&did_a, &address).unwrap();
+    let run = |node: &mut Node<()>, kp: String| -> PromiseState {
+        loop {
+            node.turn(Duration::from_millis(1)).unwrap();
+            match node.kernel().promise_state(&kp).unwrap() {
+                Some(PromiseState::Unresolved) => continue,
+                Some(settled) => return settled,
+                None => panic!("{kp} vanished"),
+            }
+        }
+    };
+    let kp = node_b.kernel().enliven(&peer, &swiss).unwrap();
+    let PromiseState::Fulfilled(data) = run(&mut node_b, kp) else {
+        panic!("enliven failed")
+    };
+    let remote = vom::capdata::decode(&data).unwrap();
+    let remote = remote.as_ref().expect("a reference").slot.clone();
+    node_b.kernel().bind_pet_name("pong", &remote).unwrap();
+    let call = |node: &mut Node<()>, method: &str, count: u64| -> f64 {
+        let args = vom::capdata::encode(&vom::Value::Array(vec![
+            vom::Value::from(count),
+            vom::Value::Remotable(vom::Ref::new(remote.clone())),
+        ]));
+        let started = Instant::now();
+        let kp = node.kernel().queue_message(&ping, method, args).unwrap();
+        let settled = run(node, kp.clone());
+        node.kernel().release(&kp).unwrap();
+        assert!(matches!(settled, PromiseState::Fulfilled(_)), "{settled:?}");
+        started.elapsed().as_secs_f64()
+    };
+    call(&mut node_b, "run", 10);
+    let latency = call(&mut node_b, "run", calls) * 1e6 / calls as f64;
+    let rate = burst as f64 / call(&mut node_b, "burst", burst);
+    stop.store(true, Ordering::Relaxed);
+    serving.join().unwrap();
+    (latency, rate)
+}
+
+fn main() {
+    let calls = env_count("CAPTP_CALLS", 1000);
+    let burst = env_count("CAPTP_BURST", 500);
+    println!("captp bench: {calls} sequential calls, bursts of {burst} pipelined calls, loopback TCP");
+    let (rpc_latency, rpc_rate) = capnp_rpc(calls, burst);
+    println!("capnp-rpc Rust<->Rust:  {rpc_latency:8.1} us/call sequential, {rpc_rate:9.0} calls/s pipelined");
+    let (kernel_latency, kernel_rate) = kernel_to_kernel(calls, burst);
+    println!(
+        "kernel<->kernel:        {kernel_latency:8.1} us/call sequential, {kernel_rate:9.0} calls/s pipelined (durable commits on both sides)"
+    );
+    println!(
+        "ratio: latency {:.2}x capnp-rpc (target <= 1.5x), throughput {:.2}x",
+        kernel_latency / rpc_latency,
+        kernel_rate / rpc_rate
+    );
+}
