@@ -21,8 +21,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use captp::exo_capnp::exo;
 use capnp_rpc::{RpcSystem, rpc_twoparty_capnp, twoparty};
+use captp::exo_capnp::exo;
 use futures::AsyncReadExt;
 use kernel::node::{Identity, Node};
 use kernel::{CommitPolicy, Home, PromiseState, VatOptions, WorkerKind};
@@ -51,7 +51,11 @@ impl exo::Server for Echo {
 fn rpc_network(
     stream: tokio::net::TcpStream,
     side: rpc_twoparty_capnp::Side,
-) -> twoparty::VatNetwork<futures::io::BufReader<futures::io::ReadHalf<tokio_util::compat::Compat<tokio::net::TcpStream>>>> {
+) -> twoparty::VatNetwork<
+    futures::io::BufReader<
+        futures::io::ReadHalf<tokio_util::compat::Compat<tokio::net::TcpStream>>,
+    >,
+> {
     stream.set_nodelay(true).unwrap();
     let (reader, writer) = tokio_util::compat::TokioAsyncReadCompatExt::compat(stream).split();
     twoparty::VatNetwork::new(
@@ -203,9 +207,13 @@ fn kernel_to_kernel(calls: u64, burst: u64) -> (f64, f64) {
 fn main() {
     let calls = env_count("CAPTP_CALLS", 1000);
     let burst = env_count("CAPTP_BURST", 500);
-    println!("captp bench: {calls} sequential calls, bursts of {burst} pipelined calls, loopback TCP");
+    println!(
+        "captp bench: {calls} sequential calls, bursts of {burst} pipelined calls, loopback TCP"
+    );
     let (rpc_latency, rpc_rate) = capnp_rpc(calls, burst);
-    println!("capnp-rpc Rust<->Rust:  {rpc_latency:8.1} us/call sequential, {rpc_rate:9.0} calls/s pipelined");
+    println!(
+        "capnp-rpc Rust<->Rust:  {rpc_latency:8.1} us/call sequential, {rpc_rate:9.0} calls/s pipelined"
+    );
     let (kernel_latency, kernel_rate) = kernel_to_kernel(calls, burst);
     println!(
         "kernel<->kernel:        {kernel_latency:8.1} us/call sequential, {kernel_rate:9.0} calls/s pipelined (durable commits on both sides)"

@@ -68,10 +68,13 @@ pub enum NodeError {
     Runtime(std::io::Error),
 }
 
+/// Signs with the kernel's key (ed25519).
+pub type Signer = Box<dyn Fn(&[u8]) -> [u8; 64] + Send>;
+
 /// Who this kernel is on the network: its did:key and a signer with its key.
 pub struct Identity {
     pub did: String,
-    pub sign: Box<dyn Fn(&[u8]) -> [u8; 64] + Send>,
+    pub sign: Signer,
 }
 
 impl std::fmt::Debug for Identity {
@@ -623,7 +626,7 @@ impl<A: Send + 'static> Node<A> {
 
     /// Hands a frame to the kernel as `peer`'s; a protocol error closes
     /// the connection once the `Abort` is out.
-    fn to_kernel(
+    fn hand_to_kernel(
         &mut self,
         number: u64,
         peer: &str,
@@ -685,12 +688,12 @@ impl<A: Send + 'static> Node<A> {
                     let peer = self.kernel.add_peer("client", false)?;
                     self.set_link(number, Link::Client(peer.clone()));
                     self.by_peer.insert(peer.clone(), number);
-                    self.to_kernel(number, &peer, decoded)?;
+                    self.hand_to_kernel(number, &peer, decoded)?;
                 }
             },
             Link::Client(peer) => {
                 self.set_link(number, Link::Client(peer.clone()));
-                self.to_kernel(number, &peer, decoded)?;
+                self.hand_to_kernel(number, &peer, decoded)?;
             }
             Link::Answering { nonce, did } => match decoded {
                 Ok(Wire::Call(Call {
@@ -891,7 +894,7 @@ impl<A: Send + 'static> Node<A> {
                     Ok(
                         Wire::Return(Return { answer: q, .. }) | Wire::Finish { question: q, .. },
                     ) if q >= EPHEMERAL_QUESTION_BASE => {}
-                    decoded => self.to_kernel(number, &peer, decoded)?,
+                    decoded => self.hand_to_kernel(number, &peer, decoded)?,
                 }
             }
         }
