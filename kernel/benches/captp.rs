@@ -205,8 +205,10 @@ fn kernel_to_kernel(calls: u64, burst: u64) -> (f64, f64) {
 }
 
 fn main() {
-    let calls = env_count("CAPTP_CALLS", 1000);
-    let burst = env_count("CAPTP_BURST", 500);
+    // Under `cargo test` (no `--bench`), a short smoke run of the same code.
+    let measuring = std::env::args().any(|arg| arg == "--bench");
+    let calls = env_count("CAPTP_CALLS", if measuring { 1000 } else { 50 });
+    let burst = env_count("CAPTP_BURST", if measuring { 500 } else { 20 });
     println!(
         "captp bench: {calls} sequential calls, bursts of {burst} pipelined calls, loopback TCP"
     );
