@@ -590,3 +590,60 @@ fn the_room_kernel_killed_mid_conversation_loses_and_doubles_nothing() {
         home.check();
     }
 }
+
+/// The kernel objects vat `vat` exports, from the store.
+fn objects_of(home: &VatHome, vat: &str) -> Vec<String> {
+    home.dump()
+        .into_iter()
+        .filter(|(key, owner)| key.starts_with("ko") && key.ends_with(".owner") && owner == vat)
+        .map(|(key, _)| key.trim_end_matches(".owner").to_owned())
+        .collect()
+}
+
+#[test]
+fn an_object_only_a_peer_held_is_freed_when_the_peer_releases_it() {
+    use vat_tests::rpc::{call, request, restore, with_gate};
+
+    let home = VatHome::new();
+    home.spawn("holder", "holder");
+    let _daemon = home.start_listening("127.0.0.1:0");
+    let sturdy = captp::sturdy::SturdyRef::parse(&home.ok(&["share", "holder"])).unwrap();
+    let home_ref = &home;
+    with_gate(&sturdy.address.to_string(), |gate| async move {
+        let holder = restore(&gate, &sturdy.swiss);
+        // A durable object the vat does not keep: only the peer holds it.
+        let response = request(&holder, "makeDurable", "#[\"mine\"]", vec![])
+            .send()
+            .promise
+            .await
+            .unwrap();
+        let object = response.get().unwrap().get_object().unwrap();
+        // Done with the answer (a `Finish`): only the reference is left.
+        drop(response);
+        assert_eq!(
+            call(&object, "describe", "#[]", vec![]).await.as_deref(),
+            Ok("#\"mine\"")
+        );
+        assert_eq!(
+            objects_of(home_ref, "v1").len(),
+            2,
+            "the root and the peer's object"
+        );
+        // Let go of it (a `Release`), with the connection still up.
+        drop(object);
+        // Wait without blocking: the client's runtime must run to send it.
+        let mut freed = false;
+        for _ in 0..300 {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            home_ref.ok(&["collect", "holder"]);
+            if objects_of(home_ref, "v1").len() == 1 {
+                freed = true;
+                break;
+            }
+        }
+        assert!(freed, "the object was not freed");
+        // The rest of the connection is unaffected.
+        assert!(call(&holder, "held", "#[]", vec![]).await.is_ok());
+    });
+    home.check();
+}
