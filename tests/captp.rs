@@ -647,3 +647,36 @@ fn an_object_only_a_peer_held_is_freed_when_the_peer_releases_it() {
     });
     home.check();
 }
+
+#[test]
+fn kernels_connect_over_a_unix_socket_and_sends_wait_for_the_daemon() {
+    let world = ChatWorld::new();
+    let socket = world.room.path().with_extension("captp.sock");
+    let _room = world
+        .room
+        .start_listening(&format!("unix:{}", socket.display()));
+    let uri = world.room.ok(&["share", "room"]);
+    assert!(uri.contains("@unix:%2F"), "{uri}");
+    {
+        let _alice = world.alice.start_daemon();
+        assert_eq!(
+            world.alice.ok(&["enliven", &uri, "--as", "room"]),
+            r#"{"$ref":"room"}"#
+        );
+        let welcome = world
+            .alice
+            .ok(&["send", "user", "enter", "room", "\"Alice\""]);
+        assert!(welcome.starts_with("\"welcome Alice"), "{welcome}");
+    }
+    // Alice's daemon is gone: a send that needs the room says so, and is kept.
+    let error = world
+        .alice
+        .fails(&["send", "room", "post", "\"Alice\"", "\"while away\""]);
+    assert!(error.contains("only the daemon reaches"), "{error}");
+    let _alice = world.alice.start_daemon();
+    vat_tests::wait_until("the kept message was not delivered", 30, || {
+        world.room.ok(&["send", "room", "history"]) == r#"["Alice: while away"]"#
+    });
+    world.room.check();
+    world.alice.check();
+}

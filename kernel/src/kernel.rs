@@ -49,6 +49,10 @@ pub enum KernelError {
     UpgradeFailed { name: String, fault: VatFault },
     #[error("the run queue emptied before {0} settled")]
     Unsettled(String),
+    #[error(
+        "{kpid} waits on peer {peer}, which only the daemon reaches (`vat start`): the message is kept and goes out then"
+    )]
+    WaitsOnPeer { kpid: String, peer: String },
     #[error("no randomness from the operating system: {0}")]
     Randomness(String),
     #[error(
@@ -636,6 +640,14 @@ impl Kernel {
             }
             if !self.step()? {
                 self.commit()?;
+                if let Some(peer) = self.state.promise_decider(kpid)?
+                    && is_peer(&peer)
+                {
+                    return Err(KernelError::WaitsOnPeer {
+                        kpid: kpid.to_owned(),
+                        peer,
+                    });
+                }
                 return Err(KernelError::Unsettled(kpid.to_owned()));
             }
         }

@@ -14,7 +14,9 @@
 //! | `r<N>.qk.<kp>` | the question whose result `kp` is |
 //! | `r<N>.a.<A>` | the peer's question A: JSON [`Answer`] |
 //! | `r<N>.ak.<kp>` | the answer `kp` settles |
-//! | `r<N>.nextQuestion`, `.nextExport`, `.answers` | counters |
+//! | `r<N>.nextQuestion`, `.nextExport`, `.answers`, `.imports` | counters (answers open, imports held: each bounded) |
+//! | `r<N>.did`, `peer.did.<did>` | a kernel peer (durable session) and its did:key |
+//! | `r<N>.sent`, `.received`, `.out.<seq>` | session frames sent and applied; those sent but not yet acknowledged (hex) |
 //! | `sturdy.<swiss>` | the kref a sturdy ref restores (a reference, like a pet name) |
 //!
 //! On the wire every object is an `Exo` (`captp/schema/exo.capnp`); export 0
@@ -254,6 +256,7 @@ impl Kernel {
             }
         }
         self.state.delete(&format!("{peer}.answers"))?;
+        self.state.delete(&format!("{peer}.imports"))?;
         // Promises it decided (imports of its promises) are rejected too.
         for (key, _) in self.state.scan_prefix(&format!("{peer}.c.kp"))? {
             let kpid = &key[format!("{peer}.c.").len()..];
@@ -642,6 +645,7 @@ impl Kernel {
                     crate::kernel::settle_promise(&mut self.state, &kp, rejected, &data)?;
                 }
                 // The promise import is done with: release it.
+                add_counter(&mut self.state, &format!("{peer}.imports"), -1)?;
                 let count = counter(&self.state, &format!("{peer}.ic.{promise}"))?;
                 self.state.delete(&format!("{peer}.ic.{promise}"))?;
                 self.state.clist_remove(peer, &kp)?;
@@ -1040,9 +1044,8 @@ impl Kernel {
                 let kref = match self.state.clist_kref(peer, &vref)? {
                     Some(kref) => kref,
                     None => {
-                        if self.state.scan_prefix(&format!("{peer}.ic."))?.len() as u64
-                            >= REFERENCES_PER_PEER_MAX
-                        {
+                        let imports = format!("{peer}.imports");
+                        if add_counter(&mut self.state, &imports, 1)? > REFERENCES_PER_PEER_MAX {
                             return protocol(format!(
                                 "too many references (references_per_peer_max {REFERENCES_PER_PEER_MAX})"
                             ));
@@ -1332,6 +1335,7 @@ impl Kernel {
         let count = counter(&self.state, &key)?;
         self.state.delete(&key)?;
         // The peer may reuse the id once released: forget the mapping now.
+        add_counter(&mut self.state, &format!("{peer}.imports"), -1)?;
         self.state.delete(&format!("{peer}.c.{ko}"))?;
         self.state.delete(&format!("{peer}.c.{vref}"))?;
         if self.state.get(&format!("{peer}.state"))?.as_deref() == Some("running") && count > 0 {
