@@ -680,3 +680,32 @@ fn kernels_connect_over_a_unix_socket_and_sends_wait_for_the_daemon() {
     world.room.check();
     world.alice.check();
 }
+
+#[test]
+fn a_kernel_that_is_not_the_one_a_sturdy_ref_names_is_refused() {
+    let world = ChatWorld::new();
+    let _room = world.room.start_listening("127.0.0.1:0");
+    let _alice = world.alice.start_daemon();
+    let uri = world.room.ok(&["share", "room"]);
+    // The same address and swiss number, but another kernel's did:key.
+    let room_did = world.room.ok(&["key"]);
+    let forged = uri.replace(&room_did, &world.bob.ok(&["key"]));
+    let started = std::time::Instant::now();
+    let error = world.alice.fails(&["enliven", &forged, "--as", "room"]);
+    assert!(
+        error.contains("authentication failed") && error.contains(&room_did),
+        "{error}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    assert!(
+        !world.alice.ok(&["list"]).contains("  room -> "),
+        "nothing was bound"
+    );
+    // The room's kernel let nothing through to the impostor's session.
+    assert_eq!(world.room.ok(&["send", "room", "history"]), "[]");
+    // The real sturdy ref still works.
+    assert_eq!(
+        world.alice.ok(&["enliven", &uri, "--as", "room"]),
+        r#"{"$ref":"room"}"#
+    );
+}

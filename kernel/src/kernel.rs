@@ -173,6 +173,9 @@ pub struct Kernel {
     pub(crate) pure_task_threads: usize,
     /// Frames to peers whose cranks are committed, waiting to be sent.
     pub(crate) outbound_ready: Vec<(String, Vec<u8>)>,
+    /// How each session's connection is doing, as the network side last
+    /// said (memory only: it is about this process's connections).
+    pub(crate) peer_links: HashMap<String, String>,
 }
 
 /// A vat gets a `bringOutYourDead` delivery after this many other deliveries.
@@ -269,6 +272,7 @@ impl Kernel {
             gc_deferred: false,
             pure_task_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             outbound_ready: Vec::new(),
+            peer_links: HashMap::new(),
         })
     }
 

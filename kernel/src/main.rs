@@ -722,6 +722,9 @@ struct CliRequest {
 /// A send (or enliven) the daemon answers once its result settles.
 struct Waiter {
     kpid: String,
+    /// For an enliven: the session it waits on (it fails fast if that
+    /// cannot connect).
+    session: Option<String>,
     bind_as: Option<String>,
     stream: UnixStream,
     deadline: std::time::Instant,
@@ -828,6 +831,7 @@ fn serve(path: &Path, lock_wait_ms: u64, listen: Option<&str>) -> Result<Outcome
                 } => match start_send(node.kernel(), target, method, args, bind_as.as_deref()) {
                     Ok(kpid) => waiters.push(Waiter {
                         kpid,
+                        session: None,
                         bind_as: bind_as.clone(),
                         stream,
                         deadline,
@@ -836,8 +840,9 @@ fn serve(path: &Path, lock_wait_ms: u64, listen: Option<&str>) -> Result<Outcome
                 },
                 Command::Enliven { uri, bind_as } => {
                     match enliven(&mut node, &home.did(), uri, bind_as) {
-                        Ok(kpid) => waiters.push(Waiter {
+                        Ok((kpid, peer)) => waiters.push(Waiter {
                             kpid,
+                            session: Some(peer),
                             bind_as: Some(bind_as.clone()),
                             stream,
                             deadline,
@@ -858,7 +863,11 @@ fn serve(path: &Path, lock_wait_ms: u64, listen: Option<&str>) -> Result<Outcome
             let settled =
                 node.kernel().promise_state(&waiter.kpid)? != Some(PromiseState::Unresolved);
             let expired = std::time::Instant::now() >= waiter.deadline;
-            if !settled && !expired {
+            let unreachable = match &waiter.session {
+                Some(peer) if !settled => node.session_error(peer),
+                _ => None,
+            };
+            if !settled && !expired && unreachable.is_none() {
                 index += 1;
                 continue;
             }
@@ -874,6 +883,11 @@ fn serve(path: &Path, lock_wait_ms: u64, listen: Option<&str>) -> Result<Outcome
                     Ok(()) => out,
                     Err(e) => Outcome::error(&format!("{e:#}")),
                 }
+            } else if let Some(why) = unreachable {
+                node.kernel().release(&waiter.kpid)?;
+                Outcome::error(&format!(
+                    "cannot reach that kernel ({why}); the session is kept and retried"
+                ))
             } else {
                 node.kernel().release(&waiter.kpid)?;
                 Outcome::error(&format!(
@@ -895,7 +909,7 @@ fn enliven(
     home_did: &str,
     uri: &str,
     bind_as: &str,
-) -> Result<String> {
+) -> Result<(String, String)> {
     kernel::check_name(bind_as)?;
     if let Some(kref) = node.kernel().pet_name(bind_as)? {
         bail!("pet name {bind_as:?} is already bound (to {kref})");
@@ -907,5 +921,5 @@ fn enliven(
     let peer = node.session(&sturdy.did, &sturdy.address)?;
     let kpid = node.kernel().enliven(&peer, &sturdy.swiss)?;
     node.flush()?;
-    Ok(kpid)
+    Ok((kpid, peer))
 }

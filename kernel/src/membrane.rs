@@ -312,7 +312,8 @@ impl Kernel {
                 state = format!("disconnected ({})", get("reason")?);
             } else if self.state.sessions.contains(id) {
                 let unacknowledged = self.state.scan_prefix(&format!("{id}.out."))?.len();
-                state = format!("session ({unacknowledged} frames unacknowledged)");
+                let link = self.peer_link(id).unwrap_or("not connected");
+                state = format!("session, {link} ({unacknowledged} frames unacknowledged)");
             }
             let references = self.state.scan_prefix(&format!("{id}.c.k"))?.len();
             peers.push(PeerInfo {
@@ -370,6 +371,15 @@ impl Kernel {
             }
         }
         Ok(out)
+    }
+
+    /// Records how `peer`'s connection is doing (shown by `vat peers`).
+    pub fn set_peer_link(&mut self, peer: &str, link: &str) {
+        self.peer_links.insert(peer.to_owned(), link.to_owned());
+    }
+
+    pub fn peer_link(&self, peer: &str) -> Option<&str> {
+        self.peer_links.get(peer).map(String::as_str)
     }
 
     /// Whether `peer` is a kernel with a durable session.

@@ -356,6 +356,7 @@ impl<A: Send + 'static> Node<A> {
     pub fn session(&mut self, did: &str, address: &Address) -> Result<String, NodeError> {
         let peer = self.kernel.session_peer(did, Some(&address.to_string()))?;
         if !self.by_peer.contains_key(&peer) && !self.dialing.contains(&peer) {
+            self.kernel.set_peer_link(&peer, "connecting");
             self.redial_at
                 .insert(peer.clone(), (Instant::now(), Duration::from_millis(100)));
         }
@@ -384,6 +385,22 @@ impl<A: Send + 'static> Node<A> {
             let _ = sender.send(event);
         });
         Ok(())
+    }
+
+    /// Dialling or the handshake failed: say why (`vat peers`), try later.
+    fn dial_failed(&mut self, peer: &str, reason: &str) {
+        self.dialing.remove(peer);
+        self.kernel
+            .set_peer_link(peer, &format!("not connected: {reason}"));
+        self.schedule_redial(peer);
+    }
+
+    /// Why the session with `peer` is not up, if it is not.
+    pub fn session_error(&self, peer: &str) -> Option<String> {
+        self.kernel
+            .peer_link(peer)
+            .filter(|link| link.starts_with("not connected"))
+            .map(str::to_owned)
     }
 
     fn schedule_redial(&mut self, peer: &str) {
@@ -508,10 +525,7 @@ impl<A: Send + 'static> Node<A> {
                     self.attach(Link::Fresh, read, write);
                 }
                 Event::Dialed(peer, read, write) => self.dialed(peer, read, write)?,
-                Event::DialFailed(peer, _reason) => {
-                    self.dialing.remove(&peer);
-                    self.schedule_redial(&peer);
-                }
+                Event::DialFailed(peer, reason) => self.dial_failed(&peer, &reason),
                 Event::Frame(number, frame) => self.frame(number, &frame)?,
                 Event::Closed(number, reason) => self.closed(number, &reason)?,
             }
@@ -592,6 +606,10 @@ impl<A: Send + 'static> Node<A> {
                 // The session outlives the connection; the dialler redials.
                 let peer = peer.clone();
                 self.dialing.remove(&peer);
+                if self.by_peer.get(&peer) == Some(&number) {
+                    self.kernel
+                        .set_peer_link(&peer, &format!("not connected: {reason}"));
+                }
                 let dials = self
                     .kernel
                     .sessions_to_dial()?
@@ -770,18 +788,16 @@ impl<A: Send + 'static> Node<A> {
             } => {
                 let Ok(message) = decoded else {
                     self.refuse(number, "malformed frame in the handshake");
-                    self.dialing.remove(&peer);
-                    self.schedule_redial(&peer);
+                    self.dial_failed(&peer, "malformed frame in the handshake");
                     return Ok(());
                 };
                 let Wire::Return(Return {
                     answer, outcome, ..
                 }) = message
                 else {
-                    if let Wire::Abort { .. } = message {
+                    if let Wire::Abort { reason } = message {
                         self.close(number);
-                        self.dialing.remove(&peer);
-                        self.schedule_redial(&peer);
+                        self.dial_failed(&peer, &format!("it refused us: {reason}"));
                     } else {
                         let link = Link::Dialing {
                             peer,
@@ -822,9 +838,9 @@ impl<A: Send + 'static> Node<A> {
                             verify(&theirs, &expected, &signature)
                         };
                         if let Err(e) = checked {
-                            self.refuse(number, &format!("authentication failed: {e}"));
-                            self.dialing.remove(&peer);
-                            self.schedule_redial(&peer);
+                            let reason = format!("authentication failed: {e}");
+                            self.refuse(number, &reason);
+                            self.dial_failed(&peer, &reason);
                             return Ok(());
                         }
                         let proof =
@@ -864,9 +880,9 @@ impl<A: Send + 'static> Node<A> {
                         self.establish(number, peer, received, None, proved)?;
                     }
                     (_, outcome) => {
-                        self.refuse(number, &format!("the handshake failed: {outcome:?}"));
-                        self.dialing.remove(&peer);
-                        self.schedule_redial(&peer);
+                        let reason = format!("the handshake failed: {outcome:?}");
+                        self.refuse(number, &reason);
+                        self.dial_failed(&peer, &reason);
                     }
                 }
             }
@@ -942,6 +958,7 @@ impl<A: Send + 'static> Node<A> {
         }
         self.by_peer.insert(peer.clone(), number);
         self.redial_at.remove(&peer);
+        self.kernel.set_peer_link(&peer, "connected");
         Ok(())
     }
 
