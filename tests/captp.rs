@@ -266,7 +266,7 @@ fn a_chat_room_on_one_kernel_with_users_on_two_others() {
         assert!(
             peers
                 .lines()
-                .any(|l| l.contains(&did) && l.contains(" session ")),
+                .any(|l| l.contains(&did) && l.contains(" session, connected ")),
             "{peers}"
         );
     }
