@@ -709,3 +709,44 @@ fn a_kernel_that_is_not_the_one_a_sturdy_ref_names_is_refused() {
         r#"{"$ref":"room"}"#
     );
 }
+
+#[test]
+fn two_kernels_that_share_with_each_other_keep_one_session() {
+    let world = ChatWorld::new();
+    let _room = world.room.start_listening("127.0.0.1:0");
+    let _alice = world.alice.start_listening("127.0.0.1:0");
+    let _bob = world.bob.start_daemon();
+    world.enter(&world.room.ok(&["share", "room"]));
+    // Now the room's kernel enlivens an object on Alice's: the session
+    // Alice dialled carries it, both ways.
+    let user = world.alice.ok(&["share", "user"]);
+    assert_eq!(
+        world.room.ok(&["enliven", &user, "--as", "alice"]),
+        r#"{"$ref":"alice"}"#
+    );
+    assert_eq!(
+        world
+            .room
+            .ok(&["send", "alice", "tell", "7", "\"room: direct\""]),
+        "1"
+    );
+    assert_eq!(
+        world.alice.ok(&["send", "user", "inbox"]),
+        r#"["room: direct"]"#
+    );
+    assert_eq!(world.alice.ok(&["send", "user", "say", "still here"]), "1");
+    let sessions = |home: &VatHome| {
+        home.ok(&["peers"])
+            .lines()
+            .filter(|line| line.contains(" session, connected "))
+            .count()
+    };
+    // Bob entered too (one session each), and nothing flaps between two
+    // connections: still connected a moment later.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(sessions(&world.room), 2, "{}", world.room.ok(&["peers"]));
+    assert_eq!(sessions(&world.alice), 1, "{}", world.alice.ok(&["peers"]));
+    for home in [&world.room, &world.alice] {
+        home.check();
+    }
+}

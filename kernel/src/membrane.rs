@@ -203,15 +203,20 @@ impl Kernel {
             return Ok(());
         }
         self.state.store.begin_crank()?;
+        self.abort_in_crank(peer, reason, &format!("peer {peer} disconnected: {reason}"))?;
+        self.state.end_crank()?;
+        Ok(())
+    }
+
+    /// Tells the peer why it is cut off (`Abort`) and terminates it.
+    fn abort_in_crank(&mut self, peer: &str, reason: &str, why: &str) -> Result<(), StoreError> {
         self.emit(
             peer,
             &Wire::Abort {
                 reason: reason.to_owned(),
             },
         );
-        self.terminate_peer(peer, &format!("peer {peer} disconnected: {reason}"))?;
-        self.state.end_crank()?;
-        Ok(())
+        self.terminate_peer(peer, why)
     }
 
     /// Where we dialled `peer`, so later enlivens reuse the connection.
@@ -340,7 +345,13 @@ impl Kernel {
         if let Some(peer) = self.state.get(&format!("peer.did.{did}"))?
             && self.state.get(&format!("{peer}.state"))?.as_deref() == Some("running")
         {
-            if let Some(address) = address {
+            // One side dials: a session the other kernel dials stays so,
+            // even once we hold a sturdy ref to it too.
+            let inbound =
+                self.state.get(&format!("{peer}.direction"))?.as_deref() == Some("inbound");
+            if let Some(address) = address
+                && !inbound
+            {
                 self.state.store.begin_crank()?;
                 self.state.set(&format!("{peer}.address"), address)?;
                 self.state.end_crank()?;
@@ -573,13 +584,7 @@ impl Kernel {
             Err(MembraneError::Protocol(ProtocolError(reason))) => {
                 self.state.abort_crank()?;
                 self.state.store.begin_crank()?;
-                self.emit(
-                    peer,
-                    &Wire::Abort {
-                        reason: reason.clone(),
-                    },
-                );
-                self.terminate_peer(peer, &format!("peer {peer} aborted: {reason}"))?;
+                self.abort_in_crank(peer, &reason, &format!("peer {peer} aborted: {reason}"))?;
                 self.state.end_crank()?;
                 Ok(Some(reason))
             }

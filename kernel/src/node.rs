@@ -363,13 +363,18 @@ impl<A: Send + 'static> Node<A> {
         Ok(peer)
     }
 
-    fn start_dial(&mut self, peer: String) -> Result<(), NodeError> {
-        let Some((_, _, address)) = self
+    /// The did:key and address of a session this kernel dials.
+    fn dialled_session(&self, peer: &str) -> Result<Option<(String, String)>, NodeError> {
+        Ok(self
             .kernel
             .sessions_to_dial()?
             .into_iter()
-            .find(|(p, _, _)| *p == peer)
-        else {
+            .find(|(p, _, _)| p == peer)
+            .map(|(_, did, address)| (did, address)))
+    }
+
+    fn start_dial(&mut self, peer: String) -> Result<(), NodeError> {
+        let Some((_, address)) = self.dialled_session(&peer)? else {
             return Ok(());
         };
         let Ok(address) = Address::parse(&address) else {
@@ -554,12 +559,7 @@ impl<A: Send + 'static> Node<A> {
     ) -> Result<(), NodeError> {
         // `peer` stays in `dialing` until the handshake ends either way, so
         // a session never has two dialled connections at once.
-        let Some((_, did, _)) = self
-            .kernel
-            .sessions_to_dial()?
-            .into_iter()
-            .find(|(p, _, _)| *p == peer)
-        else {
+        let Some((did, _)) = self.dialled_session(&peer)? else {
             return Ok(());
         };
         let nonce = nonce();
@@ -610,12 +610,7 @@ impl<A: Send + 'static> Node<A> {
                     self.kernel
                         .set_peer_link(&peer, &format!("not connected: {reason}"));
                 }
-                let dials = self
-                    .kernel
-                    .sessions_to_dial()?
-                    .iter()
-                    .any(|(p, _, _)| *p == peer);
-                if dials {
+                if self.dialled_session(&peer)?.is_some() {
                     self.schedule_redial(&peer);
                 }
             }
