@@ -750,3 +750,55 @@ fn two_kernels_that_share_with_each_other_keep_one_session() {
         home.check();
     }
 }
+
+#[test]
+fn a_peer_that_never_finishes_its_questions_hits_answers_per_peer_max() {
+    let home = VatHome::new();
+    home.spawn("counter", "counter");
+    let _daemon = home.start_listening("127.0.0.1:0");
+    let sturdy = captp::sturdy::SturdyRef::parse(&home.ok(&["share", "counter"])).unwrap();
+    let mut peer = RawPeer::connect(&sturdy.address.to_string());
+    let id = peer.restore(&sturdy.swiss);
+    // Questions 2.. are never finished: each answer stays open.
+    let limit = kernel::ANSWERS_PER_PEER_MAX as u32;
+    for question in 2..limit + 2 {
+        peer.call(question, captp::Target::Imported(id), "get");
+    }
+    let (mut answered, mut refused) = (0, Vec::new());
+    while answered + refused.len() < limit as usize {
+        if let Some(captp::Message::Return(ret)) = peer.receive() {
+            match ret.outcome {
+                captp::ReturnOutcome::Results { .. } => answered += 1,
+                captp::ReturnOutcome::Exception(reason) => refused.push(reason),
+                captp::ReturnOutcome::Canceled => panic!("canceled"),
+            }
+        }
+    }
+    // Two answers are the bootstrap and the restore: the last two calls are refused.
+    assert_eq!(answered, limit as usize - 2);
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    assert!(
+        refused[0].contains("answers_per_peer_max"),
+        "{}",
+        refused[0]
+    );
+    // Finishing one makes room again.
+    peer.send(&captp::Message::Finish {
+        question: 2,
+        release_result_caps: false,
+    });
+    peer.call(limit + 10, captp::Target::Imported(id), "get");
+    let reply = loop {
+        if let Some(captp::Message::Return(ret)) = peer.receive()
+            && ret.answer == limit + 10
+        {
+            break ret;
+        }
+    };
+    assert!(
+        matches!(reply.outcome, captp::ReturnOutcome::Results { .. }),
+        "{reply:?}"
+    );
+    drop(peer);
+    home.check();
+}

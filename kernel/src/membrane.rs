@@ -746,6 +746,23 @@ impl Kernel {
         if self.state.get(&format!("{peer}.a.{question}"))?.is_some() {
             return protocol(format!("question {question} is already in use"));
         }
+        if counter(&self.state, &format!("{peer}.answers"))? >= ANSWERS_PER_PEER_MAX {
+            // Refused without keeping anything: no answer entry (nothing to
+            // finish), and its capabilities are not taken (released).
+            let reason = format!(
+                "too many questions in flight (answers_per_peer_max {ANSWERS_PER_PEER_MAX})"
+            );
+            self.emit(
+                peer,
+                &Wire::Return(Return {
+                    answer: question,
+                    release_param_caps: true,
+                    no_finish_needed: true,
+                    outcome: ReturnOutcome::Exception(reason),
+                }),
+            );
+            return Ok(());
+        }
         // Every capability in the table is a reference the peer gave us,
         // used or not: import them all.
         let mut krefs = Vec::with_capacity(caps.len());
@@ -838,14 +855,6 @@ impl Kernel {
         };
         if let Err(e) = vom::capdata::decode(&args) {
             return answer_exception(self, format!("malformed capdata in the arguments: {e}"));
-        }
-        if counter(&self.state, &format!("{peer}.answers"))? >= ANSWERS_PER_PEER_MAX {
-            return answer_exception(
-                self,
-                format!(
-                    "too many questions in flight (answers_per_peer_max {ANSWERS_PER_PEER_MAX})"
-                ),
-            );
         }
         let kp = self.state.allocate_promise(None)?;
         self.open_answer(
