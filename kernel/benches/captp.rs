@@ -204,6 +204,21 @@ fn kernel_to_kernel(calls: u64, burst: u64) -> (f64, f64) {
     (latency, rate)
 }
 
+/// The time one small durable commit takes here (one key, fsynced): a
+/// round trip between kernels needs at least two, one on each side.
+fn commit_us(commits: u64) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store =
+        swingstore::SwingStore::open(&dir.path().join("raw.sqlite"), swingstore::Durability::Full)
+            .unwrap();
+    let started = Instant::now();
+    for i in 0..commits {
+        store.set("bench.key", &i.to_string()).unwrap();
+        store.commit().unwrap();
+    }
+    started.elapsed().as_secs_f64() * 1e6 / commits as f64
+}
+
 fn main() {
     // Under `cargo test` (no `--bench`), a short smoke run of the same code.
     let measuring = std::env::args().any(|arg| arg == "--bench");
@@ -224,5 +239,11 @@ fn main() {
         "ratio: latency {:.2}x capnp-rpc (target <= 1.5x), throughput {:.2}x",
         kernel_latency / rpc_latency,
         kernel_rate / rpc_rate
+    );
+    let commit = commit_us(calls.min(500));
+    println!(
+        "floor: one raw durable commit {commit:.1} us; two per round trip = {:.1} us ({:.2}x capnp-rpc)",
+        2.0 * commit,
+        2.0 * commit / rpc_latency
     );
 }
