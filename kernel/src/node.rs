@@ -42,6 +42,10 @@ pub const CRANKS_PER_TURN_MAX: usize = 1_000;
 /// Questions numbered from here are the connection's own (handshake and
 /// acknowledgements), outside any session's numbering.
 pub const EPHEMERAL_QUESTION_BASE: u32 = 0x8000_0000;
+/// The most bytes of frames waiting to be written to one connection
+/// (`outgoing_bytes_max`): a peer that does not read is cut off (a client
+/// is disconnected; a session's connection is dropped, its frames are kept).
+pub const OUTGOING_BYTES_MAX: usize = 64 << 20;
 /// The longest wait before dialling a lost kernel peer again (`redial_max_ms`).
 pub const REDIAL_MAX_MS: u64 = 2_000;
 /// A session acknowledges what it applied once this many frames wait
@@ -125,6 +129,8 @@ enum Link {
 struct Connection {
     link: Link,
     writer: tmpsc::UnboundedSender<Outgoing>,
+    /// Bytes handed to the writer and not yet written.
+    queued: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     next_question: u32,
     /// The received count we last acknowledged to the peer, and when.
     acknowledged: u64,
@@ -133,9 +139,19 @@ struct Connection {
 
 impl Connection {
     fn send(&self, message: &Wire) {
-        let _ = self
-            .writer
-            .send(Outgoing::Frames(vec![wire::encode(message)]));
+        self.push(vec![wire::encode(message)]);
+    }
+
+    /// Queues frames for the writer; false once more than
+    /// [`OUTGOING_BYTES_MAX`] wait (the peer is not reading).
+    fn push(&self, frames: Vec<Vec<u8>>) -> bool {
+        let bytes: usize = frames.iter().map(Vec::len).sum();
+        let queued = self
+            .queued
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed)
+            + bytes;
+        let _ = self.writer.send(Outgoing::Frames(frames));
+        queued <= OUTGOING_BYTES_MAX
     }
 
     fn peer(&self) -> Option<&str> {
@@ -422,6 +438,8 @@ impl<A: Send + 'static> Node<A> {
         let number = self.next_connection;
         self.next_connection += 1;
         let (writer, mut outgoing) = tmpsc::unbounded_channel::<Outgoing>();
+        let queued = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let written = queued.clone();
         let sender = self.sender.clone();
         let limits = self.limits;
         self.runtime.spawn(async move {
@@ -457,6 +475,8 @@ impl<A: Send + 'static> Node<A> {
                         if write_frames(&mut write, &frames).await.is_err() {
                             return;
                         }
+                        let bytes = frames.iter().map(Vec::len).sum();
+                        written.fetch_sub(bytes, std::sync::atomic::Ordering::Relaxed);
                     }
                     Outgoing::Close => {
                         let _ = tokio::io::AsyncWriteExt::shutdown(&mut write).await;
@@ -470,6 +490,7 @@ impl<A: Send + 'static> Node<A> {
             Connection {
                 link,
                 writer,
+                queued,
                 next_question: EPHEMERAL_QUESTION_BASE + 3,
                 acknowledged: 0,
                 acknowledged_at: Instant::now(),
@@ -949,7 +970,7 @@ impl<A: Send + 'static> Node<A> {
         let skip = proved.map_or(0, |told| received.saturating_sub(told));
         connection.link = Link::Session(peer.clone(), skip);
         if !frames.is_empty() {
-            let _ = connection.writer.send(Outgoing::Frames(frames));
+            connection.push(frames);
         }
         self.by_peer.insert(peer.clone(), number);
         self.redial_at.remove(&peer);
@@ -994,12 +1015,26 @@ impl<A: Send + 'static> Node<A> {
         for (peer, frame) in self.kernel.take_outbound() {
             batches.entry(peer).or_default().push(frame);
         }
+        let mut stalled = Vec::new();
         for (peer, frames) in batches {
             if let Some(number) = self.by_peer.get(&peer)
                 && let Some(connection) = self.connections.get(number)
+                && !connection.push(frames)
             {
-                let _ = connection.writer.send(Outgoing::Frames(frames));
+                stalled.push((*number, peer));
             }
+        }
+        for (number, peer) in stalled {
+            let reason = format!(
+                "the peer does not read what it is sent (outgoing_bytes_max {OUTGOING_BYTES_MAX})"
+            );
+            if !self.kernel.is_session(&peer) {
+                self.kernel.abort_peer(&peer, &reason)?;
+            } else {
+                self.kernel
+                    .set_peer_link(&peer, &format!("not connected: {reason}"));
+            }
+            self.close(number);
         }
         Ok(())
     }
