@@ -66,17 +66,22 @@ fn rpc_network(
     )
 }
 
+/// A single-threaded runtime for capnp-rpc (its objects are not `Send`).
+fn local_runtime() -> (tokio::runtime::Runtime, tokio::task::LocalSet) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    (runtime, tokio::task::LocalSet::new())
+}
+
 /// capnp-rpc Rust to Rust: (µs per sequential call, pipelined calls/s).
 fn capnp_rpc(calls: u64, burst: u64) -> (f64, f64) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let address = listener.local_addr().unwrap();
     listener.set_nonblocking(true).unwrap();
     std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let local = tokio::task::LocalSet::new();
+        let (runtime, local) = local_runtime();
         local.block_on(&runtime, async move {
             let listener = tokio::net::TcpListener::from_std(listener).unwrap();
             let (stream, _) = listener.accept().await.unwrap();
@@ -85,11 +90,7 @@ fn capnp_rpc(calls: u64, burst: u64) -> (f64, f64) {
             let _ = RpcSystem::new(Box::new(network), Some(echo.client)).await;
         });
     });
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let local = tokio::task::LocalSet::new();
+    let (runtime, local) = local_runtime();
     local.block_on(&runtime, async move {
         let stream = tokio::net::TcpStream::connect(address).await.unwrap();
         let network = rpc_network(stream, rpc_twoparty_capnp::Side::Client);

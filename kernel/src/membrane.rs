@@ -24,8 +24,8 @@
 //! sturdy ref's swiss number names.
 
 use captp::wire::{
-    self, Body, Call, CallContent, CapDescriptor, Embargo, Limits, Message as Wire, ResultContent,
-    Return, ReturnKind, ReturnOutcome, Target,
+    self, Body, Call, CallContent, CapDescriptor, Embargo, Message as Wire, ResultContent, Return,
+    ReturnKind, ReturnOutcome, Target,
 };
 use serde::{Deserialize, Serialize};
 use swingstore::StoreError;
@@ -89,6 +89,17 @@ struct Answer {
     /// The peer sent `Finish` before we returned: the entry goes with the `Return`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     finished: bool,
+}
+
+impl Answer {
+    fn new(kind: AnswerKind, kref: Option<String>) -> Answer {
+        Answer {
+            kind,
+            kref,
+            broken: None,
+            finished: false,
+        }
+    }
 }
 
 /// A peer as `vat peers` shows it.
@@ -217,14 +228,6 @@ impl Kernel {
             },
         );
         self.terminate_peer(peer, why)
-    }
-
-    /// Where we dialled `peer`, so later enlivens reuse the connection.
-    pub fn set_peer_address(&mut self, peer: &str, address: &str) -> Result<(), KernelError> {
-        self.state.store.begin_crank()?;
-        self.state.set(&format!("{peer}.address"), address)?;
-        self.state.end_crank()?;
-        Ok(())
     }
 
     fn terminate_peer(&mut self, peer: &str, reason: &str) -> Result<(), StoreError> {
@@ -526,19 +529,6 @@ impl Kernel {
 
     // ---- frames in ----
 
-    /// Handles one frame from `peer` in a crank of its own. A frame that
-    /// breaks the protocol changes nothing: the peer is sent `Abort` and
-    /// disconnected, and the error names what was wrong.
-    pub fn receive_frame(
-        &mut self,
-        peer: &str,
-        frame: &[u8],
-        limits: &Limits,
-    ) -> Result<Option<String>, KernelError> {
-        let decoded = wire::decode(frame, limits, &|q| self.return_kind(peer, q));
-        self.receive_message(peer, decoded)
-    }
-
     /// What our question `question` to `peer` expects back (for decoding).
     pub fn return_kind(&self, peer: &str, question: u32) -> Option<ReturnKind> {
         let text = self.state.get(&format!("{peer}.q.{question}")).ok()??;
@@ -550,7 +540,9 @@ impl Kernel {
         })
     }
 
-    /// [`Kernel::receive_frame`] for a frame already decoded. A session
+    /// Handles one decoded frame from `peer` in a crank of its own. A frame
+    /// that breaks the protocol changes nothing: the peer is sent `Abort`
+    /// and disconnected, and the reason is returned. A session
     /// frame (between kernels) is counted in the same crank as its effects,
     /// so a frame is applied exactly once however often it is resent.
     pub fn receive_message(
@@ -594,27 +586,14 @@ impl Kernel {
     fn handle_message(&mut self, peer: &str, message: Wire) -> Result<()> {
         match message {
             Wire::Bootstrap { question } => {
-                self.open_answer(
-                    peer,
-                    question,
-                    &Answer {
-                        kind: AnswerKind::Gate,
-                        kref: None,
-                        broken: None,
-                        finished: false,
-                    },
-                )?;
+                self.open_answer(peer, question, &Answer::new(AnswerKind::Gate, None))?;
                 self.emit(
                     peer,
-                    &Wire::Return(Return {
-                        answer: question,
-                        release_param_caps: false,
-                        no_finish_needed: false,
-                        outcome: ReturnOutcome::Results {
-                            content: ResultContent::Bootstrap(Some(0)),
-                            caps: vec![CapDescriptor::SenderHosted(GATE_EXPORT_ID)],
-                        },
-                    }),
+                    &return_results(
+                        question,
+                        ResultContent::Bootstrap(Some(0)),
+                        vec![CapDescriptor::SenderHosted(GATE_EXPORT_ID)],
+                    ),
                 );
                 Ok(())
             }
@@ -801,25 +780,16 @@ impl Kernel {
                             self.open_answer(
                                 peer,
                                 question,
-                                &Answer {
-                                    kind: AnswerKind::Restored,
-                                    kref: Some(kref.clone()),
-                                    broken: None,
-                                    finished: false,
-                                },
+                                &Answer::new(AnswerKind::Restored, Some(kref.clone())),
                             )?;
                             let descriptor = self.export_kref(peer, &kref)?;
                             self.emit(
                                 peer,
-                                &Wire::Return(Return {
-                                    answer: question,
-                                    release_param_caps: false,
-                                    no_finish_needed: false,
-                                    outcome: ReturnOutcome::Results {
-                                        content: ResultContent::Restored(Some(0)),
-                                        caps: vec![descriptor],
-                                    },
-                                }),
+                                &return_results(
+                                    question,
+                                    ResultContent::Restored(Some(0)),
+                                    vec![descriptor],
+                                ),
                             );
                             Ok(())
                         }
@@ -860,12 +830,7 @@ impl Kernel {
         self.open_answer(
             peer,
             question,
-            &Answer {
-                kind: AnswerKind::Exo,
-                kref: Some(kp.clone()),
-                broken: None,
-                finished: false,
-            },
+            &Answer::new(AnswerKind::Exo, Some(kp.clone())),
         )?;
         self.state
             .set(&format!("{peer}.ak.{kp}"), &question.to_string())?;
@@ -1303,15 +1268,7 @@ impl Kernel {
                     }
                     _ => None,
                 };
-                Wire::Return(Return {
-                    answer,
-                    release_param_caps: false,
-                    no_finish_needed: false,
-                    outcome: ReturnOutcome::Results {
-                        content: ResultContent::Exo { result, object },
-                        caps,
-                    },
-                })
+                return_results(answer, ResultContent::Exo { result, object }, caps)
             };
             self.emit(peer, &message);
             // The answer's entry (and its reference) stays until the peer's
@@ -1378,6 +1335,15 @@ impl Kernel {
     pub fn take_outbound(&mut self) -> Vec<(String, Vec<u8>)> {
         std::mem::take(&mut self.outbound_ready)
     }
+}
+
+fn return_results(answer: u32, content: ResultContent, caps: Vec<CapDescriptor>) -> Wire {
+    Wire::Return(Return {
+        answer,
+        release_param_caps: false,
+        no_finish_needed: false,
+        outcome: ReturnOutcome::Results { content, caps },
+    })
 }
 
 fn return_exception(answer: u32, reason: &str) -> Wire {

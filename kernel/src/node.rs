@@ -312,10 +312,6 @@ impl<A: Send + 'static> Node<A> {
         &mut self.kernel
     }
 
-    pub fn into_kernel(self) -> Kernel {
-        self.kernel
-    }
-
     pub fn sender(&self) -> NodeSender<A> {
         NodeSender(self.sender.clone())
     }
