@@ -139,6 +139,12 @@ fn protocol<T>(text: impl Into<String>) -> Result<T, MembraneError> {
 
 type Result<T, E = MembraneError> = std::result::Result<T, E>;
 
+/// `VAT_CAPTP_TRACE=1`: every frame in and out, decoded, on stderr (read once).
+fn tracing_frames() -> bool {
+    static TRACING: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *TRACING.get_or_init(|| std::env::var_os("VAT_CAPTP_TRACE").is_some())
+}
+
 pub(crate) fn is_peer(id: &str) -> bool {
     id.starts_with('r')
 }
@@ -280,12 +286,9 @@ impl Kernel {
     /// connected to (their connections died with it); kernel peers' sessions
     /// outlive connections and restarts.
     pub(crate) fn remove_stale_peers(&mut self) -> Result<(), KernelError> {
-        for (key, state) in self.state.scan_prefix("r")? {
-            if let Some(peer) = key.strip_suffix(".state")
-                && is_peer(peer)
-                && !peer.contains('.')
-                && state == "running"
-            {
+        for peer in self.peer_ids()? {
+            if self.state.get(&format!("{peer}.state"))?.as_deref() == Some("running") {
+                let peer = peer.as_str();
                 if self.state.get(&format!("{peer}.did"))?.is_some() {
                     self.state.sessions.insert(peer.to_owned());
                     continue;
@@ -299,16 +302,20 @@ impl Kernel {
         Ok(())
     }
 
+    /// Every peer id ever allocated (`r1` up to `kernel.nextPeer`).
+    fn peer_ids(&self) -> Result<Vec<String>, StoreError> {
+        let next = counter(&self.state, "kernel.nextPeer")?.max(1);
+        Ok((1..next).map(|n| format!("r{n}")).collect())
+    }
+
     /// The peers this kernel knows, connected or not.
     pub fn peers(&self) -> Result<Vec<PeerInfo>, KernelError> {
         let mut peers = Vec::new();
-        for (key, name) in self.state.scan_prefix("r")? {
-            let Some(id) = key.strip_suffix(".name") else {
+        for id in self.peer_ids()? {
+            let id = id.as_str();
+            let Some(name) = self.state.get(&format!("{id}.name"))? else {
                 continue;
             };
-            if id.contains('.') || !is_peer(id) {
-                continue;
-            }
             let get = |field: &str| -> Result<String, KernelError> {
                 Ok(self
                     .state
@@ -332,7 +339,6 @@ impl Kernel {
                 references,
             });
         }
-        peers.sort_by_key(|p| p.id[1..].parse::<u64>().unwrap_or(u64::MAX));
         Ok(peers)
     }
 
@@ -553,7 +559,7 @@ impl Kernel {
         if self.state.get(&format!("{peer}.state"))?.as_deref() != Some("running") {
             return Ok(Some(format!("peer {peer} is disconnected")));
         }
-        if std::env::var_os("VAT_CAPTP_TRACE").is_some() {
+        if tracing_frames() {
             eprintln!("{peer} <- {decoded:?}");
         }
         self.state.store.begin_crank()?;
@@ -1161,7 +1167,7 @@ impl Kernel {
 
     /// Queues a frame to `peer`; it leaves after the crank commits.
     fn emit(&mut self, peer: &str, message: &Wire) {
-        if std::env::var_os("VAT_CAPTP_TRACE").is_some() {
+        if tracing_frames() {
             eprintln!("{peer} -> {message:?}");
         }
         self.state
