@@ -576,6 +576,9 @@ fn the_room_kernel_killed_mid_conversation_loses_and_doubles_nothing() {
     let alice_inbox: Vec<String> =
         serde_json::from_str(&ChatWorld::inbox(&world.alice, 8)).unwrap();
     let bob_inbox: Vec<String> = serde_json::from_str(&ChatWorld::inbox(&world.bob, 8)).unwrap();
+    // Told exactly once each: `told` counts every delivery, duplicates included.
+    assert_eq!(world.alice.ok(&["send", "user", "told"]), "8");
+    assert_eq!(world.bob.ok(&["send", "user", "told"]), "8");
     assert_eq!(
         alice_inbox,
         (1..=8).map(|i| format!("Bob: bob {i}")).collect::<Vec<_>>()

@@ -14,7 +14,8 @@
 //! - `say(text)`: posts to the room it entered; returns the post's number.
 //! - `tell(n, line)`: what the room calls: keeps post `n` once, however
 //!   often it is told (a resent message changes nothing).
-//! - `inbox()`: the posts it was told, in order.
+//! - `inbox()`: the posts it was told, in order; `told()`: how many times
+//!   `tell` was called, duplicates included.
 
 use serde::{Deserialize, Serialize};
 use vom::{Baggage, Durable, Error, MapStore, Ref, Reply, Value, send};
@@ -28,6 +29,9 @@ struct Chat {
     room: Option<Ref>,
     name: String,
     inbox: MapStore<u64, String>,
+    /// How many times `tell` was called, duplicates included.
+    #[serde(default)]
+    told: u64,
 }
 
 #[vom::exo]
@@ -85,6 +89,7 @@ impl Chat {
     }
 
     pub fn tell(&mut self, number: u64, line: String) -> Result<u64, Error> {
+        self.told += 1;
         if !self.inbox.has(&number) {
             self.inbox.init(&number, &line)?;
         }
@@ -93,6 +98,12 @@ impl Chat {
 
     pub fn inbox(&self) -> Vec<String> {
         self.inbox.values().collect()
+    }
+
+    /// How many times this user was told a post (a message delivered twice
+    /// would count twice here, though the inbox keeps each post once).
+    pub fn told(&self) -> u64 {
+        self.told
     }
 }
 
@@ -105,6 +116,7 @@ fn start(baggage: &Baggage) -> Durable<Chat> {
             room: None,
             name: String::new(),
             inbox: MapStore::new(),
+            told: 0,
         })
     })
 }
