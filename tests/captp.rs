@@ -805,3 +805,47 @@ fn a_peer_that_never_finishes_its_questions_hits_answers_per_peer_max() {
     drop(peer);
     home.check();
 }
+
+#[test]
+fn a_call_pipelined_on_an_answer_that_is_the_callers_own_object_arrives_in_order() {
+    use vat_tests::rpc::{call, request, restore, with_gate};
+
+    let home = VatHome::new();
+    home.spawn("holder", "holder");
+    let _daemon = home.start_listening("127.0.0.1:0");
+    let sturdy = captp::sturdy::SturdyRef::parse(&home.ok(&["share", "holder"])).unwrap();
+    let calls = with_gate(&sturdy.address.to_string(), |gate| async move {
+        let holder = restore(&gate, &sturdy.swiss);
+        let calls = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+        let me: captp::exo_capnp::exo::Client = capnp_rpc::new_client(Member {
+            calls: calls.clone(),
+        });
+        // `echo(me)` answers with the caller's own object (in the answer's
+        // cap table as receiverHosted): calls pipelined on the answer travel
+        // to the kernel, which forwards them back to the caller in order.
+        // (capnp-rpc keeps sending later calls through the answer, so this
+        // does not make it embargo; see the closing note.)
+        let echoed = request(
+            &holder,
+            "echo",
+            "#[\"$0.Alleged: member\"]",
+            vec![me.clone()],
+        )
+        .send()
+        .pipeline
+        .get_object();
+        let first = call(&echoed, "first", "#[]", vec![]);
+        let second = call(&echoed, "second", "#[]", vec![]);
+        let (first, second) = futures::join!(first, second);
+        let third = call(&echoed, "third", "#[]", vec![]).await;
+        (calls.borrow().clone(), first, second, third)
+    });
+    let (calls, first, second, third) = calls;
+    assert!(
+        first.is_ok() && second.is_ok() && third.is_ok(),
+        "{first:?} {second:?} {third:?}"
+    );
+    let methods: Vec<&str> = calls.iter().map(|(m, _)| m.as_str()).collect();
+    assert_eq!(methods, ["first", "second", "third"]);
+    home.check();
+}
