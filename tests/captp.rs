@@ -849,3 +849,77 @@ fn a_call_pipelined_on_an_answer_that_is_the_callers_own_object_arrives_in_order
     assert_eq!(methods, ["first", "second", "third"]);
     home.check();
 }
+
+#[test]
+fn a_disembargo_is_reflected_after_the_calls_it_must_not_overtake() {
+    let home = VatHome::new();
+    home.spawn("holder", "holder");
+    let _daemon = home.start_listening("127.0.0.1:0");
+    let sturdy = captp::sturdy::SturdyRef::parse(&home.ok(&["share", "holder"])).unwrap();
+    let mut peer = RawPeer::connect(&sturdy.address.to_string());
+    let holder = peer.restore(&sturdy.swiss);
+    // echo(me): the answer is the peer's own object (its export 50).
+    peer.send(&captp::Message::Call(captp::Call {
+        question: 2,
+        target: captp::Target::Imported(holder),
+        content: captp::CallContent::Exo {
+            method: "echo".into(),
+            args: captp::Body {
+                body: "#[\"$0.Alleged: me\"]".into(),
+                caps: vec![0],
+            },
+        },
+        caps: vec![captp::CapDescriptor::SenderHosted(50)],
+    }));
+    loop {
+        if let Some(captp::Message::Return(ret)) = peer.receive()
+            && ret.answer == 2
+        {
+            break;
+        }
+    }
+    // Having learnt the answer is its own object, a peer embargoes: one
+    // more call through the answer, then a disembargo, in one write.
+    let answer = captp::Target::Answer {
+        question: 2,
+        transform: vec![1],
+    };
+    let mut bytes = captp::wire::encode(&captp::Message::Call(captp::Call {
+        question: 3,
+        target: answer.clone(),
+        content: captp::CallContent::Exo {
+            method: "late".into(),
+            args: captp::Body {
+                body: "#[]".into(),
+                caps: vec![],
+            },
+        },
+        caps: vec![],
+    }));
+    peer.kinds.insert(3, captp::ReturnKind::Exo);
+    bytes.extend(captp::wire::encode(&captp::Message::Disembargo {
+        target: answer,
+        context: captp::Embargo::SenderLoopback(7),
+    }));
+    peer.send_bytes(&bytes);
+    // The call comes back to the peer's object before the reflection.
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        match peer.receive() {
+            Some(captp::Message::Call(call)) => {
+                assert_eq!(call.target, captp::Target::Imported(50));
+                seen.push("late");
+            }
+            Some(captp::Message::Disembargo { target, context }) => {
+                assert_eq!(target, captp::Target::Imported(50));
+                assert_eq!(context, captp::Embargo::ReceiverLoopback(7));
+                seen.push("disembargo");
+            }
+            Some(_) => {}
+            None => panic!("the kernel closed the connection"),
+        }
+    }
+    assert_eq!(seen, ["late", "disembargo"]);
+    drop(peer);
+    home.check();
+}

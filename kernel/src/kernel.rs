@@ -937,6 +937,11 @@ impl Kernel {
         match item {
             RunQueueItem::Send { target, message } => self.route_send(&target, message, 0),
             RunQueueItem::Notify { vat, promise } => self.deliver_notify(&vat, &promise),
+            RunQueueItem::Loopback {
+                peer,
+                export,
+                embargo,
+            } => Ok(self.reflect_disembargo(&peer, export, embargo)),
         }
     }
 

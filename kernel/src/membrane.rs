@@ -695,13 +695,14 @@ impl Kernel {
                 };
                 match back {
                     Some(vref) if vref.starts_with("o+") => {
-                        self.emit(
-                            peer,
-                            &Wire::Disembargo {
-                                target: Target::Imported(ref_id(&vref)),
-                                context: Embargo::ReceiverLoopback(id),
-                            },
-                        );
+                        // Messages for that promise may still wait in the
+                        // run queue, to be forwarded to the peer: the
+                        // reflection goes after them.
+                        self.state.push_run_queue(&RunQueueItem::Loopback {
+                            peer: peer.to_owned(),
+                            export: ref_id(&vref),
+                            embargo: id,
+                        })?;
                         Ok(())
                     }
                     _ => protocol("disembargo target did not resolve to the sender's object"),
@@ -1310,6 +1311,17 @@ impl Kernel {
             );
         }
         Ok(())
+    }
+
+    /// Sends a queued disembargo reflection (see [`RunQueueItem::Loopback`]).
+    pub(crate) fn reflect_disembargo(&mut self, peer: &str, export: u32, embargo: u32) {
+        self.emit(
+            peer,
+            &Wire::Disembargo {
+                target: Target::Imported(export),
+                context: Embargo::ReceiverLoopback(embargo),
+            },
+        );
     }
 
     /// The kernel dropped its last reference to one of the peer's objects.

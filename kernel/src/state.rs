@@ -42,8 +42,22 @@ pub struct Message {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "camelCase")]
 pub enum RunQueueItem {
-    Send { target: String, message: Message },
-    Notify { vat: String, promise: String },
+    Send {
+        target: String,
+        message: Message,
+    },
+    Notify {
+        vat: String,
+        promise: String,
+    },
+    /// Reflect a peer's disembargo (its `senderLoopback` number `embargo`)
+    /// back to it, aimed at its export `export`: queued, so that it leaves
+    /// after every message the run queue already held for it.
+    Loopback {
+        peer: String,
+        export: u32,
+        embargo: u32,
+    },
 }
 
 /// A kernel promise's state.
@@ -96,6 +110,7 @@ pub(crate) fn krefs_in_item(item: &RunQueueItem) -> Vec<&str> {
             .chain(krefs_in_message(message))
             .collect(),
         RunQueueItem::Notify { promise, .. } => vec![promise.as_str()],
+        RunQueueItem::Loopback { .. } => Vec::new(),
     }
 }
 
