@@ -941,7 +941,10 @@ impl Kernel {
                 peer,
                 export,
                 embargo,
-            } => Ok(self.reflect_disembargo(&peer, export, embargo)),
+            } => {
+                self.reflect_disembargo(&peer, export, embargo);
+                Ok(())
+            }
         }
     }
 
