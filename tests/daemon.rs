@@ -84,3 +84,13 @@ fn a_killed_daemon_loses_nothing_committed() {
     assert_eq!(home.integrity(), "ok");
     home.check();
 }
+
+#[test]
+fn a_client_that_connects_and_says_nothing_holds_up_no_one() {
+    let home = VatHome::new();
+    home.spawn("counter", "counter");
+    let _daemon = home.start_daemon();
+    let _silent = std::os::unix::net::UnixStream::connect(home.path().join("vat.sock")).unwrap();
+    assert_eq!(home.ok(&["send", "counter", "increment"]), "1");
+    assert_eq!(home.ok(&["send", "counter", "get"]), "1");
+}

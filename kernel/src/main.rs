@@ -773,12 +773,15 @@ fn serve(path: &Path, lock_wait_ms: u64, listen: Option<&str>) -> Result<Outcome
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(stream) = stream else { continue };
-            let mut line = String::new();
-            let read = BufReader::new((&stream).take(REQUEST_BYTES_MAX)).read_line(&mut line);
-            let command = read.map(|_| serde_json::from_str::<Command>(&line));
-            if !sender.send(CliRequest { command, stream }) {
-                break;
-            }
+            // Each request is read on a thread of its own: a client that
+            // connects and says nothing holds up no one else.
+            let sender = sender.clone();
+            std::thread::spawn(move || {
+                let mut line = String::new();
+                let read = BufReader::new((&stream).take(REQUEST_BYTES_MAX)).read_line(&mut line);
+                let command = read.map(|_| serde_json::from_str::<Command>(&line));
+                sender.send(CliRequest { command, stream });
+            });
         }
     });
     println!(
