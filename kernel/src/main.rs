@@ -25,6 +25,8 @@ use kernel::{
 use serde::{Deserialize, Serialize};
 use vom::Value;
 
+/// How many disconnected peers `vat peers` lists (the most recent).
+const PEERS_GONE_SHOWN: usize = 10;
 /// The daemon's socket, inside the home.
 const SOCKET_FILE: &str = "vat.sock";
 /// The largest request the daemon reads (`request_bytes_max`).
@@ -451,11 +453,23 @@ fn run_command(
             if peers.is_empty() {
                 out.line("no peers");
             }
-            for peer in peers {
+            // Clients that came and went are many and alike: the last few
+            // are shown, the rest counted.
+            let gone: Vec<_> = peers
+                .iter()
+                .filter(|p| p.state.starts_with("disconnected"))
+                .collect();
+            let hidden = gone.len().saturating_sub(PEERS_GONE_SHOWN);
+            let hide: std::collections::HashSet<&str> =
+                gone.iter().take(hidden).map(|p| p.id.as_str()).collect();
+            for peer in peers.iter().filter(|p| !hide.contains(p.id.as_str())) {
                 out.line(format!(
                     "{} {} {} {} references {}",
                     peer.id, peer.direction, peer.name, peer.state, peer.references
                 ));
+            }
+            if hidden > 0 {
+                out.line(format!("(and {hidden} more disconnected peers)"));
             }
         }
         Command::Enliven { .. } => {
