@@ -246,15 +246,12 @@ impl Kernel {
             }
         }
         self.state.set(&format!("{peer}.reason"), reason)?;
-        for (key, text) in self.state.scan_prefix(&format!("{peer}.q."))? {
-            self.state.delete(&key)?;
-            let question: Question = serde_json::from_str(&text)
-                .unwrap_or_else(|e| panic!("kernel invariant: {key} is a question: {e}"));
-            if let Some(kp) = question.result {
-                self.state.delete(&format!("{peer}.qk.{kp}"))?;
-                self.reject_if_unresolved(Some(&kp), reason)?;
-                self.state.decref(&kp)?;
-            }
+        let prefix = format!("{peer}.q.");
+        for (key, _) in self.state.scan_prefix(&prefix)? {
+            let question = key[prefix.len()..]
+                .parse()
+                .unwrap_or_else(|_| panic!("kernel invariant: {key} names a question number"));
+            self.fail_question(peer, question, reason)?;
         }
         for (key, text) in self.state.scan_prefix(&format!("{peer}.a."))? {
             self.state.delete(&key)?;
@@ -925,7 +922,8 @@ impl Kernel {
         Ok(())
     }
 
-    fn fail_question(&mut self, peer: &str, question: u32, reason: &str) -> Result<()> {
+    /// Our question fails: its result promise is rejected with `reason`.
+    fn fail_question(&mut self, peer: &str, question: u32, reason: &str) -> Result<(), StoreError> {
         let key = format!("{peer}.q.{question}");
         let Some(text) = self.state.get(&key)? else {
             return Ok(());

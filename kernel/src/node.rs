@@ -803,14 +803,18 @@ impl<A: Send + 'static> Node<A> {
                     self.dial_failed(&peer, "malformed frame in the handshake");
                     return Ok(());
                 };
-                let Wire::Return(Return {
-                    answer, outcome, ..
-                }) = message
-                else {
-                    if let Wire::Abort { reason } = message {
-                        self.close(number);
-                        self.dial_failed(&peer, &format!("it refused us: {reason}"));
-                    } else {
+                if let Wire::Abort { reason } = &message {
+                    self.close(number);
+                    self.dial_failed(&peer, &format!("it refused us: {reason}"));
+                    return Ok(());
+                }
+                // Anything but the hello and prove answers (the bootstrap's
+                // answer, a stray release) leaves the handshake where it is.
+                let (answer, outcome) = match message {
+                    Wire::Return(Return {
+                        answer, outcome, ..
+                    }) if answer != EPHEMERAL_QUESTION_BASE => (answer, outcome),
+                    _ => {
                         let link = Link::Dialing {
                             peer,
                             did,
@@ -818,19 +822,10 @@ impl<A: Send + 'static> Node<A> {
                             proved,
                         };
                         self.set_link(number, link);
+                        return Ok(());
                     }
-                    return Ok(());
                 };
                 match (answer.wrapping_sub(EPHEMERAL_QUESTION_BASE), outcome) {
-                    (0, _) => {
-                        let link = Link::Dialing {
-                            peer,
-                            did,
-                            nonce,
-                            proved,
-                        };
-                        self.set_link(number, link);
-                    }
                     (
                         1,
                         ReturnOutcome::Results {
