@@ -190,15 +190,24 @@ fn a_reference_held_only_by_resolution_data_survives_until_read() {
 }
 
 #[test]
-fn a_terminated_importer_lets_go_of_its_imports() {
+fn a_removed_importer_lets_go_of_its_imports() {
     let scene = Scene::new();
     scene.send(&["a", "take", "e", "x", "x"]);
     scene.send(&["a", "holdDurably", "kept", "e"]);
     let x = scene.the_object();
     assert_eq!(scene.counts(&x), (1, 1));
+    // A trap fails that one message; the vat and what it holds stay.
     let err = scene.home.fails(&["send", "a", "trap"]);
-    assert!(err.contains("vat v2 terminated"), "{err}");
-    // Its c-list is deleted (a slice at a time), and with it the reference.
+    assert!(err.contains("a.trap failed in vat v2 and was rolled back"), "{err}");
+    assert_eq!(scene.counts(&x), (1, 1));
+    // Terminated, it still holds its imports (its data is kept)...
+    scene.home.ok(&["terminate", "a"]);
+    let err = scene.home.fails(&["send", "a", "describe"]);
+    assert!(err.contains("vat v2 (a) was terminated by its owner"), "{err}");
+    assert_eq!(scene.counts(&x), (1, 1));
+    scene.home.check();
+    // ...until `vat rm` deletes its c-list (a slice at a time), and with it the reference.
+    scene.home.ok(&["rm", "a"]);
     scene.expect_collected();
     assert!(
         scene.home.dump().iter().all(|(k, _)| !k.starts_with("v2.")
@@ -209,8 +218,11 @@ fn a_terminated_importer_lets_go_of_its_imports() {
             || k.starts_with("v2.options")
             || k.starts_with("v2.incarnation")
             || k.starts_with("v2.next")),
-        "a terminated vat keeps only its record"
+        "a removed vat keeps only its record"
     );
+    assert!(scene.home.ok(&["list"]).contains("v2 a root ko2 removed ("));
+    let err = scene.home.fails(&["resume", "a"]);
+    assert!(err.contains("was removed"), "{err}");
 }
 
 #[test]
@@ -218,10 +230,9 @@ fn an_object_whose_exporter_was_terminated_goes_when_its_importers_let_go() {
     let scene = Scene::new();
     scene.send(&["a", "take", "e", "x", "x"]);
     let x = scene.the_object();
-    let err = scene.home.fails(&["send", "e", "trap"]);
-    assert!(err.contains("vat v1 terminated"), "{err}");
+    scene.home.ok(&["terminate", "e"]);
     let err = scene.home.fails(&["send", "a", "call", "x", "describe"]);
-    assert!(err.contains("vat v1 terminated"), "{err}");
+    assert!(err.contains("vat v1 (e) was terminated by its owner"), "{err}");
     assert_eq!(scene.counts(&x), (1, 1));
     scene.send(&["a", "drop", "x"]);
     assert_eq!(

@@ -1,5 +1,6 @@
 //! A property test of the kernel's garbage collection: random sequences of
-//! takes, gives, drops, promise queueing and settlement, and terminations
+//! takes, gives, drops, promise queueing and settlement, traps (a rolled-back
+//! message and a fresh worker), and vats terminated and removed
 //! across three holder vats (and an exporter), with the kernel's invariants
 //! (`vat check`: every count recounted from the store) after every step, and
 //! everything the exporter made freed once the survivors let go.
@@ -30,7 +31,10 @@ enum Op {
     Fire(usize, usize, usize),
     /// `decider` rejects `promise`.
     Fail(usize, usize),
-    Terminate(usize),
+    /// `vat` traps: the message is rolled back, its heap lost.
+    Trap(usize),
+    /// `vat` is terminated and removed (`vat terminate`, `vat rm`).
+    Remove(usize),
     Collect,
 }
 
@@ -46,7 +50,8 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (vat.clone(), promise.clone(), name.clone()).prop_map(|(v, p, n)| Op::QueueOn(v, p, n)),
         2 => (vat.clone(), promise.clone(), vat.clone()).prop_map(|(d, p, t)| Op::Fire(d, p, t)),
         1 => (vat.clone(), promise.clone()).prop_map(|(d, p)| Op::Fail(d, p)),
-        1 => vat.prop_map(Op::Terminate),
+        1 => vat.clone().prop_map(Op::Trap),
+        1 => vat.prop_map(Op::Remove),
         1 => Just(Op::Collect),
     ]
 }
@@ -67,8 +72,11 @@ impl World {
         let store = SwingStore::open(&dir.path().join("store.sqlite"), Durability::Normal).unwrap();
         let mut kernel = Kernel::new(store, CommitPolicy::GROUPED).unwrap();
         kernel.set_module_cache(cache.to_owned());
+        // Traps never add up to a suspension here: every vat must take part
+        // in the final letting go.
         let options = VatOptions {
             worker: WorkerKind::Thread,
+            faults_in_a_row_max: u32::MAX,
             ..VatOptions::default()
         };
         let roots = ["e", "a", "b", "c"]
@@ -132,7 +140,14 @@ impl World {
                 let args = vec![s(PROMISES[p]), s("no")];
                 self.send_to(d, "fail", args);
             }
-            Op::Terminate(v) => self.send_to(v, "trap", vec![]),
+            Op::Trap(v) => self.send_to(v, "trap", vec![]),
+            Op::Remove(v) => {
+                // Already removed: refused, and nothing changes.
+                if self.kernel.terminate_vat_by_owner(VATS[v]).is_ok() {
+                    self.kernel.remove_vat(VATS[v]).unwrap();
+                    self.kernel.finish_cleanup().unwrap();
+                }
+            }
             Op::Collect => {
                 self.kernel.collect_vat_garbage("e").unwrap();
             }

@@ -1,6 +1,8 @@
 //! Hostile guests: each gets its documented one-line error, the vats beside
-//! it keep working, and the store stays sound. Workers are processes (the
-//! default) unless a case says otherwise.
+//! it keep working, and the store stays sound. A guest that breaks a limit
+//! or traps has that message rolled back and keeps running; one that breaks
+//! the ABI (a forged reference, a malformed syscall) is terminated, its data
+//! kept. Workers are processes (the default) unless a case says otherwise.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -71,8 +73,9 @@ impl Scene {
         self.home.fails(&["send", name, "poke"])
     }
 
-    /// The bystander still answers, the hostile vat is terminated, and the store is sound.
-    fn assert_contained(&self, name: &str, expected: &str) {
+    /// The bystander still answers, the hostile vat is in `state` (with the
+    /// reason `expected` when terminated), and the store is sound.
+    fn assert_contained(&self, name: &str, state: Fate, expected: &str) {
         let count: u64 = self.home.ok(&["send", "counter", "get"]).parse().unwrap();
         assert_eq!(
             self.home.ok(&["send", "counter", "increment"]),
@@ -83,23 +86,41 @@ impl Scene {
             .lines()
             .find(|l| l.contains(&format!(" {name} root ")))
             .unwrap();
-        assert!(
-            line.contains("terminated") && line.contains(expected),
-            "{line}"
-        );
+        match state {
+            Fate::RolledBack => assert!(line.contains(" running "), "{line}"),
+            Fate::Terminated => assert!(
+                line.contains(" terminated (") && line.contains(expected),
+                "{line}"
+            ),
+        }
         assert_eq!(self.home.integrity(), "ok");
         self.home.check();
     }
 }
 
-fn case(name: &str, wat_text: &str, flags: &[&str], expected: &str) {
+/// What a hostile delivery costs its vat.
+#[derive(Clone, Copy)]
+enum Fate {
+    /// The message fails, rolled back; the vat runs on.
+    RolledBack,
+    /// An ABI violation: the vat is terminated, its data kept.
+    Terminated,
+}
+
+fn case(name: &str, wat_text: &str, flags: &[&str], expected: &str, fate: Fate) {
     let scene = Scene::new();
     let err = scene.poke(name, wat_text, flags);
     assert!(
         err.contains(expected),
         "{name}: {err:?} should contain {expected:?}"
     );
-    scene.assert_contained(name, expected);
+    if let Fate::RolledBack = fate {
+        assert!(
+            err.contains(&format!("{name}.poke failed in vat v2 and was rolled back")),
+            "{err}"
+        );
+    }
+    scene.assert_contained(name, fate, expected);
 }
 
 #[test]
@@ -109,6 +130,7 @@ fn an_infinite_loop_runs_out_of_fuel() {
         &guest("", "(loop $l (br $l))", ""),
         &["--fuel", "20000000"],
         "fuel_per_delivery (20000000)",
+        Fate::RolledBack,
     );
 }
 
@@ -120,6 +142,7 @@ fn an_infinite_loop_with_endless_fuel_meets_the_deadline() {
         &guest("", "(loop $l (br $l))", ""),
         &flags,
         "deadline_ms (300 ms)",
+        Fate::RolledBack,
     );
 }
 
@@ -131,6 +154,7 @@ fn an_infinite_loop_in_a_thread_worker_is_stopped_too() {
         &guest("", "(loop $l (br $l))", ""),
         &flags,
         "fuel_per_delivery (20000000)",
+        Fate::RolledBack,
     );
 }
 
@@ -142,6 +166,7 @@ fn a_memory_bomb_hits_the_memory_limit() {
         &guest("", bomb, ""),
         &["--memory-bytes", "16777216"],
         "memory_bytes_max (16777216 bytes)",
+        Fate::RolledBack,
     );
 }
 
@@ -153,6 +178,7 @@ fn unbounded_recursion_traps() {
         &guest("", "(call $down)", recurse),
         &[],
         "call stack exhausted",
+        Fate::RolledBack,
     );
 }
 
@@ -165,6 +191,7 @@ fn a_forged_reference_terminates_the_vat() {
         &syscall_guest("send", forged),
         &[],
         "vref o-99 is not in the c-list of v2",
+        Fate::Terminated,
     );
 }
 
@@ -176,6 +203,7 @@ fn a_forged_reference_in_arguments_terminates_the_vat() {
         &syscall_guest("send", forged),
         &[],
         "vref o-7 is not in the c-list of v2",
+        Fate::Terminated,
     );
 }
 
@@ -186,6 +214,7 @@ fn a_malformed_syscall_payload_terminates_the_vat() {
         &syscall_guest("send", "{not json"),
         &[],
         "malformed send payload",
+        Fate::Terminated,
     );
 }
 
@@ -197,6 +226,7 @@ fn resolving_a_promise_it_does_not_decide_terminates_the_vat() {
         &syscall_guest("resolve", stolen),
         &[],
         "not in the c-list of v2",
+        Fate::Terminated,
     );
 }
 
@@ -211,11 +241,12 @@ fn an_oversized_result_is_refused() {
         &syscall_guest("resolve", &huge),
         &["--message-bytes", "4096"],
         "exceeds message_bytes_max (4096)",
+        Fate::RolledBack,
     );
 }
 
 #[test]
-fn too_many_syscalls_terminate_the_vat() {
+fn too_many_syscalls_fail_the_delivery() {
     let chatter = guest(
         r#"(import "vat" "vatstore_get" (func $get (param i32 i32) (result i32)))"#,
         "(loop $l (drop (call $get (i32.const 0) (i32.const 1))) (br $l))",
@@ -226,6 +257,7 @@ fn too_many_syscalls_terminate_the_vat() {
         &chatter,
         &["--syscalls-max", "1000"],
         "syscalls_per_delivery_max (1000)",
+        Fate::RolledBack,
     );
 }
 
@@ -324,7 +356,7 @@ fn a_killed_worker_loses_what_its_vat_awaited_in_memory() {
 }
 
 #[test]
-fn a_worker_that_dies_twice_on_one_delivery_terminates_its_vat() {
+fn a_worker_that_dies_twice_on_one_delivery_fails_that_message() {
     let scene = Scene::new();
     let spinner = scene.module("spin", &guest("", "(loop $l (br $l))", ""));
     let flags = ["--fuel", "18000000000000000000", "--deadline-ms", "60000"];
@@ -353,8 +385,8 @@ fn a_worker_that_dies_twice_on_one_delivery_terminates_its_vat() {
     assert!(!out.status.success());
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(
-        err.contains("vat v2 terminated: worker process died"),
+        err.contains("spin.poke failed in vat v2 and was rolled back: worker process died"),
         "{err}"
     );
-    scene.assert_contained("spin", "worker process died");
+    scene.assert_contained("spin", Fate::RolledBack, "worker process died");
 }

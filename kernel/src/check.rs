@@ -12,7 +12,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use vom::CapData;
 
-use crate::state::{GcAction, KernelState, Message, RunQueueItem, krefs_in_item, krefs_in_message};
+use crate::state::{
+    GcAction, KernelState, Message, RunQueueItem, VatState, krefs_in_item, krefs_in_message,
+};
 
 fn id_of(text: &str, prefix: &str) -> Option<u64> {
     text.strip_prefix(prefix)?.parse().ok()
@@ -308,11 +310,16 @@ impl Checker<'_> {
             if self.get(&format!("{vat}.name")) != Some(name.as_str()) {
                 self.problem(format!("vat name {name} maps to {vat}, whose name differs"));
             }
-            match self.get(&format!("{vat}.state")) {
-                Some("running") => {}
-                Some("terminated") if self.kv.contains_key(&format!("{vat}.reason")) => {}
-                Some("terminated") => self.problem(format!("{vat} is terminated with no reason")),
-                other => self.problem(format!("{vat} has state {other:?}")),
+            let state = self.get(&format!("{vat}.state")).map(str::to_owned);
+            match state.as_deref().and_then(VatState::parse) {
+                Some(VatState::Running) => {}
+                Some(_) if self.kv.contains_key(&format!("{vat}.reason")) => {}
+                Some(state) => self.problem(format!("{vat} is {state} with no reason")),
+                None => self.problem(format!("{vat} has state {state:?}")),
+            }
+            let cleaning = self.kv.contains_key(&format!("cleanup.{vat}"));
+            if cleaning && state.as_deref() != Some(VatState::Removed.as_str()) {
+                self.problem(format!("{vat} is being deleted but was not removed"));
             }
             match self.get(&format!("{vat}.bundle")) {
                 Some(cid) if bundles.contains(cid) => {}

@@ -16,7 +16,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::{Value as Json, json};
 use vom::{CapData, Value};
 
-use vat_supervisor::{Limits, SyscallHandler, ThreadWorker, VatModule, WasmHost, Worker};
+use vat_supervisor::{
+    Limits, SyscallHandler, SyscallRefusal, ThreadWorker, VatModule, WasmHost, Worker,
+};
 use vom::abi::{Delivery, Syscall, SyscallResult};
 
 use crate::ipvm::{self, Input, Job, JobContext, TaskKind};
@@ -47,7 +49,7 @@ struct PureHandler {
 const PURE_RESULT: &str = "p-1";
 
 impl SyscallHandler for PureHandler {
-    fn syscall(&mut self, call: Syscall) -> Result<SyscallResult, String> {
+    fn syscall(&mut self, call: Syscall) -> Result<SyscallResult, SyscallRefusal> {
         match call {
             Syscall::VatstoreGet { key } => Ok(self.vatstore.get(&key).cloned()),
             Syscall::VatstoreSet { key, value } => {
@@ -66,10 +68,10 @@ impl SyscallHandler for PureHandler {
             Syscall::Resolve { resolutions } => {
                 for resolution in resolutions {
                     if resolution.promise != PURE_RESULT || self.answer.is_some() {
-                        return Err(format!(
+                        return Err(SyscallRefusal::Illegal(format!(
                             "a pure task may only answer once ({} is not its result)",
                             resolution.promise
-                        ));
+                        )));
                     }
                     self.answer = Some((resolution.rejected, resolution.data));
                 }
@@ -79,7 +81,9 @@ impl SyscallHandler for PureHandler {
             | Syscall::RetireImports { .. }
             | Syscall::RetireExports { .. } => Ok(None),
             Syscall::Send { .. } | Syscall::Subscribe { .. } | Syscall::Exit { .. } => {
-                Err("a pure task may not send messages or await anything".to_owned())
+                Err(SyscallRefusal::Illegal(
+                    "a pure task may not send messages or await anything".to_owned(),
+                ))
             }
         }
     }

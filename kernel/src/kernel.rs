@@ -10,19 +10,21 @@ use serde::{Deserialize, Serialize};
 
 use swingstore::{StoreError, SwingStore};
 use vat_supervisor::{
-    Limits, ModuleSource, ProcessWorker, SupervisorError, SyscallHandler, ThreadWorker, VatFault,
-    VatModule, WasmHost, Worker,
+    FaultClass, Limits, ModuleSource, ProcessWorker, SupervisorError, SyscallHandler,
+    SyscallRefusal, ThreadWorker, VatFault, VatModule, WasmHost, Worker,
 };
 use vom::abi::{Delivery, Resolution, Syscall, SyscallResult};
 use vom::{CapData, Value};
 
 use crate::membrane::is_peer;
-use crate::state::{GcAction, KernelState, Message, PromiseState, RunQueueItem};
+use crate::state::{GcAction, KernelState, Message, PromiseState, RunQueueItem, VatState};
 
 /// The longest chain of promises forwarded to promises that routing follows.
 pub const FORWARDING_DEPTH_MAX: usize = 100;
 /// The most vatstore bytes (key plus value) one entry may hold.
 pub const VATSTORE_ENTRY_BYTES_MAX: usize = 1 << 20;
+/// Default for [`VatOptions::faults_in_a_row_max`].
+pub const FAULTS_IN_A_ROW_MAX_DEFAULT: u32 = 5;
 
 /// Errors at the kernel boundary: bad requests and I/O. Broken invariants panic.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +47,14 @@ pub enum KernelError {
     UnknownVat(String),
     #[error("vat {name:?} is not running: {reason}")]
     VatNotRunning { name: String, reason: String },
+    #[error("vat {name:?} is {state}, not suspended: only a suspended vat resumes")]
+    NotSuspended { name: String, state: VatState },
+    #[error("vat {name:?} is running: `vat terminate {name}` first, then `vat rm {name}`")]
+    StillRunning { name: String },
+    #[error("vat {name:?} was removed (`vat rm`): its data is gone")]
+    Removed { name: String },
+    #[error("resume of {name:?} failed, it stays suspended: {fault}")]
+    ResumeFailed { name: String, fault: VatFault },
     #[error("upgrade of {name:?} failed, the old version keeps running: {fault}")]
     UpgradeFailed { name: String, fault: VatFault },
     #[error("the run queue emptied before {0} settled")]
@@ -107,6 +117,14 @@ pub struct VatOptions {
     /// than queued in the kernel. vom vats accept them.
     #[serde(default)]
     pub pipelining: bool,
+    /// `faults_in_a_row_max`: after this many faulted deliveries in a row
+    /// (each rolled back) the vat is suspended, its data kept.
+    #[serde(default = "faults_in_a_row_max_default")]
+    pub faults_in_a_row_max: u32,
+}
+
+fn faults_in_a_row_max_default() -> u32 {
+    FAULTS_IN_A_ROW_MAX_DEFAULT
 }
 
 impl Default for VatOptions {
@@ -120,6 +138,7 @@ impl Default for VatOptions {
             message_bytes_max: limits.message_bytes_max,
             syscalls_per_delivery_max: limits.syscalls_per_delivery_max,
             pipelining: true,
+            faults_in_a_row_max: FAULTS_IN_A_ROW_MAX_DEFAULT,
         }
     }
 }
@@ -143,8 +162,11 @@ pub struct VatInfo {
     pub name: String,
     pub bundle: String,
     pub root: String,
-    pub state: String,
+    pub state: VatState,
     pub reason: Option<String>,
+    /// For a vat that is not running: how many vatstore entries it keeps,
+    /// and their bytes (keys and values).
+    pub kept: Option<(u64, u64)>,
     pub worker: WorkerKind,
     /// The worker process's id, while this kernel runs one for the vat.
     pub worker_pid: Option<u32>,
@@ -176,6 +198,16 @@ pub struct Kernel {
     /// How each session's connection is doing, as the network side last
     /// said (memory only: it is about this process's connections).
     pub(crate) peer_links: HashMap<String, String>,
+    /// Each running worker's `message_bytes_max`, so an oversized delivery
+    /// is refused before it reaches the worker.
+    message_bytes_max: HashMap<String, usize>,
+    /// Vats whose last deliveries faulted, and how many in a row (mirrors
+    /// `v<N>.faults`, so a delivery that succeeds writes nothing unless
+    /// there is a count to clear).
+    faults_in_a_row: HashMap<String, u32>,
+    /// Vats whose last GC or `bringOutYourDead` delivery faulted once: the
+    /// next fault of such a delivery suspends them.
+    side_faulted: std::collections::HashSet<String>,
 }
 
 /// A vat gets a `bringOutYourDead` delivery after this many other deliveries.
@@ -273,6 +305,9 @@ impl Kernel {
             pure_task_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             outbound_ready: Vec::new(),
             peer_links: HashMap::new(),
+            message_bytes_max: HashMap::new(),
+            faults_in_a_row: HashMap::new(),
+            side_faulted: Default::default(),
         })
     }
 
@@ -403,7 +438,7 @@ impl Kernel {
         let vat = self.state.allocate_vat_id()?;
         self.state.set(&format!("{vat}.name"), name)?;
         self.state.set(&format!("{vat}.bundle"), &cid)?;
-        self.state.set(&format!("{vat}.state"), "running")?;
+        self.state.set_vat_state(&vat, VatState::Running, None)?;
         let options_text =
             serde_json::to_string(&options).expect("kernel invariant: options serialize");
         self.state.set(&format!("{vat}.options"), &options_text)?;
@@ -469,6 +504,14 @@ impl Kernel {
         syscalls.finish()?;
         outcome.map_err(WorkerStartError::Fault)?;
         self.workers.insert(vat.to_owned(), worker);
+        self.message_bytes_max
+            .insert(vat.to_owned(), options.message_bytes_max);
+        if let Some(count) = self.state.get(&faults_key(vat))? {
+            let count = count
+                .parse()
+                .unwrap_or_else(|_| panic!("kernel invariant: {vat}.faults is a number"));
+            self.faults_in_a_row.insert(vat.to_owned(), count);
+        }
         // A vat's heap is a cache: what it awaited in memory died with its
         // previous worker, so the promises it decided can no longer be kept.
         let key = format!("{vat}.incarnation");
@@ -495,17 +538,158 @@ impl Kernel {
 
     fn running_vat_id(&self, name: &str) -> Result<String, KernelError> {
         let vat = self.vat_id(name)?;
-        if self.state.get(&format!("{vat}.state"))?.as_deref() != Some("running") {
-            let reason = self
-                .state
-                .get(&format!("{vat}.reason"))?
-                .unwrap_or_default();
+        if self.state.vat_state(&vat)? != VatState::Running {
             return Err(KernelError::VatNotRunning {
                 name: name.to_owned(),
-                reason,
+                reason: self.vat_reason(&vat)?,
             });
         }
         Ok(vat)
+    }
+
+    fn vat_reason(&self, vat: &str) -> Result<String, StoreError> {
+        Ok(self
+            .state
+            .get(&format!("{vat}.reason"))?
+            .unwrap_or_default())
+    }
+
+    /// The id of vat `name`, which still has its data (any state but removed).
+    fn kept_vat_id(&self, name: &str) -> Result<String, KernelError> {
+        let vat = self.vat_id(name)?;
+        if self.state.vat_state(&vat)? == VatState::Removed {
+            return Err(KernelError::Removed {
+                name: name.to_owned(),
+            });
+        }
+        Ok(vat)
+    }
+
+    /// Restarts suspended vat `name` on its bundle and its kept state, in one
+    /// crank: if its start faults again, nothing changes. Promises settled
+    /// while it slept are told to it afresh.
+    pub fn resume_vat(&mut self, name: &str) -> Result<(), KernelError> {
+        let vat = self.vat_id(name)?;
+        let state = self.state.vat_state(&vat)?;
+        if state != VatState::Suspended {
+            return Err(KernelError::NotSuspended {
+                name: name.to_owned(),
+                state,
+            });
+        }
+        self.commit()?;
+        self.state.store.begin_crank()?;
+        self.workers.remove(&vat);
+        let started = self.revive_in_crank(&vat);
+        match started {
+            Ok(()) => {
+                self.state.end_crank()?;
+                self.commit()
+            }
+            Err(e) => {
+                self.state.abort_crank()?;
+                self.workers.remove(&vat);
+                Err(match e {
+                    WorkerStartError::Fault(fault) => KernelError::ResumeFailed {
+                        name: name.to_owned(),
+                        fault,
+                    },
+                    WorkerStartError::Kernel(e) => e,
+                })
+            }
+        }
+    }
+
+    /// Marks `vat` running with no faults counted, starts its worker, and
+    /// queues a notify for each settled promise its c-list still names (it
+    /// was not told while it was not running).
+    fn revive_in_crank(&mut self, vat: &str) -> Result<(), WorkerStartError> {
+        self.state.set_vat_state(vat, VatState::Running, None)?;
+        self.clear_faults(vat)?;
+        self.side_faulted.remove(vat);
+        self.ensure_worker(vat)?;
+        let prefix = format!("{vat}.c.kp");
+        for (key, _) in self.state.scan_prefix(&prefix)? {
+            let kpid = &key[prefix.len() - 2..];
+            if !matches!(
+                self.state.promise_state(kpid)?,
+                Some(PromiseState::Unresolved) | None
+            ) {
+                self.state.push_run_queue(&RunQueueItem::Notify {
+                    vat: vat.to_owned(),
+                    promise: kpid.to_owned(),
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends vat `name` (running or suspended) at its owner's request: its
+    /// worker stops, the promises it decided are rejected, messages to it
+    /// are refused. Its data stays until [`Self::remove_vat`].
+    pub fn terminate_vat_by_owner(&mut self, name: &str) -> Result<(), KernelError> {
+        let vat = self.kept_vat_id(name)?;
+        if self.state.vat_state(&vat)? == VatState::Terminated {
+            return Ok(());
+        }
+        self.commit()?;
+        self.state.store.begin_crank()?;
+        let reason = format!(
+            "vat {vat} ({name}) was terminated by its owner (`vat terminate`); its data is kept until `vat rm {name}`"
+        );
+        let ended = self.terminate_vat(&vat, &reason);
+        self.end_admin_crank(ended.map_err(KernelError::from))
+    }
+
+    /// Deletes the data of vat `name`, which is not running: its c-list
+    /// (releasing what it imported) and its vatstore, a slice per crank.
+    /// Its record stays, so its name and id are not reused.
+    pub fn remove_vat(&mut self, name: &str) -> Result<(), KernelError> {
+        let vat = self.kept_vat_id(name)?;
+        if self.state.vat_state(&vat)? == VatState::Running {
+            return Err(KernelError::StillRunning {
+                name: name.to_owned(),
+            });
+        }
+        self.commit()?;
+        self.state.store.begin_crank()?;
+        let removed = self.remove_in_crank(&vat, name);
+        self.end_admin_crank(removed.map_err(KernelError::from))
+    }
+
+    /// Runs every pending slice of removed vats' deletion, a commit after
+    /// each (a daemon instead runs them between other cranks).
+    pub fn finish_cleanup(&mut self) -> Result<(), KernelError> {
+        while self.cleanup_step()? {
+            self.commit()?;
+        }
+        Ok(())
+    }
+
+    fn remove_in_crank(&mut self, vat: &str, name: &str) -> Result<(), StoreError> {
+        self.workers.remove(vat);
+        let reason = format!("vat {vat} ({name}) was removed (`vat rm`): its data is deleted");
+        self.reject_decided_promises(vat, &reason)?;
+        self.state
+            .set_vat_state(vat, VatState::Removed, Some(&reason))?;
+        self.clear_faults(vat)?;
+        self.state.cleanup_maybe = true;
+        self.state.set(&format!("cleanup.{vat}"), "")
+    }
+
+    /// Ends an administrative crank begun by the caller: kept and committed
+    /// when `outcome` is Ok, aborted otherwise.
+    fn end_admin_crank(&mut self, outcome: Result<(), KernelError>) -> Result<(), KernelError> {
+        match outcome {
+            Ok(()) => {
+                self.state.end_crank()?;
+                self.commit()
+            }
+            Err(e) => {
+                self.state.abort_crank()?;
+                Err(e)
+            }
+        }
     }
 
     /// Upgrades vat `name` to `wasm`: stops it, swaps its bundle and starts the
@@ -515,7 +699,8 @@ impl Kernel {
     /// promises the vat decided are rejected: their awaits died with its heap.
     /// Returns the new bundle's CID.
     pub fn upgrade_vat(&mut self, name: &str, wasm: &[u8]) -> Result<String, KernelError> {
-        let vat = self.running_vat_id(name)?;
+        // A suspended or terminated vat is revived by new code on its kept state.
+        let vat = self.kept_vat_id(name)?;
         let cid = swingstore::cid_of(wasm).to_string();
         let module = match self.modules.get(&cid) {
             Some(module) => module.clone(),
@@ -562,7 +747,7 @@ impl Kernel {
         self.state.set(&format!("{vat}.bundle"), cid)?;
         let reason = format!("vat {vat} upgraded: the promises it decided were lost with its heap");
         self.reject_decided_promises(vat, &reason)?;
-        self.ensure_worker(vat)
+        self.revive_in_crank(vat)
     }
 
     /// Delivers pending GC actions, then `bringOutYourDead` to vat `name` in a
@@ -583,13 +768,18 @@ impl Kernel {
     }
 
     fn bring_out_your_dead(&mut self, vat: &str) -> Result<(), KernelError> {
-        self.state.store.begin_crank()?;
-        let delivered = match self.ensure_worker(vat) {
-            Ok(()) => self.deliver(vat, &Delivery::BringOutYourDead),
-            Err(e) => Err(e.into_crank_error(vat)),
-        };
         self.deliveries_since_collection.remove(vat);
-        self.finish_side_crank(delivered)
+        // A fault is retried once in a fresh worker; a second one suspends the vat.
+        loop {
+            self.state.store.begin_crank()?;
+            let delivered = match self.ensure_worker(vat) {
+                Ok(()) => self.deliver(vat, &Delivery::BringOutYourDead),
+                Err(e) => Err(e.into_crank_error(vat)),
+            };
+            if self.finish_side_crank(delivered)? {
+                return Ok(());
+            }
+        }
     }
 
     /// Lets go of a result promise from [`Self::queue_message`], once read;
@@ -809,23 +999,60 @@ impl Kernel {
         })
     }
 
-    /// Ends a crank that is not a run-queue item's (GC, cleanup,
-    /// `bringOutYourDead`): a fault terminates the vat in a crank of its own.
-    fn finish_side_crank(&mut self, delivered: Result<(), CrankError>) -> Result<(), KernelError> {
+    /// Ends a crank that is not a run-queue item's (GC, `bringOutYourDead`).
+    /// A fault rolls it back; the first is retried (returns false: the
+    /// caller delivers again, in a fresh worker), the second suspends the vat
+    /// in a crank of its own (an ABI violation terminates it). Returns
+    /// whether the delivery is done with.
+    fn finish_side_crank(
+        &mut self,
+        delivered: Result<(), CrankError>,
+    ) -> Result<bool, KernelError> {
         match delivered {
-            Ok(()) => Ok(self.state.end_crank()?),
-            Err(CrankError::Fault { vat, fault }) => {
+            Ok(()) => {
+                self.state.end_crank()?;
+                Ok(true)
+            }
+            Err(CrankError::Refused { vat, .. }) | Err(CrankError::Fault { vat, .. })
+                if self.side_faulted.insert(vat.clone()) =>
+            {
                 self.state.abort_crank()?;
-                self.workers.remove(&vat);
+                self.discard_worker(&vat);
+                Ok(false)
+            }
+            Err(CrankError::Fault {
+                vat,
+                fault,
+                at_start,
+            }) => {
+                self.state.abort_crank()?;
+                self.discard_worker(&vat);
+                self.side_faulted.remove(&vat);
                 self.state.store.begin_crank()?;
-                self.terminate_vat(&vat, &format!("vat {vat} terminated: {fault}"))?;
-                Ok(self.state.end_crank()?)
+                self.fault_in_crank(&vat, FaultedWork::Housekeeping, &fault, at_start)?;
+                self.state.end_crank()?;
+                Ok(true)
+            }
+            Err(CrankError::Refused { vat, reason }) => {
+                self.state.abort_crank()?;
+                self.side_faulted.remove(&vat);
+                let fault = VatFault::LimitExceeded(reason);
+                self.state.store.begin_crank()?;
+                self.fault_in_crank(&vat, FaultedWork::Housekeeping, &fault, false)?;
+                self.state.end_crank()?;
+                Ok(true)
             }
             Err(CrankError::Kernel(e)) => {
                 self.state.abort_crank()?;
                 Err(e)
             }
         }
+    }
+
+    /// Drops `vat`'s worker: after a fault its heap may be half-updated.
+    fn discard_worker(&mut self, vat: &str) {
+        self.workers.remove(vat);
+        self.message_bytes_max.remove(vat);
     }
 
     /// Deletes up to [`CLEANUP_ENTRIES_PER_CRANK_MAX`] keys of a terminated
@@ -893,44 +1120,139 @@ impl Kernel {
         };
         let mut retried = false;
         loop {
-            match self.crank(item.clone()) {
+            let failed = match self.crank(item.clone()) {
                 Ok(()) => {
                     self.state.end_crank()?;
-                    break;
-                }
-                Err(CrankError::Fault { vat, fault }) => {
-                    // The crank is undone entirely. A worker that died (not the
-                    // guest's doing, perhaps) gets one retry from committed
-                    // state; otherwise the message is settled and the vat
-                    // terminated in a crank of their own.
-                    self.state.abort_crank()?;
-                    self.workers.remove(&vat);
-                    self.state.store.begin_crank()?;
-                    let popped = self.state.pop_run_queue()?;
-                    assert_eq!(
-                        popped.as_ref(),
-                        Some(&item),
-                        "kernel invariant: a faulted crank's item is still at the head"
-                    );
-                    if matches!(fault, VatFault::WorkerDied(_)) && !retried {
-                        retried = true;
-                        continue;
-                    }
-                    let reason = format!("vat {vat} terminated: {fault}");
-                    self.terminate_vat(&vat, &reason)?;
-                    if let RunQueueItem::Send { message, .. } = &item {
-                        self.reject_if_unresolved(message.result.as_deref(), &reason)?;
-                    }
-                    self.state.end_crank()?;
-                    break;
+                    return Ok(true);
                 }
                 Err(CrankError::Kernel(e)) => {
                     self.state.abort_crank()?;
                     return Err(e);
                 }
+                Err(failed) => failed,
+            };
+            // The crank is undone entirely, and the item taken again in a
+            // crank of its own that records what became of it.
+            self.state.abort_crank()?;
+            self.state.store.begin_crank()?;
+            let popped = self.state.pop_run_queue()?;
+            assert_eq!(
+                popped.as_ref(),
+                Some(&item),
+                "kernel invariant: a faulted crank's item is still at the head"
+            );
+            match failed {
+                CrankError::Refused { reason, .. } => {
+                    // The guest never saw it: its worker is as good as before.
+                    if let RunQueueItem::Send { message, .. } = &item {
+                        self.reject_if_unresolved(message.result.as_deref(), &reason)?;
+                    }
+                }
+                CrankError::Fault {
+                    vat,
+                    fault,
+                    at_start,
+                } => {
+                    self.discard_worker(&vat);
+                    // A worker that died (not the guest's doing, perhaps) and a
+                    // notify (the vat cannot be told again later) get one
+                    // retry in a fresh worker, from committed state.
+                    let retry = fault.class() == FaultClass::Worker
+                        || matches!(item, RunQueueItem::Notify { .. });
+                    if retry && !retried {
+                        retried = true;
+                        continue;
+                    }
+                    let work = match &item {
+                        RunQueueItem::Send { message, .. } => FaultedWork::Message(message),
+                        _ => FaultedWork::Notify,
+                    };
+                    let reason = self.fault_in_crank(&vat, work, &fault, at_start)?;
+                    if let RunQueueItem::Send { message, .. } = &item {
+                        self.reject_if_unresolved(message.result.as_deref(), &reason)?;
+                    }
+                }
+                CrankError::Kernel(_) => unreachable!("returned above"),
             }
+            self.state.end_crank()?;
+            return Ok(true);
         }
-        Ok(true)
+    }
+
+    /// Records, in the current crank, that `work` faulted in `vat` (its own
+    /// crank was rolled back): the vat is terminated for an ABI violation,
+    /// suspended for a start that faulted, a notify or housekeeping that
+    /// faulted twice, or `faults_in_a_row_max` faulted deliveries, and
+    /// otherwise keeps running. Returns the reason to reject a message with.
+    fn fault_in_crank(
+        &mut self,
+        vat: &str,
+        work: FaultedWork<'_>,
+        fault: &VatFault,
+        at_start: bool,
+    ) -> Result<String, KernelError> {
+        let name = self.vat_name(vat)?;
+        if fault.class() == FaultClass::Abi {
+            let reason = format!(
+                "vat {vat} ({name}) terminated: {fault}; its data is kept until `vat rm {name}`"
+            );
+            self.terminate_vat(vat, &reason)?;
+            return Ok(reason);
+        }
+        let revive = format!(
+            "its data is kept: `vat resume {name}` restarts it, `vat upgrade {name} FIXED.wasm` revives it with new code"
+        );
+        let count = self.faults_in_a_row.get(vat).copied().unwrap_or(0) + 1;
+        let max = self.vat_options(vat)?.faults_in_a_row_max;
+        let why = match (&work, at_start) {
+            (_, true) => Some(format!("its start faulted: {fault}")),
+            (FaultedWork::Notify, _) => Some(format!("a notify faulted twice: {fault}")),
+            (FaultedWork::Housekeeping, _) => {
+                Some(format!("a GC delivery faulted twice: {fault}"))
+            }
+            (FaultedWork::Message(_), _) if count >= max => Some(format!(
+                "{count} deliveries in a row faulted (faults_in_a_row_max {max}), the last: {fault}"
+            )),
+            (FaultedWork::Message(_), _) => None,
+        };
+        let failed = match &work {
+            FaultedWork::Message(message) => format!(
+                "{name}.{} failed in vat {vat} and was rolled back: {fault}",
+                message.method
+            ),
+            _ => String::new(),
+        };
+        let Some(why) = why else {
+            self.state.set(&faults_key(vat), &count.to_string())?;
+            self.faults_in_a_row.insert(vat.to_owned(), count);
+            return Ok(failed);
+        };
+        let reason = format!("vat {vat} ({name}) is suspended: {why}; {revive}");
+        self.suspend_vat(vat, &reason)?;
+        Ok(if failed.is_empty() { reason } else { format!("{failed}; {reason}") })
+    }
+
+    fn vat_name(&self, vat: &str) -> Result<String, StoreError> {
+        Ok(self
+            .state
+            .get(&format!("{vat}.name"))?
+            .unwrap_or_else(|| panic!("kernel invariant: vat {vat} has a name")))
+    }
+
+    /// Marks `vat` suspended and rejects the promises it decided (they were
+    /// awaited on the heap its worker took with it). Everything else stays.
+    fn suspend_vat(&mut self, vat: &str, reason: &str) -> Result<(), StoreError> {
+        self.discard_worker(vat);
+        self.state
+            .set_vat_state(vat, VatState::Suspended, Some(reason))?;
+        self.clear_faults(vat)?;
+        self.reject_decided_promises(vat, reason)
+    }
+
+    /// Forgets `vat`'s count of faults in a row.
+    fn clear_faults(&mut self, vat: &str) -> Result<(), StoreError> {
+        self.faults_in_a_row.remove(vat);
+        self.state.delete(&faults_key(vat))
     }
 
     fn crank(&mut self, item: RunQueueItem) -> Result<(), CrankError> {
@@ -994,10 +1316,7 @@ impl Kernel {
             panic!("kernel invariant: queued messages target known objects ({target})")
         });
         if self.state.get(&format!("{owner}.state"))?.as_deref() != Some("running") {
-            let why = self
-                .state
-                .get(&format!("{owner}.reason"))?
-                .unwrap_or_default();
+            let why = self.vat_reason(&owner)?;
             return Ok(self.reject_if_unresolved(message.result.as_deref(), &why)?);
         }
         self.deliver_message(&owner, target, message)
@@ -1067,17 +1386,35 @@ impl Kernel {
         let data = self.export_capdata(vat, &data)?;
         // The vat forgets a promise once told how it settled; so does its c-list.
         self.state.clist_remove(vat, kpid)?;
-        let delivery = Delivery::Notify {
+        let mut delivery = Delivery::Notify {
             resolutions: vec![Resolution {
-                promise: vpid,
+                promise: vpid.clone(),
                 rejected,
                 data,
             }],
         };
+        // A settlement too large for the vat is told as a rejection that
+        // says so: it can never be delivered as it is.
+        if let Some(reason) = self.oversized(vat, &delivery) {
+            let reason = format!("the settlement of {kpid} cannot be delivered: {reason}");
+            delivery = Delivery::Notify {
+                resolutions: vec![Resolution {
+                    promise: vpid,
+                    rejected: true,
+                    data: error_capdata(&reason),
+                }],
+            };
+        }
         self.deliver(vat, &delivery)
     }
 
     fn deliver(&mut self, vat: &str, delivery: &Delivery) -> Result<(), CrankError> {
+        if let Some(reason) = self.oversized(vat, delivery) {
+            return Err(CrankError::Refused {
+                vat: vat.to_owned(),
+                reason,
+            });
+        }
         let worker = self
             .workers
             .get_mut(vat)
@@ -1092,9 +1429,45 @@ impl Kernel {
                 self.deliveries_since_collection.insert(vat.to_owned(), 1);
             }
         }
-        outcome.map_err(|fault| CrankError::Fault {
-            vat: vat.to_owned(),
-            fault,
+        match outcome {
+            Ok(()) if self.faults_in_a_row.contains_key(vat) => Ok(self.clear_faults(vat)?),
+            Ok(()) => Ok(()),
+            Err(fault) => Err(CrankError::Fault {
+                vat: vat.to_owned(),
+                fault,
+                at_start: false,
+            }),
+        }
+    }
+
+    /// Why `delivery` is too large for `vat`'s worker, if it is. Measured
+    /// exactly (as the worker will encode it) only when a cheap bound says
+    /// it might be: JSON escaping at most sextuples a byte.
+    fn oversized(&self, vat: &str, delivery: &Delivery) -> Option<String> {
+        let max = *self
+            .message_bytes_max
+            .get(vat)
+            .expect("kernel invariant: a vat's worker runs before delivery");
+        let capdata_bytes = |data: &CapData| {
+            data.body.len() * 6 + data.slots.iter().map(|s| s.len() + 3).sum::<usize>()
+        };
+        let bound = 256
+            + match delivery {
+                Delivery::Message { args, method, .. } => capdata_bytes(args) + method.len() * 6,
+                Delivery::Notify { resolutions } => resolutions
+                    .iter()
+                    .map(|r| capdata_bytes(&r.data) + 64)
+                    .sum(),
+                _ => return None,
+            };
+        if bound <= max {
+            return None;
+        }
+        let bytes = serde_json::to_vec(delivery)
+            .expect("kernel invariant: deliveries serialize")
+            .len();
+        (bytes > max).then(|| {
+            format!("the delivery to vat {vat} is {bytes} bytes, over its message_bytes_max ({max})")
         })
     }
 
@@ -1139,14 +1512,13 @@ impl Kernel {
     }
 
     /// Marks `vat` terminated and rejects every promise it decides. Its
-    /// c-list and vatstore are deleted afterwards, a slice per crank.
+    /// c-list and vatstore are kept until `vat rm` ([`Self::remove_vat`]).
     fn terminate_vat(&mut self, vat: &str, reason: &str) -> Result<(), StoreError> {
-        self.workers.remove(vat);
-        self.state.set(&format!("{vat}.state"), "terminated")?;
-        self.state.set(&format!("{vat}.reason"), reason)?;
-        self.reject_decided_promises(vat, reason)?;
-        self.state.cleanup_maybe = true;
-        self.state.set(&format!("cleanup.{vat}"), "")
+        self.discard_worker(vat);
+        self.state
+            .set_vat_state(vat, VatState::Terminated, Some(reason))?;
+        self.clear_faults(vat)?;
+        self.reject_decided_promises(vat, reason)
     }
 
     /// Rejects every unresolved promise `vat` decides.
@@ -1213,7 +1585,7 @@ impl Kernel {
     /// fail at its next delivery, where faults are handled.
     pub fn start_workers(&mut self) -> Result<(), KernelError> {
         for vat in self.vats()? {
-            if vat.state != "running" || self.workers.contains_key(&vat.id) {
+            if vat.state != VatState::Running || self.workers.contains_key(&vat.id) {
                 continue;
             }
             self.state.store.begin_crank()?;
@@ -1282,14 +1654,19 @@ impl Kernel {
         for (key, id) in self.state.scan_prefix("vat.name.")? {
             let name = key["vat.name.".len()..].to_owned();
             let field = |f: &str| self.state.get(&format!("{id}.{f}"));
+            let state = self.state.vat_state(&id)?;
             vats.push(VatInfo {
+                kept: match state {
+                    VatState::Running => None,
+                    _ => Some(self.vatstore_size(&id)?),
+                },
                 bundle: field("bundle")?.unwrap_or_default(),
-                // A terminated vat's c-list is deleted; its pet name remains.
+                // A removed vat's c-list is deleted; its pet name remains.
                 root: match self.state.clist_kref(&id, vom::runtime::ROOT_VREF)? {
                     Some(kref) => kref,
                     None => self.state.get(&format!("pet.{name}"))?.unwrap_or_default(),
                 },
-                state: field("state")?.unwrap_or_default(),
+                state,
                 reason: field("reason")?,
                 worker: self.vat_options(&id)?.worker,
                 worker_pid: self.workers.get(&id).and_then(|w| w.pid()),
@@ -1299,6 +1676,17 @@ impl Kernel {
         }
         vats.sort_by_key(|v| v.id[1..].parse::<u64>().unwrap_or(u64::MAX));
         Ok(vats)
+    }
+
+    /// How many entries `vat`'s vatstore holds, and their bytes.
+    fn vatstore_size(&self, vat: &str) -> Result<(u64, u64), KernelError> {
+        let prefix = format!("{vat}.vs.");
+        let entries = self.state.scan_prefix(&prefix)?;
+        let bytes = entries
+            .iter()
+            .map(|(k, v)| (k.len() - prefix.len() + v.len()) as u64)
+            .sum();
+        Ok((entries.len() as u64, bytes))
     }
 }
 
@@ -1325,15 +1713,38 @@ impl WorkerStartError {
             WorkerStartError::Fault(fault) => CrankError::Fault {
                 vat: vat.to_owned(),
                 fault,
+                at_start: true,
             },
             WorkerStartError::Kernel(e) => CrankError::Kernel(e),
         }
     }
 }
 
+/// Why a crank did not end: the caller aborts it, then decides.
 enum CrankError {
-    Fault { vat: String, fault: VatFault },
+    /// The vat's guest faulted (in its start, when `at_start`).
+    Fault {
+        vat: String,
+        fault: VatFault,
+        at_start: bool,
+    },
+    /// The delivery was refused before the guest saw it (it breaks a limit).
+    Refused { vat: String, reason: String },
+    /// The kernel failed (its store): not the vat's doing.
     Kernel(KernelError),
+}
+
+/// What a faulted delivery was, which decides what the fault costs the vat.
+enum FaultedWork<'a> {
+    Message(&'a Message),
+    Notify,
+    /// GC actions and `bringOutYourDead`.
+    Housekeeping,
+}
+
+/// The key of `vat`'s count of faulted deliveries in a row.
+fn faults_key(vat: &str) -> String {
+    format!("{vat}.faults")
 }
 
 impl From<StoreError> for CrankError {
@@ -1476,7 +1887,7 @@ impl<'a> VatSyscalls<'a> {
             Syscall::VatstoreGet { key } => Ok(self.state.get(&self.vatstore_key(&key))?),
             Syscall::VatstoreSet { key, value } => {
                 if key.len() + value.len() > VATSTORE_ENTRY_BYTES_MAX {
-                    return Err(Refusal::Illegal(format!(
+                    return Err(Refusal::Limit(format!(
                         "vatstore entry of {} bytes exceeds VATSTORE_ENTRY_BYTES_MAX ({VATSTORE_ENTRY_BYTES_MAX})",
                         key.len() + value.len()
                     )));
@@ -1621,6 +2032,9 @@ impl<'a> VatSyscalls<'a> {
 }
 
 enum Refusal {
+    /// A named limit: the delivery fails as for any other limit.
+    Limit(String),
+    /// A reference or promise the vat may not name: an ABI violation.
     Illegal(String),
     Store(StoreError),
 }
@@ -1632,14 +2046,16 @@ impl From<StoreError> for Refusal {
 }
 
 impl SyscallHandler for VatSyscalls<'_> {
-    fn syscall(&mut self, call: Syscall) -> Result<SyscallResult, String> {
+    fn syscall(&mut self, call: Syscall) -> Result<SyscallResult, SyscallRefusal> {
         match self.handle(call) {
             Ok(result) => Ok(result),
-            Err(Refusal::Illegal(reason)) => Err(reason),
+            Err(Refusal::Limit(reason)) => Err(SyscallRefusal::Limit(reason)),
+            Err(Refusal::Illegal(reason)) => Err(SyscallRefusal::Illegal(reason)),
             Err(Refusal::Store(e)) => {
+                // Not the vat's doing: `finish` hands the kernel this error first.
                 let reason = format!("kernel store failed: {e}");
                 self.store_error = Some(e);
-                Err(reason)
+                Err(SyscallRefusal::Illegal(reason))
             }
         }
     }

@@ -26,4 +26,4 @@ pub use kernel::{
     CommitPolicy, Kernel, KernelError, VatInfo, VatOptions, WorkerKind, check_name, is_kref,
 };
 pub use membrane::{ANSWERS_PER_PEER_MAX, PeerInfo, REFERENCES_PER_PEER_MAX};
-pub use state::PromiseState;
+pub use state::{PromiseState, VatState};

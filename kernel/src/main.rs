@@ -89,6 +89,11 @@ enum Command {
         /// than pipelining them to the vat.
         #[arg(long)]
         no_pipelining: bool,
+        /// Suspend the vat after this many faulted deliveries in a row
+        /// (faults_in_a_row_max); each is rolled back, and its data is kept.
+        #[arg(long, default_value_t = VatOptions::default().faults_in_a_row_max,
+              value_parser = clap::value_parser!(u32).range(1..))]
+        faults_in_a_row_max: u32,
     },
     /// Send METHOD(ARGS) to TARGET, run the kernel until the result settles, print it.
     ///
@@ -118,6 +123,27 @@ enum Command {
         name: String,
         /// The new version's Wasm module.
         module: PathBuf,
+    },
+    /// Restart suspended vat NAME on its module and its kept state.
+    ///
+    /// A vat is suspended when its start faults or too many deliveries in a
+    /// row fault; nothing of it is lost. To run new code instead, use
+    /// `vat upgrade NAME FIXED.wasm`.
+    Resume {
+        /// The vat's name.
+        name: String,
+    },
+    /// End vat NAME: its worker stops and messages to it are rejected. Its
+    /// data is kept (`vat list` shows its size) until `vat rm NAME`.
+    Terminate {
+        /// The vat's name.
+        name: String,
+    },
+    /// Delete the data of vat NAME, which must be suspended or terminated
+    /// (`vat terminate NAME` first): its vatstore and c-list, for good.
+    Rm {
+        /// The vat's name.
+        name: String,
     },
     /// Have vat NAME delete the durable objects nothing refers to any more
     /// (a `bringOutYourDead` delivery; the kernel also sends one every
@@ -298,7 +324,14 @@ fn dispatch(cli: Cli) -> Result<Outcome> {
             }
             let home = Home::open(&cli.home, cli.lock_wait_ms)?;
             let mut kernel = home.kernel(CommitPolicy::GROUPED)?;
-            Ok(execute(&home, &mut kernel, &command))
+            let outcome = execute(&home, &mut kernel, &command);
+            if let Command::Rm { .. } = command
+                && !outcome.failed
+            {
+                // No daemon runs the deletion between other work: do it now.
+                kernel.finish_cleanup()?;
+            }
+            Ok(outcome)
         }
     }
 }
@@ -360,6 +393,7 @@ fn run_command(
             message_bytes,
             syscalls_max,
             no_pipelining,
+            faults_in_a_row_max,
         } => {
             let wasm = std::fs::read(module)
                 .with_context(|| format!("cannot read {}", module.display()))?;
@@ -374,6 +408,7 @@ fn run_command(
                 message_bytes_max: *message_bytes,
                 syscalls_per_delivery_max: *syscalls_max,
                 pipelining: !*no_pipelining,
+                faults_in_a_row_max: *faults_in_a_row_max,
             };
             let root = kernel
                 .spawn_vat(name, &wasm, options)
@@ -391,6 +426,20 @@ fn run_command(
                 .with_context(|| format!("cannot read {}", module.display()))?;
             let cid = kernel.upgrade_vat(name, &wasm)?;
             out.line(format!("upgraded {name} to bundle {cid}"));
+        }
+        Command::Resume { name } => {
+            kernel.resume_vat(name)?;
+            out.line(format!("resumed {name}"));
+        }
+        Command::Terminate { name } => {
+            kernel.terminate_vat_by_owner(name)?;
+            out.line(format!(
+                "terminated {name}; its data is kept until `vat rm {name}`"
+            ));
+        }
+        Command::Rm { name } => {
+            kernel.remove_vat(name)?;
+            out.line(format!("removed {name}: its data is being deleted"));
         }
         Command::Collect { name } => {
             kernel.collect_vat_garbage(name)?;
@@ -414,14 +463,20 @@ fn run_command(
             }
             for vat in vats {
                 let reason = vat.reason.map(|r| format!(" ({r})")).unwrap_or_default();
+                let kept = match vat.kept {
+                    Some((entries, bytes)) if vat.state != kernel::VatState::Removed => {
+                        format!(" keeps {entries} vatstore entries ({bytes} bytes)")
+                    }
+                    _ => String::new(),
+                };
                 let worker = match (vat.worker, vat.worker_pid) {
                     (WorkerKind::Process, Some(pid)) => format!("process (pid {pid})"),
                     (WorkerKind::Process, None) => "process".to_owned(),
                     (WorkerKind::Thread, _) => "thread".to_owned(),
                 };
                 out.line(format!(
-                    "{} {} root {} {}{} worker {} bundle {}",
-                    vat.id, vat.name, vat.root, vat.state, reason, worker, vat.bundle
+                    "{} {} root {} {}{}{} worker {} bundle {}",
+                    vat.id, vat.name, vat.root, vat.state, reason, kept, worker, vat.bundle
                 ));
             }
             let names = kernel.pet_names()?;

@@ -9,7 +9,7 @@
 //! | `ko<N>.owner` | the vat that exports object `ko<N>` |
 //! | `ko<N>.refs` | `<reachable>,<recognizable>`: how many places can reach it and recognize it |
 //! | `gc.<action>.<vat>.<kref>` | a pending GC action (`drop`, `retire`: to the exporter; `retireImport`: to an importer, value its vref) |
-//! | `cleanup.<vat>` | a terminated vat whose c-list and vatstore are still being deleted |
+//! | `cleanup.<vat>` | a removed vat (`vat rm`) whose c-list and vatstore are still being deleted |
 //! | `kp<N>.state` | `unresolved`, `fulfilled` or `rejected` |
 //! | `kp<N>.decider` | the vat that may resolve it (absent: the kernel) |
 //! | `kp<N>.subscribers` | comma-separated vats to notify |
@@ -17,7 +17,8 @@
 //! | `kp<N>.data` | the settlement's capdata (krefs in its slots) |
 //! | `kp<N>.refs` | how many places refer to it (c-lists, run queue, queues, data, pet names, pins) |
 //! | `kp<N>.pinned` | present while a host (the CLI) waits for its settlement |
-//! | `v<N>.name`, `.bundle`, `.state`, `.reason`, `.options` | the vat's record |
+//! | `v<N>.name`, `.bundle`, `.state`, `.reason`, `.options` | the vat's record ([`VatState`] in `.state`) |
+//! | `v<N>.faults` | how many deliveries in a row faulted (absent: none) |
 //! | `v<N>.nextObject` / `v<N>.nextPromise` | next import ids (`o-N`, `p-N`) |
 //! | `v<N>.c.<kref>` | `R <vref>` (reachable) or `_ <vref>` (recognizable only) |
 //! | `v<N>.c.<vref>` | `<kref>` |
@@ -58,6 +59,51 @@ pub enum RunQueueItem {
         export: u32,
         embargo: u32,
     },
+}
+
+/// Where a vat is in its life, as `v<N>.state` records it. Only `Removed`
+/// loses data, and only `vat rm` leads there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VatState {
+    /// Deliveries reach it.
+    Running,
+    /// Its start faulted, or too many deliveries in a row did: everything is
+    /// kept, messages to it are rejected until `vat resume` or `vat upgrade`.
+    Suspended,
+    /// It broke the ABI, or its owner ended it: everything is kept (other
+    /// vats' references stay valid, messages are rejected) until `vat rm`.
+    Terminated,
+    /// `vat rm` deleted its c-list and vatstore (a slice per crank).
+    Removed,
+}
+
+impl VatState {
+    /// The word stored in `v<N>.state` and shown by `vat list`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VatState::Running => "running",
+            VatState::Suspended => "suspended",
+            VatState::Terminated => "terminated",
+            VatState::Removed => "removed",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<VatState> {
+        [
+            VatState::Running,
+            VatState::Suspended,
+            VatState::Terminated,
+            VatState::Removed,
+        ]
+        .into_iter()
+        .find(|state| state.as_str() == text)
+    }
+}
+
+impl std::fmt::Display for VatState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// A kernel promise's state.
@@ -152,6 +198,28 @@ fn parse_counter(key: &str, text: Option<String>) -> u64 {
 }
 
 impl KernelState {
+    /// The state of vat `vat`, which exists.
+    pub(crate) fn vat_state(&self, vat: &str) -> StoreResult<VatState> {
+        let text = self.get(&format!("{vat}.state"))?;
+        Ok(text.as_deref().and_then(VatState::parse).unwrap_or_else(|| {
+            panic!("kernel invariant: {vat}.state is a vat state, not {text:?}")
+        }))
+    }
+
+    /// Records `vat`'s new state and why (no reason: running again).
+    pub(crate) fn set_vat_state(
+        &mut self,
+        vat: &str,
+        state: VatState,
+        reason: Option<&str>,
+    ) -> StoreResult<()> {
+        self.set(&format!("{vat}.state"), state.as_str())?;
+        match reason {
+            Some(reason) => self.set(&format!("{vat}.reason"), reason),
+            None => self.delete(&format!("{vat}.reason")),
+        }
+    }
+
     pub(crate) fn get(&self, key: &str) -> StoreResult<Option<String>> {
         self.store.get(key)
     }

@@ -60,6 +60,7 @@ struct Fault {
     illegalSyscall @4;
     abiViolation @5;
     exit @6;
+    limitExceeded @7;   # A limit the guest ran into; the message names it.
   }
 }
 

@@ -102,8 +102,41 @@ pub enum VatFault {
     IllegalSyscall(String),
     /// The guest broke the ABI (bad buffers, a non-zero `vat_deliver` status...).
     AbiViolation(String),
-    /// The guest asked to exit.
+    /// The guest asked to exit (vom does so on a panic, with its message and location).
     Exit { failure: bool, reason: String },
+    /// The delivery broke a named limit the guest controls (a syscall payload
+    /// over `message_bytes_max`, `syscalls_per_delivery_max`, or a kernel
+    /// limit such as `VATSTORE_ENTRY_BYTES_MAX`); the reason names it.
+    LimitExceeded(String),
+}
+
+/// Who is to blame for a fault, which decides what the kernel does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultClass {
+    /// The guest's own bug or a limit it ran into (a panic, a trap, fuel,
+    /// memory, a deadline, an oversized payload): its delivery is rolled back.
+    Guest,
+    /// The worker process died: perhaps not the guest's doing, so worth one retry.
+    Worker,
+    /// The guest broke the ABI (forged or malformed references, bad buffers):
+    /// only a hostile or broken program does that.
+    Abi,
+}
+
+impl VatFault {
+    /// Who is to blame for this fault.
+    pub fn class(&self) -> FaultClass {
+        match self {
+            VatFault::Trap(_)
+            | VatFault::OutOfFuel { .. }
+            | VatFault::MemoryLimit { .. }
+            | VatFault::Deadline { .. }
+            | VatFault::Exit { .. }
+            | VatFault::LimitExceeded(_) => FaultClass::Guest,
+            VatFault::WorkerDied(_) => FaultClass::Worker,
+            VatFault::IllegalSyscall(_) | VatFault::AbiViolation(_) => FaultClass::Abi,
+        }
+    }
 }
 
 impl fmt::Display for VatFault {
@@ -132,6 +165,7 @@ impl fmt::Display for VatFault {
                 failure: false,
                 reason,
             } => write!(f, "vat exited: {reason}"),
+            VatFault::LimitExceeded(reason) => f.write_str(reason),
         }
     }
 }
@@ -157,10 +191,38 @@ pub enum SupervisorError {
     Engine(String),
 }
 
+/// Why the kernel refused a syscall; either way the guest traps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyscallRefusal {
+    /// The syscall breaks a named limit (the reason names it): the guest's
+    /// delivery fails, as for any other limit.
+    Limit(String),
+    /// The syscall names what the vat may not (a forged or malformed
+    /// reference, a promise it does not decide): an ABI violation.
+    Illegal(String),
+}
+
+impl SyscallRefusal {
+    /// The fault the refused syscall ends its delivery with.
+    pub fn into_fault(self) -> VatFault {
+        match self {
+            SyscallRefusal::Limit(reason) => VatFault::LimitExceeded(reason),
+            SyscallRefusal::Illegal(reason) => VatFault::IllegalSyscall(reason),
+        }
+    }
+
+    /// The reason, as the guest is told it.
+    pub fn reason(&self) -> &str {
+        match self {
+            SyscallRefusal::Limit(reason) | SyscallRefusal::Illegal(reason) => reason,
+        }
+    }
+}
+
 /// The kernel's side of a delivery: answers the guest's syscalls.
 pub trait SyscallHandler {
     /// Carries out `call`. An `Err` refuses it: the guest traps with that reason.
-    fn syscall(&mut self, call: Syscall) -> Result<SyscallResult, String>;
+    fn syscall(&mut self, call: Syscall) -> Result<SyscallResult, SyscallRefusal>;
 }
 
 /// A running vat, however it is hosted.
@@ -439,9 +501,14 @@ fn memory_of(caller: &mut Caller<'_, HostState>) -> Result<Memory, VatFault> {
 
 fn read_guest(caller: &mut Caller<'_, HostState>, ptr: i32, len: i32) -> Result<Vec<u8>, VatFault> {
     let max = caller.data().message_bytes_max;
-    if len < 0 || len as usize > max {
-        return Err(VatFault::IllegalSyscall(format!(
-            "payload of {len} bytes exceeds message_bytes_max ({max})"
+    if len < 0 {
+        return Err(VatFault::AbiViolation(format!(
+            "payload length {len} is negative"
+        )));
+    }
+    if len as usize > max {
+        return Err(VatFault::LimitExceeded(format!(
+            "syscall payload of {len} bytes exceeds message_bytes_max ({max})"
         )));
     }
     let memory = memory_of(caller)?;
@@ -476,7 +543,7 @@ fn call_handler(
         let max = state.syscalls_per_delivery_max;
         return Err(refuse(
             caller,
-            VatFault::IllegalSyscall(format!(
+            VatFault::LimitExceeded(format!(
                 "delivery exceeded syscalls_per_delivery_max ({max})"
             )),
         ));
@@ -491,7 +558,7 @@ fn call_handler(
     let handler = unsafe { &mut *handler };
     handler
         .syscall(call)
-        .map_err(|reason| refuse(caller, VatFault::IllegalSyscall(reason)))
+        .map_err(|refusal| refuse(caller, refusal.into_fault()))
 }
 
 /// Hands a syscall's result to the guest: its length now, its bytes on `read_result`.
@@ -772,7 +839,7 @@ impl Worker for ThreadWorker {
         let bytes =
             serde_json::to_vec(delivery).expect("vat-supervisor invariant: deliveries serialize");
         if bytes.len() > self.limits.message_bytes_max {
-            return Err(VatFault::AbiViolation(format!(
+            return Err(VatFault::LimitExceeded(format!(
                 "delivery of {} bytes exceeds message_bytes_max ({})",
                 bytes.len(),
                 self.limits.message_bytes_max
@@ -862,9 +929,9 @@ mod tests {
         wat::parse_str(MINIMAL.replace("VERSION", &version.to_string())).unwrap()
     }
 
-    struct Recorder(Vec<Syscall>, Result<(), String>);
+    struct Recorder(Vec<Syscall>, Result<(), SyscallRefusal>);
     impl SyscallHandler for Recorder {
-        fn syscall(&mut self, call: Syscall) -> Result<SyscallResult, String> {
+        fn syscall(&mut self, call: Syscall) -> Result<SyscallResult, SyscallRefusal> {
             self.0.push(call);
             self.1.clone().map(|()| None)
         }
@@ -908,7 +975,8 @@ mod tests {
         let host = host();
         let module = host.compile(&minimal(ABI_VERSION)).unwrap();
         let mut worker = ThreadWorker::start(&host, &module, Limits::default()).unwrap();
-        let mut recorder = Recorder(Vec::new(), Err("vref o-9 is not in the c-list".into()));
+        let refusal = SyscallRefusal::Illegal("vref o-9 is not in the c-list".into());
+        let mut recorder = Recorder(Vec::new(), Err(refusal));
         let fault = worker
             .deliver(&Delivery::start_vat(), &mut recorder)
             .unwrap_err();
@@ -916,6 +984,19 @@ mod tests {
             fault,
             VatFault::IllegalSyscall("vref o-9 is not in the c-list".into())
         );
+        assert_eq!(fault.class(), FaultClass::Abi);
+        // A refusal for a limit is the guest's fault, not an ABI violation.
+        let refusal = SyscallRefusal::Limit("entry exceeds ENTRY_BYTES_MAX (8)".into());
+        let mut recorder = Recorder(Vec::new(), Err(refusal));
+        let mut worker = ThreadWorker::start(&host, &module, Limits::default()).unwrap();
+        let fault = worker
+            .deliver(&Delivery::start_vat(), &mut recorder)
+            .unwrap_err();
+        assert_eq!(
+            fault,
+            VatFault::LimitExceeded("entry exceeds ENTRY_BYTES_MAX (8)".into())
+        );
+        assert_eq!(fault.class(), FaultClass::Guest);
     }
 
     fn spinning_module() -> Vec<u8> {

@@ -14,7 +14,10 @@ use capnp::serialize;
 use vom::abi::{Delivery, Syscall, SyscallResult};
 
 use crate::worker_capnp::{fault, from_worker, start, syscall_result, to_worker};
-use crate::{Limits, SupervisorError, SyscallHandler, ThreadWorker, VatFault, WasmHost, Worker};
+use crate::{
+    Limits, SupervisorError, SyscallHandler, SyscallRefusal, ThreadWorker, VatFault, WasmHost,
+    Worker,
+};
 
 /// The protocol version both sides must speak (`protocolVersion` in the schema).
 pub const PROTOCOL_VERSION: u32 = crate::worker_capnp::PROTOCOL_VERSION;
@@ -145,7 +148,7 @@ impl ProcessWorker {
     fn apply(
         calls: capnp::text_list::Reader<'_>,
         handler: &mut dyn SyscallHandler,
-    ) -> Result<Result<SyscallResult, String>, VatFault> {
+    ) -> Result<Result<SyscallResult, SyscallRefusal>, VatFault> {
         let mut last = Ok(None);
         for text in calls.iter() {
             let text = owned_text(text)?;
@@ -177,6 +180,7 @@ fn fault_from_wire(fault: fault::Reader<'_>) -> Result<VatFault, VatFault> {
             failure: fault.get_failure(),
             reason: message,
         },
+        fault::Kind::LimitExceeded => VatFault::LimitExceeded(message),
     })
 }
 
@@ -201,6 +205,7 @@ fn fault_to_wire(fault: &VatFault, mut wire: fault::Builder<'_>) {
         VatFault::IllegalSyscall(m) => (fault::Kind::IllegalSyscall, m.clone(), 0, false),
         VatFault::AbiViolation(m) => (fault::Kind::AbiViolation, m.clone(), 0, false),
         VatFault::Exit { failure, reason } => (fault::Kind::Exit, reason.clone(), 0, *failure),
+        VatFault::LimitExceeded(m) => (fault::Kind::LimitExceeded, m.clone(), 0, false),
     };
     wire.set_kind(kind);
     wire.set_message(message.as_str());
@@ -225,6 +230,9 @@ impl Worker for ProcessWorker {
             .init_root::<to_worker::Builder>()
             .set_deliver(json.as_str());
         write_frame(&mut self.to_worker, &message)?;
+        // A refusal the guest was told of ends the delivery with the guest's
+        // fault report; the kernel's own account of why it refused wins.
+        let mut refused: Option<SyscallRefusal> = None;
         loop {
             let frame =
                 serialize::read_message(&mut self.from_worker, self.options).map_err(|e| {
@@ -241,10 +249,11 @@ impl Worker for ProcessWorker {
                 from_worker::Syscalls(batch) => {
                     let batch = batch.map_err(protocol_error)?;
                     let outcome = Self::apply(batch.get_calls().map_err(protocol_error)?, handler)?;
-                    if let Err(reason) = &outcome
-                        && !batch.get_awaits_result()
-                    {
-                        return Err(VatFault::IllegalSyscall(reason.clone()));
+                    if let Err(refusal) = &outcome {
+                        if !batch.get_awaits_result() {
+                            return Err(refusal.clone().into_fault());
+                        }
+                        refused = Some(refusal.clone());
                     }
                     if batch.get_awaits_result() {
                         let mut reply = Builder::new_default();
@@ -254,17 +263,18 @@ impl Worker for ProcessWorker {
                         match &outcome {
                             Ok(None) => result.set_none(()),
                             Ok(Some(value)) => result.set_value(value.as_str()),
-                            Err(reason) => result.set_refused(reason.as_str()),
+                            Err(refusal) => result.set_refused(refusal.reason()),
                         }
                         write_frame(&mut self.to_worker, &reply)?;
                     }
                 }
                 from_worker::Delivered(calls) => {
                     let outcome = Self::apply(calls.map_err(protocol_error)?, handler)?;
-                    return outcome.map(|_| ()).map_err(VatFault::IllegalSyscall);
+                    return outcome.map(|_| ()).map_err(SyscallRefusal::into_fault);
                 }
                 from_worker::Fault(fault) => {
-                    return Err(fault_from_wire(fault.map_err(protocol_error)?)?);
+                    let reported = fault_from_wire(fault.map_err(protocol_error)?)?;
+                    return Err(refused.map_or(reported, SyscallRefusal::into_fault));
                 }
                 _ => return Err(protocol_error("unexpected frame during a delivery")),
             }
@@ -325,7 +335,7 @@ impl<R: Read, W: Write> PipeSyscalls<'_, R, W> {
 }
 
 impl<R: Read, W: Write> SyscallHandler for PipeSyscalls<'_, R, W> {
-    fn syscall(&mut self, call: Syscall) -> Result<SyscallResult, String> {
+    fn syscall(&mut self, call: Syscall) -> Result<SyscallResult, SyscallRefusal> {
         match call {
             Syscall::VatstoreGet { .. } | Syscall::VatstoreGetNextKey { .. } => {
                 match self.ask(&call) {
@@ -336,7 +346,7 @@ impl<R: Read, W: Write> SyscallHandler for PipeSyscalls<'_, R, W> {
                             other => other.to_string(),
                         };
                         self.failed = Some(fault);
-                        Err(reason)
+                        Err(SyscallRefusal::Illegal(reason))
                     }
                 }
             }

@@ -2181,6 +2181,7 @@ pub mod fault {
         IllegalSyscall = 4,
         AbiViolation = 5,
         Exit = 6,
+        LimitExceeded = 7,
     }
 
     impl ::capnp::introspect::Introspect for Kind {
@@ -2215,6 +2216,7 @@ pub mod fault {
                 4 => ::core::result::Result::Ok(Self::IllegalSyscall),
                 5 => ::core::result::Result::Ok(Self::AbiViolation),
                 6 => ::core::result::Result::Ok(Self::Exit),
+                7 => ::core::result::Result::Ok(Self::LimitExceeded),
                 n => ::core::result::Result::Err(::capnp::NotInSchema(n)),
             }
         }
@@ -2229,7 +2231,7 @@ pub mod fault {
         const TYPE_ID: u64 = 0x8f33_5f88_ca0e_27bcu64;
     }
     mod kind {
-        pub(crate) static ENCODED_NODE: [::capnp::Word; 50] = [
+        pub(crate) static ENCODED_NODE: [::capnp::Word; 55] = [
             ::capnp::word(0, 0, 0, 0, 5, 0, 6, 0),
             ::capnp::word(188, 39, 14, 202, 136, 95, 51, 143),
             ::capnp::word(19, 0, 0, 0, 2, 0, 0, 0),
@@ -2239,34 +2241,37 @@ pub mod fault {
             ::capnp::word(21, 0, 0, 0, 194, 0, 0, 0),
             ::capnp::word(29, 0, 0, 0, 7, 0, 0, 0),
             ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
-            ::capnp::word(25, 0, 0, 0, 175, 0, 0, 0),
+            ::capnp::word(25, 0, 0, 0, 199, 0, 0, 0),
             ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
             ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
             ::capnp::word(119, 111, 114, 107, 101, 114, 46, 99),
             ::capnp::word(97, 112, 110, 112, 58, 70, 97, 117),
             ::capnp::word(108, 116, 46, 75, 105, 110, 100, 0),
             ::capnp::word(0, 0, 0, 0, 1, 0, 1, 0),
-            ::capnp::word(28, 0, 0, 0, 1, 0, 2, 0),
+            ::capnp::word(32, 0, 0, 0, 1, 0, 2, 0),
             ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
-            ::capnp::word(77, 0, 0, 0, 42, 0, 0, 0),
+            ::capnp::word(89, 0, 0, 0, 42, 0, 0, 0),
             ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
             ::capnp::word(1, 0, 0, 0, 0, 0, 0, 0),
-            ::capnp::word(69, 0, 0, 0, 82, 0, 0, 0),
+            ::capnp::word(81, 0, 0, 0, 82, 0, 0, 0),
             ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
             ::capnp::word(2, 0, 0, 0, 0, 0, 0, 0),
-            ::capnp::word(65, 0, 0, 0, 98, 0, 0, 0),
+            ::capnp::word(77, 0, 0, 0, 98, 0, 0, 0),
             ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
             ::capnp::word(3, 0, 0, 0, 0, 0, 0, 0),
-            ::capnp::word(61, 0, 0, 0, 74, 0, 0, 0),
+            ::capnp::word(73, 0, 0, 0, 74, 0, 0, 0),
             ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
             ::capnp::word(4, 0, 0, 0, 0, 0, 0, 0),
-            ::capnp::word(57, 0, 0, 0, 122, 0, 0, 0),
+            ::capnp::word(69, 0, 0, 0, 122, 0, 0, 0),
             ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
             ::capnp::word(5, 0, 0, 0, 0, 0, 0, 0),
-            ::capnp::word(53, 0, 0, 0, 106, 0, 0, 0),
+            ::capnp::word(65, 0, 0, 0, 106, 0, 0, 0),
             ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
             ::capnp::word(6, 0, 0, 0, 0, 0, 0, 0),
-            ::capnp::word(49, 0, 0, 0, 42, 0, 0, 0),
+            ::capnp::word(61, 0, 0, 0, 42, 0, 0, 0),
+            ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
+            ::capnp::word(7, 0, 0, 0, 0, 0, 0, 0),
+            ::capnp::word(53, 0, 0, 0, 114, 0, 0, 0),
             ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
             ::capnp::word(116, 114, 97, 112, 0, 0, 0, 0),
             ::capnp::word(111, 117, 116, 79, 102, 70, 117, 101),
@@ -2280,6 +2285,8 @@ pub mod fault {
             ::capnp::word(97, 98, 105, 86, 105, 111, 108, 97),
             ::capnp::word(116, 105, 111, 110, 0, 0, 0, 0),
             ::capnp::word(101, 120, 105, 116, 0, 0, 0, 0),
+            ::capnp::word(108, 105, 109, 105, 116, 69, 120, 99),
+            ::capnp::word(101, 101, 100, 101, 100, 0, 0, 0),
         ];
         pub(crate) fn get_annotation_types(
             child_index: Option<u16>,

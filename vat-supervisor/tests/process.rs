@@ -2,7 +2,9 @@
 
 use std::path::Path;
 
-use vat_supervisor::{Limits, ModuleSource, ProcessWorker, SyscallHandler, VatFault, Worker};
+use vat_supervisor::{
+    Limits, ModuleSource, ProcessWorker, SyscallHandler, SyscallRefusal, VatFault, Worker,
+};
 use vom::abi::{Delivery, Syscall, SyscallResult};
 
 /// A guest that reads key "in", then writes its value under "out" and sends
@@ -35,13 +37,13 @@ struct Kernelish {
 }
 
 impl SyscallHandler for Kernelish {
-    fn syscall(&mut self, call: Syscall) -> Result<SyscallResult, String> {
+    fn syscall(&mut self, call: Syscall) -> Result<SyscallResult, SyscallRefusal> {
         self.seen.push(call.clone());
         match call {
             Syscall::VatstoreGet { .. } => Ok(self.value.clone()),
             Syscall::VatstoreSet { .. } => Ok(None),
             Syscall::Send { ref target, .. } if target == "o+0" => Ok(None),
-            other => Err(format!("refused {other:?}")),
+            other => Err(SyscallRefusal::Illegal(format!("refused {other:?}"))),
         }
     }
 }

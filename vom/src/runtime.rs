@@ -525,6 +525,12 @@ fn report_panics() {
             .map(|s| (*s).to_owned())
             .or_else(|| payload.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| info.to_string());
+        // The location tells the vat's author where to look; the kernel
+        // reports it with the failed message.
+        let message = match info.location() {
+            Some(at) => format!("panicked at {}:{}: {message}", at.file(), at.line()),
+            None => format!("panicked: {message}"),
+        };
         sys::syscall(&Syscall::Exit {
             failure: true,
             info: capdata::encode(&Value::String(message)),
