@@ -194,7 +194,9 @@ fn a_trapping_guest_fails_that_message_only_and_keeps_its_data() {
     home.ok(&["send", "f", "set", "before", "kept"]);
     let err = home.fails(&["send", "f", "write_then_trap", "during"]);
     assert!(
-        err.starts_with("error: f.write_then_trap failed in vat v1 and was rolled back: guest trapped"),
+        err.starts_with(
+            "error: f.write_then_trap failed in vat v1 and was rolled back: guest trapped"
+        ),
         "{err}"
     );
     // The trapped crank's write never reached the store; earlier data is all there.
@@ -219,9 +221,18 @@ fn a_panic_fails_its_message_with_the_panic_message_and_location() {
         home.ok(&["send", "f", "set", "before", "kept"]);
         assert_eq!(home.ok(&["send", "f", "item", "1"]), "20");
         let err = home.fails(&["send", "f", "item", "7"]);
-        assert!(err.contains("f.item failed in vat v1 and was rolled back"), "{err}");
-        assert!(err.contains("panicked at tests/guests/faulty/src/lib.rs:"), "{err}");
-        assert!(err.contains("index out of bounds: the len is 3 but the index is 7"), "{err}");
+        assert!(
+            err.contains("f.item failed in vat v1 and was rolled back"),
+            "{err}"
+        );
+        assert!(
+            err.contains("panicked at tests/guests/faulty/src/lib.rs:"),
+            "{err}"
+        );
+        assert!(
+            err.contains("index out of bounds: the len is 3 but the index is 7"),
+            "{err}"
+        );
         // The panicking delivery's write is gone, the earlier ones are kept.
         assert_eq!(home.get("v1.vs.item.asked").as_deref(), Some("1"));
         assert_eq!(home.ok(&["send", "f", "get", "before"]), "\"kept\"");
@@ -249,22 +260,33 @@ fn a_vat_that_keeps_faulting_is_suspended_then_revived_or_removed() {
     assert!(home.ok(&["list"]).contains("v1 f root ko1 running"));
     let err = home.fails(&["send", "f", "item", "9"]);
     assert!(
-        err.contains("vat v1 (f) is suspended: 3 deliveries in a row faulted (faults_in_a_row_max 3)"),
+        err.contains(
+            "vat v1 (f) is suspended: 3 deliveries in a row faulted (faults_in_a_row_max 3)"
+        ),
         "{err}"
     );
     let before = home.dump();
     let err = home.fails(&["send", "f", "get", "before"]);
     assert!(err.contains("is suspended"), "{err}");
     assert!(err.contains("`vat resume f` restarts it"), "{err}");
-    assert!(err.contains("`vat upgrade f FIXED.wasm` revives it"), "{err}");
+    assert!(
+        err.contains("`vat upgrade f FIXED.wasm` revives it"),
+        "{err}"
+    );
     let listing = home.ok(&["list"]);
     assert!(listing.contains("v1 f root ko1 suspended ("), "{listing}");
     assert!(listing.contains(" keeps "), "{listing}");
     assert!(listing.contains(" vatstore entries ("), "{listing}");
     // Suspended, nothing of it changes; `vat rm` refuses nothing but a running vat.
     assert_eq!(
-        home.dump().into_iter().filter(|(k, _)| k.starts_with("v1.vs.")).collect::<Vec<_>>(),
-        before.into_iter().filter(|(k, _)| k.starts_with("v1.vs.")).collect::<Vec<_>>()
+        home.dump()
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("v1.vs."))
+            .collect::<Vec<_>>(),
+        before
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("v1.vs."))
+            .collect::<Vec<_>>()
     );
     home.check();
     home.ok(&["resume", "f"]);
@@ -477,5 +499,89 @@ fn the_store_levels_off_however_long_the_run() {
         after_short,
         "the store grew with the run's length"
     );
+    home.check();
+}
+
+/// Integers are exact through the CLI both ways: beyond ±(2^53 - 1) they
+/// travel as bigints; an integer parameter takes a value only when it is
+/// exact and in its type's range, never clamped or rounded.
+#[test]
+fn integers_are_exact_from_the_command_line_to_a_vat_and_back() {
+    let home = VatHome::new();
+    let v2 = vat_tests::guest("counter_v2");
+    home.ok(&["spawn", "counter", v2.to_str().unwrap()]);
+    // One more than 2^64 - 1: refused, naming the range; nothing changes.
+    let err = home.fails(&["send", "counter", "add", "18446744073709551616"]);
+    assert!(
+        err.contains("argument 0 must be a natural number (u64: 0 to 18446744073709551615"),
+        "{err}"
+    );
+    assert_eq!(home.ok(&["send", "counter", "get"]), "0");
+    // 2^53 + 1 is read exactly, and the result beyond 2^53 - 1 is a bigint.
+    assert_eq!(
+        home.ok(&["send", "counter", "add", "9007199254740993"]),
+        r#"{"$bigint":"9007199254740993"}"#
+    );
+    assert_eq!(
+        home.ok(&[
+            "send",
+            "counter",
+            "add",
+            r#"{"$bigint":"18437736874454810622"}"#
+        ]),
+        r#"{"$bigint":"18446744073709551615"}"#
+    );
+    // A number that is not a safe integer may have been rounded: refused.
+    let err = home.fails(&["send", "counter", "add", "1e300"]);
+    assert!(err.contains("must be a natural number"), "{err}");
+    let err = home.fails(&["send", "counter", "add", "1"]);
+    assert!(err.contains("overflow"), "{err}");
+    assert_eq!(
+        home.ok(&["send", "counter", "get"]),
+        r#"{"$bigint":"18446744073709551615"}"#
+    );
+}
+
+/// Sends `increment` under `key`, SIGKILLing the client after `kill_after`
+/// (perhaps before it committed, perhaps after), then retries under the
+/// same key until it answers; returns the answer.
+fn increment_once(home: &VatHome, key: &str, kill_after: std::time::Duration) -> String {
+    let args = ["send", "counter", "increment", "--idempotency-key", key];
+    let mut child = home
+        .command(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(kill_after);
+    vat_tests::kill_hard(child.id());
+    let _ = child.wait();
+    home.ok(&args)
+}
+
+/// `--idempotency-key`: whether the client dies before or after its commit,
+/// the retry is applied once and gets the first try's result; a key used
+/// again for another request is refused.
+#[test]
+fn an_idempotent_send_is_applied_once_however_often_it_is_retried() {
+    let home = VatHome::new();
+    home.spawn("counter", "counter");
+    for round in 1..=12u64 {
+        let kill_after = std::time::Duration::from_millis(round * 7 % 60);
+        let key = format!("inc-{round}");
+        assert_eq!(increment_once(&home, &key, kill_after), round.to_string());
+        // A plain retry much later: the same answer, nothing applied.
+        let args = ["send", "counter", "increment", "--idempotency-key", &key];
+        assert_eq!(home.ok(&args), round.to_string());
+    }
+    assert_eq!(home.ok(&["send", "counter", "get"]), "12");
+    let err = home.fails(&["send", "counter", "get", "--idempotency-key", "inc-3"]);
+    assert!(
+        err.contains(r#"idempotency key "inc-3" was used for a different request"#),
+        "{err}"
+    );
+    let err = home.fails(&["send", "counter", "get", "--idempotency-key", "two words"]);
+    assert!(err.contains("bad idempotency key"), "{err}");
+    assert_eq!(home.ok(&["send", "counter", "get"]), "12");
     home.check();
 }

@@ -94,3 +94,64 @@ fn a_client_that_connects_and_says_nothing_holds_up_no_one() {
     assert_eq!(home.ok(&["send", "counter", "increment"]), "1");
     assert_eq!(home.ok(&["send", "counter", "get"]), "1");
 }
+
+/// A daemon killed while it holds a request: the client says so in one
+/// line, and that the request may or may not have been applied; a retry
+/// under the same idempotency key, served without the daemon, is applied
+/// at most once more than nothing: exactly once in all.
+#[test]
+fn a_daemon_killed_mid_request_is_reported_and_a_keyed_retry_applies_once() {
+    let home = VatHome::new();
+    home.spawn("a", "pingpong");
+    home.spawn("b", "pingpong");
+    home.spawn("counter", "counter");
+    let daemon = home.start_daemon();
+    let child = home
+        .command(&[
+            "send",
+            "a",
+            "run",
+            "100000",
+            "b",
+            "--idempotency-key",
+            "long-run",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    vat_tests::wait_until("the run did not start", 60, || {
+        home.get("runQueue.head")
+            .is_some_and(|head| head.parse::<u64>().unwrap() > 100)
+    });
+    vat_tests::kill_hard(daemon.pid());
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains(
+            "the daemon stopped before it answered: the request may or may not have been applied"
+        ),
+        "{err}"
+    );
+    // Without the daemon, a keyed increment and its retry count once.
+    let args = ["send", "counter", "increment", "--idempotency-key", "k1"];
+    assert_eq!(home.ok(&args), "1");
+    assert_eq!(home.ok(&args), "1");
+    // The interrupted run was kept under its key: the retry finds it (its
+    // awaits died with the daemon's worker, so it says so) and sends nothing new.
+    let retry = home.run(&[
+        "send",
+        "a",
+        "run",
+        "100000",
+        "b",
+        "--idempotency-key",
+        "long-run",
+    ]);
+    let said = String::from_utf8(retry.stderr).unwrap();
+    assert!(said.contains("vat v1 restarted"), "{said}");
+    assert_eq!(home.ok(&["send", "counter", "get"]), "1");
+    home.check();
+}

@@ -190,7 +190,7 @@ fn calls_that_violate_a_guard_are_rejected_and_change_nothing() {
     let cases: [(&[&str], &str); 7] = [
         (
             &["send", "alice", "withdraw", "ten"],
-            r#"error: TypeError: Purse.purse.withdraw: argument 0 must be a natural number (u64), got "ten""#,
+            r#"error: TypeError: Purse.purse.withdraw: argument 0 must be a natural number (u64: 0 to 18446744073709551615, a bigint beyond 2^53 - 1), got "ten""#,
         ),
         (
             &["send", "alice", "withdraw"],
@@ -202,7 +202,7 @@ fn calls_that_violate_a_guard_are_rejected_and_change_nothing() {
         ),
         (
             &["send", "alice", "withdraw", "-5"],
-            "error: TypeError: Purse.purse.withdraw: argument 0 must be a natural number (u64), got -5",
+            "error: TypeError: Purse.purse.withdraw: argument 0 must be a natural number (u64: 0 to 18446744073709551615, a bigint beyond 2^53 - 1), got -5",
         ),
         (
             // A purse is not a payment: the guard checks the kind.

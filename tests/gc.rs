@@ -198,12 +198,18 @@ fn a_removed_importer_lets_go_of_its_imports() {
     assert_eq!(scene.counts(&x), (1, 1));
     // A trap fails that one message; the vat and what it holds stay.
     let err = scene.home.fails(&["send", "a", "trap"]);
-    assert!(err.contains("a.trap failed in vat v2 and was rolled back"), "{err}");
+    assert!(
+        err.contains("a.trap failed in vat v2 and was rolled back"),
+        "{err}"
+    );
     assert_eq!(scene.counts(&x), (1, 1));
     // Terminated, it still holds its imports (its data is kept)...
     scene.home.ok(&["terminate", "a"]);
     let err = scene.home.fails(&["send", "a", "describe"]);
-    assert!(err.contains("vat v2 (a) was terminated by its owner"), "{err}");
+    assert!(
+        err.contains("vat v2 (a) was terminated by its owner"),
+        "{err}"
+    );
     assert_eq!(scene.counts(&x), (1, 1));
     scene.home.check();
     // ...until `vat rm` deletes its c-list (a slice at a time), and with it the reference.
@@ -232,7 +238,10 @@ fn an_object_whose_exporter_was_terminated_goes_when_its_importers_let_go() {
     let x = scene.the_object();
     scene.home.ok(&["terminate", "e"]);
     let err = scene.home.fails(&["send", "a", "call", "x", "describe"]);
-    assert!(err.contains("vat v1 (e) was terminated by its owner"), "{err}");
+    assert!(
+        err.contains("vat v1 (e) was terminated by its owner"),
+        "{err}"
+    );
     assert_eq!(scene.counts(&x), (1, 1));
     scene.send(&["a", "drop", "x"]);
     assert_eq!(

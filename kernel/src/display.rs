@@ -56,10 +56,63 @@ pub fn parse_arg(text: &str, resolve: &dyn Fn(&str) -> Option<String>) -> Result
     if let Some(kref) = resolve(text) {
         return Ok(reference(kref));
     }
-    match serde_json::from_str::<Json>(text) {
+    match serde_json::from_str::<Json>(&exact_integers(text)) {
         Ok(json) => from_display(&json, resolve),
         Err(_) => Ok(Value::String(text.to_owned())),
     }
+}
+
+/// `text` with every JSON integer literal beyond ±(2^53 - 1) written as
+/// `{"$bigint":"N"}`, so that it is read exactly (serde_json would round
+/// it to a float). Text that is not JSON comes back unchanged in meaning.
+fn exact_integers(text: &str) -> std::borrow::Cow<'_, str> {
+    let bytes = text.as_bytes();
+    let mut out = String::new();
+    let (mut copied, mut at, mut in_string) = (0, 0, false);
+    while at < bytes.len() {
+        let byte = bytes[at];
+        if in_string {
+            match byte {
+                b'\\' => at += 1,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            at += 1;
+            continue;
+        }
+        if byte == b'"' {
+            in_string = true;
+            at += 1;
+            continue;
+        }
+        if byte != b'-' && !byte.is_ascii_digit() {
+            at += 1;
+            continue;
+        }
+        let end = at
+            + bytes[at..]
+                .iter()
+                .position(|b| !(b.is_ascii_alphanumeric() || matches!(b, b'-' | b'+' | b'.')))
+                .unwrap_or(bytes.len() - at);
+        let literal = &text[at..end];
+        let digits = literal.strip_prefix('-').unwrap_or(literal);
+        if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+            let safe = literal
+                .parse::<i64>()
+                .is_ok_and(|n| n.unsigned_abs() <= vom::capdata::MAX_SAFE_INTEGER as u64);
+            if !safe {
+                out.push_str(&text[copied..at]);
+                out.push_str(&format!("{{\"$bigint\":\"{literal}\"}}"));
+                copied = end;
+            }
+        }
+        at = end;
+    }
+    if copied == 0 {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    out.push_str(&text[copied..]);
+    std::borrow::Cow::Owned(out)
 }
 
 fn reference(kref: String) -> Value {
@@ -89,10 +142,9 @@ fn from_display(json: &Json, resolve: &dyn Fn(&str) -> Option<String>) -> Result
                 return Ok(reference(kref));
             }
             if let Some(Json::String(digits)) = single("$bigint") {
-                return digits
-                    .parse()
-                    .map(Value::BigInt)
-                    .map_err(|_| format!("bad $bigint {digits:?}"));
+                return digits.parse().map(Value::BigInt).map_err(|_| {
+                    format!("bad $bigint {digits:?}: an integer of at most 128 bits")
+                });
             }
             if single("$undefined").is_some() {
                 return Ok(Value::Undefined);
@@ -162,6 +214,46 @@ mod tests {
                 ("to", Value::Remotable(Ref::new("ko1"))),
                 ("n", Value::BigInt(7))
             ])
+        );
+    }
+
+    #[test]
+    fn integer_literals_are_read_exactly() {
+        let big = |digits: &str| Value::BigInt(digits.parse().unwrap());
+        assert_eq!(
+            parse_arg("9007199254740991", &resolve).unwrap(),
+            Value::Number(9007199254740991.0)
+        );
+        assert_eq!(
+            parse_arg("9007199254740993", &resolve).unwrap(),
+            big("9007199254740993")
+        );
+        assert_eq!(
+            parse_arg("-9007199254740993", &resolve).unwrap(),
+            big("-9007199254740993")
+        );
+        assert_eq!(
+            parse_arg("18446744073709551616", &resolve).unwrap(),
+            big("18446744073709551616")
+        );
+        assert_eq!(
+            parse_arg(
+                r#"[1, {"n": 18446744073709551616}, "123456789012345678901", 2.5e30]"#,
+                &resolve
+            )
+            .unwrap(),
+            Value::Array(vec![
+                Value::Number(1.0),
+                Value::record([("n", big("18446744073709551616"))]),
+                Value::string("123456789012345678901"),
+                Value::Number(2.5e30),
+            ])
+        );
+        // A literal beyond what a bigint holds here is refused, never rounded.
+        let huge = "1".repeat(60);
+        assert_eq!(
+            parse_arg(&huge, &resolve).unwrap_err(),
+            format!("bad $bigint {huge:?}: an integer of at most 128 bits")
         );
     }
 

@@ -34,6 +34,18 @@ pub enum HomeError {
     },
     #[error("home key {0} is damaged: expected 64 hex digits")]
     BadKey(PathBuf),
+    #[error(
+        "store {0} holds no kernel (it is empty: truncated or replaced?); nothing was changed: restore it from a backup, or move the home away and `vat init` a new one"
+    )]
+    EmptyStore(PathBuf),
+    #[error(
+        "store {path} is not a kernel store of schema {expected} (its kernel.schema is {found:?}); nothing was changed"
+    )]
+    WrongSchema {
+        path: PathBuf,
+        found: String,
+        expected: u32,
+    },
     #[error(transparent)]
     Store(#[from] swingstore::StoreError),
     #[error(transparent)]
@@ -97,16 +109,10 @@ fn lock(path: &Path, wait_ms: u64) -> Result<File, HomeError> {
 
 fn read_key(path: &Path) -> Result<SigningKey, HomeError> {
     let key_path = path.join(KEY_FILE);
-    let text = std::fs::read_to_string(&key_path).map_err(io_error(&key_path))?;
-    let text = text.trim();
-    if text.len() != 64 {
-        return Err(HomeError::BadKey(key_path));
-    }
+    let bytes = std::fs::read(&key_path).map_err(io_error(&key_path))?;
     let mut seed = [0u8; 32];
-    for (i, byte) in seed.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16)
-            .map_err(|_| HomeError::BadKey(key_path.clone()))?;
-    }
+    hex::decode_to_slice(bytes.trim_ascii(), &mut seed)
+        .map_err(|_| HomeError::BadKey(key_path.clone()))?;
     Ok(SigningKey::from_bytes(&seed))
 }
 
@@ -147,6 +153,7 @@ impl Home {
         }
         let key = write_key(path)?;
         let mut store = SwingStore::open(&path.join(STORE_FILE), Durability::Full)?;
+        crate::state::mark_schema(&mut store)?;
         store.commit()?;
         Ok(InitOutcome::Created { did: did_key(&key) })
     }
@@ -189,7 +196,26 @@ impl Home {
 
     /// A kernel over this home's store. The home (and its lock) must outlive it.
     pub fn kernel(&self, policy: CommitPolicy) -> Result<Kernel, HomeError> {
-        let store = SwingStore::open(&self.path.join(STORE_FILE), Durability::Full)?;
+        let store_path = self.path.join(STORE_FILE);
+        // SQLite takes an empty file for a new database: an emptied store
+        // would open as a new kernel, silently. It is refused unopened.
+        let size = std::fs::metadata(&store_path)
+            .map_err(io_error(&store_path))?
+            .len();
+        if size == 0 {
+            return Err(HomeError::EmptyStore(store_path));
+        }
+        let mut store = SwingStore::open(&store_path, Durability::Full)?;
+        match crate::state::schema_of(&mut store)? {
+            crate::state::Schema::Current => {}
+            crate::state::Schema::Other(found) => {
+                return Err(HomeError::WrongSchema {
+                    path: store_path,
+                    found,
+                    expected: crate::state::STORE_SCHEMA_VERSION,
+                });
+            }
+        }
         let mut kernel = Kernel::new(store, policy)?;
         kernel.set_module_cache(self.path.join(MODULES_DIR));
         // Connections to peers died with the process that had them.
@@ -225,6 +251,43 @@ mod tests {
         let err = Home::open(dir.path(), 50).unwrap_err();
         assert!(
             matches!(err, HomeError::InUse { waited_ms: 50, .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_damaged_key_file_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        Home::init(dir.path()).unwrap();
+        for damaged in ["é".repeat(32), "zz".repeat(32), "ab".into(), String::new()] {
+            std::fs::write(dir.path().join(KEY_FILE), &damaged).unwrap();
+            let err = Home::open(dir.path(), 0).unwrap_err();
+            assert!(matches!(err, HomeError::BadKey(_)), "{damaged:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn an_emptied_or_foreign_store_is_refused_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        Home::init(dir.path()).unwrap();
+        let store = dir.path().join(STORE_FILE);
+        // Truncated to nothing: refused before SQLite sees it.
+        std::fs::write(&store, b"").unwrap();
+        let home = Home::open(dir.path(), 0).unwrap();
+        let err = home.kernel(CommitPolicy::EVERY_CRANK).unwrap_err();
+        assert!(matches!(err, HomeError::EmptyStore(_)), "{err}");
+        assert_eq!(std::fs::metadata(&store).unwrap().len(), 0);
+        // Another program's store (of another schema): refused too.
+        std::fs::remove_file(&store).unwrap();
+        let mut other = SwingStore::open(&store, Durability::Full).unwrap();
+        other.begin_crank().unwrap();
+        other.set("kernel.schema", "99").unwrap();
+        other.end_crank().unwrap();
+        other.commit().unwrap();
+        drop(other);
+        let err = home.kernel(CommitPolicy::EVERY_CRANK).unwrap_err();
+        assert!(
+            matches!(&err, HomeError::WrongSchema { found, .. } if found == "99"),
             "{err}"
         );
     }

@@ -599,17 +599,16 @@ impl Runner<'_> {
         let mut receipt = body;
         receipt["sig"] = Json::from(ipvm::encode_signature(&signature));
         let cid = ipvm::value_cid(&receipt);
-        let state = self.kernel.state_mut();
-        state.store.begin_crank()?;
-        state.set(&format!("ipvm.receipt.{cid}"), &receipt.to_string())?;
-        if pure {
-            state.set(&format!("ipvm.memo.{instruction}"), &cid)?;
-        }
-        state.set(
-            &task_key(&self.job.cid, label),
-            &format!("{} {cid}", if ok { "ok" } else { "error" }),
-        )?;
-        state.end_crank()?;
+        let task = task_key(&self.job.cid, label);
+        self.kernel.in_crank(|kernel| {
+            let state = kernel.state_mut();
+            state.set(&format!("ipvm.receipt.{cid}"), &receipt.to_string())?;
+            if pure {
+                state.set(&format!("ipvm.memo.{instruction}"), &cid)?;
+            }
+            let outcome = if ok { "ok" } else { "error" };
+            state.set(&task, &format!("{outcome} {cid}"))
+        })?;
         if let Some(kpid) = kpid {
             self.kernel.release(kpid)?;
         }

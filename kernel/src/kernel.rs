@@ -53,6 +53,13 @@ pub enum KernelError {
     StillRunning { name: String },
     #[error("vat {name:?} was removed (`vat rm`): its data is gone")]
     Removed { name: String },
+    #[error(
+        "bad idempotency key {0:?}: use 1 to {max} printable ASCII characters, no spaces",
+        max = crate::idempotency::IDEMPOTENCY_KEY_BYTES_MAX
+    )]
+    BadIdempotencyKey(String),
+    #[error("idempotency key {0:?} was used for a different request; nothing was sent")]
+    IdempotencyKeyReused(String),
     #[error("resume of {name:?} failed, it stays suspended: {fault}")]
     ResumeFailed { name: String, fault: VatFault },
     #[error("upgrade of {name:?} failed, the old version keeps running: {fault}")]
@@ -311,6 +318,11 @@ impl Kernel {
         })
     }
 
+    /// The store, to read (tools, tests). Writes go through the kernel only.
+    pub fn store(&self) -> &SwingStore {
+        &self.state.store
+    }
+
     /// How many cranks this kernel object has run.
     pub fn cranks_total(&self) -> u64 {
         self.cranks_total
@@ -342,6 +354,22 @@ impl Kernel {
         } else {
             Err(KernelError::NoSupervisor(path))
         }
+    }
+
+    /// Runs `body` in a crank of its own: ended when it returns Ok (aborted
+    /// if the ending fails), aborted when it returns Err. Every crank the
+    /// kernel begins goes through here or through [`Self::run_queue_step`],
+    /// so no path leaves one open.
+    pub(crate) fn in_crank<T, E: From<StoreError>>(
+        &mut self,
+        body: impl FnOnce(&mut Kernel) -> Result<T, E>,
+    ) -> Result<T, E> {
+        self.state.store.begin_crank()?;
+        let outcome = body(self).and_then(|value| Ok(self.state.end_crank().map(|()| value)?));
+        if outcome.is_err() && self.state.store.in_crank() {
+            self.state.abort_crank()?;
+        }
+        outcome
     }
 
     /// Makes everything done so far durable. Report results only after this.
@@ -412,18 +440,9 @@ impl Kernel {
         if options.worker == WorkerKind::Process {
             self.supervisor_program()?;
         }
-        self.state.store.begin_crank()?;
-        match self.spawn_in_crank(name, wasm, module, options) {
-            Ok(root) => {
-                self.state.end_crank()?;
-                self.commit()?;
-                Ok(root)
-            }
-            Err(e) => {
-                self.state.abort_crank()?;
-                Err(e)
-            }
-        }
+        let root = self.in_crank(|k| k.spawn_in_crank(name, wasm, module, options))?;
+        self.commit()?;
+        Ok(root)
     }
 
     fn spawn_in_crank(
@@ -569,7 +588,7 @@ impl Kernel {
     /// crank: if its start faults again, nothing changes. Promises settled
     /// while it slept are told to it afresh.
     pub fn resume_vat(&mut self, name: &str) -> Result<(), KernelError> {
-        let vat = self.vat_id(name)?;
+        let vat = self.kept_vat_id(name)?;
         let state = self.state.vat_state(&vat)?;
         if state != VatState::Suspended {
             return Err(KernelError::NotSuspended {
@@ -578,17 +597,12 @@ impl Kernel {
             });
         }
         self.commit()?;
-        self.state.store.begin_crank()?;
         self.workers.remove(&vat);
-        let started = self.revive_in_crank(&vat);
+        let started = self.in_crank(|k| k.revive_in_crank(&vat));
         match started {
-            Ok(()) => {
-                self.state.end_crank()?;
-                self.commit()
-            }
+            Ok(()) => self.commit(),
             Err(e) => {
-                self.state.abort_crank()?;
-                self.workers.remove(&vat);
+                self.discard_worker(&vat);
                 Err(match e {
                     WorkerStartError::Fault(fault) => KernelError::ResumeFailed {
                         name: name.to_owned(),
@@ -633,12 +647,11 @@ impl Kernel {
             return Ok(());
         }
         self.commit()?;
-        self.state.store.begin_crank()?;
         let reason = format!(
             "vat {vat} ({name}) was terminated by its owner (`vat terminate`); its data is kept until `vat rm {name}`"
         );
-        let ended = self.terminate_vat(&vat, &reason);
-        self.end_admin_crank(ended.map_err(KernelError::from))
+        self.in_crank(|k| k.terminate_vat(&vat, &reason))?;
+        self.commit()
     }
 
     /// Deletes the data of vat `name`, which is not running: its c-list
@@ -652,9 +665,8 @@ impl Kernel {
             });
         }
         self.commit()?;
-        self.state.store.begin_crank()?;
-        let removed = self.remove_in_crank(&vat, name);
-        self.end_admin_crank(removed.map_err(KernelError::from))
+        self.in_crank(|k| k.remove_in_crank(&vat, name))?;
+        self.commit()
     }
 
     /// Runs every pending slice of removed vats' deletion, a commit after
@@ -677,21 +689,6 @@ impl Kernel {
         self.state.set(&format!("cleanup.{vat}"), "")
     }
 
-    /// Ends an administrative crank begun by the caller: kept and committed
-    /// when `outcome` is Ok, aborted otherwise.
-    fn end_admin_crank(&mut self, outcome: Result<(), KernelError>) -> Result<(), KernelError> {
-        match outcome {
-            Ok(()) => {
-                self.state.end_crank()?;
-                self.commit()
-            }
-            Err(e) => {
-                self.state.abort_crank()?;
-                Err(e)
-            }
-        }
-    }
-
     /// Upgrades vat `name` to `wasm`: stops it, swaps its bundle and starts the
     /// new version against the same vatstore, all in one crank. If the new
     /// version fails to start (a trap, or a durable kind it does not define
@@ -710,20 +707,17 @@ impl Kernel {
             self.supervisor_program()?;
         }
         self.commit()?;
-        self.state.store.begin_crank()?;
         // The old worker goes now: the new version must not share its heap.
-        self.workers.remove(&vat);
+        self.discard_worker(&vat);
         self.deliveries_since_collection.remove(&vat);
-        let started = self.upgrade_in_crank(&vat, wasm, &cid, module);
+        let started = self.in_crank(|k| k.upgrade_in_crank(&vat, wasm, &cid, module));
         match started {
             Ok(()) => {
-                self.state.end_crank()?;
                 self.commit()?;
                 Ok(cid)
             }
             Err(e) => {
-                self.state.abort_crank()?;
-                self.workers.remove(&vat);
+                self.discard_worker(&vat);
                 Err(match e {
                     WorkerStartError::Fault(fault) => KernelError::UpgradeFailed {
                         name: name.to_owned(),
@@ -785,10 +779,8 @@ impl Kernel {
     /// Lets go of a result promise from [`Self::queue_message`], once read;
     /// it is freed when nothing else refers to it.
     pub fn release(&mut self, kpid: &str) -> Result<(), KernelError> {
-        self.state.unpin(kpid)?;
-        self.state.collect_garbage()?;
-        self.state.schedule_gc_actions()?;
-        Ok(())
+        // The crank's end collects what the promise alone kept.
+        Ok(self.in_crank(|k| k.state.unpin(kpid))?)
     }
 
     /// Queues `method(args)` to `target` (a kref) and returns the result
@@ -799,14 +791,32 @@ impl Kernel {
         method: &str,
         args: CapData,
     ) -> Result<String, KernelError> {
-        if !self.state.kref_exists(target)? {
-            return Err(KernelError::UnknownTarget(target.to_owned()));
-        }
-        for slot in &args.slots {
-            if !self.state.kref_exists(slot)? {
-                return Err(KernelError::UnknownTarget(slot.clone()));
+        self.check_message_refs(target, &args)?;
+        self.in_crank(|k| k.queue_in_crank(target, method, args))
+    }
+
+    /// Fails unless `target` and every slot of `args` are krefs this kernel knows.
+    pub(crate) fn check_message_refs(
+        &self,
+        target: &str,
+        args: &CapData,
+    ) -> Result<(), KernelError> {
+        for kref in std::iter::once(target).chain(args.slots.iter().map(String::as_str)) {
+            if !self.state.kref_exists(kref)? {
+                return Err(KernelError::UnknownTarget(kref.to_owned()));
             }
         }
+        Ok(())
+    }
+
+    /// Queues a message whose references are known to exist (in a crank);
+    /// returns its pinned result promise.
+    pub(crate) fn queue_in_crank(
+        &mut self,
+        target: &str,
+        method: &str,
+        args: CapData,
+    ) -> Result<String, KernelError> {
         let result = self.state.allocate_promise(None)?;
         // The caller holds the result until it calls `release`.
         self.state.pin(&result)?;
@@ -921,50 +931,69 @@ impl Kernel {
         let vat = vat.to_owned();
         let prefix = format!("gc.{}.{vat}.", action.name());
         self.state.store.begin_crank()?;
-        if is_peer(&vat) {
-            for (key, _) in self.state.scan_prefix(&prefix)? {
-                self.state.delete(&key)?;
-                let ko = &key[prefix.len()..];
-                if self.state.object_owner(ko)?.as_deref() != Some(vat.as_str()) {
-                    continue;
-                }
-                let (reachable, recognizable) = self.state.object_refs(ko)?;
-                match action {
-                    GcAction::Drop if reachable == 0 => self.release_to_peer(&vat, ko)?,
-                    GcAction::Retire if recognizable == 0 => {
-                        self.release_to_peer(&vat, ko)?;
-                        self.state.delete_object(ko)?;
-                    }
-                    _ => {}
-                }
-            }
-            self.state.end_crank()?;
-            return Ok(true);
-        }
-        let mut vrefs = Vec::new();
-        for (key, value) in self.state.scan_prefix(&prefix)? {
+        let delivered = if is_peer(&vat) {
+            self.gc_peer_in_crank(action, &vat, &prefix)
+                .map_err(CrankError::from)
+        } else {
+            self.gc_vat_in_crank(action, &vat, &prefix)
+        };
+        self.finish_side_crank(delivered)?;
+        Ok(true)
+    }
+
+    /// Applies a batch of GC actions for objects peer `peer` exports.
+    fn gc_peer_in_crank(
+        &mut self,
+        action: GcAction,
+        peer: &str,
+        prefix: &str,
+    ) -> Result<(), KernelError> {
+        for (key, _) in self.state.scan_prefix(prefix)? {
             self.state.delete(&key)?;
             let ko = &key[prefix.len()..];
-            if let Some(vref) = self.gc_action_target(action, &vat, ko, &value)? {
+            if self.state.object_owner(ko)?.as_deref() != Some(peer) {
+                continue;
+            }
+            let (reachable, recognizable) = self.state.object_refs(ko)?;
+            match action {
+                GcAction::Drop if reachable == 0 => self.release_to_peer(peer, ko)?,
+                GcAction::Retire if recognizable == 0 => {
+                    self.release_to_peer(peer, ko)?;
+                    self.state.delete_object(ko)?;
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies a batch of GC actions to the tables and tells vat `vat` the
+    /// ones that still apply, if it runs.
+    fn gc_vat_in_crank(
+        &mut self,
+        action: GcAction,
+        vat: &str,
+        prefix: &str,
+    ) -> Result<(), CrankError> {
+        let mut vrefs = Vec::new();
+        for (key, value) in self.state.scan_prefix(prefix)? {
+            self.state.delete(&key)?;
+            let ko = &key[prefix.len()..];
+            if let Some(vref) = self.gc_action_target(action, vat, ko, &value)? {
                 vrefs.push(vref);
             }
         }
-        let running = self.state.get(&format!("{vat}.state"))?.as_deref() == Some("running");
-        if vrefs.is_empty() || !running {
-            self.state.end_crank()?;
-            return Ok(true);
+        if vrefs.is_empty() || self.state.vat_state(vat)? != VatState::Running {
+            return Ok(());
         }
         let delivery = match action {
             GcAction::Drop => Delivery::DropExports { vrefs },
             GcAction::Retire => Delivery::RetireExports { vrefs },
             GcAction::RetireImport => Delivery::RetireImports { vrefs },
         };
-        let delivered = match self.ensure_worker(&vat) {
-            Ok(()) => self.deliver(&vat, &delivery),
-            Err(e) => Err(e.into_crank_error(&vat)),
-        };
-        self.finish_side_crank(delivered)?;
-        Ok(true)
+        self.ensure_worker(vat)
+            .map_err(|e| e.into_crank_error(vat))?;
+        self.deliver(vat, &delivery)
     }
 
     /// Applies one GC action to the kernel's tables; returns the vref to
@@ -1008,45 +1037,51 @@ impl Kernel {
         &mut self,
         delivered: Result<(), CrankError>,
     ) -> Result<bool, KernelError> {
-        match delivered {
+        let failed = match delivered {
             Ok(()) => {
-                self.state.end_crank()?;
-                Ok(true)
+                self.end_crank_or_abort()?;
+                return Ok(true);
             }
-            Err(CrankError::Refused { vat, .. }) | Err(CrankError::Fault { vat, .. })
-                if self.side_faulted.insert(vat.clone()) =>
-            {
-                self.state.abort_crank()?;
-                self.discard_worker(&vat);
-                Ok(false)
+            Err(failed) => failed,
+        };
+        self.state.abort_crank()?;
+        let (vat, fault, at_start) = match failed {
+            CrankError::Kernel(e) => {
+                self.discard_all_workers();
+                return Err(e);
             }
-            Err(CrankError::Fault {
+            CrankError::Fault {
                 vat,
                 fault,
                 at_start,
-            }) => {
-                self.state.abort_crank()?;
-                self.discard_worker(&vat);
-                self.side_faulted.remove(&vat);
-                self.state.store.begin_crank()?;
-                self.fault_in_crank(&vat, FaultedWork::Housekeeping, &fault, at_start)?;
-                self.state.end_crank()?;
-                Ok(true)
-            }
-            Err(CrankError::Refused { vat, reason }) => {
-                self.state.abort_crank()?;
-                self.side_faulted.remove(&vat);
-                let fault = VatFault::LimitExceeded(reason);
-                self.state.store.begin_crank()?;
-                self.fault_in_crank(&vat, FaultedWork::Housekeeping, &fault, false)?;
-                self.state.end_crank()?;
-                Ok(true)
-            }
-            Err(CrankError::Kernel(e)) => {
-                self.state.abort_crank()?;
-                Err(e)
-            }
+            } => (vat, fault, at_start),
+            CrankError::Refused { vat, reason } => (vat, VatFault::LimitExceeded(reason), false),
+        };
+        self.discard_worker(&vat);
+        if self.side_faulted.insert(vat.clone()) {
+            return Ok(false);
         }
+        self.side_faulted.remove(&vat);
+        self.in_crank(|k| k.fault_in_crank(&vat, FaultedWork::Housekeeping, &fault, at_start))?;
+        Ok(true)
+    }
+
+    /// Ends the crank in progress; if ending it fails, aborts it.
+    pub(crate) fn end_crank_or_abort(&mut self) -> Result<(), KernelError> {
+        if let Err(e) = self.state.end_crank() {
+            if self.state.store.in_crank() {
+                self.state.abort_crank()?;
+            }
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Drops every worker: the kernel failed mid-delivery (its store), so a
+    /// heap may hold what its aborted crank did not keep.
+    fn discard_all_workers(&mut self) {
+        self.workers.clear();
+        self.message_bytes_max.clear();
     }
 
     /// Drops `vat`'s worker: after a fault its heap may be half-updated.
@@ -1071,8 +1106,13 @@ impl Kernel {
             self.state.cleanup_maybe = false;
             return Ok(false);
         };
+        self.in_crank(|k| k.cleanup_slice(&vat))?;
+        Ok(true)
+    }
+
+    /// Deletes one slice of removed vat `vat`'s keys (in the current crank).
+    fn cleanup_slice(&mut self, vat: &str) -> Result<(), KernelError> {
         let marker = format!("cleanup.{vat}");
-        self.state.store.begin_crank()?;
         let mut budget = CLEANUP_ENTRIES_PER_CRANK_MAX;
         let clist = format!("{vat}.c.k");
         let mut at = clist.clone();
@@ -1087,7 +1127,7 @@ impl Kernel {
                 break;
             }
             let kref = kref.to_owned();
-            self.state.clist_remove(&vat, &kref)?;
+            self.state.clist_remove(vat, &kref)?;
             at = key;
             budget -= 1;
         }
@@ -1107,76 +1147,98 @@ impl Kernel {
         if budget > 0 {
             self.state.delete(&marker)?;
         }
-        self.state.end_crank()?;
-        Ok(true)
+        Ok(())
     }
 
     /// Takes the next run-queue item and delivers it. Returns whether there was one.
     fn run_queue_step(&mut self) -> Result<bool, KernelError> {
-        self.state.store.begin_crank()?;
-        let Some(item) = self.state.pop_run_queue()? else {
-            self.state.abort_crank()?;
-            return Ok(false);
-        };
         let mut retried = false;
         loop {
-            let failed = match self.crank(item.clone()) {
-                Ok(()) => {
-                    self.state.end_crank()?;
+            self.state.store.begin_crank()?;
+            let (item, outcome) = match self.state.pop_run_queue() {
+                Ok(Some(item)) => {
+                    let outcome = self.crank(item.clone());
+                    (Some(item), outcome)
+                }
+                Ok(None) => (None, Ok(())),
+                Err(e) => (None, Err(CrankError::from(e))),
+            };
+            let failed = match (outcome, item) {
+                (Ok(()), None) => {
+                    self.state.abort_crank()?;
+                    return Ok(false);
+                }
+                (Ok(()), Some(_)) => {
+                    self.end_crank_or_abort()?;
                     return Ok(true);
                 }
-                Err(CrankError::Kernel(e)) => {
+                (Err(failed), item) => {
+                    // The crank is undone entirely.
                     self.state.abort_crank()?;
-                    return Err(e);
+                    match (failed, item) {
+                        (CrankError::Kernel(e), _) => {
+                            self.discard_all_workers();
+                            return Err(e);
+                        }
+                        (failed, Some(item)) => (failed, item),
+                        (_, None) => unreachable!("only a delivery faults"),
+                    }
                 }
-                Err(failed) => failed,
             };
-            // The crank is undone entirely, and the item taken again in a
-            // crank of its own that records what became of it.
-            self.state.abort_crank()?;
-            self.state.store.begin_crank()?;
-            let popped = self.state.pop_run_queue()?;
-            assert_eq!(
-                popped.as_ref(),
-                Some(&item),
-                "kernel invariant: a faulted crank's item is still at the head"
-            );
-            match failed {
-                CrankError::Refused { reason, .. } => {
-                    // The guest never saw it: its worker is as good as before.
-                    if let RunQueueItem::Send { message, .. } = &item {
-                        self.reject_if_unresolved(message.result.as_deref(), &reason)?;
-                    }
+            let (failed, item) = failed;
+            if let CrankError::Fault { vat, fault, .. } = &failed {
+                self.discard_worker(vat);
+                // A worker that died (not the guest's doing, perhaps) and a
+                // notify (the vat cannot be told again later) get one retry
+                // in a fresh worker, from committed state.
+                let retry = fault.class() == FaultClass::Worker
+                    || matches!(item, RunQueueItem::Notify { .. });
+                if retry && !retried {
+                    retried = true;
+                    continue;
                 }
-                CrankError::Fault {
-                    vat,
-                    fault,
-                    at_start,
-                } => {
-                    self.discard_worker(&vat);
-                    // A worker that died (not the guest's doing, perhaps) and a
-                    // notify (the vat cannot be told again later) get one
-                    // retry in a fresh worker, from committed state.
-                    let retry = fault.class() == FaultClass::Worker
-                        || matches!(item, RunQueueItem::Notify { .. });
-                    if retry && !retried {
-                        retried = true;
-                        continue;
-                    }
-                    let work = match &item {
-                        RunQueueItem::Send { message, .. } => FaultedWork::Message(message),
-                        _ => FaultedWork::Notify,
-                    };
-                    let reason = self.fault_in_crank(&vat, work, &fault, at_start)?;
-                    if let RunQueueItem::Send { message, .. } = &item {
-                        self.reject_if_unresolved(message.result.as_deref(), &reason)?;
-                    }
-                }
-                CrankError::Kernel(_) => unreachable!("returned above"),
             }
-            self.state.end_crank()?;
+            // The item is taken again, in a crank of its own that records
+            // what became of it.
+            self.in_crank(|k| k.record_failed_item(&item, failed))?;
             return Ok(true);
         }
+    }
+
+    /// Takes `item` off the run queue's head (where its faulted crank left
+    /// it) and records its failure: its result is rejected, and the fault
+    /// counted against its vat.
+    fn record_failed_item(
+        &mut self,
+        item: &RunQueueItem,
+        failed: CrankError,
+    ) -> Result<(), KernelError> {
+        let popped = self.state.pop_run_queue()?;
+        assert_eq!(
+            popped.as_ref(),
+            Some(item),
+            "kernel invariant: a faulted crank's item is still at the head"
+        );
+        let reason = match failed {
+            // The guest never saw it: its worker is as good as before.
+            CrankError::Refused { reason, .. } => reason,
+            CrankError::Fault {
+                vat,
+                fault,
+                at_start,
+            } => {
+                let work = match item {
+                    RunQueueItem::Send { message, .. } => FaultedWork::Message(message),
+                    _ => FaultedWork::Notify,
+                };
+                self.fault_in_crank(&vat, work, &fault, at_start)?
+            }
+            CrankError::Kernel(e) => return Err(e),
+        };
+        if let RunQueueItem::Send { message, .. } = item {
+            self.reject_if_unresolved(message.result.as_deref(), &reason)?;
+        }
+        Ok(())
     }
 
     /// Records, in the current crank, that `work` faulted in `vat` (its own
@@ -1207,9 +1269,7 @@ impl Kernel {
         let why = match (&work, at_start) {
             (_, true) => Some(format!("its start faulted: {fault}")),
             (FaultedWork::Notify, _) => Some(format!("a notify faulted twice: {fault}")),
-            (FaultedWork::Housekeeping, _) => {
-                Some(format!("a GC delivery faulted twice: {fault}"))
-            }
+            (FaultedWork::Housekeeping, _) => Some(format!("a GC delivery faulted twice: {fault}")),
             (FaultedWork::Message(_), _) if count >= max => Some(format!(
                 "{count} deliveries in a row faulted (faults_in_a_row_max {max}), the last: {fault}"
             )),
@@ -1229,7 +1289,11 @@ impl Kernel {
         };
         let reason = format!("vat {vat} ({name}) is suspended: {why}; {revive}");
         self.suspend_vat(vat, &reason)?;
-        Ok(if failed.is_empty() { reason } else { format!("{failed}; {reason}") })
+        Ok(if failed.is_empty() {
+            reason
+        } else {
+            format!("{failed}; {reason}")
+        })
     }
 
     fn vat_name(&self, vat: &str) -> Result<String, StoreError> {
@@ -1467,7 +1531,9 @@ impl Kernel {
             .expect("kernel invariant: deliveries serialize")
             .len();
         (bytes > max).then(|| {
-            format!("the delivery to vat {vat} is {bytes} bytes, over its message_bytes_max ({max})")
+            format!(
+                "the delivery to vat {vat} is {bytes} bytes, over its message_bytes_max ({max})"
+            )
         })
     }
 
@@ -1554,9 +1620,10 @@ impl Kernel {
         if !self.state.kref_exists(kref)? {
             return Err(KernelError::UnknownTarget(kref.to_owned()));
         }
-        self.state.set(&format!("pet.{name}"), kref)?;
-        self.state.incref(kref)?;
-        Ok(())
+        Ok(self.in_crank(|k| {
+            k.state.set(&format!("pet.{name}"), kref)?;
+            k.state.incref(kref)
+        })?)
     }
 
     /// Every pet name and its kref, by name.
@@ -1588,17 +1655,10 @@ impl Kernel {
             if vat.state != VatState::Running || self.workers.contains_key(&vat.id) {
                 continue;
             }
-            self.state.store.begin_crank()?;
-            match self.ensure_worker(&vat.id) {
-                Ok(()) => self.state.end_crank()?,
-                Err(WorkerStartError::Fault(_)) => {
-                    self.workers.remove(&vat.id);
-                    self.state.abort_crank()?;
-                }
-                Err(WorkerStartError::Kernel(e)) => {
-                    self.state.abort_crank()?;
-                    return Err(e);
-                }
+            match self.in_crank(|k| k.ensure_worker(&vat.id)) {
+                Ok(()) => {}
+                Err(WorkerStartError::Fault(_)) => self.discard_worker(&vat.id),
+                Err(WorkerStartError::Kernel(e)) => return Err(e),
             }
         }
         self.commit()

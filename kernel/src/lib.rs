@@ -10,6 +10,7 @@
 mod check;
 pub mod display;
 mod home;
+mod idempotency;
 pub mod ipvm;
 mod jobs;
 mod kernel;
@@ -21,6 +22,7 @@ pub mod ucan;
 /// The CapTP wire (re-exported: the daemon and tests speak it).
 pub use captp;
 pub use home::{Home, HomeError, InitOutcome, LOCK_WAIT_MS_DEFAULT, did_key};
+pub use idempotency::{IDEMPOTENCY_KEY_BYTES_MAX, IDEMPOTENCY_KEYS_MAX, Queued};
 pub use jobs::{JobEvent, TaskOutcome};
 pub use kernel::{
     CommitPolicy, Kernel, KernelError, VatInfo, VatOptions, WorkerKind, check_name, is_kref,

@@ -111,6 +111,12 @@ enum Command {
         /// Bind the returned reference to this pet name.
         #[arg(long = "as", value_name = "NAME")]
         bind_as: Option<String>,
+        /// Send at most once under KEY: a retry with the same KEY (after a
+        /// crash, a killed client, a lost reply) is not sent again but gets
+        /// the first try's result, waiting for it if need be. The kernel
+        /// keeps the most recent idempotency_keys_max (10,000) keys.
+        #[arg(long, value_name = "KEY")]
+        idempotency_key: Option<String>,
     },
     /// Upgrade vat NAME to a new version of its module, keeping its durable state.
     ///
@@ -420,7 +426,19 @@ fn run_command(
             method,
             args,
             bind_as,
-        } => send(kernel, target, method, args, bind_as.as_deref(), out)?,
+            idempotency_key,
+        } => {
+            let request = SendRequest {
+                target,
+                method,
+                args,
+                bind_as: bind_as.as_deref(),
+                idempotency_key: idempotency_key.as_deref(),
+            };
+            let kpid = start_send(kernel, &request)?;
+            let keyed = idempotency_key.is_some();
+            finish_send(kernel, &kpid, request.bind_as, keyed, out)?;
+        }
         Command::Upgrade { name, module } => {
             let wasm = std::fs::read(module)
                 .with_context(|| format!("cannot read {}", module.display()))?;
@@ -668,52 +686,65 @@ fn run_job_command(
     Ok(())
 }
 
-fn send(
-    kernel: &mut Kernel,
-    target: &str,
-    method: &str,
-    args: &[String],
-    bind_as: Option<&str>,
-    out: &mut Outcome,
-) -> Result<()> {
-    let kpid = start_send(kernel, target, method, args, bind_as)?;
-    finish_send(kernel, &kpid, bind_as, out)
+/// A `vat send`, as the CLI or the daemon takes it.
+#[derive(Debug, Clone, Copy)]
+struct SendRequest<'a> {
+    target: &'a str,
+    method: &'a str,
+    args: &'a [String],
+    bind_as: Option<&'a str>,
+    idempotency_key: Option<&'a str>,
 }
 
-/// Checks a send's arguments and queues it; returns the result promise.
-fn start_send(
-    kernel: &mut Kernel,
-    target: &str,
-    method: &str,
-    args: &[String],
-    bind_as: Option<&str>,
-) -> Result<String> {
-    if let Some(name) = bind_as {
+/// Checks a send's arguments and queues it (once, under an idempotency
+/// key); returns the result promise.
+fn start_send(kernel: &mut Kernel, request: &SendRequest<'_>) -> Result<String> {
+    if let Some(name) = request.bind_as {
         kernel::check_name(name)?;
-        if let Some(kref) = kernel.pet_name(name)? {
-            bail!("pet name {name:?} is already bound (to {kref})");
-        }
     }
-    let target = kernel.resolve_reference(target)?;
+    let target = kernel.resolve_reference(request.target)?;
     let resolve = |text: &str| kernel.resolve_reference(text).ok();
-    let values = args
+    let values = request
+        .args
         .iter()
         .map(|arg| parse_arg(arg, &resolve).map_err(|e| anyhow::anyhow!("argument {arg:?}: {e}")))
         .collect::<Result<Vec<_>>>()?;
     let args = vom::capdata::encode(&Value::Array(values));
-    Ok(kernel.queue_message(&target, method, args)?)
+    let Some(key) = request.idempotency_key else {
+        check_unbound(kernel, request.bind_as)?;
+        return Ok(kernel.queue_message(&target, request.method, args)?);
+    };
+    // A retry may find the name bound by its first try, to its result.
+    if kernel.kept_send(key)?.is_none() {
+        check_unbound(kernel, request.bind_as)?;
+    }
+    let queued = kernel.queue_message_once(key, &target, request.method, args)?;
+    Ok(queued.kpid().to_owned())
 }
 
-/// Reports a send's settlement and lets go of its result promise.
+fn check_unbound(kernel: &Kernel, bind_as: Option<&str>) -> Result<()> {
+    if let Some(name) = bind_as
+        && let Some(kref) = kernel.pet_name(name)?
+    {
+        bail!("pet name {name:?} is already bound (to {kref})");
+    }
+    Ok(())
+}
+
+/// Reports a send's settlement and lets go of its result promise (unless
+/// an idempotency key keeps it for retries: `keyed`).
 fn finish_send(
     kernel: &mut Kernel,
     kpid: &str,
     bind_as: Option<&str>,
+    keyed: bool,
     out: &mut Outcome,
 ) -> Result<()> {
     let reported = report(kernel, kpid, bind_as, out);
     // Reported or not, nobody will read the result promise again.
-    kernel.release(kpid)?;
+    if !keyed {
+        kernel.release(kpid)?;
+    }
     kernel.commit()?;
     reported
 }
@@ -734,8 +765,11 @@ fn report(kernel: &mut Kernel, kpid: &str, bind_as: Option<&str>, out: &mut Outc
                 let Some(reference) = value.as_ref() else {
                     bail!("the result is not a reference, so --as {name} cannot bind it");
                 };
-                kernel.bind_pet_name(name, &reference.slot)?;
-                kernel.commit()?;
+                // An idempotent retry finds the name its first try bound.
+                if kernel.pet_name(name)?.as_deref() != Some(reference.slot.as_str()) {
+                    kernel.bind_pet_name(name, &reference.slot)?;
+                    kernel.commit()?;
+                }
             }
             let shown = to_display(&value, &|kref| match (bind_as, value.as_ref()) {
                 (Some(name), Some(r)) if r.slot == kref => name.to_owned(),
@@ -767,10 +801,26 @@ fn request(mut stream: UnixStream, command: &Command) -> Result<Outcome> {
     line.push('\n');
     stream.write_all(line.as_bytes()).context("daemon socket")?;
     let mut reply = String::new();
-    BufReader::new(stream)
-        .read_line(&mut reply)
-        .context("daemon socket")?;
+    let read = BufReader::new(stream).read_line(&mut reply);
+    if read.is_err() || reply.is_empty() {
+        // The daemon went away with the request in hand: it may have been
+        // carried out (and committed) or not.
+        bail!("{}", daemon_gone(command));
+    }
     serde_json::from_str(&reply).context("the daemon's reply")
+}
+
+/// What a client can say of a request whose daemon died before it answered.
+fn daemon_gone(command: &Command) -> String {
+    let changes = !matches!(
+        command,
+        Command::List | Command::Key | Command::Check | Command::Peers | Command::Stop
+    );
+    if changes {
+        "the daemon stopped before it answered: the request may or may not have been applied (check with `vat list`, or retry a send with --idempotency-key)".to_owned()
+    } else {
+        "the daemon stopped before it answered; nothing was changed".to_owned()
+    }
 }
 
 /// Removes the socket when the daemon ends, however it ends.
@@ -795,6 +845,7 @@ struct Waiter {
     /// cannot connect).
     session: Option<String>,
     bind_as: Option<String>,
+    idempotency_key: Option<String>,
     stream: UnixStream,
     deadline: std::time::Instant,
 }
@@ -900,11 +951,22 @@ fn serve(path: &Path, lock_wait_ms: u64, listen: Option<&str>) -> Result<Outcome
                     method,
                     args,
                     bind_as,
-                } => match start_send(node.kernel(), target, method, args, bind_as.as_deref()) {
+                    idempotency_key,
+                } => match start_send(
+                    node.kernel(),
+                    &SendRequest {
+                        target,
+                        method,
+                        args,
+                        bind_as: bind_as.as_deref(),
+                        idempotency_key: idempotency_key.as_deref(),
+                    },
+                ) {
                     Ok(kpid) => waiters.push(Waiter {
                         kpid,
                         session: None,
                         bind_as: bind_as.clone(),
+                        idempotency_key: idempotency_key.clone(),
                         stream,
                         deadline,
                     }),
@@ -916,6 +978,7 @@ fn serve(path: &Path, lock_wait_ms: u64, listen: Option<&str>) -> Result<Outcome
                             kpid,
                             session: Some(peer),
                             bind_as: Some(bind_as.clone()),
+                            idempotency_key: None,
                             stream,
                             deadline,
                         }),
@@ -950,20 +1013,29 @@ fn serve(path: &Path, lock_wait_ms: u64, listen: Option<&str>) -> Result<Outcome
                     node.kernel(),
                     &waiter.kpid,
                     waiter.bind_as.as_deref(),
+                    waiter.idempotency_key.is_some(),
                     &mut out,
                 ) {
                     Ok(()) => out,
                     Err(e) => Outcome::error(&format!("{e:#}")),
                 }
             } else if let Some(why) = unreachable {
-                node.kernel().release(&waiter.kpid)?;
+                if waiter.idempotency_key.is_none() {
+                    node.kernel().release(&waiter.kpid)?;
+                }
                 Outcome::error(&format!(
                     "cannot reach that kernel ({why}); the session is kept and retried"
                 ))
             } else {
-                node.kernel().release(&waiter.kpid)?;
+                let retry = match &waiter.idempotency_key {
+                    Some(key) => format!("; retry with --idempotency-key {key} to wait again"),
+                    None => {
+                        node.kernel().release(&waiter.kpid)?;
+                        String::new()
+                    }
+                };
                 Outcome::error(&format!(
-                    "no answer within {SEND_TIMEOUT_MS} ms (send_timeout_ms); the message stays queued"
+                    "no answer within {SEND_TIMEOUT_MS} ms (send_timeout_ms); the message stays queued{retry}"
                 ))
             };
             node.flush()?;

@@ -189,16 +189,14 @@ impl Kernel {
 
     /// Records a new connection's peer and returns its id.
     pub fn add_peer(&mut self, name: &str, outbound: bool) -> Result<String, KernelError> {
-        self.state.store.begin_crank()?;
-        let id = format!("r{}", self.state.next_id("kernel.nextPeer")?);
-        self.state.set(&format!("{id}.name"), name)?;
-        self.state.set(&format!("{id}.state"), "running")?;
-        self.state.set(
-            &format!("{id}.direction"),
-            if outbound { "outbound" } else { "inbound" },
-        )?;
-        self.state.end_crank()?;
-        Ok(id)
+        self.in_crank(|k| {
+            let id = format!("r{}", k.state.next_id("kernel.nextPeer")?);
+            k.state.set(&format!("{id}.name"), name)?;
+            k.state.set(&format!("{id}.state"), "running")?;
+            let direction = if outbound { "outbound" } else { "inbound" };
+            k.state.set(&format!("{id}.direction"), direction)?;
+            Ok(id)
+        })
     }
 
     /// The connection to `peer` is gone: its questions fail, what it held
@@ -208,10 +206,7 @@ impl Kernel {
         if self.state.get(&format!("{peer}.state"))?.as_deref() != Some("running") {
             return Ok(());
         }
-        self.state.store.begin_crank()?;
-        self.terminate_peer(peer, reason)?;
-        self.state.end_crank()?;
-        Ok(())
+        Ok(self.in_crank(|k| k.terminate_peer(peer, reason))?)
     }
 
     /// Like [`Kernel::remove_peer`], telling the peer why with `Abort`.
@@ -219,10 +214,8 @@ impl Kernel {
         if self.state.get(&format!("{peer}.state"))?.as_deref() != Some("running") {
             return Ok(());
         }
-        self.state.store.begin_crank()?;
-        self.abort_in_crank(peer, reason, &format!("peer {peer} disconnected: {reason}"))?;
-        self.state.end_crank()?;
-        Ok(())
+        let why = format!("peer {peer} disconnected: {reason}");
+        Ok(self.in_crank(|k| k.abort_in_crank(peer, reason, &why))?)
     }
 
     /// Tells the peer why it is cut off (`Abort`) and terminates it.
@@ -358,20 +351,19 @@ impl Kernel {
             if let Some(address) = address
                 && !inbound
             {
-                self.state.store.begin_crank()?;
-                self.state.set(&format!("{peer}.address"), address)?;
-                self.state.end_crank()?;
+                self.in_crank(|k| k.state.set(&format!("{peer}.address"), address))?;
             }
             return Ok(peer);
         }
         let peer = self.add_peer(did, address.is_some())?;
-        self.state.store.begin_crank()?;
-        self.state.set(&format!("{peer}.did"), did)?;
-        self.state.set(&format!("peer.did.{did}"), &peer)?;
-        if let Some(address) = address {
-            self.state.set(&format!("{peer}.address"), address)?;
-        }
-        self.state.end_crank()?;
+        self.in_crank(|k| {
+            k.state.set(&format!("{peer}.did"), did)?;
+            k.state.set(&format!("peer.did.{did}"), &peer)?;
+            match address {
+                Some(address) => k.state.set(&format!("{peer}.address"), address),
+                None => Ok(()),
+            }
+        })?;
         self.state.sessions.insert(peer.clone());
         Ok(peer)
     }
@@ -439,11 +431,7 @@ impl Kernel {
         if keys.is_empty() {
             return Ok(());
         }
-        self.state.store.begin_crank()?;
-        for key in keys {
-            self.state.delete(&key)?;
-        }
-        self.state.end_crank()?;
+        self.in_crank(|k| keys.iter().try_for_each(|key| k.state.delete(key)))?;
         Ok(())
     }
 
@@ -451,13 +439,10 @@ impl Kernel {
 
     /// Where the daemon accepts CapTP connections (`None`: it does not).
     pub fn set_listen_address(&mut self, address: Option<&str>) -> Result<(), KernelError> {
-        self.state.store.begin_crank()?;
-        match address {
-            Some(address) => self.state.set("kernel.listen", address)?,
-            None => self.state.delete("kernel.listen")?,
-        }
-        self.state.end_crank()?;
-        Ok(())
+        Ok(self.in_crank(|k| match address {
+            Some(address) => k.state.set("kernel.listen", address),
+            None => k.state.delete("kernel.listen"),
+        })?)
     }
 
     pub fn listen_address(&self) -> Result<Option<String>, KernelError> {
@@ -473,17 +458,20 @@ impl Kernel {
         let mut bytes = [0u8; 20];
         getrandom::fill(&mut bytes).map_err(|e| KernelError::Randomness(e.to_string()))?;
         let swiss = bs58::encode(bytes).into_string();
-        self.state.store.begin_crank()?;
-        self.state.set(&format!("sturdy.{swiss}"), kref)?;
-        self.state.incref(kref)?;
-        self.state.end_crank()?;
+        self.in_crank(|k| {
+            k.state.set(&format!("sturdy.{swiss}"), kref)?;
+            k.state.incref(kref)
+        })?;
         Ok(swiss)
     }
 
     /// Asks `peer` (a connection we dialled) for the object behind `swiss`.
     /// Returns a promise for it, pinned until [`Kernel::release`].
     pub fn enliven(&mut self, peer: &str, swiss: &str) -> Result<String, KernelError> {
-        self.state.store.begin_crank()?;
+        self.in_crank(|k| k.enliven_in_crank(peer, swiss))
+    }
+
+    fn enliven_in_crank(&mut self, peer: &str, swiss: &str) -> Result<String, KernelError> {
         let bootstrap = self.next_question(peer)?;
         self.put_question(
             peer,
@@ -526,7 +514,6 @@ impl Kernel {
                 caps: vec![],
             }),
         );
-        self.state.end_crank()?;
         Ok(kp)
     }
 
@@ -560,16 +547,10 @@ impl Kernel {
             eprintln!("{peer} <- {decoded:?}");
         }
         self.state.store.begin_crank()?;
-        if self.state.sessions.contains(peer) {
-            add_counter(&mut self.state, &format!("{peer}.received"), 1)?;
-        }
-        let handled = match decoded {
-            Ok(message) => self.handle_message(peer, message),
-            Err(e) => protocol(e.to_string()),
-        };
+        let handled = self.receive_in_crank(peer, decoded);
         match handled {
             Ok(()) => {
-                self.state.end_crank()?;
+                self.end_crank_or_abort()?;
                 Ok(None)
             }
             Err(MembraneError::Kernel(e)) => {
@@ -578,11 +559,25 @@ impl Kernel {
             }
             Err(MembraneError::Protocol(ProtocolError(reason))) => {
                 self.state.abort_crank()?;
-                self.state.store.begin_crank()?;
-                self.abort_in_crank(peer, &reason, &format!("peer {peer} aborted: {reason}"))?;
-                self.state.end_crank()?;
+                let why = format!("peer {peer} aborted: {reason}");
+                self.in_crank(|k| k.abort_in_crank(peer, &reason, &why))?;
                 Ok(Some(reason))
             }
+        }
+    }
+
+    /// Counts a session frame and applies it, in the current crank.
+    fn receive_in_crank(
+        &mut self,
+        peer: &str,
+        decoded: Result<Wire, wire::WireError>,
+    ) -> Result<()> {
+        if self.state.sessions.contains(peer) {
+            add_counter(&mut self.state, &format!("{peer}.received"), 1)?;
+        }
+        match decoded {
+            Ok(message) => self.handle_message(peer, message),
+            Err(e) => protocol(e.to_string()),
         }
     }
 

@@ -4,6 +4,7 @@
 //!
 //! | key | value |
 //! |---|---|
+//! | `kernel.schema` | [`STORE_SCHEMA_VERSION`]: the layout this table describes, checked at open |
 //! | `kernel.nextVat` / `kernel.nextObject` / `kernel.nextPromise` | next id to allocate |
 //! | `runQueue.head` / `runQueue.tail` / `runQueue.<n>` | the run queue: JSON [`RunQueueItem`]s |
 //! | `ko<N>.owner` | the vat that exports object `ko<N>` |
@@ -116,6 +117,46 @@ pub enum PromiseState {
 
 pub(crate) type StoreResult<T> = Result<T, StoreError>;
 
+/// The layout of the kernel's tables, as `kernel.schema` records it.
+pub const STORE_SCHEMA_VERSION: u32 = 1;
+const SCHEMA_KEY: &str = "kernel.schema";
+
+/// What a store holds, by its schema key.
+pub(crate) enum Schema {
+    /// This kernel's tables.
+    Current,
+    /// Another schema's (or another program's) tables.
+    Other(String),
+}
+
+/// Marks a new store as holding this kernel's tables.
+pub(crate) fn mark_schema(store: &mut SwingStore) -> StoreResult<()> {
+    store.begin_crank()?;
+    store.set(SCHEMA_KEY, &STORE_SCHEMA_VERSION.to_string())?;
+    store.end_crank()
+}
+
+/// Which tables `store` holds. A store made before the schema key existed
+/// (it has kernel keys and no schema) is marked as the current schema,
+/// which is its layout.
+pub(crate) fn schema_of(store: &mut SwingStore) -> StoreResult<Schema> {
+    match store.get(SCHEMA_KEY)? {
+        Some(found) if found == STORE_SCHEMA_VERSION.to_string() => Ok(Schema::Current),
+        Some(found) => Ok(Schema::Other(found)),
+        // A home made by `vat init` before the schema key, that ran nothing,
+        // holds no key at all (an emptied file is refused before it is opened).
+        None if store.get_next_key("")?.is_none()
+            || store.get("kernel.nextVat")?.is_some()
+            || store.get("runQueue.head")?.is_some() =>
+        {
+            mark_schema(store)?;
+            store.commit()?;
+            Ok(Schema::Current)
+        }
+        None => Ok(Schema::Other("absent".to_owned())),
+    }
+}
+
 /// The kernel's tables over one swingstore.
 #[derive(Debug)]
 pub(crate) struct KernelState {
@@ -201,9 +242,12 @@ impl KernelState {
     /// The state of vat `vat`, which exists.
     pub(crate) fn vat_state(&self, vat: &str) -> StoreResult<VatState> {
         let text = self.get(&format!("{vat}.state"))?;
-        Ok(text.as_deref().and_then(VatState::parse).unwrap_or_else(|| {
-            panic!("kernel invariant: {vat}.state is a vat state, not {text:?}")
-        }))
+        Ok(text
+            .as_deref()
+            .and_then(VatState::parse)
+            .unwrap_or_else(|| {
+                panic!("kernel invariant: {vat}.state is a vat state, not {text:?}")
+            }))
     }
 
     /// Records `vat`'s new state and why (no reason: running again).

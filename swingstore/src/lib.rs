@@ -60,6 +60,10 @@ pub enum StoreError {
     },
     #[error("not a valid CID: {0}")]
     BadCid(String),
+    /// A read failed on purpose ([`SwingStore::fail_reads_after`]).
+    #[cfg(feature = "failpoints")]
+    #[error("store: a read failed on purpose (failpoints)")]
+    Injected,
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -116,6 +120,9 @@ pub struct SwingStore {
     /// True while a read transaction is open: reads between commits share one
     /// snapshot instead of taking SQLite's file lock statement by statement.
     reading: std::cell::Cell<bool>,
+    /// Reads left before reads fail (tests only).
+    #[cfg(feature = "failpoints")]
+    reads_until_failure: std::cell::Cell<Option<u64>>,
 }
 
 /// The smallest string greater than every string starting with `prefix`,
@@ -177,7 +184,29 @@ impl SwingStore {
             crank_bundles: Vec::new(),
             pending_bundles: Vec::new(),
             reading: Default::default(),
+            #[cfg(feature = "failpoints")]
+            reads_until_failure: Default::default(),
         })
+    }
+
+    /// Makes every read after the next `reads` fail with
+    /// [`StoreError::Injected`] (`None`: reads work again). For tests of
+    /// what callers do with a failing store.
+    #[cfg(feature = "failpoints")]
+    pub fn fail_reads_after(&self, reads: Option<u64>) {
+        self.reads_until_failure.set(reads);
+    }
+
+    /// Fails a read if [`Self::fail_reads_after`] says so.
+    fn read_allowed(&self) -> Result<()> {
+        #[cfg(feature = "failpoints")]
+        if let Some(left) = self.reads_until_failure.get() {
+            if left == 0 {
+                return Err(StoreError::Injected);
+            }
+            self.reads_until_failure.set(Some(left - 1));
+        }
+        Ok(())
     }
 
     /// The file this store lives in.
@@ -193,6 +222,11 @@ impl SwingStore {
         );
         self.crank = Some(Vec::new());
         Ok(())
+    }
+
+    /// Whether a crank is open (begun, not yet ended or aborted).
+    pub fn in_crank(&self) -> bool {
+        self.crank.is_some()
     }
 
     /// Ends a crank, keeping its writes for the next [`Self::commit`].
@@ -310,6 +344,7 @@ impl SwingStore {
     }
 
     pub fn get(&self, key: &str) -> Result<Option<String>> {
+        self.read_allowed()?;
         if let Some(slot) = self.view.borrow().get(key) {
             return Ok(slot.value.clone());
         }
@@ -380,6 +415,7 @@ impl SwingStore {
     /// The smallest key strictly greater than `previous`, in byte order.
     /// `get_next_key("")` is the first key of the store.
     pub fn get_next_key(&self, previous: &str) -> Result<Option<String>> {
+        self.read_allowed()?;
         self.begin_reading()?;
         let mut stmt = self
             .conn
@@ -406,6 +442,7 @@ impl SwingStore {
 
     /// Every `(key, value)` whose key starts with `prefix`, in key order.
     pub fn scan_prefix(&self, prefix: &str) -> Result<Vec<(String, String)>> {
+        self.read_allowed()?;
         self.begin_reading()?;
         // The range ends at the prefix's successor, so that the scan costs
         // what the prefix holds, not what follows it in the table.

@@ -189,13 +189,33 @@ impl Value {
         }
     }
 
-    /// A non-negative integer, from a number or a bigint.
+    /// A natural number, if this is one exactly: a bigint in `u64`'s range,
+    /// or a number that is a safe integer (beyond 2^53 - 1 a number may
+    /// have been rounded, so it is not taken as an integer).
     pub fn as_u64(&self) -> Option<u64> {
         match self {
-            Value::Number(n) if n.fract() == 0.0 && *n >= 0.0 && *n <= u64::MAX as f64 => {
-                Some(*n as u64)
-            }
+            Value::Number(_) => self.as_safe_integer().and_then(|n| u64::try_from(n).ok()),
             Value::BigInt(n) => u64::try_from(*n).ok(),
+            _ => None,
+        }
+    }
+
+    /// An integer, if this is one exactly: a bigint in `i64`'s range, or a
+    /// number that is a safe integer.
+    pub fn as_i64(&self) -> Option<i64> {
+        match self {
+            Value::Number(_) => self.as_safe_integer(),
+            Value::BigInt(n) => i64::try_from(*n).ok(),
+            _ => None,
+        }
+    }
+
+    /// A number that is an integer of at most [`MAX_SAFE_INTEGER`] in magnitude.
+    fn as_safe_integer(&self) -> Option<i64> {
+        match self {
+            Value::Number(n) if n.fract() == 0.0 && n.abs() <= MAX_SAFE_INTEGER as f64 => {
+                Some(*n as i64)
+            }
             _ => None,
         }
     }
@@ -225,14 +245,26 @@ impl From<f64> for Value {
         Value::Number(n)
     }
 }
+/// The largest integer a number (an IEEE double, as in JavaScript) holds
+/// exactly with all its neighbours: beyond it, integers travel as bigints.
+pub const MAX_SAFE_INTEGER: i64 = (1 << 53) - 1;
+
 impl From<u64> for Value {
     fn from(n: u64) -> Value {
-        Value::Number(n as f64)
+        if n <= MAX_SAFE_INTEGER as u64 {
+            Value::Number(n as f64)
+        } else {
+            Value::BigInt(i128::from(n))
+        }
     }
 }
 impl From<i64> for Value {
     fn from(n: i64) -> Value {
-        Value::Number(n as f64)
+        if n.unsigned_abs() <= MAX_SAFE_INTEGER as u64 {
+            Value::Number(n as f64)
+        } else {
+            Value::BigInt(i128::from(n))
+        }
     }
 }
 impl From<&str> for Value {

@@ -139,7 +139,7 @@ impl Args {
         let value = self.get(index)?;
         value.as_u64().ok_or_else(|| {
             Error::type_error(format!(
-                "argument {index} must be a non-negative integer, got {}",
+                "argument {index} must be a natural number (u64: 0 to 18446744073709551615, a bigint beyond 2^53 - 1), got {}",
                 capdata::encode(value).body
             ))
         })

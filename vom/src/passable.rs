@@ -120,7 +120,8 @@ impl ToPassable for Value {
 }
 
 impl FromPassable for u64 {
-    const SHAPE: &'static str = "a natural number (u64)";
+    const SHAPE: &'static str =
+        "a natural number (u64: 0 to 18446744073709551615, a bigint beyond 2^53 - 1)";
     fn from_passable(value: &Value) -> Option<Self> {
         value.as_u64()
     }
@@ -128,17 +129,13 @@ impl FromPassable for u64 {
 
 impl ToPassable for u64 {
     fn to_passable(&self) -> Value {
-        // Beyond 2^53 a JavaScript number loses precision, so large values pass as bigints.
-        if *self < (1 << 53) {
-            Value::Number(*self as f64)
-        } else {
-            Value::BigInt(i128::from(*self))
-        }
+        // Beyond 2^53 - 1 a JavaScript number loses precision: large values pass as bigints.
+        Value::from(*self)
     }
 }
 
 impl FromPassable for u32 {
-    const SHAPE: &'static str = "a natural number below 2^32 (u32)";
+    const SHAPE: &'static str = "a natural number below 2^32 (u32: 0 to 4294967295)";
     fn from_passable(value: &Value) -> Option<Self> {
         value.as_u64().and_then(|n| u32::try_from(n).ok())
     }
@@ -151,25 +148,16 @@ impl ToPassable for u32 {
 }
 
 impl FromPassable for i64 {
-    const SHAPE: &'static str = "an integer (i64)";
+    const SHAPE: &'static str =
+        "an integer (i64: -9223372036854775808 to 9223372036854775807, a bigint beyond 2^53 - 1)";
     fn from_passable(value: &Value) -> Option<Self> {
-        match value {
-            Value::Number(n) if n.fract() == 0.0 && n.abs() <= 9.007_199_254_740_992e15 => {
-                Some(*n as i64)
-            }
-            Value::BigInt(n) => i64::try_from(*n).ok(),
-            _ => None,
-        }
+        value.as_i64()
     }
 }
 
 impl ToPassable for i64 {
     fn to_passable(&self) -> Value {
-        if self.unsigned_abs() < (1 << 53) {
-            Value::Number(*self as f64)
-        } else {
-            Value::BigInt(i128::from(*self))
-        }
+        Value::from(*self)
     }
 }
 
@@ -287,7 +275,7 @@ mod tests {
         assert_eq!(error.name, "TypeError");
         assert_eq!(
             error.message,
-            r#"Purse.withdraw: argument 0 must be a natural number (u64), got "ten""#
+            r#"Purse.withdraw: argument 0 must be a natural number (u64: 0 to 18446744073709551615, a bigint beyond 2^53 - 1), got "ten""#
         );
         let error = guard_arity("Purse", "withdraw", &args, 2).unwrap_err();
         assert_eq!(
@@ -306,6 +294,56 @@ mod tests {
         assert_eq!(7u64.to_passable(), Value::Number(7.0));
         assert_eq!(u64::from_passable(&Value::Number(-1.0)), None);
         assert_eq!(u64::from_passable(&Value::Number(1.5)), None);
+    }
+
+    #[test]
+    fn integers_are_taken_only_when_exact_and_in_range() {
+        let safe = crate::capdata::MAX_SAFE_INTEGER;
+        // Numbers: safe integers only; beyond, a number may have been rounded.
+        assert_eq!(
+            u64::from_passable(&Value::Number(safe as f64)),
+            Some(safe as u64)
+        );
+        assert_eq!(u64::from_passable(&Value::Number((safe + 1) as f64)), None);
+        assert_eq!(
+            u64::from_passable(&Value::Number(1.8446744073709552e19)),
+            None
+        );
+        assert_eq!(
+            i64::from_passable(&Value::Number(-(safe as f64))),
+            Some(-safe)
+        );
+        assert_eq!(
+            i64::from_passable(&Value::Number(-(safe as f64) - 1.0)),
+            None
+        );
+        // Bigints: any value in the type's range, nothing outside it (never clamped).
+        assert_eq!(
+            u64::from_passable(&Value::BigInt(u64::MAX.into())),
+            Some(u64::MAX)
+        );
+        assert_eq!(
+            u64::from_passable(&Value::BigInt(i128::from(u64::MAX) + 1)),
+            None
+        );
+        assert_eq!(u64::from_passable(&Value::BigInt(-1)), None);
+        assert_eq!(
+            i64::from_passable(&Value::BigInt(i64::MIN.into())),
+            Some(i64::MIN)
+        );
+        assert_eq!(
+            i64::from_passable(&Value::BigInt(i128::from(i64::MAX) + 1)),
+            None
+        );
+        assert_eq!(u32::from_passable(&Value::BigInt(1 << 32)), None);
+        // Results: beyond the safe range they are bigints, both ways.
+        assert_eq!((safe as u64).to_passable(), Value::Number(safe as f64));
+        assert_eq!(
+            (safe as u64 + 1).to_passable(),
+            Value::BigInt((safe + 1).into())
+        );
+        assert_eq!(Value::from(-safe - 1), Value::BigInt((-safe - 1).into()));
+        assert_eq!(Value::from(u64::MAX), Value::BigInt(u64::MAX.into()));
     }
 
     #[test]
