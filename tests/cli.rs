@@ -585,3 +585,50 @@ fn an_idempotent_send_is_applied_once_however_often_it_is_retried() {
     assert_eq!(home.ok(&["send", "counter", "get"]), "12");
     home.check();
 }
+
+/// The krefs a result shows, nested ones too, stay usable by the next
+/// commands (the kernel holds them), however the vat collects; a pet name
+/// keeps one for good, and `vat unname` lets it go.
+#[test]
+fn references_a_result_shows_stay_usable_by_the_next_commands() {
+    let home = VatHome::new();
+    home.spawn("e", "holder");
+    let kref = |shown: &str| {
+        let value: serde_json::Value = serde_json::from_str(shown).unwrap();
+        value["$ref"].as_str().unwrap().to_owned()
+    };
+    // A durable object nothing but the result refers to.
+    let token = kref(&home.ok(&["send", "e", "makeDurable", "t1"]));
+    home.ok(&["collect", "e"]);
+    assert_eq!(home.ok(&["send", &token, "describe"]), "\"t1\"");
+    // Nested in a record and an array: each one usable.
+    let nested = home.ok(&[
+        "send",
+        "e",
+        "echo",
+        &format!(r#"{{"list":[{{"$ref":"{token}"}}]}}"#),
+    ]);
+    assert_eq!(nested, format!(r#"{{"list":[{{"$ref":"{token}"}}]}}"#));
+    home.ok(&["collect", "e"]);
+    assert_eq!(home.ok(&["send", &token, "describe"]), "\"t1\"");
+    // A pet name keeps it; unnaming it lets it go once nothing shows it.
+    assert_eq!(
+        home.ok(&["name", &token, "keep"]),
+        format!("keep -> {token}")
+    );
+    assert_eq!(home.ok(&["send", "keep", "describe"]), "\"t1\"");
+    let shown = home.ok(&["send", "keep", "describe"]);
+    assert_eq!(shown, "\"t1\"");
+    assert_eq!(
+        home.ok(&["unname", "keep"]),
+        format!("unbound keep (was {token})")
+    );
+    let err = home.fails(&["unname", "keep"]);
+    assert!(err.contains(r#"no pet name "keep""#), "{err}");
+    // Let go of, it goes with the vat's next collection.
+    assert_eq!(home.ok(&["forget"]), "let go of 1 shown reference(s)");
+    home.ok(&["collect", "e"]);
+    let err = home.fails(&["send", &token, "describe"]);
+    assert!(err.contains("unknown reference"), "{err}");
+    home.check();
+}

@@ -48,10 +48,14 @@ impl Scene {
             .collect()
     }
 
+    /// Sends, then lets go of what the result showed (the CLI holds shown
+    /// references for later commands), so that only the vats hold things.
     fn send(&self, args: &[&str]) -> String {
         let mut full = vec!["send"];
         full.extend_from_slice(args);
-        self.home.ok(&full)
+        let shown = self.home.ok(&full);
+        self.home.ok(&["forget"]);
+        shown
     }
 
     /// The objects `e` exports besides its root.

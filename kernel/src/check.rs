@@ -386,6 +386,9 @@ impl Checker<'_> {
                 }
                 (Some(kref), Some("pinned"), None) if kref.starts_with("kp") => count(kref, true),
                 (Some("pet" | "sturdy"), Some(_), _) => count(value, true),
+                (Some("shown"), Some(seq), None) if seq.bytes().all(|b| b.is_ascii_digit()) => {
+                    count(value, true)
+                }
                 // A peer's questions hold their result promises; its
                 // answers, until returned, the promises they wait for.
                 (Some(peer), Some("q"), Some(_)) if peer.starts_with('r') => {

@@ -41,6 +41,8 @@ pub enum KernelError {
     BadName(String),
     #[error("unknown reference {0:?}: not a pet name or a kref this kernel knows")]
     UnknownTarget(String),
+    #[error("no pet name {0:?} (`vat list` shows them)")]
+    UnknownPetName(String),
     #[error("vat failed to start: {0}")]
     StartFailed(VatFault),
     #[error("no vat named {0:?}")]
@@ -1624,6 +1626,18 @@ impl Kernel {
             k.state.set(&format!("pet.{name}"), kref)?;
             k.state.incref(kref)
         })?)
+    }
+
+    /// Unbinds pet name `name`; what it named goes when nothing else holds it.
+    pub fn unbind_pet_name(&mut self, name: &str) -> Result<String, KernelError> {
+        let Some(kref) = self.pet_name(name)? else {
+            return Err(KernelError::UnknownPetName(name.to_owned()));
+        };
+        self.in_crank(|k| {
+            k.state.delete(&format!("pet.{name}"))?;
+            k.state.decref(&kref)
+        })?;
+        Ok(kref)
     }
 
     /// Every pet name and its kref, by name.

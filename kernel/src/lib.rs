@@ -16,6 +16,7 @@ mod jobs;
 mod kernel;
 mod membrane;
 pub mod node;
+mod shown;
 mod state;
 pub mod ucan;
 
@@ -28,4 +29,5 @@ pub use kernel::{
     CommitPolicy, Kernel, KernelError, VatInfo, VatOptions, WorkerKind, check_name, is_kref,
 };
 pub use membrane::{ANSWERS_PER_PEER_MAX, PeerInfo, REFERENCES_PER_PEER_MAX};
+pub use shown::SHOWN_REFS_MAX;
 pub use state::{PromiseState, VatState};

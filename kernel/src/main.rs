@@ -130,6 +130,27 @@ enum Command {
         /// The new version's Wasm module.
         module: PathBuf,
     },
+    /// Bind pet name NAME to KREF (a reference a result showed), for good.
+    ///
+    /// A kref a result shows stays usable for the next shown_refs_max
+    /// (1,000) references shown; a pet name keeps it until `vat unname`.
+    Name {
+        /// A kref (ko12, kp40) or a pet name.
+        kref: String,
+        /// The pet name to bind.
+        name: String,
+    },
+    /// Unbind pet name NAME; what it named goes once nothing else holds it.
+    Unname {
+        /// The pet name.
+        name: String,
+    },
+    /// Let go of KREF, a reference a result showed (without KREF: of all of
+    /// them), so that it goes once nothing else holds it.
+    Forget {
+        /// A kref a result showed.
+        kref: Option<String>,
+    },
     /// Restart suspended vat NAME on its module and its kept state.
     ///
     /// A vat is suspended when its start faults or too many deliveries in a
@@ -363,7 +384,8 @@ fn init(path: &Path) -> Result<Outcome> {
 /// Runs one command against a kernel; errors become the outcome's one line.
 fn execute(home: &Home, kernel: &mut Kernel, command: &Command) -> Outcome {
     let mut outcome = Outcome::default();
-    match run_command(home, kernel, command, &mut outcome) {
+    // Nothing is reported before it is durable.
+    match run_command(home, kernel, command, &mut outcome).and_then(|()| Ok(kernel.commit()?)) {
         Ok(()) => outcome,
         Err(e) => Outcome::error(&format!("{e:#}")),
     }
@@ -444,6 +466,19 @@ fn run_command(
                 .with_context(|| format!("cannot read {}", module.display()))?;
             let cid = kernel.upgrade_vat(name, &wasm)?;
             out.line(format!("upgraded {name} to bundle {cid}"));
+        }
+        Command::Name { kref, name } => {
+            let kref = kernel.resolve_reference(kref)?;
+            kernel.bind_pet_name(name, &kref)?;
+            out.line(format!("{name} -> {kref}"));
+        }
+        Command::Unname { name } => {
+            let kref = kernel.unbind_pet_name(name)?;
+            out.line(format!("unbound {name} (was {kref})"));
+        }
+        Command::Forget { kref } => {
+            let count = kernel.forget_shown(kref.as_deref())?;
+            out.line(format!("let go of {count} shown reference(s)"));
         }
         Command::Resume { name } => {
             kernel.resume_vat(name)?;
@@ -771,6 +806,7 @@ fn report(kernel: &mut Kernel, kpid: &str, bind_as: Option<&str>, out: &mut Outc
                     kernel.commit()?;
                 }
             }
+            hold_unnamed(kernel, &data, &names)?;
             let shown = to_display(&value, &|kref| match (bind_as, value.as_ref()) {
                 (Some(name), Some(r)) if r.slot == kref => name.to_owned(),
                 _ => name_of(kref),
@@ -778,6 +814,7 @@ fn report(kernel: &mut Kernel, kpid: &str, bind_as: Option<&str>, out: &mut Outc
             out.line(shown);
         }
         PromiseState::Rejected(data) => {
+            hold_unnamed(kernel, &data, &names)?;
             let reason = match vom::capdata::decode(&data) {
                 Ok(Value::Error(e)) => e.to_string(),
                 Ok(other) => to_display(&other, &name_of).to_string(),
@@ -788,6 +825,23 @@ fn report(kernel: &mut Kernel, kpid: &str, bind_as: Option<&str>, out: &mut Outc
         PromiseState::Unresolved => unreachable!("run_until_settled returns settled promises"),
     }
     Ok(())
+}
+
+/// Holds the references a result shows by kref (those without a pet name),
+/// so that the next command can use them.
+fn hold_unnamed(
+    kernel: &mut Kernel,
+    data: &vom::CapData,
+    names: &std::collections::HashMap<String, String>,
+) -> Result<()> {
+    let unnamed: Vec<String> = data
+        .slots
+        .iter()
+        .filter(|kref| !names.contains_key(*kref))
+        .cloned()
+        .collect();
+    kernel.hold_shown(&unnamed)?;
+    Ok(kernel.commit()?)
 }
 
 /// A connection to the home's daemon, if one answers.
