@@ -346,3 +346,62 @@ fn an_upgrade_rejects_the_promises_the_vat_decided() {
     );
     home.check();
 }
+
+/// An upgrade whose state type cannot read the stored state is refused
+/// before anything changes, naming the kind and the field: a new field
+/// without a default, a renamed field, a changed type, a downgrade. A new
+/// field with a default is accepted, and the data is intact.
+#[test]
+fn an_upgrade_that_cannot_read_the_stored_state_is_refused_naming_the_field() {
+    let home = VatHome::new();
+    home.spawn("counter", "counter");
+    for _ in 0..3 {
+        home.ok(&["send", "counter", "increment"]);
+    }
+    let refused = |guest: &str, why: &str| {
+        let before = home.dump();
+        let module = vat_tests::guest(guest);
+        let err = home.fails(&["upgrade", "counter", module.to_str().unwrap()]);
+        assert!(
+            err.starts_with("error: upgrade of \"counter\" failed, the old version keeps running: vat exited with failure: this version cannot read the stored state of kind Counter: "),
+            "{guest}: {err}"
+        );
+        assert!(err.contains(why), "{guest}: {err}");
+        assert_eq!(
+            home.dump(),
+            before,
+            "{guest}: a refused upgrade changes nothing"
+        );
+    };
+    refused(
+        "counter_missing_default",
+        "new field `label` has no default (add #[serde(default)])",
+    );
+    refused(
+        "counter_renamed",
+        "field `count` is gone (removed, renamed, or an older version)",
+    );
+    refused("counter_renamed", "new field `total` has no default");
+    refused(
+        "counter_retyped",
+        "field `count` changed type from u64 to String",
+    );
+    // The old version ran on through all of that.
+    assert_eq!(home.ok(&["send", "counter", "increment"]), "4");
+    // A new field with a default reads the stored state: accepted, data intact.
+    let with_default = vat_tests::guest("counter_with_default");
+    home.ok(&["upgrade", "counter", with_default.to_str().unwrap()]);
+    assert_eq!(
+        home.ok(&["send", "counter", "get"]),
+        r#"{"count":4,"label":""}"#
+    );
+    // Back to the version without the field: its data would be dropped.
+    refused("counter", "field `label` is gone");
+    // An upgrade that changes no state type passes without a look at the objects.
+    home.ok(&["upgrade", "counter", with_default.to_str().unwrap()]);
+    assert_eq!(
+        home.ok(&["send", "counter", "get"]),
+        r#"{"count":4,"label":""}"#
+    );
+    home.check();
+}

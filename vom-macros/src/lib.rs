@@ -23,11 +23,25 @@
 //! that have it: `#[vom::exo(facets(issuer, admin))]` with `#[facet(admin)]`
 //! on a method.
 
+mod schema;
+
 use proc_macro::TokenStream;
 use proc_macro2::Span;
 use quote::quote;
 use syn::spanned::Spanned;
 use syn::{FnArg, ImplItem, ItemImpl, LitStr, Type, Visibility, parse_macro_input};
+
+/// `#[derive(vom::Schema)]` on a durable kind's state type: its schema,
+/// which `vom::define` compares with the stored one at every start, so an
+/// upgrade whose state type cannot read the stored state is refused.
+#[proc_macro_derive(Schema, attributes(serde))]
+pub fn derive_schema(item: TokenStream) -> TokenStream {
+    let input = parse_macro_input!(item as syn::DeriveInput);
+    match schema::expand(&input) {
+        Ok(tokens) => tokens.into(),
+        Err(error) => error.to_compile_error().into(),
+    }
+}
 
 #[proc_macro_attribute]
 pub fn exo(attr: TokenStream, item: TokenStream) -> TokenStream {
@@ -266,6 +280,7 @@ fn expand(
         impl ::vom::Kind for #self_ty {
             const NAME: &'static str = #kind_name;
             const FACETS: &'static [&'static str] = &[#(#facet_names),*];
+            const SCHEMA: &'static str = <Self as ::vom::Schema>::SCHEMA;
 
             fn dispatch(
                 this: &::vom::Durable<Self>,

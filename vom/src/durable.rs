@@ -11,7 +11,7 @@
 //!
 //! | key | value |
 //! |---|---|
-//! | `vom.kinds` | the kind table: names, ids, facets, instance counters |
+//! | `vom.kinds` | the kind table: names, ids, facets, instance counters, state schemas |
 //! | `vom.vs.<base>` | an instance record: `rc|flags|refs|state-json` |
 //! | `vom.vc.<base>.<encoded key>` | a collection entry: `refs|[key, value]` |
 //! | `vom.vco.<base>.<vref>` | the ordinal a collection gave a reference key |
@@ -66,6 +66,17 @@ const RESERVED_KINDS: [(&str, u64); 3] = [
     ("vom:WeakMapStore", WEAK_MAP_STORE_KIND),
 ];
 
+/// A durable state type's schema, from `#[derive(vom::Schema)]`: what an
+/// upgrade compares with the schema its stored instances were written with.
+#[diagnostic::on_unimplemented(
+    message = "the state of durable kind `{Self}` needs `#[derive(vom::Schema)]`",
+    label = "add `vom::Schema` to its derives"
+)]
+pub trait Schema {
+    /// One line per stored field: `name: type`, ` = default` when it has one.
+    const SCHEMA: &'static str;
+}
+
 /// A durable kind: a serde state type whose instances answer messages.
 /// Implemented by `#[vom::exo]`; define it with [`define`] every time the vat
 /// starts, before it makes or uses instances.
@@ -76,6 +87,8 @@ pub trait Kind: Serialize + DeserializeOwned + 'static {
     /// Facet names, for a kind whose instances are several objects over one
     /// state; empty for a kind with one object per instance.
     const FACETS: &'static [&'static str];
+    /// The state type's schema ([`Schema::SCHEMA`]).
+    const SCHEMA: &'static str;
     /// Runs `method` on facet `facet` of `this`, after checking the call
     /// against the method's guard.
     fn dispatch(this: &Durable<Self>, facet: usize, method: &str, args: Vec<Value>) -> Reply;
@@ -92,6 +105,10 @@ struct StoredKind {
     facets: Vec<String>,
     /// The last instance number handed out.
     next: u64,
+    /// The schema of the state type its instances were written with
+    /// (absent: made before schemas were kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    schema: Option<String>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -155,6 +172,9 @@ struct Vom {
     kind_ids: FxHashMap<String, u64>,
     next_kind: u64,
     kinds_dirty: bool,
+    /// Kinds whose new state type cannot read their stored instances, found
+    /// by [`define`]: the vat must not start.
+    unreadable: Vec<String>,
     slots: FxHashMap<Rc<str>, Slot>,
     /// Slots whose record must be written at the end of the crank.
     dirty: Vec<String>,
@@ -222,6 +242,7 @@ fn load_kinds(vom: &mut Vom) {
                     id: *id,
                     facets: Vec::new(),
                     next: 0,
+                    schema: None,
                 })
                 .collect(),
         },
@@ -275,6 +296,7 @@ pub fn define<K: Kind>() {
                             id,
                             facets: facets.clone(),
                             next: 0,
+                            schema: Some(K::SCHEMA.to_owned()),
                         },
                         dispatch: None,
                     },
@@ -295,7 +317,71 @@ pub fn define<K: Kind>() {
             facets
         );
         entry.dispatch = Some(dispatch_erased::<K>);
+        // Unchanged, as at almost every start, it costs one comparison.
+        if entry.stored.schema.as_deref() != Some(K::SCHEMA) {
+            let problems = match (&entry.stored.schema, entry.stored.next) {
+                (Some(stored), made) if made > 0 => schema_problems(stored, K::SCHEMA),
+                _ => Vec::new(),
+            };
+            if problems.is_empty() {
+                entry.stored.schema = Some(K::SCHEMA.to_owned());
+                vom.kinds_dirty = true;
+            } else {
+                vom.unreadable
+                    .push(format!("kind {}: {}", K::NAME, problems.join("; ")));
+            }
+        }
     });
+}
+
+/// Why state written with schema `stored` cannot be read with schema
+/// `new` without losing or misreading it (empty: it can). Each problem
+/// names its field.
+pub fn schema_problems(stored: &str, new: &str) -> Vec<String> {
+    let opaque = |schema: &str| schema.starts_with("opaque ");
+    if opaque(stored) || opaque(new) {
+        return vec![
+            "its state type changed in a way vom cannot check field by field (not a struct with named fields)".to_owned(),
+        ];
+    }
+    let fields = |schema: &str| -> BTreeMap<String, (String, bool)> {
+        schema
+            .lines()
+            .filter_map(|line| {
+                let (name, rest) = line.split_once(": ")?;
+                let (ty, default) = match rest.strip_suffix(" = default") {
+                    Some(ty) => (ty, true),
+                    None => (rest, false),
+                };
+                Some((name.to_owned(), (ty.to_owned(), default)))
+            })
+            .collect()
+    };
+    let (old, new) = (fields(stored), fields(new));
+    let mut problems = Vec::new();
+    for (name, (ty, default)) in &new {
+        match old.get(name) {
+            None if !default => problems.push(format!(
+                "new field `{name}` has no default (add #[serde(default)]): stored instances lack it"
+            )),
+            Some((old_ty, _)) if old_ty != ty => problems.push(format!(
+                "field `{name}` changed type from {old_ty} to {ty}"
+            )),
+            _ => {}
+        }
+    }
+    for name in old.keys().filter(|name| !new.contains_key(*name)) {
+        problems.push(format!(
+            "field `{name}` is gone (removed, renamed, or an older version): its stored data would be dropped"
+        ));
+    }
+    problems
+}
+
+/// After the vat's start code ran: the kinds whose new state type cannot
+/// read their stored instances, and why (the vat must not start).
+pub(crate) fn unreadable_kinds() -> Vec<String> {
+    with_vom(|vom| std::mem::take(&mut vom.unreadable))
 }
 
 /// After the vat's start code ran: every kind an earlier version defined must
@@ -1076,6 +1162,30 @@ impl<'de> Deserialize<'de> for Ref {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn schema_changes_that_lose_or_misread_stored_state_are_named() {
+        let stored = "count: u64\nname: String";
+        assert!(schema_problems(stored, stored).is_empty());
+        assert!(
+            schema_problems(stored, "count: u64\nname: String\nlabel: String = default").is_empty()
+        );
+        assert_eq!(
+            schema_problems(stored, "count: u64\nname: String\nlabel: String"),
+            ["new field `label` has no default (add #[serde(default)]): stored instances lack it"]
+        );
+        assert_eq!(
+            schema_problems(stored, "count: u64\nname: Vec<u8>"),
+            ["field `name` changed type from String to Vec<u8>"]
+        );
+        assert_eq!(
+            schema_problems(stored, "count: u64"),
+            [
+                "field `name` is gone (removed, renamed, or an older version): its stored data would be dropped"
+            ]
+        );
+        assert_eq!(schema_problems("opaque (u64)", "opaque (u64,u8)").len(), 1);
+    }
 
     #[test]
     fn durable_vrefs_parse_into_kind_base_and_facet() {

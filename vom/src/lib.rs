@@ -37,10 +37,10 @@ mod sys;
 
 pub use capdata::{CapData, ErrorValue, Ref, Value};
 pub use collections::{Baggage, MapStore, SetStore, WeakMapStore};
-pub use durable::{Durable, Kind, define};
+pub use durable::{Durable, Kind, Schema, define};
 pub use passable::{FromPassable, IntoReply, ToPassable};
 pub use runtime::{Promise, Root, export, send};
-pub use vom_macros::exo;
+pub use vom_macros::{Schema, exo};
 
 /// What a method fails with: an error that travels as data to the caller.
 pub type Error = ErrorValue;

@@ -548,6 +548,16 @@ fn start_vat(make_root: impl FnOnce(&Baggage) -> Root, imports: Vec<String>) {
     }
     let baggage = Baggage::open();
     let root = make_root(&baggage);
+    let unreadable = durable::unreadable_kinds();
+    if !unreadable.is_empty() {
+        sys::syscall(&Syscall::Exit {
+            failure: true,
+            info: capdata::encode(&Value::string(format!(
+                "this version cannot read the stored state of {}",
+                unreadable.join("; ")
+            ))),
+        });
+    }
     let missing = durable::missing_kinds();
     if !missing.is_empty() {
         sys::syscall(&Syscall::Exit {

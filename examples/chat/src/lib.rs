@@ -20,7 +20,7 @@
 use serde::{Deserialize, Serialize};
 use vom::{Baggage, Durable, Error, MapStore, Ref, Reply, Value, send};
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, vom::Schema)]
 struct Chat {
     /// As a room: members by name, and the posts by number.
     members: MapStore<String, Ref>,

@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 use vom::{Baggage, Durable};
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, vom::Schema)]
 struct Counter {
     count: u64,
 }

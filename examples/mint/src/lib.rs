@@ -16,7 +16,7 @@
 use serde::{Deserialize, Serialize};
 use vom::{Baggage, Durable, Error, MapStore, Ref, SetStore, Value};
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, vom::Schema)]
 struct Payment {
     amount: u64,
 }
@@ -28,7 +28,7 @@ impl Payment {
     }
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, vom::Schema)]
 struct Purse {
     name: String,
     balance: u64,
@@ -87,7 +87,7 @@ impl Purse {
     }
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, vom::Schema)]
 struct Mint {
     supply: u64,
     purses: MapStore<String, Durable<Purse>>,

@@ -30,7 +30,7 @@ use std::task::{Context, Poll, Waker};
 use serde::{Deserialize, Serialize};
 use vom::{Args, Baggage, Error, Exo, MapStore, Promise, Ref, Reply, Value, send};
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, vom::Schema)]
 struct Token {
     label: String,
 }

@@ -12,7 +12,7 @@ use std::ops::Bound;
 use serde::{Deserialize, Serialize};
 use vom::{Baggage, Durable, Error, MapStore, WeakMapStore};
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, vom::Schema)]
 struct Thing {
     id: u64,
     label: String,
@@ -29,7 +29,7 @@ impl Thing {
     }
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, vom::Schema)]
 struct Registry {
     next_id: u64,
     things: MapStore<u64, Durable<Thing>>,
