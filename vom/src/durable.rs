@@ -21,9 +21,22 @@
 //!
 //! `rc` counts the references to the instance from durable state and from
 //! strong collection keys and values; `flags` is `x<mask>` for the facets the
-//! kernel can reach (exported, not yet dropped) and `k<mask>` for those it
-//! still recognizes (not yet retired); `refs` lists what its own state refers
-//! to. An instance with no count, no reachable export and no handle on the
+//! kernel can reach (exported, not yet dropped), `k<mask>` for those it
+//! still recognizes (not yet retired), and `s<epoch>` for the schema epoch
+//! its state was written in (absent: 0); `refs` lists what its own state
+//! refers to.
+//!
+//! # Schemas and migrations
+//!
+//! Each kind keeps the schema of its state type (`#[derive(vom::Schema)]`)
+//! and a schema epoch. [`define`] refuses a state type that cannot read the
+//! stored one ([`schema_problems`]). [`define_migrating`] accepts a new
+//! state type with a migration from the stored one: the kind's epoch goes
+//! up by one, and each instance is migrated lazily, the first time it is
+//! used (then written back in the new epoch), so the upgrade itself costs
+//! nothing per object. A migration reads the epoch just before; an instance
+//! left further behind (a kind reshaped twice before it was used) fails the
+//! messages that reach it, naming the epochs. An instance with no count, no reachable export and no handle on the
 //! heap is deleted at the next `bringOutYourDead` (telling the kernel, with
 //! `retireExports`, of the facets it still recognizes), and what it referred
 //! to loses a count.
@@ -95,6 +108,12 @@ pub trait Kind: Serialize + DeserializeOwned + 'static {
 }
 
 type Dispatch = fn(Rc<str>, usize, &str, Vec<Value>) -> Reply;
+/// Reads a state of the epoch before the kind's and migrates it.
+type Migration = Rc<dyn Fn(&str) -> Result<Box<dyn Any>, String>>;
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
 type Serializer = fn(&dyn Any) -> (String, Vec<String>);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -105,6 +124,9 @@ struct StoredKind {
     facets: Vec<String>,
     /// The last instance number handed out.
     next: u64,
+    /// How many times its schema changed by a migration.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    epoch: u64,
     /// The schema of the state type its instances were written with
     /// (absent: made before schemas were kept).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -121,6 +143,9 @@ struct KindEntry {
     stored: StoredKind,
     /// Set when this incarnation defined the kind.
     dispatch: Option<Dispatch>,
+    /// Set when this incarnation defined the kind with a migration (from
+    /// epoch `stored.epoch - 1`).
+    migration: Option<Migration>,
 }
 
 struct Slot {
@@ -134,6 +159,8 @@ struct Slot {
     exported: u64,
     /// Facets the kernel still recognizes: exported, not retired.
     known: u64,
+    /// The schema epoch of `state_json`.
+    epoch: u64,
     refs: Vec<String>,
     state_json: String,
     state: Option<Box<dyn Any>>,
@@ -154,6 +181,7 @@ impl Slot {
             rc: 0,
             exported: 0,
             known: 0,
+            epoch: 0,
             refs: Vec::new(),
             state_json: String::new(),
             state: None,
@@ -242,6 +270,7 @@ fn load_kinds(vom: &mut Vom) {
                     id: *id,
                     facets: Vec::new(),
                     next: 0,
+                    epoch: 0,
                     schema: None,
                 })
                 .collect(),
@@ -256,6 +285,7 @@ fn load_kinds(vom: &mut Vom) {
             KindEntry {
                 stored: kind,
                 dispatch: reserved.then_some(collection_dispatch as Dispatch),
+                migration: None,
             },
         );
     }
@@ -273,65 +303,120 @@ fn dispatch_erased<K: Kind>(base: Rc<str>, facet: usize, method: &str, args: Vec
 
 /// Defines kind `K` for this incarnation of the vat: a new kind gets an id;
 /// a kind a previous version defined gets its old id back, so its instances
-/// answer again. Call it when the vat starts, before using `K`.
+/// answer again. Call it when the vat starts, before using `K`. If `K`'s
+/// state type cannot read the stored state (see [`schema_problems`]), the
+/// vat does not start (an upgrade is refused).
 pub fn define<K: Kind>() {
     with_vom(|vom| {
-        load_kinds(vom);
-        let facets: Vec<String> = K::FACETS.iter().map(|f| (*f).to_owned()).collect();
-        let id = match vom.kind_ids.get(K::NAME) {
-            Some(id) => *id,
-            None => {
-                assert!(
-                    vom.kinds.len() < KINDS_MAX,
-                    "vom limit: a vat may define at most KINDS_MAX ({KINDS_MAX}) kinds"
-                );
-                let id = vom.next_kind;
-                vom.next_kind += 1;
-                vom.kind_ids.insert(K::NAME.to_owned(), id);
-                vom.kinds.insert(
-                    id,
-                    KindEntry {
-                        stored: StoredKind {
-                            name: K::NAME.to_owned(),
-                            id,
-                            facets: facets.clone(),
-                            next: 0,
-                            schema: Some(K::SCHEMA.to_owned()),
-                        },
-                        dispatch: None,
-                    },
-                );
-                vom.kinds_dirty = true;
-                id
-            }
-        };
-        let entry = vom
-            .kinds
-            .get_mut(&id)
-            .expect("vom invariant: kind ids map to kinds");
-        assert!(
-            entry.stored.facets == facets,
-            "kind {} had facets {:?} and is now defined with {:?}: a kind's facets cannot change",
-            K::NAME,
-            entry.stored.facets,
-            facets
-        );
-        entry.dispatch = Some(dispatch_erased::<K>);
+        let id = kind_entry::<K>(vom);
+        let entry = vom.kinds.get_mut(&id).expect("just made");
         // Unchanged, as at almost every start, it costs one comparison.
-        if entry.stored.schema.as_deref() != Some(K::SCHEMA) {
-            let problems = match (&entry.stored.schema, entry.stored.next) {
-                (Some(stored), made) if made > 0 => schema_problems(stored, K::SCHEMA),
-                _ => Vec::new(),
-            };
-            if problems.is_empty() {
-                entry.stored.schema = Some(K::SCHEMA.to_owned());
-                vom.kinds_dirty = true;
-            } else {
-                vom.unreadable
-                    .push(format!("kind {}: {}", K::NAME, problems.join("; ")));
-            }
+        if entry.stored.schema.as_deref() == Some(K::SCHEMA) {
+            return;
+        }
+        let problems = match (&entry.stored.schema, entry.stored.next) {
+            (Some(stored), made) if made > 0 => schema_problems(stored, K::SCHEMA),
+            _ => Vec::new(),
+        };
+        if problems.is_empty() {
+            entry.stored.schema = Some(K::SCHEMA.to_owned());
+            vom.kinds_dirty = true;
+        } else {
+            vom.unreadable
+                .push(format!("kind {}: {}", K::NAME, problems.join("; ")));
         }
     });
+}
+
+/// Defines kind `K` whose stored state has the schema of `Old`, with
+/// `migrate` to turn each old state into a new one. The kind's schema epoch
+/// goes up by one; each instance is migrated the first time it is used
+/// (lazily: the upgrade costs nothing per object) and written back in the
+/// new epoch. Keep the call in later versions while old instances may
+/// remain: it then migrates those, and costs nothing else.
+pub fn define_migrating<K: Kind, Old: DeserializeOwned + Schema + 'static>(migrate: fn(Old) -> K) {
+    with_vom(|vom| {
+        let id = kind_entry::<K>(vom);
+        let entry = vom.kinds.get_mut(&id).expect("just made");
+        match entry.stored.schema.as_deref() {
+            // A start after the migrating upgrade: old instances may remain.
+            Some(stored) if stored == K::SCHEMA => {
+                if entry.stored.epoch == 0 {
+                    return;
+                }
+            }
+            // The upgrade itself (or a kind kept before schemas were).
+            Some(stored) if stored == Old::SCHEMA => {}
+            None => {}
+            Some(stored) => {
+                let problems = schema_problems(stored, Old::SCHEMA);
+                vom.unreadable.push(format!(
+                    "kind {}: its migration reads another state than the stored one: {}",
+                    K::NAME,
+                    problems.join("; ")
+                ));
+                return;
+            }
+        }
+        if entry.stored.schema.as_deref() != Some(K::SCHEMA) {
+            entry.stored.schema = Some(K::SCHEMA.to_owned());
+            entry.stored.epoch += 1;
+            vom.kinds_dirty = true;
+        }
+        entry.migration = Some(Rc::new(move |json: &str| {
+            let old: Old = serde_json::from_str(json).map_err(|e| e.to_string())?;
+            Ok(Box::new(migrate(old)) as Box<dyn Any>)
+        }));
+    });
+}
+
+/// The id of kind `K`, made if new, with its dispatch set for this
+/// incarnation. Its facets must be the ones it was made with.
+fn kind_entry<K: Kind>(vom: &mut Vom) -> u64 {
+    load_kinds(vom);
+    let facets: Vec<String> = K::FACETS.iter().map(|f| (*f).to_owned()).collect();
+    let id = match vom.kind_ids.get(K::NAME) {
+        Some(id) => *id,
+        None => {
+            assert!(
+                vom.kinds.len() < KINDS_MAX,
+                "vom limit: a vat may define at most KINDS_MAX ({KINDS_MAX}) kinds"
+            );
+            let id = vom.next_kind;
+            vom.next_kind += 1;
+            vom.kind_ids.insert(K::NAME.to_owned(), id);
+            vom.kinds.insert(
+                id,
+                KindEntry {
+                    stored: StoredKind {
+                        name: K::NAME.to_owned(),
+                        id,
+                        facets: facets.clone(),
+                        next: 0,
+                        epoch: 0,
+                        schema: Some(K::SCHEMA.to_owned()),
+                    },
+                    dispatch: None,
+                    migration: None,
+                },
+            );
+            vom.kinds_dirty = true;
+            id
+        }
+    };
+    let entry = vom
+        .kinds
+        .get_mut(&id)
+        .expect("vom invariant: kind ids map to kinds");
+    assert!(
+        entry.stored.facets == facets,
+        "kind {} had facets {:?} and is now defined with {:?}: a kind's facets cannot change",
+        K::NAME,
+        entry.stored.facets,
+        facets
+    );
+    entry.dispatch = Some(dispatch_erased::<K>);
+    id
 }
 
 /// Why state written with schema `stored` cannot be read with schema
@@ -445,6 +530,10 @@ fn encode_record(slot: &Slot) -> String {
         record.push('k');
         push_decimal(&mut record, slot.known);
     }
+    if slot.epoch != 0 {
+        record.push('s');
+        push_decimal(&mut record, slot.epoch);
+    }
     record.push('|');
     for (index, vref) in slot.refs.iter().enumerate() {
         if index > 0 {
@@ -499,6 +588,7 @@ fn load(vom: &mut Vom, base: &str) -> bool {
     };
     slot.exported = mask('x');
     slot.known = mask('k');
+    slot.epoch = mask('s');
     slot.refs = if refs.is_empty() {
         Vec::new()
     } else {
@@ -595,6 +685,7 @@ fn make_instance<S: Serialize + 'static>(kind: u64, state: S) -> Rc<str> {
             .get_mut(&kind)
             .expect("vom invariant: instances are made of known kinds");
         entry.stored.next += 1;
+        let epoch = entry.stored.epoch;
         let mut base = String::with_capacity(16);
         base.push_str("o+d");
         push_decimal(&mut base, kind);
@@ -605,6 +696,7 @@ fn make_instance<S: Serialize + 'static>(kind: u64, state: S) -> Rc<str> {
         let mut slot = Slot::unloaded(kind);
         slot.loaded = true;
         slot.exists = true;
+        slot.epoch = epoch;
         slot.state = Some(Box::new(state));
         slot.serialize = Some(serialize_erased::<S>);
         slot.state_dirty = true;
@@ -638,25 +730,31 @@ fn with_state<S: DeserializeOwned + Serialize + 'static, R>(
             "durable object {base} is already in use: a method reached its own object through a handle"
         );
         slot.lent = true;
+        let (kind, stored_epoch) = (slot.kind, slot.epoch);
         match slot.state.take() {
             Some(state) => Ok(state),
             None => {
                 slot.serialize = Some(serialize_erased::<S>);
-                Err(slot.state_json.clone())
+                let json = slot.state_json.clone();
+                let entry = &vom.kinds[&kind];
+                let migration = (stored_epoch < entry.stored.epoch)
+                    .then(|| (entry.stored.epoch, entry.migration.clone()));
+                Err((json, stored_epoch, migration))
             }
         }
     });
     // Deserializing meets handles (which intern their names in the cache), so
     // it runs with the cache released.
-    let mut state: Box<dyn Any> = taken.unwrap_or_else(|json| {
-        let state: S = serde_json::from_str(&json).unwrap_or_else(|e| {
-            panic!(
-                "the stored state of {base} does not fit {}: {e}",
-                std::any::type_name::<S>()
-            )
+    let mut migrated = None;
+    let mut state: Box<dyn Any> =
+        taken.unwrap_or_else(|(json, stored_epoch, migration)| match migration {
+            None => Box::new(decode_state::<S>(base, &json)),
+            Some((epoch, migration)) => {
+                let state = migrate_state(base, &json, stored_epoch, epoch, migration);
+                migrated = Some(epoch);
+                state
+            }
         });
-        Box::new(state)
-    });
     let typed = state.downcast_mut::<S>().unwrap_or_else(|| {
         panic!(
             "vom invariant: {base} holds a state of another type than {}",
@@ -671,12 +769,44 @@ fn with_state<S: DeserializeOwned + Serialize + 'static, R>(
             .expect("vom invariant: a lent slot stays cached");
         slot.lent = false;
         slot.state = Some(state);
-        if mutable && !slot.state_dirty {
+        if let Some(epoch) = migrated {
+            slot.epoch = epoch;
+        }
+        if (mutable || migrated.is_some()) && !slot.state_dirty {
             slot.state_dirty = true;
             mark_dirty(vom, base);
         }
     });
     result
+}
+
+fn decode_state<S: DeserializeOwned>(base: &str, json: &str) -> S {
+    serde_json::from_str(json).unwrap_or_else(|e| {
+        panic!(
+            "the stored state of {base} does not fit {}: {e}",
+            std::any::type_name::<S>()
+        )
+    })
+}
+
+/// Migrates `base`'s state, stored in epoch `stored_epoch`, to its kind's
+/// `epoch`. A failure fails the message that reached it, not the vat.
+fn migrate_state(
+    base: &str,
+    json: &str,
+    stored_epoch: u64,
+    epoch: u64,
+    migration: Option<Migration>,
+) -> Box<dyn Any> {
+    let Some(migration) = migration.filter(|_| stored_epoch + 1 == epoch) else {
+        panic!(
+            "the stored state of {base} is of schema epoch {stored_epoch}, and this version migrates its kind to epoch {epoch} from epoch {} only (vom::define_migrating)",
+            epoch - 1
+        )
+    };
+    migration(json).unwrap_or_else(|e| {
+        panic!("the stored state of {base} (schema epoch {stored_epoch}) does not fit the migration's old type: {e}")
+    })
 }
 
 /// Writes back what changed in this crank: states, counts, the kind table.

@@ -37,7 +37,7 @@ mod sys;
 
 pub use capdata::{CapData, ErrorValue, Ref, Value};
 pub use collections::{Baggage, MapStore, SetStore, WeakMapStore};
-pub use durable::{Durable, Kind, Schema, define};
+pub use durable::{Durable, Kind, Schema, define, define_migrating};
 pub use passable::{FromPassable, IntoReply, ToPassable};
 pub use runtime::{Promise, Root, export, send};
 pub use vom_macros::{Schema, exo};
