@@ -339,12 +339,10 @@ pub fn define_migrating<K: Kind, Old: DeserializeOwned + Schema + 'static>(migra
         let id = kind_entry::<K>(vom);
         let entry = vom.kinds.get_mut(&id).expect("just made");
         match entry.stored.schema.as_deref() {
+            // A kind that never migrated: nothing to do.
+            Some(stored) if stored == K::SCHEMA && entry.stored.epoch == 0 => return,
             // A start after the migrating upgrade: old instances may remain.
-            Some(stored) if stored == K::SCHEMA => {
-                if entry.stored.epoch == 0 {
-                    return;
-                }
-            }
+            Some(stored) if stored == K::SCHEMA => {}
             // The upgrade itself (or a kind kept before schemas were).
             Some(stored) if stored == Old::SCHEMA => {}
             None => {}

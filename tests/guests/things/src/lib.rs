@@ -6,22 +6,76 @@
 //! `[from, to)` from the map, so their things become garbage; `ids(from, to)`
 //! lists the ids kept in that range; `tag(id, note)`/`note(id)` use a weak map;
 //! `loose(count)` makes things nothing keeps; `count()` is the map's size.
+//!
+//! Built with the feature `migrated` (`things_migrated.wasm`), a thing has a
+//! `note` too, migrated from the plain version's state (`vom::define_migrating`).
 
 use std::ops::Bound;
 
 use serde::{Deserialize, Serialize};
 use vom::{Baggage, Durable, Error, MapStore, WeakMapStore};
 
+#[cfg(not(feature = "migrated"))]
 #[derive(Serialize, Deserialize, vom::Schema)]
 struct Thing {
     id: u64,
     label: String,
 }
 
+#[cfg(not(feature = "migrated"))]
+impl Thing {
+    fn new(id: u64, label: String) -> Thing {
+        Thing { id, label }
+    }
+
+    fn described(&self) -> String {
+        format!("thing {}: {}", self.id, self.label)
+    }
+}
+
+#[cfg(feature = "migrated")]
+#[derive(Serialize, Deserialize, vom::Schema)]
+struct Thing {
+    id: u64,
+    label: String,
+    note: String,
+}
+
+/// A thing as the plain version stores it: what the migration reads.
+#[cfg(feature = "migrated")]
+#[derive(Serialize, Deserialize, vom::Schema)]
+struct ThingV1 {
+    id: u64,
+    label: String,
+}
+
+#[cfg(feature = "migrated")]
+impl Thing {
+    fn new(id: u64, label: String) -> Thing {
+        Thing {
+            id,
+            label,
+            note: String::new(),
+        }
+    }
+
+    fn migrate(old: ThingV1) -> Thing {
+        Thing {
+            id: old.id,
+            label: old.label,
+            note: "migrated".to_owned(),
+        }
+    }
+
+    fn described(&self) -> String {
+        format!("thing {}: {} ({})", self.id, self.label, self.note)
+    }
+}
+
 #[vom::exo]
 impl Thing {
     pub fn describe(&self) -> String {
-        format!("thing {}: {}", self.id, self.label)
+        self.described()
     }
 
     pub fn relabel(&mut self, label: String) -> String {
@@ -42,10 +96,7 @@ impl Registry {
         for _ in 0..count {
             let id = self.next_id;
             self.next_id += 1;
-            let thing = Durable::new(Thing {
-                id,
-                label: format!("t{id}"),
-            });
+            let thing = Durable::new(Thing::new(id, format!("t{id}")));
             self.things.init(&id, &thing)?;
         }
         Ok(self.things.len())
@@ -55,10 +106,7 @@ impl Registry {
         for _ in 0..count {
             let id = self.next_id;
             self.next_id += 1;
-            Durable::new(Thing {
-                id,
-                label: "loose".into(),
-            });
+            Durable::new(Thing::new(id, "loose".into()));
         }
         count
     }
@@ -95,7 +143,10 @@ impl Registry {
 }
 
 fn start(baggage: &Baggage) -> Durable<Registry> {
+    #[cfg(not(feature = "migrated"))]
     vom::define::<Thing>();
+    #[cfg(feature = "migrated")]
+    vom::define_migrating::<Thing, ThingV1>(Thing::migrate);
     vom::define::<Registry>();
     baggage.get_or_init("registry", || {
         Durable::new(Registry {
