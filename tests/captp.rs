@@ -923,3 +923,65 @@ fn a_disembargo_is_reflected_after_the_calls_it_must_not_overtake() {
     drop(peer);
     home.check();
 }
+
+/// A pycapnp peer that breaks a limit on purpose, three ways: a body that
+/// grows over `message_bytes_max` once escaped for the vat, a result over
+/// it, and a state over `STATE_BYTES_MAX`. Each call fails alone, naming
+/// the limit; the vat runs on with all its data.
+#[test]
+fn a_peer_breaking_message_and_state_limits_fails_those_calls_only() {
+    let home = VatHome::new();
+    home.spawn("mint", "mint");
+    let _daemon = home.start_listening("127.0.0.1:0");
+    let steps = pycapnp(&home.ok(&["share", "mint"]), "limits");
+    // Cut to a readable size: an error may quote the offending payload.
+    let error = |step: usize| {
+        let text = steps[step]["error"].as_str().unwrap();
+        text.chars().take(300).collect::<String>()
+    };
+    assert!(
+        error(0).contains("over its message_bytes_max (1048576)"),
+        "{}",
+        error(0)
+    );
+    assert!(
+        error(1).contains("mint.purseNames failed in vat v1 and was rolled back")
+            && error(1).contains("exceeds message_bytes_max (1048576)"),
+        "{}",
+        error(1)
+    );
+    assert!(
+        error(2).contains("mint.makePurse failed in vat v1 and was rolled back")
+            && error(2).contains("STATE_BYTES_MAX"),
+        "{}",
+        error(2)
+    );
+    assert_eq!(
+        steps[3]["result"],
+        r#"#{"inPayments":0,"inPurses":0,"payments":0,"supply":0}"#
+    );
+    // The purses made before are all there, in the mint's map.
+    let kept = home
+        .dump()
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("v1.vs.vom.vc.") && k.contains(&"n".repeat(3896)))
+        .count();
+    assert_eq!(kept, 290);
+    // One is found by its name again.
+    let name = format!("0007{}", "n".repeat(3896));
+    home.ok(&[
+        "send",
+        "mint",
+        "makePurse",
+        &format!("\"{name}\""),
+        "--as",
+        "p7",
+    ]);
+    assert_eq!(home.ok(&["send", "mint", "mintInto", "p7", "5"]), "5");
+    assert_eq!(
+        home.ok(&["send", "mint", "audit"]),
+        r#"{"inPayments":0,"inPurses":5,"payments":0,"supply":5}"#
+    );
+    assert!(home.ok(&["list"]).contains("v1 mint root ko1 running"));
+    home.check();
+}

@@ -151,7 +151,10 @@ fn upgrade_times(count: u64) -> (f64, f64, f64) {
         syscalls_per_delivery_max: 10_000_000,
         ..VatOptions::default()
     };
-    let (plain, migrated) = (common::guest_wasm("things"), common::guest_wasm("things_migrated"));
+    let (plain, migrated) = (
+        common::guest_wasm("things"),
+        common::guest_wasm("things_migrated"),
+    );
     let root = kernel.spawn_vat("things", &plain, options).unwrap();
     let mut made = 0;
     while made < count {

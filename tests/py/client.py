@@ -81,6 +81,31 @@ async def main():
                 break
             await asyncio.sleep(0.05)
         out(step="callback", joined=joined.result.body, posted=posted.result.body, calls=me.calls)
+    elif scenario == "limits":
+        # Three calls that break a limit each, on purpose; each must fail
+        # alone, naming the limit, with the mint and its data intact.
+        mint = gate.restore(swiss).object
+
+        async def failure(method, body):
+            try:
+                reply = await mint.call(method, {"body": body})
+                return "no error: " + reply.result.body[:80]
+            except Exception as e:  # the kernel's rejection, cut to a readable size
+                return str(e)[:1000]
+
+        # A body of 600 KB of escaped quotes: under the frame limit, but
+        # twice that once the kernel escapes it for the vat.
+        quotes = '\\"' * 300_000
+        # (`!` escapes a string that starts with a special character.)
+        out(step="big body", error=await failure("makePurse", f'#["!{quotes}"]'))
+        # 290 purses with 3,900-byte names: their list is over 1 MiB.
+        for i in range(290):
+            await mint.call("makePurse", {"body": f'#["{i:04}' + "n" * 3896 + '"]'})
+        out(step="big result", error=await failure("purseNames", "#[]"))
+        # A purse whose state is over STATE_BYTES_MAX.
+        out(step="big state", error=await failure("makePurse", '#["' + "s" * 300_000 + '"]'))
+        audit = await mint.call("audit", {"body": "#[]"})
+        out(step="audit", result=audit.result.body)
     else:
         raise SystemExit(f"unknown scenario {scenario}")
 
