@@ -211,11 +211,13 @@ fn a_trapping_guest_fails_that_message_only_and_keeps_its_data() {
 
 /// An ordinary Rust panic (an index past the end of a list) fails its
 /// message with the panic's message and location, with a thread worker and
-/// a process worker alike; the vat's data is untouched.
+/// a process worker alike, with and without the daemon; the vat's data is
+/// untouched.
 #[test]
 fn a_panic_fails_its_message_with_the_panic_message_and_location() {
-    for worker in ["process", "thread"] {
+    for (worker, daemon) in [("process", false), ("thread", false), ("process", true)] {
         let home = VatHome::new();
+        let _daemon = daemon.then(|| home.start_daemon());
         let module = vat_tests::guest("faulty");
         home.ok(&["spawn", "f", module.to_str().unwrap(), "--worker", worker]);
         home.ok(&["send", "f", "set", "before", "kept"]);

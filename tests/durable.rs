@@ -119,7 +119,12 @@ fn the_mint_conserves_supply_however_often_the_kernel_is_killed() {
         random % below
     };
     let (mut deposited, mut kills) = (0u64, 0u32);
-    for i in 0..40 {
+    // A long run for a report: MINT_KILL_ROUNDS=1000 (the suite runs 40).
+    let rounds: u32 = std::env::var("MINT_KILL_ROUNDS")
+        .ok()
+        .and_then(|rounds| rounds.parse().ok())
+        .unwrap_or(40);
+    for i in 0..rounds {
         let payment = format!("p{i}");
         let amount = (1 + next(5)).to_string();
         let delay = Duration::from_millis(next(60));

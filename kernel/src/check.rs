@@ -4,9 +4,12 @@
 //!
 //! Checked now: SQLite's own integrity; the run queue's bounds and items;
 //! object owners; promise states and what each state may carry; c-list
-//! symmetry, flags, ownership of exports, and id counters; vat records and
-//! their bundles; pet names; and each promise's reference count, recounted
-//! from every place that refers to it. Objects' counts join with object GC.
+//! symmetry, flags, ownership of exports, and id counters; vat records
+//! (their states and reasons) and their bundles; pet names; and each
+//! promise's and object's reference counts, recounted from every place
+//! that refers to it (c-lists, the run queue, promise queues and data, pet
+//! names, pins, shown references, sturdy refs, peers' questions and answers),
+//! with the GC actions an unreachable or unrecognizable object must have.
 
 use std::collections::{BTreeMap, BTreeSet};
 
