@@ -95,6 +95,17 @@ fn a_client_that_connects_and_says_nothing_holds_up_no_one() {
     assert_eq!(home.ok(&["send", "counter", "get"]), "1");
 }
 
+/// A long run under an idempotency key.
+const LONG_RUN: [&str; 7] = [
+    "send",
+    "a",
+    "run",
+    "100000",
+    "b",
+    "--idempotency-key",
+    "long-run",
+];
+
 /// A daemon killed while it holds a request: the client says so in one
 /// line, and that the request may or may not have been applied; a retry
 /// under the same idempotency key, served without the daemon, is applied
@@ -107,15 +118,7 @@ fn a_daemon_killed_mid_request_is_reported_and_a_keyed_retry_applies_once() {
     home.spawn("counter", "counter");
     let daemon = home.start_daemon();
     let child = home
-        .command(&[
-            "send",
-            "a",
-            "run",
-            "100000",
-            "b",
-            "--idempotency-key",
-            "long-run",
-        ])
+        .command(&LONG_RUN)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -141,15 +144,7 @@ fn a_daemon_killed_mid_request_is_reported_and_a_keyed_retry_applies_once() {
     assert_eq!(home.ok(&args), "1");
     // The interrupted run was kept under its key: the retry finds it (its
     // awaits died with the daemon's worker, so it says so) and sends nothing new.
-    let retry = home.run(&[
-        "send",
-        "a",
-        "run",
-        "100000",
-        "b",
-        "--idempotency-key",
-        "long-run",
-    ]);
+    let retry = home.run(&LONG_RUN);
     let said = String::from_utf8(retry.stderr).unwrap();
     assert!(said.contains("vat v1 restarted"), "{said}");
     assert_eq!(home.ok(&["send", "counter", "get"]), "1");

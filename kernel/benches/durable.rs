@@ -21,6 +21,17 @@ use kernel::{CommitPolicy, Kernel, PromiseState, VatOptions, WorkerKind};
 use swingstore::{Durability, SwingStore};
 use vom::{CapData, Value};
 
+/// Limits roomy enough for batches of 50,000 objects in one crank.
+fn roomy(worker: WorkerKind) -> VatOptions {
+    VatOptions {
+        worker,
+        fuel_per_delivery: 20_000_000_000,
+        deadline_ms: 60_000,
+        syscalls_per_delivery_max: 10_000_000,
+        ..VatOptions::default()
+    }
+}
+
 fn args(values: Vec<Value>) -> CapData {
     vom::capdata::encode(&Value::Array(values))
 }
@@ -191,13 +202,7 @@ fn main() {
     }
     if std::env::var_os("DURABLE_BENCH_THREAD_ONLY").is_some() {
         // For profiling the creation path alone.
-        let options = VatOptions {
-            worker: WorkerKind::Thread,
-            fuel_per_delivery: 20_000_000_000,
-            deadline_ms: 60_000,
-            syscalls_per_delivery_max: 10_000_000,
-            ..VatOptions::default()
-        };
+        let options = roomy(WorkerKind::Thread);
         let rates = creation_rates(&common::guest_wasm("things"), options, 50_000, 10);
         return report_rates("thread", 50_000, rates);
     }
@@ -208,13 +213,7 @@ fn main() {
         .unwrap_or(if measuring { 1_000_000 } else { 2_000 });
     let batch: u64 = if measuring { 50_000 } else { 1_000 };
     let wasm = common::guest_wasm("things");
-    let options = VatOptions {
-        worker: WorkerKind::Process,
-        fuel_per_delivery: 20_000_000_000,
-        deadline_ms: 60_000,
-        syscalls_per_delivery_max: 10_000_000,
-        ..VatOptions::default()
-    };
+    let options = roomy(WorkerKind::Process);
     let bench = Bench {
         dir: tempfile::tempdir().unwrap(),
         cache: tempfile::tempdir().unwrap(),

@@ -113,24 +113,14 @@ impl Kernel {
 
     /// How many idempotency keys are kept.
     fn kept_keys(&self) -> Result<u64, KernelError> {
-        Ok(self.state.get("kernel.idemCount")?.map_or(0, |count| {
-            count
-                .parse()
-                .unwrap_or_else(|_| panic!("kernel invariant: kernel.idemCount is a number"))
-        }))
+        Ok(self.state.count("kernel.idemCount")?)
     }
 
     fn forget_oldest_key(&mut self) -> Result<(), KernelError> {
-        let oldest = self
+        let (oldest, key) = self
             .state
-            .store
-            .get_next_key("idem.order.")?
-            .filter(|k| k.starts_with("idem.order."))
+            .first_under("idem.order.")?
             .expect("kernel invariant: idem.order has an entry per kept key");
-        let key = self
-            .state
-            .get(&oldest)?
-            .expect("kernel invariant: the key just found exists");
         let record = self
             .state
             .get(&record_key(&key))?

@@ -82,24 +82,14 @@ impl Kernel {
     }
 
     fn shown_count(&self) -> Result<u64, KernelError> {
-        Ok(self.state.get("kernel.shownCount")?.map_or(0, |count| {
-            count
-                .parse()
-                .unwrap_or_else(|_| panic!("kernel invariant: kernel.shownCount is a number"))
-        }))
+        Ok(self.state.count("kernel.shownCount")?)
     }
 
     fn let_go_oldest(&mut self) -> Result<(), KernelError> {
-        let oldest = self
+        let (oldest, kref) = self
             .state
-            .store
-            .get_next_key("shown.0")?
-            .filter(|key| key.starts_with("shown.0"))
+            .first_under("shown.0")?
             .expect("kernel invariant: a shown ref is held, so its order entry exists");
-        let kref = self
-            .state
-            .get(&oldest)?
-            .expect("kernel invariant: the entry just found exists");
         self.state.delete(&oldest)?;
         self.state.delete(&kref_key(&kref))?;
         let count = self.shown_count()?;

@@ -239,6 +239,30 @@ fn parse_counter(key: &str, text: Option<String>) -> u64 {
 }
 
 impl KernelState {
+    /// The count kept under `key` (absent: 0).
+    pub(crate) fn count(&self, key: &str) -> StoreResult<u64> {
+        Ok(self.get(key)?.map_or(0, |count| {
+            count
+                .parse()
+                .unwrap_or_else(|_| panic!("kernel invariant: {key} is a count, found {count:?}"))
+        }))
+    }
+
+    /// The first key under `prefix` (in byte order), and its value.
+    pub(crate) fn first_under(&self, prefix: &str) -> StoreResult<Option<(String, String)>> {
+        let Some(key) = self
+            .store
+            .get_next_key(prefix)?
+            .filter(|key| key.starts_with(prefix))
+        else {
+            return Ok(None);
+        };
+        let value = self
+            .get(&key)?
+            .unwrap_or_else(|| panic!("kernel invariant: the key {key} just found exists"));
+        Ok(Some((key, value)))
+    }
+
     /// The state of vat `vat`, which exists.
     pub(crate) fn vat_state(&self, vat: &str) -> StoreResult<VatState> {
         let text = self.get(&format!("{vat}.state"))?;
