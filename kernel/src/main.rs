@@ -467,33 +467,12 @@ fn run_command(
             let cid = kernel.upgrade_vat(name, &wasm)?;
             out.line(format!("upgraded {name} to bundle {cid}"));
         }
-        Command::Name { kref, name } => {
-            let kref = kernel.resolve_reference(kref)?;
-            kernel.bind_pet_name(name, &kref)?;
-            out.line(format!("{name} -> {kref}"));
-        }
-        Command::Unname { name } => {
-            let kref = kernel.unbind_pet_name(name)?;
-            out.line(format!("unbound {name} (was {kref})"));
-        }
-        Command::Forget { kref } => {
-            let count = kernel.forget_shown(kref.as_deref())?;
-            out.line(format!("let go of {count} shown reference(s)"));
-        }
-        Command::Resume { name } => {
-            kernel.resume_vat(name)?;
-            out.line(format!("resumed {name}"));
-        }
-        Command::Terminate { name } => {
-            kernel.terminate_vat_by_owner(name)?;
-            out.line(format!(
-                "terminated {name}; its data is kept until `vat rm {name}`"
-            ));
-        }
-        Command::Rm { name } => {
-            kernel.remove_vat(name)?;
-            out.line(format!("removed {name}: its data is being deleted"));
-        }
+        Command::Name { .. }
+        | Command::Unname { .. }
+        | Command::Forget { .. }
+        | Command::Resume { .. }
+        | Command::Terminate { .. }
+        | Command::Rm { .. } => run_admin_command(kernel, command, out)?,
         Command::Collect { name } => {
             kernel.collect_vat_garbage(name)?;
             out.line(format!("{name}: collected"));
@@ -586,6 +565,41 @@ fn run_command(
         Command::Init | Command::Start { .. } | Command::Stop => {
             bail!("this command does not run inside a kernel")
         }
+    }
+    Ok(())
+}
+
+/// The commands that manage vats' lives and the names of references.
+fn run_admin_command(kernel: &mut Kernel, command: &Command, out: &mut Outcome) -> Result<()> {
+    match command {
+        Command::Name { kref, name } => {
+            let kref = kernel.resolve_reference(kref)?;
+            kernel.bind_pet_name(name, &kref)?;
+            out.line(format!("{name} -> {kref}"));
+        }
+        Command::Unname { name } => {
+            let kref = kernel.unbind_pet_name(name)?;
+            out.line(format!("unbound {name} (was {kref})"));
+        }
+        Command::Forget { kref } => {
+            let count = kernel.forget_shown(kref.as_deref())?;
+            out.line(format!("let go of {count} shown reference(s)"));
+        }
+        Command::Resume { name } => {
+            kernel.resume_vat(name)?;
+            out.line(format!("resumed {name}"));
+        }
+        Command::Terminate { name } => {
+            kernel.terminate_vat_by_owner(name)?;
+            out.line(format!(
+                "terminated {name}; its data is kept until `vat rm {name}`"
+            ));
+        }
+        Command::Rm { name } => {
+            kernel.remove_vat(name)?;
+            out.line(format!("removed {name}: its data is being deleted"));
+        }
+        _ => unreachable!("run_command hands over only these commands"),
     }
     Ok(())
 }
