@@ -772,7 +772,7 @@ impl Kernel {
                 Ok(()) => self.deliver(vat, &Delivery::BringOutYourDead),
                 Err(e) => Err(e.into_crank_error(vat)),
             };
-            if self.finish_side_crank(delivered)? {
+            if self.finish_side_crank(vat, delivered)? {
                 return Ok(());
             }
         }
@@ -939,7 +939,7 @@ impl Kernel {
         } else {
             self.gc_vat_in_crank(action, &vat, &prefix)
         };
-        self.finish_side_crank(delivered)?;
+        self.finish_side_crank(&vat, delivered)?;
         Ok(true)
     }
 
@@ -1037,11 +1037,14 @@ impl Kernel {
     /// whether the delivery is done with.
     fn finish_side_crank(
         &mut self,
+        vat: &str,
         delivered: Result<(), CrankError>,
     ) -> Result<bool, KernelError> {
         let failed = match delivered {
             Ok(()) => {
                 self.end_crank_or_abort()?;
+                // Only faults in a row count: this one delivered.
+                self.side_faulted.remove(vat);
                 return Ok(true);
             }
             Err(failed) => failed,
