@@ -73,14 +73,21 @@ impl Scene {
         self.home.fails(&["send", name, "poke"])
     }
 
-    /// The bystander still answers, the hostile vat is in `state` (with the
-    /// reason `expected` when terminated), and the store is sound.
-    fn assert_contained(&self, name: &str, state: Fate, expected: &str) {
+    /// The bystander still answers, and the store is sound.
+    fn assert_contained_bystander(&self) {
         let count: u64 = self.home.ok(&["send", "counter", "get"]).parse().unwrap();
         assert_eq!(
             self.home.ok(&["send", "counter", "increment"]),
             (count + 1).to_string()
         );
+        assert_eq!(self.home.integrity(), "ok");
+        self.home.check();
+    }
+
+    /// The bystander still answers, the hostile vat is in `state` (with the
+    /// reason `expected` when terminated), and the store is sound.
+    fn assert_contained(&self, name: &str, state: Fate, expected: &str) {
+        self.assert_contained_bystander();
         let listing = self.home.ok(&["list"]);
         let line = listing
             .lines()
@@ -389,4 +396,38 @@ fn a_worker_that_dies_twice_on_one_delivery_fails_that_message() {
         "{err}"
     );
     scene.assert_contained("spin", Fate::RolledBack, "worker process died");
+}
+
+/// A guest whose `bringOutYourDead` traps: the collection is retried once in
+/// a fresh worker, then the vat is suspended (its data kept), and saying so
+/// is the collection's answer.
+#[test]
+fn a_collection_that_faults_twice_suspends_the_vat() {
+    let scene = Scene::new();
+    // Byte 9 of `{"type":"bringOutYourDead"}` is `b`.
+    let wat = r#"(module
+        (memory (export "memory") 1)
+        (func (export "vat_abi_version") (result i32) i32.const 1)
+        (func (export "vat_alloc") (param i32) (result i32) i32.const 1024)
+        (func (export "vat_deliver") (param $p i32) (param $l i32) (result i32)
+          (if (i32.eq (i32.load8_u offset=9 (local.get $p)) (i32.const 0x62))
+            (then unreachable))
+          i32.const 0))"#;
+    let module = scene.module("sweeper", wat);
+    scene
+        .home
+        .ok(&["spawn", "sweeper", module.to_str().unwrap()]);
+    let err = scene.home.fails(&["collect", "sweeper"]);
+    assert!(
+        err.contains("vat v2 (sweeper) is suspended: a GC delivery faulted twice"),
+        "{err}"
+    );
+    let listing = scene.home.ok(&["list"]);
+    assert!(
+        listing.contains(" sweeper root ko2 suspended ("),
+        "{listing}"
+    );
+    let err = scene.home.fails(&["send", "sweeper", "poke"]);
+    assert!(err.contains("`vat resume sweeper` restarts it"), "{err}");
+    scene.assert_contained_bystander();
 }

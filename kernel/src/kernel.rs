@@ -754,7 +754,9 @@ impl Kernel {
         self.run_gc_actions()?;
         self.bring_out_your_dead(&vat)?;
         self.run_gc_actions()?;
-        self.commit()
+        self.commit()?;
+        // A collection that faulted twice suspended the vat: say so.
+        self.running_vat_id(name).map(|_| ())
     }
 
     /// Delivers every pending GC action (and those they cause).
