@@ -1683,8 +1683,6 @@ impl Kernel {
         self.commit()
     }
 
-    /// Re-derives the tables' invariants from the store: every discrepancy
-    /// found (none when consistent), and how many keys were read.
     /// The compiled module of bundle `cid` (cached), and the host to run it.
     pub(crate) fn compiled(&mut self, cid: &str) -> Result<(&WasmHost, VatModule), KernelError> {
         let module = self.module(cid)?;
@@ -1723,6 +1721,8 @@ impl Kernel {
             .collect())
     }
 
+    /// Re-derives the tables' invariants from the store: every discrepancy
+    /// found (none when consistent), and how many keys were read.
     pub fn check(&self) -> Result<(Vec<String>, usize), KernelError> {
         Ok(crate::check::check(&self.state)?)
     }
