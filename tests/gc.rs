@@ -43,7 +43,7 @@ impl Scene {
         self.home
             .dump()
             .into_iter()
-            .filter(|(k, _)| k.starts_with("kp") && k.ends_with(".queue"))
+            .filter(|(k, _)| k.starts_with("kp") && k.ends_with(".queued"))
             .map(|(k, _)| k)
             .collect()
     }

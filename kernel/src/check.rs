@@ -163,25 +163,40 @@ impl Checker<'_> {
                 "decider" if !self.vat_exists(&value) => self.problem(format!(
                     "{kref} is decided by {value}, which does not exist"
                 )),
-                "subscribers" => {
-                    for vat in value.split(',') {
-                        if !self.vat_exists(vat) {
-                            self.problem(format!(
-                                "{kref} is watched by {vat}, which does not exist"
-                            ));
-                        }
+                f if f.starts_with("sub.") => {
+                    let vat = &f["sub.".len()..];
+                    if !self.vat_exists(vat) {
+                        self.problem(format!("{kref} is watched by {vat}, which does not exist"));
                     }
                 }
-                "queue" => match serde_json::from_str::<Vec<Message>>(&value) {
-                    Ok(messages) => {
-                        for message in &messages {
-                            self.check_message(&key, message);
-                        }
-                    }
-                    Err(e) => self.problem(format!("{key} is not a message list: {e}")),
+                f if f.starts_with("queue.") => match serde_json::from_str::<Message>(&value) {
+                    Ok(message) => self.check_message(&key, &message),
+                    Err(e) => self.problem(format!("{key} is not a message: {e}")),
                 },
+                "queued" => self.queue_length(kref, &value),
                 _ => {}
             }
+        }
+    }
+
+    /// `kp<N>.queued` says how many `kp<N>.queue.<n>` there are, numbered from 0.
+    fn queue_length(&mut self, kpid: &str, value: &str) {
+        let prefix = format!("{kpid}.queue.");
+        let found: Vec<&String> = self
+            .kv
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .map(|(k, _)| k)
+            .collect();
+        let numbered = found
+            .iter()
+            .enumerate()
+            .all(|(n, key)| key[prefix.len()..] == format!("{n:010}"));
+        if value.parse::<usize>().ok() != Some(found.len()) || !numbered {
+            self.problem(format!(
+                "{kpid}.queued is {value} but its queue holds {} messages",
+                found.len()
+            ));
         }
     }
 
@@ -193,8 +208,17 @@ impl Checker<'_> {
                 }
             }
             "fulfilled" | "rejected" => {
-                for field in ["decider", "subscribers", "queue"] {
-                    if self.kv.contains_key(&format!("{kpid}.{field}")) {
+                for (field, prefix) in [
+                    ("decider", format!("{kpid}.decider")),
+                    ("subscriber", format!("{kpid}.sub.")),
+                    ("queue", format!("{kpid}.queue")),
+                ] {
+                    let has = self
+                        .kv
+                        .range(prefix.clone()..)
+                        .next()
+                        .is_some_and(|(k, _)| k.starts_with(&prefix));
+                    if has {
                         self.problem(format!("{kpid} is {state} but still has a {field}"));
                     }
                 }
@@ -374,12 +398,9 @@ impl Checker<'_> {
                             .for_each(|kref| count(kref, true));
                     }
                 }
-                (Some(kref), Some("queue"), None) if kref.starts_with("kp") => {
-                    if let Ok(queue) = serde_json::from_str::<Vec<Message>>(value) {
-                        queue
-                            .iter()
-                            .flat_map(krefs_in_message)
-                            .for_each(|kref| count(kref, true));
+                (Some(kref), Some("queue"), Some(_)) if kref.starts_with("kp") => {
+                    if let Ok(message) = serde_json::from_str::<Message>(value) {
+                        krefs_in_message(&message).for_each(|kref| count(kref, true));
                     }
                 }
                 (Some(kref), Some("data"), None) if kref.starts_with("kp") => {

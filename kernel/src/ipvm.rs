@@ -5,10 +5,11 @@
 //! {label: task}, signature}`) is parsed and validated whole before anything
 //! runs: labels, CIDs, acyclicity (a cycle is named), each task's shape, the
 //! requestor's signature over the job's canonical DAG-CBOR encoding, and the
-//! requestor's authority. Then each task becomes a message: a pure task
-//! (`ipvm/wasm`) to the root of a task-runner vat whose module is the task's
-//! module CID, run with `maxGas` as its fuel; an effect task (`ipvm/effect`)
-//! to a capability the kernel's owner named. An input `{from: label}` waits
+//! requestor's authority. Then the runner (`jobs.rs`) runs each task:
+//! a pure task (`ipvm/wasm`) as a delivery of `func(inputs)` to a fresh
+//! instance of the module its CID names, with `maxGas` as its fuel; an
+//! effect task (`ipvm/effect`) as a message to a capability the kernel's
+//! owner named. An input `{from: label}` waits
 //! for that task's output. A finished task gets a receipt (`{ran, out, fuel}`,
 //! signed by the kernel) kept in the store, written in one crank with the
 //! task's new state; a pure task whose receipt exists is not run again.

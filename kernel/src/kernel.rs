@@ -290,16 +290,7 @@ impl Kernel {
     /// A kernel over `store`, which it takes over for good.
     pub fn new(store: SwingStore, policy: CommitPolicy) -> Result<Kernel, KernelError> {
         Ok(Kernel {
-            state: KernelState {
-                store,
-                maybe_free: Default::default(),
-                maybe_unreachable: Default::default(),
-                gc_actions_maybe: true,
-                cleanup_maybe: true,
-                outbox_crank: Vec::new(),
-                outbox_ended: Vec::new(),
-                sessions: Default::default(),
-            },
+            state: KernelState::new(store),
             host: WasmHost::new()?,
             modules: HashMap::new(),
             workers: HashMap::new(),
@@ -1364,7 +1355,15 @@ impl Kernel {
                     {
                         return self.deliver_message(&decider, target, message);
                     }
-                    Ok(self.state.queue_on_promise(target, &message)?)
+                    if self.state.queue_on_promise(target, &message)? {
+                        return Ok(());
+                    }
+                    let reason = format!(
+                        "cannot queue {:?} on {target}: {} messages wait on it already (promise_queue_max)",
+                        message.method,
+                        crate::state::PROMISE_QUEUE_MAX
+                    );
+                    Ok(self.reject_if_unresolved(message.result.as_deref(), &reason)?)
                 }
                 Some(PromiseState::Rejected(data)) => {
                     Ok(self.settle(message.result.as_deref(), true, &data)?)

@@ -13,8 +13,9 @@
 //! | `cleanup.<vat>` | a removed vat (`vat rm`) whose c-list and vatstore are still being deleted |
 //! | `kp<N>.state` | `unresolved`, `fulfilled` or `rejected` |
 //! | `kp<N>.decider` | the vat that may resolve it (absent: the kernel) |
-//! | `kp<N>.subscribers` | comma-separated vats to notify |
-//! | `kp<N>.queue` | JSON array of messages waiting for the resolution |
+//! | `kp<N>.sub.<vat>` | a vat (or peer) to notify when it settles |
+//! | `kp<N>.queue.<n>` | the `n`th message waiting for the resolution (JSON [`Message`]) |
+//! | `kp<N>.queued` | how many messages wait (at most [`PROMISE_QUEUE_MAX`]) |
 //! | `kp<N>.data` | the settlement's capdata (krefs in its slots) |
 //! | `kp<N>.refs` | how many places refer to it (c-lists, run queue, queues, data, pet names, pins) |
 //! | `kp<N>.pinned` | present while a host (the CLI) waits for its settlement |
@@ -119,6 +120,17 @@ pub(crate) type StoreResult<T> = Result<T, StoreError>;
 
 /// The layout of the kernel's tables, as `kernel.schema` records it.
 pub const STORE_SCHEMA_VERSION: u32 = 1;
+/// `promise_queue_max`: how many messages may wait on one unresolved
+/// promise (a message past it is rejected, saying so).
+pub const PROMISE_QUEUE_MAX: u64 = 10_000;
+
+fn queue_prefix(kpid: &str) -> String {
+    format!("{kpid}.queue.")
+}
+
+fn subscriber_prefix(kpid: &str) -> String {
+    format!("{kpid}.sub.")
+}
 const SCHEMA_KEY: &str = "kernel.schema";
 
 /// What a store holds, by its schema key.
@@ -239,6 +251,21 @@ fn parse_counter(key: &str, text: Option<String>) -> u64 {
 }
 
 impl KernelState {
+    /// The tables over `store`, with nothing yet known of them.
+    pub(crate) fn new(store: SwingStore) -> KernelState {
+        KernelState {
+            store,
+            maybe_free: Default::default(),
+            maybe_unreachable: Default::default(),
+            // Unknown until looked at: the store may hold some.
+            gc_actions_maybe: true,
+            cleanup_maybe: true,
+            outbox_crank: Vec::new(),
+            outbox_ended: Vec::new(),
+            sessions: Default::default(),
+        }
+    }
+
     /// The count kept under `key` (absent: 0).
     pub(crate) fn count(&self, key: &str) -> StoreResult<u64> {
         Ok(self.get(key)?.map_or(0, |count| {
@@ -331,14 +358,33 @@ impl KernelState {
         self.get(&format!("{kref}.owner"))
     }
 
-    /// The messages waiting on `kpid` (none when it has no queue).
-    fn promise_queue(&self, kpid: &str) -> StoreResult<Vec<Message>> {
-        Ok(match self.get(&format!("{kpid}.queue"))? {
-            Some(text) => serde_json::from_str(&text).unwrap_or_else(|e| {
-                panic!("kernel invariant: {kpid}.queue is a message list: {e}")
-            }),
-            None => Vec::new(),
-        })
+    /// The messages waiting on `kpid`, in order (none when it has no queue),
+    /// with their keys.
+    fn promise_queue(&self, kpid: &str) -> StoreResult<Vec<(String, Message)>> {
+        if self.get(&format!("{kpid}.queued"))?.is_none() {
+            return Ok(Vec::new());
+        }
+        Ok(self
+            .scan_prefix(&queue_prefix(kpid))?
+            .into_iter()
+            .map(|(key, text)| {
+                let message = serde_json::from_str(&text)
+                    .unwrap_or_else(|e| panic!("kernel invariant: {key} is a message: {e}"));
+                (key, message)
+            })
+            .collect())
+    }
+
+    /// Deletes `kpid`'s queue and subscribers.
+    fn delete_waiters(&mut self, kpid: &str, queue: &[(String, Message)]) -> StoreResult<()> {
+        for (key, _) in queue {
+            self.delete(key)?;
+        }
+        self.delete(&format!("{kpid}.queued"))?;
+        for (key, _) in self.scan_prefix(&subscriber_prefix(kpid))? {
+            self.delete(&key)?;
+        }
+        Ok(())
     }
 
     /// The settlement data of `kpid`, if it is settled.
@@ -394,19 +440,17 @@ impl KernelState {
     }
 
     pub(crate) fn subscribers(&self, kpid: &str) -> StoreResult<Vec<String>> {
+        let prefix = subscriber_prefix(kpid);
         Ok(self
-            .get(&format!("{kpid}.subscribers"))?
-            .map(|s| s.split(',').map(str::to_owned).collect())
-            .unwrap_or_default())
+            .scan_prefix(&prefix)?
+            .into_iter()
+            .map(|(key, _)| key[prefix.len()..].to_owned())
+            .collect())
     }
 
+    /// Subscribes `vat` to `kpid` (once, however often it asks).
     pub(crate) fn add_subscriber(&mut self, kpid: &str, vat: &str) -> StoreResult<()> {
-        let mut subscribers = self.subscribers(kpid)?;
-        if !subscribers.iter().any(|s| s == vat) {
-            subscribers.push(vat.to_owned());
-            self.set(&format!("{kpid}.subscribers"), &subscribers.join(","))?;
-        }
-        Ok(())
+        self.set(&format!("{}{vat}", subscriber_prefix(kpid)), "")
     }
 
     fn promise_refs(&self, kpid: &str) -> StoreResult<u64> {
@@ -529,10 +573,12 @@ impl KernelState {
             if let Some(data) = self.promise_data(&kpid)? {
                 released.extend(data.slots);
             }
-            for message in &self.promise_queue(&kpid)? {
+            let queue = self.promise_queue(&kpid)?;
+            for (_, message) in &queue {
                 released.extend(krefs_in_message(message).map(str::to_owned));
             }
-            for field in ["state", "data", "decider", "subscribers", "queue", "refs"] {
+            self.delete_waiters(&kpid, &queue)?;
+            for field in ["state", "data", "decider", "refs"] {
                 self.delete(&format!("{kpid}.{field}"))?;
             }
             for kref in released {
@@ -620,17 +666,25 @@ impl KernelState {
         self.store.abort_crank()
     }
 
-    pub(crate) fn queue_on_promise(&mut self, kpid: &str, message: &Message) -> StoreResult<()> {
+    /// Queues `message` on unresolved `kpid`: one key, whatever the queue's
+    /// length. Returns false, queueing nothing, when the queue holds
+    /// [`PROMISE_QUEUE_MAX`] messages already.
+    pub(crate) fn queue_on_promise(&mut self, kpid: &str, message: &Message) -> StoreResult<bool> {
+        let count_key = format!("{kpid}.queued");
+        let queued = self.count(&count_key)?;
+        if queued >= PROMISE_QUEUE_MAX {
+            return Ok(false);
+        }
         for kref in krefs_in_message(message)
             .map(str::to_owned)
             .collect::<Vec<_>>()
         {
             self.incref(&kref)?;
         }
-        let mut queue = self.promise_queue(kpid)?;
-        queue.push(message.clone());
-        let text = serde_json::to_string(&queue).expect("kernel invariant: messages serialize");
-        self.set(&format!("{kpid}.queue"), &text)
+        let text = serde_json::to_string(message).expect("kernel invariant: messages serialize");
+        self.set(&format!("{}{queued:010}", queue_prefix(kpid)), &text)?;
+        self.set(&count_key, &(queued + 1).to_string())?;
+        Ok(true)
     }
 
     /// Settles `kpid` and takes what waited on it: (subscribers, queued messages).
@@ -644,7 +698,7 @@ impl KernelState {
         let queue = self.promise_queue(kpid)?;
         // The queue gives up its messages (the caller re-queues them) and
         // the data takes references to the promises it names.
-        for message in &queue {
+        for (_, message) in &queue {
             for kref in krefs_in_message(message)
                 .map(str::to_owned)
                 .collect::<Vec<_>>()
@@ -660,9 +714,11 @@ impl KernelState {
         let data_text = serde_json::to_string(data).expect("kernel invariant: capdata serializes");
         self.set(&format!("{kpid}.data"), &data_text)?;
         self.delete(&format!("{kpid}.decider"))?;
-        self.delete(&format!("{kpid}.subscribers"))?;
-        self.delete(&format!("{kpid}.queue"))?;
-        Ok((subscribers, queue))
+        self.delete_waiters(kpid, &queue)?;
+        Ok((
+            subscribers,
+            queue.into_iter().map(|(_, message)| message).collect(),
+        ))
     }
 
     // ---- run queue ----
@@ -800,5 +856,82 @@ impl KernelState {
 
     pub(crate) fn scan_prefix(&self, prefix: &str) -> StoreResult<Vec<(String, String)>> {
         self.store.scan_prefix(prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> (tempfile::TempDir, KernelState) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SwingStore::open(
+            &dir.path().join("store.sqlite"),
+            swingstore::Durability::Normal,
+        )
+        .unwrap();
+        (dir, KernelState::new(store))
+    }
+
+    fn message(n: u64) -> Message {
+        Message {
+            method: format!("m{n}"),
+            args: CapData {
+                body: "#[]".into(),
+                slots: vec![],
+            },
+            result: None,
+        }
+    }
+
+    #[test]
+    fn a_promise_queue_is_a_key_per_message_bounded_by_promise_queue_max() {
+        let (_dir, mut state) = state();
+        state.store.begin_crank().unwrap();
+        let kpid = state.allocate_promise(None).unwrap();
+        state.pin(&kpid).unwrap();
+        for n in 0..PROMISE_QUEUE_MAX {
+            assert!(state.queue_on_promise(&kpid, &message(n)).unwrap());
+        }
+        // One more is refused, and nothing of it is kept.
+        assert!(
+            !state
+                .queue_on_promise(&kpid, &message(PROMISE_QUEUE_MAX))
+                .unwrap()
+        );
+        assert_eq!(
+            state.count(&format!("{kpid}.queued")).unwrap(),
+            PROMISE_QUEUE_MAX
+        );
+        state.add_subscriber(&kpid, "v1").unwrap();
+        state.add_subscriber(&kpid, "v2").unwrap();
+        state.add_subscriber(&kpid, "v1").unwrap();
+        let data = CapData {
+            body: "#1".into(),
+            slots: vec![],
+        };
+        let (subscribers, queued) = state.settle_promise(&kpid, false, &data).unwrap();
+        assert_eq!(subscribers, ["v1", "v2"]);
+        assert_eq!(queued.len() as u64, PROMISE_QUEUE_MAX);
+        assert!(
+            queued
+                .iter()
+                .enumerate()
+                .all(|(n, m)| m.method == format!("m{n}"))
+        );
+        // Settled, it keeps no waiters.
+        assert!(
+            state
+                .scan_prefix(&format!("{kpid}.queue"))
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            state
+                .scan_prefix(&format!("{kpid}.sub."))
+                .unwrap()
+                .is_empty()
+        );
+        state.end_crank().unwrap();
     }
 }
