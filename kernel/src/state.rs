@@ -119,7 +119,10 @@ pub enum PromiseState {
 pub(crate) type StoreResult<T> = Result<T, StoreError>;
 
 /// The layout of the kernel's tables, as `kernel.schema` records it.
-pub const STORE_SCHEMA_VERSION: u32 = 1;
+/// Version 1 kept a promise's queue as one JSON array (`kp<N>.queue`) and
+/// its subscribers comma-joined (`kp<N>.subscribers`); a store of version 1
+/// is brought to this layout when it is opened.
+pub const STORE_SCHEMA_VERSION: u32 = 2;
 /// `promise_queue_max`: how many messages may wait on one unresolved
 /// promise (a message past it is rejected, saying so).
 pub const PROMISE_QUEUE_MAX: u64 = 10_000;
@@ -152,21 +155,54 @@ pub(crate) fn mark_schema(store: &mut SwingStore) -> StoreResult<()> {
 /// (it has kernel keys and no schema) is marked as the current schema,
 /// which is its layout.
 pub(crate) fn schema_of(store: &mut SwingStore) -> StoreResult<Schema> {
-    match store.get(SCHEMA_KEY)? {
-        Some(found) if found == STORE_SCHEMA_VERSION.to_string() => Ok(Schema::Current),
-        Some(found) => Ok(Schema::Other(found)),
+    let legacy = match store.get(SCHEMA_KEY)?.as_deref() {
+        Some(found) if found == STORE_SCHEMA_VERSION.to_string() => return Ok(Schema::Current),
+        Some("1") => true,
+        Some(found) => return Ok(Schema::Other(found.to_owned())),
         // A home made by `vat init` before the schema key, that ran nothing,
         // holds no key at all (an emptied file is refused before it is opened).
-        None if store.get_next_key("")?.is_none()
-            || store.get("kernel.nextVat")?.is_some()
-            || store.get("runQueue.head")?.is_some() =>
-        {
-            mark_schema(store)?;
-            store.commit()?;
-            Ok(Schema::Current)
+        None => {
+            store.get_next_key("")?.is_none()
+                || store.get("kernel.nextVat")?.is_some()
+                || store.get("runQueue.head")?.is_some()
         }
-        None => Ok(Schema::Other("absent".to_owned())),
+    };
+    if !legacy {
+        return Ok(Schema::Other("absent".to_owned()));
     }
+    // Version 1 (or older): its promise queues and subscribers, rewritten
+    // in one commit with the new schema mark, so a crash leaves either.
+    store.begin_crank()?;
+    migrate_waiters_from_v1(store)?;
+    store.end_crank()?;
+    mark_schema(store)?;
+    store.commit()?;
+    Ok(Schema::Current)
+}
+
+/// Rewrites version 1's `kp<N>.queue` arrays and `kp<N>.subscribers` lists
+/// as a key per message and per subscriber (in the current crank).
+fn migrate_waiters_from_v1(store: &mut SwingStore) -> StoreResult<()> {
+    for (key, value) in store.scan_prefix("kp")? {
+        if let Some(kpid) = key.strip_suffix(".queue") {
+            let queue: Vec<Message> = serde_json::from_str(&value).unwrap_or_else(|e| {
+                panic!("kernel invariant: {key} (schema 1) is a message list: {e}")
+            });
+            for (n, message) in queue.iter().enumerate() {
+                let text =
+                    serde_json::to_string(message).expect("kernel invariant: messages serialize");
+                store.set(&format!("{}{n:010}", queue_prefix(kpid)), &text)?;
+            }
+            store.set(&format!("{kpid}.queued"), &queue.len().to_string())?;
+            store.delete(&key)?;
+        } else if let Some(kpid) = key.strip_suffix(".subscribers") {
+            for vat in value.split(',').filter(|vat| !vat.is_empty()) {
+                store.set(&format!("{}{vat}", subscriber_prefix(kpid)), "")?;
+            }
+            store.delete(&key)?;
+        }
+    }
+    Ok(())
 }
 
 /// The kernel's tables over one swingstore.
@@ -882,6 +918,31 @@ mod tests {
             },
             result: None,
         }
+    }
+
+    #[test]
+    fn a_store_of_schema_1_has_its_promise_queues_rewritten_at_open() {
+        let (_dir, mut state) = state();
+        let store = &mut state.store;
+        store.begin_crank().unwrap();
+        store.set("kernel.schema", "1").unwrap();
+        store.set("kp3.state", "unresolved").unwrap();
+        let queue = serde_json::to_string(&vec![message(0), message(1)]).unwrap();
+        store.set("kp3.queue", &queue).unwrap();
+        store.set("kp3.subscribers", "v1,r2").unwrap();
+        store.end_crank().unwrap();
+        store.commit().unwrap();
+        assert!(matches!(schema_of(store).unwrap(), Schema::Current));
+        assert_eq!(store.get("kernel.schema").unwrap().as_deref(), Some("2"));
+        assert_eq!(store.get("kp3.queue").unwrap(), None);
+        assert_eq!(state.subscribers("kp3").unwrap(), ["r2", "v1"]);
+        let queued: Vec<String> = state
+            .promise_queue("kp3")
+            .unwrap()
+            .into_iter()
+            .map(|(_, message)| message.method)
+            .collect();
+        assert_eq!(queued, ["m0", "m1"]);
     }
 
     #[test]
