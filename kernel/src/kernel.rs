@@ -206,7 +206,7 @@ pub struct Kernel {
     pub(crate) outbound_ready: Vec<(String, Vec<u8>)>,
     /// How each session's connection is doing, as the network side last
     /// said (memory only: it is about this process's connections).
-    pub(crate) peer_links: HashMap<String, String>,
+    pub(crate) peer_links: HashMap<String, crate::membrane::PeerLink>,
     /// Each running worker's `message_bytes_max`, so an oversized delivery
     /// is refused before it reaches the worker.
     message_bytes_max: HashMap<String, usize>,

@@ -28,6 +28,6 @@ pub use jobs::{JobEvent, TaskOutcome};
 pub use kernel::{
     CommitPolicy, Kernel, KernelError, VatInfo, VatOptions, WorkerKind, check_name, is_kref,
 };
-pub use membrane::{ANSWERS_PER_PEER_MAX, PeerInfo, REFERENCES_PER_PEER_MAX};
+pub use membrane::{ANSWERS_PER_PEER_MAX, PeerInfo, PeerLink, REFERENCES_PER_PEER_MAX};
 pub use shown::SHOWN_REFS_MAX;
 pub use state::{PromiseState, VatState};

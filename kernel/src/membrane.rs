@@ -102,6 +102,26 @@ impl Answer {
     }
 }
 
+/// How a session's connection is doing, as the network side last said
+/// (memory only: it is about this process's connections).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerLink {
+    Connecting,
+    Connected,
+    /// Down, and why.
+    NotConnected(String),
+}
+
+impl std::fmt::Display for PeerLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PeerLink::Connecting => f.write_str("connecting"),
+            PeerLink::Connected => f.write_str("connected"),
+            PeerLink::NotConnected(why) => write!(f, "not connected: {why}"),
+        }
+    }
+}
+
 /// A peer as `vat peers` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerInfo {
@@ -317,7 +337,10 @@ impl Kernel {
                 state = format!("disconnected ({})", get("reason")?);
             } else if self.state.sessions.contains(id) {
                 let unacknowledged = self.state.scan_prefix(&format!("{id}.out."))?.len();
-                let link = self.peer_link(id).unwrap_or("not connected");
+                let link = match self.peer_link(id) {
+                    Some(link) => link.to_string(),
+                    None => "not connected".to_owned(),
+                };
                 state = format!("session, {link} ({unacknowledged} frames unacknowledged)");
             }
             let references = self.state.scan_prefix(&format!("{id}.c.k"))?.len();
@@ -383,12 +406,12 @@ impl Kernel {
     }
 
     /// Records how `peer`'s connection is doing (shown by `vat peers`).
-    pub fn set_peer_link(&mut self, peer: &str, link: &str) {
-        self.peer_links.insert(peer.to_owned(), link.to_owned());
+    pub fn set_peer_link(&mut self, peer: &str, link: PeerLink) {
+        self.peer_links.insert(peer.to_owned(), link);
     }
 
-    pub fn peer_link(&self, peer: &str) -> Option<&str> {
-        self.peer_links.get(peer).map(String::as_str)
+    pub fn peer_link(&self, peer: &str) -> Option<&PeerLink> {
+        self.peer_links.get(peer)
     }
 
     /// Whether `peer` is a kernel with a durable session.

@@ -33,6 +33,7 @@ use captp::wire::{
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc as tmpsc;
 
+use crate::membrane::PeerLink;
 use crate::{Kernel, KernelError};
 
 /// How long dialling a peer may take (`connect_timeout_ms`).
@@ -93,7 +94,12 @@ enum Event<A> {
     DialFailed(String, String),
     Frame(u64, Vec<u8>),
     /// A connection ended (or broke the framing).
-    Closed(u64, String),
+    /// A connection ended; `malformed` when its peer sent a frame that is not one.
+    Closed {
+        number: u64,
+        reason: String,
+        malformed: bool,
+    },
     App(A),
 }
 
@@ -368,7 +374,7 @@ impl<A: Send + 'static> Node<A> {
     pub fn session(&mut self, did: &str, address: &Address) -> Result<String, NodeError> {
         let peer = self.kernel.session_peer(did, Some(&address.to_string()))?;
         if !self.by_peer.contains_key(&peer) && !self.dialing.contains(&peer) {
-            self.kernel.set_peer_link(&peer, "connecting");
+            self.kernel.set_peer_link(&peer, PeerLink::Connecting);
             self.redial_at
                 .insert(peer.clone(), (Instant::now(), Duration::from_millis(100)));
         }
@@ -408,16 +414,16 @@ impl<A: Send + 'static> Node<A> {
     fn dial_failed(&mut self, peer: &str, reason: &str) {
         self.dialing.remove(peer);
         self.kernel
-            .set_peer_link(peer, &format!("not connected: {reason}"));
+            .set_peer_link(peer, PeerLink::NotConnected(reason.to_owned()));
         self.schedule_redial(peer);
     }
 
     /// Why the session with `peer` is not up, if it is not.
     pub fn session_error(&self, peer: &str) -> Option<String> {
-        self.kernel
-            .peer_link(peer)
-            .filter(|link| link.starts_with("not connected"))
-            .map(str::to_owned)
+        match self.kernel.peer_link(peer) {
+            Some(link @ PeerLink::NotConnected(_)) => Some(link.to_string()),
+            _ => None,
+        }
     }
 
     fn schedule_redial(&mut self, peer: &str) {
@@ -449,15 +455,25 @@ impl<A: Send + 'static> Node<A> {
                     }
                     Ok(None) => {
                         let reason = "the peer closed the connection".to_owned();
-                        let _ = sender.send(Event::Closed(number, reason));
+                        let malformed = false;
+                        let _ = sender.send(Event::Closed {
+                            number,
+                            reason,
+                            malformed,
+                        });
                         return;
                     }
                     Err(e) => {
+                        let malformed = matches!(e, TransportError::Wire(_));
                         let reason = match e {
                             TransportError::Wire(e) => format!("malformed frame: {e}"),
                             other => other.to_string(),
                         };
-                        let _ = sender.send(Event::Closed(number, reason));
+                        let _ = sender.send(Event::Closed {
+                            number,
+                            reason,
+                            malformed,
+                        });
                         return;
                     }
                 }
@@ -549,7 +565,11 @@ impl<A: Send + 'static> Node<A> {
                 Event::Dialed(peer, read, write) => self.dialed(peer, read, write)?,
                 Event::DialFailed(peer, reason) => self.dial_failed(&peer, &reason),
                 Event::Frame(number, frame) => self.frame(number, &frame)?,
-                Event::Closed(number, reason) => self.closed(number, &reason)?,
+                Event::Closed {
+                    number,
+                    reason,
+                    malformed,
+                } => self.closed(number, &reason, malformed)?,
             }
             // Keep cranking even under a flood of frames.
             if started.elapsed() > Duration::from_millis(20) {
@@ -609,7 +629,7 @@ impl<A: Send + 'static> Node<A> {
         Ok(())
     }
 
-    fn closed(&mut self, number: u64, reason: &str) -> Result<(), NodeError> {
+    fn closed(&mut self, number: u64, reason: &str, malformed: bool) -> Result<(), NodeError> {
         let Some(connection) = self.connections.get(&number) else {
             return Ok(());
         };
@@ -625,14 +645,14 @@ impl<A: Send + 'static> Node<A> {
                 self.dialing.remove(&peer);
                 if self.by_peer.get(&peer) == Some(&number) {
                     self.kernel
-                        .set_peer_link(&peer, &format!("not connected: {reason}"));
+                        .set_peer_link(&peer, PeerLink::NotConnected(reason.to_owned()));
                 }
                 if self.dialled_session(&peer)?.is_some() {
                     self.schedule_redial(&peer);
                 }
             }
             Link::Fresh | Link::Answering { .. } => {
-                if reason.starts_with("malformed frame") {
+                if malformed {
                     self.refuse(number, reason);
                     return Ok(());
                 }
@@ -965,7 +985,7 @@ impl<A: Send + 'static> Node<A> {
         }
         self.by_peer.insert(peer.clone(), number);
         self.redial_at.remove(&peer);
-        self.kernel.set_peer_link(&peer, "connected");
+        self.kernel.set_peer_link(&peer, PeerLink::Connected);
         Ok(())
     }
 
@@ -1023,7 +1043,7 @@ impl<A: Send + 'static> Node<A> {
                 self.kernel.abort_peer(&peer, &reason)?;
             } else {
                 self.kernel
-                    .set_peer_link(&peer, &format!("not connected: {reason}"));
+                    .set_peer_link(&peer, PeerLink::NotConnected(reason.to_owned()));
             }
             self.close(number);
         }
