@@ -542,10 +542,7 @@ fn run_command(
             }
             // Clients that came and went are many and alike: the last few
             // are shown, the rest counted.
-            let gone: Vec<_> = peers
-                .iter()
-                .filter(|p| p.state.starts_with("disconnected"))
-                .collect();
+            let gone: Vec<_> = peers.iter().filter(|p| p.gone).collect();
             let hidden = gone.len().saturating_sub(PEERS_GONE_SHOWN);
             let hide: std::collections::HashSet<&str> =
                 gone.iter().take(hidden).map(|p| p.id.as_str()).collect();

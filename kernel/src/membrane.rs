@@ -127,7 +127,10 @@ impl std::fmt::Display for PeerLink {
 pub struct PeerInfo {
     pub id: String,
     pub name: String,
+    /// How it is, as `vat peers` shows it.
     pub state: String,
+    /// Its connection is gone for good (a client peer, or a session ended).
+    pub gone: bool,
     pub direction: String,
     pub references: usize,
 }
@@ -333,7 +336,8 @@ impl Kernel {
                     .unwrap_or_default())
             };
             let mut state = get("state")?;
-            if state == "terminated" {
+            let gone = state == "terminated";
+            if gone {
                 state = format!("disconnected ({})", get("reason")?);
             } else if self.state.sessions.contains(id) {
                 let unacknowledged = self.state.scan_prefix(&format!("{id}.out."))?.len();
@@ -348,6 +352,7 @@ impl Kernel {
                 id: id.to_owned(),
                 name,
                 state,
+                gone,
                 direction: get("direction")?,
                 references,
             });
