@@ -518,19 +518,16 @@ impl Kernel {
         self.workers.insert(vat.to_owned(), worker);
         self.message_bytes_max
             .insert(vat.to_owned(), options.message_bytes_max);
-        if let Some(count) = self.state.get(&faults_key(vat))? {
-            let count = count
-                .parse()
-                .unwrap_or_else(|_| panic!("kernel invariant: {vat}.faults is a number"));
-            self.faults_in_a_row.insert(vat.to_owned(), count);
+        let faults = self.state.count(&faults_key(vat))?;
+        if faults > 0 {
+            let faults = u32::try_from(faults)
+                .unwrap_or_else(|_| panic!("kernel invariant: {vat}.faults fits a u32"));
+            self.faults_in_a_row.insert(vat.to_owned(), faults);
         }
         // A vat's heap is a cache: what it awaited in memory died with its
         // previous worker, so the promises it decided can no longer be kept.
         let key = format!("{vat}.incarnation");
-        let incarnation: u64 = self.state.get(&key)?.map_or(0, |n| {
-            n.parse()
-                .unwrap_or_else(|_| panic!("kernel invariant: {key} is a number"))
-        });
+        let incarnation = self.state.count(&key)?;
         self.state.set(&key, &(incarnation + 1).to_string())?;
         if incarnation > 0 {
             let reason = format!(

@@ -179,15 +179,8 @@ fn ref_id(text: &str) -> u32 {
     })
 }
 
-fn counter(state: &KernelState, key: &str) -> Result<u64, StoreError> {
-    Ok(state.get(key)?.map_or(0, |n| {
-        n.parse()
-            .unwrap_or_else(|_| panic!("kernel invariant: {key} is a number"))
-    }))
-}
-
 fn add_counter(state: &mut KernelState, key: &str, delta: i64) -> Result<u64, StoreError> {
-    let now = counter(state, key)? as i64 + delta;
+    let now = state.count(key)? as i64 + delta;
     assert!(now >= 0, "kernel invariant: {key} never goes negative");
     if now == 0 {
         state.delete(key)?;
@@ -317,7 +310,7 @@ impl Kernel {
 
     /// Every peer id ever allocated (`r1` up to `kernel.nextPeer`).
     fn peer_ids(&self) -> Result<Vec<String>, StoreError> {
-        let next = counter(&self.state, "kernel.nextPeer")?.max(1);
+        let next = self.state.count("kernel.nextPeer")?.max(1);
         Ok((1..next).map(|n| format!("r{n}")).collect())
     }
 
@@ -426,7 +419,7 @@ impl Kernel {
 
     /// How many session frames from `peer` this kernel has applied.
     pub fn session_received(&self, peer: &str) -> Result<u64, KernelError> {
-        Ok(counter(&self.state, &format!("{peer}.received"))?)
+        Ok(self.state.count(&format!("{peer}.received"))?)
     }
 
     /// The session frames to `peer` numbered `from` on, as committed.
@@ -666,7 +659,7 @@ impl Kernel {
                 }
                 // The promise import is done with: release it.
                 add_counter(&mut self.state, &format!("{peer}.imports"), -1)?;
-                let count = counter(&self.state, &format!("{peer}.ic.{promise}"))?;
+                let count = self.state.count(&format!("{peer}.ic.{promise}"))?;
                 self.state.delete(&format!("{peer}.ic.{promise}"))?;
                 self.state.clist_remove(peer, &kp)?;
                 self.emit(
@@ -683,7 +676,7 @@ impl Kernel {
                     return Ok(());
                 }
                 let key = format!("{peer}.ec.{id}");
-                let held = counter(&self.state, &key)?;
+                let held = self.state.count(&key)?;
                 if held == 0 {
                     return protocol(format!("release of unknown export {id}"));
                 }
@@ -752,7 +745,7 @@ impl Kernel {
         if self.state.get(&format!("{peer}.a.{question}"))?.is_some() {
             return protocol(format!("question {question} is already in use"));
         }
-        if counter(&self.state, &format!("{peer}.answers"))? >= ANSWERS_PER_PEER_MAX {
+        if self.state.count(&format!("{peer}.answers"))? >= ANSWERS_PER_PEER_MAX {
             // Refused without keeping anything: no answer entry (nothing to
             // finish), and its capabilities are not taken (released).
             let reason = format!(
@@ -1352,7 +1345,7 @@ impl Kernel {
         };
         let id = ref_id(&vref);
         let key = format!("{peer}.ic.{id}");
-        let count = counter(&self.state, &key)?;
+        let count = self.state.count(&key)?;
         self.state.delete(&key)?;
         // The peer may reuse the id once released: forget the mapping now.
         add_counter(&mut self.state, &format!("{peer}.imports"), -1)?;

@@ -490,11 +490,7 @@ impl KernelState {
     }
 
     fn promise_refs(&self, kpid: &str) -> StoreResult<u64> {
-        let key = format!("{kpid}.refs");
-        Ok(self.get(&key)?.map_or(0, |n| {
-            n.parse()
-                .unwrap_or_else(|_| panic!("kernel invariant: {key} is a number"))
-        }))
+        self.count(&format!("{kpid}.refs"))
     }
 
     /// An object's (reachable, recognizable) counts.
@@ -682,10 +678,7 @@ impl KernelState {
         for (peer, frame) in &self.outbox_crank {
             if self.sessions.contains(peer) {
                 let key = format!("{peer}.sent");
-                let seq = self.get(&key)?.map_or(0, |n| {
-                    n.parse::<u64>()
-                        .unwrap_or_else(|_| panic!("kernel invariant: {key} is a number"))
-                });
+                let seq = self.count(&key)?;
                 self.store
                     .set(&format!("{peer}.out.{seq:020}"), &hex::encode(frame))?;
                 self.store.set(&key, &(seq + 1).to_string())?;
@@ -760,10 +753,7 @@ impl KernelState {
     // ---- run queue ----
 
     fn queue_index(&self, key: &str) -> StoreResult<u64> {
-        Ok(self.get(key)?.map_or(0, |t| {
-            t.parse()
-                .unwrap_or_else(|_| panic!("kernel invariant: {key} is a number"))
-        }))
+        self.count(key)
     }
 
     pub(crate) fn push_run_queue(&mut self, item: &RunQueueItem) -> StoreResult<()> {
