@@ -985,3 +985,95 @@ fn a_peer_breaking_message_and_state_limits_fails_those_calls_only() {
     assert!(home.ok(&["list"]).contains("v1 mint root ko1 running"));
     home.check();
 }
+
+/// The daemon's resident memory, in bytes.
+fn resident_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    let kb: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS");
+    kb * 1024
+}
+
+/// A flood of connections that each announce a frame of almost
+/// `frame_bytes_max` and send nothing more costs what they sent, not what
+/// they announced; a daemon that runs out of file descriptors during the
+/// flood accepts connections again once it has them back.
+#[test]
+fn a_flood_of_announced_frames_and_a_descriptor_limit_leave_the_listener_up() {
+    use std::io::Write;
+    let home = VatHome::new();
+    home.spawn("counter", "counter");
+    // The daemon may have 128 files open at most.
+    let child = Command::new("sh")
+        .arg("-c")
+        .arg(r#"ulimit -n 128 && exec "$0" --home "$1" start --listen 127.0.0.1:0"#)
+        .arg(vat_tests::vat_bin())
+        .arg(home.path())
+        .env_remove("VAT_HOME")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(home.daemon_log()).unwrap())
+        .spawn()
+        .unwrap();
+    let daemon = vat_tests::Daemon { child };
+    let socket = home.path().join("vat.sock");
+    vat_tests::wait_until("the daemon did not come up", 60, || {
+        std::os::unix::net::UnixStream::connect(&socket).is_ok()
+    });
+    let uri = home.ok(&["share", "counter"]);
+    let address = uri
+        .rsplit_once('/')
+        .unwrap()
+        .0
+        .rsplit_once('@')
+        .unwrap()
+        .1
+        .to_owned();
+    // One segment of 131,070 words: 1 MiB less a little, under frame_bytes_max.
+    let mut header = vec![0u8; 4];
+    header.extend_from_slice(&131_070u32.to_le_bytes());
+    let before = resident_bytes(daemon.pid());
+    let mut flood = Vec::new();
+    let to: std::net::SocketAddr = address.parse().unwrap();
+    let patience = std::time::Duration::from_millis(500);
+    // More than the daemon may hold: those past its limit wait in the
+    // listener's backlog (or time out, once that is full).
+    for _ in 0..200 {
+        if let Ok(mut stream) = std::net::TcpStream::connect_timeout(&to, patience) {
+            let _ = stream.write_all(&header);
+            flood.push(stream);
+        }
+    }
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let grown = resident_bytes(daemon.pid()).saturating_sub(before);
+    assert!(
+        grown < 64 << 20,
+        "{} connections announcing 1 MiB each grew the daemon by {grown} bytes",
+        flood.len()
+    );
+    drop(flood);
+    // The listener is still there: a client gets through and calls.
+    let client = |scenario: &str| {
+        Command::new("timeout")
+            .arg("20")
+            .arg(python())
+            .arg(repo_root().join("tests/py/client.py"))
+            .args([&schema_dir(), &uri, scenario])
+            .output()
+            .expect("run the pycapnp client")
+    };
+    let mut answered = None;
+    vat_tests::wait_until("no connection was accepted after the flood", 60, || {
+        let out = client("counter");
+        let ok = out.status.success();
+        answered = Some(String::from_utf8_lossy(&out.stdout).into_owned());
+        ok
+    });
+    assert!(
+        answered.unwrap().contains(r#""results": ["#),
+        "the counter answered"
+    );
+    home.check();
+}

@@ -38,8 +38,18 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
         read_exact(reader, &mut frame[have..want]).await?;
         have = want;
     };
-    frame.resize(total, 0);
-    read_exact(reader, &mut frame[have..]).await?;
+    // The body is read as it arrives, the buffer growing with it: a peer
+    // that announces a large frame and sends little costs what it sent,
+    // not what it announced.
+    frame.truncate(have);
+    let announced = (total - have) as u64;
+    let read = (&mut *reader)
+        .take(announced)
+        .read_to_end(&mut frame)
+        .await?;
+    if (read as u64) < announced {
+        return Err(TransportError::Truncated);
+    }
     Ok(Some(frame))
 }
 

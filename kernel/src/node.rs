@@ -336,7 +336,10 @@ impl<A: Send + 'static> Node<A> {
                     .local_addr()
                     .map_err(|e| NodeError::Listen(hostport.clone(), e))?;
                 self.runtime.spawn(async move {
-                    while let Ok((stream, from)) = listener.accept().await {
+                    loop {
+                        let Some((stream, from)) = accepted(listener.accept().await).await else {
+                            continue;
+                        };
                         let _ = stream.set_nodelay(true);
                         let (read, write) = stream.into_split();
                         let event =
@@ -356,7 +359,10 @@ impl<A: Send + 'static> Node<A> {
                         .map_err(|e| NodeError::Listen(path.display().to_string(), e))?
                 };
                 self.runtime.spawn(async move {
-                    while let Ok((stream, _)) = listener.accept().await {
+                    loop {
+                        let Some((stream, _)) = accepted(listener.accept().await).await else {
+                            continue;
+                        };
                         let (read, write) = stream.into_split();
                         let event = Event::Accepted(Box::new(read), Box::new(write), "unix".into());
                         if sender.send(event).is_err() {
@@ -1048,5 +1054,24 @@ impl<A: Send + 'static> Node<A> {
             self.close(number);
         }
         Ok(())
+    }
+}
+
+/// `accept_retry_ms`: how long a listener waits after a failed accept
+/// (such as running out of file descriptors) before it tries again.
+const ACCEPT_RETRY_MS: u64 = 100;
+
+/// A connection a listener accepted, or `None` after an accept failed: the
+/// failure is said on stderr and the listener waits a little and goes on,
+/// so that no error (too many open files, a connection reset before it was
+/// accepted) ends it.
+async fn accepted<S, A: std::fmt::Debug>(outcome: std::io::Result<(S, A)>) -> Option<(S, A)> {
+    match outcome {
+        Ok(accepted) => Some(accepted),
+        Err(e) => {
+            eprintln!("accept failed ({e}); listening on in {ACCEPT_RETRY_MS} ms");
+            tokio::time::sleep(std::time::Duration::from_millis(ACCEPT_RETRY_MS)).await;
+            None
+        }
     }
 }
