@@ -59,12 +59,15 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> HomeError + '_ {
     }
 }
 
-/// An open, locked home. The lock is held until this is dropped.
+/// An open, locked home. The locks are held until this is dropped.
 #[derive(Debug)]
 pub struct Home {
     path: PathBuf,
     key: SigningKey,
     _lock: File,
+    /// The home folder itself, locked too: deleting the `lock` file under a
+    /// running kernel does not let a second one in.
+    _folder_lock: File,
 }
 
 /// What `vat init` found.
@@ -89,6 +92,22 @@ fn lock(path: &Path, wait_ms: u64) -> Result<File, HomeError> {
         .write(true)
         .open(&lock_path)
         .map_err(io_error(&lock_path))?;
+    wait_for_lock(file, &lock_path, path, wait_ms)
+}
+
+/// Locks the home folder itself (an OS lock on the directory).
+fn lock_folder(path: &Path, wait_ms: u64) -> Result<File, HomeError> {
+    let folder = File::open(path).map_err(io_error(path))?;
+    wait_for_lock(folder, path, path, wait_ms)
+}
+
+/// Takes `file`'s exclusive lock, waiting up to `wait_ms` for its holder.
+fn wait_for_lock(
+    file: File,
+    lock_path: &Path,
+    home: &Path,
+    wait_ms: u64,
+) -> Result<File, HomeError> {
     let started = Instant::now();
     loop {
         match file.try_lock() {
@@ -96,13 +115,13 @@ fn lock(path: &Path, wait_ms: u64) -> Result<File, HomeError> {
             Err(std::fs::TryLockError::WouldBlock) => {
                 if started.elapsed() >= Duration::from_millis(wait_ms) {
                     return Err(HomeError::InUse {
-                        path: path.to_owned(),
+                        path: home.to_owned(),
                         waited_ms: wait_ms,
                     });
                 }
                 std::thread::sleep(Duration::from_millis(5));
             }
-            Err(std::fs::TryLockError::Error(e)) => return Err(io_error(&lock_path)(e)),
+            Err(std::fs::TryLockError::Error(e)) => return Err(io_error(lock_path)(e)),
         }
     }
 }
@@ -164,11 +183,13 @@ impl Home {
             return Err(HomeError::Missing(path.to_owned()));
         }
         let lock = lock(path, lock_wait_ms)?;
+        let folder_lock = lock_folder(path, lock_wait_ms)?;
         let key = read_key(path)?;
         Ok(Home {
             path: path.to_owned(),
             key,
             _lock: lock,
+            _folder_lock: folder_lock,
         })
     }
 
@@ -290,6 +311,16 @@ mod tests {
             matches!(&err, HomeError::WrongSchema { found, .. } if found == "99"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn deleting_the_lock_file_does_not_let_a_second_opener_in() {
+        let dir = tempfile::tempdir().unwrap();
+        Home::init(dir.path()).unwrap();
+        let _first = Home::open(dir.path(), 0).unwrap();
+        std::fs::remove_file(dir.path().join(LOCK_FILE)).unwrap();
+        let err = Home::open(dir.path(), 50).unwrap_err();
+        assert!(matches!(err, HomeError::InUse { .. }), "{err}");
     }
 
     #[test]
