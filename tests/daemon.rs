@@ -8,15 +8,19 @@ fn the_daemon_keeps_one_worker_process_per_running_vat() {
     let home = VatHome::new();
     home.spawn("counter", "counter");
     let daemon = home.start_daemon();
-    // Vats that existed before the daemon get workers when it starts.
-    let workers = workers_of(daemon.pid());
-    assert_eq!(
-        workers
-            .iter()
-            .map(|(_, vat)| vat.as_str())
-            .collect::<Vec<_>>(),
-        ["v1"]
-    );
+    // Vats that existed before the daemon get workers when it starts (the
+    // daemon answers on its socket from the first moment, and starts the
+    // workers just after).
+    let hosted = || -> Vec<String> {
+        workers_of(daemon.pid())
+            .into_iter()
+            .map(|(_, vat)| vat)
+            .collect()
+    };
+    vat_tests::wait_until("the daemon did not start v1's worker", 30, || {
+        !hosted().is_empty()
+    });
+    assert_eq!(hosted(), ["v1"]);
     home.spawn("a", "pingpong");
     home.spawn("b", "pingpong");
     let mut vats: Vec<String> = workers_of(daemon.pid())
