@@ -997,19 +997,14 @@ fn resident_bytes(pid: u32) -> u64 {
     kb * 1024
 }
 
-/// A flood of connections that each announce a frame of almost
-/// `frame_bytes_max` and send nothing more costs what they sent, not what
-/// they announced; a daemon that runs out of file descriptors during the
-/// flood accepts connections again once it has them back.
-#[test]
-fn a_flood_of_announced_frames_and_a_descriptor_limit_leave_the_listener_up() {
-    use std::io::Write;
-    let home = VatHome::new();
-    home.spawn("counter", "counter");
-    // The daemon may have 128 files open at most.
+/// A daemon listening for CapTP on a port of its choice, with at most
+/// `files_max` open files (`ulimit -n`).
+fn start_listening_with_files_max(home: &VatHome, files_max: u32) -> vat_tests::Daemon {
     let child = Command::new("sh")
         .arg("-c")
-        .arg(r#"ulimit -n 128 && exec "$0" --home "$1" start --listen 127.0.0.1:0"#)
+        .arg(format!(
+            r#"ulimit -n {files_max} && exec "$0" --home "$1" start --listen 127.0.0.1:0"#
+        ))
         .arg(vat_tests::vat_bin())
         .arg(home.path())
         .env_remove("VAT_HOME")
@@ -1022,6 +1017,33 @@ fn a_flood_of_announced_frames_and_a_descriptor_limit_leave_the_listener_up() {
     vat_tests::wait_until("the daemon did not come up", 60, || {
         std::os::unix::net::UnixStream::connect(&socket).is_ok()
     });
+    daemon
+}
+
+/// Up to `count` connections to `address` (each given half a second),
+/// each sent `bytes`; the ones that connected.
+fn connect_and_send(address: &str, bytes: &[u8], count: usize) -> Vec<std::net::TcpStream> {
+    use std::io::Write;
+    let to: std::net::SocketAddr = address.parse().unwrap();
+    let patience = std::time::Duration::from_millis(500);
+    (0..count)
+        .filter_map(|_| std::net::TcpStream::connect_timeout(&to, patience).ok())
+        .map(|mut stream| {
+            let _ = stream.write_all(bytes);
+            stream
+        })
+        .collect()
+}
+
+/// A flood of connections that each announce a frame of almost
+/// `frame_bytes_max` and send nothing more costs what they sent, not what
+/// they announced; a daemon that runs out of file descriptors during the
+/// flood accepts connections again once it has them back.
+#[test]
+fn a_flood_of_announced_frames_and_a_descriptor_limit_leave_the_listener_up() {
+    let home = VatHome::new();
+    home.spawn("counter", "counter");
+    let daemon = start_listening_with_files_max(&home, 128);
     let uri = home.ok(&["share", "counter"]);
     let address = uri
         .rsplit_once('/')
@@ -1035,17 +1057,9 @@ fn a_flood_of_announced_frames_and_a_descriptor_limit_leave_the_listener_up() {
     let mut header = vec![0u8; 4];
     header.extend_from_slice(&131_070u32.to_le_bytes());
     let before = resident_bytes(daemon.pid());
-    let mut flood = Vec::new();
-    let to: std::net::SocketAddr = address.parse().unwrap();
-    let patience = std::time::Duration::from_millis(500);
     // More than the daemon may hold: those past its limit wait in the
     // listener's backlog (or time out, once that is full).
-    for _ in 0..200 {
-        if let Ok(mut stream) = std::net::TcpStream::connect_timeout(&to, patience) {
-            let _ = stream.write_all(&header);
-            flood.push(stream);
-        }
-    }
+    let flood = connect_and_send(&address, &header, 200);
     std::thread::sleep(std::time::Duration::from_secs(2));
     let grown = resident_bytes(daemon.pid()).saturating_sub(before);
     assert!(

@@ -358,11 +358,16 @@ impl Kernel {
         body: impl FnOnce(&mut Kernel) -> Result<T, E>,
     ) -> Result<T, E> {
         self.state.store.begin_crank()?;
-        let outcome = body(self).and_then(|value| Ok(self.state.end_crank().map(|()| value)?));
-        if outcome.is_err() && self.state.store.in_crank() {
-            self.state.abort_crank()?;
+        match body(self) {
+            Ok(value) => {
+                self.end_crank_or_abort()?;
+                Ok(value)
+            }
+            Err(e) => {
+                self.state.abort_crank()?;
+                Err(e)
+            }
         }
-        outcome
     }
 
     /// Makes everything done so far durable. Report results only after this.
@@ -1062,14 +1067,12 @@ impl Kernel {
     }
 
     /// Ends the crank in progress; if ending it fails, aborts it.
-    pub(crate) fn end_crank_or_abort(&mut self) -> Result<(), KernelError> {
-        if let Err(e) = self.state.end_crank() {
-            if self.state.store.in_crank() {
-                self.state.abort_crank()?;
-            }
-            return Err(e.into());
+    pub(crate) fn end_crank_or_abort(&mut self) -> Result<(), StoreError> {
+        let ended = self.state.end_crank();
+        if ended.is_err() && self.state.store.in_crank() {
+            self.state.abort_crank()?;
         }
-        Ok(())
+        ended
     }
 
     /// Drops every worker: the kernel failed mid-delivery (its store), so a
@@ -1150,37 +1153,31 @@ impl Kernel {
         let mut retried = false;
         loop {
             self.state.store.begin_crank()?;
-            let (item, outcome) = match self.state.pop_run_queue() {
-                Ok(Some(item)) => {
-                    let outcome = self.crank(item.clone());
-                    (Some(item), outcome)
-                }
-                Ok(None) => (None, Ok(())),
-                Err(e) => (None, Err(CrankError::from(e))),
-            };
-            let failed = match (outcome, item) {
-                (Ok(()), None) => {
+            let item = match self.state.pop_run_queue() {
+                Ok(Some(item)) => item,
+                Ok(None) => {
                     self.state.abort_crank()?;
                     return Ok(false);
                 }
-                (Ok(()), Some(_)) => {
+                Err(e) => {
+                    self.state.abort_crank()?;
+                    self.discard_all_workers();
+                    return Err(e.into());
+                }
+            };
+            let failed = match self.crank(item.clone()) {
+                Ok(()) => {
                     self.end_crank_or_abort()?;
                     return Ok(true);
                 }
-                (Err(failed), item) => {
-                    // The crank is undone entirely.
-                    self.state.abort_crank()?;
-                    match (failed, item) {
-                        (CrankError::Kernel(e), _) => {
-                            self.discard_all_workers();
-                            return Err(e);
-                        }
-                        (failed, Some(item)) => (failed, item),
-                        (_, None) => unreachable!("only a delivery faults"),
-                    }
-                }
+                Err(failed) => failed,
             };
-            let (failed, item) = failed;
+            // The crank is undone entirely.
+            self.state.abort_crank()?;
+            if let CrankError::Kernel(e) = failed {
+                self.discard_all_workers();
+                return Err(e);
+            }
             if let CrankError::Fault { vat, fault, .. } = &failed {
                 self.discard_worker(vat);
                 // A worker that died (not the guest's doing, perhaps) and a

@@ -450,41 +450,8 @@ impl<A: Send + 'static> Node<A> {
         let written = queued.clone();
         let sender = self.sender.clone();
         let limits = self.limits;
-        self.runtime.spawn(async move {
-            let mut read = read;
-            loop {
-                match read_frame(&mut read, &limits).await {
-                    Ok(Some(frame)) => {
-                        if sender.send(Event::Frame(number, frame)).is_err() {
-                            return;
-                        }
-                    }
-                    Ok(None) => {
-                        let reason = "the peer closed the connection".to_owned();
-                        let malformed = false;
-                        let _ = sender.send(Event::Closed {
-                            number,
-                            reason,
-                            malformed,
-                        });
-                        return;
-                    }
-                    Err(e) => {
-                        let malformed = matches!(e, TransportError::Wire(_));
-                        let reason = match e {
-                            TransportError::Wire(e) => format!("malformed frame: {e}"),
-                            other => other.to_string(),
-                        };
-                        let _ = sender.send(Event::Closed {
-                            number,
-                            reason,
-                            malformed,
-                        });
-                        return;
-                    }
-                }
-            }
-        });
+        self.runtime
+            .spawn(read_frames(number, read, sender, limits));
         self.runtime.spawn(async move {
             let mut write = write;
             while let Some(next) = outgoing.recv().await {
@@ -1074,4 +1041,31 @@ async fn accepted<S, A: std::fmt::Debug>(outcome: std::io::Result<(S, A)>) -> Op
             None
         }
     }
+}
+
+/// Reads connection `number`'s frames into the crank loop's events, until
+/// it ends: then says why, and whether its peer sent a malformed frame.
+async fn read_frames<A>(
+    number: u64,
+    mut read: BoxedRead,
+    sender: mpsc::Sender<Event<A>>,
+    limits: captp::wire::Limits,
+) {
+    let (reason, malformed) = loop {
+        match read_frame(&mut read, &limits).await {
+            Ok(Some(frame)) => {
+                if sender.send(Event::Frame(number, frame)).is_err() {
+                    return;
+                }
+            }
+            Ok(None) => break ("the peer closed the connection".to_owned(), false),
+            Err(TransportError::Wire(e)) => break (format!("malformed frame: {e}"), true),
+            Err(other) => break (other.to_string(), false),
+        }
+    };
+    let _ = sender.send(Event::Closed {
+        number,
+        reason,
+        malformed,
+    });
 }
