@@ -30,7 +30,7 @@ pub fn vat_bin() -> PathBuf {
         });
     assert!(
         path.is_file(),
-        "{} is missing: build it first (scripts/test does: cargo build -p kernel --bin vat)",
+        "{} is missing: build it first (scripts/test does: cargo build -p vat-cli)",
         path.display()
     );
     path

@@ -25,7 +25,8 @@ use capnp_rpc::{RpcSystem, rpc_twoparty_capnp, twoparty};
 use captp::exo_capnp::exo;
 use futures::AsyncReadExt;
 use kernel::node::{Identity, Node};
-use kernel::{CommitPolicy, Home, PromiseState, VatOptions, WorkerKind};
+use kernel::{CommitPolicy, Kernel, PromiseState, VatOptions, WorkerKind};
+use swingstore::{Durability, SwingStore};
 
 fn env_count(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -121,11 +122,9 @@ fn capnp_rpc(calls: u64, burst: u64) -> (f64, f64) {
 }
 
 /// A kernel with a pingpong vat, as a node on its own thread until `stop`.
-fn kernel_node(dir: &std::path::Path, name: &str) -> (Home, Node<()>, String) {
-    let path = dir.join(name);
-    Home::init(&path).unwrap();
-    let home = Home::open(&path, 0).unwrap();
-    let mut kernel = home.kernel(CommitPolicy::GROUPED).unwrap();
+fn kernel_node(dir: &std::path::Path, name: &str) -> (String, Node<()>, String) {
+    let store = SwingStore::open(&dir.join(format!("{name}.sqlite")), Durability::Full).unwrap();
+    let mut kernel = Kernel::new(store, CommitPolicy::GROUPED).unwrap();
     kernel.set_supervisor_program(common::supervisor());
     let options = VatOptions {
         worker: WorkerKind::Thread,
@@ -134,12 +133,16 @@ fn kernel_node(dir: &std::path::Path, name: &str) -> (Home, Node<()>, String) {
     let root = kernel
         .spawn_vat(name, &common::guest_wasm("pingpong"), options)
         .unwrap();
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).unwrap();
+    let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+    let did = did_key::did_of(&key);
     let identity = Identity {
-        did: home.did(),
-        sign: Box::new(home.signer()),
+        did: did.clone(),
+        sign: Box::new(move |message| ed25519_dalek::Signer::sign(&key, message).to_bytes()),
     };
     let node = Node::new(kernel, identity, captp::Limits::default()).unwrap();
-    (home, node, root)
+    (did, node, root)
 }
 
 /// Kernel to kernel: (µs per sequential round trip, pipelined calls/s).
@@ -153,20 +156,20 @@ fn kernel_to_kernel(calls: u64, burst: u64) -> (f64, f64) {
         let stop = stop.clone();
         let dir = dir.path().to_owned();
         std::thread::spawn(move || {
-            let (home_a, mut node_a, pong) = kernel_node(&dir, "pong");
+            let (did_a, mut node_a, pong) = kernel_node(&dir, "pong");
             let address = node_a
                 .listen(&captp::sturdy::Address::Tcp("127.0.0.1:0".into()))
                 .unwrap();
             let swiss = node_a.kernel().share(&pong).unwrap();
             node_a.flush().unwrap();
-            ready.send((home_a.did(), address, swiss)).unwrap();
+            ready.send((did_a, address, swiss)).unwrap();
             while !stop.load(Ordering::Relaxed) {
                 node_a.turn(Duration::from_millis(20)).unwrap();
             }
         })
     };
     let (did_a, address, swiss) = announced.recv().unwrap();
-    let (_home_b, mut node_b, ping) = kernel_node(dir.path(), "ping");
+    let (_did_b, mut node_b, ping) = kernel_node(dir.path(), "ping");
     let peer = node_b.session(&did_a, &address).unwrap();
     let run = |node: &mut Node<()>, kp: String| -> PromiseState {
         loop {

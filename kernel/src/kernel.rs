@@ -200,8 +200,6 @@ pub struct Kernel {
     deliveries_since_collection: HashMap<String, u32>,
     /// GC actions accumulate instead of being delivered (benchmarks only).
     gc_deferred: bool,
-    /// How many pure IPVM tasks run at once (default: one per core).
-    pub(crate) pure_task_threads: usize,
     /// Frames to peers whose cranks are committed, waiting to be sent.
     pub(crate) outbound_ready: Vec<(String, Vec<u8>)>,
     /// How each session's connection is doing, as the network side last
@@ -302,7 +300,6 @@ impl Kernel {
             cranks_total: 0,
             deliveries_since_collection: HashMap::new(),
             gc_deferred: false,
-            pure_task_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             outbound_ready: Vec::new(),
             peer_links: HashMap::new(),
             message_bytes_max: HashMap::new(),
@@ -353,7 +350,7 @@ impl Kernel {
     /// if the ending fails), aborted when it returns Err. Every crank the
     /// kernel begins goes through here or through [`Self::run_queue_step`],
     /// so no path leaves one open.
-    pub(crate) fn in_crank<T, E: From<StoreError>>(
+    pub fn in_crank<T, E: From<StoreError>>(
         &mut self,
         body: impl FnOnce(&mut Kernel) -> Result<T, E>,
     ) -> Result<T, E> {
@@ -1677,9 +1674,24 @@ impl Kernel {
     }
 
     /// The compiled module of bundle `cid` (cached), and the host to run it.
-    pub(crate) fn compiled(&mut self, cid: &str) -> Result<(&WasmHost, VatModule), KernelError> {
+    pub fn compiled(&mut self, cid: &str) -> Result<(&WasmHost, VatModule), KernelError> {
         let module = self.module(cid)?;
         Ok((&self.host, module))
+    }
+
+    /// Stores a Wasm module as a bundle and returns its CID (raw, sha2-256).
+    pub fn add_bundle(&mut self, wasm: &[u8]) -> Result<String, KernelError> {
+        let cid = self.state.store.add_bundle(wasm)?.to_string();
+        self.commit()?;
+        Ok(cid)
+    }
+
+    /// Whether bundle `cid` is stored here (a malformed CID names none).
+    pub fn has_bundle(&self, cid: &str) -> bool {
+        swingstore::SwingStore::parse_cid(cid)
+            .ok()
+            .and_then(|cid| self.state.store.get_bundle(&cid).ok().flatten())
+            .is_some()
     }
 
     pub(crate) fn state_mut(&mut self) -> &mut KernelState {
@@ -1688,12 +1700,6 @@ impl Kernel {
 
     pub(crate) fn state_ref(&self) -> &KernelState {
         &self.state
-    }
-
-    /// How many pure IPVM tasks may run at once (at least 1; at most
-    /// `PURE_TASKS_PARALLEL_MAX`). The default is one per core.
-    pub fn set_pure_task_threads(&mut self, threads: usize) {
-        self.pure_task_threads = threads.clamp(1, crate::jobs::PURE_TASKS_PARALLEL_MAX);
     }
 
     /// Leaves GC actions queued instead of delivering them, to measure what

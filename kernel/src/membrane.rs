@@ -291,7 +291,7 @@ impl Kernel {
     /// Forgets every client peer a previous run of this kernel was
     /// connected to (their connections died with it); kernel peers' sessions
     /// outlive connections and restarts.
-    pub(crate) fn remove_stale_peers(&mut self) -> Result<(), KernelError> {
+    pub fn remove_stale_peers(&mut self) -> Result<(), KernelError> {
         for peer in self.peer_ids()? {
             if self.state.get(&format!("{peer}.state"))?.as_deref() == Some("running") {
                 let peer = peer.as_str();

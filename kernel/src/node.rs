@@ -224,12 +224,9 @@ fn signed(context: &[u8], nonce: &[u8], did: &str) -> Vec<u8> {
 }
 
 fn verify(did: &str, message: &[u8], signature: &[u8]) -> Result<(), String> {
-    let key = crate::ipvm::did_key_public(did)?;
-    let signature: [u8; 64] = signature
-        .try_into()
-        .map_err(|_| "a signature is 64 bytes".to_owned())?;
-    key.verify_strict(message, &ed25519_dalek::Signature::from_bytes(&signature))
-        .map_err(|_| format!("the signature does not verify against {did}"))
+    did_key::DidKey::parse(did)
+        .and_then(|key| key.verify(message, signature))
+        .map_err(|e| e.to_string())
 }
 
 /// Whether a decoded frame belongs to the connection (handshake,
@@ -728,7 +725,7 @@ impl<A: Send + 'static> Node<A> {
                         },
                     ..
                 })) => {
-                    if let Err(e) = crate::ipvm::did_key_public(&theirs) {
+                    if let Err(e) = did_key::DidKey::parse(&theirs) {
                         self.refuse(number, &format!("hello: {e}"));
                         return Ok(());
                     }

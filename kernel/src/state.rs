@@ -137,7 +137,8 @@ fn subscriber_prefix(kpid: &str) -> String {
 const SCHEMA_KEY: &str = "kernel.schema";
 
 /// What a store holds, by its schema key.
-pub(crate) enum Schema {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Schema {
     /// This kernel's tables.
     Current,
     /// Another schema's (or another program's) tables.
@@ -145,7 +146,7 @@ pub(crate) enum Schema {
 }
 
 /// Marks a new store as holding this kernel's tables.
-pub(crate) fn mark_schema(store: &mut SwingStore) -> StoreResult<()> {
+pub fn mark_schema(store: &mut SwingStore) -> StoreResult<()> {
     store.begin_crank()?;
     store.set(SCHEMA_KEY, &STORE_SCHEMA_VERSION.to_string())?;
     store.end_crank()
@@ -154,7 +155,7 @@ pub(crate) fn mark_schema(store: &mut SwingStore) -> StoreResult<()> {
 /// Which tables `store` holds. A store made before the schema key existed
 /// (it has kernel keys and no schema) is marked as the current schema,
 /// which is its layout.
-pub(crate) fn schema_of(store: &mut SwingStore) -> StoreResult<Schema> {
+pub fn schema_of(store: &mut SwingStore) -> StoreResult<Schema> {
     let legacy = match store.get(SCHEMA_KEY)?.as_deref() {
         Some(found) if found == STORE_SCHEMA_VERSION.to_string() => return Ok(Schema::Current),
         Some("1") => true,

@@ -348,6 +348,17 @@ fn encode_recur(value: &Value, slots: &mut Vec<String>) -> Json {
     }
 }
 
+/// A finite number as plain JSON, as JavaScript prints it: integral values
+/// (below 2^53) without a fraction. The CLI's display and IPVM outputs
+/// both show numbers this way.
+pub fn finite_number_json(n: f64) -> Json {
+    if n.fract() == 0.0 && n.abs() < 9.007_199_254_740_992e15 {
+        Json::from(n as i64)
+    } else {
+        Json::from(n)
+    }
+}
+
 /// Decodes capdata, validating the body and every slot index it uses.
 pub fn decode(data: &CapData) -> Result<Value, DecodeError> {
     let Some(json_text) = data.body.strip_prefix('#') else {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use ed25519_dalek::SigningKey;
 use swingstore::{Durability, SwingStore};
 
-use crate::kernel::{CommitPolicy, Kernel, KernelError};
+use kernel::{CommitPolicy, Kernel, KernelError};
 
 const STORE_FILE: &str = "store.sqlite";
 const KEY_FILE: &str = "kernel.key";
@@ -79,9 +79,7 @@ pub enum InitOutcome {
 
 /// The `did:key` of an ed25519 public key (multicodec 0xed, base58btc).
 pub fn did_key(key: &SigningKey) -> String {
-    let mut bytes = vec![0xed, 0x01];
-    bytes.extend_from_slice(key.verifying_key().as_bytes());
-    format!("did:key:z{}", bs58::encode(bytes).into_string())
+    did_key::did_of(key)
 }
 
 fn lock(path: &Path, wait_ms: u64) -> Result<File, HomeError> {
@@ -172,7 +170,7 @@ impl Home {
         }
         let key = write_key(path)?;
         let mut store = SwingStore::open(&path.join(STORE_FILE), Durability::Full)?;
-        crate::state::mark_schema(&mut store)?;
+        kernel::mark_schema(&mut store)?;
         store.commit()?;
         Ok(InitOutcome::Created { did: did_key(&key) })
     }
@@ -227,13 +225,13 @@ impl Home {
             return Err(HomeError::EmptyStore(store_path));
         }
         let mut store = SwingStore::open(&store_path, Durability::Full)?;
-        match crate::state::schema_of(&mut store)? {
-            crate::state::Schema::Current => {}
-            crate::state::Schema::Other(found) => {
+        match kernel::schema_of(&mut store)? {
+            kernel::Schema::Current => {}
+            kernel::Schema::Other(found) => {
                 return Err(HomeError::WrongSchema {
                     path: store_path,
                     found,
-                    expected: crate::state::STORE_SCHEMA_VERSION,
+                    expected: kernel::STORE_SCHEMA_VERSION,
                 });
             }
         }

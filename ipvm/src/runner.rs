@@ -21,9 +21,15 @@ use vat_supervisor::{
 };
 use vom::abi::{Delivery, Syscall, SyscallResult};
 
-use crate::ipvm::{self, Input, Job, JobContext, TaskKind};
-use crate::kernel::{Kernel, KernelError};
-use crate::state::PromiseState;
+use kernel::{Kernel, KernelError, Namespace, PromiseState};
+
+use crate::{self as ipvm, Input, Job, JobContext, TaskKind};
+
+/// Values, receipts and memos: `ipvm.value.<cid>`, `ipvm.receipt.<cid>`,
+/// `ipvm.memo.<instruction cid>`.
+const IPVM: Namespace = Namespace::new("ipvm");
+/// Submitted jobs and their tasks' states: `job.<cid>`, `job.<cid>.t.<label>`.
+const JOB: Namespace = Namespace::new("job");
 
 /// The most pure tasks that run at once (also bounded by the machine's cores).
 pub const PURE_TASKS_PARALLEL_MAX: usize = 16;
@@ -156,7 +162,32 @@ pub enum TaskOutcome {
 }
 
 fn task_key(job: &str, label: &str) -> String {
-    format!("job.{job}.t.{label}")
+    format!("{job}.t.{label}")
+}
+
+fn value_key(cid: &str) -> String {
+    format!("value.{cid}")
+}
+
+fn receipt_key(cid: &str) -> String {
+    format!("receipt.{cid}")
+}
+
+fn memo_key(instruction: &str) -> String {
+    format!("memo.{instruction}")
+}
+
+/// What goes wrong running a job.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    #[error(transparent)]
+    Store(#[from] swingstore::StoreError),
+    #[error("no capability is named {0:?}")]
+    UnknownCapability(String),
+    #[error("job {0} cannot finish: its tasks' messages did not settle")]
+    Unsettled(String),
 }
 
 struct StoreContext<'a> {
@@ -166,24 +197,11 @@ struct StoreContext<'a> {
 
 impl JobContext for StoreContext<'_> {
     fn has_module(&self, cid: &str) -> bool {
-        swingstore::SwingStore::parse_cid(cid)
-            .ok()
-            .and_then(|cid| {
-                self.kernel
-                    .state_ref()
-                    .store
-                    .get_bundle(&cid)
-                    .ok()
-                    .flatten()
-            })
-            .is_some()
+        self.kernel.has_bundle(cid)
     }
 
     fn has_value(&self, cid: &str) -> bool {
-        matches!(
-            self.kernel.state_ref().get(&format!("ipvm.value.{cid}")),
-            Ok(Some(_))
-        )
+        matches!(self.kernel.record(IPVM, &value_key(cid)), Ok(Some(_)))
     }
 
     fn owner(&self) -> String {
@@ -195,59 +213,69 @@ impl JobContext for StoreContext<'_> {
     }
 }
 
-impl Kernel {
-    /// Stores a Wasm module as a bundle and returns its CID (raw, sha2-256).
-    pub fn add_bundle(&mut self, wasm: &[u8]) -> Result<String, KernelError> {
-        let cid = self.state_mut().store.add_bundle(wasm)?.to_string();
-        self.commit()?;
-        Ok(cid)
+/// IPVM jobs on a kernel: values to name as inputs, validation, the
+/// runner, and what each job's tasks did.
+#[derive(Debug)]
+pub struct Jobs<'k> {
+    kernel: &'k mut Kernel,
+    pure_task_threads: usize,
+}
+
+impl<'k> Jobs<'k> {
+    /// Jobs on `kernel`, running up to one pure task per core at once.
+    pub fn new(kernel: &'k mut Kernel) -> Jobs<'k> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Jobs {
+            kernel,
+            pure_task_threads: cores.min(PURE_TASKS_PARALLEL_MAX),
+        }
+    }
+
+    /// How many pure tasks may run at once (at least 1; at most
+    /// [`PURE_TASKS_PARALLEL_MAX`]).
+    pub fn with_pure_task_threads(mut self, threads: usize) -> Jobs<'k> {
+        self.pure_task_threads = threads.clamp(1, PURE_TASKS_PARALLEL_MAX);
+        self
     }
 
     /// Stores a value and returns its CID (DAG-CBOR, sha2-256).
-    pub fn add_value(&mut self, value: &Json) -> Result<String, KernelError> {
+    pub fn add_value(&mut self, value: &Json) -> Result<String, RunError> {
         let cid = ipvm::value_cid(value);
-        let text = value.to_string();
-        self.state_mut().set(&format!("ipvm.value.{cid}"), &text)?;
-        self.commit()?;
+        self.kernel
+            .set_record(IPVM, &value_key(&cid), &value.to_string())?;
+        self.kernel.commit()?;
         Ok(cid)
     }
 
     /// Parses and validates a job against this kernel (its modules, values,
     /// capabilities, and its owner `owner`).
-    pub fn validate_job(&self, json: Json, owner: &str) -> Result<Job, ipvm::JobError> {
+    pub fn validate(&self, json: Json, owner: &str) -> Result<Job, ipvm::JobError> {
         let context = StoreContext {
-            kernel: self,
+            kernel: self.kernel,
             owner: owner.to_owned(),
         };
         Job::parse(json, &context)
     }
 
     /// Each task's state, by label, or `None` for a job never run here.
-    pub fn job_status(&self, job: &str) -> Result<Option<Vec<(String, String)>>, KernelError> {
-        if self.state_ref().get(&format!("job.{job}"))?.is_none() {
+    pub fn status(&self, job: &str) -> Result<Option<Vec<(String, String)>>, RunError> {
+        if self.kernel.record(JOB, job)?.is_none() {
             return Ok(None);
         }
-        let prefix = format!("job.{job}.t.");
-        Ok(Some(
-            self.state_ref()
-                .scan_prefix(&prefix)?
-                .into_iter()
-                .map(|(key, state)| (key[prefix.len()..].to_owned(), state))
-                .collect(),
-        ))
+        Ok(Some(self.kernel.records_under(JOB, &format!("{job}.t."))?))
     }
 
     /// The receipts of a job's finished tasks, by label.
-    pub fn job_receipts(&self, job: &str) -> Result<Vec<(String, Json)>, KernelError> {
+    pub fn receipts(&self, job: &str) -> Result<Vec<(String, Json)>, RunError> {
         let mut receipts = Vec::new();
-        for (label, state) in self.job_status(job)?.unwrap_or_default() {
+        for (label, state) in self.status(job)?.unwrap_or_default() {
             if let Some(cid) = state
                 .strip_prefix("ok ")
                 .or_else(|| state.strip_prefix("error "))
-                && let Some(text) = self.state_ref().get(&format!("ipvm.receipt.{cid}"))?
+                && let Some(text) = self.kernel.record(IPVM, &receipt_key(cid))?
             {
                 let receipt: Json = serde_json::from_str(&text)
-                    .unwrap_or_else(|e| panic!("kernel invariant: receipt {cid} is JSON: {e}"));
+                    .unwrap_or_else(|e| panic!("ipvm invariant: receipt {cid} is JSON: {e}"));
                 receipts.push((label, receipt));
             }
         }
@@ -256,24 +284,25 @@ impl Kernel {
 
     /// Runs `job` to the end (or continues it, if it ran here before), and
     /// returns each task's outcome. `sign` signs receipts as `issuer`.
-    pub fn run_job(
+    pub fn run(
         &mut self,
         job: &Job,
         issuer: &str,
         sign: &dyn Fn(&[u8]) -> [u8; 64],
         progress: &mut dyn FnMut(JobEvent),
-    ) -> Result<BTreeMap<String, TaskOutcome>, KernelError> {
+    ) -> Result<BTreeMap<String, TaskOutcome>, RunError> {
         let id = job.cid.clone();
-        if self.state_ref().get(&format!("job.{id}"))?.is_none() {
-            self.state_mut()
-                .set(&format!("job.{id}"), &job.json.to_string())?;
+        if self.kernel.record(JOB, &id)?.is_none() {
+            self.kernel.set_record(JOB, &id, &job.json.to_string())?;
             for label in job.tasks.keys() {
-                self.state_mut().set(&task_key(&id, label), "pending")?;
+                self.kernel
+                    .set_record(JOB, &task_key(&id, label), "pending")?;
             }
-            self.commit()?;
+            self.kernel.commit()?;
         }
         let mut runner = Runner {
-            kernel: self,
+            kernel: self.kernel,
+            pure_task_threads: self.pure_task_threads,
             job,
             issuer,
             sign,
@@ -284,7 +313,7 @@ impl Kernel {
         };
         runner.load()?;
         let outcomes = runner.run()?;
-        self.commit()?;
+        self.kernel.commit()?;
         Ok(outcomes)
     }
 }
@@ -293,6 +322,7 @@ impl Kernel {
 /// memory as well as written, so each step costs what it changes.
 struct Runner<'a> {
     kernel: &'a mut Kernel,
+    pure_task_threads: usize,
     job: &'a Job,
     issuer: &'a str,
     sign: &'a dyn Fn(&[u8]) -> [u8; 64],
@@ -304,17 +334,16 @@ struct Runner<'a> {
 }
 
 impl Runner<'_> {
-    fn receipt(&self, cid: &str) -> Result<Json, KernelError> {
+    fn receipt(&self, cid: &str) -> Result<Json, RunError> {
         let text = self
             .kernel
-            .state_ref()
-            .get(&format!("ipvm.receipt.{cid}"))?
-            .unwrap_or_else(|| panic!("kernel invariant: receipt {cid} is stored"));
+            .record(IPVM, &receipt_key(cid))?
+            .unwrap_or_else(|| panic!("ipvm invariant: receipt {cid} is stored"));
         Ok(serde_json::from_str(&text)
-            .unwrap_or_else(|e| panic!("kernel invariant: receipt {cid} is JSON: {e}")))
+            .unwrap_or_else(|e| panic!("ipvm invariant: receipt {cid} is JSON: {e}")))
     }
 
-    fn receipt_outcome(&self, cid: &str) -> Result<TaskOutcome, KernelError> {
+    fn receipt_outcome(&self, cid: &str) -> Result<TaskOutcome, RunError> {
         let receipt = self.receipt(cid)?;
         Ok(match &receipt["out"] {
             out if out.get("ok").is_some() => TaskOutcome::Ok(out["ok"].clone()),
@@ -323,20 +352,19 @@ impl Runner<'_> {
     }
 
     /// Reads every task's state once.
-    fn load(&mut self) -> Result<(), KernelError> {
+    fn load(&mut self) -> Result<(), RunError> {
         for label in self.job.tasks.keys() {
             let state = self
                 .kernel
-                .state_ref()
-                .get(&task_key(&self.job.cid, label))?
-                .unwrap_or_else(|| panic!("kernel invariant: job task {label} has a state"));
+                .record(JOB, &task_key(&self.job.cid, label))?
+                .unwrap_or_else(|| panic!("ipvm invariant: job task {label} has a state"));
             if state == "pending" {
                 self.pending.insert(label.clone());
             } else if state == "skipped" {
                 self.outcomes.insert(label.clone(), TaskOutcome::Skipped);
             } else if let Some(rest) = state.strip_prefix("running ") {
                 let (kpid, instruction) = rest.split_once(' ').unwrap_or_else(|| {
-                    panic!("kernel invariant: running state is 'running kpid cid'")
+                    panic!("ipvm invariant: running state is 'running kpid cid'")
                 });
                 self.running
                     .insert(label.clone(), (kpid.to_owned(), instruction.to_owned()));
@@ -347,13 +375,13 @@ impl Runner<'_> {
                 let outcome = self.receipt_outcome(cid)?;
                 self.outcomes.insert(label.clone(), outcome);
             } else {
-                panic!("kernel invariant: job task {label} has a known state ({state})");
+                panic!("ipvm invariant: job task {label} has a known state ({state})");
             }
         }
         Ok(())
     }
 
-    fn run(&mut self) -> Result<BTreeMap<String, TaskOutcome>, KernelError> {
+    fn run(&mut self) -> Result<BTreeMap<String, TaskOutcome>, RunError> {
         loop {
             if self.outcomes.len() == self.job.tasks.len() {
                 return Ok(self.outcomes.clone());
@@ -413,7 +441,7 @@ impl Runner<'_> {
                 while self.kernel.step()? {}
                 self.kernel.commit()?;
                 if !self.collect_running()? {
-                    return Err(KernelError::Unsettled(format!("job {}", self.job.cid)));
+                    return Err(RunError::Unsettled(self.job.cid.clone()));
                 }
             }
         }
@@ -428,8 +456,7 @@ impl Runner<'_> {
                 Input::Link(cid) => {
                     let text = self
                         .kernel
-                        .state_ref()
-                        .get(&format!("ipvm.value.{cid}"))
+                        .record(IPVM, &value_key(cid))
                         .ok()
                         .flatten()
                         .ok_or_else(|| format!("value {cid} is gone"))?;
@@ -454,11 +481,7 @@ impl Runner<'_> {
     /// returned to run (with the others ready now); an effect's message is
     /// queued (its state is committed with the next commit: a task lost before
     /// then had not run, and starts again).
-    fn start(
-        &mut self,
-        task: &ipvm::Task,
-        inputs: Vec<Json>,
-    ) -> Result<Option<PureRun>, KernelError> {
+    fn start(&mut self, task: &ipvm::Task, inputs: Vec<Json>) -> Result<Option<PureRun>, RunError> {
         let label = task.label.clone();
         let args = vom::capdata::encode(&Value::Array(
             inputs.iter().map(ipvm::json_to_value).collect(),
@@ -472,17 +495,13 @@ impl Runner<'_> {
                 let instruction = ipvm::value_cid(&json!({
                     "with": module, "func": func, "input": inputs, "maxGas": max_gas
                 }));
-                let memo = self
-                    .kernel
-                    .state_ref()
-                    .get(&format!("ipvm.memo.{instruction}"))?;
+                let memo = self.kernel.record(IPVM, &memo_key(&instruction))?;
                 if let Some(receipt) = memo {
                     let outcome = self.receipt_outcome(&receipt)?;
                     let ok = matches!(outcome, TaskOutcome::Ok(_));
                     let state = format!("{} {receipt}", if ok { "ok" } else { "error" });
                     self.kernel
-                        .state_mut()
-                        .set(&task_key(&self.job.cid, &label), &state)?;
+                        .set_record(JOB, &task_key(&self.job.cid, &label), &state)?;
                     self.pending.remove(&label);
                     self.outcomes.insert(label.clone(), outcome);
                     (self.progress)(JobEvent::Memoized { label, ok });
@@ -502,9 +521,10 @@ impl Runner<'_> {
                 let kref = self
                     .kernel
                     .pet_name(target)?
-                    .ok_or_else(|| KernelError::UnknownTarget(target.clone()))?;
+                    .ok_or_else(|| RunError::UnknownCapability(target.clone()))?;
                 let kpid = self.kernel.queue_message(&kref, method, args)?;
-                self.kernel.state_mut().set(
+                self.kernel.set_record(
+                    JOB,
                     &task_key(&self.job.cid, &label),
                     &format!("running {kpid} -"),
                 )?;
@@ -517,13 +537,13 @@ impl Runner<'_> {
     }
 
     /// Runs ready pure tasks in parallel, then records each outcome.
-    fn run_batch(&mut self, batch: Vec<PureRun>) -> Result<(), KernelError> {
+    fn run_batch(&mut self, batch: Vec<PureRun>) -> Result<(), RunError> {
         for run in &batch {
             (self.progress)(JobEvent::Started {
                 label: run.label.clone(),
             });
         }
-        let threads = self.kernel.pure_task_threads.min(batch.len()).max(1);
+        let threads = self.pure_task_threads.min(batch.len()).max(1);
         let (host, _) = match batch.first() {
             Some(first) => self
                 .kernel
@@ -560,7 +580,7 @@ impl Runner<'_> {
 
     /// Writes receipts for running tasks whose promise settled. Returns
     /// whether any did.
-    fn collect_running(&mut self) -> Result<bool, KernelError> {
+    fn collect_running(&mut self) -> Result<bool, RunError> {
         let mut any = false;
         let running: Vec<(String, (String, String))> = self
             .running
@@ -592,7 +612,7 @@ impl Runner<'_> {
         fuel: Option<u64>,
         pure: bool,
         kpid: Option<&str>,
-    ) -> Result<(), KernelError> {
+    ) -> Result<(), RunError> {
         let ok = outcome.is_ok();
         let body = ipvm::receipt_body(instruction, &outcome, fuel, self.issuer);
         let signature = (self.sign)(&ipvm::dag_cbor(&body));
@@ -601,13 +621,12 @@ impl Runner<'_> {
         let cid = ipvm::value_cid(&receipt);
         let task = task_key(&self.job.cid, label);
         self.kernel.in_crank(|kernel| {
-            let state = kernel.state_mut();
-            state.set(&format!("ipvm.receipt.{cid}"), &receipt.to_string())?;
+            kernel.set_record(IPVM, &receipt_key(&cid), &receipt.to_string())?;
             if pure {
-                state.set(&format!("ipvm.memo.{instruction}"), &cid)?;
+                kernel.set_record(IPVM, &memo_key(instruction), &cid)?;
             }
             let outcome = if ok { "ok" } else { "error" };
-            state.set(&task, &format!("{outcome} {cid}"))
+            kernel.set_record(JOB, &task, &format!("{outcome} {cid}"))
         })?;
         if let Some(kpid) = kpid {
             self.kernel.release(kpid)?;
@@ -630,10 +649,9 @@ impl Runner<'_> {
         Ok(())
     }
 
-    fn finish_skipped(&mut self, label: &str) -> Result<(), KernelError> {
+    fn finish_skipped(&mut self, label: &str) -> Result<(), RunError> {
         self.kernel
-            .state_mut()
-            .set(&task_key(&self.job.cid, label), "skipped")?;
+            .set_record(JOB, &task_key(&self.job.cid, label), "skipped")?;
         self.pending.remove(label);
         self.outcomes.insert(label.to_owned(), TaskOutcome::Skipped);
         (self.progress)(JobEvent::Skipped {

@@ -13,7 +13,7 @@
 
 use serde_json::{Value as Json, json};
 
-use crate::ipvm::{dag_cbor, encode_signature, verify};
+use crate::{dag_cbor, encode_signature, verify};
 
 /// The longest delegation chain accepted.
 pub const CHAIN_LENGTH_MAX: usize = 8;
@@ -119,7 +119,7 @@ mod tests {
     use ed25519_dalek::{Signer, SigningKey};
 
     use super::*;
-    use crate::home::did_key;
+    use did_key::did_of as did_key;
 
     fn key(seed: u8) -> (SigningKey, String) {
         let key = SigningKey::from_bytes(&[seed; 32]);

@@ -2,14 +2,16 @@
 //! committed per task; memo-hit latency (the same tasks again, in a new job,
 //! found by their receipts); and a CPU-bound fan-out of independent tasks.
 //!
-//! Run: `scripts/build-guests && cargo bench -p kernel --bench jobs`
+//! Run: `scripts/build-guests && cargo bench -p ipvm --bench jobs`
 
+#[path = "../../kernel/benches/common/mod.rs"]
 mod common;
 
 use std::time::Instant;
 
 use ed25519_dalek::{Signer, SigningKey};
-use kernel::{CommitPolicy, Kernel, TaskOutcome, did_key, ipvm};
+use ipvm::{Jobs, TaskOutcome};
+use kernel::{CommitPolicy, Kernel};
 use serde_json::{Value as Json, json};
 use swingstore::{Durability, SwingStore};
 
@@ -18,6 +20,8 @@ struct Bench {
     key: SigningKey,
     did: String,
     tasks: String,
+    /// How many pure tasks run at once.
+    threads: usize,
     _dir: tempfile::TempDir,
 }
 
@@ -30,31 +34,34 @@ impl Bench {
         let mut seed = [0u8; 32];
         getrandom::fill(&mut seed).unwrap();
         let key = SigningKey::from_bytes(&seed);
-        let did = did_key(&key);
+        let did = did_key::did_of(&key);
         let tasks = kernel.add_bundle(&common::guest_wasm("tasks")).unwrap();
         Bench {
             kernel,
             key,
             did,
             tasks,
+            threads: ipvm::PURE_TASKS_PARALLEL_MAX,
             _dir: dir,
         }
     }
 
-    fn job(&self, nonce: &str, run: Json) -> ipvm::Job {
+    fn job(&mut self, nonce: &str, run: Json) -> ipvm::Job {
         let mut job = json!({"type": "ipvm/job", "version": "0.1.0", "requestor": self.did, "nonce": nonce, "run": run});
         let signature = self.key.sign(&ipvm::signing_bytes(&job)).to_bytes();
         job["signature"] = ipvm::encode_signature(&signature).into();
-        self.kernel.validate_job(job, &self.did).unwrap()
+        Jobs::new(&mut self.kernel)
+            .validate(job, &self.did)
+            .unwrap()
     }
 
     /// Runs a job; returns its wall time in seconds.
     fn run(&mut self, job: &ipvm::Job) -> f64 {
         let key = self.key.clone();
         let started = Instant::now();
-        let outcomes = self
-            .kernel
-            .run_job(
+        let outcomes = Jobs::new(&mut self.kernel)
+            .with_pure_task_threads(self.threads)
+            .run(
                 job,
                 &self.did.clone(),
                 &|m| key.sign(m).to_bytes(),
@@ -87,12 +94,14 @@ fn main() {
     let count = if measuring { ipvm::JOB_TASKS_MAX } else { 20 };
     let mut bench = Bench::new();
     // Warm up: the task-runner vat exists and its module is compiled.
-    let warm = bench.job("warm", bench.trivial(1));
+    let trivial = bench.trivial(1);
+    let warm = bench.job("warm", trivial);
     bench.run(&warm);
 
-    let job = bench.job("first", bench.trivial(count));
+    let trivial = bench.trivial(count);
+    let job = bench.job("first", trivial.clone());
     let seconds = bench.run(&job);
-    let memo = bench.job("second", bench.trivial(count));
+    let memo = bench.job("second", trivial);
     let memo_seconds = bench.run(&memo);
 
     let fan = 8;
@@ -103,14 +112,14 @@ fn main() {
         .collect::<serde_json::Map<_, _>>()
         .into();
     // The same fan-out on one thread, then on two (new jobs, so no memo hits).
-    bench.kernel.set_pure_task_threads(1);
+    bench.threads = 1;
     let fan_job = bench.job("fan-1", fan_run.clone());
     let one_seconds = bench.run(&fan_job);
     let fan_run_2: Json = (0..fan)
         .map(|i| (format!("s{i}"), spin(fan + i)))
         .collect::<serde_json::Map<_, _>>()
         .into();
-    bench.kernel.set_pure_task_threads(2);
+    bench.threads = 2;
     let fan_job = bench.job("fan-2", fan_run_2);
     let two_seconds = bench.run(&fan_job);
     if measuring {

@@ -14,6 +14,10 @@
 //! signed by the kernel) kept in the store, written in one crank with the
 //! task's new state; a pure task whose receipt exists is not run again.
 //!
+//! The API boundary: [`Job`] (parse and validate), [`Jobs`] (values, the
+//! runner, status and receipts, on a [`kernel::Kernel`]), [`ucan`]
+//! (delegations), and the signing helpers the CLI uses to sign a job.
+//!
 //! # Store layout
 //!
 //! | key | value |
@@ -27,10 +31,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use cid::Cid;
-use ed25519_dalek::{Signature, Verifier, VerifyingKey};
 use multihash_codetable::{Code, MultihashDigest};
 use serde_json::{Value as Json, json};
 use vom::Value;
+
+mod runner;
+pub mod ucan;
+
+pub use runner::{JobEvent, Jobs, PURE_TASKS_PARALLEL_MAX, RunError, TaskOutcome};
 
 /// The most tasks a job may have.
 pub const JOB_TASKS_MAX: usize = 1000;
@@ -143,41 +151,13 @@ pub fn signing_bytes(job: &Json) -> Vec<u8> {
     dag_cbor(&unsigned)
 }
 
-/// Encodes a signature as multibase base58btc (`z...`).
-pub fn encode_signature(signature: &[u8; 64]) -> String {
-    format!("z{}", bs58::encode(signature).into_string())
-}
-
-/// The ed25519 public key of a `did:key`.
-pub fn did_key_public(did: &str) -> Result<VerifyingKey, String> {
-    let encoded = did
-        .strip_prefix("did:key:z")
-        .ok_or_else(|| format!("{did:?} is not an ed25519 did:key"))?;
-    let bytes = bs58::decode(encoded)
-        .into_vec()
-        .map_err(|e| format!("{did:?}: {e}"))?;
-    let key = bytes
-        .strip_prefix(&[0xed, 0x01])
-        .ok_or_else(|| format!("{did:?} is not an ed25519 key"))?;
-    let key: [u8; 32] = key
-        .try_into()
-        .map_err(|_| format!("{did:?} has a key of the wrong length"))?;
-    VerifyingKey::from_bytes(&key).map_err(|e| format!("{did:?}: {e}"))
-}
+pub use did_key::encode_signature;
 
 /// Checks `signature` (multibase base58btc) by `did` over `message`.
 pub fn verify(did: &str, message: &[u8], signature: &str) -> Result<(), String> {
-    let key = did_key_public(did)?;
-    let bytes = signature
-        .strip_prefix('z')
-        .ok_or("a signature is multibase base58btc (z...)")
-        .and_then(|s| bs58::decode(s).into_vec().map_err(|_| "not base58"))
-        .map_err(str::to_owned)?;
-    let bytes: [u8; 64] = bytes
-        .try_into()
-        .map_err(|_| "a signature is 64 bytes".to_owned())?;
-    key.verify(message, &Signature::from_bytes(&bytes))
-        .map_err(|_| format!("it does not verify against {did}"))
+    did_key::DidKey::parse(did)
+        .and_then(|key| key.verify_multibase(message, signature))
+        .map_err(|e| e.to_string())
 }
 
 fn malformed_task(label: &str, reason: impl Into<String>) -> JobError {
@@ -380,7 +360,7 @@ impl Job {
             return Err(JobError::Malformed("version must be \"0.1.0\"".into()));
         }
         let requestor = field("requestor")?.to_owned();
-        did_key_public(&requestor).map_err(JobError::Malformed)?;
+        did_key::DidKey::parse(&requestor).map_err(|e| JobError::Malformed(e.to_string()))?;
         if !map.contains_key("nonce") {
             return Err(JobError::Malformed("nonce is missing".into()));
         }
@@ -499,7 +479,7 @@ pub fn value_to_json(value: &Value) -> Result<Json, String> {
     Ok(match value {
         Value::Undefined | Value::Null => Json::Null,
         Value::Bool(b) => Json::Bool(*b),
-        Value::Number(n) if n.is_finite() => crate::display::finite_number(*n),
+        Value::Number(n) if n.is_finite() => vom::capdata::finite_number_json(*n),
         Value::BigInt(n) => match i64::try_from(*n) {
             Ok(n) => Json::from(n),
             Err(_) => Json::from(n.to_string()),

@@ -21,7 +21,7 @@ pub fn to_display(value: &Value, name_of: &dyn Fn(&str) -> String) -> Json {
         Value::Undefined => json!({"$undefined": true}),
         Value::Null => Json::Null,
         Value::Bool(b) => Json::Bool(*b),
-        Value::Number(n) if n.is_finite() => finite_number(*n),
+        Value::Number(n) if n.is_finite() => vom::capdata::finite_number_json(*n),
         Value::Number(n) => json!({"$number": n.to_string().replace("inf", "Infinity")}),
         Value::BigInt(n) => json!({"$bigint": n.to_string()}),
         Value::String(s) => Json::from(s.as_str()),
@@ -38,15 +38,6 @@ pub fn to_display(value: &Value, name_of: &dyn Fn(&str) -> String) -> Json {
         Value::Remotable(r) => json!({"$ref": name_of(&r.slot)}),
         Value::Promise(r) => json!({"$promise": name_of(&r.slot)}),
         Value::Error(e) => json!({"$error": e.message, "name": e.name}),
-    }
-}
-
-/// A finite number as JSON: integral values without a fraction, as JavaScript prints them.
-pub(crate) fn finite_number(n: f64) -> Json {
-    if n.fract() == 0.0 && n.abs() < 9.007_199_254_740_992e15 {
-        Json::from(n as i64)
-    } else {
-        Json::from(n)
     }
 }
 

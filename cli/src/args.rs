@@ -1,0 +1,427 @@
+//! The command line: what `vat --help` shows, parsed by clap, and turned
+//! into a [`Request`] (absolute paths, plain options) that this process or
+//! the home's daemon runs.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use kernel::VatOptions;
+
+use crate::home::LOCK_WAIT_MS_DEFAULT;
+use crate::request::{Request, SendArgs, SpawnOptions};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "vat",
+    version,
+    about = "A durable object-capability vat kernel"
+)]
+pub struct Cli {
+    /// The home folder: store and kernel key.
+    #[arg(long, global = true, env = "VAT_HOME", default_value = ".vat")]
+    pub home: PathBuf,
+
+    /// How long to wait for another `vat` process using the same home.
+    #[arg(long, global = true, default_value_t = LOCK_WAIT_MS_DEFAULT)]
+    pub lock_wait_ms: u64,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Worker {
+    Process,
+    Thread,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create the home: an empty store and a new ed25519 kernel key.
+    Init,
+    /// Start a vat from a Wasm module and bind NAME to its root object.
+    Spawn {
+        /// The vat's name, also bound as a pet name for its root object.
+        name: String,
+        /// The vat's Wasm module (built against the vom guest SDK).
+        module: PathBuf,
+        /// Where the guest runs: its own `vat-supervisor` process, or in this process.
+        #[arg(long, value_enum, default_value_t = Worker::Process)]
+        worker: Worker,
+        /// Fuel one delivery may burn (fuel_per_delivery).
+        #[arg(long, default_value_t = VatOptions::default().fuel_per_delivery)]
+        fuel: u64,
+        /// Wall-clock time one delivery may take, in ms (deadline_ms).
+        #[arg(long, default_value_t = VatOptions::default().deadline_ms)]
+        deadline_ms: u64,
+        /// The most linear memory the guest may have (memory_bytes_max).
+        #[arg(long, default_value_t = VatOptions::default().memory_bytes_max)]
+        memory_bytes: usize,
+        /// The largest message, result or syscall payload (message_bytes_max).
+        #[arg(long, default_value_t = VatOptions::default().message_bytes_max)]
+        message_bytes: usize,
+        /// The most syscalls one delivery may make (syscalls_per_delivery_max).
+        #[arg(long, default_value_t = VatOptions::default().syscalls_per_delivery_max)]
+        syscalls_max: u32,
+        /// Queue messages to promises this vat decides in the kernel, rather
+        /// than pipelining them to the vat.
+        #[arg(long)]
+        no_pipelining: bool,
+        /// Suspend the vat after this many faulted deliveries in a row
+        /// (faults_in_a_row_max); each is rolled back, and its data is kept.
+        #[arg(long, default_value_t = VatOptions::default().faults_in_a_row_max,
+              value_parser = clap::value_parser!(u32).range(1..))]
+        faults_in_a_row_max: u32,
+    },
+    /// Send METHOD(ARGS) to TARGET, run the kernel until the result settles, print it.
+    ///
+    /// Each ARG is a pet name or kref (a reference), else JSON, else a string.
+    /// JSON may use {"$ref": NAME}, {"$bigint": "12"}, {"$undefined": true}.
+    /// A rejected result prints the error and exits 1.
+    #[command(allow_negative_numbers = true)]
+    Send {
+        /// A pet name or a kref (ko12, kp40).
+        target: String,
+        /// The method to call.
+        method: String,
+        /// The arguments: pet names or krefs, JSON, or strings.
+        args: Vec<String>,
+        /// Bind the returned reference to this pet name.
+        #[arg(long = "as", value_name = "NAME")]
+        bind_as: Option<String>,
+        /// Send at most once under KEY: a retry with the same KEY (after a
+        /// crash, a killed client, a lost reply) is not sent again but gets
+        /// the first try's result, waiting for it if need be. The kernel
+        /// keeps the most recent idempotency_keys_max (10,000) keys.
+        #[arg(long, value_name = "KEY")]
+        idempotency_key: Option<String>,
+    },
+    /// Upgrade vat NAME to a new version of its module, keeping its durable state.
+    ///
+    /// The new version starts against the same vatstore and must define again
+    /// every durable kind the old one made; if it does not, or fails to start,
+    /// nothing changes and the old version keeps running. Promises the vat
+    /// decided are rejected ("upgraded"); its non-durable objects are gone.
+    Upgrade {
+        /// The vat's name.
+        name: String,
+        /// The new version's Wasm module.
+        module: PathBuf,
+    },
+    /// Bind pet name NAME to KREF (a reference a result showed), for good.
+    ///
+    /// A kref a result shows stays usable for the next shown_refs_max
+    /// (1,000) references shown; a pet name keeps it until `vat unname`.
+    Name {
+        /// A kref (ko12, kp40) or a pet name.
+        kref: String,
+        /// The pet name to bind.
+        name: String,
+    },
+    /// Unbind pet name NAME; what it named goes once nothing else holds it.
+    Unname {
+        /// The pet name.
+        name: String,
+    },
+    /// Let go of KREF, a reference a result showed (without KREF: of all of
+    /// them), so that it goes once nothing else holds it.
+    Forget {
+        /// A kref a result showed.
+        kref: Option<String>,
+    },
+    /// Restart suspended vat NAME on its module and its kept state.
+    ///
+    /// A vat is suspended when its start faults or too many deliveries in a
+    /// row fault; nothing of it is lost. To run new code instead, use
+    /// `vat upgrade NAME FIXED.wasm`.
+    Resume {
+        /// The vat's name.
+        name: String,
+    },
+    /// End vat NAME: its worker stops and messages to it are rejected. Its
+    /// data is kept (`vat list` shows its size) until `vat rm NAME`.
+    Terminate {
+        /// The vat's name.
+        name: String,
+    },
+    /// Delete the data of vat NAME, which must be suspended or terminated
+    /// (`vat terminate NAME` first): its vatstore and c-list, for good.
+    Rm {
+        /// The vat's name.
+        name: String,
+    },
+    /// Have vat NAME delete the durable objects nothing refers to any more
+    /// (a `bringOutYourDead` delivery; the kernel also sends one every
+    /// 1000 deliveries).
+    Collect {
+        /// The vat's name.
+        name: String,
+    },
+    /// Content-addressed Wasm modules (bundles).
+    #[command(subcommand)]
+    Bundle(BundleCommand),
+    /// Content-addressed values, for IPVM job inputs.
+    #[command(subcommand)]
+    Value(ValueCommand),
+    /// IPVM jobs: signed workflows of Wasm tasks.
+    #[command(subcommand)]
+    Job(JobCommand),
+    /// List vats, their workers, pet names, and their krefs.
+    List,
+    /// Print the kernel's identity (did:key).
+    Key,
+    /// Check the kernel's tables for consistency; print each discrepancy, exit 1 if any.
+    Check,
+    /// Run the kernel as a daemon for this home: vats' workers stay up, and
+    /// other `vat` commands are served over HOME/vat.sock. Runs until `vat stop`.
+    Start {
+        /// Also accept CapTP (Cap'n Proto RPC) connections here: host:port
+        /// (port 0 picks one) or unix:PATH.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+    },
+    /// Print a sturdy ref (captp://DID@ADDRESS/SWISS) for TARGET: whoever
+    /// holds it can reach TARGET over CapTP while the daemon listens.
+    Share {
+        /// A pet name or kref of an object.
+        target: String,
+    },
+    /// Connect to the kernel a sturdy ref names and bind NAME to its object;
+    /// `vat send NAME ...` then reaches it. Needs the daemon (`vat start`).
+    Enliven {
+        /// The sturdy ref, as `vat share` printed it.
+        uri: String,
+        /// The pet name to bind.
+        #[arg(long = "as", value_name = "NAME")]
+        bind_as: String,
+    },
+    /// List CapTP peers: who, their state, how many references they share.
+    Peers,
+    /// Stop the home's daemon.
+    Stop,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BundleCommand {
+    /// Store a Wasm module; print its CID (raw, sha2-256: the CID IPFS gives those bytes).
+    Add {
+        /// The module file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ValueCommand {
+    /// Store a JSON value; print its CID (DAG-CBOR, sha2-256). Jobs name it as {"/": CID}.
+    Add {
+        /// The value, as JSON.
+        json: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum JobCommand {
+    /// Sign JOB.json with this home's key (setting its requestor), in place.
+    Sign {
+        /// The job file.
+        file: PathBuf,
+        /// A delegation (from `vat job delegate`) to attach as proof, for a
+        /// kernel this home does not own. Repeat for a chain, owner's first.
+        #[arg(long = "proof", value_name = "DELEGATION.json")]
+        proofs: Vec<PathBuf>,
+    },
+    /// Print a delegation letting DID run jobs on this home's kernel.
+    Delegate {
+        /// Who may: a did:key.
+        to: String,
+        /// What: `/ipvm` (all), `/ipvm/run` (pure tasks), `/ipvm/effect/NAME`.
+        #[arg(long, default_value = "/ipvm")]
+        cmd: String,
+        /// For how many seconds (none: until revoked by a new key).
+        #[arg(long)]
+        expires_in_s: Option<u64>,
+        /// Re-delegate: the subject kernel's did:key (default: this home's).
+        #[arg(long)]
+        subject: Option<String>,
+    },
+    /// Validate and run JOB.json: progress per task, then the outputs.
+    Run {
+        /// The job file (signed).
+        file: PathBuf,
+    },
+    /// Each task's state in job ID (its CID).
+    Status {
+        /// The job's CID, as `vat job run` printed it.
+        id: String,
+    },
+    /// The receipts of job ID's finished tasks, one JSON per line.
+    Receipts {
+        /// The job's CID.
+        id: String,
+    },
+}
+
+/// What the command line asks for, once parsed.
+#[derive(Debug)]
+pub enum Invocation {
+    /// `vat init`: runs here, without a kernel.
+    Init,
+    /// `vat start`: becomes the daemon.
+    Start { listen: Option<String> },
+    /// Anything else: runs in the daemon if one answers, else here.
+    Run(Request),
+}
+
+/// The daemon may run elsewhere in the file system: paths are made absolute.
+fn absolute(path: PathBuf, what: &str) -> Result<PathBuf> {
+    std::path::absolute(&path).with_context(|| format!("{what} path {}", Path::display(&path)))
+}
+
+impl Command {
+    /// The request this command makes.
+    pub fn into_invocation(self) -> Result<Invocation> {
+        Ok(Invocation::Run(match self {
+            Command::Init => return Ok(Invocation::Init),
+            Command::Start { listen } => return Ok(Invocation::Start { listen }),
+            Command::Spawn {
+                name,
+                module,
+                worker,
+                fuel,
+                deadline_ms,
+                memory_bytes,
+                message_bytes,
+                syscalls_max,
+                no_pipelining,
+                faults_in_a_row_max,
+            } => Request::Spawn {
+                name,
+                module: absolute(module, "module")?,
+                options: SpawnOptions {
+                    thread: worker == Worker::Thread,
+                    fuel,
+                    deadline_ms,
+                    memory_bytes,
+                    message_bytes,
+                    syscalls_max,
+                    pipelining: !no_pipelining,
+                    faults_in_a_row_max,
+                },
+            },
+            Command::Send {
+                target,
+                method,
+                args,
+                bind_as,
+                idempotency_key,
+            } => Request::Send(SendArgs {
+                target,
+                method,
+                args,
+                bind_as,
+                idempotency_key,
+            }),
+            Command::Upgrade { name, module } => Request::Upgrade {
+                name,
+                module: absolute(module, "module")?,
+            },
+            Command::Name { kref, name } => Request::Name { kref, name },
+            Command::Unname { name } => Request::Unname { name },
+            Command::Forget { kref } => Request::Forget { kref },
+            Command::Resume { name } => Request::Resume { name },
+            Command::Terminate { name } => Request::Terminate { name },
+            Command::Rm { name } => Request::Rm { name },
+            Command::Collect { name } => Request::Collect { name },
+            Command::Bundle(BundleCommand::Add { file }) => Request::AddBundle {
+                file: absolute(file, "file")?,
+            },
+            Command::Value(ValueCommand::Add { json }) => Request::AddValue { json },
+            Command::Job(job) => job.into_request()?,
+            Command::List => Request::List,
+            Command::Key => Request::Key,
+            Command::Check => Request::Check,
+            Command::Share { target } => Request::Share { target },
+            Command::Enliven { uri, bind_as } => Request::Enliven { uri, bind_as },
+            Command::Peers => Request::Peers,
+            Command::Stop => Request::Stop,
+        }))
+    }
+}
+
+impl JobCommand {
+    fn into_request(self) -> Result<Request> {
+        Ok(match self {
+            JobCommand::Sign { file, proofs } => Request::SignJob {
+                file: absolute(file, "file")?,
+                proofs: proofs
+                    .into_iter()
+                    .map(|proof| absolute(proof, "proof"))
+                    .collect::<Result<_>>()?,
+            },
+            JobCommand::Delegate {
+                to,
+                cmd,
+                expires_in_s,
+                subject,
+            } => Request::Delegate {
+                to,
+                cmd,
+                expires_in_s,
+                subject,
+            },
+            JobCommand::Run { file } => Request::RunJob {
+                file: absolute(file, "file")?,
+            },
+            JobCommand::Status { id } => Request::JobStatus { id },
+            JobCommand::Receipts { id } => Request::JobReceipts { id },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Request {
+        let cli = Cli::try_parse_from([&["vat"], args].concat()).unwrap();
+        match cli.command.into_invocation().unwrap() {
+            Invocation::Run(request) => request,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn paths_become_absolute_and_flags_plain_options() {
+        let Request::Spawn {
+            module, options, ..
+        } = parse(&[
+            "spawn",
+            "c",
+            "counter.wasm",
+            "--worker",
+            "thread",
+            "--no-pipelining",
+        ])
+        else {
+            panic!("a spawn")
+        };
+        assert!(module.is_absolute());
+        assert!(options.thread && !options.pipelining);
+        assert_eq!(options.fuel, VatOptions::default().fuel_per_delivery);
+    }
+
+    #[test]
+    fn negative_numbers_are_arguments() {
+        let Request::Send(send) = parse(&["send", "c", "add", "-5"]) else {
+            panic!("a send")
+        };
+        assert_eq!(send.args, ["-5"]);
+    }
+
+    #[test]
+    fn clap_checks_the_command_line() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,70 @@
+//! The commands, one file per concern, each a function of a kernel and a
+//! request's fields that writes what it prints to an [`Outcome`]. The same
+//! code runs in the CLI's process and in the daemon.
+
+mod admin;
+mod jobs;
+mod list;
+mod network;
+mod send;
+mod spawn;
+
+use anyhow::{Result, bail};
+use kernel::Kernel;
+
+use crate::home::Home;
+use crate::request::{Outcome, Request};
+
+pub use network::enliven_target;
+pub use send::{finish_send, start_send};
+
+/// Runs one request against a kernel and commits; errors become the
+/// outcome's one line. Nothing is reported before it is durable.
+pub fn execute(home: &Home, kernel: &mut Kernel, request: &Request) -> Outcome {
+    let mut outcome = Outcome::default();
+    match run(home, kernel, request, &mut outcome).and_then(|()| Ok(kernel.commit()?)) {
+        Ok(()) => outcome,
+        Err(e) => Outcome::error(&format!("{e:#}")),
+    }
+}
+
+fn run(home: &Home, kernel: &mut Kernel, request: &Request, out: &mut Outcome) -> Result<()> {
+    match request {
+        Request::Key => out.line(home.did()),
+        Request::Check => list::check(kernel, out)?,
+        Request::List => list::list(kernel, out)?,
+        Request::Spawn {
+            name,
+            module,
+            options,
+        } => spawn::spawn(kernel, name, module, options, out)?,
+        Request::Upgrade { name, module } => spawn::upgrade(kernel, name, module, out)?,
+        Request::Send(send) => send::send(kernel, send, out)?,
+        Request::Name { kref, name } => admin::name(kernel, kref, name, out)?,
+        Request::Unname { name } => admin::unname(kernel, name, out)?,
+        Request::Forget { kref } => admin::forget(kernel, kref.as_deref(), out)?,
+        Request::Resume { name } => admin::resume(kernel, name, out)?,
+        Request::Terminate { name } => admin::terminate(kernel, name, out)?,
+        Request::Rm { name } => admin::rm(kernel, name, out)?,
+        Request::Collect { name } => admin::collect(kernel, name, out)?,
+        Request::AddBundle { file } => spawn::add_bundle(kernel, file, out)?,
+        Request::AddValue { json } => jobs::add_value(kernel, json, out)?,
+        Request::SignJob { file, proofs } => jobs::sign(home, file, proofs, out)?,
+        Request::Delegate {
+            to,
+            cmd,
+            expires_in_s,
+            subject,
+        } => jobs::delegate(home, to, cmd, *expires_in_s, subject.as_deref(), out)?,
+        Request::RunJob { file } => jobs::run(home, kernel, file, out)?,
+        Request::JobStatus { id } => jobs::status(kernel, id, out)?,
+        Request::JobReceipts { id } => jobs::receipts(kernel, id, out)?,
+        Request::Share { target } => network::share(home, kernel, target, out)?,
+        Request::Peers => network::peers(kernel, out)?,
+        Request::Enliven { .. } => {
+            bail!("enliven needs the daemon, which keeps the connection: run `vat start` first")
+        }
+        Request::Stop => bail!("stop is for the daemon, which is not running"),
+    }
+    Ok(())
+}

@@ -1,0 +1,69 @@
+//! CapTP from the command line: sturdy refs to share, peers to list, and
+//! the checks before the daemon dials a sturdy ref.
+
+use anyhow::{Result, anyhow, bail};
+use kernel::Kernel;
+use kernel::captp::sturdy::{Address, SturdyRef};
+
+use crate::home::Home;
+use crate::request::Outcome;
+
+/// How many disconnected peers `vat peers` lists (the most recent).
+const PEERS_GONE_SHOWN: usize = 10;
+
+pub fn share(home: &Home, kernel: &mut Kernel, target: &str, out: &mut Outcome) -> Result<()> {
+    let kref = kernel.resolve_reference(target)?;
+    let Some(address) = kernel.listen_address()? else {
+        bail!("the daemon is not listening for CapTP: start it with `vat start --listen ADDR`");
+    };
+    let swiss = kernel.share(&kref)?;
+    let address = Address::parse(&address).map_err(|e| anyhow!(e))?;
+    out.line(SturdyRef {
+        did: home.did(),
+        address,
+        swiss,
+    });
+    Ok(())
+}
+
+pub fn peers(kernel: &mut Kernel, out: &mut Outcome) -> Result<()> {
+    let peers = kernel.peers()?;
+    if peers.is_empty() {
+        out.line("no peers");
+    }
+    // Clients that came and went are many and alike: the last few are
+    // shown, the rest counted.
+    let gone: Vec<_> = peers.iter().filter(|p| p.gone).collect();
+    let hidden = gone.len().saturating_sub(PEERS_GONE_SHOWN);
+    let hide: std::collections::HashSet<&str> =
+        gone.iter().take(hidden).map(|p| p.id.as_str()).collect();
+    for peer in peers.iter().filter(|p| !hide.contains(p.id.as_str())) {
+        out.line(format!(
+            "{} {} {} {} references {}",
+            peer.id, peer.direction, peer.name, peer.state, peer.references
+        ));
+    }
+    if hidden > 0 {
+        out.line(format!("(and {hidden} more disconnected peers)"));
+    }
+    Ok(())
+}
+
+/// Checks an enliven before it dials: the name is free, and the sturdy ref
+/// names another kernel. Returns the parsed sturdy ref.
+pub fn enliven_target(
+    kernel: &Kernel,
+    home_did: &str,
+    uri: &str,
+    bind_as: &str,
+) -> Result<SturdyRef> {
+    kernel::check_name(bind_as)?;
+    if let Some(kref) = kernel.pet_name(bind_as)? {
+        bail!("pet name {bind_as:?} is already bound (to {kref})");
+    }
+    let sturdy = SturdyRef::parse(uri).map_err(|e| anyhow!(e))?;
+    if sturdy.did == home_did {
+        bail!("that sturdy ref names an object of this kernel: use it directly");
+    }
+    Ok(sturdy)
+}
