@@ -763,7 +763,7 @@ fn a_peer_that_never_finishes_its_questions_hits_answers_per_peer_max() {
     let mut peer = RawPeer::connect(&sturdy.address.to_string());
     let id = peer.restore(&sturdy.swiss);
     // Questions 2.. are never finished: each answer stays open.
-    let limit = kernel::ANSWERS_PER_PEER_MAX as u32;
+    let limit = captp_engine::ANSWERS_PER_PEER_MAX as u32;
     for question in 2..limit + 2 {
         peer.call(question, captp::Target::Imported(id), "get");
     }

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
-use kernel::captp;
-use kernel::node::{Identity, Node};
+use captp_engine::Peers;
+use captp_engine::node::{Identity, Node};
 use kernel::{CommitPolicy, PromiseState};
 
 use crate::commands::{enliven_target, execute, finish_send, start_send};

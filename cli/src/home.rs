@@ -237,8 +237,10 @@ impl Home {
         }
         let mut kernel = Kernel::new(store, policy)?;
         kernel.set_module_cache(self.path.join(MODULES_DIR));
+        // A home's kernel may hold peers: their engine is attached first.
+        captp_engine::attach(&mut kernel);
         // Connections to peers died with the process that had them.
-        kernel.remove_stale_peers()?;
+        captp_engine::Peers::remove_stale_peers(&mut kernel)?;
         kernel.commit()?;
         Ok(kernel)
     }

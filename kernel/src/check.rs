@@ -122,9 +122,14 @@ impl Checker<'_> {
                         self.problem(format!("{key} notifies of {promise}, which is not settled"));
                     }
                 }
-                Ok(RunQueueItem::Loopback { peer, .. }) => {
-                    if !self.vat_exists(&peer) {
-                        self.problem(format!("{key} reflects to {peer}, which does not exist"));
+                Ok(
+                    RunQueueItem::Loopback { peer: endpoint, .. }
+                    | RunQueueItem::Input { endpoint, .. },
+                ) => {
+                    if !self.vat_exists(&endpoint) {
+                        self.problem(format!(
+                            "{key} is input for {endpoint}, which does not exist"
+                        ));
                     }
                 }
                 Err(e) => self.problem(format!("{key} is not a run-queue item: {e}")),

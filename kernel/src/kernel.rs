@@ -16,7 +16,7 @@ use vat_supervisor::{
 use vom::abi::{Delivery, Resolution, Syscall, SyscallResult};
 use vom::{CapData, Value};
 
-use crate::membrane::is_peer;
+use crate::endpoint::{Endpoint, EndpointKind, EngineMemory, Tables, TablesRef};
 use crate::state::{GcAction, KernelState, Message, PromiseState, RunQueueItem, VatState};
 
 /// The longest chain of promises forwarded to promises that routing follows.
@@ -200,11 +200,12 @@ pub struct Kernel {
     deliveries_since_collection: HashMap<String, u32>,
     /// GC actions accumulate instead of being delivered (benchmarks only).
     gc_deferred: bool,
-    /// Frames to peers whose cranks are committed, waiting to be sent.
-    pub(crate) outbound_ready: Vec<(String, Vec<u8>)>,
-    /// How each session's connection is doing, as the network side last
-    /// said (memory only: it is about this process's connections).
-    pub(crate) peer_links: HashMap<String, crate::membrane::PeerLink>,
+    /// What endpoints emitted in committed cranks, waiting to be sent.
+    outbound_ready: Vec<(String, Vec<u8>)>,
+    /// The engine for remote peers' endpoints (`r<N>`), once attached.
+    peers: Option<Box<dyn Endpoint>>,
+    /// What engines keep in memory beside the kernel.
+    engine_memory: EngineMemory,
     /// Each running worker's `message_bytes_max`, so an oversized delivery
     /// is refused before it reaches the worker.
     message_bytes_max: HashMap<String, usize>,
@@ -280,7 +281,24 @@ pub(crate) fn is_vref(text: &str) -> bool {
         && facet.is_none_or(digits)
 }
 
-pub(crate) fn error_capdata(message: &str) -> CapData {
+/// The engine for endpoint `id`, of a kind beside the vats. The one place
+/// routing decides by endpoint kind.
+///
+/// # Panics
+///
+/// If `id` is a vat, or its kind's engine is not attached: a store with
+/// peers is opened with its engine attached.
+fn engine_for<'a>(peers: &'a Option<Box<dyn Endpoint>>, id: &str) -> &'a dyn Endpoint {
+    match EndpointKind::of(id) {
+        EndpointKind::Vat => panic!("kernel invariant: vats ({id}) are not routed to an engine"),
+        EndpointKind::Peer => peers.as_deref().unwrap_or_else(|| {
+            panic!("kernel invariant: a kernel with peers ({id}) has the CapTP engine attached")
+        }),
+    }
+}
+
+/// Capdata for an error with `message` (how the kernel rejects a promise).
+pub fn error_capdata(message: &str) -> CapData {
     vom::capdata::encode(&Value::error(message))
 }
 
@@ -301,7 +319,8 @@ impl Kernel {
             deliveries_since_collection: HashMap::new(),
             gc_deferred: false,
             outbound_ready: Vec::new(),
-            peer_links: HashMap::new(),
+            peers: None,
+            engine_memory: EngineMemory::default(),
             message_bytes_max: HashMap::new(),
             faults_in_a_row: HashMap::new(),
             side_faulted: Default::default(),
@@ -365,6 +384,37 @@ impl Kernel {
                 Err(e)
             }
         }
+    }
+
+    /// Attaches the engine that translates for remote peers (`r<N>`). A
+    /// kernel whose store holds peers needs it before it runs a crank.
+    pub fn attach_peers(&mut self, engine: Box<dyn Endpoint>) {
+        self.peers = Some(engine);
+    }
+
+    /// The tables, for an endpoint engine's crank (inside [`Self::in_crank`]).
+    pub fn tables(&mut self) -> Tables<'_> {
+        Tables::new(&mut self.state)
+    }
+
+    /// The tables, to read.
+    pub fn tables_ref(&self) -> TablesRef<'_> {
+        TablesRef::new(&self.state)
+    }
+
+    /// What an engine keeps in memory beside this kernel, of type `T`.
+    pub fn engine_memory<T: std::any::Any>(&self) -> Option<&T> {
+        self.engine_memory.get()
+    }
+
+    /// The same, to change (made on first use).
+    pub fn engine_memory_mut<T: std::any::Any + Default>(&mut self) -> &mut T {
+        self.engine_memory.get_mut()
+    }
+
+    /// What endpoints emitted in committed cranks, in order, and forgets it.
+    pub fn take_outbound(&mut self) -> Vec<(String, Vec<u8>)> {
+        std::mem::take(&mut self.outbound_ready)
     }
 
     /// Makes everything done so far durable. Report results only after this.
@@ -839,7 +889,7 @@ impl Kernel {
             if !self.step()? {
                 self.commit()?;
                 if let Some(peer) = self.state.promise_decider(kpid)?
-                    && is_peer(&peer)
+                    && EndpointKind::of(&peer) == EndpointKind::Peer
                 {
                     return Err(KernelError::WaitsOnPeer {
                         kpid: kpid.to_owned(),
@@ -925,34 +975,38 @@ impl Kernel {
         let vat = vat.to_owned();
         let prefix = format!("gc.{}.{vat}.", action.name());
         self.state.store.begin_crank()?;
-        let delivered = if is_peer(&vat) {
-            self.gc_peer_in_crank(action, &vat, &prefix)
-                .map_err(CrankError::from)
-        } else {
-            self.gc_vat_in_crank(action, &vat, &prefix)
+        let delivered = match EndpointKind::of(&vat) {
+            EndpointKind::Vat => self.gc_vat_in_crank(action, &vat, &prefix),
+            EndpointKind::Peer => self
+                .gc_engine_in_crank(action, &vat, &prefix)
+                .map_err(CrankError::from),
         };
         self.finish_side_crank(&vat, delivered)?;
         Ok(true)
     }
 
-    /// Applies a batch of GC actions for objects peer `peer` exports.
-    fn gc_peer_in_crank(
+    /// Applies a batch of GC actions for objects an engine's endpoint
+    /// `endpoint` exports.
+    fn gc_engine_in_crank(
         &mut self,
         action: GcAction,
-        peer: &str,
+        endpoint: &str,
         prefix: &str,
     ) -> Result<(), KernelError> {
+        let engine = engine_for(&self.peers, endpoint);
         for (key, _) in self.state.scan_prefix(prefix)? {
             self.state.delete(&key)?;
             let ko = &key[prefix.len()..];
-            if self.state.object_owner(ko)?.as_deref() != Some(peer) {
+            if self.state.object_owner(ko)?.as_deref() != Some(endpoint) {
                 continue;
             }
             let (reachable, recognizable) = self.state.object_refs(ko)?;
             match action {
-                GcAction::Drop if reachable == 0 => self.release_to_peer(peer, ko)?,
+                GcAction::Drop if reachable == 0 => {
+                    engine.drop_export(&mut Tables::new(&mut self.state), endpoint, ko)?;
+                }
                 GcAction::Retire if recognizable == 0 => {
-                    self.release_to_peer(peer, ko)?;
+                    engine.drop_export(&mut Tables::new(&mut self.state), endpoint, ko)?;
                     self.state.delete_object(ko)?;
                 }
                 _ => {}
@@ -1312,13 +1366,20 @@ impl Kernel {
         match item {
             RunQueueItem::Send { target, message } => self.route_send(&target, message, 0),
             RunQueueItem::Notify { vat, promise } => self.deliver_notify(&vat, &promise),
+            RunQueueItem::Input { endpoint, input } => {
+                let engine = engine_for(&self.peers, &endpoint);
+                let tables = &mut Tables::new(&mut self.state);
+                Ok(engine.input(tables, &endpoint, &input)?)
+            }
             RunQueueItem::Loopback {
                 peer,
                 export,
                 embargo,
             } => {
-                self.reflect_disembargo(&peer, export, embargo);
-                Ok(())
+                let engine = engine_for(&self.peers, &peer);
+                let input = format!("disembargo {export} {embargo}");
+                let tables = &mut Tables::new(&mut self.state);
+                Ok(engine.input(tables, &peer, &input)?)
             }
         }
     }
@@ -1385,7 +1446,7 @@ impl Kernel {
 
     /// Whether messages to promises `vat` decides go straight to it.
     fn accepts_pipelining(&self, vat: &str) -> Result<bool, KernelError> {
-        if is_peer(vat) {
+        if EndpointKind::of(vat) != EndpointKind::Vat {
             return Ok(self.state.get(&format!("{vat}.state"))?.as_deref() == Some("running"));
         }
         Ok(
@@ -1400,8 +1461,10 @@ impl Kernel {
         target: &str,
         message: Message,
     ) -> Result<(), CrankError> {
-        if is_peer(vat) {
-            return Ok(self.deliver_to_peer(vat, target, message)?);
+        if EndpointKind::of(vat) != EndpointKind::Vat {
+            let engine = engine_for(&self.peers, vat);
+            let tables = &mut Tables::new(&mut self.state);
+            return Ok(engine.deliver(tables, vat, target, message)?);
         }
         self.ensure_worker(vat)
             .map_err(|e| e.into_crank_error(vat))?;
@@ -1426,8 +1489,9 @@ impl Kernel {
     }
 
     fn deliver_notify(&mut self, vat: &str, kpid: &str) -> Result<(), CrankError> {
-        if is_peer(vat) {
-            return Ok(self.notify_peer(vat, kpid)?);
+        if EndpointKind::of(vat) != EndpointKind::Vat {
+            let engine = engine_for(&self.peers, vat);
+            return Ok(engine.notify(&mut Tables::new(&mut self.state), vat, kpid)?);
         }
         if self.state.get(&format!("{vat}.state"))?.as_deref() != Some("running") {
             return Ok(());

@@ -7,21 +7,21 @@
 //! in its store.
 
 mod check;
+mod endpoint;
 mod idempotency;
 mod kernel;
-mod membrane;
-pub mod node;
 mod records;
 mod shown;
 mod state;
 
-/// The CapTP wire (re-exported: the daemon and tests speak it).
-pub use captp;
+pub use endpoint::{Endpoint, EndpointKind, Tables, TablesRef};
 pub use idempotency::{IDEMPOTENCY_KEY_BYTES_MAX, IDEMPOTENCY_KEYS_MAX, Queued};
 pub use kernel::{
-    CommitPolicy, Kernel, KernelError, VatInfo, VatOptions, WorkerKind, check_name, is_kref,
+    CommitPolicy, FORWARDING_DEPTH_MAX, Kernel, KernelError, VatInfo, VatOptions, WorkerKind,
+    check_name, error_capdata, is_kref,
 };
-pub use membrane::{ANSWERS_PER_PEER_MAX, PeerInfo, PeerLink, REFERENCES_PER_PEER_MAX};
 pub use records::Namespace;
 pub use shown::SHOWN_REFS_MAX;
-pub use state::{PromiseState, STORE_SCHEMA_VERSION, Schema, VatState, mark_schema, schema_of};
+pub use state::{
+    Message, PromiseState, STORE_SCHEMA_VERSION, Schema, VatState, mark_schema, schema_of,
+};

@@ -53,9 +53,16 @@ pub enum RunQueueItem {
         vat: String,
         promise: String,
     },
-    /// Reflect a peer's disembargo (its `senderLoopback` number `embargo`)
-    /// back to it, aimed at its export `export`: queued, so that it leaves
-    /// after every message the run queue already held for it.
+    /// An input an endpoint engine queued for itself (see
+    /// [`crate::Tables::queue_input`]): delivered to it in queue order, after
+    /// every message the run queue already held.
+    Input {
+        endpoint: String,
+        input: String,
+    },
+    /// A peer's disembargo to reflect, as stores of schema 2 and earlier
+    /// queued it: read, and delivered as the CapTP engine's input
+    /// `disembargo <export> <embargo>`; no longer written.
     Loopback {
         peer: String,
         export: u32,
@@ -221,13 +228,10 @@ pub(crate) struct KernelState {
     pub(crate) gc_actions_maybe: bool,
     /// The same for terminated vats' cleanup.
     pub(crate) cleanup_maybe: bool,
-    /// Frames to peers made by the crank in progress: dropped if it aborts.
+    /// What endpoints emitted in the crank in progress: dropped if it aborts.
     pub(crate) outbox_crank: Vec<(String, Vec<u8>)>,
-    /// Frames of ended cranks, released at the next commit.
+    /// What ended cranks emitted, released at the next commit.
     pub(crate) outbox_ended: Vec<(String, Vec<u8>)>,
-    /// Peers that are kernels with durable sessions: their frames are also
-    /// kept in the store (`r<N>.out.<seq>`) until acknowledged.
-    pub(crate) sessions: std::collections::BTreeSet<String>,
 }
 
 /// The krefs a message refers to: its result and its arguments.
@@ -246,7 +250,7 @@ pub(crate) fn krefs_in_item(item: &RunQueueItem) -> Vec<&str> {
             .chain(krefs_in_message(message))
             .collect(),
         RunQueueItem::Notify { promise, .. } => vec![promise.as_str()],
-        RunQueueItem::Loopback { .. } => Vec::new(),
+        RunQueueItem::Input { .. } | RunQueueItem::Loopback { .. } => Vec::new(),
     }
 }
 
@@ -299,7 +303,6 @@ impl KernelState {
             cleanup_maybe: true,
             outbox_crank: Vec::new(),
             outbox_ended: Vec::new(),
-            sessions: Default::default(),
         }
     }
 
@@ -676,15 +679,6 @@ impl KernelState {
     pub(crate) fn end_crank(&mut self) -> StoreResult<()> {
         self.collect_garbage()?;
         self.schedule_gc_actions()?;
-        for (peer, frame) in &self.outbox_crank {
-            if self.sessions.contains(peer) {
-                let key = format!("{peer}.sent");
-                let seq = self.count(&key)?;
-                self.store
-                    .set(&format!("{peer}.out.{seq:020}"), &hex::encode(frame))?;
-                self.store.set(&key, &(seq + 1).to_string())?;
-            }
-        }
         self.outbox_ended.append(&mut self.outbox_crank);
         self.store.end_crank()
     }

@@ -2,8 +2,9 @@
 //! the checks before the daemon dials a sturdy ref.
 
 use anyhow::{Result, anyhow, bail};
+use captp::sturdy::{Address, SturdyRef};
+use captp_engine::Peers;
 use kernel::Kernel;
-use kernel::captp::sturdy::{Address, SturdyRef};
 
 use crate::home::Home;
 use crate::request::Outcome;

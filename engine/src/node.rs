@@ -33,8 +33,9 @@ use captp::wire::{
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc as tmpsc;
 
-use crate::membrane::PeerLink;
-use crate::{Kernel, KernelError};
+use kernel::{Kernel, KernelError};
+
+use crate::{PeerLink, Peers};
 
 /// How long dialling a peer may take (`connect_timeout_ms`).
 pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
@@ -283,7 +284,12 @@ async fn dial(address: Address) -> Result<(BoxedRead, BoxedWrite), String> {
 }
 
 impl<A: Send + 'static> Node<A> {
-    pub fn new(kernel: Kernel, identity: Identity, limits: Limits) -> Result<Node<A>, NodeError> {
+    pub fn new(
+        mut kernel: Kernel,
+        identity: Identity,
+        limits: Limits,
+    ) -> Result<Node<A>, NodeError> {
+        crate::attach(&mut kernel);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -1009,7 +1015,7 @@ impl<A: Send + 'static> Node<A> {
             let reason = format!(
                 "the peer does not read what it is sent (outgoing_bytes_max {OUTGOING_BYTES_MAX})"
             );
-            if !self.kernel.is_session(&peer) {
+            if !self.kernel.is_session(&peer)? {
                 self.kernel.abort_peer(&peer, &reason)?;
             } else {
                 self.kernel

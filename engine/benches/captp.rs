@@ -12,9 +12,10 @@
 //!   committed (fsync) before what it caused leaves: the figures include
 //!   durable commits on both sides.
 //!
-//! Run: `scripts/build-guests && cargo bench -p kernel --bench captp`
+//! Run: `scripts/build-guests && cargo bench -p captp-engine --bench captp`
 //! (`CAPTP_CALLS=2000 CAPTP_BURST=500` to change the run lengths).
 
+#[path = "../../kernel/benches/common/mod.rs"]
 mod common;
 
 use std::sync::Arc;
@@ -23,8 +24,9 @@ use std::time::{Duration, Instant};
 
 use capnp_rpc::{RpcSystem, rpc_twoparty_capnp, twoparty};
 use captp::exo_capnp::exo;
+use captp_engine::Peers;
+use captp_engine::node::{Identity, Node};
 use futures::AsyncReadExt;
-use kernel::node::{Identity, Node};
 use kernel::{CommitPolicy, Kernel, PromiseState, VatOptions, WorkerKind};
 use swingstore::{Durability, SwingStore};
 

@@ -1,0 +1,344 @@
+//! The peer operations on a kernel: connections' peers, kernel sessions,
+//! sturdy refs, and frames in. Each change is a crank of its own.
+
+use std::collections::HashMap;
+
+use captp::wire::{self, Message as Wire, ReturnKind};
+use kernel::{Kernel, KernelError, TablesRef};
+use swingstore::StoreError;
+
+use crate::{
+    MembraneError, PeerInfo, PeerLink, ProtocolError, Question, QuestionKind, tracing_frames,
+};
+
+/// How each session's connection is doing, as the network side last said
+/// (memory only: it is about this process's connections).
+#[derive(Debug, Default)]
+struct PeerLinks(HashMap<String, PeerLink>);
+
+/// Every peer id ever allocated (`r1` up to `kernel.nextPeer`).
+fn peer_ids(t: &TablesRef<'_>) -> Result<Vec<String>, StoreError> {
+    let next = t.count("kernel.nextPeer")?.max(1);
+    Ok((1..next).map(|n| format!("r{n}")).collect())
+}
+
+/// The CapTP engine's operations on a kernel (its peers are endpoints).
+pub trait Peers {
+    /// Records a new connection's peer and returns its id.
+    fn add_peer(&mut self, name: &str, outbound: bool) -> Result<String, KernelError>;
+
+    /// The connection to `peer` is gone: its questions fail, what it held
+    /// is released (a slice per crank, like a terminated vat's), and
+    /// messages to its objects are rejected with `reason`.
+    fn remove_peer(&mut self, peer: &str, reason: &str) -> Result<(), KernelError>;
+
+    /// Like [`Kernel::remove_peer`], telling the peer why with `Abort`.
+    fn abort_peer(&mut self, peer: &str, reason: &str) -> Result<(), KernelError>;
+
+    /// Forgets every client peer a previous run of this kernel was
+    /// connected to (their connections died with it); kernel peers' sessions
+    /// outlive connections and restarts.
+    fn remove_stale_peers(&mut self) -> Result<(), KernelError>;
+
+    /// The peers this kernel knows, connected or not.
+    fn peers(&self) -> Result<Vec<PeerInfo>, KernelError>;
+
+    /// The session with the kernel `did`, made if there is none; `address`
+    /// is where to dial it (none: it dials us).
+    fn session_peer(&mut self, did: &str, address: Option<&str>) -> Result<String, KernelError>;
+
+    /// Kernel sessions this kernel dials: (peer, did, address).
+    fn sessions_to_dial(&self) -> Result<Vec<(String, String, String)>, KernelError>;
+
+    /// Records how `peer`'s connection is doing (shown by `vat peers`).
+    fn set_peer_link(&mut self, peer: &str, link: PeerLink);
+
+    fn peer_link(&self, peer: &str) -> Option<&PeerLink>;
+
+    /// Whether `peer` is a kernel with a durable session.
+    fn is_session(&self, peer: &str) -> Result<bool, KernelError>;
+
+    /// How many session frames from `peer` this kernel has applied.
+    fn session_received(&self, peer: &str) -> Result<u64, KernelError>;
+
+    /// The session frames to `peer` numbered `from` on, as committed.
+    fn session_frames_from(&self, peer: &str, from: u64) -> Result<Vec<Vec<u8>>, KernelError>;
+
+    /// `peer` has applied our first `received` session frames: forget them.
+    fn session_acknowledged(&mut self, peer: &str, received: u64) -> Result<(), KernelError>;
+
+    /// Where the daemon accepts CapTP connections (`None`: it does not).
+    fn set_listen_address(&mut self, address: Option<&str>) -> Result<(), KernelError>;
+
+    fn listen_address(&self) -> Result<Option<String>, KernelError>;
+
+    /// Makes a sturdy ref's swiss number for `kref`: whoever holds it can
+    /// restore the object through the gate. The object stays alive for it.
+    fn share(&mut self, kref: &str) -> Result<String, KernelError>;
+
+    /// Asks `peer` (a connection we dialled) for the object behind `swiss`.
+    /// Returns a promise for it, pinned until [`Kernel::release`].
+    fn enliven(&mut self, peer: &str, swiss: &str) -> Result<String, KernelError>;
+
+    /// What our question `question` to `peer` expects back (for decoding).
+    fn return_kind(&self, peer: &str, question: u32) -> Option<ReturnKind>;
+
+    /// Handles one decoded frame from `peer` in a crank of its own. A frame
+    /// that breaks the protocol changes nothing: the peer is sent `Abort`
+    /// and disconnected, and the reason is returned. A session
+    /// frame (between kernels) is counted in the same crank as its effects,
+    /// so a frame is applied exactly once however often it is resent.
+    fn receive_message(
+        &mut self,
+        peer: &str,
+        decoded: Result<Wire, wire::WireError>,
+    ) -> Result<Option<String>, KernelError>;
+}
+
+impl Peers for Kernel {
+    fn add_peer(&mut self, name: &str, outbound: bool) -> Result<String, KernelError> {
+        self.in_crank(|k| {
+            let id = format!("r{}", k.tables().next_id("kernel.nextPeer")?);
+            k.tables().set(&format!("{id}.name"), name)?;
+            k.tables().set(&format!("{id}.state"), "running")?;
+            let direction = if outbound { "outbound" } else { "inbound" };
+            k.tables().set(&format!("{id}.direction"), direction)?;
+            Ok(id)
+        })
+    }
+
+    fn remove_peer(&mut self, peer: &str, reason: &str) -> Result<(), KernelError> {
+        if self.tables_ref().get(&format!("{peer}.state"))?.as_deref() != Some("running") {
+            return Ok(());
+        }
+        Ok(self.in_crank(|k| crate::terminate_peer(&mut k.tables(), peer, reason))?)
+    }
+
+    fn abort_peer(&mut self, peer: &str, reason: &str) -> Result<(), KernelError> {
+        if self.tables_ref().get(&format!("{peer}.state"))?.as_deref() != Some("running") {
+            return Ok(());
+        }
+        let why = format!("peer {peer} disconnected: {reason}");
+        Ok(self.in_crank(|k| crate::abort_in_crank(&mut k.tables(), peer, reason, &why))?)
+    }
+
+    fn remove_stale_peers(&mut self) -> Result<(), KernelError> {
+        for peer in peer_ids(&self.tables_ref())? {
+            if self.tables_ref().get(&format!("{peer}.state"))?.as_deref() == Some("running") {
+                let peer = peer.as_str();
+                if self.tables_ref().get(&format!("{peer}.did"))?.is_some() {
+                    continue;
+                }
+                self.remove_peer(
+                    peer,
+                    &format!("peer {peer} disconnected: the kernel restarted"),
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    fn peers(&self) -> Result<Vec<PeerInfo>, KernelError> {
+        let mut peers = Vec::new();
+        for id in peer_ids(&self.tables_ref())? {
+            let id = id.as_str();
+            let Some(name) = self.tables_ref().get(&format!("{id}.name"))? else {
+                continue;
+            };
+            let get = |field: &str| -> Result<String, KernelError> {
+                Ok(self
+                    .tables_ref()
+                    .get(&format!("{id}.{field}"))?
+                    .unwrap_or_default())
+            };
+            let mut state = get("state")?;
+            let gone = state == "terminated";
+            if gone {
+                state = format!("disconnected ({})", get("reason")?);
+            } else if crate::is_session(&self.tables_ref(), id)? {
+                let unacknowledged = self.tables_ref().scan_prefix(&format!("{id}.out."))?.len();
+                let link = match self.peer_link(id) {
+                    Some(link) => link.to_string(),
+                    None => "not connected".to_owned(),
+                };
+                state = format!("session, {link} ({unacknowledged} frames unacknowledged)");
+            }
+            let references = self.tables_ref().scan_prefix(&format!("{id}.c.k"))?.len();
+            peers.push(PeerInfo {
+                id: id.to_owned(),
+                name,
+                state,
+                gone,
+                direction: get("direction")?,
+                references,
+            });
+        }
+        Ok(peers)
+    }
+
+    // ---- sessions between kernels ----
+
+    fn session_peer(&mut self, did: &str, address: Option<&str>) -> Result<String, KernelError> {
+        if let Some(peer) = self.tables_ref().get(&format!("peer.did.{did}"))?
+            && self.tables_ref().get(&format!("{peer}.state"))?.as_deref() == Some("running")
+        {
+            // One side dials: a session the other kernel dials stays so,
+            // even once we hold a sturdy ref to it too.
+            let inbound = self
+                .tables_ref()
+                .get(&format!("{peer}.direction"))?
+                .as_deref()
+                == Some("inbound");
+            if let Some(address) = address
+                && !inbound
+            {
+                self.in_crank(|k| k.tables().set(&format!("{peer}.address"), address))?;
+            }
+            return Ok(peer);
+        }
+        let peer = self.add_peer(did, address.is_some())?;
+        self.in_crank(|k| {
+            k.tables().set(&format!("{peer}.did"), did)?;
+            k.tables().set(&format!("peer.did.{did}"), &peer)?;
+            match address {
+                Some(address) => k.tables().set(&format!("{peer}.address"), address),
+                None => Ok(()),
+            }
+        })?;
+        Ok(peer)
+    }
+
+    fn sessions_to_dial(&self) -> Result<Vec<(String, String, String)>, KernelError> {
+        let mut out = Vec::new();
+        let tables = self.tables_ref();
+        for peer in &peer_ids(&tables)? {
+            if !crate::is_session(&tables, peer)? {
+                continue;
+            }
+            if let (Some(did), Some(address)) = (
+                self.tables_ref().get(&format!("{peer}.did"))?,
+                self.tables_ref().get(&format!("{peer}.address"))?,
+            ) {
+                out.push((peer.clone(), did, address));
+            }
+        }
+        Ok(out)
+    }
+
+    fn set_peer_link(&mut self, peer: &str, link: PeerLink) {
+        self.engine_memory_mut::<PeerLinks>()
+            .0
+            .insert(peer.to_owned(), link);
+    }
+
+    fn peer_link(&self, peer: &str) -> Option<&PeerLink> {
+        self.engine_memory::<PeerLinks>()?.0.get(peer)
+    }
+
+    fn is_session(&self, peer: &str) -> Result<bool, KernelError> {
+        Ok(crate::is_session(&self.tables_ref(), peer)?)
+    }
+
+    fn session_received(&self, peer: &str) -> Result<u64, KernelError> {
+        Ok(self.tables_ref().count(&format!("{peer}.received"))?)
+    }
+
+    fn session_frames_from(&self, peer: &str, from: u64) -> Result<Vec<Vec<u8>>, KernelError> {
+        let start = format!("{peer}.out.{from:020}");
+        let prefix = format!("{peer}.out.");
+        let mut frames = Vec::new();
+        for (key, text) in self.tables_ref().scan_prefix(&prefix)? {
+            if key < start {
+                continue;
+            }
+            frames.push(
+                hex::decode(&text)
+                    .unwrap_or_else(|e| panic!("kernel invariant: {key} holds a hex frame: {e}")),
+            );
+        }
+        Ok(frames)
+    }
+
+    fn session_acknowledged(&mut self, peer: &str, received: u64) -> Result<(), KernelError> {
+        let end = format!("{peer}.out.{received:020}");
+        let keys: Vec<String> = self
+            .tables_ref()
+            .scan_prefix(&format!("{peer}.out."))?
+            .into_iter()
+            .map(|(key, _)| key)
+            .take_while(|key| *key < end)
+            .collect();
+        if keys.is_empty() {
+            return Ok(());
+        }
+        self.in_crank(|k| keys.iter().try_for_each(|key| k.tables().delete(key)))?;
+        Ok(())
+    }
+
+    // ---- sturdy refs ----
+
+    fn set_listen_address(&mut self, address: Option<&str>) -> Result<(), KernelError> {
+        Ok(self.in_crank(|k| match address {
+            Some(address) => k.tables().set("kernel.listen", address),
+            None => k.tables().delete("kernel.listen"),
+        })?)
+    }
+
+    fn listen_address(&self) -> Result<Option<String>, KernelError> {
+        Ok(self.tables_ref().get("kernel.listen")?)
+    }
+
+    fn share(&mut self, kref: &str) -> Result<String, KernelError> {
+        if !kref.starts_with("ko") || !self.tables_ref().kref_exists(kref)? {
+            return Err(KernelError::UnknownTarget(kref.to_owned()));
+        }
+        let mut bytes = [0u8; 20];
+        getrandom::fill(&mut bytes).map_err(|e| KernelError::Randomness(e.to_string()))?;
+        let swiss = bs58::encode(bytes).into_string();
+        self.in_crank(|k| {
+            k.tables().set(&format!("sturdy.{swiss}"), kref)?;
+            k.tables().incref(kref)
+        })?;
+        Ok(swiss)
+    }
+
+    fn enliven(&mut self, peer: &str, swiss: &str) -> Result<String, KernelError> {
+        self.in_crank(|k| crate::enliven_in_crank(&mut k.tables(), peer, swiss))
+    }
+
+    fn return_kind(&self, peer: &str, question: u32) -> Option<ReturnKind> {
+        let text = self
+            .tables_ref()
+            .get(&format!("{peer}.q.{question}"))
+            .ok()??;
+        let question: Question = serde_json::from_str(&text).ok()?;
+        Some(match question.kind {
+            QuestionKind::Exo => ReturnKind::Exo,
+            QuestionKind::Bootstrap => ReturnKind::Bootstrap,
+            QuestionKind::Restore => ReturnKind::Restore,
+        })
+    }
+
+    fn receive_message(
+        &mut self,
+        peer: &str,
+        decoded: Result<Wire, wire::WireError>,
+    ) -> Result<Option<String>, KernelError> {
+        if self.tables_ref().get(&format!("{peer}.state"))?.as_deref() != Some("running") {
+            return Ok(Some(format!("peer {peer} is disconnected")));
+        }
+        if tracing_frames() {
+            eprintln!("{peer} <- {decoded:?}");
+        }
+        let handled = self.in_crank(|k| crate::receive_in_crank(&mut k.tables(), peer, decoded));
+        match handled {
+            Ok(()) => Ok(None),
+            Err(MembraneError::Kernel(e)) => Err(e),
+            Err(MembraneError::Protocol(ProtocolError(reason))) => {
+                let why = format!("peer {peer} aborted: {reason}");
+                self.in_crank(|k| crate::abort_in_crank(&mut k.tables(), peer, &reason, &why))?;
+                Ok(Some(reason))
+            }
+        }
+    }
+}
