@@ -394,123 +394,19 @@ fn receive_in_crank(
     }
 }
 
+/// One function per wire message: the peer's frame, applied to the tables.
 fn handle_message(t: &mut Tables<'_>, peer: &str, message: Wire) -> Result<()> {
     match message {
-        Wire::Bootstrap { question } => {
-            open_answer(t, peer, question, &Answer::new(AnswerKind::Gate, None))?;
-            emit(
-                t,
-                peer,
-                &return_results(
-                    question,
-                    ResultContent::Bootstrap(Some(0)),
-                    vec![CapDescriptor::SenderHosted(GATE_EXPORT_ID)],
-                ),
-            )?;
-            Ok(())
-        }
+        Wire::Bootstrap { question } => on_bootstrap(t, peer, question),
         Wire::Call(call) => handle_call(t, peer, call),
         Wire::Return(ret) => handle_return(t, peer, ret),
-        Wire::Finish { question, .. } => {
-            let key = format!("{peer}.a.{question}");
-            if t.get(&key)?.is_none() {
-                return protocol(format!("finish for unknown question {question}"));
-            }
-            let mut answer = answer(&t.read(), peer, question)?;
-            let returned = match &answer.kref {
-                Some(kp) if answer.kind == AnswerKind::Exo => {
-                    t.get(&format!("{peer}.ak.{kp}"))?.is_none()
-                }
-                _ => true,
-            };
-            if returned {
-                close_answer(t, peer, question)?;
-            } else {
-                answer.finished = true;
-                let text = serde_json::to_string(&answer).expect("answers serialize");
-                t.set(&key, &text)?;
-            }
-            Ok(())
-        }
+        Wire::Finish { question, .. } => on_finish(t, peer, question),
         Wire::Resolve {
             promise,
             resolution,
-        } => {
-            let vref = format!("p+{promise}");
-            let Some(kp) = t.clist_kref(peer, &vref)? else {
-                return protocol(format!("resolve for unknown promise {promise}"));
-            };
-            let (rejected, data) = match resolution {
-                Ok(cap) => {
-                    let kref = import_descriptor(t, peer, &cap)?;
-                    (false, reference_capdata(&kref))
-                }
-                Err(reason) => (true, error_capdata(&reason)),
-            };
-            if t.promise_state(&kp)? == Some(PromiseState::Unresolved) {
-                t.resolve(&kp, rejected, &data)?;
-            }
-            // The promise import is done with: release it.
-            t.add_to_count(&format!("{peer}.imports"), -1)?;
-            let count = t.count(&format!("{peer}.ic.{promise}"))?;
-            t.delete(&format!("{peer}.ic.{promise}"))?;
-            t.clist_remove(peer, &kp)?;
-            emit(
-                t,
-                peer,
-                &Wire::Release {
-                    id: promise,
-                    count: count.max(1) as u32,
-                },
-            )?;
-            Ok(())
-        }
-        Wire::Release { id, count } => {
-            if id == GATE_EXPORT_ID {
-                return Ok(());
-            }
-            let key = format!("{peer}.ec.{id}");
-            let held = t.count(&key)?;
-            if held == 0 {
-                return protocol(format!("release of unknown export {id}"));
-            }
-            if u64::from(count) > held {
-                return protocol(format!(
-                    "release of export {id} {count} times, more than it was sent ({held})"
-                ));
-            }
-            if t.add_to_count(&key, -i64::from(count))? == 0 {
-                forget_export(t, peer, id)?;
-            }
-            Ok(())
-        }
-        Wire::Disembargo { target, context } => {
-            let Embargo::SenderLoopback(id) = context else {
-                return protocol("receiverLoopback disembargo for an embargo we never asked");
-            };
-            // The target is a promise we resolved to one of the peer's
-            // own objects: reflect the disembargo back to it, after
-            // everything we sent it so far (frames leave in order).
-            let kref = target_kref(t, peer, &target)?;
-            let resolved = match t.promise_state(&kref)? {
-                Some(PromiseState::Fulfilled(data)) => data.slots.first().cloned(),
-                _ => None,
-            };
-            let back = match resolved {
-                Some(ko) => t.clist_vref(peer, &ko)?,
-                None => None,
-            };
-            match back {
-                Some(vref) if vref.starts_with("o+") => {
-                    // Messages for that promise may still wait in the
-                    // run queue, to be forwarded to the peer: the
-                    // reflection goes after them.
-                    t.queue_input(peer, &format!("disembargo {} {id}", ref_id(&vref)))?;
-                    Ok(())
-                }
-                _ => protocol("disembargo target did not resolve to the sender's object"),
-            }
-        }
+        } => on_resolve(t, peer, promise, resolution),
+        Wire::Release { id, count } => on_release(t, peer, id, count),
+        Wire::Disembargo { target, context } => on_disembargo(t, peer, &target, context),
         Wire::Abort { reason } => protocol(format!("the peer aborted: {reason}")),
         Wire::Unimplemented { call_question } => {
             if let Some(question) = call_question {
@@ -525,6 +421,131 @@ fn handle_message(t: &mut Tables<'_>, peer: &str, message: Wire) -> Result<()> {
     }
 }
 
+/// The peer asks for our bootstrap object: the gate.
+fn on_bootstrap(t: &mut Tables<'_>, peer: &str, question: u32) -> Result<()> {
+    open_answer(t, peer, question, &Answer::new(AnswerKind::Gate, None))?;
+    emit(
+        t,
+        peer,
+        &return_results(
+            question,
+            ResultContent::Bootstrap(Some(0)),
+            vec![CapDescriptor::SenderHosted(GATE_EXPORT_ID)],
+        ),
+    )?;
+    Ok(())
+}
+
+/// The peer is done with its question `question`.
+fn on_finish(t: &mut Tables<'_>, peer: &str, question: u32) -> Result<()> {
+    let key = format!("{peer}.a.{question}");
+    if t.get(&key)?.is_none() {
+        return protocol(format!("finish for unknown question {question}"));
+    }
+    let mut answer = answer(&t.read(), peer, question)?;
+    let returned = match &answer.kref {
+        Some(kp) if answer.kind == AnswerKind::Exo => t.get(&format!("{peer}.ak.{kp}"))?.is_none(),
+        _ => true,
+    };
+    if returned {
+        close_answer(t, peer, question)?;
+    } else {
+        answer.finished = true;
+        let text = serde_json::to_string(&answer).expect("answers serialize");
+        t.set(&key, &text)?;
+    }
+    Ok(())
+}
+
+/// A promise the peer exported to us settled.
+fn on_resolve(
+    t: &mut Tables<'_>,
+    peer: &str,
+    promise: u32,
+    resolution: std::result::Result<CapDescriptor, String>,
+) -> Result<()> {
+    let vref = format!("p+{promise}");
+    let Some(kp) = t.clist_kref(peer, &vref)? else {
+        return protocol(format!("resolve for unknown promise {promise}"));
+    };
+    let (rejected, data) = match resolution {
+        Ok(cap) => {
+            let kref = import_descriptor(t, peer, &cap)?;
+            (false, reference_capdata(&kref))
+        }
+        Err(reason) => (true, error_capdata(&reason)),
+    };
+    if t.promise_state(&kp)? == Some(PromiseState::Unresolved) {
+        t.resolve(&kp, rejected, &data)?;
+    }
+    // The promise import is done with: release it.
+    t.add_to_count(&format!("{peer}.imports"), -1)?;
+    let count = t.count(&format!("{peer}.ic.{promise}"))?;
+    t.delete(&format!("{peer}.ic.{promise}"))?;
+    t.clist_remove(peer, &kp)?;
+    emit(
+        t,
+        peer,
+        &Wire::Release {
+            id: promise,
+            count: count.max(1) as u32,
+        },
+    )?;
+    Ok(())
+}
+
+/// The peer lets go of `count` references to our export `id`.
+fn on_release(t: &mut Tables<'_>, peer: &str, id: u32, count: u32) -> Result<()> {
+    if id == GATE_EXPORT_ID {
+        return Ok(());
+    }
+    let key = format!("{peer}.ec.{id}");
+    let held = t.count(&key)?;
+    if held == 0 {
+        return protocol(format!("release of unknown export {id}"));
+    }
+    if u64::from(count) > held {
+        return protocol(format!(
+            "release of export {id} {count} times, more than it was sent ({held})"
+        ));
+    }
+    if t.add_to_count(&key, -i64::from(count))? == 0 {
+        forget_export(t, peer, id)?;
+    }
+    Ok(())
+}
+
+/// The peer's disembargo: reflected back to it, in order.
+fn on_disembargo(t: &mut Tables<'_>, peer: &str, target: &Target, context: Embargo) -> Result<()> {
+    let Embargo::SenderLoopback(id) = context else {
+        return protocol("receiverLoopback disembargo for an embargo we never asked");
+    };
+    // The target is a promise we resolved to one of the peer's
+    // own objects: reflect the disembargo back to it, after
+    // everything we sent it so far (frames leave in order).
+    let kref = target_kref(t, peer, target)?;
+    let resolved = match t.promise_state(&kref)? {
+        Some(PromiseState::Fulfilled(data)) => data.slots.first().cloned(),
+        _ => None,
+    };
+    let back = match resolved {
+        Some(ko) => t.clist_vref(peer, &ko)?,
+        None => None,
+    };
+    match back {
+        Some(vref) if vref.starts_with("o+") => {
+            // Messages for that promise may still wait in the
+            // run queue, to be forwarded to the peer: the
+            // reflection goes after them.
+            t.queue_input(peer, &format!("disembargo {} {id}", ref_id(&vref)))?;
+            Ok(())
+        }
+        _ => protocol("disembargo target did not resolve to the sender's object"),
+    }
+}
+
+/// The peer calls one of our objects (or the gate, or an answer it
+/// pipelines on).
 fn handle_call(t: &mut Tables<'_>, peer: &str, call: Call) -> Result<()> {
     let Call {
         question,
@@ -536,21 +557,7 @@ fn handle_call(t: &mut Tables<'_>, peer: &str, call: Call) -> Result<()> {
         return protocol(format!("question {question} is already in use"));
     }
     if t.count(&format!("{peer}.answers"))? >= ANSWERS_PER_PEER_MAX {
-        // Refused without keeping anything: no answer entry (nothing to
-        // finish), and its capabilities are not taken (released).
-        let reason =
-            format!("too many questions in flight (answers_per_peer_max {ANSWERS_PER_PEER_MAX})");
-        emit(
-            t,
-            peer,
-            &Wire::Return(Return {
-                answer: question,
-                release_param_caps: true,
-                no_finish_needed: true,
-                outcome: ReturnOutcome::Exception(reason),
-            }),
-        )?;
-        return Ok(());
+        return refuse_call(t, peer, question);
     }
     // Every capability in the table is a reference the peer gave us,
     // used or not: import them all.
@@ -558,21 +565,6 @@ fn handle_call(t: &mut Tables<'_>, peer: &str, call: Call) -> Result<()> {
     for cap in &caps {
         krefs.push(import_descriptor(t, peer, cap)?);
     }
-    let answer_exception = |t: &mut Tables<'_>, reason: String| -> Result<()> {
-        open_answer(
-            t,
-            peer,
-            question,
-            &Answer {
-                kind: AnswerKind::Exo,
-                kref: None,
-                broken: Some(reason.clone()),
-                finished: false,
-            },
-        )?;
-        emit(t, peer, &return_exception(question, &reason))?;
-        Ok(())
-    };
     let on_gate = match &target {
         Target::Imported(id) => *id == GATE_EXPORT_ID,
         Target::Answer {
@@ -584,76 +576,105 @@ fn handle_call(t: &mut Tables<'_>, peer: &str, call: Call) -> Result<()> {
         }
     };
     if on_gate {
-        return match content {
-            CallContent::Restore { swiss } => {
-                match t.get(&format!("sturdy.{swiss}"))? {
-                    Some(kref) if t.kref_exists(&kref)? => {
-                        open_answer(
-                            t,
-                            peer,
-                            question,
-                            &Answer::new(AnswerKind::Restored, Some(kref.clone())),
-                        )?;
-                        let descriptor = export_kref(t, peer, &kref)?;
-                        emit(
-                            t,
-                            peer,
-                            &return_results(
-                                question,
-                                ResultContent::Restored(Some(0)),
-                                vec![descriptor],
-                            ),
-                        )?;
-                        Ok(())
-                    }
-                    // Guessing gets nothing, and says nothing about why.
-                    _ => answer_exception(t, "no object for that sturdy ref".into()),
-                }
-            }
-            _ => answer_exception(
-                t,
-                "the gate only restores sturdy refs (Gate.restore)".into(),
-            ),
-        };
+        return call_gate(t, peer, question, content);
     }
     if let Target::Answer { question: q, .. } = &target
         && let Some(reason) = answer(&t.read(), peer, *q)?.broken
     {
-        return answer_exception(t, reason);
+        return answer_exception(t, peer, question, reason);
     }
     let target_kref = target_kref(t, peer, &target)?;
     let CallContent::Exo { method, args } = content else {
-        return answer_exception(t, "unimplemented: objects here are Exo (exo.capnp)".into());
+        let reason = "unimplemented: objects here are Exo (exo.capnp)".into();
+        return answer_exception(t, peer, question, reason);
     };
-    let mut slots = Vec::with_capacity(args.caps.len());
-    for index in &args.caps {
-        slots.push(krefs[*index as usize].clone());
-    }
+    let slots = args.caps.iter().map(|i| krefs[*i as usize].clone());
     let args = CapData {
         body: args.body,
-        slots,
+        slots: slots.collect(),
     };
     if let Err(e) = vom::capdata::decode(&args) {
-        return answer_exception(t, format!("malformed capdata in the arguments: {e}"));
+        let reason = format!("malformed capdata in the arguments: {e}");
+        return answer_exception(t, peer, question, reason);
     }
+    call_exo(t, peer, question, &target_kref, method, args)
+}
+
+/// A call past `answers_per_peer_max`, refused without keeping anything:
+/// no answer entry (nothing to finish), and its capabilities are not taken
+/// (released).
+fn refuse_call(t: &mut Tables<'_>, peer: &str, question: u32) -> Result<()> {
+    let reason =
+        format!("too many questions in flight (answers_per_peer_max {ANSWERS_PER_PEER_MAX})");
+    let refusal = Wire::Return(Return {
+        answer: question,
+        release_param_caps: true,
+        no_finish_needed: true,
+        outcome: ReturnOutcome::Exception(reason),
+    });
+    Ok(emit(t, peer, &refusal)?)
+}
+
+/// Answers the peer's question with an exception; calls pipelined on it
+/// fail the same way.
+fn answer_exception(t: &mut Tables<'_>, peer: &str, question: u32, reason: String) -> Result<()> {
+    let answer = Answer {
+        kind: AnswerKind::Exo,
+        kref: None,
+        broken: Some(reason.clone()),
+        finished: false,
+    };
+    open_answer(t, peer, question, &answer)?;
+    Ok(emit(t, peer, &return_exception(question, &reason))?)
+}
+
+/// A call to the gate: only `Gate.restore` of a sturdy ref's swiss number.
+fn call_gate(t: &mut Tables<'_>, peer: &str, question: u32, content: CallContent) -> Result<()> {
+    let CallContent::Restore { swiss } = content else {
+        let reason = "the gate only restores sturdy refs (Gate.restore)".into();
+        return answer_exception(t, peer, question, reason);
+    };
+    match t.get(&format!("sturdy.{swiss}"))? {
+        Some(kref) if t.kref_exists(&kref)? => {
+            let answer = Answer::new(AnswerKind::Restored, Some(kref.clone()));
+            open_answer(t, peer, question, &answer)?;
+            let descriptor = export_kref(t, peer, &kref)?;
+            let content = ResultContent::Restored(Some(0));
+            Ok(emit(
+                t,
+                peer,
+                &return_results(question, content, vec![descriptor]),
+            )?)
+        }
+        // Guessing gets nothing, and says nothing about why.
+        _ => answer_exception(t, peer, question, "no object for that sturdy ref".into()),
+    }
+}
+
+/// A call to one of our objects: queued as a message whose result the
+/// peer's answer waits on.
+fn call_exo(
+    t: &mut Tables<'_>,
+    peer: &str,
+    question: u32,
+    target: &str,
+    method: String,
+    args: CapData,
+) -> Result<()> {
     let kp = t.allocate_promise(None)?;
-    open_answer(
-        t,
-        peer,
-        question,
-        &Answer::new(AnswerKind::Exo, Some(kp.clone())),
-    )?;
+    let answer = Answer::new(AnswerKind::Exo, Some(kp.clone()));
+    open_answer(t, peer, question, &answer)?;
     t.set(&format!("{peer}.ak.{kp}"), &question.to_string())?;
     t.subscribe(&kp, peer)?;
-    t.send(
-        &target_kref,
+    let result = Some(kp);
+    Ok(t.send(
+        target,
         Message {
             method,
             args,
-            result: Some(kp),
+            result,
         },
-    )?;
-    Ok(())
+    )?)
 }
 
 fn handle_return(t: &mut Tables<'_>, peer: &str, ret: Return) -> Result<()> {
@@ -1063,55 +1084,21 @@ fn notify_peer(t: &mut Tables<'_>, peer: &str, kp: &str) -> Result<(), StoreErro
         Some(PromiseState::Rejected(data)) => (true, data),
         other => panic!("kernel invariant: notify for settled promises only ({kp}: {other:?})"),
     };
-    let reason = || match vom::capdata::decode(&data) {
-        Ok(Value::Error(e)) => e.to_string(),
-        Ok(other) => format!("rejected: {other:?}"),
-        Err(e) => e.to_string(),
-    };
     if let Some(text) = t.get(&format!("{peer}.ak.{kp}"))? {
         let answer: u32 = text
             .parse()
             .expect("kernel invariant: answer ids are numbers");
         t.delete(&format!("{peer}.ak.{kp}"))?;
-        let message = if rejected {
-            return_exception(answer, &reason())
-        } else {
-            let (result, mut caps) = capdata_to_peer(t, peer, &data)?;
-            // A single reference is also `object`, for pipelining; the
-            // cap table then lists it twice, and the peer counts both.
-            let object = match vom::capdata::decode(&data) {
-                Ok(Value::Remotable(_) | Value::Promise(_)) if caps.len() == 1 => {
-                    let again = match &caps[0] {
-                        CapDescriptor::SenderHosted(id) | CapDescriptor::SenderPromise(id) => {
-                            t.add_to_count(&format!("{peer}.ec.{id}"), 1)?;
-                            caps[0].clone()
-                        }
-                        other => other.clone(),
-                    };
-                    caps.push(again);
-                    Some(1)
-                }
-                _ => None,
-            };
-            return_results(answer, ResultContent::Exo { result, object }, caps)
-        };
-        emit(t, peer, &message)?;
-        // The answer's entry (and its reference) stays until the peer's
-        // `Finish`: it may still pipeline on it.
-        if let Ok(entry) = answer_entry(&t.read(), peer, answer)
-            && entry.finished
-        {
-            close_answer(t, peer, answer)?;
-        }
+        return_answer(t, peer, answer, rejected, &data)?;
     }
     if let Some(vref) = t.clist_vref(peer, kp)?
         && let Some(id) = vref.strip_prefix("p-")
     {
-        let id: u32 = id
+        let promise: u32 = id
             .parse()
             .expect("kernel invariant: export ids are numbers");
         let resolution = if rejected {
-            Err(reason())
+            Err(rejection_reason(&data))
         } else {
             match vom::capdata::decode(&data) {
                 Ok(Value::Remotable(r) | Value::Promise(r)) => Ok(export_kref(t, peer, &r.slot)?),
@@ -1122,10 +1109,57 @@ fn notify_peer(t: &mut Tables<'_>, peer: &str, kp: &str) -> Result<(), StoreErro
             t,
             peer,
             &Wire::Resolve {
-                promise: id,
+                promise,
                 resolution,
             },
         )?;
+    }
+    Ok(())
+}
+
+/// Why a promise was rejected, as the peer is told.
+fn rejection_reason(data: &CapData) -> String {
+    match vom::capdata::decode(data) {
+        Ok(Value::Error(e)) => e.to_string(),
+        Ok(other) => format!("rejected: {other:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// Returns the settlement of the peer's question `answer`. The answer's
+/// entry (and its reference) stays until the peer's `Finish`: it may still
+/// pipeline on it.
+fn return_answer(
+    t: &mut Tables<'_>,
+    peer: &str,
+    answer: u32,
+    rejected: bool,
+    data: &CapData,
+) -> Result<(), StoreError> {
+    let message = if rejected {
+        return_exception(answer, &rejection_reason(data))
+    } else {
+        let (result, mut caps) = capdata_to_peer(t, peer, data)?;
+        // A single reference is also `object`, for pipelining; the cap
+        // table then lists it twice, and the peer counts both.
+        let object = match vom::capdata::decode(data) {
+            Ok(Value::Remotable(_) | Value::Promise(_)) if caps.len() == 1 => {
+                if let CapDescriptor::SenderHosted(id) | CapDescriptor::SenderPromise(id) = &caps[0]
+                {
+                    t.add_to_count(&format!("{peer}.ec.{id}"), 1)?;
+                }
+                caps.push(caps[0].clone());
+                Some(1)
+            }
+            _ => None,
+        };
+        return_results(answer, ResultContent::Exo { result, object }, caps)
+    };
+    emit(t, peer, &message)?;
+    if let Ok(entry) = answer_entry(&t.read(), peer, answer)
+        && entry.finished
+    {
+        close_answer(t, peer, answer)?;
     }
     Ok(())
 }

@@ -109,6 +109,26 @@ enum Outgoing {
     Close,
 }
 
+/// A connection we dialled, in its handshake with the kernel `did`
+/// (session `peer`); `proved` is the received count we told it, once we did.
+struct Dialing {
+    peer: String,
+    did: String,
+    nonce: [u8; 32],
+    proved: Option<u64>,
+}
+
+impl Dialing {
+    fn into_link(self) -> Link {
+        Link::Dialing {
+            peer: self.peer,
+            did: self.did,
+            nonce: self.nonce,
+            proved: self.proved,
+        }
+    }
+}
+
 /// Where a connection is in its life.
 enum Link {
     /// Accepted, nothing read yet: the first frame says who it is.
@@ -671,14 +691,42 @@ impl<A: Send + 'static> Node<A> {
         };
         // The link is taken out while the frame is handled, and put back.
         let link = std::mem::replace(&mut connection.link, Link::Fresh);
-        let decoded = match &link {
+        let decoded = self.decode(&link, frame);
+        match link {
+            Link::Fresh => self.frame_fresh(number, decoded),
+            Link::Client(peer) => {
+                self.set_link(number, Link::Client(peer.clone()));
+                self.hand_to_kernel(number, &peer, decoded)
+            }
+            Link::Answering { nonce, did } => self.frame_answering(number, nonce, did, decoded),
+            Link::Dialing {
+                peer,
+                did,
+                nonce,
+                proved,
+            } => {
+                let dialing = Dialing {
+                    peer,
+                    did,
+                    nonce,
+                    proved,
+                };
+                self.frame_dialing(number, dialing, decoded)
+            }
+            Link::Session(peer, skip) => self.frame_session(number, peer, skip, decoded),
+        }
+    }
+
+    /// Decodes a frame on `link`: what a return answers is known from the
+    /// session's questions, or from the handshake's fixed numbering.
+    fn decode(&self, link: &Link, frame: &[u8]) -> Result<Wire, wire::WireError> {
+        match link {
             Link::Client(peer) | Link::Session(peer, _) => {
-                let peer = peer.clone();
                 wire::decode(frame, &self.limits, &|q| {
                     if q >= EPHEMERAL_QUESTION_BASE {
                         Some(ReturnKind::Empty)
                     } else {
-                        self.kernel.return_kind(&peer, q)
+                        self.kernel.return_kind(peer, q)
                     }
                 })
             }
@@ -690,234 +738,255 @@ impl<A: Send + 'static> Node<A> {
                     _ => ReturnKind::Empty,
                 })
             }),
-        };
-        match link {
-            Link::Fresh => match decoded {
-                Ok(Wire::Bootstrap { question }) if question >= EPHEMERAL_QUESTION_BASE => {
-                    self.set_link(
-                        number,
-                        Link::Answering {
-                            nonce: nonce(),
-                            did: None,
-                        },
-                    );
-                    self.send_to(
-                        number,
-                        &gate_return(
-                            question,
-                            ResultContent::Bootstrap(Some(0)),
-                            vec![CapDescriptor::SenderHosted(0)],
-                        ),
-                    );
-                }
-                decoded => {
-                    let peer = self.kernel.add_peer("client", false)?;
-                    self.set_link(number, Link::Client(peer.clone()));
-                    self.by_peer.insert(peer.clone(), number);
-                    self.hand_to_kernel(number, &peer, decoded)?;
-                }
-            },
-            Link::Client(peer) => {
+        }
+    }
+
+    /// The first frame of an accepted connection: a kernel's handshake
+    /// bootstrap, or a client's first message.
+    fn frame_fresh(
+        &mut self,
+        number: u64,
+        decoded: Result<Wire, wire::WireError>,
+    ) -> Result<(), NodeError> {
+        match decoded {
+            Ok(Wire::Bootstrap { question }) if question >= EPHEMERAL_QUESTION_BASE => {
+                let link = Link::Answering {
+                    nonce: nonce(),
+                    did: None,
+                };
+                self.set_link(number, link);
+                let gate = vec![CapDescriptor::SenderHosted(0)];
+                let answer = gate_return(question, ResultContent::Bootstrap(Some(0)), gate);
+                self.send_to(number, &answer);
+                Ok(())
+            }
+            decoded => {
+                let peer = self.kernel.add_peer("client", false)?;
                 self.set_link(number, Link::Client(peer.clone()));
-                self.hand_to_kernel(number, &peer, decoded)?;
-            }
-            Link::Answering { nonce, did } => match decoded {
-                Ok(Wire::Call(Call {
-                    question,
-                    content:
-                        CallContent::Hello {
-                            did: theirs,
-                            nonce: their_nonce,
-                        },
-                    ..
-                })) => {
-                    if let Err(e) = did_key::DidKey::parse(&theirs) {
-                        self.refuse(number, &format!("hello: {e}"));
-                        return Ok(());
-                    }
-                    let signature =
-                        (self.identity.sign)(&signed(HELLO_CONTEXT, &their_nonce, &theirs));
-                    self.set_link(
-                        number,
-                        Link::Answering {
-                            nonce,
-                            did: Some(theirs),
-                        },
-                    );
-                    self.send_to(
-                        number,
-                        &gate_return(
-                            question,
-                            ResultContent::Hello {
-                                did: self.identity.did.clone(),
-                                nonce: nonce.to_vec(),
-                                signature: signature.to_vec(),
-                            },
-                            vec![],
-                        ),
-                    );
-                }
-                Ok(Wire::Call(Call {
-                    question,
-                    content:
-                        CallContent::Prove {
-                            signature,
-                            received,
-                        },
-                    ..
-                })) => {
-                    let Some(theirs) = did else {
-                        self.refuse(number, "prove before hello");
-                        return Ok(());
-                    };
-                    let message = signed(PROVE_CONTEXT, nonce.as_slice(), &self.identity.did);
-                    if let Err(e) = verify(&theirs, &message, &signature) {
-                        self.refuse(number, &format!("authentication failed: {e}"));
-                        return Ok(());
-                    }
-                    let peer = self.kernel.session_peer(&theirs, None)?;
-                    self.establish(number, peer, received, Some(question), None)?;
-                }
-                Ok(Wire::Finish { .. } | Wire::Release { .. }) => {
-                    self.set_link(number, Link::Answering { nonce, did });
-                }
-                Ok(other) => {
-                    let reason =
-                        format!("a kernel session starts with hello and prove, not {other:?}");
-                    self.refuse(number, &reason);
-                }
-                Err(e) => self.refuse(number, &format!("malformed frame: {e}")),
-            },
-            Link::Dialing {
-                peer,
-                did,
-                nonce,
-                proved,
-            } => {
-                let Ok(message) = decoded else {
-                    self.refuse(number, "malformed frame in the handshake");
-                    self.dial_failed(&peer, "malformed frame in the handshake");
-                    return Ok(());
-                };
-                if let Wire::Abort { reason } = &message {
-                    self.close(number);
-                    self.dial_failed(&peer, &format!("it refused us: {reason}"));
-                    return Ok(());
-                }
-                // Anything but the hello and prove answers (the bootstrap's
-                // answer, a stray release) leaves the handshake where it is.
-                let (answer, outcome) = match message {
-                    Wire::Return(Return {
-                        answer, outcome, ..
-                    }) if answer != EPHEMERAL_QUESTION_BASE => (answer, outcome),
-                    _ => {
-                        let link = Link::Dialing {
-                            peer,
-                            did,
-                            nonce,
-                            proved,
-                        };
-                        self.set_link(number, link);
-                        return Ok(());
-                    }
-                };
-                match (answer.wrapping_sub(EPHEMERAL_QUESTION_BASE), outcome) {
-                    (
-                        1,
-                        ReturnOutcome::Results {
-                            content:
-                                ResultContent::Hello {
-                                    did: theirs,
-                                    nonce: their_nonce,
-                                    signature,
-                                },
-                            ..
-                        },
-                    ) => {
-                        let expected = signed(HELLO_CONTEXT, nonce.as_slice(), &self.identity.did);
-                        let checked = if theirs != did {
-                            Err(format!("expected kernel {did}, found {theirs}"))
-                        } else {
-                            verify(&theirs, &expected, &signature)
-                        };
-                        if let Err(e) = checked {
-                            let reason = format!("authentication failed: {e}");
-                            self.refuse(number, &reason);
-                            self.dial_failed(&peer, &reason);
-                            return Ok(());
-                        }
-                        let proof =
-                            (self.identity.sign)(&signed(PROVE_CONTEXT, &their_nonce, &theirs));
-                        self.flush()?;
-                        let received = self.kernel.session_received(&peer)?;
-                        let link = Link::Dialing {
-                            peer,
-                            did,
-                            nonce,
-                            proved: Some(received),
-                        };
-                        self.set_link(number, link);
-                        self.send_to(
-                            number,
-                            &Wire::Call(Call {
-                                question: EPHEMERAL_QUESTION_BASE + 2,
-                                target: Target::Answer {
-                                    question: EPHEMERAL_QUESTION_BASE,
-                                    transform: vec![],
-                                },
-                                content: CallContent::Prove {
-                                    signature: proof.to_vec(),
-                                    received,
-                                },
-                                caps: vec![],
-                            }),
-                        );
-                    }
-                    (
-                        2,
-                        ReturnOutcome::Results {
-                            content: ResultContent::Prove { received },
-                            ..
-                        },
-                    ) if proved.is_some() => {
-                        self.establish(number, peer, received, None, proved)?;
-                    }
-                    (_, outcome) => {
-                        let reason = format!("the handshake failed: {outcome:?}");
-                        self.refuse(number, &reason);
-                        self.dial_failed(&peer, &reason);
-                    }
-                }
-            }
-            Link::Session(peer, skip) => {
-                if self.by_peer.get(&peer) != Some(&number) {
-                    // A newer connection carries this session now.
-                    self.close(number);
-                    return Ok(());
-                }
-                if skip > 0 && !is_ephemeral(&decoded) {
-                    // Resent, but applied already from the replaced connection.
-                    self.set_link(number, Link::Session(peer, skip - 1));
-                    return Ok(());
-                }
-                self.set_link(number, Link::Session(peer.clone(), 0));
-                match decoded {
-                    Ok(Wire::Call(Call {
-                        question,
-                        content: CallContent::Ack { received },
-                        ..
-                    })) if question >= EPHEMERAL_QUESTION_BASE => {
-                        self.kernel.session_acknowledged(&peer, received)?;
-                        self.send_to(number, &gate_return(question, ResultContent::Empty, vec![]));
-                    }
-                    Ok(
-                        Wire::Return(Return { answer: q, .. }) | Wire::Finish { question: q, .. },
-                    ) if q >= EPHEMERAL_QUESTION_BASE => {}
-                    decoded => self.hand_to_kernel(number, &peer, decoded)?,
-                }
+                self.by_peer.insert(peer.clone(), number);
+                self.hand_to_kernel(number, &peer, decoded)
             }
         }
+    }
+
+    /// A frame from a kernel introducing itself to us (hello, then prove).
+    fn frame_answering(
+        &mut self,
+        number: u64,
+        nonce: [u8; 32],
+        did: Option<String>,
+        decoded: Result<Wire, wire::WireError>,
+    ) -> Result<(), NodeError> {
+        match decoded {
+            Ok(Wire::Call(Call {
+                question,
+                content:
+                    CallContent::Hello {
+                        did: theirs,
+                        nonce: their_nonce,
+                    },
+                ..
+            })) => self.answer_hello(number, nonce, question, theirs, &their_nonce),
+            Ok(Wire::Call(Call {
+                question,
+                content:
+                    CallContent::Prove {
+                        signature,
+                        received,
+                    },
+                ..
+            })) => {
+                let Some(theirs) = did else {
+                    self.refuse(number, "prove before hello");
+                    return Ok(());
+                };
+                let message = signed(PROVE_CONTEXT, nonce.as_slice(), &self.identity.did);
+                if let Err(e) = verify(&theirs, &message, &signature) {
+                    self.refuse(number, &format!("authentication failed: {e}"));
+                    return Ok(());
+                }
+                let peer = self.kernel.session_peer(&theirs, None)?;
+                self.establish(number, peer, received, Some(question), None)
+            }
+            Ok(Wire::Finish { .. } | Wire::Release { .. }) => {
+                self.set_link(number, Link::Answering { nonce, did });
+                Ok(())
+            }
+            Ok(other) => {
+                let reason = format!("a kernel session starts with hello and prove, not {other:?}");
+                self.refuse(number, &reason);
+                Ok(())
+            }
+            Err(e) => {
+                self.refuse(number, &format!("malformed frame: {e}"));
+                Ok(())
+            }
+        }
+    }
+
+    /// A kernel's hello: we sign its nonce and send ours.
+    fn answer_hello(
+        &mut self,
+        number: u64,
+        nonce: [u8; 32],
+        question: u32,
+        theirs: String,
+        their_nonce: &[u8],
+    ) -> Result<(), NodeError> {
+        if let Err(e) = did_key::DidKey::parse(&theirs) {
+            self.refuse(number, &format!("hello: {e}"));
+            return Ok(());
+        }
+        let signature = (self.identity.sign)(&signed(HELLO_CONTEXT, their_nonce, &theirs));
+        let did = Some(theirs);
+        self.set_link(number, Link::Answering { nonce, did });
+        let content = ResultContent::Hello {
+            did: self.identity.did.clone(),
+            nonce: nonce.to_vec(),
+            signature: signature.to_vec(),
+        };
+        self.send_to(number, &gate_return(question, content, vec![]));
         Ok(())
+    }
+
+    /// A frame on a connection we dialled, before its session is established.
+    fn frame_dialing(
+        &mut self,
+        number: u64,
+        dialing: Dialing,
+        decoded: Result<Wire, wire::WireError>,
+    ) -> Result<(), NodeError> {
+        let Ok(message) = decoded else {
+            self.refuse(number, "malformed frame in the handshake");
+            self.dial_failed(&dialing.peer, "malformed frame in the handshake");
+            return Ok(());
+        };
+        if let Wire::Abort { reason } = &message {
+            self.close(number);
+            self.dial_failed(&dialing.peer, &format!("it refused us: {reason}"));
+            return Ok(());
+        }
+        // Anything but the hello and prove answers (the bootstrap's answer,
+        // a stray release) leaves the handshake where it is.
+        let (answer, outcome) = match message {
+            Wire::Return(Return {
+                answer, outcome, ..
+            }) if answer != EPHEMERAL_QUESTION_BASE => (answer, outcome),
+            _ => {
+                self.set_link(number, dialing.into_link());
+                return Ok(());
+            }
+        };
+        match (answer.wrapping_sub(EPHEMERAL_QUESTION_BASE), outcome) {
+            (
+                1,
+                ReturnOutcome::Results {
+                    content:
+                        ResultContent::Hello {
+                            did: theirs,
+                            nonce: their_nonce,
+                            signature,
+                        },
+                    ..
+                },
+            ) => self.hello_answered(number, dialing, &theirs, &their_nonce, &signature),
+            (
+                2,
+                ReturnOutcome::Results {
+                    content: ResultContent::Prove { received },
+                    ..
+                },
+            ) if dialing.proved.is_some() => {
+                self.establish(number, dialing.peer, received, None, dialing.proved)
+            }
+            (_, outcome) => {
+                let reason = format!("the handshake failed: {outcome:?}");
+                self.refuse(number, &reason);
+                self.dial_failed(&dialing.peer, &reason);
+                Ok(())
+            }
+        }
+    }
+
+    /// The kernel we dialled answered our hello: we check its signature of
+    /// our nonce, and prove ourselves with our signature of its nonce.
+    fn hello_answered(
+        &mut self,
+        number: u64,
+        mut dialing: Dialing,
+        theirs: &str,
+        their_nonce: &[u8],
+        signature: &[u8],
+    ) -> Result<(), NodeError> {
+        let expected = signed(HELLO_CONTEXT, dialing.nonce.as_slice(), &self.identity.did);
+        let checked = if theirs != dialing.did {
+            Err(format!("expected kernel {}, found {theirs}", dialing.did))
+        } else {
+            verify(theirs, &expected, signature)
+        };
+        if let Err(e) = checked {
+            let reason = format!("authentication failed: {e}");
+            self.refuse(number, &reason);
+            self.dial_failed(&dialing.peer, &reason);
+            return Ok(());
+        }
+        let proof = (self.identity.sign)(&signed(PROVE_CONTEXT, their_nonce, theirs));
+        self.flush()?;
+        let received = self.kernel.session_received(&dialing.peer)?;
+        dialing.proved = Some(received);
+        self.set_link(number, dialing.into_link());
+        let prove = Wire::Call(Call {
+            question: EPHEMERAL_QUESTION_BASE + 2,
+            target: Target::Answer {
+                question: EPHEMERAL_QUESTION_BASE,
+                transform: vec![],
+            },
+            content: CallContent::Prove {
+                signature: proof.to_vec(),
+                received,
+            },
+            caps: vec![],
+        });
+        self.send_to(number, &prove);
+        Ok(())
+    }
+
+    /// A frame of an established session.
+    fn frame_session(
+        &mut self,
+        number: u64,
+        peer: String,
+        skip: u64,
+        decoded: Result<Wire, wire::WireError>,
+    ) -> Result<(), NodeError> {
+        if self.by_peer.get(&peer) != Some(&number) {
+            // A newer connection carries this session now.
+            self.close(number);
+            return Ok(());
+        }
+        if skip > 0 && !is_ephemeral(&decoded) {
+            // Resent, but applied already from the replaced connection.
+            self.set_link(number, Link::Session(peer, skip - 1));
+            return Ok(());
+        }
+        self.set_link(number, Link::Session(peer.clone(), 0));
+        match decoded {
+            Ok(Wire::Call(Call {
+                question,
+                content: CallContent::Ack { received },
+                ..
+            })) if question >= EPHEMERAL_QUESTION_BASE => {
+                self.kernel.session_acknowledged(&peer, received)?;
+                self.send_to(number, &gate_return(question, ResultContent::Empty, vec![]));
+                Ok(())
+            }
+            Ok(Wire::Return(Return { answer: q, .. }) | Wire::Finish { question: q, .. })
+                if q >= EPHEMERAL_QUESTION_BASE =>
+            {
+                Ok(())
+            }
+            decoded => self.hand_to_kernel(number, &peer, decoded),
+        }
     }
 
     /// The handshake is done: the connection carries `peer`'s session. Each
