@@ -350,115 +350,30 @@ pub fn decode(
     let mut slice = frame;
     let reader = capnp::serialize::read_message_from_flat_slice(&mut slice, options)?;
     let root: message::Reader = reader.get_root()?;
-    let unsupported = |what: &str| {
-        Ok(Message::Unsupported {
-            what: what.to_owned(),
-            frame: frame.to_vec(),
-        })
-    };
+    read_message(root, frame, limits, returns)
+}
+
+/// A message this codec does not carry, kept to echo as `unimplemented`.
+fn unsupported(what: &str, frame: &[u8]) -> Message {
+    Message::Unsupported {
+        what: what.to_owned(),
+        frame: frame.to_vec(),
+    }
+}
+
+/// One function per message kind: the root of a frame, read.
+fn read_message(
+    root: message::Reader<'_>,
+    frame: &[u8],
+    limits: &Limits,
+    returns: &dyn Fn(u32) -> Option<ReturnKind>,
+) -> Result<Message, WireError> {
     Ok(match root.which()? {
         message::Bootstrap(b) => Message::Bootstrap {
             question: b?.get_question_id(),
         },
-        message::Call(call) => {
-            let call = call?;
-            if !matches!(
-                call.get_send_results_to().which()?,
-                capnp_rpc::rpc_capnp::call::send_results_to::Caller(())
-            ) {
-                return unsupported("call with results sent elsewhere");
-            }
-            let target = read_target(call.get_target()?, limits)?;
-            let params = call.get_params()?;
-            let caps = read_cap_table(params, limits)?;
-            let table = placeholder_table(caps.len());
-            let mut content = params.get_content();
-            content.imbue(&table);
-            let interface_id = call.get_interface_id();
-            let method_id = call.get_method_id();
-            let content = if interface_id == exo::Client::TYPE_ID && method_id == 0 {
-                let p: exo::call_params::Reader = content.get_as()?;
-                CallContent::Exo {
-                    method: text(p.get_method())?,
-                    args: read_body(p.get_args()?, caps.len())?,
-                }
-            } else if interface_id == gate::Client::TYPE_ID {
-                match method_id {
-                    0 => {
-                        let p: gate::restore_params::Reader = content.get_as()?;
-                        CallContent::Restore {
-                            swiss: text(p.get_swiss())?,
-                        }
-                    }
-                    1 => {
-                        let p: gate::hello_params::Reader = content.get_as()?;
-                        CallContent::Hello {
-                            did: text(p.get_did())?,
-                            nonce: p.get_nonce()?.to_vec(),
-                        }
-                    }
-                    2 => {
-                        let p: gate::prove_params::Reader = content.get_as()?;
-                        CallContent::Prove {
-                            signature: p.get_signature()?.to_vec(),
-                            received: p.get_received(),
-                        }
-                    }
-                    3 => {
-                        let p: gate::ack_params::Reader = content.get_as()?;
-                        CallContent::Ack {
-                            received: p.get_received(),
-                        }
-                    }
-                    _ => CallContent::Unknown {
-                        interface_id,
-                        method_id,
-                    },
-                }
-            } else {
-                CallContent::Unknown {
-                    interface_id,
-                    method_id,
-                }
-            };
-            Message::Call(Call {
-                question: call.get_question_id(),
-                target,
-                content,
-                caps,
-            })
-        }
-        message::Return(ret) => {
-            let ret = ret?;
-            let answer = ret.get_answer_id();
-            let outcome = match ret.which()? {
-                return_::Results(results) => {
-                    let results = results?;
-                    let caps = read_cap_table(results, limits)?;
-                    let table = placeholder_table(caps.len());
-                    let mut content = results.get_content();
-                    content.imbue(&table);
-                    let kind = returns(answer).ok_or_else(|| {
-                        WireError::Malformed(format!("return for unknown question {answer}"))
-                    })?;
-                    let content = read_results(content, kind, caps.len())?;
-                    ReturnOutcome::Results { content, caps }
-                }
-                return_::Exception(e) => ReturnOutcome::Exception(text(e?.get_reason())?),
-                return_::Canceled(()) => ReturnOutcome::Canceled,
-                return_::ResultsSentElsewhere(())
-                | return_::TakeFromOtherQuestion(_)
-                | return_::AcceptFromThirdParty(_) => {
-                    return unsupported("return not carrying results");
-                }
-            };
-            Message::Return(Return {
-                answer,
-                release_param_caps: ret.get_release_param_caps(),
-                no_finish_needed: ret.get_no_finish_needed(),
-                outcome,
-            })
-        }
+        message::Call(call) => read_call(call?, frame, limits)?,
+        message::Return(ret) => read_return(ret?, frame, limits, returns)?,
         message::Finish(f) => {
             let f = f?;
             Message::Finish {
@@ -484,33 +399,162 @@ pub fn decode(
                 count: r.get_reference_count(),
             }
         }
-        message::Disembargo(d) => {
-            let d = d?;
-            let context = match d.get_context().which()? {
-                disembargo::context::SenderLoopback(id) => Embargo::SenderLoopback(id),
-                disembargo::context::ReceiverLoopback(id) => Embargo::ReceiverLoopback(id),
-                _ => return unsupported("level-3 disembargo"),
-            };
-            Message::Disembargo {
-                target: read_target(d.get_target()?, limits)?,
-                context,
-            }
-        }
+        message::Disembargo(d) => read_disembargo(d?, frame, limits)?,
         message::Abort(e) => Message::Abort {
             reason: text(e?.get_reason())?,
         },
         message::Unimplemented(original) => {
-            let original = original?;
-            let call_question = match original.which() {
+            let call_question = match original?.which() {
                 Ok(message::Call(Ok(call))) => Some(call.get_question_id()),
                 _ => None,
             };
             Message::Unimplemented { call_question }
         }
-        message::ObsoleteSave(_) | message::ObsoleteDelete(_) => unsupported("obsolete message")?,
-        message::Provide(_) | message::Accept(_) | message::Join(_) => {
-            unsupported("level-3 message")?
+        message::ObsoleteSave(_) | message::ObsoleteDelete(_) => {
+            unsupported("obsolete message", frame)
         }
+        message::Provide(_) | message::Accept(_) | message::Join(_) => {
+            unsupported("level-3 message", frame)
+        }
+    })
+}
+
+fn read_call(
+    call: capnp_rpc::rpc_capnp::call::Reader<'_>,
+    frame: &[u8],
+    limits: &Limits,
+) -> Result<Message, WireError> {
+    if !matches!(
+        call.get_send_results_to().which()?,
+        capnp_rpc::rpc_capnp::call::send_results_to::Caller(())
+    ) {
+        return Ok(unsupported("call with results sent elsewhere", frame));
+    }
+    let target = read_target(call.get_target()?, limits)?;
+    let params = call.get_params()?;
+    let caps = read_cap_table(params, limits)?;
+    let table = placeholder_table(caps.len());
+    let mut content = params.get_content();
+    content.imbue(&table);
+    let content = read_call_content(
+        call.get_interface_id(),
+        call.get_method_id(),
+        content,
+        caps.len(),
+    )?;
+    Ok(Message::Call(Call {
+        question: call.get_question_id(),
+        target,
+        content,
+        caps,
+    }))
+}
+
+/// A call's parameters, by interface and method: `Exo.call`, the gate's
+/// methods, or an unknown method (answered `unimplemented`).
+fn read_call_content(
+    interface_id: u64,
+    method_id: u16,
+    content: capnp::any_pointer::Reader<'_>,
+    caps: usize,
+) -> Result<CallContent, WireError> {
+    let unknown = CallContent::Unknown {
+        interface_id,
+        method_id,
+    };
+    if interface_id == exo::Client::TYPE_ID {
+        if method_id != 0 {
+            return Ok(unknown);
+        }
+        let p: exo::call_params::Reader = content.get_as()?;
+        return Ok(CallContent::Exo {
+            method: text(p.get_method())?,
+            args: read_body(p.get_args()?, caps)?,
+        });
+    }
+    if interface_id != gate::Client::TYPE_ID {
+        return Ok(unknown);
+    }
+    Ok(match method_id {
+        0 => {
+            let p: gate::restore_params::Reader = content.get_as()?;
+            CallContent::Restore {
+                swiss: text(p.get_swiss())?,
+            }
+        }
+        1 => {
+            let p: gate::hello_params::Reader = content.get_as()?;
+            CallContent::Hello {
+                did: text(p.get_did())?,
+                nonce: p.get_nonce()?.to_vec(),
+            }
+        }
+        2 => {
+            let p: gate::prove_params::Reader = content.get_as()?;
+            CallContent::Prove {
+                signature: p.get_signature()?.to_vec(),
+                received: p.get_received(),
+            }
+        }
+        3 => {
+            let p: gate::ack_params::Reader = content.get_as()?;
+            CallContent::Ack {
+                received: p.get_received(),
+            }
+        }
+        _ => unknown,
+    })
+}
+
+fn read_return(
+    ret: return_::Reader<'_>,
+    frame: &[u8],
+    limits: &Limits,
+    returns: &dyn Fn(u32) -> Option<ReturnKind>,
+) -> Result<Message, WireError> {
+    let answer = ret.get_answer_id();
+    let outcome = match ret.which()? {
+        return_::Results(results) => {
+            let results = results?;
+            let caps = read_cap_table(results, limits)?;
+            let table = placeholder_table(caps.len());
+            let mut content = results.get_content();
+            content.imbue(&table);
+            let kind = returns(answer).ok_or_else(|| {
+                WireError::Malformed(format!("return for unknown question {answer}"))
+            })?;
+            let content = read_results(content, kind, caps.len())?;
+            ReturnOutcome::Results { content, caps }
+        }
+        return_::Exception(e) => ReturnOutcome::Exception(text(e?.get_reason())?),
+        return_::Canceled(()) => ReturnOutcome::Canceled,
+        return_::ResultsSentElsewhere(())
+        | return_::TakeFromOtherQuestion(_)
+        | return_::AcceptFromThirdParty(_) => {
+            return Ok(unsupported("return not carrying results", frame));
+        }
+    };
+    Ok(Message::Return(Return {
+        answer,
+        release_param_caps: ret.get_release_param_caps(),
+        no_finish_needed: ret.get_no_finish_needed(),
+        outcome,
+    }))
+}
+
+fn read_disembargo(
+    d: disembargo::Reader<'_>,
+    frame: &[u8],
+    limits: &Limits,
+) -> Result<Message, WireError> {
+    let context = match d.get_context().which()? {
+        disembargo::context::SenderLoopback(id) => Embargo::SenderLoopback(id),
+        disembargo::context::ReceiverLoopback(id) => Embargo::ReceiverLoopback(id),
+        _ => return Ok(unsupported("level-3 disembargo", frame)),
+    };
+    Ok(Message::Disembargo {
+        target: read_target(d.get_target()?, limits)?,
+        context,
     })
 }
 
@@ -658,137 +702,146 @@ fn read_results(
 
 /// Encodes a message as one frame (the standard stream framing).
 pub fn encode(message: &Message) -> Vec<u8> {
-    let mut builder = Builder::new_default();
-    let mut table: CapTable = Vec::new();
+    if let Message::Unsupported { frame, .. } = message
+        && let Some(echo) = echo_unimplemented(frame)
     {
-        let root: message::Builder = builder.init_root();
-        match message {
-            Message::Bootstrap { question } => {
-                root.init_bootstrap().set_question_id(*question);
-            }
-            Message::Call(call) => {
-                let mut c = root.init_call();
-                c.set_question_id(call.question);
-                write_target(c.reborrow().init_target(), &call.target);
-                c.reborrow().init_send_results_to().set_caller(());
-                let (interface_id, method_id) = match &call.content {
-                    CallContent::Exo { .. } => (exo::Client::TYPE_ID, 0),
-                    CallContent::Restore { .. } => (gate::Client::TYPE_ID, 0),
-                    CallContent::Hello { .. } => (gate::Client::TYPE_ID, 1),
-                    CallContent::Prove { .. } => (gate::Client::TYPE_ID, 2),
-                    CallContent::Ack { .. } => (gate::Client::TYPE_ID, 3),
-                    CallContent::Unknown {
-                        interface_id,
-                        method_id,
-                    } => (*interface_id, *method_id),
-                };
-                c.set_interface_id(interface_id);
-                c.set_method_id(method_id);
-                let mut params = c.init_params();
-                {
-                    let mut content = params.reborrow().init_content();
-                    content.imbue_mut(&mut table);
-                    match &call.content {
-                        CallContent::Exo { method, args } => {
-                            let mut p = content.init_as::<exo::call_params::Builder>();
-                            p.set_method(method);
-                            write_body(p.init_args(), args);
-                        }
-                        CallContent::Restore { swiss } => {
-                            content
-                                .init_as::<gate::restore_params::Builder>()
-                                .set_swiss(swiss);
-                        }
-                        CallContent::Hello { did, nonce } => {
-                            let mut p = content.init_as::<gate::hello_params::Builder>();
-                            p.set_did(did);
-                            p.set_nonce(nonce);
-                        }
-                        CallContent::Prove {
-                            signature,
-                            received,
-                        } => {
-                            let mut p = content.init_as::<gate::prove_params::Builder>();
-                            p.set_signature(signature);
-                            p.set_received(*received);
-                        }
-                        CallContent::Ack { received } => {
-                            content
-                                .init_as::<gate::ack_params::Builder>()
-                                .set_received(*received);
-                        }
-                        CallContent::Unknown { .. } => {}
-                    }
-                }
-                write_cap_table(params, &reorder_caps(&table, &call.caps));
-            }
-            Message::Return(ret) => {
-                let mut r = root.init_return();
-                r.set_answer_id(ret.answer);
-                r.set_release_param_caps(ret.release_param_caps);
-                r.set_no_finish_needed(ret.no_finish_needed);
-                match &ret.outcome {
-                    ReturnOutcome::Results { content, caps } => {
-                        let mut results = r.init_results();
-                        {
-                            let mut any = results.reborrow().init_content();
-                            any.imbue_mut(&mut table);
-                            write_results(any, content);
-                        }
-                        write_cap_table(results, &reorder_caps(&table, caps));
-                    }
-                    ReturnOutcome::Exception(reason) => {
-                        write_exception(r.init_exception(), reason);
-                    }
-                    ReturnOutcome::Canceled => r.set_canceled(()),
-                }
-            }
-            Message::Finish {
-                question,
-                release_result_caps,
-            } => {
-                let mut f = root.init_finish();
-                f.set_question_id(*question);
-                f.set_release_result_caps(*release_result_caps);
-            }
-            Message::Resolve {
-                promise,
-                resolution,
-            } => {
-                let mut r = root.init_resolve();
-                r.set_promise_id(*promise);
-                match resolution {
-                    Ok(cap) => write_descriptor(r.init_cap(), cap),
-                    Err(reason) => write_exception(r.init_exception(), reason),
-                }
-            }
-            Message::Release { id, count } => {
-                let mut r = root.init_release();
-                r.set_id(*id);
-                r.set_reference_count(*count);
-            }
-            Message::Disembargo { target, context } => {
-                let mut d = root.init_disembargo();
-                write_target(d.reborrow().init_target(), target);
-                match context {
-                    Embargo::SenderLoopback(id) => d.init_context().set_sender_loopback(*id),
-                    Embargo::ReceiverLoopback(id) => d.init_context().set_receiver_loopback(*id),
-                }
-            }
-            Message::Abort { reason } => write_exception(root.init_abort(), reason),
-            Message::Unimplemented { .. } => {
-                // Nothing of ours to echo: an empty unimplemented message.
-                root.init_unimplemented();
-            }
-            Message::Unsupported { frame, .. } => {
-                if let Some(echo) = echo_unimplemented(frame) {
-                    return echo;
-                }
-                root.init_unimplemented();
+        return echo;
+    }
+    let mut builder = Builder::new_default();
+    write_message(builder.init_root(), message);
+    capnp::serialize::write_message_to_words(&builder)
+}
+
+/// One function per message kind: the message, written at `root`.
+fn write_message(root: message::Builder<'_>, message: &Message) {
+    match message {
+        Message::Bootstrap { question } => {
+            root.init_bootstrap().set_question_id(*question);
+        }
+        Message::Call(call) => write_call(root.init_call(), call),
+        Message::Return(ret) => write_return(root.init_return(), ret),
+        Message::Finish {
+            question,
+            release_result_caps,
+        } => {
+            let mut f = root.init_finish();
+            f.set_question_id(*question);
+            f.set_release_result_caps(*release_result_caps);
+        }
+        Message::Resolve {
+            promise,
+            resolution,
+        } => {
+            let mut r = root.init_resolve();
+            r.set_promise_id(*promise);
+            match resolution {
+                Ok(cap) => write_descriptor(r.init_cap(), cap),
+                Err(reason) => write_exception(r.init_exception(), reason),
             }
         }
+        Message::Release { id, count } => {
+            let mut r = root.init_release();
+            r.set_id(*id);
+            r.set_reference_count(*count);
+        }
+        Message::Disembargo { target, context } => {
+            let mut d = root.init_disembargo();
+            write_target(d.reborrow().init_target(), target);
+            match context {
+                Embargo::SenderLoopback(id) => d.init_context().set_sender_loopback(*id),
+                Embargo::ReceiverLoopback(id) => d.init_context().set_receiver_loopback(*id),
+            }
+        }
+        Message::Abort { reason } => write_exception(root.init_abort(), reason),
+        // Nothing of ours to echo (or an unsupported frame that cannot be
+        // copied): an empty unimplemented message.
+        Message::Unimplemented { .. } | Message::Unsupported { .. } => {
+            root.init_unimplemented();
+        }
     }
-    capnp::serialize::write_message_to_words(&builder)
+}
+
+fn write_call(mut c: capnp_rpc::rpc_capnp::call::Builder<'_>, call: &Call) {
+    let mut table: CapTable = Vec::new();
+    c.set_question_id(call.question);
+    write_target(c.reborrow().init_target(), &call.target);
+    c.reborrow().init_send_results_to().set_caller(());
+    let (interface_id, method_id) = match &call.content {
+        CallContent::Exo { .. } => (exo::Client::TYPE_ID, 0),
+        CallContent::Restore { .. } => (gate::Client::TYPE_ID, 0),
+        CallContent::Hello { .. } => (gate::Client::TYPE_ID, 1),
+        CallContent::Prove { .. } => (gate::Client::TYPE_ID, 2),
+        CallContent::Ack { .. } => (gate::Client::TYPE_ID, 3),
+        CallContent::Unknown {
+            interface_id,
+            method_id,
+        } => (*interface_id, *method_id),
+    };
+    c.set_interface_id(interface_id);
+    c.set_method_id(method_id);
+    let mut params = c.init_params();
+    {
+        let mut content = params.reborrow().init_content();
+        content.imbue_mut(&mut table);
+        write_call_content(content, &call.content);
+    }
+    write_cap_table(params, &reorder_caps(&table, &call.caps));
+}
+
+fn write_call_content(content: capnp::any_pointer::Builder<'_>, call: &CallContent) {
+    match call {
+        CallContent::Exo { method, args } => {
+            let mut p = content.init_as::<exo::call_params::Builder>();
+            p.set_method(method);
+            write_body(p.init_args(), args);
+        }
+        CallContent::Restore { swiss } => {
+            content
+                .init_as::<gate::restore_params::Builder>()
+                .set_swiss(swiss);
+        }
+        CallContent::Hello { did, nonce } => {
+            let mut p = content.init_as::<gate::hello_params::Builder>();
+            p.set_did(did);
+            p.set_nonce(nonce);
+        }
+        CallContent::Prove {
+            signature,
+            received,
+        } => {
+            let mut p = content.init_as::<gate::prove_params::Builder>();
+            p.set_signature(signature);
+            p.set_received(*received);
+        }
+        CallContent::Ack { received } => {
+            content
+                .init_as::<gate::ack_params::Builder>()
+                .set_received(*received);
+        }
+        CallContent::Unknown { .. } => {}
+    }
+}
+
+fn write_return(mut r: return_::Builder<'_>, ret: &Return) {
+    r.set_answer_id(ret.answer);
+    r.set_release_param_caps(ret.release_param_caps);
+    r.set_no_finish_needed(ret.no_finish_needed);
+    match &ret.outcome {
+        ReturnOutcome::Results { content, caps } => {
+            let mut table: CapTable = Vec::new();
+            let mut results = r.init_results();
+            {
+                let mut any = results.reborrow().init_content();
+                any.imbue_mut(&mut table);
+                write_results(any, content);
+            }
+            write_cap_table(results, &reorder_caps(&table, caps));
+        }
+        ReturnOutcome::Exception(reason) => {
+            write_exception(r.init_exception(), reason);
+        }
+        ReturnOutcome::Canceled => r.set_canceled(()),
+    }
 }
 
 /// `unimplemented` carrying a copy of `frame`'s message, if it can be copied
