@@ -31,12 +31,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use cid::Cid;
-use multihash_codetable::{Code, MultihashDigest};
 use serde_json::{Value as Json, json};
 use vom::Value;
 
+mod content;
 mod runner;
 pub mod ucan;
+
+pub use content::{dag_cbor, encode_signature, signing_bytes, value_cid, verify};
 
 pub use runner::{JobEvent, Jobs, PURE_TASKS_PARALLEL_MAX, RunError, TaskOutcome};
 
@@ -48,8 +50,6 @@ pub const TASK_INPUTS_MAX: usize = 64;
 pub const MAX_GAS_DEFAULT: u64 = 1_000_000_000;
 /// The largest `maxGas` a task may ask for.
 pub const MAX_GAS_LIMIT: u64 = 100_000_000_000;
-
-const DAG_CBOR: u64 = 0x71;
 
 /// Why a job was refused before anything ran. Each names what is wrong.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -130,34 +130,6 @@ pub struct Job {
     pub tasks: BTreeMap<String, Task>,
     /// The job as submitted (signed).
     pub json: Json,
-}
-
-/// The canonical DAG-CBOR encoding of a JSON value (map keys sorted as DAG-CBOR sorts them).
-pub fn dag_cbor(value: &Json) -> Vec<u8> {
-    serde_ipld_dagcbor::to_vec(value).expect("kernel invariant: JSON encodes as DAG-CBOR")
-}
-
-/// The CIDv1 (dag-cbor, sha2-256) of a JSON value's canonical encoding.
-pub fn value_cid(value: &Json) -> String {
-    Cid::new_v1(DAG_CBOR, Code::Sha2_256.digest(&dag_cbor(value))).to_string()
-}
-
-/// The bytes a requestor signs: the job without its signature.
-pub fn signing_bytes(job: &Json) -> Vec<u8> {
-    let mut unsigned = job.clone();
-    if let Some(map) = unsigned.as_object_mut() {
-        map.remove("signature");
-    }
-    dag_cbor(&unsigned)
-}
-
-pub use did_key::encode_signature;
-
-/// Checks `signature` (multibase base58btc) by `did` over `message`.
-pub fn verify(did: &str, message: &[u8], signature: &str) -> Result<(), String> {
-    did_key::DidKey::parse(did)
-        .and_then(|key| key.verify_multibase(message, signature))
-        .map_err(|e| e.to_string())
 }
 
 fn malformed_task(label: &str, reason: impl Into<String>) -> JobError {
@@ -348,69 +320,10 @@ impl Job {
         let map = json
             .as_object()
             .ok_or_else(|| JobError::Malformed("a job is a JSON object".into()))?;
-        let field = |name: &str| -> Result<&str, JobError> {
-            map.get(name)
-                .and_then(Json::as_str)
-                .ok_or_else(|| JobError::Malformed(format!("{name} is missing or not a string")))
-        };
-        if field("type")? != "ipvm/job" {
-            return Err(JobError::Malformed("type must be \"ipvm/job\"".into()));
-        }
-        if field("version")? != "0.1.0" {
-            return Err(JobError::Malformed("version must be \"0.1.0\"".into()));
-        }
-        let requestor = field("requestor")?.to_owned();
-        did_key::DidKey::parse(&requestor).map_err(|e| JobError::Malformed(e.to_string()))?;
-        if !map.contains_key("nonce") {
-            return Err(JobError::Malformed("nonce is missing".into()));
-        }
-        let run = map
-            .get("run")
-            .and_then(Json::as_object)
-            .ok_or_else(|| JobError::Malformed("run is missing or not an object".into()))?;
-        if run.is_empty() {
-            return Err(JobError::Malformed("run names no tasks".into()));
-        }
-        if run.len() > JOB_TASKS_MAX {
-            return Err(JobError::Malformed(format!(
-                "more than JOB_TASKS_MAX ({JOB_TASKS_MAX}) tasks"
-            )));
-        }
-        let tasks: BTreeMap<String, Task> = run
-            .iter()
-            .map(|(label, task)| Ok((label.clone(), parse_task(label, task)?)))
-            .collect::<Result<_, JobError>>()?;
+        let requestor = parse_header(map)?;
+        let tasks = parse_tasks(map)?;
         for task in tasks.values() {
-            let named = task
-                .depends_on()
-                .chain(task.on_error.iter().map(String::as_str))
-                .chain(task.always.iter().map(String::as_str));
-            for label in named {
-                if !tasks.contains_key(label) {
-                    return Err(JobError::UnknownLabel {
-                        task: task.label.clone(),
-                        label: label.to_owned(),
-                    });
-                }
-            }
-            if let TaskKind::Wasm { module, .. } = &task.kind
-                && !context.has_module(module)
-            {
-                return Err(JobError::UnknownCid {
-                    task: task.label.clone(),
-                    cid: module.clone(),
-                });
-            }
-            for input in &task.inputs {
-                if let Input::Link(cid) = input
-                    && !context.has_value(cid)
-                {
-                    return Err(JobError::UnknownCid {
-                        task: task.label.clone(),
-                        cid: cid.clone(),
-                    });
-                }
-            }
+            check_names(task, &tasks, context)?;
         }
         if let Some(cycle) = find_cycle(&tasks) {
             return Err(JobError::Cycle(cycle));
@@ -421,49 +334,9 @@ impl Job {
             Some(_) => return Err(JobError::BadSignature("it is not a string".into())),
         };
         verify(&requestor, &signing_bytes(&json), signature).map_err(JobError::BadSignature)?;
-        let owner = context.owner();
-        // The owner may do anything; anyone else what a delegation chain
-        // from the owner (the job's `prf`) grants.
-        let granted = if requestor == owner {
-            "/".to_owned()
-        } else {
-            let chain = match map.get("prf") {
-                None => Vec::new(),
-                Some(Json::Array(chain)) => chain.clone(),
-                Some(_) => {
-                    return Err(JobError::Malformed(
-                        "prf must be a list of delegations".into(),
-                    ));
-                }
-            };
-            let now_s = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            crate::ucan::granted_command(&chain, &owner, &requestor, now_s).map_err(|reason| {
-                JobError::Unauthorized {
-                    requestor: requestor.clone(),
-                    reason,
-                }
-            })?
-        };
+        let granted = granted(map, &requestor, &context.owner())?;
         for task in tasks.values() {
-            let (command, target) = match &task.kind {
-                TaskKind::Wasm { .. } => ("/ipvm/run".to_owned(), None),
-                TaskKind::Effect { target, .. } => (format!("/ipvm/effect/{target}"), Some(target)),
-            };
-            let held = target.is_none_or(|target| context.has_capability(target));
-            if !held || !crate::ucan::covers(&granted, &command) {
-                return Err(match target {
-                    Some(target) => JobError::NotGranted {
-                        task: task.label.clone(),
-                        target: target.clone(),
-                    },
-                    None => JobError::Unauthorized {
-                        requestor,
-                        reason: format!("its delegation ({granted}) does not cover {command}"),
-                    },
-                });
-            }
+            check_granted(task, &granted, &requestor, context)?;
         }
         Ok(Job {
             cid: value_cid(&json),
@@ -472,6 +345,142 @@ impl Job {
             json,
         })
     }
+}
+
+/// Checks a job's type, version and nonce; returns its requestor.
+fn parse_header(map: &serde_json::Map<String, Json>) -> Result<String, JobError> {
+    let field = |name: &str| -> Result<&str, JobError> {
+        map.get(name)
+            .and_then(Json::as_str)
+            .ok_or_else(|| JobError::Malformed(format!("{name} is missing or not a string")))
+    };
+    if field("type")? != "ipvm/job" {
+        return Err(JobError::Malformed("type must be \"ipvm/job\"".into()));
+    }
+    if field("version")? != "0.1.0" {
+        return Err(JobError::Malformed("version must be \"0.1.0\"".into()));
+    }
+    let requestor = field("requestor")?.to_owned();
+    did_key::DidKey::parse(&requestor).map_err(|e| JobError::Malformed(e.to_string()))?;
+    if !map.contains_key("nonce") {
+        return Err(JobError::Malformed("nonce is missing".into()));
+    }
+    Ok(requestor)
+}
+
+/// The job's tasks, by label (at most [`JOB_TASKS_MAX`]).
+fn parse_tasks(map: &serde_json::Map<String, Json>) -> Result<BTreeMap<String, Task>, JobError> {
+    let run = map
+        .get("run")
+        .and_then(Json::as_object)
+        .ok_or_else(|| JobError::Malformed("run is missing or not an object".into()))?;
+    if run.is_empty() {
+        return Err(JobError::Malformed("run names no tasks".into()));
+    }
+    if run.len() > JOB_TASKS_MAX {
+        return Err(JobError::Malformed(format!(
+            "more than JOB_TASKS_MAX ({JOB_TASKS_MAX}) tasks"
+        )));
+    }
+    run.iter()
+        .map(|(label, task)| Ok((label.clone(), parse_task(label, task)?)))
+        .collect()
+}
+
+/// Every label a task names is a task of the job; every CID it names is
+/// stored here.
+fn check_names(
+    task: &Task,
+    tasks: &BTreeMap<String, Task>,
+    context: &dyn JobContext,
+) -> Result<(), JobError> {
+    let named = task
+        .depends_on()
+        .chain(task.on_error.iter().map(String::as_str))
+        .chain(task.always.iter().map(String::as_str));
+    for label in named {
+        if !tasks.contains_key(label) {
+            return Err(JobError::UnknownLabel {
+                task: task.label.clone(),
+                label: label.to_owned(),
+            });
+        }
+    }
+    let unknown = |cid: &str| JobError::UnknownCid {
+        task: task.label.clone(),
+        cid: cid.to_owned(),
+    };
+    if let TaskKind::Wasm { module, .. } = &task.kind
+        && !context.has_module(module)
+    {
+        return Err(unknown(module));
+    }
+    for input in &task.inputs {
+        if let Input::Link(cid) = input
+            && !context.has_value(cid)
+        {
+            return Err(unknown(cid));
+        }
+    }
+    Ok(())
+}
+
+/// What the requestor may do: anything, for the kernel's owner; for anyone
+/// else, what a delegation chain from the owner (the job's `prf`) grants.
+fn granted(
+    map: &serde_json::Map<String, Json>,
+    requestor: &str,
+    owner: &str,
+) -> Result<String, JobError> {
+    if requestor == owner {
+        return Ok("/".to_owned());
+    }
+    let chain = match map.get("prf") {
+        None => Vec::new(),
+        Some(Json::Array(chain)) => chain.clone(),
+        Some(_) => {
+            return Err(JobError::Malformed(
+                "prf must be a list of delegations".into(),
+            ));
+        }
+    };
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    crate::ucan::granted_command(&chain, owner, requestor, now_s).map_err(|reason| {
+        JobError::Unauthorized {
+            requestor: requestor.to_owned(),
+            reason,
+        }
+    })
+}
+
+/// The grant covers the task's command, and the kernel's owner holds the
+/// capability an effect names.
+fn check_granted(
+    task: &Task,
+    granted: &str,
+    requestor: &str,
+    context: &dyn JobContext,
+) -> Result<(), JobError> {
+    let (command, target) = match &task.kind {
+        TaskKind::Wasm { .. } => ("/ipvm/run".to_owned(), None),
+        TaskKind::Effect { target, .. } => (format!("/ipvm/effect/{target}"), Some(target)),
+    };
+    let held = target.is_none_or(|target| context.has_capability(target));
+    if held && crate::ucan::covers(granted, &command) {
+        return Ok(());
+    }
+    Err(match target {
+        Some(target) => JobError::NotGranted {
+            task: task.label.clone(),
+            target: target.clone(),
+        },
+        None => JobError::Unauthorized {
+            requestor: requestor.to_owned(),
+            reason: format!("its delegation ({granted}) does not cover {command}"),
+        },
+    })
 }
 
 /// A task's output as plain JSON, or why it is not plain data.

@@ -13,7 +13,7 @@
 
 use serde_json::{Value as Json, json};
 
-use crate::{dag_cbor, encode_signature, verify};
+use crate::content::{dag_cbor, encode_signature, verify};
 
 /// The longest delegation chain accepted.
 pub const CHAIN_LENGTH_MAX: usize = 8;
@@ -62,49 +62,12 @@ pub fn granted_command(
     let mut expected_issuer = owner.to_owned();
     let mut command = "/".to_owned();
     for (index, link) in chain.iter().enumerate() {
-        let payload = link
-            .get("payload")
-            .ok_or_else(|| format!("delegation {index} has no payload"))?;
-        let field = |name: &str| -> Result<&str, String> {
-            payload
-                .get(name)
-                .and_then(Json::as_str)
-                .ok_or_else(|| format!("delegation {index} has no {name}"))
-        };
-        let (issuer, audience, subject, cmd) =
-            (field("iss")?, field("aud")?, field("sub")?, field("cmd")?);
-        if issuer != expected_issuer {
-            return Err(format!(
-                "delegation {index} is issued by {issuer}, not {expected_issuer}"
-            ));
-        }
-        if subject != owner {
-            return Err(format!(
-                "delegation {index} is about {subject}, not this kernel"
-            ));
-        }
-        let signature = link
-            .get("sig")
-            .and_then(Json::as_str)
-            .ok_or_else(|| format!("delegation {index} is not signed"))?;
-        verify(issuer, &dag_cbor(payload), signature)
-            .map_err(|e| format!("delegation {index}: bad signature: {e}"))?;
-        match payload.get("exp") {
-            None | Some(Json::Null) => {}
-            Some(exp) => {
-                let exp = exp
-                    .as_u64()
-                    .ok_or_else(|| format!("delegation {index}: exp is not a time"))?;
-                if exp <= now_s {
-                    return Err(format!("delegation {index} expired"));
-                }
-            }
-        }
-        if !covers(&command, cmd) {
+        let (audience, cmd) = check_link(index, link, &expected_issuer, owner, now_s)?;
+        if !covers(&command, &cmd) {
             return Err(format!("delegation {index} widens {command:?} to {cmd:?}"));
         }
-        command = cmd.to_owned();
-        expected_issuer = audience.to_owned();
+        command = cmd;
+        expected_issuer = audience;
     }
     if expected_issuer != requestor {
         return Err(format!(
@@ -112,6 +75,56 @@ pub fn granted_command(
         ));
     }
     Ok(command)
+}
+
+/// Checks delegation `index` of a chain: issued by `issuer`, about the
+/// kernel `owner`, signed, unexpired. Returns its audience and command.
+fn check_link(
+    index: usize,
+    link: &Json,
+    issuer: &str,
+    owner: &str,
+    now_s: u64,
+) -> Result<(String, String), String> {
+    let payload = link
+        .get("payload")
+        .ok_or_else(|| format!("delegation {index} has no payload"))?;
+    let field = |name: &str| -> Result<&str, String> {
+        payload
+            .get(name)
+            .and_then(Json::as_str)
+            .ok_or_else(|| format!("delegation {index} has no {name}"))
+    };
+    let (iss, audience, subject, cmd) =
+        (field("iss")?, field("aud")?, field("sub")?, field("cmd")?);
+    if iss != issuer {
+        return Err(format!(
+            "delegation {index} is issued by {iss}, not {issuer}"
+        ));
+    }
+    if subject != owner {
+        return Err(format!(
+            "delegation {index} is about {subject}, not this kernel"
+        ));
+    }
+    let signature = link
+        .get("sig")
+        .and_then(Json::as_str)
+        .ok_or_else(|| format!("delegation {index} is not signed"))?;
+    verify(iss, &dag_cbor(payload), signature)
+        .map_err(|e| format!("delegation {index}: bad signature: {e}"))?;
+    match payload.get("exp") {
+        None | Some(Json::Null) => {}
+        Some(exp) => {
+            let exp = exp
+                .as_u64()
+                .ok_or_else(|| format!("delegation {index}: exp is not a time"))?;
+            if exp <= now_s {
+                return Err(format!("delegation {index} expired"));
+            }
+        }
+    }
+    Ok((audience.to_owned(), cmd.to_owned()))
 }
 
 #[cfg(test)]

@@ -374,71 +374,83 @@ impl Checker<'_> {
     fn refs(&mut self) {
         // For promises, the first count; for objects, (reachable, recognizable).
         let mut counted: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-        let mut count = |kref: &str, reachable: bool| {
-            let entry = counted.entry(kref.to_owned()).or_default();
-            if reachable {
-                entry.0 += 1;
-            }
-            entry.1 += 1;
-        };
         for (key, value) in self.kv {
-            let mut parts = key.splitn(3, '.');
-            let (first, second, rest) = (parts.next(), parts.next(), parts.next());
-            match (first, second, rest) {
-                // A c-list's kref side, `v<N>.c.kp<M>`; an exporter's own
-                // entry does not count.
-                (Some(vat), Some("c"), Some(kref))
-                    if vat.starts_with('v') || vat.starts_with('r') =>
-                {
-                    let own =
-                        kref.starts_with("ko") && self.get(&format!("{kref}.owner")) == Some(vat);
-                    if (kref.starts_with("ko") || kref.starts_with("kp")) && !own {
-                        count(kref, value.starts_with('R') || kref.starts_with("kp"));
-                    }
+            for (kref, reachable) in self.references_in(key, value) {
+                let entry = counted.entry(kref).or_default();
+                if reachable {
+                    entry.0 += 1;
                 }
-                (Some("runQueue"), Some(n), None) if n.parse::<u64>().is_ok() => {
-                    if let Ok(item) = serde_json::from_str::<RunQueueItem>(value) {
-                        krefs_in_item(&item)
-                            .into_iter()
-                            .for_each(|kref| count(kref, true));
-                    }
-                }
-                (Some(kref), Some("queue"), Some(_)) if kref.starts_with("kp") => {
-                    if let Ok(message) = serde_json::from_str::<Message>(value) {
-                        krefs_in_message(&message).for_each(|kref| count(kref, true));
-                    }
-                }
-                (Some(kref), Some("data"), None) if kref.starts_with("kp") => {
-                    if let Ok(data) = serde_json::from_str::<CapData>(value) {
-                        data.slots.iter().for_each(|slot| count(slot, true));
-                    }
-                }
-                (Some(kref), Some("pinned"), None) if kref.starts_with("kp") => count(kref, true),
-                (Some("pet" | "sturdy"), Some(_), _) => count(value, true),
-                (Some("shown"), Some(seq), None) if seq.bytes().all(|b| b.is_ascii_digit()) => {
-                    count(value, true)
-                }
-                // A peer's questions hold their result promises; its
-                // answers, until returned, the promises they wait for.
-                (Some(peer), Some("q"), Some(_)) if peer.starts_with('r') => {
-                    if let Some(kp) = serde_json::from_str::<serde_json::Value>(value)
-                        .ok()
-                        .and_then(|q| q.get("result")?.as_str().map(str::to_owned))
-                    {
-                        count(&kp, true);
-                    }
-                }
-                (Some(peer), Some("a"), Some(_)) if peer.starts_with('r') => {
-                    if let Some(kref) = serde_json::from_str::<serde_json::Value>(value)
-                        .ok()
-                        .and_then(|a| a.get("kref")?.as_str().map(str::to_owned))
-                    {
-                        count(&kref, true);
-                    }
-                }
-                _ => {}
+                entry.1 += 1;
             }
         }
+        self.object_counts(&counted);
+        self.gc_actions();
+        self.promise_counts(&counted);
+    }
+
+    /// The references entry `key` holds, each with whether it is reachable.
+    fn references_in(&self, key: &str, value: &str) -> Vec<(String, bool)> {
+        let mut found = Vec::new();
+        let mut count = |kref: &str, reachable: bool| found.push((kref.to_owned(), reachable));
+        let mut parts = key.splitn(3, '.');
+        let (first, second, rest) = (parts.next(), parts.next(), parts.next());
+        match (first, second, rest) {
+            // A c-list's kref side, `v<N>.c.kp<M>`; an exporter's own
+            // entry does not count.
+            (Some(vat), Some("c"), Some(kref)) if vat.starts_with('v') || vat.starts_with('r') => {
+                let own = kref.starts_with("ko") && self.get(&format!("{kref}.owner")) == Some(vat);
+                if (kref.starts_with("ko") || kref.starts_with("kp")) && !own {
+                    count(kref, value.starts_with('R') || kref.starts_with("kp"));
+                }
+            }
+            (Some("runQueue"), Some(n), None) if n.parse::<u64>().is_ok() => {
+                if let Ok(item) = serde_json::from_str::<RunQueueItem>(value) {
+                    krefs_in_item(&item)
+                        .into_iter()
+                        .for_each(|kref| count(kref, true));
+                }
+            }
+            (Some(kref), Some("queue"), Some(_)) if kref.starts_with("kp") => {
+                if let Ok(message) = serde_json::from_str::<Message>(value) {
+                    krefs_in_message(&message).for_each(|kref| count(kref, true));
+                }
+            }
+            (Some(kref), Some("data"), None) if kref.starts_with("kp") => {
+                if let Ok(data) = serde_json::from_str::<CapData>(value) {
+                    data.slots.iter().for_each(|slot| count(slot, true));
+                }
+            }
+            (Some(kref), Some("pinned"), None) if kref.starts_with("kp") => count(kref, true),
+            (Some("pet" | "sturdy"), Some(_), _) => count(value, true),
+            (Some("shown"), Some(seq), None) if seq.bytes().all(|b| b.is_ascii_digit()) => {
+                count(value, true)
+            }
+            // A peer's questions hold their result promises; its
+            // answers, until returned, the promises they wait for.
+            (Some(peer), Some("q"), Some(_)) if peer.starts_with('r') => {
+                if let Some(kp) = serde_json::from_str::<serde_json::Value>(value)
+                    .ok()
+                    .and_then(|q| q.get("result")?.as_str().map(str::to_owned))
+                {
+                    count(&kp, true);
+                }
+            }
+            (Some(peer), Some("a"), Some(_)) if peer.starts_with('r') => {
+                if let Some(kref) = serde_json::from_str::<serde_json::Value>(value)
+                    .ok()
+                    .and_then(|a| a.get("kref")?.as_str().map(str::to_owned))
+                {
+                    count(&kref, true);
+                }
+            }
+            _ => {}
+        }
+        found
+    }
+
+    /// Compares each object's stored counts with the recount, and checks
+    /// that what nothing reaches was dropped and retired.
+    fn object_counts(&mut self, counted: &BTreeMap<String, (u64, u64)>) {
         let objects: Vec<(String, String)> = self
             .kv
             .iter()
@@ -481,6 +493,10 @@ impl Checker<'_> {
                 self.problem(format!("{ko} is unrecognizable but was not retired"));
             }
         }
+    }
+
+    /// Every GC action names a known action, vat and object.
+    fn gc_actions(&mut self) {
         for key in self.kv.keys().filter(|k| k.starts_with("gc.")) {
             let mut parts = key["gc.".len()..].splitn(3, '.');
             let well_formed = parts.next().and_then(GcAction::parse).is_some()
@@ -492,11 +508,10 @@ impl Checker<'_> {
                 ));
             }
         }
-        let counted: BTreeMap<String, u64> = counted
-            .into_iter()
-            .filter(|(kref, _)| kref.starts_with("kp"))
-            .map(|(kref, (_, n))| (kref, n))
-            .collect();
+    }
+
+    /// Compares each promise's stored count with the recount.
+    fn promise_counts(&mut self, counted: &BTreeMap<String, (u64, u64)>) {
         let promises: Vec<String> = self
             .kv
             .keys()
@@ -511,7 +526,7 @@ impl Checker<'_> {
                 .get(&format!("{kpid}.refs"))
                 .and_then(|n| n.parse().ok())
                 .unwrap_or(0);
-            let actual = counted.get(&kpid).copied().unwrap_or(0);
+            let actual = counted.get(&kpid).map_or(0, |(_, n)| *n);
             if stored != actual {
                 self.problem(format!(
                     "{kpid} has refs {stored} but {actual} places refer to it"

@@ -2024,19 +2024,11 @@ impl<'a> VatSyscalls<'a> {
         format!("{}.vs.{key}", self.vat)
     }
 
+    /// One function per syscall.
     fn handle(&mut self, call: Syscall) -> Result<SyscallResult, Refusal> {
         match call {
             Syscall::VatstoreGet { key } => Ok(self.state.get(&self.vatstore_key(&key))?),
-            Syscall::VatstoreSet { key, value } => {
-                if key.len() + value.len() > VATSTORE_ENTRY_BYTES_MAX {
-                    return Err(Refusal::Limit(format!(
-                        "vatstore entry of {} bytes exceeds VATSTORE_ENTRY_BYTES_MAX ({VATSTORE_ENTRY_BYTES_MAX})",
-                        key.len() + value.len()
-                    )));
-                }
-                self.state.set(&self.vatstore_key(&key), &value)?;
-                Ok(None)
-            }
+            Syscall::VatstoreSet { key, value } => self.vatstore_set(&key, &value),
             Syscall::VatstoreDelete { key } => {
                 self.state.delete(&self.vatstore_key(&key))?;
                 Ok(None)
@@ -2051,50 +2043,11 @@ impl<'a> VatSyscalls<'a> {
                 method,
                 args,
                 result,
-            } => {
-                let target = self.vref_to_kref(&target)?;
-                let args = self.import_capdata(&args)?;
-                let result = match result {
-                    None => None,
-                    Some(vpid) => Some(self.result_promise(&vpid)?),
-                };
-                self.state.push_run_queue(&RunQueueItem::Send {
-                    target,
-                    message: Message {
-                        method,
-                        args,
-                        result,
-                    },
-                })?;
-                Ok(None)
-            }
-            Syscall::Subscribe { promise } => {
-                let kpid = self.promise_kref(&promise)?;
-                match self.state.promise_state(&kpid)? {
-                    Some(PromiseState::Unresolved) => self.state.add_subscriber(&kpid, self.vat)?,
-                    _ => self.state.push_run_queue(&RunQueueItem::Notify {
-                        vat: self.vat.to_owned(),
-                        promise: kpid,
-                    })?,
-                }
-                Ok(None)
-            }
+            } => self.send(&target, method, &args, result.as_deref()),
+            Syscall::Subscribe { promise } => self.subscribe(&promise),
             Syscall::Resolve { resolutions } => {
                 for resolution in resolutions {
-                    let kpid = self.promise_kref(&resolution.promise)?;
-                    let decider = self.state.promise_decider(&kpid)?;
-                    let unresolved =
-                        self.state.promise_state(&kpid)? == Some(PromiseState::Unresolved);
-                    if decider.as_deref() != Some(self.vat) || !unresolved {
-                        return Err(Refusal::Illegal(format!(
-                            "{} may not resolve {} ({kpid}): it is not its unresolved decider",
-                            self.vat, resolution.promise
-                        )));
-                    }
-                    let data = self.import_capdata(&resolution.data)?;
-                    settle_promise(self.state, &kpid, resolution.rejected, &data)?;
-                    // A decider forgets a promise once it has resolved it.
-                    self.state.clist_remove(self.vat, &kpid)?;
+                    self.resolve(resolution)?;
                 }
                 Ok(None)
             }
@@ -2114,22 +2067,7 @@ impl<'a> VatSyscalls<'a> {
             }
             Syscall::RetireExports { vrefs } => {
                 for vref in vrefs {
-                    if !vref.starts_with("o+") {
-                        return Err(Refusal::Illegal(format!(
-                            "retireExports of {vref}, which is not an export"
-                        )));
-                    }
-                    // The kernel may have retired it first: then there is nothing to do.
-                    let Some(kref) = self.state.clist_kref(self.vat, &vref)? else {
-                        continue;
-                    };
-                    let (reachable, _) = self.state.object_refs(&kref)?;
-                    if reachable > 0 {
-                        return Err(Refusal::Illegal(format!(
-                            "retireExports of {vref} ({kref}), which is still reachable"
-                        )));
-                    }
-                    retire_object(self.state, &kref)?;
+                    self.retire_export(&vref)?;
                 }
                 Ok(None)
             }
@@ -2137,6 +2075,90 @@ impl<'a> VatSyscalls<'a> {
                 panic!("vat-supervisor invariant: exit never reaches the kernel's handler")
             }
         }
+    }
+
+    fn vatstore_set(&mut self, key: &str, value: &str) -> Result<SyscallResult, Refusal> {
+        if key.len() + value.len() > VATSTORE_ENTRY_BYTES_MAX {
+            return Err(Refusal::Limit(format!(
+                "vatstore entry of {} bytes exceeds VATSTORE_ENTRY_BYTES_MAX ({VATSTORE_ENTRY_BYTES_MAX})",
+                key.len() + value.len()
+            )));
+        }
+        self.state.set(&self.vatstore_key(key), value)?;
+        Ok(None)
+    }
+
+    fn send(
+        &mut self,
+        target: &str,
+        method: String,
+        args: &CapData,
+        result: Option<&str>,
+    ) -> Result<SyscallResult, Refusal> {
+        let target = self.vref_to_kref(target)?;
+        let args = self.import_capdata(args)?;
+        let result = match result {
+            None => None,
+            Some(vpid) => Some(self.result_promise(vpid)?),
+        };
+        let message = Message {
+            method,
+            args,
+            result,
+        };
+        self.state
+            .push_run_queue(&RunQueueItem::Send { target, message })?;
+        Ok(None)
+    }
+
+    fn subscribe(&mut self, promise: &str) -> Result<SyscallResult, Refusal> {
+        let kpid = self.promise_kref(promise)?;
+        match self.state.promise_state(&kpid)? {
+            Some(PromiseState::Unresolved) => self.state.add_subscriber(&kpid, self.vat)?,
+            _ => self.state.push_run_queue(&RunQueueItem::Notify {
+                vat: self.vat.to_owned(),
+                promise: kpid,
+            })?,
+        }
+        Ok(None)
+    }
+
+    /// Settles a promise the vat decides; a decider forgets a promise once
+    /// it has resolved it.
+    fn resolve(&mut self, resolution: vom::abi::Resolution) -> Result<(), Refusal> {
+        let kpid = self.promise_kref(&resolution.promise)?;
+        let decider = self.state.promise_decider(&kpid)?;
+        let unresolved = self.state.promise_state(&kpid)? == Some(PromiseState::Unresolved);
+        if decider.as_deref() != Some(self.vat) || !unresolved {
+            return Err(Refusal::Illegal(format!(
+                "{} may not resolve {} ({kpid}): it is not its unresolved decider",
+                self.vat, resolution.promise
+            )));
+        }
+        let data = self.import_capdata(&resolution.data)?;
+        settle_promise(self.state, &kpid, resolution.rejected, &data)?;
+        self.state.clist_remove(self.vat, &kpid)?;
+        Ok(())
+    }
+
+    /// The vat retires an export nothing reaches. The kernel may have
+    /// retired it first: then there is nothing to do.
+    fn retire_export(&mut self, vref: &str) -> Result<(), Refusal> {
+        if !vref.starts_with("o+") {
+            return Err(Refusal::Illegal(format!(
+                "retireExports of {vref}, which is not an export"
+            )));
+        }
+        let Some(kref) = self.state.clist_kref(self.vat, vref)? else {
+            return Ok(());
+        };
+        let (reachable, _) = self.state.object_refs(&kref)?;
+        if reachable > 0 {
+            return Err(Refusal::Illegal(format!(
+                "retireExports of {vref} ({kref}), which is still reachable"
+            )));
+        }
+        Ok(retire_object(self.state, &kref)?)
     }
 
     fn existing_kref(&mut self, vref: &str) -> Result<String, Refusal> {
