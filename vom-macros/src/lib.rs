@@ -111,107 +111,18 @@ fn expand(
         ));
     }
     let self_ty = item.self_ty.clone();
-    let kind_name = match name {
-        Some(name) => name,
-        None => match &*self_ty {
-            Type::Path(path) => {
-                let ident = &path.path.segments.last().expect("a type path").ident;
-                LitStr::new(&ident.to_string(), ident.span())
-            }
-            other => {
-                return Err(syn::Error::new(
-                    other.span(),
-                    "name the kind: #[vom::exo(name = \"...\")]",
-                ));
-            }
-        },
-    };
+    let kind_name = kind_name(name, &self_ty)?;
     let facet_names: Vec<String> = facets.iter().map(ToString::to_string).collect();
     let mut methods = Vec::new();
     for impl_item in &mut item.items {
         let ImplItem::Fn(function) = impl_item else {
             continue;
         };
-        let mut method_facets = Vec::new();
-        let mut facet_error = None;
-        function.attrs.retain(|attr| {
-            if !attr.path().is_ident("facet") {
-                return true;
-            }
-            let parsed = attr.parse_nested_meta(|meta| {
-                let facet = meta
-                    .path
-                    .get_ident()
-                    .map(ToString::to_string)
-                    .unwrap_or_default();
-                match facet_names.iter().position(|f| *f == facet) {
-                    Some(index) => {
-                        method_facets.push(index);
-                        Ok(())
-                    }
-                    None => Err(meta.error(format!(
-                        "no facet {facet:?} in facets({})",
-                        facet_names.join(", ")
-                    ))),
-                }
-            });
-            if let Err(e) = parsed {
-                facet_error = Some(e);
-            }
-            false
-        });
-        if let Some(error) = facet_error {
-            return Err(error);
+        let method_facets = take_facets(function, &facet_names)?;
+        if let Some(method) = method(function, method_facets, facets.is_empty())? {
+            methods.push(method);
         }
-        if !matches!(function.vis, Visibility::Public(_)) {
-            continue;
-        }
-        let Some(FnArg::Receiver(receiver)) = function.sig.inputs.first() else {
-            continue;
-        };
-        if receiver.reference.is_none() {
-            return Err(syn::Error::new(
-                receiver.span(),
-                "a durable method takes &self or &mut self: the state stays in the store",
-            ));
-        }
-        if function.sig.asyncness.is_some() {
-            return Err(syn::Error::new(
-                function.sig.span(),
-                "a durable method cannot be async (its state cannot be held across an await); return vom::Reply::later(...) instead",
-            ));
-        }
-        let mutable = receiver.mutability.is_some();
-        if facets.is_empty() {
-            method_facets.push(0);
-        } else if method_facets.is_empty() {
-            return Err(syn::Error::new(
-                function.sig.ident.span(),
-                "each method of a multi-facet kind names its facets: #[facet(...)]",
-            ));
-        }
-        let params = function
-            .sig
-            .inputs
-            .iter()
-            .skip(1)
-            .map(|input| match input {
-                FnArg::Typed(typed) => match &*typed.ty {
-                    Type::Reference(_) => None,
-                    other => Some(other.clone()),
-                },
-                FnArg::Receiver(_) => unreachable!("only the first input is a receiver"),
-            })
-            .collect();
-        methods.push(Method {
-            exposed: camel_case(&function.sig.ident.to_string()),
-            ident: function.sig.ident.clone(),
-            facets: method_facets,
-            mutable,
-            params,
-        });
     }
-    let facet_count = facet_names.len().max(1);
     let interfaces: Vec<String> = if facet_names.is_empty() {
         vec![kind_name.value()]
     } else {
@@ -220,59 +131,17 @@ fn expand(
             .map(|f| format!("{}.{f}", kind_name.value()))
             .collect()
     };
-    let mut arms = Vec::new();
-    for method in &methods {
-        for facet in &method.facets {
-            let interface = &interfaces[*facet];
-            let exposed = &method.exposed;
-            let ident = &method.ident;
-            let arity = method.params.iter().filter(|p| p.is_some()).count();
-            let mut bindings = Vec::new();
-            let mut call_args = Vec::new();
-            let mut index = 0usize;
-            for (position, param) in method.params.iter().enumerate() {
-                match param {
-                    Some(ty) => {
-                        let var = syn::Ident::new(&format!("arg{position}"), Span::call_site());
-                        bindings.push(quote! {
-                            let #var = match ::vom::passable::guard_arg::<#ty>(#interface, #exposed, &args, #index) {
-                                Ok(value) => value,
-                                Err(error) => return ::vom::Reply::Ready(Err(error)),
-                            };
-                        });
-                        call_args.push(quote! { #var });
-                        index += 1;
-                    }
-                    None => call_args.push(quote! { this }),
-                }
-            }
-            let access = if method.mutable {
-                quote! { with_mut }
-            } else {
-                quote! { with }
-            };
-            arms.push(quote! {
-                (#facet, #exposed) => {
-                    if let Err(error) = ::vom::passable::guard_arity(#interface, #exposed, &args, #arity) {
-                        return ::vom::Reply::Ready(Err(error));
-                    }
-                    #(#bindings)*
-                    ::vom::IntoReply::into_reply(this.#access(|state| state.#ident(#(#call_args),*)))
-                }
-            });
-        }
-    }
-    let method_lists: Vec<proc_macro2::TokenStream> = (0..facet_count)
-        .map(|facet| {
-            let names: Vec<&String> = methods
+    let arms: Vec<_> = methods
+        .iter()
+        .flat_map(|method| {
+            let interfaces = &interfaces;
+            method
+                .facets
                 .iter()
-                .filter(|m| m.facets.contains(&facet))
-                .map(|m| &m.exposed)
-                .collect();
-            let interface = &interfaces[facet];
-            quote! { #facet => (#interface, &[#(#names),*]) }
+                .map(move |facet| dispatch_arm(method, *facet, &interfaces[*facet]))
         })
         .collect();
+    let method_lists = method_lists(&methods, &interfaces, facet_names.len().max(1));
     let kind_name_value = kind_name.value();
     Ok(quote! {
         #item
@@ -301,6 +170,175 @@ fn expand(
             }
         }
     })
+}
+
+/// The kind's name: given, or the state type's.
+fn kind_name(name: Option<LitStr>, self_ty: &Type) -> syn::Result<LitStr> {
+    if let Some(name) = name {
+        return Ok(name);
+    }
+    match self_ty {
+        Type::Path(path) => {
+            let ident = &path.path.segments.last().expect("a type path").ident;
+            Ok(LitStr::new(&ident.to_string(), ident.span()))
+        }
+        other => Err(syn::Error::new(
+            other.span(),
+            "name the kind: #[vom::exo(name = \"...\")]",
+        )),
+    }
+}
+
+/// Removes a method's `#[facet(...)]` attributes; returns the facets they
+/// name, by index.
+fn take_facets(function: &mut syn::ImplItemFn, facet_names: &[String]) -> syn::Result<Vec<usize>> {
+    let mut method_facets = Vec::new();
+    let mut facet_error = None;
+    function.attrs.retain(|attr| {
+        if !attr.path().is_ident("facet") {
+            return true;
+        }
+        let parsed = attr.parse_nested_meta(|meta| {
+            let facet = meta
+                .path
+                .get_ident()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            match facet_names.iter().position(|f| *f == facet) {
+                Some(index) => {
+                    method_facets.push(index);
+                    Ok(())
+                }
+                None => Err(meta.error(format!(
+                    "no facet {facet:?} in facets({})",
+                    facet_names.join(", ")
+                ))),
+            }
+        });
+        if let Err(e) = parsed {
+            facet_error = Some(e);
+        }
+        false
+    });
+    match facet_error {
+        Some(error) => Err(error),
+        None => Ok(method_facets),
+    }
+}
+
+/// The durable method `function` defines, if it is one (public, taking
+/// `&self` or `&mut self`).
+fn method(
+    function: &syn::ImplItemFn,
+    mut facets: Vec<usize>,
+    single_facet: bool,
+) -> syn::Result<Option<Method>> {
+    if !matches!(function.vis, Visibility::Public(_)) {
+        return Ok(None);
+    }
+    let Some(FnArg::Receiver(receiver)) = function.sig.inputs.first() else {
+        return Ok(None);
+    };
+    if receiver.reference.is_none() {
+        return Err(syn::Error::new(
+            receiver.span(),
+            "a durable method takes &self or &mut self: the state stays in the store",
+        ));
+    }
+    if function.sig.asyncness.is_some() {
+        return Err(syn::Error::new(
+            function.sig.span(),
+            "a durable method cannot be async (its state cannot be held across an await); return vom::Reply::later(...) instead",
+        ));
+    }
+    if single_facet {
+        facets.push(0);
+    } else if facets.is_empty() {
+        return Err(syn::Error::new(
+            function.sig.ident.span(),
+            "each method of a multi-facet kind names its facets: #[facet(...)]",
+        ));
+    }
+    let params = function
+        .sig
+        .inputs
+        .iter()
+        .skip(1)
+        .map(|input| match input {
+            FnArg::Typed(typed) => match &*typed.ty {
+                Type::Reference(_) => None,
+                other => Some(other.clone()),
+            },
+            FnArg::Receiver(_) => unreachable!("only the first input is a receiver"),
+        })
+        .collect();
+    Ok(Some(Method {
+        exposed: camel_case(&function.sig.ident.to_string()),
+        ident: function.sig.ident.clone(),
+        facets,
+        mutable: receiver.mutability.is_some(),
+        params,
+    }))
+}
+
+/// The `dispatch` arm for `method` on facet `facet`: arity and argument
+/// guards, then the call on the state.
+fn dispatch_arm(method: &Method, facet: usize, interface: &str) -> proc_macro2::TokenStream {
+    let exposed = &method.exposed;
+    let ident = &method.ident;
+    let arity = method.params.iter().filter(|p| p.is_some()).count();
+    let mut bindings = Vec::new();
+    let mut call_args = Vec::new();
+    let mut index = 0usize;
+    for (position, param) in method.params.iter().enumerate() {
+        match param {
+            Some(ty) => {
+                let var = syn::Ident::new(&format!("arg{position}"), Span::call_site());
+                bindings.push(quote! {
+                    let #var = match ::vom::passable::guard_arg::<#ty>(#interface, #exposed, &args, #index) {
+                        Ok(value) => value,
+                        Err(error) => return ::vom::Reply::Ready(Err(error)),
+                    };
+                });
+                call_args.push(quote! { #var });
+                index += 1;
+            }
+            None => call_args.push(quote! { this }),
+        }
+    }
+    let access = if method.mutable {
+        quote! { with_mut }
+    } else {
+        quote! { with }
+    };
+    quote! {
+        (#facet, #exposed) => {
+            if let Err(error) = ::vom::passable::guard_arity(#interface, #exposed, &args, #arity) {
+                return ::vom::Reply::Ready(Err(error));
+            }
+            #(#bindings)*
+            ::vom::IntoReply::into_reply(this.#access(|state| state.#ident(#(#call_args),*)))
+        }
+    }
+}
+
+/// For each facet: its interface name and its methods' names.
+fn method_lists(
+    methods: &[Method],
+    interfaces: &[String],
+    facet_count: usize,
+) -> Vec<proc_macro2::TokenStream> {
+    (0..facet_count)
+        .map(|facet| {
+            let names: Vec<&String> = methods
+                .iter()
+                .filter(|m| m.facets.contains(&facet))
+                .map(|m| &m.exposed)
+                .collect();
+            let interface = &interfaces[facet];
+            quote! { #facet => (#interface, &[#(#names),*]) }
+        })
+        .collect()
 }
 
 #[cfg(test)]
