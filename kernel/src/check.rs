@@ -284,7 +284,7 @@ impl Checker<'_> {
                 match (name.get(..2), vref_id(&name)) {
                     (Some("o-"), Some(id)) => max_import_object = max_import_object.max(id),
                     (Some("p-"), Some(id)) => max_import_promise = max_import_promise.max(id),
-                    (Some("o+" | "p+"), _) if crate::kernel::is_vref(&name) => {}
+                    (Some("o+" | "p+"), _) if crate::ids::is_vref(&name) => {}
                     _ => self.problem(format!("{vat}'s c-list has a malformed vref {name:?}")),
                 }
             }

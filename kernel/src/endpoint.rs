@@ -231,15 +231,15 @@ impl Tables<'_> {
 
     /// Settles `kpid` and queues its subscribers' notifies.
     pub fn resolve(&mut self, kpid: &str, rejected: bool, data: &CapData) -> StoreResult<()> {
-        crate::kernel::settle_promise(self.state, kpid, rejected, data)
+        crate::state::settle_promise(self.state, kpid, rejected, data)
     }
 
     /// Rejects `kpid` with `reason`, unless it is settled (or `None`).
     pub fn reject_if_unresolved(&mut self, kpid: Option<&str>, reason: &str) -> StoreResult<()> {
         let Some(kpid) = kpid else { return Ok(()) };
         if self.state.promise_state(kpid)? == Some(PromiseState::Unresolved) {
-            let data = crate::kernel::error_capdata(reason);
-            crate::kernel::settle_promise(self.state, kpid, true, &data)?;
+            let data = crate::state::error_capdata(reason);
+            crate::state::settle_promise(self.state, kpid, true, &data)?;
         }
         Ok(())
     }

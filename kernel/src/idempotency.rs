@@ -75,7 +75,10 @@ impl Kernel {
             || key.len() > IDEMPOTENCY_KEY_BYTES_MAX
             || !key.bytes().all(|b| b.is_ascii_graphic())
         {
-            return Err(KernelError::BadIdempotencyKey(key.to_owned()));
+            return Err(KernelError::BadIdempotencyKey {
+                key: key.to_owned(),
+                max: IDEMPOTENCY_KEY_BYTES_MAX,
+            });
         }
         let asked = digest(target, method, &args);
         if let Some(kept) = self.state.get(&record_key(key))? {

@@ -17,7 +17,9 @@ use vom::abi::{Delivery, Resolution, Syscall, SyscallResult};
 use vom::{CapData, Value};
 
 use crate::endpoint::{Endpoint, EndpointKind, EngineMemory, Tables, TablesRef};
+use crate::ids::{is_kref, is_vref};
 use crate::state::{GcAction, KernelState, Message, PromiseState, RunQueueItem, VatState};
+use crate::state::{error_capdata, settle_promise};
 
 /// The longest chain of promises forwarded to promises that routing follows.
 pub const FORWARDING_DEPTH_MAX: usize = 100;
@@ -55,11 +57,8 @@ pub enum KernelError {
     StillRunning { name: String },
     #[error("vat {name:?} was removed (`vat rm`): its data is gone")]
     Removed { name: String },
-    #[error(
-        "bad idempotency key {0:?}: use 1 to {max} printable ASCII characters, no spaces",
-        max = crate::idempotency::IDEMPOTENCY_KEY_BYTES_MAX
-    )]
-    BadIdempotencyKey(String),
+    #[error("bad idempotency key {key:?}: use 1 to {max} printable ASCII characters, no spaces")]
+    BadIdempotencyKey { key: String, max: usize },
     #[error("idempotency key {0:?} was used for a different request; nothing was sent")]
     IdempotencyKeyReused(String),
     #[error("resume of {name:?} failed, it stays suspended: {fault}")]
@@ -247,40 +246,6 @@ pub fn check_name(name: &str) -> Result<(), KernelError> {
     }
 }
 
-/// `ko12` or `kp40`.
-pub fn is_kref(text: &str) -> bool {
-    (text.starts_with("ko") || text.starts_with("kp"))
-        && text.len() > 2
-        && text[2..].bytes().all(|b| b.is_ascii_digit())
-}
-
-/// A vref: `o+N`, `o-N`, `p+N`, `p-N`, or a vat's durable or virtual object
-/// `o+dK/I`, `o+vK/I`, with `:F` for a facet.
-pub(crate) fn is_vref(text: &str) -> bool {
-    fn digits(text: &str) -> bool {
-        !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit())
-    }
-    let bytes = text.as_bytes();
-    if bytes.len() < 3 || !matches!(bytes[0], b'o' | b'p') || !matches!(bytes[1], b'+' | b'-') {
-        return false;
-    }
-    if digits(&text[2..]) {
-        return true;
-    }
-    let Some(virtual_ref) = text
-        .strip_prefix("o+d")
-        .or_else(|| text.strip_prefix("o+v"))
-    else {
-        return false;
-    };
-    let (instance, facet) = match virtual_ref.split_once(':') {
-        Some((instance, facet)) => (instance, Some(facet)),
-        None => (virtual_ref, None),
-    };
-    matches!(instance.split_once('/'), Some((kind, id)) if digits(kind) && digits(id))
-        && facet.is_none_or(digits)
-}
-
 /// The engine for endpoint `id`, of a kind beside the vats. The one place
 /// routing decides by endpoint kind.
 ///
@@ -295,11 +260,6 @@ fn engine_for<'a>(peers: &'a Option<Box<dyn Endpoint>>, id: &str) -> &'a dyn End
             panic!("kernel invariant: a kernel with peers ({id}) has the CapTP engine attached")
         }),
     }
-}
-
-/// Capdata for an error with `message` (how the kernel rejects a promise).
-pub fn error_capdata(message: &str) -> CapData {
-    vom::capdata::encode(&Value::error(message))
 }
 
 impl Kernel {
@@ -1931,29 +1891,6 @@ fn retire_object(state: &mut KernelState, ko: &str) -> Result<(), StoreError> {
         }
     }
     state.delete_object(ko)
-}
-
-/// Settles `kpid`: notifies its subscribers and re-queues the messages that waited on it.
-pub(crate) fn settle_promise(
-    state: &mut KernelState,
-    kpid: &str,
-    rejected: bool,
-    data: &CapData,
-) -> Result<(), StoreError> {
-    let (subscribers, queued) = state.settle_promise(kpid, rejected, data)?;
-    for vat in subscribers {
-        state.push_run_queue(&RunQueueItem::Notify {
-            vat,
-            promise: kpid.to_owned(),
-        })?;
-    }
-    for message in queued {
-        state.push_run_queue(&RunQueueItem::Send {
-            target: kpid.to_owned(),
-            message,
-        })?;
-    }
-    Ok(())
 }
 
 /// Answers one vat's syscalls during a delivery: translates its vrefs through

@@ -9,6 +9,7 @@
 mod check;
 mod endpoint;
 mod idempotency;
+mod ids;
 mod kernel;
 mod records;
 mod shown;
@@ -16,12 +17,14 @@ mod state;
 
 pub use endpoint::{Endpoint, EndpointKind, Tables, TablesRef};
 pub use idempotency::{IDEMPOTENCY_KEY_BYTES_MAX, IDEMPOTENCY_KEYS_MAX, Queued};
+pub use ids::is_kref;
 pub use kernel::{
     CommitPolicy, FORWARDING_DEPTH_MAX, Kernel, KernelError, VatInfo, VatOptions, WorkerKind,
-    check_name, error_capdata, is_kref,
+    check_name,
 };
 pub use records::Namespace;
 pub use shown::SHOWN_REFS_MAX;
 pub use state::{
-    Message, PromiseState, STORE_SCHEMA_VERSION, Schema, VatState, mark_schema, schema_of,
+    Message, PromiseState, STORE_SCHEMA_VERSION, Schema, VatState, error_capdata, mark_schema,
+    schema_of,
 };

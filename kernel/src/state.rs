@@ -30,7 +30,7 @@
 
 use serde::{Deserialize, Serialize};
 use swingstore::{StoreError, SwingStore};
-use vom::CapData;
+use vom::{CapData, Value};
 
 /// A message as the kernel keeps it: slots are krefs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -878,6 +878,34 @@ impl KernelState {
     pub(crate) fn scan_prefix(&self, prefix: &str) -> StoreResult<Vec<(String, String)>> {
         self.store.scan_prefix(prefix)
     }
+}
+
+/// Capdata for an error with `message` (how the kernel rejects a promise).
+pub fn error_capdata(message: &str) -> CapData {
+    vom::capdata::encode(&Value::error(message))
+}
+
+/// Settles `kpid`: notifies its subscribers and re-queues the messages that waited on it.
+pub(crate) fn settle_promise(
+    state: &mut KernelState,
+    kpid: &str,
+    rejected: bool,
+    data: &CapData,
+) -> Result<(), StoreError> {
+    let (subscribers, queued) = state.settle_promise(kpid, rejected, data)?;
+    for vat in subscribers {
+        state.push_run_queue(&RunQueueItem::Notify {
+            vat,
+            promise: kpid.to_owned(),
+        })?;
+    }
+    for message in queued {
+        state.push_run_queue(&RunQueueItem::Send {
+            target: kpid.to_owned(),
+            message,
+        })?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

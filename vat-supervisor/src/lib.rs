@@ -640,6 +640,13 @@ fn define_imports(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             },
         )?;
     }
+    define_vatstore_imports(linker)?;
+    define_read_result(linker)?;
+    Ok(())
+}
+
+/// The vatstore's syscalls: text in, a result (if any) stashed for `read_result`.
+fn define_vatstore_imports(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         IMPORT_MODULE,
         "vatstore_get",
@@ -680,6 +687,11 @@ fn define_imports(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             call_handler(&mut caller, Syscall::VatstoreDelete { key }).map(|_| ())
         },
     )?;
+    Ok(())
+}
+
+/// `read_result`: copies the stashed result of the last syscall into the guest.
+fn define_read_result(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         IMPORT_MODULE,
         "read_result",

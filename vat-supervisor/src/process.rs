@@ -372,50 +372,13 @@ fn start_failed(output: &mut impl Write, reason: &str) -> Result<(), VatFault> {
 pub fn serve(input: impl Read, output: impl Write) -> Result<(), VatFault> {
     let mut input = BufReader::new(input);
     let mut output = BufWriter::new(output);
-    let startup_options = reader_options(&Limits::default());
-    let first = serialize::read_message(&mut input, startup_options).map_err(protocol_error)?;
-    let root = first
-        .get_root::<to_worker::Reader>()
-        .map_err(protocol_error)?;
-    let to_worker::Start(start) = root.which().map_err(protocol_error)? else {
-        return Err(protocol_error("expected start"));
+    let Some((mut worker, limits)) = start_worker(&mut input, &mut output)? else {
+        return Ok(());
     };
-    let start = start.map_err(protocol_error)?;
-    if start.get_protocol_version() != PROTOCOL_VERSION {
-        let reason = format!(
-            "worker protocol version {} requested, this worker speaks {PROTOCOL_VERSION}",
-            start.get_protocol_version()
-        );
-        return start_failed(&mut output, &reason);
-    }
-    let wire = start.get_limits().map_err(protocol_error)?;
-    let limits = Limits {
-        fuel_per_delivery: wire.get_fuel_per_delivery(),
-        memory_bytes_max: wire.get_memory_bytes_max() as usize,
-        message_bytes_max: wire.get_message_bytes_max() as usize,
-        deadline_ms: wire.get_deadline_ms(),
-        syscalls_per_delivery_max: wire.get_syscalls_per_delivery_max(),
-    };
-    let options = reader_options(&limits);
-    let host = match WasmHost::new() {
-        Ok(host) => host,
-        Err(e) => return start_failed(&mut output, &e.to_string()),
-    };
-    let module = match start.which().map_err(protocol_error)? {
-        start::Wasm(bytes) => host.compile(bytes.map_err(protocol_error)?),
-        start::Artifact(path) => {
-            let path = owned_text(path)?;
-            host.load_artifact(Path::new(&path))
-        }
-    };
-    let mut worker = match module.and_then(|module| ThreadWorker::start(&host, &module, limits)) {
-        Ok(worker) => worker,
-        Err(e) => return start_failed(&mut output, &e.to_string()),
-    };
-    drop(first);
     let mut message = Builder::new_default();
     message.init_root::<from_worker::Builder>().set_ready(());
     write_frame(&mut output, &message)?;
+    let options = reader_options(&limits);
     loop {
         let frame =
             match serialize::try_read_message(&mut input, options).map_err(protocol_error)? {
@@ -430,28 +393,87 @@ pub fn serve(input: impl Read, output: impl Write) -> Result<(), VatFault> {
         };
         let json = owned_text(json)?;
         let delivery: Delivery = serde_json::from_str(&json).map_err(protocol_error)?;
-        let mut syscalls = PipeSyscalls {
-            input: &mut input,
-            output: &mut output,
-            options,
-            batch: Vec::new(),
-            failed: None,
-        };
-        let outcome = worker.deliver(&delivery, &mut syscalls);
-        let (failed, batch) = (syscalls.failed.take(), std::mem::take(&mut syscalls.batch));
-        let mut reply = Builder::new_default();
-        {
-            let root = reply.init_root::<from_worker::Builder>();
-            match outcome.map_err(|fault| failed.unwrap_or(fault)) {
-                Ok(()) => {
-                    let mut calls = root.init_delivered(batch.len() as u32);
-                    for (i, text) in batch.iter().enumerate() {
-                        calls.set(i as u32, text.as_str());
-                    }
-                }
-                Err(fault) => fault_to_wire(&fault, root.init_fault()),
-            }
-        }
-        write_frame(&mut output, &reply)?;
+        deliver(&mut worker, &delivery, &mut input, &mut output, options)?;
     }
+}
+
+/// Reads `Start` and starts the guest. `None`: it could not start, and
+/// `output` says why (`startFailed`).
+fn start_worker(
+    input: &mut impl Read,
+    output: &mut impl Write,
+) -> Result<Option<(ThreadWorker, Limits)>, VatFault> {
+    let startup_options = reader_options(&Limits::default());
+    let first = serialize::read_message(&mut *input, startup_options).map_err(protocol_error)?;
+    let root = first
+        .get_root::<to_worker::Reader>()
+        .map_err(protocol_error)?;
+    let to_worker::Start(start) = root.which().map_err(protocol_error)? else {
+        return Err(protocol_error("expected start"));
+    };
+    let start = start.map_err(protocol_error)?;
+    if start.get_protocol_version() != PROTOCOL_VERSION {
+        let reason = format!(
+            "worker protocol version {} requested, this worker speaks {PROTOCOL_VERSION}",
+            start.get_protocol_version()
+        );
+        return start_failed(output, &reason).map(|()| None);
+    }
+    let wire = start.get_limits().map_err(protocol_error)?;
+    let limits = Limits {
+        fuel_per_delivery: wire.get_fuel_per_delivery(),
+        memory_bytes_max: wire.get_memory_bytes_max() as usize,
+        message_bytes_max: wire.get_message_bytes_max() as usize,
+        deadline_ms: wire.get_deadline_ms(),
+        syscalls_per_delivery_max: wire.get_syscalls_per_delivery_max(),
+    };
+    let host = match WasmHost::new() {
+        Ok(host) => host,
+        Err(e) => return start_failed(output, &e.to_string()).map(|()| None),
+    };
+    let module = match start.which().map_err(protocol_error)? {
+        start::Wasm(bytes) => host.compile(bytes.map_err(protocol_error)?),
+        start::Artifact(path) => {
+            let path = owned_text(path)?;
+            host.load_artifact(Path::new(&path))
+        }
+    };
+    match module.and_then(|module| ThreadWorker::start(&host, &module, limits)) {
+        Ok(worker) => Ok(Some((worker, limits))),
+        Err(e) => start_failed(output, &e.to_string()).map(|()| None),
+    }
+}
+
+/// Runs one delivery, its syscalls over the pipe, and answers with its
+/// outcome (the syscalls it batched, or its fault).
+fn deliver(
+    worker: &mut ThreadWorker,
+    delivery: &Delivery,
+    input: &mut impl Read,
+    output: &mut impl Write,
+    options: ReaderOptions,
+) -> Result<(), VatFault> {
+    let mut syscalls = PipeSyscalls {
+        input,
+        output: &mut *output,
+        options,
+        batch: Vec::new(),
+        failed: None,
+    };
+    let outcome = worker.deliver(delivery, &mut syscalls);
+    let (failed, batch) = (syscalls.failed.take(), std::mem::take(&mut syscalls.batch));
+    let mut reply = Builder::new_default();
+    {
+        let root = reply.init_root::<from_worker::Builder>();
+        match outcome.map_err(|fault| failed.unwrap_or(fault)) {
+            Ok(()) => {
+                let mut calls = root.init_delivered(batch.len() as u32);
+                for (i, text) in batch.iter().enumerate() {
+                    calls.set(i as u32, text.as_str());
+                }
+            }
+            Err(fault) => fault_to_wire(&fault, root.init_fault()),
+        }
+    }
+    write_frame(output, &reply)
 }

@@ -123,14 +123,7 @@ fn expand(
             methods.push(method);
         }
     }
-    let interfaces: Vec<String> = if facet_names.is_empty() {
-        vec![kind_name.value()]
-    } else {
-        facet_names
-            .iter()
-            .map(|f| format!("{}.{f}", kind_name.value()))
-            .collect()
-    };
+    let interfaces = interfaces(&kind_name.value(), &facet_names);
     let arms: Vec<_> = methods
         .iter()
         .flat_map(|method| {
@@ -170,6 +163,17 @@ fn expand(
             }
         }
     })
+}
+
+/// Each facet's interface name (`Kind.facet`), or the kind's alone.
+fn interfaces(kind_name: &str, facet_names: &[String]) -> Vec<String> {
+    if facet_names.is_empty() {
+        return vec![kind_name.to_owned()];
+    }
+    facet_names
+        .iter()
+        .map(|f| format!("{kind_name}.{f}"))
+        .collect()
 }
 
 /// The kind's name: given, or the state type's.

@@ -417,31 +417,7 @@ fn decode_recur(
         Json::Bool(b) => Value::Bool(*b),
         Json::Number(n) => Value::Number(n.as_f64().unwrap_or(f64::NAN)),
         Json::String(s) if !starts_special(s) => Value::String(s.clone()),
-        Json::String(s) => {
-            let rest = &s[1..];
-            match s.as_bytes()[0] {
-                b'!' => Value::String(rest.to_owned()),
-                b'#' => match rest {
-                    "undefined" => Value::Undefined,
-                    "NaN" => Value::Number(f64::NAN),
-                    "Infinity" => Value::Number(f64::INFINITY),
-                    "-Infinity" => Value::Number(f64::NEG_INFINITY),
-                    _ => return bad(format!("unknown constant {s:?}")),
-                },
-                b'+' | b'-' => {
-                    let digits = if s.starts_with('+') { rest } else { s.as_str() };
-                    Value::BigInt(
-                        digits
-                            .parse()
-                            .map_err(|_| DecodeError(format!("bad bigint {s:?}")))?,
-                    )
-                }
-                b'%' => Value::Symbol(rest.to_owned()),
-                b'$' => Value::Remotable(decode_slot(rest, slots, ifaces)?),
-                b'&' => Value::Promise(decode_slot(rest, slots, ifaces)?),
-                _ => return bad(format!("special character reserved for future use: {s:?}")),
-            }
-        }
+        Json::String(s) => decode_special(s, slots, ifaces)?,
         Json::Array(items) => Value::Array(
             items
                 .iter()
@@ -459,20 +435,7 @@ fn decode_recur(
                 payload: Box::new(decode_recur(payload, slots, ifaces, depth + 1)?),
             }
         }
-        Json::Object(map) if map.contains_key("#error") => {
-            let Some(Json::String(message)) = map.get("#error") else {
-                return bad("#error needs a string message");
-            };
-            let name = match map.get("name") {
-                Some(Json::String(name)) => unescape_key(name)?,
-                None => "Error".to_owned(),
-                Some(_) => return bad("#error name must be a string"),
-            };
-            Value::Error(ErrorValue {
-                name,
-                message: unescape_key(message)?,
-            })
-        }
+        Json::Object(map) if map.contains_key("#error") => decode_error(map)?,
         Json::Object(map) => {
             let mut record = BTreeMap::new();
             for (key, value) in map {
@@ -487,6 +450,54 @@ fn decode_recur(
             Value::Record(record)
         }
     })
+}
+
+/// A string that starts with a special character: an escaped string, a
+/// constant, a bigint, a symbol, or a reference by slot.
+fn decode_special(
+    s: &str,
+    slots: &[String],
+    ifaces: &mut [Option<String>],
+) -> Result<Value, DecodeError> {
+    let rest = &s[1..];
+    Ok(match s.as_bytes()[0] {
+        b'!' => Value::String(rest.to_owned()),
+        b'#' => match rest {
+            "undefined" => Value::Undefined,
+            "NaN" => Value::Number(f64::NAN),
+            "Infinity" => Value::Number(f64::INFINITY),
+            "-Infinity" => Value::Number(f64::NEG_INFINITY),
+            _ => return bad(format!("unknown constant {s:?}")),
+        },
+        b'+' | b'-' => {
+            let digits = if s.starts_with('+') { rest } else { s };
+            Value::BigInt(
+                digits
+                    .parse()
+                    .map_err(|_| DecodeError(format!("bad bigint {s:?}")))?,
+            )
+        }
+        b'%' => Value::Symbol(rest.to_owned()),
+        b'$' => Value::Remotable(decode_slot(rest, slots, ifaces)?),
+        b'&' => Value::Promise(decode_slot(rest, slots, ifaces)?),
+        _ => return bad(format!("special character reserved for future use: {s:?}")),
+    })
+}
+
+/// A `#error` record.
+fn decode_error(map: &serde_json::Map<String, Json>) -> Result<Value, DecodeError> {
+    let Some(Json::String(message)) = map.get("#error") else {
+        return bad("#error needs a string message");
+    };
+    let name = match map.get("name") {
+        Some(Json::String(name)) => unescape_key(name)?,
+        None => "Error".to_owned(),
+        Some(_) => return bad("#error name must be a string"),
+    };
+    Ok(Value::Error(ErrorValue {
+        name,
+        message: unescape_key(message)?,
+    }))
 }
 
 #[cfg(test)]
