@@ -17,7 +17,7 @@ use serde_json::{Value as Json, json};
 use vom::{CapData, Value};
 
 use vat_supervisor::{
-    Limits, SyscallHandler, SyscallRefusal, ThreadWorker, VatModule, WasmHost, Worker,
+    Limits, SyscallHandler, SyscallRefusal, ThreadWorker, VatFault, VatModule, WasmHost, Worker,
 };
 use vom::abi::{Delivery, Syscall, SyscallResult};
 
@@ -122,7 +122,12 @@ fn run_pure(host: &WasmHost, run: &PureRun) -> PureOutcome {
         result: Some(PURE_RESULT.to_owned()),
     };
     let delivered = worker.deliver(&message, &mut handler);
-    let fuel = worker.fuel_used();
+    // A task that ran out of fuel used all it had, whether or not the
+    // worker could count it.
+    let out_of_fuel = matches!(delivered, Err(VatFault::OutOfFuel { .. }));
+    let fuel = worker
+        .fuel_used()
+        .or_else(|| out_of_fuel.then_some(run.max_gas));
     let outcome = match (delivered, handler.answer) {
         (Err(fault), _) => Err(fault.to_string()),
         (Ok(()), Some((false, data))) => decode_output(&data),
@@ -569,10 +574,6 @@ impl Runner<'_> {
         drop(slots);
         for (run, result) in batch.iter().zip(results) {
             let (outcome, fuel) = result.expect("kernel invariant: every pure task ran");
-            let fuel = fuel.or_else(|| {
-                matches!(&outcome, Err(reason) if reason.contains("fuel_per_delivery"))
-                    .then_some(run.max_gas)
-            });
             self.finish(&run.label, &run.instruction, outcome, fuel, true, None)?;
         }
         Ok(())

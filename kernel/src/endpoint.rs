@@ -12,6 +12,7 @@
 //!
 //! Routing is [`EndpointKind::of`] and one match in `kernel.rs`.
 
+use crate::keys;
 use std::any::Any;
 
 use swingstore::StoreError;
@@ -278,7 +279,7 @@ impl Tables<'_> {
     /// per crank, like a terminated vat's.
     pub fn schedule_cleanup(&mut self, endpoint: &str) -> StoreResult<()> {
         self.state.cleanup_maybe = true;
-        self.state.set(&format!("cleanup.{endpoint}"), "")
+        self.state.set(&keys::cleanup(&endpoint), "")
     }
 }
 

@@ -14,6 +14,7 @@
 //! together or not at all. At most [`IDEMPOTENCY_KEYS_MAX`] keys are kept:
 //! making one more forgets the oldest (and lets go of its result).
 
+use crate::keys;
 use vom::CapData;
 
 use crate::kernel::{Kernel, KernelError};
@@ -24,11 +25,11 @@ pub const IDEMPOTENCY_KEYS_MAX: u64 = 10_000;
 pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 128;
 
 fn record_key(key: &str) -> String {
-    format!("idem.key.{key}")
+    keys::idempotency_record(&key)
 }
 
 fn order_key(seq: u64) -> String {
-    format!("idem.order.{seq:020}")
+    keys::idempotency_order(seq)
 }
 
 /// What a send asked, as a content address: a retry must ask the same.
@@ -102,12 +103,13 @@ impl Kernel {
 
     /// Records `key` for the send whose result is `kpid` (in a crank).
     fn keep_key(&mut self, key: &str, kpid: &str, asked: &str) -> Result<(), KernelError> {
-        let seq = self.state.next_id("kernel.nextIdem")?;
+        let seq = self.state.next_id(keys::NEXT_IDEMPOTENCY)?;
         self.state
             .set(&record_key(key), &format!("{kpid} {asked}"))?;
         self.state.set(&order_key(seq), key)?;
         let count = self.kept_keys()? + 1;
-        self.state.set("kernel.idemCount", &count.to_string())?;
+        self.state
+            .set(keys::IDEMPOTENCY_COUNT, &count.to_string())?;
         if count > IDEMPOTENCY_KEYS_MAX {
             self.forget_oldest_key()?;
         }
@@ -116,7 +118,7 @@ impl Kernel {
 
     /// How many idempotency keys are kept.
     fn kept_keys(&self) -> Result<u64, KernelError> {
-        Ok(self.state.count("kernel.idemCount")?)
+        Ok(self.state.count(keys::IDEMPOTENCY_COUNT)?)
     }
 
     fn forget_oldest_key(&mut self) -> Result<(), KernelError> {
@@ -137,7 +139,7 @@ impl Kernel {
             "kernel invariant: a key is kept, so the count is positive"
         );
         self.state
-            .set("kernel.idemCount", &(count - 1).to_string())?;
+            .set(keys::IDEMPOTENCY_COUNT, &(count - 1).to_string())?;
         Ok(self.state.unpin(kpid)?)
     }
 }

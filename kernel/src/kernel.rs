@@ -2,6 +2,7 @@
 //! commits grouped by a [`CommitPolicy`], and nothing reported outside before
 //! its commit.
 
+use crate::keys;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -410,7 +411,7 @@ impl Kernel {
     }
 
     fn vat_options(&self, vat: &str) -> Result<VatOptions, KernelError> {
-        Ok(match self.state.get(&format!("{vat}.options"))? {
+        Ok(match self.state.get(&keys::vat_options(&vat))? {
             Some(text) => serde_json::from_str(&text)
                 .unwrap_or_else(|e| panic!("kernel invariant: {vat}.options are vat options: {e}")),
             None => VatOptions::default(),
@@ -426,10 +427,10 @@ impl Kernel {
         options: VatOptions,
     ) -> Result<String, KernelError> {
         check_name(name)?;
-        if self.state.get(&format!("vat.name.{name}"))?.is_some() {
+        if self.state.get(&keys::vat_by_name(&name))?.is_some() {
             return Err(KernelError::VatNameTaken(name.to_owned()));
         }
-        if let Some(kref) = self.state.get(&format!("pet.{name}"))? {
+        if let Some(kref) = self.state.get(&keys::pet_name(&name))? {
             return Err(KernelError::PetNameTaken {
                 name: name.to_owned(),
                 kref,
@@ -460,16 +461,16 @@ impl Kernel {
         let cid = self.state.store.add_bundle(wasm)?.to_string();
         self.modules.insert(cid.clone(), module);
         let vat = self.state.allocate_vat_id()?;
-        self.state.set(&format!("{vat}.name"), name)?;
-        self.state.set(&format!("{vat}.bundle"), &cid)?;
+        self.state.set(&keys::vat_name(&vat), name)?;
+        self.state.set(&keys::vat_bundle(&vat), &cid)?;
         self.state.set_vat_state(&vat, VatState::Running, None)?;
         let options_text =
             serde_json::to_string(&options).expect("kernel invariant: options serialize");
-        self.state.set(&format!("{vat}.options"), &options_text)?;
-        self.state.set(&format!("vat.name.{name}"), &vat)?;
+        self.state.set(&keys::vat_options(&vat), &options_text)?;
+        self.state.set(&keys::vat_by_name(&name), &vat)?;
         let root = self.state.allocate_object(&vat)?;
         self.state.clist_add(&vat, &root, vom::runtime::ROOT_VREF)?;
-        self.state.set(&format!("pet.{name}"), &root)?;
+        self.state.set(&keys::pet_name(&name), &root)?;
         self.state.incref(&root)?;
         if let Err(fault) = self.ensure_worker(&vat) {
             self.workers.remove(&vat);
@@ -489,7 +490,7 @@ impl Kernel {
         }
         let cid = self
             .state
-            .get(&format!("{vat}.bundle"))?
+            .get(&keys::vat_bundle(&vat))?
             .unwrap_or_else(|| panic!("kernel invariant: vat {vat} has a bundle"));
         let module = self.module(&cid)?;
         let options = self.vat_options(vat)?;
@@ -519,7 +520,7 @@ impl Kernel {
         })?;
         let imports = self
             .state
-            .scan_prefix(&format!("{vat}.c.ko"))?
+            .scan_prefix(&keys::clist(&vat, &"ko"))?
             .into_iter()
             .filter_map(|(_, entry)| entry.strip_prefix("R o-").map(|id| format!("o-{id}")))
             .collect();
@@ -538,7 +539,7 @@ impl Kernel {
         }
         // A vat's heap is a cache: what it awaited in memory died with its
         // previous worker, so the promises it decided can no longer be kept.
-        let key = format!("{vat}.incarnation");
+        let key = keys::vat_incarnation(&vat);
         let incarnation = self.state.count(&key)?;
         self.state.set(&key, &(incarnation + 1).to_string())?;
         if incarnation > 0 {
@@ -553,7 +554,7 @@ impl Kernel {
     /// The id (`vN`) of the vat named `name`.
     pub fn vat_id(&self, name: &str) -> Result<String, KernelError> {
         self.state
-            .get(&format!("vat.name.{name}"))?
+            .get(&keys::vat_by_name(&name))?
             .ok_or_else(|| KernelError::UnknownVat(name.to_owned()))
     }
 
@@ -569,10 +570,7 @@ impl Kernel {
     }
 
     fn vat_reason(&self, vat: &str) -> Result<String, StoreError> {
-        Ok(self
-            .state
-            .get(&format!("{vat}.reason"))?
-            .unwrap_or_default())
+        Ok(self.state.get(&keys::reason(&vat))?.unwrap_or_default())
     }
 
     /// The id of vat `name`, which still has its data (any state but removed).
@@ -624,7 +622,7 @@ impl Kernel {
         self.clear_faults(vat)?;
         self.side_faulted.remove(vat);
         self.ensure_worker(vat)?;
-        let prefix = format!("{vat}.c.kp");
+        let prefix = keys::clist(&vat, &"kp");
         for (key, _) in self.state.scan_prefix(&prefix)? {
             let kpid = &key[prefix.len() - 2..];
             if !matches!(
@@ -688,7 +686,7 @@ impl Kernel {
             .set_vat_state(vat, VatState::Removed, Some(&reason))?;
         self.clear_faults(vat)?;
         self.state.cleanup_maybe = true;
-        self.state.set(&format!("cleanup.{vat}"), "")
+        self.state.set(&keys::cleanup(&vat), "")
     }
 
     /// Upgrades vat `name` to `wasm`: stops it, swaps its bundle and starts the
@@ -740,7 +738,7 @@ impl Kernel {
     ) -> Result<(), WorkerStartError> {
         self.state.store.add_bundle(wasm)?;
         self.modules.insert(cid.to_owned(), module);
-        self.state.set(&format!("{vat}.bundle"), cid)?;
+        self.state.set(&keys::vat_bundle(&vat), cid)?;
         let reason = format!("vat {vat} upgraded: the promises it decided were lost with its heap");
         self.reject_decided_promises(vat, &reason)?;
         self.revive_in_crank(vat)
@@ -882,7 +880,7 @@ impl Kernel {
         if self.state.gc_actions_maybe || self.state.cleanup_maybe {
             return Ok(true);
         }
-        Ok(self.state.get("runQueue.head")? != self.state.get("runQueue.tail")?)
+        Ok(self.state.get(keys::RUN_QUEUE_HEAD)? != self.state.get(keys::RUN_QUEUE_TAIL)?)
     }
 
     /// Commits as the policy says; a vat due for `bringOutYourDead` gets it.
@@ -933,7 +931,7 @@ impl Kernel {
             panic!("kernel invariant: GC action keys are gc.<action>.<vat>.<kref> ({first})")
         };
         let vat = vat.to_owned();
-        let prefix = format!("gc.{}.{vat}.", action.name());
+        let prefix = keys::gc_prefix(action.name(), &vat);
         self.state.store.begin_crank()?;
         let delivered = match EndpointKind::of(&vat) {
             EndpointKind::Vat => self.gc_vat_in_crank(action, &vat, &prefix),
@@ -1121,15 +1119,15 @@ impl Kernel {
 
     /// Deletes one slice of removed vat `vat`'s keys (in the current crank).
     fn cleanup_slice(&mut self, vat: &str) -> Result<(), KernelError> {
-        let marker = format!("cleanup.{vat}");
+        let marker = keys::cleanup(&vat);
         let mut budget = CLEANUP_ENTRIES_PER_CRANK_MAX;
-        let clist = format!("{vat}.c.k");
+        let clist = keys::clist(&vat, &"k");
         let mut at = clist.clone();
         while budget > 0 {
             let Some(key) = self.state.store.get_next_key(&at)? else {
                 break;
             };
-            let Some(kref) = key.strip_prefix(&format!("{vat}.c.")) else {
+            let Some(kref) = key.strip_prefix(&keys::clist_prefix(&vat)) else {
                 break;
             };
             if !key.starts_with(&clist) {
@@ -1140,7 +1138,7 @@ impl Kernel {
             at = key;
             budget -= 1;
         }
-        let vatstore = format!("{vat}.vs.");
+        let vatstore = keys::vatstore_prefix(&vat);
         let mut at = vatstore.clone();
         while budget > 0 {
             let Some(key) = self.state.store.get_next_key(&at)? else {
@@ -1302,7 +1300,7 @@ impl Kernel {
     fn vat_name(&self, vat: &str) -> Result<String, StoreError> {
         Ok(self
             .state
-            .get(&format!("{vat}.name"))?
+            .get(&keys::vat_name(&vat))?
             .unwrap_or_else(|| panic!("kernel invariant: vat {vat} has a name")))
     }
 
@@ -1397,7 +1395,7 @@ impl Kernel {
         let owner = self.state.object_owner(target)?.unwrap_or_else(|| {
             panic!("kernel invariant: queued messages target known objects ({target})")
         });
-        if self.state.get(&format!("{owner}.state"))?.as_deref() != Some("running") {
+        if self.state.get(&keys::state(&owner))?.as_deref() != Some("running") {
             let why = self.vat_reason(&owner)?;
             return Ok(self.reject_if_unresolved(message.result.as_deref(), &why)?);
         }
@@ -1407,10 +1405,10 @@ impl Kernel {
     /// Whether messages to promises `vat` decides go straight to it.
     fn accepts_pipelining(&self, vat: &str) -> Result<bool, KernelError> {
         if EndpointKind::of(vat) != EndpointKind::Vat {
-            return Ok(self.state.get(&format!("{vat}.state"))?.as_deref() == Some("running"));
+            return Ok(self.state.get(&keys::state(&vat))?.as_deref() == Some("running"));
         }
         Ok(
-            self.state.get(&format!("{vat}.state"))?.as_deref() == Some("running")
+            self.state.get(&keys::state(&vat))?.as_deref() == Some("running")
                 && self.vat_options(vat)?.pipelining,
         )
     }
@@ -1453,7 +1451,7 @@ impl Kernel {
             let engine = engine_for(&self.peers, vat);
             return Ok(engine.notify(&mut Tables::new(&mut self.state), vat, kpid)?);
         }
-        if self.state.get(&format!("{vat}.state"))?.as_deref() != Some("running") {
+        if self.state.get(&keys::state(&vat))?.as_deref() != Some("running") {
             return Ok(());
         }
         let Some(vpid) = self.state.clist_vref(vat, kpid)? else {
@@ -1610,8 +1608,8 @@ impl Kernel {
 
     /// Rejects every unresolved promise `vat` decides.
     fn reject_decided_promises(&mut self, vat: &str, reason: &str) -> Result<(), StoreError> {
-        for (key, _) in self.state.scan_prefix(&format!("{vat}.c.kp"))? {
-            let kpid = &key[format!("{vat}.c.").len()..];
+        for (key, _) in self.state.scan_prefix(&keys::clist(&vat, &"kp"))? {
+            let kpid = &key[keys::clist_prefix(&vat).len()..];
             if self.state.promise_decider(kpid)?.as_deref() == Some(vat) {
                 self.reject_if_unresolved(Some(kpid), reason)?;
             }
@@ -1626,7 +1624,7 @@ impl Kernel {
 
     /// The kref a pet name is bound to.
     pub fn pet_name(&self, name: &str) -> Result<Option<String>, KernelError> {
-        Ok(self.state.get(&format!("pet.{name}"))?)
+        Ok(self.state.get(&keys::pet_name(&name))?)
     }
 
     /// Binds `name` to `kref`. Fails if the name is taken.
@@ -1642,7 +1640,7 @@ impl Kernel {
             return Err(KernelError::UnknownTarget(kref.to_owned()));
         }
         Ok(self.in_crank(|k| {
-            k.state.set(&format!("pet.{name}"), kref)?;
+            k.state.set(&keys::pet_name(&name), kref)?;
             k.state.incref(kref)
         })?)
     }
@@ -1653,7 +1651,7 @@ impl Kernel {
             return Err(KernelError::UnknownPetName(name.to_owned()));
         };
         self.in_crank(|k| {
-            k.state.delete(&format!("pet.{name}"))?;
+            k.state.delete(&keys::pet_name(&name))?;
             k.state.decref(&kref)
         })?;
         Ok(kref)
@@ -1766,7 +1764,7 @@ impl Kernel {
                 // A removed vat's c-list is deleted; its pet name remains.
                 root: match self.state.clist_kref(&id, vom::runtime::ROOT_VREF)? {
                     Some(kref) => kref,
-                    None => self.state.get(&format!("pet.{name}"))?.unwrap_or_default(),
+                    None => self.state.get(&keys::pet_name(&name))?.unwrap_or_default(),
                 },
                 state,
                 reason: field("reason")?,
@@ -1782,7 +1780,7 @@ impl Kernel {
 
     /// How many entries `vat`'s vatstore holds, and their bytes.
     fn vatstore_size(&self, vat: &str) -> Result<(u64, u64), KernelError> {
-        let prefix = format!("{vat}.vs.");
+        let prefix = keys::vatstore_prefix(&vat);
         let entries = self.state.scan_prefix(&prefix)?;
         let bytes = entries
             .iter()
@@ -1846,7 +1844,7 @@ enum FaultedWork<'a> {
 
 /// The key of `vat`'s count of faulted deliveries in a row.
 fn faults_key(vat: &str) -> String {
-    format!("{vat}.faults")
+    keys::vat_faults(&vat)
 }
 
 impl From<StoreError> for CrankError {
@@ -1862,7 +1860,7 @@ impl From<KernelError> for CrankError {
 }
 
 fn kref_to_vref(state: &mut KernelState, vat: &str, kref: &str) -> Result<String, StoreError> {
-    if let Some(entry) = state.get(&format!("{vat}.c.{kref}"))? {
+    if let Some(entry) = state.get(&keys::clist(&vat, &kref))? {
         // Given the reference again, the vat can reach it again.
         if !entry.starts_with('R') {
             state.clist_set_reachable(vat, kref, true)?;
@@ -1885,7 +1883,7 @@ fn retire_object(state: &mut KernelState, ko: &str) -> Result<(), StoreError> {
         }
         if let Some(vref) = state.clist_vref(&vat, ko)? {
             state.clist_remove(&vat, ko)?;
-            if state.get(&format!("{vat}.state"))?.as_deref() == Some("running") {
+            if state.get(&keys::state(&vat))?.as_deref() == Some("running") {
                 state.add_gc_action(GcAction::RetireImport, &vat, ko, &vref)?;
             }
         }
@@ -1958,7 +1956,7 @@ impl<'a> VatSyscalls<'a> {
     }
 
     fn vatstore_key(&self, key: &str) -> String {
-        format!("{}.vs.{key}", self.vat)
+        format!("{}{key}", keys::vatstore_prefix(&self.vat))
     }
 
     /// One function per syscall.

@@ -11,6 +11,7 @@ mod endpoint;
 mod idempotency;
 mod ids;
 mod kernel;
+mod keys;
 mod records;
 mod shown;
 mod state;

@@ -12,16 +12,17 @@
 //! | `kernel.shownCount` | how many are held |
 
 use crate::kernel::{Kernel, KernelError};
+use crate::keys;
 
 /// `shown_refs_max`: how many shown references the kernel holds for the CLI.
 pub const SHOWN_REFS_MAX: u64 = 1_000;
 
 fn order_key(seq: u64) -> String {
-    format!("shown.{seq:020}")
+    keys::shown(&format_args!("{seq:020}"))
 }
 
 fn kref_key(kref: &str) -> String {
-    format!("shown.kref.{kref}")
+    keys::shown_kref(&kref)
 }
 
 impl Kernel {
@@ -43,14 +44,14 @@ impl Kernel {
     fn hold_one(&mut self, kref: &str) -> Result<(), KernelError> {
         let state = &mut self.state;
         match state.get(&kref_key(kref))? {
-            Some(seq) => state.delete(&format!("shown.{seq}"))?,
+            Some(seq) => state.delete(&keys::shown(&seq))?,
             None => {
                 state.incref(kref)?;
                 let count = self.shown_count()? + 1;
-                self.state.set("kernel.shownCount", &count.to_string())?;
+                self.state.set(keys::SHOWN_COUNT, &count.to_string())?;
             }
         }
-        let seq = self.state.next_id("kernel.nextShown")?;
+        let seq = self.state.next_id(keys::NEXT_SHOWN)?;
         self.state.set(&order_key(seq), kref)?;
         self.state.set(&kref_key(kref), &format!("{seq:020}"))?;
         if self.shown_count()? > SHOWN_REFS_MAX {
@@ -65,7 +66,7 @@ impl Kernel {
         self.in_crank(|k| {
             let held: Vec<(String, String)> = match kref {
                 Some(kref) => match k.state.get(&kref_key(kref))? {
-                    Some(seq) => vec![(format!("shown.{seq}"), kref.to_owned())],
+                    Some(seq) => vec![(keys::shown(&seq), kref.to_owned())],
                     None => Vec::new(),
                 },
                 None => k.state.scan_prefix("shown.0")?.into_iter().collect(),
@@ -76,13 +77,13 @@ impl Kernel {
                 k.state.decref(kref)?;
             }
             let count = k.shown_count()? - held.len() as u64;
-            k.state.set("kernel.shownCount", &count.to_string())?;
+            k.state.set(keys::SHOWN_COUNT, &count.to_string())?;
             Ok(held.len() as u64)
         })
     }
 
     fn shown_count(&self) -> Result<u64, KernelError> {
-        Ok(self.state.count("kernel.shownCount")?)
+        Ok(self.state.count(keys::SHOWN_COUNT)?)
     }
 
     fn let_go_oldest(&mut self) -> Result<(), KernelError> {
@@ -94,7 +95,7 @@ impl Kernel {
         self.state.delete(&kref_key(&kref))?;
         let count = self.shown_count()?;
         self.state
-            .set("kernel.shownCount", &(count - 1).to_string())?;
+            .set(keys::SHOWN_COUNT, &(count - 1).to_string())?;
         Ok(self.state.decref(&kref)?)
     }
 }

@@ -28,6 +28,7 @@
 //! | `vat.name.<name>` | the vat's id |
 //! | `pet.<name>` | the kref a CLI pet name is bound to |
 
+use crate::keys;
 use serde::{Deserialize, Serialize};
 use swingstore::{StoreError, SwingStore};
 use vom::{CapData, Value};
@@ -135,13 +136,13 @@ pub const STORE_SCHEMA_VERSION: u32 = 2;
 pub const PROMISE_QUEUE_MAX: u64 = 10_000;
 
 fn queue_prefix(kpid: &str) -> String {
-    format!("{kpid}.queue.")
+    keys::queue_prefix(&kpid)
 }
 
 fn subscriber_prefix(kpid: &str) -> String {
-    format!("{kpid}.sub.")
+    keys::subscriber_prefix(&kpid)
 }
-const SCHEMA_KEY: &str = "kernel.schema";
+const SCHEMA_KEY: &str = keys::SCHEMA;
 
 /// What a store holds, by its schema key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,8 +172,8 @@ pub fn schema_of(store: &mut SwingStore) -> StoreResult<Schema> {
         // holds no key at all (an emptied file is refused before it is opened).
         None => {
             store.get_next_key("")?.is_none()
-                || store.get("kernel.nextVat")?.is_some()
-                || store.get("runQueue.head")?.is_some()
+                || store.get(keys::NEXT_VAT)?.is_some()
+                || store.get(keys::RUN_QUEUE_HEAD)?.is_some()
         }
     };
     if !legacy {
@@ -201,7 +202,7 @@ fn migrate_waiters_from_v1(store: &mut SwingStore) -> StoreResult<()> {
                     serde_json::to_string(message).expect("kernel invariant: messages serialize");
                 store.set(&format!("{}{n:010}", queue_prefix(kpid)), &text)?;
             }
-            store.set(&format!("{kpid}.queued"), &queue.len().to_string())?;
+            store.set(&keys::queued(&kpid), &queue.len().to_string())?;
             store.delete(&key)?;
         } else if let Some(kpid) = key.strip_suffix(".subscribers") {
             for vat in value.split(',').filter(|vat| !vat.is_empty()) {
@@ -332,7 +333,7 @@ impl KernelState {
 
     /// The state of vat `vat`, which exists.
     pub(crate) fn vat_state(&self, vat: &str) -> StoreResult<VatState> {
-        let text = self.get(&format!("{vat}.state"))?;
+        let text = self.get(&keys::state(&vat))?;
         Ok(text
             .as_deref()
             .and_then(VatState::parse)
@@ -348,10 +349,10 @@ impl KernelState {
         state: VatState,
         reason: Option<&str>,
     ) -> StoreResult<()> {
-        self.set(&format!("{vat}.state"), state.as_str())?;
+        self.set(&keys::state(&vat), state.as_str())?;
         match reason {
-            Some(reason) => self.set(&format!("{vat}.reason"), reason),
-            None => self.delete(&format!("{vat}.reason")),
+            Some(reason) => self.set(&keys::reason(&vat), reason),
+            None => self.delete(&keys::reason(&vat)),
         }
     }
 
@@ -375,33 +376,33 @@ impl KernelState {
     }
 
     pub(crate) fn allocate_vat_id(&mut self) -> StoreResult<String> {
-        Ok(format!("v{}", self.next_id("kernel.nextVat")?))
+        Ok(format!("v{}", self.next_id(keys::NEXT_VAT)?))
     }
 
     pub(crate) fn allocate_object(&mut self, owner: &str) -> StoreResult<String> {
-        let kref = format!("ko{}", self.next_id("kernel.nextObject")?);
-        self.store.set_new(&format!("{kref}.owner"), owner)?;
+        let kref = format!("ko{}", self.next_id(keys::NEXT_OBJECT)?);
+        self.store.set_new(&keys::owner(&kref), owner)?;
         Ok(kref)
     }
 
     /// A new unresolved promise, decided by `decider` (or by the kernel).
     pub(crate) fn allocate_promise(&mut self, decider: Option<&str>) -> StoreResult<String> {
-        let kpid = format!("kp{}", self.next_id("kernel.nextPromise")?);
-        self.store.set_new(&format!("{kpid}.state"), "unresolved")?;
+        let kpid = format!("kp{}", self.next_id(keys::NEXT_PROMISE)?);
+        self.store.set_new(&keys::state(&kpid), "unresolved")?;
         if let Some(vat) = decider {
-            self.store.set_new(&format!("{kpid}.decider"), vat)?;
+            self.store.set_new(&keys::decider(&kpid), vat)?;
         }
         Ok(kpid)
     }
 
     pub(crate) fn object_owner(&self, kref: &str) -> StoreResult<Option<String>> {
-        self.get(&format!("{kref}.owner"))
+        self.get(&keys::owner(&kref))
     }
 
     /// The messages waiting on `kpid`, in order (none when it has no queue),
     /// with their keys.
     fn promise_queue(&self, kpid: &str) -> StoreResult<Vec<(String, Message)>> {
-        if self.get(&format!("{kpid}.queued"))?.is_none() {
+        if self.get(&keys::queued(&kpid))?.is_none() {
             return Ok(Vec::new());
         }
         Ok(self
@@ -420,7 +421,7 @@ impl KernelState {
         for (key, _) in queue {
             self.delete(key)?;
         }
-        self.delete(&format!("{kpid}.queued"))?;
+        self.delete(&keys::queued(&kpid))?;
         for (key, _) in self.scan_prefix(&subscriber_prefix(kpid))? {
             self.delete(&key)?;
         }
@@ -429,14 +430,14 @@ impl KernelState {
 
     /// The settlement data of `kpid`, if it is settled.
     fn promise_data(&self, kpid: &str) -> StoreResult<Option<CapData>> {
-        Ok(self.get(&format!("{kpid}.data"))?.map(|text| {
+        Ok(self.get(&keys::settlement(&kpid))?.map(|text| {
             serde_json::from_str(&text)
                 .unwrap_or_else(|e| panic!("kernel invariant: {kpid}.data is capdata: {e}"))
         }))
     }
 
     pub(crate) fn promise_state(&self, kpid: &str) -> StoreResult<Option<PromiseState>> {
-        let Some(state) = self.get(&format!("{kpid}.state"))? else {
+        let Some(state) = self.get(&keys::state(&kpid))? else {
             return Ok(None);
         };
         let data = || -> StoreResult<CapData> {
@@ -453,7 +454,7 @@ impl KernelState {
     }
 
     pub(crate) fn promise_decider(&self, kpid: &str) -> StoreResult<Option<String>> {
-        self.get(&format!("{kpid}.decider"))
+        self.get(&keys::decider(&kpid))
     }
 
     pub(crate) fn set_promise_decider(
@@ -461,7 +462,7 @@ impl KernelState {
         kpid: &str,
         decider: Option<&str>,
     ) -> StoreResult<()> {
-        let key = format!("{kpid}.decider");
+        let key = keys::decider(&kpid);
         match decider {
             Some(vat) => self.set(&key, vat),
             None => self.delete(&key),
@@ -473,7 +474,7 @@ impl KernelState {
         if kref.starts_with("ko") {
             Ok(self.object_owner(kref)?.is_some())
         } else if kref.starts_with("kp") {
-            Ok(self.get(&format!("{kref}.state"))?.is_some())
+            Ok(self.get(&keys::state(&kref))?.is_some())
         } else {
             Ok(false)
         }
@@ -494,12 +495,12 @@ impl KernelState {
     }
 
     fn promise_refs(&self, kpid: &str) -> StoreResult<u64> {
-        self.count(&format!("{kpid}.refs"))
+        self.count(&keys::refs(&kpid))
     }
 
     /// An object's (reachable, recognizable) counts.
     pub(crate) fn object_refs(&self, ko: &str) -> StoreResult<(u64, u64)> {
-        let key = format!("{ko}.refs");
+        let key = keys::refs(&ko);
         Ok(match self.get(&key)? {
             None => (0, 0),
             Some(text) => text
@@ -552,14 +553,14 @@ impl KernelState {
         if r == 0 {
             self.maybe_unreachable.insert(ko.to_owned());
         }
-        self.set(&format!("{ko}.refs"), &format!("{r},{c}"))
+        self.set(&keys::refs(&ko), &format!("{r},{c}"))
     }
 
     /// One more place refers to `kref` (reachably, for an object).
     pub(crate) fn incref(&mut self, kref: &str) -> StoreResult<()> {
         if kref.starts_with("kp") {
             let refs = self.promise_refs(kref)?;
-            self.set(&format!("{kref}.refs"), &(refs + 1).to_string())?;
+            self.set(&keys::refs(&kref), &(refs + 1).to_string())?;
         } else if kref.starts_with("ko") {
             self.change_object_refs(kref, true, true)?;
         }
@@ -574,7 +575,7 @@ impl KernelState {
                 refs > 0,
                 "kernel invariant: the refcount of {kref} never goes negative"
             );
-            self.set(&format!("{kref}.refs"), &(refs - 1).to_string())?;
+            self.set(&keys::refs(&kref), &(refs - 1).to_string())?;
             if refs == 1 {
                 self.maybe_free.insert(kref.to_owned());
             }
@@ -586,13 +587,13 @@ impl KernelState {
 
     /// Keeps `kpid` alive for a host that waits on it.
     pub(crate) fn pin(&mut self, kpid: &str) -> StoreResult<()> {
-        self.set(&format!("{kpid}.pinned"), "1")?;
+        self.set(&keys::pinned(&kpid), "1")?;
         self.incref(kpid)
     }
 
     pub(crate) fn unpin(&mut self, kpid: &str) -> StoreResult<()> {
-        if self.get(&format!("{kpid}.pinned"))?.is_some() {
-            self.delete(&format!("{kpid}.pinned"))?;
+        if self.get(&keys::pinned(&kpid))?.is_some() {
+            self.delete(&keys::pinned(&kpid))?;
             self.decref(kpid)?;
         }
         Ok(())
@@ -602,7 +603,7 @@ impl KernelState {
     /// it referred to.
     pub(crate) fn collect_garbage(&mut self) -> StoreResult<()> {
         while let Some(kpid) = self.maybe_free.pop_first() {
-            if self.promise_refs(&kpid)? != 0 || self.get(&format!("{kpid}.state"))?.is_none() {
+            if self.promise_refs(&kpid)? != 0 || self.get(&keys::state(&kpid))?.is_none() {
                 continue;
             }
             let mut released: Vec<String> = Vec::new();
@@ -636,7 +637,7 @@ impl KernelState {
             if reachable > 0 {
                 continue;
             }
-            let running = self.get(&format!("{owner}.state"))?.as_deref() == Some("running");
+            let running = self.get(&keys::state(&owner))?.as_deref() == Some("running");
             if !running {
                 if recognizable == 0 {
                     self.delete_object(&ko)?;
@@ -661,7 +662,7 @@ impl KernelState {
         value: &str,
     ) -> StoreResult<()> {
         self.gc_actions_maybe = true;
-        self.set(&format!("gc.{}.{vat}.{kref}", action.name()), value)
+        self.set(&keys::gc_action(action.name(), &vat, &kref), value)
     }
 
     /// Forgets a kernel object: its record, its counts, its exporter's entry.
@@ -669,11 +670,11 @@ impl KernelState {
         if let Some(owner) = self.object_owner(ko)?
             && let Some(vref) = self.clist_vref(&owner, ko)?
         {
-            self.delete(&format!("{owner}.c.{ko}"))?;
-            self.delete(&format!("{owner}.c.{vref}"))?;
+            self.delete(&keys::clist(&owner, &ko))?;
+            self.delete(&keys::clist(&owner, &vref))?;
         }
-        self.delete(&format!("{ko}.owner"))?;
-        self.delete(&format!("{ko}.refs"))
+        self.delete(&keys::owner(&ko))?;
+        self.delete(&keys::refs(&ko))
     }
 
     pub(crate) fn end_crank(&mut self) -> StoreResult<()> {
@@ -694,7 +695,7 @@ impl KernelState {
     /// length. Returns false, queueing nothing, when the queue holds
     /// [`PROMISE_QUEUE_MAX`] messages already.
     pub(crate) fn queue_on_promise(&mut self, kpid: &str, message: &Message) -> StoreResult<bool> {
-        let count_key = format!("{kpid}.queued");
+        let count_key = keys::queued(&kpid);
         let queued = self.count(&count_key)?;
         if queued >= PROMISE_QUEUE_MAX {
             return Ok(false);
@@ -734,10 +735,10 @@ impl KernelState {
             self.incref(kref)?;
         }
         let state = if rejected { "rejected" } else { "fulfilled" };
-        self.set(&format!("{kpid}.state"), state)?;
+        self.set(&keys::state(&kpid), state)?;
         let data_text = serde_json::to_string(data).expect("kernel invariant: capdata serializes");
-        self.set(&format!("{kpid}.data"), &data_text)?;
-        self.delete(&format!("{kpid}.decider"))?;
+        self.set(&keys::settlement(&kpid), &data_text)?;
+        self.delete(&keys::decider(&kpid))?;
         self.delete_waiters(kpid, &queue)?;
         Ok((
             subscribers,
@@ -752,19 +753,19 @@ impl KernelState {
     }
 
     pub(crate) fn push_run_queue(&mut self, item: &RunQueueItem) -> StoreResult<()> {
-        let tail = self.queue_index("runQueue.tail")?;
+        let tail = self.queue_index(keys::RUN_QUEUE_TAIL)?;
         let text =
             serde_json::to_string(item).expect("kernel invariant: run-queue items serialize");
-        self.store.set_new(&format!("runQueue.{tail}"), &text)?;
+        self.store.set_new(&keys::run_queue(tail), &text)?;
         for kref in krefs_in_item(item) {
             self.incref(kref)?;
         }
-        self.set("runQueue.tail", &(tail + 1).to_string())
+        self.set(keys::RUN_QUEUE_TAIL, &(tail + 1).to_string())
     }
 
     pub(crate) fn pop_run_queue(&mut self) -> StoreResult<Option<RunQueueItem>> {
-        let head = self.queue_index("runQueue.head")?;
-        let tail = self.queue_index("runQueue.tail")?;
+        let head = self.queue_index(keys::RUN_QUEUE_HEAD)?;
+        let tail = self.queue_index(keys::RUN_QUEUE_TAIL)?;
         assert!(
             head <= tail,
             "kernel invariant: run-queue head {head} <= tail {tail}"
@@ -772,12 +773,12 @@ impl KernelState {
         if head == tail {
             return Ok(None);
         }
-        let key = format!("runQueue.{head}");
+        let key = keys::run_queue(head);
         let text = self
             .get(&key)?
             .unwrap_or_else(|| panic!("kernel invariant: run-queue entry {key} exists"));
         self.delete(&key)?;
-        self.set("runQueue.head", &(head + 1).to_string())?;
+        self.set(keys::RUN_QUEUE_HEAD, &(head + 1).to_string())?;
         let item: RunQueueItem = serde_json::from_str(&text)
             .unwrap_or_else(|e| panic!("kernel invariant: {key} is a run-queue item: {e}"));
         for kref in krefs_in_item(&item) {
@@ -790,12 +791,12 @@ impl KernelState {
 
     pub(crate) fn clist_vref(&self, vat: &str, kref: &str) -> StoreResult<Option<String>> {
         Ok(self
-            .get(&format!("{vat}.c.{kref}"))?
+            .get(&keys::clist(&vat, &kref))?
             .map(|entry| entry[2..].to_owned()))
     }
 
     pub(crate) fn clist_kref(&self, vat: &str, vref: &str) -> StoreResult<Option<String>> {
-        self.get(&format!("{vat}.c.{vref}"))
+        self.get(&keys::clist(&vat, &vref))
     }
 
     /// Whether `kref` is `vat`'s own export (its entry does not count).
@@ -806,19 +807,19 @@ impl KernelState {
     /// Whether `vat`'s c-list entry for `kref` is flagged reachable.
     pub(crate) fn clist_reachable(&self, vat: &str, kref: &str) -> StoreResult<bool> {
         Ok(self
-            .get(&format!("{vat}.c.{kref}"))?
+            .get(&keys::clist(&vat, &kref))?
             .is_some_and(|entry| entry.starts_with('R')))
     }
 
     pub(crate) fn clist_add(&mut self, vat: &str, kref: &str, vref: &str) -> StoreResult<()> {
         // Cheap enough to keep on in release: a c-list entry never silently replaces another.
         assert!(
-            self.get(&format!("{vat}.c.{kref}"))?.is_none()
-                && self.get(&format!("{vat}.c.{vref}"))?.is_none(),
+            self.get(&keys::clist(&vat, &kref))?.is_none()
+                && self.get(&keys::clist(&vat, &vref))?.is_none(),
             "kernel invariant: c-list symmetry ({vat} maps {kref} or {vref} already)"
         );
-        self.set(&format!("{vat}.c.{kref}"), &format!("R {vref}"))?;
-        self.set(&format!("{vat}.c.{vref}"), kref)?;
+        self.set(&keys::clist(&vat, &kref), &format!("R {vref}"))?;
+        self.set(&keys::clist(&vat, &vref), kref)?;
         if self.is_own_export(vat, kref)? {
             return Ok(());
         }
@@ -834,8 +835,8 @@ impl KernelState {
                 "kernel invariant: c-list symmetry ({vat}: {kref} -> {vref} -> {back:?})"
             );
             let reachable = self.clist_reachable(vat, kref)?;
-            self.delete(&format!("{vat}.c.{kref}"))?;
-            self.delete(&format!("{vat}.c.{vref}"))?;
+            self.delete(&keys::clist(&vat, &kref))?;
+            self.delete(&keys::clist(&vat, &vref))?;
             if kref.starts_with("kp") {
                 self.decref(kref)?;
             } else if !self.is_own_export(vat, kref)? {
@@ -851,7 +852,7 @@ impl KernelState {
         kref: &str,
         reachable: bool,
     ) -> StoreResult<()> {
-        let key = format!("{vat}.c.{kref}");
+        let key = keys::clist(&vat, &kref);
         if let Some(entry) = self.get(&key)? {
             if entry.starts_with('R') == reachable {
                 return Ok(());
@@ -868,9 +869,9 @@ impl KernelState {
     /// Allocates the next import vref of `kind` (`o` or `p`) in `vat`.
     pub(crate) fn allocate_import_vref(&mut self, vat: &str, kind: char) -> StoreResult<String> {
         let key = if kind == 'o' {
-            format!("{vat}.nextObject")
+            keys::vat_next_object(&vat)
         } else {
-            format!("{vat}.nextPromise")
+            keys::vat_next_promise(&vat)
         };
         Ok(format!("{kind}-{}", self.next_id(&key)?))
     }

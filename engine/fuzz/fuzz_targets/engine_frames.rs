@@ -41,7 +41,7 @@ thread_local! {
 
 /// The input cut into frames by their segment tables (the rest, if any,
 /// as one last frame).
-fn frames(mut bytes: &[u8], limits: &Limits) -> Vec<&[u8]> {
+fn frames<'a>(mut bytes: &'a [u8], limits: &Limits) -> Vec<&'a [u8]> {
     let mut frames = Vec::new();
     while !bytes.is_empty() {
         let length = match wire::frame_length(bytes, limits) {

@@ -1,0 +1,183 @@
+//! Every key of the kernel's own tables, built in one place. The layout is
+//! documented at the top of `state.rs`; an endpoint engine's keys (a peer's
+//! questions and answers) are the engine's, under its endpoint ids.
+//!
+//! Ids are taken as anything that displays (a `&str` or a `String`), so a
+//! key reads as what it is: `keys::clist(vat, kref)`.
+
+use std::fmt::Display;
+
+/// Counters: the next id of each kind.
+pub(crate) const NEXT_VAT: &str = "kernel.nextVat";
+pub(crate) const NEXT_OBJECT: &str = "kernel.nextObject";
+pub(crate) const NEXT_PROMISE: &str = "kernel.nextPromise";
+pub(crate) const NEXT_IDEMPOTENCY: &str = "kernel.nextIdem";
+pub(crate) const NEXT_SHOWN: &str = "kernel.nextShown";
+/// How many idempotency keys and shown references are held.
+pub(crate) const IDEMPOTENCY_COUNT: &str = "kernel.idemCount";
+pub(crate) const SHOWN_COUNT: &str = "kernel.shownCount";
+/// The layout's version.
+pub(crate) const SCHEMA: &str = "kernel.schema";
+/// The run queue's bounds.
+pub(crate) const RUN_QUEUE_HEAD: &str = "runQueue.head";
+pub(crate) const RUN_QUEUE_TAIL: &str = "runQueue.tail";
+
+type Id<'a> = &'a (dyn Display + 'a);
+
+fn key(id: Id<'_>, field: &str) -> String {
+    format!("{id}.{field}")
+}
+
+/// An endpoint's (vat's or peer's) c-list entry for `r`, a kref or a vref.
+pub(crate) fn clist(endpoint: Id<'_>, r: Id<'_>) -> String {
+    format!("{endpoint}.c.{r}")
+}
+
+/// Where an endpoint's c-list entries start.
+pub(crate) fn clist_prefix(endpoint: Id<'_>) -> String {
+    key(endpoint, "c.")
+}
+
+/// The state of a vat, a peer, or a promise.
+pub(crate) fn state(id: Id<'_>) -> String {
+    key(id, "state")
+}
+
+/// Why a vat or peer is in its state.
+pub(crate) fn reason(id: Id<'_>) -> String {
+    key(id, "reason")
+}
+
+pub(crate) fn vat_name(vat: Id<'_>) -> String {
+    key(vat, "name")
+}
+
+pub(crate) fn vat_bundle(vat: Id<'_>) -> String {
+    key(vat, "bundle")
+}
+
+pub(crate) fn vat_options(vat: Id<'_>) -> String {
+    key(vat, "options")
+}
+
+pub(crate) fn vat_incarnation(vat: Id<'_>) -> String {
+    key(vat, "incarnation")
+}
+
+pub(crate) fn vat_faults(vat: Id<'_>) -> String {
+    key(vat, "faults")
+}
+
+/// A vat's counters of the import vrefs it is given.
+pub(crate) fn vat_next_object(vat: Id<'_>) -> String {
+    key(vat, "nextObject")
+}
+
+pub(crate) fn vat_next_promise(vat: Id<'_>) -> String {
+    key(vat, "nextPromise")
+}
+
+/// Where a vat's vatstore entries start.
+pub(crate) fn vatstore_prefix(vat: Id<'_>) -> String {
+    key(vat, "vs.")
+}
+
+/// The vat with name `name`.
+pub(crate) fn vat_by_name(name: Id<'_>) -> String {
+    format!("vat.name.{name}")
+}
+
+/// The reference counts of a kref (`N` for a promise, `R,C` for an object).
+pub(crate) fn refs(kref: Id<'_>) -> String {
+    key(kref, "refs")
+}
+
+/// The endpoint that exports an object.
+pub(crate) fn owner(ko: Id<'_>) -> String {
+    key(ko, "owner")
+}
+
+pub(crate) fn decider(kpid: Id<'_>) -> String {
+    key(kpid, "decider")
+}
+
+pub(crate) fn pinned(kpid: Id<'_>) -> String {
+    key(kpid, "pinned")
+}
+
+/// A settled promise's data.
+pub(crate) fn settlement(kpid: Id<'_>) -> String {
+    key(kpid, "data")
+}
+
+/// How many messages wait on a promise, and where they start.
+pub(crate) fn queued(kpid: Id<'_>) -> String {
+    key(kpid, "queued")
+}
+
+pub(crate) fn queue_prefix(kpid: Id<'_>) -> String {
+    key(kpid, "queue.")
+}
+
+/// Where a promise's subscribers start.
+pub(crate) fn subscriber_prefix(kpid: Id<'_>) -> String {
+    key(kpid, "sub.")
+}
+
+pub(crate) fn pet_name(name: Id<'_>) -> String {
+    format!("pet.{name}")
+}
+
+/// A run-queue entry.
+pub(crate) fn run_queue(n: u64) -> String {
+    format!("runQueue.{n}")
+}
+
+/// A terminated endpoint whose c-list is being released.
+pub(crate) fn cleanup(endpoint: Id<'_>) -> String {
+    format!("cleanup.{endpoint}")
+}
+
+/// Where a GC action's entries for an endpoint start, and one entry.
+pub(crate) fn gc_prefix(action: &str, endpoint: Id<'_>) -> String {
+    format!("gc.{action}.{endpoint}.")
+}
+
+pub(crate) fn gc_action(action: &str, endpoint: Id<'_>, kref: Id<'_>) -> String {
+    format!("gc.{action}.{endpoint}.{kref}")
+}
+
+/// A reference a CLI result showed, by its place (`seq`, 20 digits), and
+/// the place of each kref held.
+pub(crate) fn shown(seq: Id<'_>) -> String {
+    format!("shown.{seq}")
+}
+
+pub(crate) fn shown_kref(kref: Id<'_>) -> String {
+    format!("shown.kref.{kref}")
+}
+
+/// A send kept under an idempotency key, and the keys in the order made.
+pub(crate) fn idempotency_record(key: Id<'_>) -> String {
+    format!("idem.key.{key}")
+}
+
+pub(crate) fn idempotency_order(seq: u64) -> String {
+    format!("idem.order.{seq:020}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_have_the_documented_layout() {
+        let vat = "v3".to_owned();
+        assert_eq!(clist(&vat, &"ko7"), "v3.c.ko7");
+        assert_eq!(clist(&"r1", &"o-2"), "r1.c.o-2");
+        assert_eq!(state(&"kp9"), "kp9.state");
+        assert_eq!(vatstore_prefix(&vat), "v3.vs.");
+        assert_eq!(gc_action("drop", &vat, &"ko7"), "gc.drop.v3.ko7");
+        assert_eq!(run_queue(12), "runQueue.12");
+    }
+}
