@@ -372,7 +372,8 @@ fn start_failed(output: &mut impl Write, reason: &str) -> Result<(), VatFault> {
 pub fn serve(input: impl Read, output: impl Write) -> Result<(), VatFault> {
     let mut input = BufReader::new(input);
     let mut output = BufWriter::new(output);
-    let Some((mut worker, limits)) = start_worker(&mut input, &mut output)? else {
+    // The host lives as long as its worker: its epoch ticker enforces deadlines.
+    let Some((_host, mut worker, limits)) = start_worker(&mut input, &mut output)? else {
         return Ok(());
     };
     let mut message = Builder::new_default();
@@ -402,7 +403,7 @@ pub fn serve(input: impl Read, output: impl Write) -> Result<(), VatFault> {
 fn start_worker(
     input: &mut impl Read,
     output: &mut impl Write,
-) -> Result<Option<(ThreadWorker, Limits)>, VatFault> {
+) -> Result<Option<(WasmHost, ThreadWorker, Limits)>, VatFault> {
     let startup_options = reader_options(&Limits::default());
     let first = serialize::read_message(&mut *input, startup_options).map_err(protocol_error)?;
     let root = first
@@ -439,7 +440,7 @@ fn start_worker(
         }
     };
     match module.and_then(|module| ThreadWorker::start(&host, &module, limits)) {
-        Ok(worker) => Ok(Some((worker, limits))),
+        Ok(worker) => Ok(Some((host, worker, limits))),
         Err(e) => start_failed(output, &e.to_string()).map(|()| None),
     }
 }
