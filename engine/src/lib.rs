@@ -42,6 +42,7 @@ use vom::{CapData, Value};
 
 use kernel::{Kernel, KernelError, Message, PromiseState, Tables, TablesRef, error_capdata};
 
+mod keys;
 pub mod node;
 mod peers;
 
@@ -263,8 +264,8 @@ impl kernel::Endpoint for Membrane {
 /// Whether `peer` is a kernel with a durable session (its frames are kept
 /// in the store until acknowledged).
 fn is_session(t: &TablesRef<'_>, peer: &str) -> Result<bool, StoreError> {
-    Ok(t.get(&format!("{peer}.did"))?.is_some()
-        && t.get(&format!("{peer}.state"))?.as_deref() == Some("running"))
+    Ok(t.get(&keys::record(&peer, "did"))?.is_some()
+        && t.get(&keys::record(&peer, "state"))?.as_deref() == Some("running"))
 }
 
 // ---- the peer's lifecycle (each a crank of its own) ----
@@ -287,22 +288,22 @@ fn abort_in_crank(
 }
 
 fn terminate_peer(t: &mut Tables<'_>, peer: &str, reason: &str) -> Result<(), StoreError> {
-    t.set(&format!("{peer}.state"), "terminated")?;
-    if let Some(did) = t.get(&format!("{peer}.did"))? {
-        t.delete(&format!("peer.did.{did}"))?;
-        for (key, _) in t.scan_prefix(&format!("{peer}.out."))? {
+    t.set(&keys::record(&peer, "state"), "terminated")?;
+    if let Some(did) = t.get(&keys::record(&peer, "did"))? {
+        t.delete(&keys::peer_of_did(&did))?;
+        for (key, _) in t.scan_prefix(&keys::prefix(&peer, "out."))? {
             t.delete(&key)?;
         }
     }
-    t.set(&format!("{peer}.reason"), reason)?;
-    let prefix = format!("{peer}.q.");
+    t.set(&keys::record(&peer, "reason"), reason)?;
+    let prefix = keys::prefix(&peer, "q.");
     for (key, _) in t.scan_prefix(&prefix)? {
         let question = key[prefix.len()..]
             .parse()
             .unwrap_or_else(|_| panic!("kernel invariant: {key} names a question number"));
         fail_question(t, peer, question, reason)?;
     }
-    for (key, text) in t.scan_prefix(&format!("{peer}.a."))? {
+    for (key, text) in t.scan_prefix(&keys::prefix(&peer, "a."))? {
         t.delete(&key)?;
         let answer: Answer = serde_json::from_str(&text)
             .unwrap_or_else(|e| panic!("kernel invariant: {key} is an answer: {e}"));
@@ -315,11 +316,11 @@ fn terminate_peer(t: &mut Tables<'_>, peer: &str, reason: &str) -> Result<(), St
             t.delete(&key)?;
         }
     }
-    t.delete(&format!("{peer}.answers"))?;
-    t.delete(&format!("{peer}.imports"))?;
+    t.delete(&keys::record(&peer, "answers"))?;
+    t.delete(&keys::record(&peer, "imports"))?;
     // Promises it decided (imports of its promises) are rejected too.
-    for (key, _) in t.scan_prefix(&format!("{peer}.c.kp"))? {
-        let kpid = &key[format!("{peer}.c.").len()..];
+    for (key, _) in t.scan_prefix(&keys::prefix(&peer, "c.kp"))? {
+        let kpid = &key[keys::prefix(&peer, "c.").len()..];
         if t.promise_decider(kpid)?.as_deref() == Some(peer) {
             t.reject_if_unresolved(Some(kpid), reason)?;
         }
@@ -386,7 +387,7 @@ fn receive_in_crank(
     decoded: Result<Wire, wire::WireError>,
 ) -> Result<()> {
     if is_session(&t.read(), peer)? {
-        t.add_to_count(&format!("{peer}.received"), 1)?;
+        t.add_to_count(&keys::record(&peer, "received"), 1)?;
     }
     match decoded {
         Ok(message) => handle_message(t, peer, message),
@@ -438,13 +439,15 @@ fn on_bootstrap(t: &mut Tables<'_>, peer: &str, question: u32) -> Result<()> {
 
 /// The peer is done with its question `question`.
 fn on_finish(t: &mut Tables<'_>, peer: &str, question: u32) -> Result<()> {
-    let key = format!("{peer}.a.{question}");
+    let key = keys::answer(&peer, &question);
     if t.get(&key)?.is_none() {
         return protocol(format!("finish for unknown question {question}"));
     }
     let mut answer = answer(&t.read(), peer, question)?;
     let returned = match &answer.kref {
-        Some(kp) if answer.kind == AnswerKind::Exo => t.get(&format!("{peer}.ak.{kp}"))?.is_none(),
+        Some(kp) if answer.kind == AnswerKind::Exo => {
+            t.get(&keys::answer_of(&peer, &kp))?.is_none()
+        }
         _ => true,
     };
     if returned {
@@ -479,9 +482,9 @@ fn on_resolve(
         t.resolve(&kp, rejected, &data)?;
     }
     // The promise import is done with: release it.
-    t.add_to_count(&format!("{peer}.imports"), -1)?;
-    let count = t.count(&format!("{peer}.ic.{promise}"))?;
-    t.delete(&format!("{peer}.ic.{promise}"))?;
+    t.add_to_count(&keys::record(&peer, "imports"), -1)?;
+    let count = t.count(&keys::import_count(&peer, &promise))?;
+    t.delete(&keys::import_count(&peer, &promise))?;
     t.clist_remove(peer, &kp)?;
     emit(
         t,
@@ -499,7 +502,7 @@ fn on_release(t: &mut Tables<'_>, peer: &str, id: u32, count: u32) -> Result<()>
     if id == GATE_EXPORT_ID {
         return Ok(());
     }
-    let key = format!("{peer}.ec.{id}");
+    let key = keys::export_count(&peer, &id);
     let held = t.count(&key)?;
     if held == 0 {
         return protocol(format!("release of unknown export {id}"));
@@ -553,10 +556,10 @@ fn handle_call(t: &mut Tables<'_>, peer: &str, call: Call) -> Result<()> {
         content,
         caps,
     } = call;
-    if t.get(&format!("{peer}.a.{question}"))?.is_some() {
+    if t.get(&keys::answer(&peer, &question))?.is_some() {
         return protocol(format!("question {question} is already in use"));
     }
-    if t.count(&format!("{peer}.answers"))? >= ANSWERS_PER_PEER_MAX {
+    if t.count(&keys::record(&peer, "answers"))? >= ANSWERS_PER_PEER_MAX {
         return refuse_call(t, peer, question);
     }
     // Every capability in the table is a reference the peer gave us,
@@ -634,7 +637,7 @@ fn call_gate(t: &mut Tables<'_>, peer: &str, question: u32, content: CallContent
         let reason = "the gate only restores sturdy refs (Gate.restore)".into();
         return answer_exception(t, peer, question, reason);
     };
-    match t.get(&format!("sturdy.{swiss}"))? {
+    match t.get(&keys::sturdy(&swiss))? {
         Some(kref) if t.kref_exists(&kref)? => {
             let answer = Answer::new(AnswerKind::Restored, Some(kref.clone()));
             open_answer(t, peer, question, &answer)?;
@@ -664,7 +667,7 @@ fn call_exo(
     let kp = t.allocate_promise(None)?;
     let answer = Answer::new(AnswerKind::Exo, Some(kp.clone()));
     open_answer(t, peer, question, &answer)?;
-    t.set(&format!("{peer}.ak.{kp}"), &question.to_string())?;
+    t.set(&keys::answer_of(&peer, &kp), &question.to_string())?;
     t.subscribe(&kp, peer)?;
     let result = Some(kp);
     Ok(t.send(
@@ -678,7 +681,7 @@ fn call_exo(
 }
 
 fn handle_return(t: &mut Tables<'_>, peer: &str, ret: Return) -> Result<()> {
-    let key = format!("{peer}.q.{}", ret.answer);
+    let key = keys::question(&peer, &ret.answer);
     let Some(text) = t.get(&key)? else {
         return protocol(format!("return for unknown question {}", ret.answer));
     };
@@ -687,7 +690,7 @@ fn handle_return(t: &mut Tables<'_>, peer: &str, ret: Return) -> Result<()> {
     t.delete(&key)?;
     if ret.release_param_caps {
         for id in &question.exports {
-            if t.add_to_count(&format!("{peer}.ec.{id}"), -1)? == 0 {
+            if t.add_to_count(&keys::export_count(&peer, &id), -1)? == 0 {
                 forget_export(t, peer, *id)?;
             }
         }
@@ -738,7 +741,7 @@ fn handle_return(t: &mut Tables<'_>, peer: &str, ret: Return) -> Result<()> {
         )?;
     }
     if let Some(kp) = question.result {
-        t.delete(&format!("{peer}.qk.{kp}"))?;
+        t.delete(&keys::question_of(&peer, &kp))?;
         if t.promise_state(&kp)? == Some(PromiseState::Unresolved) {
             let (rejected, data) = settlement;
             t.resolve(&kp, rejected, &data)?;
@@ -755,7 +758,7 @@ fn fail_question(
     question: u32,
     reason: &str,
 ) -> Result<(), StoreError> {
-    let key = format!("{peer}.q.{question}");
+    let key = keys::question(&peer, &question);
     let Some(text) = t.get(&key)? else {
         return Ok(());
     };
@@ -763,7 +766,7 @@ fn fail_question(
     let question: Question = serde_json::from_str(&text)
         .unwrap_or_else(|e| panic!("kernel invariant: {key} is a question: {e}"));
     if let Some(kp) = question.result {
-        t.delete(&format!("{peer}.qk.{kp}"))?;
+        t.delete(&keys::question_of(&peer, &kp))?;
         t.reject_if_unresolved(Some(&kp), reason)?;
         t.decref(&kp)?;
     }
@@ -773,7 +776,7 @@ fn fail_question(
 // ---- tables ----
 
 fn next_question(t: &mut Tables<'_>, peer: &str) -> Result<u32, StoreError> {
-    let id = t.next_id(&format!("{peer}.nextQuestion"))?;
+    let id = t.next_id(&keys::record(&peer, "nextQuestion"))?;
     Ok(u32::try_from(id).expect("kernel invariant: fewer than 2^32 questions per peer"))
 }
 
@@ -785,14 +788,14 @@ fn put_question(
 ) -> Result<(), StoreError> {
     if let Some(kp) = &question.result {
         t.incref(kp)?;
-        t.set(&format!("{peer}.qk.{kp}"), &id.to_string())?;
+        t.set(&keys::question_of(&peer, &kp), &id.to_string())?;
     }
     let text = serde_json::to_string(question).expect("questions serialize");
-    t.set(&format!("{peer}.q.{id}"), &text)
+    t.set(&keys::question(&peer, &id), &text)
 }
 
 fn answer(t: &TablesRef<'_>, peer: &str, question: u32) -> Result<Answer> {
-    let key = format!("{peer}.a.{question}");
+    let key = keys::answer(&peer, &question);
     match t.get(&key)? {
         Some(text) => Ok(serde_json::from_str(&text)
             .unwrap_or_else(|e| panic!("kernel invariant: {key} is an answer: {e}"))),
@@ -801,7 +804,7 @@ fn answer(t: &TablesRef<'_>, peer: &str, question: u32) -> Result<Answer> {
 }
 
 fn answer_entry(t: &TablesRef<'_>, peer: &str, question: u32) -> Result<Answer, ()> {
-    match t.get(&format!("{peer}.a.{question}")) {
+    match t.get(&keys::answer(&peer, &question)) {
         Ok(Some(text)) => serde_json::from_str(&text).map_err(|_| ()),
         _ => Err(()),
     }
@@ -810,20 +813,20 @@ fn answer_entry(t: &TablesRef<'_>, peer: &str, question: u32) -> Result<Answer, 
 /// Records the peer's question; the answer holds a reference to what
 /// it names until the peer's `Finish`.
 fn open_answer(t: &mut Tables<'_>, peer: &str, question: u32, answer: &Answer) -> Result<()> {
-    let key = format!("{peer}.a.{question}");
+    let key = keys::answer(&peer, &question);
     if t.get(&key)?.is_some() {
         return protocol(format!("question {question} is already in use"));
     }
     if let Some(kref) = &answer.kref {
         t.incref(kref)?;
     }
-    t.add_to_count(&format!("{peer}.answers"), 1)?;
+    t.add_to_count(&keys::record(&peer, "answers"), 1)?;
     let text = serde_json::to_string(answer).expect("answers serialize");
     Ok(t.set(&key, &text)?)
 }
 
 fn close_answer(t: &mut Tables<'_>, peer: &str, question: u32) -> Result<(), StoreError> {
-    let key = format!("{peer}.a.{question}");
+    let key = keys::answer(&peer, &question);
     if let Some(text) = t.get(&key)? {
         let answer: Answer = serde_json::from_str(&text)
             .unwrap_or_else(|e| panic!("kernel invariant: {key} is an answer: {e}"));
@@ -832,7 +835,7 @@ fn close_answer(t: &mut Tables<'_>, peer: &str, question: u32) -> Result<(), Sto
         }
     }
     t.delete(&key)?;
-    t.add_to_count(&format!("{peer}.answers"), -1)?;
+    t.add_to_count(&keys::record(&peer, "answers"), -1)?;
     Ok(())
 }
 
@@ -873,7 +876,7 @@ fn import_descriptor(t: &mut Tables<'_>, peer: &str, cap: &CapDescriptor) -> Res
             let kref = match t.clist_kref(peer, &vref)? {
                 Some(kref) => kref,
                 None => {
-                    let imports = format!("{peer}.imports");
+                    let imports = keys::record(&peer, "imports");
                     if t.add_to_count(&imports, 1)? > REFERENCES_PER_PEER_MAX {
                         return protocol(format!(
                             "too many references (references_per_peer_max {REFERENCES_PER_PEER_MAX})"
@@ -890,7 +893,7 @@ fn import_descriptor(t: &mut Tables<'_>, peer: &str, cap: &CapDescriptor) -> Res
                     kref
                 }
             };
-            t.add_to_count(&format!("{peer}.ic.{id}"), 1)?;
+            t.add_to_count(&keys::import_count(&peer, &id), 1)?;
             Ok(kref)
         }
         CapDescriptor::ReceiverHosted(id) => target_kref(t, peer, &Target::Imported(*id)),
@@ -925,7 +928,7 @@ fn export_kref(t: &mut Tables<'_>, peer: &str, kref: &str) -> Result<CapDescript
             _ => break,
         }
     }
-    if let Some(text) = t.get(&format!("{peer}.qk.{kref}"))? {
+    if let Some(text) = t.get(&keys::question_of(&peer, &kref))? {
         let question = text
             .parse()
             .expect("kernel invariant: question ids are numbers");
@@ -939,7 +942,7 @@ fn export_kref(t: &mut Tables<'_>, peer: &str, kref: &str) -> Result<CapDescript
         if vref.starts_with("o+") || vref.starts_with("p+") {
             return Ok(CapDescriptor::ReceiverHosted(id));
         }
-        t.add_to_count(&format!("{peer}.ec.{id}"), 1)?;
+        t.add_to_count(&keys::export_count(&peer, &id), 1)?;
         // Given again, it is reachable again.
         t.clist_set_reachable(peer, &kref, true)?;
         return Ok(if vref.starts_with('p') {
@@ -948,12 +951,12 @@ fn export_kref(t: &mut Tables<'_>, peer: &str, kref: &str) -> Result<CapDescript
             CapDescriptor::SenderHosted(id)
         });
     }
-    let id = t.next_id(&format!("{peer}.nextExport"))?;
+    let id = t.next_id(&keys::record(&peer, "nextExport"))?;
     let id = u32::try_from(id).expect("kernel invariant: fewer than 2^32 exports per peer");
     let promise = kref.starts_with("kp");
     let vref = format!("{}-{id}", if promise { 'p' } else { 'o' });
     t.clist_add(peer, &kref, &vref)?;
-    t.add_to_count(&format!("{peer}.ec.{id}"), 1)?;
+    t.add_to_count(&keys::export_count(&peer, &id), 1)?;
     if promise {
         match t.promise_state(&kref)? {
             Some(PromiseState::Unresolved) => t.subscribe(&kref, peer)?,
@@ -1004,9 +1007,9 @@ fn emit(t: &mut Tables<'_>, peer: &str, message: &Wire) -> Result<(), StoreError
     }
     let frame = wire::encode(message);
     if is_session(&t.read(), peer)? {
-        let key = format!("{peer}.sent");
+        let key = keys::record(&peer, "sent");
         let seq = t.count(&key)?;
-        t.set(&format!("{peer}.out.{seq:020}"), &hex::encode(&frame))?;
+        t.set(&keys::frame_out(&peer, seq), &hex::encode(&frame))?;
         t.set(&key, &(seq + 1).to_string())?;
     }
     t.emit(peer, frame);
@@ -1020,7 +1023,7 @@ fn deliver_to_peer(
     target: &str,
     message: Message,
 ) -> Result<(), StoreError> {
-    let wire_target = if let Some(text) = t.get(&format!("{peer}.qk.{target}"))? {
+    let wire_target = if let Some(text) = t.get(&keys::question_of(&peer, &target))? {
         Target::Answer {
             question: text
                 .parse()
@@ -1076,7 +1079,7 @@ fn deliver_to_peer(
 
 /// `kp`, which the peer asked about or we exported to it, settled.
 fn notify_peer(t: &mut Tables<'_>, peer: &str, kp: &str) -> Result<(), StoreError> {
-    if t.get(&format!("{peer}.state"))?.as_deref() != Some("running") {
+    if t.get(&keys::record(&peer, "state"))?.as_deref() != Some("running") {
         return Ok(());
     }
     let (rejected, data) = match t.promise_state(kp)? {
@@ -1084,11 +1087,11 @@ fn notify_peer(t: &mut Tables<'_>, peer: &str, kp: &str) -> Result<(), StoreErro
         Some(PromiseState::Rejected(data)) => (true, data),
         other => panic!("kernel invariant: notify for settled promises only ({kp}: {other:?})"),
     };
-    if let Some(text) = t.get(&format!("{peer}.ak.{kp}"))? {
+    if let Some(text) = t.get(&keys::answer_of(&peer, &kp))? {
         let answer: u32 = text
             .parse()
             .expect("kernel invariant: answer ids are numbers");
-        t.delete(&format!("{peer}.ak.{kp}"))?;
+        t.delete(&keys::answer_of(&peer, &kp))?;
         return_answer(t, peer, answer, rejected, &data)?;
     }
     if let Some(vref) = t.clist_vref(peer, kp)?
@@ -1146,7 +1149,7 @@ fn return_answer(
             Ok(Value::Remotable(_) | Value::Promise(_)) if caps.len() == 1 => {
                 if let CapDescriptor::SenderHosted(id) | CapDescriptor::SenderPromise(id) = &caps[0]
                 {
-                    t.add_to_count(&format!("{peer}.ec.{id}"), 1)?;
+                    t.add_to_count(&keys::export_count(&peer, &id), 1)?;
                 }
                 caps.push(caps[0].clone());
                 Some(1)
@@ -1187,14 +1190,13 @@ fn release_to_peer(t: &mut Tables<'_>, peer: &str, ko: &str) -> Result<(), Store
         return Ok(());
     };
     let id = ref_id(&vref);
-    let key = format!("{peer}.ic.{id}");
+    let key = keys::import_count(&peer, &id);
     let count = t.count(&key)?;
     t.delete(&key)?;
     // The peer may reuse the id once released: forget the mapping now.
-    t.add_to_count(&format!("{peer}.imports"), -1)?;
-    t.delete(&format!("{peer}.c.{ko}"))?;
-    t.delete(&format!("{peer}.c.{vref}"))?;
-    if t.get(&format!("{peer}.state"))?.as_deref() == Some("running") && count > 0 {
+    t.add_to_count(&keys::record(&peer, "imports"), -1)?;
+    t.clist_remove(peer, ko)?;
+    if t.get(&keys::record(&peer, "state"))?.as_deref() == Some("running") && count > 0 {
         emit(
             t,
             peer,

@@ -7,6 +7,7 @@ use captp::wire::{self, Message as Wire, ReturnKind};
 use kernel::{Kernel, KernelError, TablesRef};
 use swingstore::StoreError;
 
+use crate::keys;
 use crate::{
     MembraneError, PeerInfo, PeerLink, ProtocolError, Question, QuestionKind, tracing_frames,
 };
@@ -18,7 +19,7 @@ struct PeerLinks(HashMap<String, PeerLink>);
 
 /// Every peer id ever allocated (`r1` up to `kernel.nextPeer`).
 fn peer_ids(t: &TablesRef<'_>) -> Result<Vec<String>, StoreError> {
-    let next = t.count("kernel.nextPeer")?.max(1);
+    let next = t.count(keys::NEXT_PEER)?.max(1);
     Ok((1..next).map(|n| format!("r{n}")).collect())
 }
 
@@ -98,24 +99,34 @@ pub trait Peers {
 impl Peers for Kernel {
     fn add_peer(&mut self, name: &str, outbound: bool) -> Result<String, KernelError> {
         self.in_crank(|k| {
-            let id = format!("r{}", k.tables().next_id("kernel.nextPeer")?);
-            k.tables().set(&format!("{id}.name"), name)?;
-            k.tables().set(&format!("{id}.state"), "running")?;
+            let id = format!("r{}", k.tables().next_id(keys::NEXT_PEER)?);
+            k.tables().set(&keys::record(&id, "name"), name)?;
+            k.tables().set(&keys::record(&id, "state"), "running")?;
             let direction = if outbound { "outbound" } else { "inbound" };
-            k.tables().set(&format!("{id}.direction"), direction)?;
+            k.tables().set(&keys::record(&id, "direction"), direction)?;
             Ok(id)
         })
     }
 
     fn remove_peer(&mut self, peer: &str, reason: &str) -> Result<(), KernelError> {
-        if self.tables_ref().get(&format!("{peer}.state"))?.as_deref() != Some("running") {
+        if self
+            .tables_ref()
+            .get(&keys::record(&peer, "state"))?
+            .as_deref()
+            != Some("running")
+        {
             return Ok(());
         }
         Ok(self.in_crank(|k| crate::terminate_peer(&mut k.tables(), peer, reason))?)
     }
 
     fn abort_peer(&mut self, peer: &str, reason: &str) -> Result<(), KernelError> {
-        if self.tables_ref().get(&format!("{peer}.state"))?.as_deref() != Some("running") {
+        if self
+            .tables_ref()
+            .get(&keys::record(&peer, "state"))?
+            .as_deref()
+            != Some("running")
+        {
             return Ok(());
         }
         let why = format!("peer {peer} disconnected: {reason}");
@@ -124,9 +135,18 @@ impl Peers for Kernel {
 
     fn remove_stale_peers(&mut self) -> Result<(), KernelError> {
         for peer in peer_ids(&self.tables_ref())? {
-            if self.tables_ref().get(&format!("{peer}.state"))?.as_deref() == Some("running") {
+            if self
+                .tables_ref()
+                .get(&keys::record(&peer, "state"))?
+                .as_deref()
+                == Some("running")
+            {
                 let peer = peer.as_str();
-                if self.tables_ref().get(&format!("{peer}.did"))?.is_some() {
+                if self
+                    .tables_ref()
+                    .get(&keys::record(&peer, "did"))?
+                    .is_some()
+                {
                     continue;
                 }
                 self.remove_peer(
@@ -142,13 +162,13 @@ impl Peers for Kernel {
         let mut peers = Vec::new();
         for id in peer_ids(&self.tables_ref())? {
             let id = id.as_str();
-            let Some(name) = self.tables_ref().get(&format!("{id}.name"))? else {
+            let Some(name) = self.tables_ref().get(&keys::record(&id, "name"))? else {
                 continue;
             };
             let get = |field: &str| -> Result<String, KernelError> {
                 Ok(self
                     .tables_ref()
-                    .get(&format!("{id}.{field}"))?
+                    .get(&keys::record(&id, field))?
                     .unwrap_or_default())
             };
             let mut state = get("state")?;
@@ -156,14 +176,20 @@ impl Peers for Kernel {
             if gone {
                 state = format!("disconnected ({})", get("reason")?);
             } else if crate::is_session(&self.tables_ref(), id)? {
-                let unacknowledged = self.tables_ref().scan_prefix(&format!("{id}.out."))?.len();
+                let unacknowledged = self
+                    .tables_ref()
+                    .scan_prefix(&keys::prefix(&id, "out."))?
+                    .len();
                 let link = match self.peer_link(id) {
                     Some(link) => link.to_string(),
                     None => "not connected".to_owned(),
                 };
                 state = format!("session, {link} ({unacknowledged} frames unacknowledged)");
             }
-            let references = self.tables_ref().scan_prefix(&format!("{id}.c.k"))?.len();
+            let references = self
+                .tables_ref()
+                .scan_prefix(&keys::prefix(&id, "c.k"))?
+                .len();
             peers.push(PeerInfo {
                 id: id.to_owned(),
                 name,
@@ -179,29 +205,33 @@ impl Peers for Kernel {
     // ---- sessions between kernels ----
 
     fn session_peer(&mut self, did: &str, address: Option<&str>) -> Result<String, KernelError> {
-        if let Some(peer) = self.tables_ref().get(&format!("peer.did.{did}"))?
-            && self.tables_ref().get(&format!("{peer}.state"))?.as_deref() == Some("running")
+        if let Some(peer) = self.tables_ref().get(&keys::peer_of_did(&did))?
+            && self
+                .tables_ref()
+                .get(&keys::record(&peer, "state"))?
+                .as_deref()
+                == Some("running")
         {
             // One side dials: a session the other kernel dials stays so,
             // even once we hold a sturdy ref to it too.
             let inbound = self
                 .tables_ref()
-                .get(&format!("{peer}.direction"))?
+                .get(&keys::record(&peer, "direction"))?
                 .as_deref()
                 == Some("inbound");
             if let Some(address) = address
                 && !inbound
             {
-                self.in_crank(|k| k.tables().set(&format!("{peer}.address"), address))?;
+                self.in_crank(|k| k.tables().set(&keys::record(&peer, "address"), address))?;
             }
             return Ok(peer);
         }
         let peer = self.add_peer(did, address.is_some())?;
         self.in_crank(|k| {
-            k.tables().set(&format!("{peer}.did"), did)?;
-            k.tables().set(&format!("peer.did.{did}"), &peer)?;
+            k.tables().set(&keys::record(&peer, "did"), did)?;
+            k.tables().set(&keys::peer_of_did(&did), &peer)?;
             match address {
-                Some(address) => k.tables().set(&format!("{peer}.address"), address),
+                Some(address) => k.tables().set(&keys::record(&peer, "address"), address),
                 None => Ok(()),
             }
         })?;
@@ -216,8 +246,8 @@ impl Peers for Kernel {
                 continue;
             }
             if let (Some(did), Some(address)) = (
-                self.tables_ref().get(&format!("{peer}.did"))?,
-                self.tables_ref().get(&format!("{peer}.address"))?,
+                self.tables_ref().get(&keys::record(&peer, "did"))?,
+                self.tables_ref().get(&keys::record(&peer, "address"))?,
             ) {
                 out.push((peer.clone(), did, address));
             }
@@ -240,12 +270,12 @@ impl Peers for Kernel {
     }
 
     fn session_received(&self, peer: &str) -> Result<u64, KernelError> {
-        Ok(self.tables_ref().count(&format!("{peer}.received"))?)
+        Ok(self.tables_ref().count(&keys::record(&peer, "received"))?)
     }
 
     fn session_frames_from(&self, peer: &str, from: u64) -> Result<Vec<Vec<u8>>, KernelError> {
-        let start = format!("{peer}.out.{from:020}");
-        let prefix = format!("{peer}.out.");
+        let start = keys::frame_out(&peer, from);
+        let prefix = keys::prefix(&peer, "out.");
         let mut frames = Vec::new();
         for (key, text) in self.tables_ref().scan_prefix(&prefix)? {
             if key < start {
@@ -260,10 +290,10 @@ impl Peers for Kernel {
     }
 
     fn session_acknowledged(&mut self, peer: &str, received: u64) -> Result<(), KernelError> {
-        let end = format!("{peer}.out.{received:020}");
+        let end = keys::frame_out(&peer, received);
         let keys: Vec<String> = self
             .tables_ref()
-            .scan_prefix(&format!("{peer}.out."))?
+            .scan_prefix(&keys::prefix(&peer, "out."))?
             .into_iter()
             .map(|(key, _)| key)
             .take_while(|key| *key < end)
@@ -279,13 +309,13 @@ impl Peers for Kernel {
 
     fn set_listen_address(&mut self, address: Option<&str>) -> Result<(), KernelError> {
         Ok(self.in_crank(|k| match address {
-            Some(address) => k.tables().set("kernel.listen", address),
-            None => k.tables().delete("kernel.listen"),
+            Some(address) => k.tables().set(keys::LISTEN, address),
+            None => k.tables().delete(keys::LISTEN),
         })?)
     }
 
     fn listen_address(&self) -> Result<Option<String>, KernelError> {
-        Ok(self.tables_ref().get("kernel.listen")?)
+        Ok(self.tables_ref().get(keys::LISTEN)?)
     }
 
     fn share(&mut self, kref: &str) -> Result<String, KernelError> {
@@ -296,7 +326,7 @@ impl Peers for Kernel {
         getrandom::fill(&mut bytes).map_err(|e| KernelError::Randomness(e.to_string()))?;
         let swiss = bs58::encode(bytes).into_string();
         self.in_crank(|k| {
-            k.tables().set(&format!("sturdy.{swiss}"), kref)?;
+            k.tables().set(&keys::sturdy(&swiss), kref)?;
             k.tables().incref(kref)
         })?;
         Ok(swiss)
@@ -309,7 +339,7 @@ impl Peers for Kernel {
     fn return_kind(&self, peer: &str, question: u32) -> Option<ReturnKind> {
         let text = self
             .tables_ref()
-            .get(&format!("{peer}.q.{question}"))
+            .get(&keys::question(&peer, &question))
             .ok()??;
         let question: Question = serde_json::from_str(&text).ok()?;
         Some(match question.kind {
@@ -324,7 +354,12 @@ impl Peers for Kernel {
         peer: &str,
         decoded: Result<Wire, wire::WireError>,
     ) -> Result<Option<String>, KernelError> {
-        if self.tables_ref().get(&format!("{peer}.state"))?.as_deref() != Some("running") {
+        if self
+            .tables_ref()
+            .get(&keys::record(&peer, "state"))?
+            .as_deref()
+            != Some("running")
+        {
             return Ok(Some(format!("peer {peer} is disconnected")));
         }
         if tracing_frames() {
