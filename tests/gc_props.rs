@@ -7,7 +7,7 @@
 //!
 //! It drives the kernel library in-process with thread workers, for speed.
 
-use kernel::{CommitPolicy, Kernel, PromiseState, VatOptions, WorkerKind};
+use kernel::{CommitPolicy, Kernel, Kref, PromiseState, VatOptions, WorkerKind};
 use proptest::prelude::*;
 use swingstore::{Durability, SwingStore};
 use vom::{CapData, Ref, Value};
@@ -62,7 +62,7 @@ fn holder_wasm() -> Vec<u8> {
 
 struct World {
     kernel: Kernel,
-    roots: Vec<String>,
+    roots: Vec<Kref>,
     _dir: tempfile::TempDir,
 }
 
@@ -90,17 +90,17 @@ impl World {
         }
     }
 
-    fn root(&self, vat: usize) -> &str {
+    fn root(&self, vat: usize) -> &Kref {
         &self.roots[vat + 1]
     }
 
     fn reference(&self, vat: usize) -> Value {
-        Value::Remotable(Ref::new(self.root(vat)))
+        Value::Remotable(Ref::new(self.root(vat).as_str()))
     }
 
     /// Sends `method(args)` to vat `vat`'s root and runs the kernel until it is idle.
     fn send_to(&mut self, vat: usize, method: &str, args: Vec<Value>) {
-        let target = self.root(vat).to_owned();
+        let target = self.root(vat).clone();
         let args: CapData = vom::capdata::encode(&Value::Array(args));
         let kpid = self.kernel.queue_message(&target, method, args).unwrap();
         while self.kernel.step().unwrap() {}
@@ -195,7 +195,7 @@ proptest! {
         let (problems, _) = world.kernel.check().unwrap();
         prop_assert!(problems.is_empty());
         let leftover: Vec<String> = world.kernel.objects_owned_by("v1").unwrap()
-            .into_iter().filter(|ko| ko != &world.roots[0]).collect();
+            .into_iter().filter(|ko| ko.as_str() != world.roots[0].as_str()).collect();
         prop_assert!(leftover.is_empty(), "e still exports {:?} after {:?}", leftover, ops);
     }
 }

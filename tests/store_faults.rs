@@ -7,7 +7,7 @@
 //!
 //! It drives the kernel library in-process with thread workers, for speed.
 
-use kernel::{CommitPolicy, Kernel, KernelError, PromiseState, VatOptions, WorkerKind};
+use kernel::{CommitPolicy, Kernel, KernelError, Kref, PromiseState, VatOptions, WorkerKind};
 use swingstore::{Durability, SwingStore};
 use vom::{CapData, Ref, Value};
 
@@ -30,7 +30,7 @@ fn args(values: Vec<Value>) -> CapData {
 /// Sends `method(values)` to `target` and runs the kernel until it settles.
 fn send(
     kernel: &mut Kernel,
-    target: &str,
+    target: &Kref,
     method: &str,
     values: Vec<Value>,
 ) -> Result<PromiseState, KernelError> {
@@ -44,9 +44,9 @@ fn send(
 /// Everything the scenario touches, made once.
 struct Scene {
     kernel: Kernel,
-    counter: String,
-    a: String,
-    b: String,
+    counter: Kref,
+    a: Kref,
+    b: Kref,
     faulty: Vec<u8>,
     round: u32,
     _dir: tempfile::TempDir,

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow};
 use captp_engine::Peers;
 use captp_engine::node::{Identity, Node};
-use kernel::{CommitPolicy, PromiseState};
+use kernel::{CommitPolicy, Kref, PromiseState};
 
 use crate::commands::{enliven_target, execute, finish_send, start_send};
 use crate::home::Home;
@@ -44,7 +44,7 @@ struct CliRequest {
 
 /// A send (or enliven) the daemon answers once its result settles.
 struct Waiter {
-    kpid: String,
+    kpid: Kref,
     /// For an enliven: the session it waits on (it fails fast if that
     /// cannot connect).
     session: Option<String>,
@@ -224,7 +224,7 @@ impl Daemon {
 
     /// Dials the kernel a sturdy ref names (or reuses the connection) and
     /// asks it for the object; returns the promise for it and the peer.
-    fn enliven(&mut self, uri: &str, bind_as: &str) -> Result<(String, String)> {
+    fn enliven(&mut self, uri: &str, bind_as: &str) -> Result<(Kref, String)> {
         let sturdy = enliven_target(self.node.kernel(), &self.home.did(), uri, bind_as)?;
         let peer = self.node.session(&sturdy.did, &sturdy.address)?;
         let kpid = self.node.kernel().enliven(&peer, &sturdy.swiss)?;

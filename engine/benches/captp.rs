@@ -27,7 +27,7 @@ use captp::exo_capnp::exo;
 use captp_engine::Peers;
 use captp_engine::node::{Identity, Node};
 use futures::AsyncReadExt;
-use kernel::{CommitPolicy, Kernel, PromiseState, VatOptions, WorkerKind};
+use kernel::{CommitPolicy, Kernel, Kref, PromiseState, VatOptions, WorkerKind};
 use swingstore::{Durability, SwingStore};
 
 fn env_count(name: &str, default: u64) -> u64 {
@@ -124,7 +124,7 @@ fn capnp_rpc(calls: u64, burst: u64) -> (f64, f64) {
 }
 
 /// A kernel with a pingpong vat, as a node on its own thread until `stop`.
-fn kernel_node(dir: &std::path::Path, name: &str) -> (String, Node<()>, String) {
+fn kernel_node(dir: &std::path::Path, name: &str) -> (String, Node<()>, Kref) {
     let store = SwingStore::open(&dir.join(format!("{name}.sqlite")), Durability::Full).unwrap();
     let mut kernel = Kernel::new(store, CommitPolicy::GROUPED).unwrap();
     kernel.set_supervisor_program(common::supervisor());
@@ -173,7 +173,7 @@ fn kernel_to_kernel(calls: u64, burst: u64) -> (f64, f64) {
     let (did_a, address, swiss) = announced.recv().unwrap();
     let (_did_b, mut node_b, ping) = kernel_node(dir.path(), "ping");
     let peer = node_b.session(&did_a, &address).unwrap();
-    let run = |node: &mut Node<()>, kp: String| -> PromiseState {
+    let run = |node: &mut Node<()>, kp: Kref| -> PromiseState {
         loop {
             node.turn(Duration::from_millis(1)).unwrap();
             match node.kernel().promise_state(&kp).unwrap() {
@@ -188,12 +188,12 @@ fn kernel_to_kernel(calls: u64, burst: u64) -> (f64, f64) {
         panic!("enliven failed")
     };
     let remote = vom::capdata::decode(&data).unwrap();
-    let remote = remote.as_ref().expect("a reference").slot.clone();
+    let remote = Kref::parse(&remote.as_ref().expect("a reference").slot).expect("a kref");
     node_b.kernel().bind_pet_name("pong", &remote).unwrap();
     let call = |node: &mut Node<()>, method: &str, count: u64| -> f64 {
         let args = vom::capdata::encode(&vom::Value::Array(vec![
             vom::Value::from(count),
-            vom::Value::Remotable(vom::Ref::new(remote.clone())),
+            vom::Value::Remotable(vom::Ref::new(remote.as_str())),
         ]));
         let started = Instant::now();
         let kp = node.kernel().queue_message(&ping, method, args).unwrap();

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use captp::wire::{self, Message as Wire, ReturnKind};
-use kernel::{Kernel, KernelError, TablesRef};
+use kernel::{Kernel, KernelError, Kref, TablesRef};
 use swingstore::StoreError;
 
 use crate::keys;
@@ -75,11 +75,11 @@ pub trait Peers {
 
     /// Makes a sturdy ref's swiss number for `kref`: whoever holds it can
     /// restore the object through the gate. The object stays alive for it.
-    fn share(&mut self, kref: &str) -> Result<String, KernelError>;
+    fn share(&mut self, kref: &Kref) -> Result<String, KernelError>;
 
     /// Asks `peer` (a connection we dialled) for the object behind `swiss`.
     /// Returns a promise for it, pinned until [`Kernel::release`].
-    fn enliven(&mut self, peer: &str, swiss: &str) -> Result<String, KernelError>;
+    fn enliven(&mut self, peer: &str, swiss: &str) -> Result<Kref, KernelError>;
 
     /// What our question `question` to `peer` expects back (for decoding).
     fn return_kind(&self, peer: &str, question: u32) -> Option<ReturnKind>;
@@ -318,9 +318,9 @@ impl Peers for Kernel {
         Ok(self.tables_ref().get(keys::LISTEN)?)
     }
 
-    fn share(&mut self, kref: &str) -> Result<String, KernelError> {
-        if !kref.starts_with("ko") || !self.tables_ref().kref_exists(kref)? {
-            return Err(KernelError::UnknownTarget(kref.to_owned()));
+    fn share(&mut self, kref: &Kref) -> Result<String, KernelError> {
+        if kref.is_promise() || !self.tables_ref().kref_exists(kref)? {
+            return Err(KernelError::UnknownTarget(kref.to_string()));
         }
         let mut bytes = [0u8; 20];
         getrandom::fill(&mut bytes).map_err(|e| KernelError::Randomness(e.to_string()))?;
@@ -332,8 +332,9 @@ impl Peers for Kernel {
         Ok(swiss)
     }
 
-    fn enliven(&mut self, peer: &str, swiss: &str) -> Result<String, KernelError> {
-        self.in_crank(|k| crate::enliven_in_crank(&mut k.tables(), peer, swiss))
+    fn enliven(&mut self, peer: &str, swiss: &str) -> Result<Kref, KernelError> {
+        let kp = self.in_crank(|k| crate::enliven_in_crank(&mut k.tables(), peer, swiss))?;
+        Ok(Kref::parse(&kp).expect("kernel invariant: promises are krefs"))
     }
 
     fn return_kind(&self, peer: &str, question: u32) -> Option<ReturnKind> {

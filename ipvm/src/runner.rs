@@ -21,7 +21,7 @@ use vat_supervisor::{
 };
 use vom::abi::{Delivery, Syscall, SyscallResult};
 
-use kernel::{Kernel, KernelError, Namespace, PromiseState};
+use kernel::{Kernel, KernelError, Kref, Namespace, PromiseState};
 
 use crate::{self as ipvm, Input, Job, JobContext, TaskKind};
 
@@ -335,7 +335,7 @@ struct Runner<'a> {
     outcomes: BTreeMap<String, TaskOutcome>,
     pending: BTreeSet<String>,
     /// Label -> (result promise, instruction CID or `-` for an effect).
-    running: BTreeMap<String, (String, String)>,
+    running: BTreeMap<String, (Kref, String)>,
 }
 
 impl Runner<'_> {
@@ -371,8 +371,10 @@ impl Runner<'_> {
                 let (kpid, instruction) = rest.split_once(' ').unwrap_or_else(|| {
                     panic!("ipvm invariant: running state is 'running kpid cid'")
                 });
+                let kpid = Kref::parse(kpid)
+                    .unwrap_or_else(|| panic!("ipvm invariant: a running task names a kref"));
                 self.running
-                    .insert(label.clone(), (kpid.to_owned(), instruction.to_owned()));
+                    .insert(label.clone(), (kpid, instruction.to_owned()));
             } else if let Some(cid) = state
                 .strip_prefix("ok ")
                 .or_else(|| state.strip_prefix("error "))
@@ -583,7 +585,7 @@ impl Runner<'_> {
     /// whether any did.
     fn collect_running(&mut self) -> Result<bool, RunError> {
         let mut any = false;
-        let running: Vec<(String, (String, String))> = self
+        let running: Vec<(String, (Kref, String))> = self
             .running
             .iter()
             .map(|(l, r)| (l.clone(), r.clone()))
@@ -612,7 +614,7 @@ impl Runner<'_> {
         outcome: Result<Json, String>,
         fuel: Option<u64>,
         pure: bool,
-        kpid: Option<&str>,
+        kpid: Option<&Kref>,
     ) -> Result<(), RunError> {
         let ok = outcome.is_ok();
         let body = ipvm::receipt_body(instruction, &outcome, fuel, self.issuer);

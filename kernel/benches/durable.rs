@@ -17,7 +17,7 @@ mod common;
 use std::path::Path;
 use std::time::Instant;
 
-use kernel::{CommitPolicy, Kernel, PromiseState, VatOptions, WorkerKind};
+use kernel::{CommitPolicy, Kernel, Kref, PromiseState, VatOptions, WorkerKind};
 use swingstore::{Durability, SwingStore};
 use vom::{CapData, Value};
 
@@ -71,7 +71,7 @@ impl Bench {
     }
 }
 
-fn call(kernel: &mut Kernel, target: &str, method: &str, values: Vec<Value>) -> CapData {
+fn call(kernel: &mut Kernel, target: &Kref, method: &str, values: Vec<Value>) -> CapData {
     let kpid = kernel.queue_message(target, method, args(values)).unwrap();
     let settled = kernel.run_until_settled(&kpid).unwrap();
     kernel.release(&kpid).unwrap();
@@ -96,7 +96,7 @@ fn creation_rates(wasm: &[u8], options: VatOptions, batch: u64, rounds: u32) -> 
 }
 
 /// Makes `count` things in one crank: (objects/s in the crank, with the commit).
-fn make(kernel: &mut Kernel, root: &str, count: u64) -> (f64, f64) {
+fn make(kernel: &mut Kernel, root: &Kref, count: u64) -> (f64, f64) {
     let started = Instant::now();
     let kpid = kernel
         .queue_message(root, "make", args(vec![Value::from(count)]))
@@ -130,14 +130,20 @@ fn report_rates(worker: &str, batch: u64, mut rates: Vec<(f64, f64)>) {
 /// workers, and sends the first message to object `id`. Prints the times.
 fn restart(dir: &Path) {
     let var = |name: &str| std::env::var(name).unwrap();
-    let (cache, root) = (var("DURABLE_BENCH_CACHE"), var("DURABLE_BENCH_ROOT"));
+    let cache = var("DURABLE_BENCH_CACHE");
+    let root = Kref::parse(&var("DURABLE_BENCH_ROOT")).expect("a kref");
     let id: u64 = var("DURABLE_BENCH_ID").parse().unwrap();
     let started = Instant::now();
     let mut kernel = open_kernel(dir, Path::new(&cache));
     kernel.start_workers().unwrap();
     let started_ms = started.elapsed().as_secs_f64() * 1000.0;
     let thing = call(&mut kernel, &root, "thing", vec![Value::from(id)]);
-    let described = call(&mut kernel, &thing.slots[0], "describe", vec![]);
+    let described = call(
+        &mut kernel,
+        &Kref::parse(&thing.slots[0]).unwrap(),
+        "describe",
+        vec![],
+    );
     let first_ms = started.elapsed().as_secs_f64() * 1000.0;
     assert_eq!(
         vom::capdata::decode(&described).unwrap(),
@@ -182,7 +188,12 @@ fn upgrade_times(count: u64) -> (f64, f64, f64) {
     let started = Instant::now();
     let id = count - 1;
     let thing = call(&mut kernel, &root, "thing", vec![Value::from(id)]);
-    let described = call(&mut kernel, &thing.slots[0], "describe", vec![]);
+    let described = call(
+        &mut kernel,
+        &Kref::parse(&thing.slots[0]).unwrap(),
+        "describe",
+        vec![],
+    );
     let first_ms = started.elapsed().as_secs_f64() * 1000.0;
     assert_eq!(
         vom::capdata::decode(&described).unwrap(),
@@ -242,7 +253,7 @@ fn main() {
         let out = std::process::Command::new(std::env::current_exe().unwrap())
             .env("DURABLE_BENCH_RESTART", bench.dir.path())
             .env("DURABLE_BENCH_CACHE", bench.cache.path())
-            .env("DURABLE_BENCH_ROOT", &root)
+            .env("DURABLE_BENCH_ROOT", root.as_str())
             .env("DURABLE_BENCH_ID", (made - 1).to_string())
             .output()
             .unwrap();

@@ -12,7 +12,7 @@ mod common;
 
 use std::time::Instant;
 
-use kernel::{CommitPolicy, Kernel, PromiseState, VatOptions, WorkerKind};
+use kernel::{CommitPolicy, Kernel, Kref, PromiseState, VatOptions, WorkerKind};
 use swingstore::{Durability, SwingStore};
 use vom::{Ref, Value};
 
@@ -31,8 +31,8 @@ fn resident_kib() -> u64 {
 
 struct Run {
     kernel: Kernel,
-    a: String,
-    e: String,
+    a: Kref,
+    e: Kref,
     dir: tempfile::TempDir,
 }
 
@@ -54,7 +54,7 @@ impl Run {
     /// Runs `cycles` churn cycles; returns (seconds, cranks).
     fn churn(&mut self, cycles: u64) -> (f64, u64) {
         let args = vom::capdata::encode(&Value::Array(vec![
-            Value::Remotable(Ref::new(self.e.clone())),
+            Value::Remotable(Ref::new(self.e.as_str())),
             Value::from(cycles),
         ]));
         let cranks = self.kernel.cranks_total();

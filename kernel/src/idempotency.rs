@@ -17,6 +17,7 @@
 use crate::keys;
 use vom::CapData;
 
+use crate::ids::Kref;
 use crate::kernel::{Kernel, KernelError};
 
 /// `idempotency_keys_max`: how many idempotency keys the kernel remembers.
@@ -42,13 +43,13 @@ fn digest(target: &str, method: &str, args: &CapData) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Queued {
     /// Queued now: its result promise.
-    Fresh(String),
+    Fresh(Kref),
     /// Queued by an earlier try under the same key: that try's result promise.
-    Again(String),
+    Again(Kref),
 }
 
 impl Queued {
-    pub fn kpid(&self) -> &str {
+    pub fn kpid(&self) -> &Kref {
         match self {
             Queued::Fresh(kpid) | Queued::Again(kpid) => kpid,
         }
@@ -57,9 +58,9 @@ impl Queued {
 
 impl Kernel {
     /// The result promise of the send kept under `key`, if there is one.
-    pub fn kept_send(&self, key: &str) -> Result<Option<String>, KernelError> {
+    pub fn kept_send(&self, key: &str) -> Result<Option<Kref>, KernelError> {
         let kept = self.state.get(&record_key(key))?;
-        Ok(kept.map(|record| record.split(' ').next().unwrap_or_default().to_owned()))
+        Ok(kept.map(|record| Kref::from_table(record.split(' ').next().unwrap_or_default())))
     }
 
     /// Queues `method(args)` to `target` unless a send under `key` was
@@ -68,7 +69,7 @@ impl Kernel {
     pub fn queue_message_once(
         &mut self,
         key: &str,
-        target: &str,
+        target: &Kref,
         method: &str,
         args: CapData,
     ) -> Result<Queued, KernelError> {
@@ -89,7 +90,7 @@ impl Kernel {
             if digest != asked {
                 return Err(KernelError::IdempotencyKeyReused(key.to_owned()));
             }
-            return Ok(Queued::Again(kpid.to_owned()));
+            return Ok(Queued::Again(Kref::from_table(kpid)));
         }
         self.check_message_refs(target, &args)?;
         // The message and its key are kept in one crank: both or neither.
@@ -98,7 +99,7 @@ impl Kernel {
             k.keep_key(key, &kpid, &asked)?;
             Ok::<_, KernelError>(kpid)
         })?;
-        Ok(Queued::Fresh(kpid))
+        Ok(Queued::Fresh(Kref::from_table(kpid)))
     }
 
     /// Records `key` for the send whose result is `kpid` (in a crank).

@@ -18,7 +18,7 @@ use vom::abi::{Delivery, Resolution, Syscall, SyscallResult};
 use vom::{CapData, Value};
 
 use crate::endpoint::{Endpoint, EndpointKind, EngineMemory, Tables, TablesRef};
-use crate::ids::{is_kref, is_vref};
+use crate::ids::{Kref, is_kref, is_vref};
 use crate::state::{GcAction, KernelState, Message, PromiseState, RunQueueItem, VatState};
 use crate::state::{error_capdata, settle_promise};
 
@@ -425,7 +425,7 @@ impl Kernel {
         name: &str,
         wasm: &[u8],
         options: VatOptions,
-    ) -> Result<String, KernelError> {
+    ) -> Result<Kref, KernelError> {
         check_name(name)?;
         if self.state.get(&keys::vat_by_name(&name))?.is_some() {
             return Err(KernelError::VatNameTaken(name.to_owned()));
@@ -448,7 +448,7 @@ impl Kernel {
         }
         let root = self.in_crank(|k| k.spawn_in_crank(name, wasm, module, options))?;
         self.commit()?;
-        Ok(root)
+        Ok(Kref::from_table(root))
     }
 
     fn spawn_in_crank(
@@ -780,7 +780,7 @@ impl Kernel {
 
     /// Lets go of a result promise from [`Self::queue_message`], once read;
     /// it is freed when nothing else refers to it.
-    pub fn release(&mut self, kpid: &str) -> Result<(), KernelError> {
+    pub fn release(&mut self, kpid: &Kref) -> Result<(), KernelError> {
         // The crank's end collects what the promise alone kept.
         Ok(self.in_crank(|k| k.state.unpin(kpid))?)
     }
@@ -789,12 +789,13 @@ impl Kernel {
     /// promise, which stays until [`Self::release`].
     pub fn queue_message(
         &mut self,
-        target: &str,
+        target: &Kref,
         method: &str,
         args: CapData,
-    ) -> Result<String, KernelError> {
+    ) -> Result<Kref, KernelError> {
         self.check_message_refs(target, &args)?;
         self.in_crank(|k| k.queue_in_crank(target, method, args))
+            .map(Kref::from_table)
     }
 
     /// Fails unless `target` and every slot of `args` are krefs this kernel knows.
@@ -834,10 +835,10 @@ impl Kernel {
     }
 
     /// Runs cranks until `kpid` settles, then commits and returns its settlement.
-    pub fn run_until_settled(&mut self, kpid: &str) -> Result<PromiseState, KernelError> {
+    pub fn run_until_settled(&mut self, kpid: &Kref) -> Result<PromiseState, KernelError> {
         loop {
             match self.state.promise_state(kpid)? {
-                None => return Err(KernelError::UnknownTarget(kpid.to_owned())),
+                None => return Err(KernelError::UnknownTarget(kpid.to_string())),
                 Some(PromiseState::Unresolved) => {}
                 Some(settled) => {
                     self.commit()?;
@@ -850,11 +851,11 @@ impl Kernel {
                     && EndpointKind::of(&peer) == EndpointKind::Peer
                 {
                     return Err(KernelError::WaitsOnPeer {
-                        kpid: kpid.to_owned(),
+                        kpid: kpid.to_string(),
                         peer,
                     });
                 }
-                return Err(KernelError::Unsettled(kpid.to_owned()));
+                return Err(KernelError::Unsettled(kpid.to_string()));
             }
         }
     }
@@ -1618,26 +1619,29 @@ impl Kernel {
     }
 
     /// The settlement of `kpid` as it is now.
-    pub fn promise_state(&self, kpid: &str) -> Result<Option<PromiseState>, KernelError> {
+    pub fn promise_state(&self, kpid: &Kref) -> Result<Option<PromiseState>, KernelError> {
         Ok(self.state.promise_state(kpid)?)
     }
 
     /// The kref a pet name is bound to.
-    pub fn pet_name(&self, name: &str) -> Result<Option<String>, KernelError> {
-        Ok(self.state.get(&keys::pet_name(&name))?)
+    pub fn pet_name(&self, name: &str) -> Result<Option<Kref>, KernelError> {
+        Ok(self
+            .state
+            .get(&keys::pet_name(&name))?
+            .map(Kref::from_table))
     }
 
     /// Binds `name` to `kref`. Fails if the name is taken.
-    pub fn bind_pet_name(&mut self, name: &str, kref: &str) -> Result<(), KernelError> {
+    pub fn bind_pet_name(&mut self, name: &str, kref: &Kref) -> Result<(), KernelError> {
         check_name(name)?;
         if let Some(existing) = self.pet_name(name)? {
             return Err(KernelError::PetNameTaken {
                 name: name.to_owned(),
-                kref: existing,
+                kref: existing.into(),
             });
         }
         if !self.state.kref_exists(kref)? {
-            return Err(KernelError::UnknownTarget(kref.to_owned()));
+            return Err(KernelError::UnknownTarget(kref.to_string()));
         }
         Ok(self.in_crank(|k| {
             k.state.set(&keys::pet_name(&name), kref)?;
@@ -1646,7 +1650,7 @@ impl Kernel {
     }
 
     /// Unbinds pet name `name`; what it named goes when nothing else holds it.
-    pub fn unbind_pet_name(&mut self, name: &str) -> Result<String, KernelError> {
+    pub fn unbind_pet_name(&mut self, name: &str) -> Result<Kref, KernelError> {
         let Some(kref) = self.pet_name(name)? else {
             return Err(KernelError::UnknownPetName(name.to_owned()));
         };
@@ -1658,22 +1662,24 @@ impl Kernel {
     }
 
     /// Every pet name and its kref, by name.
-    pub fn pet_names(&self) -> Result<Vec<(String, String)>, KernelError> {
+    pub fn pet_names(&self) -> Result<Vec<(String, Kref)>, KernelError> {
         Ok(self
             .state
             .scan_prefix("pet.")?
             .into_iter()
-            .map(|(k, v)| (k["pet.".len()..].to_owned(), v))
+            .map(|(k, v)| (k["pet.".len()..].to_owned(), Kref::from_table(v)))
             .collect())
     }
 
     /// Resolves a pet name or a known kref to a kref.
-    pub fn resolve_reference(&self, text: &str) -> Result<String, KernelError> {
+    pub fn resolve_reference(&self, text: &str) -> Result<Kref, KernelError> {
         if let Some(kref) = self.pet_name(text)? {
             return Ok(kref);
         }
-        if is_kref(text) && self.state.kref_exists(text)? {
-            return Ok(text.to_owned());
+        if let Some(kref) = Kref::parse(text)
+            && self.state.kref_exists(&kref)?
+        {
+            return Ok(kref);
         }
         Err(KernelError::UnknownTarget(text.to_owned()))
     }

@@ -18,7 +18,7 @@ mod state;
 
 pub use endpoint::{Endpoint, EndpointKind, Tables, TablesRef};
 pub use idempotency::{IDEMPOTENCY_KEY_BYTES_MAX, IDEMPOTENCY_KEYS_MAX, Queued};
-pub use ids::is_kref;
+pub use ids::{Kref, is_kref};
 pub use kernel::{
     CommitPolicy, FORWARDING_DEPTH_MAX, Kernel, KernelError, VatInfo, VatOptions, WorkerKind,
     check_name,

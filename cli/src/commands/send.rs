@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use anyhow::{Context, Result, anyhow, bail};
-use kernel::{Kernel, PromiseState};
+use kernel::{Kernel, Kref, PromiseState};
 use vom::Value;
 
 use crate::display::{parse_arg, to_display};
@@ -19,12 +19,12 @@ pub fn send(kernel: &mut Kernel, request: &SendArgs, out: &mut Outcome) -> Resul
 }
 
 /// Queues a send; returns its result promise.
-pub fn start_send(kernel: &mut Kernel, request: &SendArgs) -> Result<String> {
+pub fn start_send(kernel: &mut Kernel, request: &SendArgs) -> Result<Kref> {
     if let Some(name) = request.bind_as.as_deref() {
         kernel::check_name(name)?;
     }
     let target = kernel.resolve_reference(&request.target)?;
-    let resolve = |text: &str| kernel.resolve_reference(text).ok();
+    let resolve = |text: &str| kernel.resolve_reference(text).ok().map(String::from);
     let values = request
         .args
         .iter()
@@ -40,7 +40,7 @@ pub fn start_send(kernel: &mut Kernel, request: &SendArgs) -> Result<String> {
         check_unbound(kernel, request.bind_as.as_deref())?;
     }
     let queued = kernel.queue_message_once(key, &target, &request.method, args)?;
-    Ok(queued.kpid().to_owned())
+    Ok(queued.kpid().clone())
 }
 
 fn check_unbound(kernel: &Kernel, bind_as: Option<&str>) -> Result<()> {
@@ -56,7 +56,7 @@ fn check_unbound(kernel: &Kernel, bind_as: Option<&str>) -> Result<()> {
 /// an idempotency key keeps it for retries: `keyed`).
 pub fn finish_send(
     kernel: &mut Kernel,
-    kpid: &str,
+    kpid: &Kref,
     bind_as: Option<&str>,
     keyed: bool,
     out: &mut Outcome,
@@ -71,12 +71,17 @@ pub fn finish_send(
 }
 
 /// Runs the kernel until `kpid` settles, then reports the settlement.
-fn report(kernel: &mut Kernel, kpid: &str, bind_as: Option<&str>, out: &mut Outcome) -> Result<()> {
+fn report(
+    kernel: &mut Kernel,
+    kpid: &Kref,
+    bind_as: Option<&str>,
+    out: &mut Outcome,
+) -> Result<()> {
     let settled = kernel.run_until_settled(kpid)?;
     let names: HashMap<String, String> = kernel
         .pet_names()?
         .into_iter()
-        .map(|(name, kref)| (kref, name))
+        .map(|(name, kref)| (kref.into(), name))
         .collect();
     let name_of = |kref: &str| names.get(kref).cloned().unwrap_or_else(|| kref.to_owned());
     match settled {
@@ -88,7 +93,8 @@ fn report(kernel: &mut Kernel, kpid: &str, bind_as: Option<&str>, out: &mut Outc
                 };
                 // An idempotent retry finds the name its first try bound.
                 if kernel.pet_name(name)?.as_deref() != Some(reference.slot.as_str()) {
-                    kernel.bind_pet_name(name, &reference.slot)?;
+                    let kref = Kref::parse(&reference.slot).context("the result's reference")?;
+                    kernel.bind_pet_name(name, &kref)?;
                     kernel.commit()?;
                 }
             }
