@@ -354,7 +354,16 @@ impl Kernel {
     }
 
     /// The tables, for an endpoint engine's crank (inside [`Self::in_crank`]).
+    ///
+    /// # Panics
+    ///
+    /// Outside a crank: an engine's changes are made, and rolled back,
+    /// with the crank they belong to.
     pub fn tables(&mut self) -> Tables<'_> {
+        assert!(
+            self.state.store.in_crank(),
+            "kernel invariant: an engine changes the tables inside a crank (Kernel::in_crank)"
+        );
         Tables::new(&mut self.state)
     }
 
