@@ -450,7 +450,7 @@ fn granted(
     crate::ucan::granted_command(&chain, owner, requestor, now_s).map_err(|reason| {
         JobError::Unauthorized {
             requestor: requestor.to_owned(),
-            reason,
+            reason: reason.to_string(),
         }
     })
 }

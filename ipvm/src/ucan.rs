@@ -42,6 +42,41 @@ pub fn delegate(
     json!({"payload": payload, "sig": encode_signature(&signature)})
 }
 
+/// Why a delegation chain grants nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DelegationError {
+    #[error("no delegation from the owner")]
+    Empty,
+    #[error("a delegation chain longer than CHAIN_LENGTH_MAX ({CHAIN_LENGTH_MAX})")]
+    TooLong,
+    #[error("delegation {index} has no {field}")]
+    Missing { index: usize, field: &'static str },
+    #[error("delegation {index} is issued by {issuer}, not {expected}")]
+    WrongIssuer {
+        index: usize,
+        issuer: String,
+        expected: String,
+    },
+    #[error("delegation {index} is about {subject}, not this kernel")]
+    WrongSubject { index: usize, subject: String },
+    #[error("delegation {index} is not signed")]
+    Unsigned { index: usize },
+    #[error("delegation {index}: bad signature: {reason}")]
+    BadSignature { index: usize, reason: String },
+    #[error("delegation {index}: exp is not a time")]
+    BadExpiry { index: usize },
+    #[error("delegation {index} expired")]
+    Expired { index: usize },
+    #[error("delegation {index} widens {granted:?} to {wanted:?}")]
+    Widens {
+        index: usize,
+        granted: String,
+        wanted: String,
+    },
+    #[error("the chain ends at {end}, not the requestor")]
+    NotTheRequestor { end: String },
+}
+
 /// The commands a chain grants `requestor` on `owner`'s kernel at time
 /// `now_s`: each link checked (signature, continuity, subject, expiry,
 /// narrowing). Returns the narrowest command, which covers all it grants.
@@ -50,29 +85,31 @@ pub fn granted_command(
     owner: &str,
     requestor: &str,
     now_s: u64,
-) -> Result<String, String> {
+) -> Result<String, DelegationError> {
     if chain.is_empty() {
-        return Err("no delegation from the owner".into());
+        return Err(DelegationError::Empty);
     }
     if chain.len() > CHAIN_LENGTH_MAX {
-        return Err(format!(
-            "a delegation chain longer than CHAIN_LENGTH_MAX ({CHAIN_LENGTH_MAX})"
-        ));
+        return Err(DelegationError::TooLong);
     }
     let mut expected_issuer = owner.to_owned();
     let mut command = "/".to_owned();
     for (index, link) in chain.iter().enumerate() {
         let (audience, cmd) = check_link(index, link, &expected_issuer, owner, now_s)?;
         if !covers(&command, &cmd) {
-            return Err(format!("delegation {index} widens {command:?} to {cmd:?}"));
+            return Err(DelegationError::Widens {
+                index,
+                granted: command,
+                wanted: cmd,
+            });
         }
         command = cmd;
         expected_issuer = audience;
     }
     if expected_issuer != requestor {
-        return Err(format!(
-            "the chain ends at {expected_issuer}, not the requestor"
-        ));
+        return Err(DelegationError::NotTheRequestor {
+            end: expected_issuer,
+        });
     }
     Ok(command)
 }
@@ -85,42 +122,42 @@ fn check_link(
     issuer: &str,
     owner: &str,
     now_s: u64,
-) -> Result<(String, String), String> {
-    let payload = link
-        .get("payload")
-        .ok_or_else(|| format!("delegation {index} has no payload"))?;
-    let field = |name: &str| -> Result<&str, String> {
+) -> Result<(String, String), DelegationError> {
+    let missing = |field| DelegationError::Missing { index, field };
+    let payload = link.get("payload").ok_or_else(|| missing("payload"))?;
+    let field = |name: &'static str| {
         payload
             .get(name)
             .and_then(Json::as_str)
-            .ok_or_else(|| format!("delegation {index} has no {name}"))
+            .ok_or_else(|| missing(name))
     };
     let (iss, audience, subject, cmd) =
         (field("iss")?, field("aud")?, field("sub")?, field("cmd")?);
     if iss != issuer {
-        return Err(format!(
-            "delegation {index} is issued by {iss}, not {issuer}"
-        ));
+        return Err(DelegationError::WrongIssuer {
+            index,
+            issuer: iss.to_owned(),
+            expected: issuer.to_owned(),
+        });
     }
     if subject != owner {
-        return Err(format!(
-            "delegation {index} is about {subject}, not this kernel"
-        ));
+        return Err(DelegationError::WrongSubject {
+            index,
+            subject: subject.to_owned(),
+        });
     }
     let signature = link
         .get("sig")
         .and_then(Json::as_str)
-        .ok_or_else(|| format!("delegation {index} is not signed"))?;
+        .ok_or(DelegationError::Unsigned { index })?;
     verify(iss, &dag_cbor(payload), signature)
-        .map_err(|e| format!("delegation {index}: bad signature: {e}"))?;
+        .map_err(|reason| DelegationError::BadSignature { index, reason })?;
     match payload.get("exp") {
         None | Some(Json::Null) => {}
         Some(exp) => {
-            let exp = exp
-                .as_u64()
-                .ok_or_else(|| format!("delegation {index}: exp is not a time"))?;
+            let exp = exp.as_u64().ok_or(DelegationError::BadExpiry { index })?;
             if exp <= now_s {
-                return Err(format!("delegation {index} expired"));
+                return Err(DelegationError::Expired { index });
             }
         }
     }
@@ -168,12 +205,14 @@ mod tests {
         assert!(
             granted_command(&chain, &owner, &bob, 3000)
                 .unwrap_err()
+                .to_string()
                 .contains("expired")
         );
         assert!(granted_command(std::slice::from_ref(&second), &owner, &bob, 1000).is_err());
         assert!(
             granted_command(std::slice::from_ref(&first), &owner, &bob, 1000)
                 .unwrap_err()
+                .to_string()
                 .contains("not the requestor")
         );
         let wider = delegate(&alice, &bob, &owner, "/", None, "n3", &|m| {
@@ -182,6 +221,7 @@ mod tests {
         assert!(
             granted_command(&[first.clone(), wider], &owner, &bob, 1000)
                 .unwrap_err()
+                .to_string()
                 .contains("widens")
         );
         let mut forged = second;
@@ -189,6 +229,7 @@ mod tests {
         assert!(
             granted_command(&[first, forged], &owner, &bob, 1000)
                 .unwrap_err()
+                .to_string()
                 .contains("bad signature")
         );
     }
