@@ -264,8 +264,12 @@ impl kernel::Endpoint for Membrane {
 /// Whether `peer` is a kernel with a durable session (its frames are kept
 /// in the store until acknowledged).
 fn is_session(t: &TablesRef<'_>, peer: &str) -> Result<bool, StoreError> {
-    Ok(t.get(&keys::record(&peer, "did"))?.is_some()
-        && t.get(&keys::record(&peer, "state"))?.as_deref() == Some("running"))
+    Ok(t.get(&keys::record(&peer, "did"))?.is_some() && is_running(t, peer)?)
+}
+
+/// Whether `peer`'s connection is live (not terminated).
+fn is_running(t: &TablesRef<'_>, peer: &str) -> Result<bool, StoreError> {
+    Ok(t.get(&keys::record(&peer, "state"))?.as_deref() == Some("running"))
 }
 
 // ---- the peer's lifecycle (each a crank of its own) ----
@@ -1079,7 +1083,7 @@ fn deliver_to_peer(
 
 /// `kp`, which the peer asked about or we exported to it, settled.
 fn notify_peer(t: &mut Tables<'_>, peer: &str, kp: &str) -> Result<(), StoreError> {
-    if t.get(&keys::record(&peer, "state"))?.as_deref() != Some("running") {
+    if !is_running(&t.read(), peer)? {
         return Ok(());
     }
     let (rejected, data) = match t.promise_state(kp)? {
@@ -1196,7 +1200,7 @@ fn release_to_peer(t: &mut Tables<'_>, peer: &str, ko: &str) -> Result<(), Store
     // The peer may reuse the id once released: forget the mapping now.
     t.add_to_count(&keys::record(&peer, "imports"), -1)?;
     t.clist_remove(peer, ko)?;
-    if t.get(&keys::record(&peer, "state"))?.as_deref() == Some("running") && count > 0 {
+    if is_running(&t.read(), peer)? && count > 0 {
         emit(
             t,
             peer,

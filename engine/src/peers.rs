@@ -109,24 +109,14 @@ impl Peers for Kernel {
     }
 
     fn remove_peer(&mut self, peer: &str, reason: &str) -> Result<(), KernelError> {
-        if self
-            .tables_ref()
-            .get(&keys::record(&peer, "state"))?
-            .as_deref()
-            != Some("running")
-        {
+        if !crate::is_running(&self.tables_ref(), peer)? {
             return Ok(());
         }
         Ok(self.in_crank(|k| crate::terminate_peer(&mut k.tables(), peer, reason))?)
     }
 
     fn abort_peer(&mut self, peer: &str, reason: &str) -> Result<(), KernelError> {
-        if self
-            .tables_ref()
-            .get(&keys::record(&peer, "state"))?
-            .as_deref()
-            != Some("running")
-        {
+        if !crate::is_running(&self.tables_ref(), peer)? {
             return Ok(());
         }
         let why = format!("peer {peer} disconnected: {reason}");
@@ -135,12 +125,7 @@ impl Peers for Kernel {
 
     fn remove_stale_peers(&mut self) -> Result<(), KernelError> {
         for peer in peer_ids(&self.tables_ref())? {
-            if self
-                .tables_ref()
-                .get(&keys::record(&peer, "state"))?
-                .as_deref()
-                == Some("running")
-            {
+            if crate::is_running(&self.tables_ref(), &peer)? {
                 let peer = peer.as_str();
                 if self
                     .tables_ref()
@@ -206,11 +191,7 @@ impl Peers for Kernel {
 
     fn session_peer(&mut self, did: &str, address: Option<&str>) -> Result<String, KernelError> {
         if let Some(peer) = self.tables_ref().get(&keys::peer_of_did(&did))?
-            && self
-                .tables_ref()
-                .get(&keys::record(&peer, "state"))?
-                .as_deref()
-                == Some("running")
+            && crate::is_running(&self.tables_ref(), &peer)?
         {
             // One side dials: a session the other kernel dials stays so,
             // even once we hold a sturdy ref to it too.
@@ -355,12 +336,7 @@ impl Peers for Kernel {
         peer: &str,
         decoded: Result<Wire, wire::WireError>,
     ) -> Result<Option<String>, KernelError> {
-        if self
-            .tables_ref()
-            .get(&keys::record(&peer, "state"))?
-            .as_deref()
-            != Some("running")
-        {
+        if !crate::is_running(&self.tables_ref(), peer)? {
             return Ok(Some(format!("peer {peer} is disconnected")));
         }
         if tracing_frames() {

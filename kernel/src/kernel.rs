@@ -1599,11 +1599,7 @@ impl Kernel {
         kpid: Option<&str>,
         reason: &str,
     ) -> Result<(), StoreError> {
-        let Some(kpid) = kpid else { return Ok(()) };
-        if self.state.promise_state(kpid)? == Some(PromiseState::Unresolved) {
-            settle_promise(&mut self.state, kpid, true, &error_capdata(reason))?;
-        }
-        Ok(())
+        Tables::new(&mut self.state).reject_if_unresolved(kpid, reason)
     }
 
     /// Marks `vat` terminated and rejects every promise it decides. Its
