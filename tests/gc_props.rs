@@ -194,7 +194,8 @@ proptest! {
         world.assert_consistent("the final collection");
         let (problems, _) = world.kernel.check().unwrap();
         prop_assert!(problems.is_empty());
-        let leftover: Vec<String> = world.kernel.objects_owned_by("v1").unwrap()
+        let exporter = world.kernel.vat_id("e").unwrap();
+        let leftover: Vec<_> = world.kernel.objects_owned_by(&exporter).unwrap()
             .into_iter().filter(|ko| ko.as_str() != world.roots[0].as_str()).collect();
         prop_assert!(leftover.is_empty(), "e still exports {:?} after {:?}", leftover, ops);
     }

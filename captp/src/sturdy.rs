@@ -9,12 +9,21 @@ pub enum Address {
     Unix(std::path::PathBuf),
 }
 
+/// Why a listening address does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AddressError {
+    #[error("address {0:?} has an empty socket path")]
+    EmptySocketPath(String),
+    #[error("address {0:?} is neither host:port nor unix:PATH")]
+    Unrecognized(String),
+}
+
 impl Address {
     /// `host:port`, or `unix:PATH`.
-    pub fn parse(text: &str) -> Result<Address, String> {
+    pub fn parse(text: &str) -> Result<Address, AddressError> {
         if let Some(path) = text.strip_prefix("unix:") {
             if path.is_empty() {
-                return Err(format!("address {text:?} has an empty socket path"));
+                return Err(AddressError::EmptySocketPath(text.to_owned()));
             }
             return Ok(Address::Unix(path.replace("%2F", "/").into()));
         }
@@ -22,9 +31,7 @@ impl Address {
             Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
                 Ok(Address::Tcp(text.to_owned()))
             }
-            _ => Err(format!(
-                "address {text:?} is neither host:port nor unix:PATH"
-            )),
+            _ => Err(AddressError::Unrecognized(text.to_owned())),
         }
     }
 }
@@ -48,24 +55,53 @@ pub struct SturdyRef {
     pub swiss: String,
 }
 
+/// What is wrong with a sturdy ref that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SturdyFlaw {
+    #[error("does not start with captp://")]
+    Scheme,
+    #[error("has no DID@")]
+    NoDid,
+    #[error("does not name a did:key")]
+    NotDidKey,
+    #[error("has no /SWISS")]
+    NoSwiss,
+    #[error("has a malformed swiss number")]
+    MalformedSwiss,
+    #[error("{0}")]
+    Address(AddressError),
+}
+
+/// A sturdy ref that does not parse, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("sturdy ref {uri:?} {flaw} (expected captp://DID@ADDRESS/SWISS)")]
+pub struct SturdyRefError {
+    pub uri: String,
+    pub flaw: SturdyFlaw,
+}
+
 impl SturdyRef {
-    pub fn parse(uri: &str) -> Result<SturdyRef, String> {
-        let bad =
-            |why: &str| format!("sturdy ref {uri:?} {why} (expected captp://DID@ADDRESS/SWISS)");
+    pub fn parse(uri: &str) -> Result<SturdyRef, SturdyRefError> {
+        let bad = |flaw| SturdyRefError {
+            uri: uri.to_owned(),
+            flaw,
+        };
         let rest = uri
             .strip_prefix("captp://")
-            .ok_or_else(|| bad("does not start with captp://"))?;
-        let (did, rest) = rest.split_once('@').ok_or_else(|| bad("has no DID@"))?;
+            .ok_or_else(|| bad(SturdyFlaw::Scheme))?;
+        let (did, rest) = rest.split_once('@').ok_or_else(|| bad(SturdyFlaw::NoDid))?;
         if !did.starts_with("did:key:z") {
-            return Err(bad("does not name a did:key"));
+            return Err(bad(SturdyFlaw::NotDidKey));
         }
-        let (address, swiss) = rest.rsplit_once('/').ok_or_else(|| bad("has no /SWISS"))?;
+        let (address, swiss) = rest
+            .rsplit_once('/')
+            .ok_or_else(|| bad(SturdyFlaw::NoSwiss))?;
         if swiss.is_empty() || !swiss.chars().all(|c| c.is_ascii_alphanumeric()) {
-            return Err(bad("has a malformed swiss number"));
+            return Err(bad(SturdyFlaw::MalformedSwiss));
         }
         Ok(SturdyRef {
             did: did.to_owned(),
-            address: Address::parse(address).map_err(|e| bad(&e))?,
+            address: Address::parse(address).map_err(|e| bad(SturdyFlaw::Address(e)))?,
             swiss: swiss.to_owned(),
         })
     }
@@ -97,7 +133,7 @@ mod tests {
             ("captp://nobody@127.0.0.1:7000/ab", "did:key"),
             ("captp://did:key:z6Mk@nowhere/ab", "host:port"),
         ] {
-            let err = SturdyRef::parse(uri).unwrap_err();
+            let err = SturdyRef::parse(uri).unwrap_err().to_string();
             assert!(err.contains(why), "{uri}: {err}");
         }
     }

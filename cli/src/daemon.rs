@@ -10,10 +10,10 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result};
 use captp_engine::Peers;
 use captp_engine::node::{Identity, Node};
-use kernel::{CommitPolicy, Kref, PromiseState};
+use kernel::{CommitPolicy, EndpointId, Kref, PromiseState};
 
 use crate::commands::{enliven_target, execute, finish_send, start_send};
 use crate::home::Home;
@@ -47,7 +47,7 @@ struct Waiter {
     kpid: Kref,
     /// For an enliven: the session it waits on (it fails fast if that
     /// cannot connect).
-    session: Option<String>,
+    session: Option<EndpointId>,
     bind_as: Option<String>,
     idempotency_key: Option<String>,
     stream: UnixStream,
@@ -134,7 +134,7 @@ impl Daemon {
     fn listen(&mut self, listen: Option<&str>) -> Result<Option<String>> {
         let listening = match listen {
             Some(text) => {
-                let address = captp::sturdy::Address::parse(text).map_err(|e| anyhow!(e))?;
+                let address = captp::sturdy::Address::parse(text)?;
                 Some(self.node.listen(&address)?.to_string())
             }
             None => None,
@@ -224,7 +224,7 @@ impl Daemon {
 
     /// Dials the kernel a sturdy ref names (or reuses the connection) and
     /// asks it for the object; returns the promise for it and the peer.
-    fn enliven(&mut self, uri: &str, bind_as: &str) -> Result<(Kref, String)> {
+    fn enliven(&mut self, uri: &str, bind_as: &str) -> Result<(Kref, EndpointId)> {
         let sturdy = enliven_target(self.node.kernel(), &self.home.did(), uri, bind_as)?;
         let peer = self.node.session(&sturdy.did, &sturdy.address)?;
         let kpid = self.node.kernel().enliven(&peer, &sturdy.swiss)?;

@@ -41,9 +41,22 @@ pub fn to_display(value: &Value, name_of: &dyn Fn(&str) -> String) -> Json {
     }
 }
 
+/// Why a command-line argument does not read as a value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ArgError {
+    #[error("unknown reference {0:?}")]
+    UnknownReference(String),
+    #[error("bad $bigint {0:?}: an integer of at most 128 bits")]
+    BadBigint(String),
+    #[error("bad $number {0:?}")]
+    BadNumber(String),
+    #[error("unknown special form {0:?} (see `vat send --help`)")]
+    UnknownForm(String),
+}
+
 /// Parses one command-line argument. `resolve` maps a pet name or kref to a
 /// kref, or says it is unknown.
-pub fn parse_arg(text: &str, resolve: &dyn Fn(&str) -> Option<String>) -> Result<Value, String> {
+pub fn parse_arg(text: &str, resolve: &dyn Fn(&str) -> Option<String>) -> Result<Value, ArgError> {
     if let Some(kref) = resolve(text) {
         return Ok(reference(kref));
     }
@@ -114,7 +127,7 @@ fn reference(kref: String) -> Value {
     }
 }
 
-fn from_display(json: &Json, resolve: &dyn Fn(&str) -> Option<String>) -> Result<Value, String> {
+fn from_display(json: &Json, resolve: &dyn Fn(&str) -> Option<String>) -> Result<Value, ArgError> {
     Ok(match json {
         Json::Null => Value::Null,
         Json::Bool(b) => Value::Bool(*b),
@@ -129,13 +142,14 @@ fn from_display(json: &Json, resolve: &dyn Fn(&str) -> Option<String>) -> Result
         Json::Object(map) => {
             let single = |key: &str| (map.len() == 1).then(|| map.get(key)).flatten();
             if let Some(Json::String(name)) = single("$ref").or_else(|| single("$promise")) {
-                let kref = resolve(name).ok_or_else(|| format!("unknown reference {name:?}"))?;
+                let kref = resolve(name).ok_or_else(|| ArgError::UnknownReference(name.clone()))?;
                 return Ok(reference(kref));
             }
             if let Some(Json::String(digits)) = single("$bigint") {
-                return digits.parse().map(Value::BigInt).map_err(|_| {
-                    format!("bad $bigint {digits:?}: an integer of at most 128 bits")
-                });
+                return digits
+                    .parse()
+                    .map(Value::BigInt)
+                    .map_err(|_| ArgError::BadBigint(digits.clone()));
             }
             if single("$undefined").is_some() {
                 return Ok(Value::Undefined);
@@ -145,7 +159,7 @@ fn from_display(json: &Json, resolve: &dyn Fn(&str) -> Option<String>) -> Result
                     "NaN" => Ok(Value::Number(f64::NAN)),
                     "Infinity" => Ok(Value::Number(f64::INFINITY)),
                     "-Infinity" => Ok(Value::Number(f64::NEG_INFINITY)),
-                    _ => Err(format!("bad $number {n:?}")),
+                    _ => Err(ArgError::BadNumber(n.clone())),
                 };
             }
             if let Some(Json::String(message)) = map.get("$error") {
@@ -158,9 +172,7 @@ fn from_display(json: &Json, resolve: &dyn Fn(&str) -> Option<String>) -> Result
             let mut record = BTreeMap::new();
             for (key, value) in map {
                 if key.starts_with('$') {
-                    return Err(format!(
-                        "unknown special form {key:?} (see `vat send --help`)"
-                    ));
+                    return Err(ArgError::UnknownForm(key.clone()));
                 }
                 record.insert(key.clone(), from_display(value, resolve)?);
             }
@@ -243,22 +255,20 @@ mod tests {
         // A literal beyond what a bigint holds here is refused, never rounded.
         let huge = "1".repeat(60);
         assert_eq!(
-            parse_arg(&huge, &resolve).unwrap_err(),
+            parse_arg(&huge, &resolve).unwrap_err().to_string(),
             format!("bad $bigint {huge:?}: an integer of at most 128 bits")
         );
     }
 
     #[test]
     fn unknown_references_and_forms_in_json_are_errors() {
-        assert!(
-            parse_arg(r#"{"$ref":"nobody"}"#, &resolve)
-                .unwrap_err()
-                .contains("nobody")
+        assert_eq!(
+            parse_arg(r#"{"$ref":"nobody"}"#, &resolve),
+            Err(ArgError::UnknownReference("nobody".into()))
         );
-        assert!(
-            parse_arg(r#"{"$weird":1}"#, &resolve)
-                .unwrap_err()
-                .contains("$weird")
+        assert_eq!(
+            parse_arg(r#"{"$weird":1}"#, &resolve),
+            Err(ArgError::UnknownForm("$weird".into()))
         );
     }
 

@@ -40,7 +40,9 @@ use serde::{Deserialize, Serialize};
 use swingstore::StoreError;
 use vom::{CapData, Value};
 
-use kernel::{Kernel, KernelError, Message, PromiseState, Tables, TablesRef, error_capdata};
+use kernel::{
+    EndpointId, Kernel, KernelError, Kref, Message, PromiseState, Tables, TablesRef, error_capdata,
+};
 
 mod keys;
 pub mod node;
@@ -74,7 +76,7 @@ struct Question {
     kind: QuestionKind,
     /// The kernel promise the answer settles.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    result: Option<String>,
+    result: Option<Kref>,
     /// Exports sent in the call's parameters (released if the peer's
     /// `Return` says `releaseParamCaps`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -95,7 +97,7 @@ struct Answer {
     kind: AnswerKind,
     /// The result promise (`exo`), or the restored object.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    kref: Option<String>,
+    kref: Option<Kref>,
     /// Why it failed, if it was answered with an exception: calls
     /// pipelined on it fail the same way.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -106,7 +108,7 @@ struct Answer {
 }
 
 impl Answer {
-    fn new(kind: AnswerKind, kref: Option<String>) -> Answer {
+    fn new(kind: AnswerKind, kref: Option<Kref>) -> Answer {
         Answer {
             kind,
             kref,
@@ -139,7 +141,7 @@ impl std::fmt::Display for PeerLink {
 /// A peer as `vat peers` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerInfo {
-    pub id: String,
+    pub id: EndpointId,
     pub name: String,
     /// How it is, as `vat peers` shows it.
     pub state: String,
@@ -215,8 +217,8 @@ impl kernel::Endpoint for Membrane {
     fn deliver(
         &self,
         tables: &mut Tables<'_>,
-        endpoint: &str,
-        target: &str,
+        endpoint: &EndpointId,
+        target: &Kref,
         message: Message,
     ) -> Result<(), StoreError> {
         deliver_to_peer(tables, endpoint, target, message)
@@ -225,8 +227,8 @@ impl kernel::Endpoint for Membrane {
     fn notify(
         &self,
         tables: &mut Tables<'_>,
-        endpoint: &str,
-        kpid: &str,
+        endpoint: &EndpointId,
+        kpid: &Kref,
     ) -> Result<(), StoreError> {
         notify_peer(tables, endpoint, kpid)
     }
@@ -234,8 +236,8 @@ impl kernel::Endpoint for Membrane {
     fn drop_export(
         &self,
         tables: &mut Tables<'_>,
-        endpoint: &str,
-        ko: &str,
+        endpoint: &EndpointId,
+        ko: &Kref,
     ) -> Result<(), StoreError> {
         release_to_peer(tables, endpoint, ko)
     }
@@ -243,7 +245,7 @@ impl kernel::Endpoint for Membrane {
     fn input(
         &self,
         tables: &mut Tables<'_>,
-        endpoint: &str,
+        endpoint: &EndpointId,
         input: &str,
     ) -> Result<(), StoreError> {
         let mut words = input.split(' ');
@@ -332,7 +334,7 @@ fn terminate_peer(t: &mut Tables<'_>, peer: &str, reason: &str) -> Result<(), St
     t.schedule_cleanup(peer)
 }
 
-fn enliven_in_crank(t: &mut Tables<'_>, peer: &str, swiss: &str) -> Result<String, KernelError> {
+fn enliven_in_crank(t: &mut Tables<'_>, peer: &str, swiss: &str) -> Result<Kref, KernelError> {
     let bootstrap = next_question(t, peer)?;
     put_question(
         t,
@@ -595,7 +597,7 @@ fn handle_call(t: &mut Tables<'_>, peer: &str, call: Call) -> Result<()> {
         let reason = "unimplemented: objects here are Exo (exo.capnp)".into();
         return answer_exception(t, peer, question, reason);
     };
-    let slots = args.caps.iter().map(|i| krefs[*i as usize].clone());
+    let slots = args.caps.iter().map(|i| krefs[*i as usize].to_string());
     let args = CapData {
         body: args.body,
         slots: slots.collect(),
@@ -641,7 +643,12 @@ fn call_gate(t: &mut Tables<'_>, peer: &str, question: u32, content: CallContent
         let reason = "the gate only restores sturdy refs (Gate.restore)".into();
         return answer_exception(t, peer, question, reason);
     };
-    match t.get(&keys::sturdy(&swiss))? {
+    // A sturdy record is a kref the engine wrote; one that is not reads as
+    // no record.
+    match t
+        .get(&keys::sturdy(&swiss))?
+        .and_then(|text| Kref::parse(&text))
+    {
         Some(kref) if t.kref_exists(&kref)? => {
             let answer = Answer::new(AnswerKind::Restored, Some(kref.clone()));
             open_answer(t, peer, question, &answer)?;
@@ -712,7 +719,7 @@ fn handle_return(t: &mut Tables<'_>, peer: &str, ret: Return) -> Result<()> {
                         slots: result
                             .caps
                             .iter()
-                            .map(|i| krefs[*i as usize].clone())
+                            .map(|i| krefs[*i as usize].to_string())
                             .collect(),
                     };
                     match vom::capdata::decode(&data) {
@@ -844,7 +851,7 @@ fn close_answer(t: &mut Tables<'_>, peer: &str, question: u32) -> Result<(), Sto
 }
 
 /// The kref a peer's message target names.
-fn target_kref(t: &mut Tables<'_>, peer: &str, target: &Target) -> Result<String> {
+fn target_kref(t: &mut Tables<'_>, peer: &str, target: &Target) -> Result<Kref> {
     match target {
         Target::Imported(id) => {
             for vref in [format!("o-{id}"), format!("p-{id}")] {
@@ -872,7 +879,7 @@ fn target_kref(t: &mut Tables<'_>, peer: &str, target: &Target) -> Result<String
 }
 
 /// The kref for a capability the peer sent us, importing it if new.
-fn import_descriptor(t: &mut Tables<'_>, peer: &str, cap: &CapDescriptor) -> Result<String> {
+fn import_descriptor(t: &mut Tables<'_>, peer: &str, cap: &CapDescriptor) -> Result<Kref> {
     match cap {
         CapDescriptor::SenderHosted(id) | CapDescriptor::SenderPromise(id) => {
             let promise = matches!(cap, CapDescriptor::SenderPromise(_));

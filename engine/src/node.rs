@@ -33,7 +33,7 @@ use captp::wire::{
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc as tmpsc;
 
-use kernel::{Kernel, KernelError};
+use kernel::{EndpointId, Kernel, KernelError};
 
 use crate::{PeerLink, Peers};
 
@@ -91,8 +91,8 @@ impl std::fmt::Debug for Identity {
 
 enum Event<A> {
     Accepted(BoxedRead, BoxedWrite, String),
-    Dialed(String, BoxedRead, BoxedWrite),
-    DialFailed(String, String),
+    Dialed(EndpointId, BoxedRead, BoxedWrite),
+    DialFailed(EndpointId, String),
     Frame(u64, Vec<u8>),
     /// A connection ended (or broke the framing).
     /// A connection ended; `malformed` when its peer sent a frame that is not one.
@@ -112,7 +112,7 @@ enum Outgoing {
 /// A connection we dialled, in its handshake with the kernel `did`
 /// (session `peer`); `proved` is the received count we told it, once we did.
 struct Dialing {
-    peer: String,
+    peer: EndpointId,
     did: String,
     nonce: [u8; 32],
     proved: Option<u64>,
@@ -134,7 +134,7 @@ enum Link {
     /// Accepted, nothing read yet: the first frame says who it is.
     Fresh,
     /// A client peer (level 1).
-    Client(String),
+    Client(EndpointId),
     /// A kernel is introducing itself to us.
     Answering {
         nonce: [u8; 32],
@@ -143,14 +143,14 @@ enum Link {
     /// We are introducing ourselves to the kernel `did` (session `peer`);
     /// `proved` is the received count we told it, once we did.
     Dialing {
-        peer: String,
+        peer: EndpointId,
         did: String,
         nonce: [u8; 32],
         proved: Option<u64>,
     },
     /// An authenticated session with a kernel. The first `skip` frames it
     /// resends were applied meanwhile from the connection this one replaced.
-    Session(String, u64),
+    Session(EndpointId, u64),
 }
 
 struct Connection {
@@ -200,11 +200,11 @@ pub struct Node<A: Send + 'static> {
     limits: Limits,
     connections: HashMap<u64, Connection>,
     /// Live connections by peer (clients and established sessions).
-    by_peer: HashMap<String, u64>,
+    by_peer: HashMap<EndpointId, u64>,
     next_connection: u64,
     /// Sessions to dial, and when; and those being dialled now.
-    redial_at: HashMap<String, (Instant, Duration)>,
-    dialing: HashSet<String>,
+    redial_at: HashMap<EndpointId, (Instant, Duration)>,
+    dialing: HashSet<EndpointId>,
 }
 
 impl<A: Send + 'static> std::fmt::Debug for Node<A> {
@@ -244,10 +244,26 @@ fn signed(context: &[u8], nonce: &[u8], did: &str) -> Vec<u8> {
     [context, nonce, did.as_bytes()].concat()
 }
 
-fn verify(did: &str, message: &[u8], signature: &[u8]) -> Result<(), String> {
-    did_key::DidKey::parse(did)
-        .and_then(|key| key.verify(message, signature))
-        .map_err(|e| e.to_string())
+/// Why a kernel's introduction was refused.
+#[derive(Debug, thiserror::Error)]
+enum AuthError {
+    #[error("expected kernel {expected}, found {found}")]
+    WrongKernel { expected: String, found: String },
+    #[error(transparent)]
+    Signature(#[from] did_key::DidKeyError),
+}
+
+fn verify(did: &str, message: &[u8], signature: &[u8]) -> Result<(), AuthError> {
+    Ok(did_key::DidKey::parse(did).and_then(|key| key.verify(message, signature))?)
+}
+
+/// Why dialling a kernel failed.
+#[derive(Debug, thiserror::Error)]
+enum DialError {
+    #[error("no answer in {CONNECT_TIMEOUT_MS} ms (connect_timeout_ms)")]
+    Timeout,
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
 }
 
 /// Whether a decoded frame belongs to the connection (handshake,
@@ -279,15 +295,14 @@ fn gate_return(answer: u32, content: ResultContent, caps: Vec<CapDescriptor>) ->
     })
 }
 
-async fn dial(address: Address) -> Result<(BoxedRead, BoxedWrite), String> {
+async fn dial(address: Address) -> Result<(BoxedRead, BoxedWrite), DialError> {
     let timeout = Duration::from_millis(CONNECT_TIMEOUT_MS);
-    let late = || format!("no answer in {CONNECT_TIMEOUT_MS} ms (connect_timeout_ms)");
+    let late = |_| DialError::Timeout;
     match address {
         Address::Tcp(hostport) => {
             let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&hostport))
                 .await
-                .map_err(|_| late())?
-                .map_err(|e| e.to_string())?;
+                .map_err(late)??;
             let _ = stream.set_nodelay(true);
             let (read, write) = stream.into_split();
             Ok((Box::new(read), Box::new(write)))
@@ -295,8 +310,7 @@ async fn dial(address: Address) -> Result<(BoxedRead, BoxedWrite), String> {
         Address::Unix(path) => {
             let stream = tokio::time::timeout(timeout, tokio::net::UnixStream::connect(&path))
                 .await
-                .map_err(|_| late())?
-                .map_err(|e| e.to_string())?;
+                .map_err(late)??;
             let (read, write) = stream.into_split();
             Ok((Box::new(read), Box::new(write)))
         }
@@ -400,7 +414,7 @@ impl<A: Send + 'static> Node<A> {
 
     /// The session with the kernel `did` at `address`, dialled if it is
     /// not up. Frames for it wait in the store until it is.
-    pub fn session(&mut self, did: &str, address: &Address) -> Result<String, NodeError> {
+    pub fn session(&mut self, did: &str, address: &Address) -> Result<EndpointId, NodeError> {
         let peer = self.kernel.session_peer(did, Some(&address.to_string()))?;
         if !self.by_peer.contains_key(&peer) && !self.dialing.contains(&peer) {
             self.kernel.set_peer_link(&peer, PeerLink::Connecting);
@@ -411,7 +425,7 @@ impl<A: Send + 'static> Node<A> {
     }
 
     /// The did:key and address of a session this kernel dials.
-    fn dialled_session(&self, peer: &str) -> Result<Option<(String, String)>, NodeError> {
+    fn dialled_session(&self, peer: &EndpointId) -> Result<Option<(String, String)>, NodeError> {
         Ok(self
             .kernel
             .sessions_to_dial()?
@@ -420,7 +434,7 @@ impl<A: Send + 'static> Node<A> {
             .map(|(_, did, address)| (did, address)))
     }
 
-    fn start_dial(&mut self, peer: String) -> Result<(), NodeError> {
+    fn start_dial(&mut self, peer: EndpointId) -> Result<(), NodeError> {
         let Some((_, address)) = self.dialled_session(&peer)? else {
             return Ok(());
         };
@@ -432,7 +446,7 @@ impl<A: Send + 'static> Node<A> {
         self.runtime.spawn(async move {
             let event = match dial(address).await {
                 Ok((read, write)) => Event::Dialed(peer, read, write),
-                Err(reason) => Event::DialFailed(peer, reason),
+                Err(reason) => Event::DialFailed(peer, reason.to_string()),
             };
             let _ = sender.send(event);
         });
@@ -440,7 +454,7 @@ impl<A: Send + 'static> Node<A> {
     }
 
     /// Dialling or the handshake failed: say why (`vat peers`), try later.
-    fn dial_failed(&mut self, peer: &str, reason: &str) {
+    fn dial_failed(&mut self, peer: &EndpointId, reason: &str) {
         self.dialing.remove(peer);
         self.kernel
             .set_peer_link(peer, PeerLink::NotConnected(reason.to_owned()));
@@ -448,21 +462,21 @@ impl<A: Send + 'static> Node<A> {
     }
 
     /// Why the session with `peer` is not up, if it is not.
-    pub fn session_error(&self, peer: &str) -> Option<String> {
+    pub fn session_error(&self, peer: &EndpointId) -> Option<String> {
         match self.kernel.peer_link(peer) {
             Some(link @ PeerLink::NotConnected(_)) => Some(link.to_string()),
             _ => None,
         }
     }
 
-    fn schedule_redial(&mut self, peer: &str) {
+    fn schedule_redial(&mut self, peer: &EndpointId) {
         let backoff = self
             .redial_at
             .get(peer)
             .map_or(Duration::from_millis(100), |(_, b)| *b);
         let next = (backoff * 2).min(Duration::from_millis(REDIAL_MAX_MS));
         self.redial_at
-            .insert(peer.to_owned(), (Instant::now() + backoff, next));
+            .insert(peer.clone(), (Instant::now() + backoff, next));
     }
 
     fn attach(&mut self, link: Link, read: BoxedRead, write: BoxedWrite) -> u64 {
@@ -533,7 +547,7 @@ impl<A: Send + 'static> Node<A> {
     /// Returns the application events that arrived.
     pub fn turn(&mut self, wait: Duration) -> Result<Vec<A>, NodeError> {
         let now = Instant::now();
-        let due: Vec<String> = self
+        let due: Vec<EndpointId> = self
             .redial_at
             .iter()
             .filter(|(peer, (at, _))| {
@@ -586,7 +600,7 @@ impl<A: Send + 'static> Node<A> {
 
     fn dialed(
         &mut self,
-        peer: String,
+        peer: EndpointId,
         read: BoxedRead,
         write: BoxedWrite,
     ) -> Result<(), NodeError> {
@@ -675,7 +689,7 @@ impl<A: Send + 'static> Node<A> {
     fn hand_to_kernel(
         &mut self,
         number: u64,
-        peer: &str,
+        peer: &EndpointId,
         decoded: Result<Wire, wire::WireError>,
     ) -> Result<(), NodeError> {
         if self.kernel.receive_message(peer, decoded)?.is_some() {
@@ -920,7 +934,10 @@ impl<A: Send + 'static> Node<A> {
     ) -> Result<(), NodeError> {
         let expected = signed(HELLO_CONTEXT, dialing.nonce.as_slice(), &self.identity.did);
         let checked = if theirs != dialing.did {
-            Err(format!("expected kernel {}, found {theirs}", dialing.did))
+            Err(AuthError::WrongKernel {
+                expected: dialing.did.clone(),
+                found: theirs.to_owned(),
+            })
         } else {
             verify(theirs, &expected, signature)
         };
@@ -955,7 +972,7 @@ impl<A: Send + 'static> Node<A> {
     fn frame_session(
         &mut self,
         number: u64,
-        peer: String,
+        peer: EndpointId,
         skip: u64,
         decoded: Result<Wire, wire::WireError>,
     ) -> Result<(), NodeError> {
@@ -996,7 +1013,7 @@ impl<A: Send + 'static> Node<A> {
     fn establish(
         &mut self,
         number: u64,
-        peer: String,
+        peer: EndpointId,
         their_received: u64,
         answer: Option<u32>,
         proved: Option<u64>,
@@ -1067,13 +1084,13 @@ impl<A: Send + 'static> Node<A> {
     /// Frames for a session that is down stay in the store for its return.
     pub fn flush(&mut self) -> Result<(), NodeError> {
         self.kernel.commit()?;
-        let mut batches: HashMap<String, Vec<Vec<u8>>> = HashMap::new();
+        let mut batches: HashMap<EndpointId, Vec<Vec<u8>>> = HashMap::new();
         for (peer, frame) in self.kernel.take_outbound() {
             batches.entry(peer).or_default().push(frame);
         }
         let mut stalled = Vec::new();
         for (peer, frames) in batches {
-            if let Some(number) = self.by_peer.get(&peer)
+            if let Some(number) = self.by_peer.get(peer.as_str())
                 && let Some(connection) = self.connections.get(number)
                 && !connection.push(frames)
             {

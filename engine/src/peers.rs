@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use captp::wire::{self, Message as Wire, ReturnKind};
-use kernel::{Kernel, KernelError, Kref, TablesRef};
+use kernel::{EndpointId, EndpointKind, Kernel, KernelError, Kref, TablesRef};
 use swingstore::StoreError;
 
 use crate::keys;
@@ -15,26 +15,28 @@ use crate::{
 /// How each session's connection is doing, as the network side last said
 /// (memory only: it is about this process's connections).
 #[derive(Debug, Default)]
-struct PeerLinks(HashMap<String, PeerLink>);
+struct PeerLinks(HashMap<EndpointId, PeerLink>);
 
 /// Every peer id ever allocated (`r1` up to `kernel.nextPeer`).
-fn peer_ids(t: &TablesRef<'_>) -> Result<Vec<String>, StoreError> {
+fn peer_ids(t: &TablesRef<'_>) -> Result<Vec<EndpointId>, StoreError> {
     let next = t.count(keys::NEXT_PEER)?.max(1);
-    Ok((1..next).map(|n| format!("r{n}")).collect())
+    Ok((1..next)
+        .map(|n| EndpointId::new(EndpointKind::Peer, n))
+        .collect())
 }
 
 /// The CapTP engine's operations on a kernel (its peers are endpoints).
 pub trait Peers {
     /// Records a new connection's peer and returns its id.
-    fn add_peer(&mut self, name: &str, outbound: bool) -> Result<String, KernelError>;
+    fn add_peer(&mut self, name: &str, outbound: bool) -> Result<EndpointId, KernelError>;
 
     /// The connection to `peer` is gone: its questions fail, what it held
     /// is released (a slice per crank, like a terminated vat's), and
     /// messages to its objects are rejected with `reason`.
-    fn remove_peer(&mut self, peer: &str, reason: &str) -> Result<(), KernelError>;
+    fn remove_peer(&mut self, peer: &EndpointId, reason: &str) -> Result<(), KernelError>;
 
     /// Like [`Kernel::remove_peer`], telling the peer why with `Abort`.
-    fn abort_peer(&mut self, peer: &str, reason: &str) -> Result<(), KernelError>;
+    fn abort_peer(&mut self, peer: &EndpointId, reason: &str) -> Result<(), KernelError>;
 
     /// Forgets every client peer a previous run of this kernel was
     /// connected to (their connections died with it); kernel peers' sessions
@@ -46,27 +48,33 @@ pub trait Peers {
 
     /// The session with the kernel `did`, made if there is none; `address`
     /// is where to dial it (none: it dials us).
-    fn session_peer(&mut self, did: &str, address: Option<&str>) -> Result<String, KernelError>;
+    fn session_peer(&mut self, did: &str, address: Option<&str>)
+    -> Result<EndpointId, KernelError>;
 
     /// Kernel sessions this kernel dials: (peer, did, address).
-    fn sessions_to_dial(&self) -> Result<Vec<(String, String, String)>, KernelError>;
+    fn sessions_to_dial(&self) -> Result<Vec<(EndpointId, String, String)>, KernelError>;
 
     /// Records how `peer`'s connection is doing (shown by `vat peers`).
-    fn set_peer_link(&mut self, peer: &str, link: PeerLink);
+    fn set_peer_link(&mut self, peer: &EndpointId, link: PeerLink);
 
-    fn peer_link(&self, peer: &str) -> Option<&PeerLink>;
+    fn peer_link(&self, peer: &EndpointId) -> Option<&PeerLink>;
 
     /// Whether `peer` is a kernel with a durable session.
-    fn is_session(&self, peer: &str) -> Result<bool, KernelError>;
+    fn is_session(&self, peer: &EndpointId) -> Result<bool, KernelError>;
 
     /// How many session frames from `peer` this kernel has applied.
-    fn session_received(&self, peer: &str) -> Result<u64, KernelError>;
+    fn session_received(&self, peer: &EndpointId) -> Result<u64, KernelError>;
 
     /// The session frames to `peer` numbered `from` on, as committed.
-    fn session_frames_from(&self, peer: &str, from: u64) -> Result<Vec<Vec<u8>>, KernelError>;
+    fn session_frames_from(
+        &self,
+        peer: &EndpointId,
+        from: u64,
+    ) -> Result<Vec<Vec<u8>>, KernelError>;
 
     /// `peer` has applied our first `received` session frames: forget them.
-    fn session_acknowledged(&mut self, peer: &str, received: u64) -> Result<(), KernelError>;
+    fn session_acknowledged(&mut self, peer: &EndpointId, received: u64)
+    -> Result<(), KernelError>;
 
     /// Where the daemon accepts CapTP connections (`None`: it does not).
     fn set_listen_address(&mut self, address: Option<&str>) -> Result<(), KernelError>;
@@ -79,10 +87,10 @@ pub trait Peers {
 
     /// Asks `peer` (a connection we dialled) for the object behind `swiss`.
     /// Returns a promise for it, pinned until [`Kernel::release`].
-    fn enliven(&mut self, peer: &str, swiss: &str) -> Result<Kref, KernelError>;
+    fn enliven(&mut self, peer: &EndpointId, swiss: &str) -> Result<Kref, KernelError>;
 
     /// What our question `question` to `peer` expects back (for decoding).
-    fn return_kind(&self, peer: &str, question: u32) -> Option<ReturnKind>;
+    fn return_kind(&self, peer: &EndpointId, question: u32) -> Option<ReturnKind>;
 
     /// Handles one decoded frame from `peer` in a crank of its own. A frame
     /// that breaks the protocol changes nothing: the peer is sent `Abort`
@@ -91,15 +99,15 @@ pub trait Peers {
     /// so a frame is applied exactly once however often it is resent.
     fn receive_message(
         &mut self,
-        peer: &str,
+        peer: &EndpointId,
         decoded: Result<Wire, wire::WireError>,
     ) -> Result<Option<String>, KernelError>;
 }
 
 impl Peers for Kernel {
-    fn add_peer(&mut self, name: &str, outbound: bool) -> Result<String, KernelError> {
+    fn add_peer(&mut self, name: &str, outbound: bool) -> Result<EndpointId, KernelError> {
         self.in_crank(|k| {
-            let id = format!("r{}", k.tables().next_id(keys::NEXT_PEER)?);
+            let id = EndpointId::new(EndpointKind::Peer, k.tables().next_id(keys::NEXT_PEER)?);
             k.tables().set(&keys::record(&id, "name"), name)?;
             k.tables().set(&keys::record(&id, "state"), "running")?;
             let direction = if outbound { "outbound" } else { "inbound" };
@@ -108,14 +116,14 @@ impl Peers for Kernel {
         })
     }
 
-    fn remove_peer(&mut self, peer: &str, reason: &str) -> Result<(), KernelError> {
+    fn remove_peer(&mut self, peer: &EndpointId, reason: &str) -> Result<(), KernelError> {
         if !crate::is_running(&self.tables_ref(), peer)? {
             return Ok(());
         }
         Ok(self.in_crank(|k| crate::terminate_peer(&mut k.tables(), peer, reason))?)
     }
 
-    fn abort_peer(&mut self, peer: &str, reason: &str) -> Result<(), KernelError> {
+    fn abort_peer(&mut self, peer: &EndpointId, reason: &str) -> Result<(), KernelError> {
         if !crate::is_running(&self.tables_ref(), peer)? {
             return Ok(());
         }
@@ -126,7 +134,6 @@ impl Peers for Kernel {
     fn remove_stale_peers(&mut self) -> Result<(), KernelError> {
         for peer in peer_ids(&self.tables_ref())? {
             if crate::is_running(&self.tables_ref(), &peer)? {
-                let peer = peer.as_str();
                 if self
                     .tables_ref()
                     .get(&keys::record(&peer, "did"))?
@@ -135,7 +142,7 @@ impl Peers for Kernel {
                     continue;
                 }
                 self.remove_peer(
-                    peer,
+                    &peer,
                     &format!("peer {peer} disconnected: the kernel restarted"),
                 )?;
             }
@@ -145,8 +152,7 @@ impl Peers for Kernel {
 
     fn peers(&self) -> Result<Vec<PeerInfo>, KernelError> {
         let mut peers = Vec::new();
-        for id in peer_ids(&self.tables_ref())? {
-            let id = id.as_str();
+        for id in &peer_ids(&self.tables_ref())? {
             let Some(name) = self.tables_ref().get(&keys::record(&id, "name"))? else {
                 continue;
             };
@@ -176,7 +182,7 @@ impl Peers for Kernel {
                 .scan_prefix(&keys::prefix(&id, "c.k"))?
                 .len();
             peers.push(PeerInfo {
-                id: id.to_owned(),
+                id: id.clone(),
                 name,
                 state,
                 gone,
@@ -189,8 +195,14 @@ impl Peers for Kernel {
 
     // ---- sessions between kernels ----
 
-    fn session_peer(&mut self, did: &str, address: Option<&str>) -> Result<String, KernelError> {
-        if let Some(peer) = self.tables_ref().get(&keys::peer_of_did(&did))?
+    fn session_peer(
+        &mut self,
+        did: &str,
+        address: Option<&str>,
+    ) -> Result<EndpointId, KernelError> {
+        // The record is one the engine wrote: a peer id.
+        let known = self.tables_ref().get(&keys::peer_of_did(&did))?;
+        if let Some(peer) = known.as_deref().and_then(EndpointId::parse)
             && crate::is_running(&self.tables_ref(), &peer)?
         {
             // One side dials: a session the other kernel dials stays so,
@@ -219,7 +231,7 @@ impl Peers for Kernel {
         Ok(peer)
     }
 
-    fn sessions_to_dial(&self) -> Result<Vec<(String, String, String)>, KernelError> {
+    fn sessions_to_dial(&self) -> Result<Vec<(EndpointId, String, String)>, KernelError> {
         let mut out = Vec::new();
         let tables = self.tables_ref();
         for peer in &peer_ids(&tables)? {
@@ -236,25 +248,29 @@ impl Peers for Kernel {
         Ok(out)
     }
 
-    fn set_peer_link(&mut self, peer: &str, link: PeerLink) {
+    fn set_peer_link(&mut self, peer: &EndpointId, link: PeerLink) {
         self.engine_memory_mut::<PeerLinks>()
             .0
             .insert(peer.to_owned(), link);
     }
 
-    fn peer_link(&self, peer: &str) -> Option<&PeerLink> {
+    fn peer_link(&self, peer: &EndpointId) -> Option<&PeerLink> {
         self.engine_memory::<PeerLinks>()?.0.get(peer)
     }
 
-    fn is_session(&self, peer: &str) -> Result<bool, KernelError> {
+    fn is_session(&self, peer: &EndpointId) -> Result<bool, KernelError> {
         Ok(crate::is_session(&self.tables_ref(), peer)?)
     }
 
-    fn session_received(&self, peer: &str) -> Result<u64, KernelError> {
+    fn session_received(&self, peer: &EndpointId) -> Result<u64, KernelError> {
         Ok(self.tables_ref().count(&keys::record(&peer, "received"))?)
     }
 
-    fn session_frames_from(&self, peer: &str, from: u64) -> Result<Vec<Vec<u8>>, KernelError> {
+    fn session_frames_from(
+        &self,
+        peer: &EndpointId,
+        from: u64,
+    ) -> Result<Vec<Vec<u8>>, KernelError> {
         let start = keys::frame_out(&peer, from);
         let prefix = keys::prefix(&peer, "out.");
         let mut frames = Vec::new();
@@ -270,7 +286,11 @@ impl Peers for Kernel {
         Ok(frames)
     }
 
-    fn session_acknowledged(&mut self, peer: &str, received: u64) -> Result<(), KernelError> {
+    fn session_acknowledged(
+        &mut self,
+        peer: &EndpointId,
+        received: u64,
+    ) -> Result<(), KernelError> {
         let end = keys::frame_out(&peer, received);
         let keys: Vec<String> = self
             .tables_ref()
@@ -313,12 +333,12 @@ impl Peers for Kernel {
         Ok(swiss)
     }
 
-    fn enliven(&mut self, peer: &str, swiss: &str) -> Result<Kref, KernelError> {
+    fn enliven(&mut self, peer: &EndpointId, swiss: &str) -> Result<Kref, KernelError> {
         let kp = self.in_crank(|k| crate::enliven_in_crank(&mut k.tables(), peer, swiss))?;
         Ok(Kref::parse(&kp).expect("kernel invariant: promises are krefs"))
     }
 
-    fn return_kind(&self, peer: &str, question: u32) -> Option<ReturnKind> {
+    fn return_kind(&self, peer: &EndpointId, question: u32) -> Option<ReturnKind> {
         let text = self
             .tables_ref()
             .get(&keys::question(&peer, &question))
@@ -333,7 +353,7 @@ impl Peers for Kernel {
 
     fn receive_message(
         &mut self,
-        peer: &str,
+        peer: &EndpointId,
         decoded: Result<Wire, wire::WireError>,
     ) -> Result<Option<String>, KernelError> {
         if !crate::is_running(&self.tables_ref(), peer)? {

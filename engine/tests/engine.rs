@@ -23,7 +23,7 @@ use vom::{CapData, Value};
 /// A kernel with a pingpong vat behind a sturdy ref, and one client peer.
 struct Harness {
     kernel: Kernel,
-    peer: String,
+    peer: kernel::EndpointId,
     swiss: String,
     /// What each of the peer's questions expects back.
     asked: HashMap<u32, ReturnKind>,

@@ -30,8 +30,6 @@ pub fn signing_bytes(job: &Json) -> Vec<u8> {
 pub use did_key::encode_signature;
 
 /// Checks `signature` (multibase base58btc) by `did` over `message`.
-pub fn verify(did: &str, message: &[u8], signature: &str) -> Result<(), String> {
-    did_key::DidKey::parse(did)
-        .and_then(|key| key.verify_multibase(message, signature))
-        .map_err(|e| e.to_string())
+pub fn verify(did: &str, message: &[u8], signature: &str) -> Result<(), did_key::DidKeyError> {
+    did_key::DidKey::parse(did).and_then(|key| key.verify_multibase(message, signature))
 }

@@ -67,7 +67,9 @@ pub enum JobError {
     #[error("the job is not signed (sign it with `vat job sign`)")]
     Unsigned,
     #[error("bad signature: {0}")]
-    BadSignature(String),
+    BadSignature(did_key::DidKeyError),
+    #[error("bad signature: it is not a string")]
+    SignatureNotString,
     #[error("requestor {requestor} may not run jobs here: {reason}")]
     Unauthorized { requestor: String, reason: String },
     #[error("task {task:?}: effect on {target:?}, which the requestor was not granted")]
@@ -331,7 +333,7 @@ impl Job {
         let signature = match map.get("signature") {
             None => return Err(JobError::Unsigned),
             Some(Json::String(signature)) => signature,
-            Some(_) => return Err(JobError::BadSignature("it is not a string".into())),
+            Some(_) => return Err(JobError::SignatureNotString),
         };
         verify(&requestor, &signing_bytes(&json), signature).map_err(JobError::BadSignature)?;
         let granted = granted(map, &requestor, &context.owner())?;
@@ -483,8 +485,14 @@ fn check_granted(
     })
 }
 
+/// A task output that is not plain data (a reference, an error, a
+/// non-finite number): what it is instead.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("a task output must be plain data, not {0}")]
+pub struct NotPlainData(String);
+
 /// A task's output as plain JSON, or why it is not plain data.
-pub fn value_to_json(value: &Value) -> Result<Json, String> {
+pub fn value_to_json(value: &Value) -> Result<Json, NotPlainData> {
     Ok(match value {
         Value::Undefined | Value::Null => Json::Null,
         Value::Bool(b) => Json::Bool(*b),
@@ -500,9 +508,9 @@ pub fn value_to_json(value: &Value) -> Result<Json, String> {
         Value::Record(map) => Json::Object(
             map.iter()
                 .map(|(k, v)| Ok((k.clone(), value_to_json(v)?)))
-                .collect::<Result<_, String>>()?,
+                .collect::<Result<_, NotPlainData>>()?,
         ),
-        other => return Err(format!("a task output must be plain data, not {other:?}")),
+        other => return Err(NotPlainData(format!("{other:?}"))),
     })
 }
 
@@ -526,13 +534,13 @@ pub fn json_to_value(json: &Json) -> Value {
     }
 }
 
+/// How a task ended, as its receipt records it: its output (`out.ok`), or
+/// the text of its failure (`out.error`). The failure is data a receipt
+/// carries, not an error of the runner's.
+pub type ReceiptOut = Result<Json, String>;
+
 /// A receipt's body: what ran, how it ended, what it cost.
-pub fn receipt_body(
-    ran: &str,
-    outcome: &Result<Json, String>,
-    fuel: Option<u64>,
-    issuer: &str,
-) -> Json {
+pub fn receipt_body(ran: &str, outcome: &ReceiptOut, fuel: Option<u64>, issuer: &str) -> Json {
     let out = match outcome {
         Ok(value) => json!({"ok": value}),
         Err(reason) => json!({"error": reason}),

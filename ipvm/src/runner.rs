@@ -23,7 +23,7 @@ use vom::abi::{Delivery, Syscall, SyscallResult};
 
 use kernel::{Kernel, KernelError, Kref, Namespace, PromiseState};
 
-use crate::{self as ipvm, Input, Job, JobContext, TaskKind};
+use crate::{self as ipvm, Input, Job, JobContext, ReceiptOut, TaskKind};
 
 /// Values, receipts and memos: `ipvm.value.<cid>`, `ipvm.receipt.<cid>`,
 /// `ipvm.memo.<instruction cid>`.
@@ -96,7 +96,7 @@ impl SyscallHandler for PureHandler {
 }
 
 /// A pure task's outcome and the fuel it used.
-type PureOutcome = (Result<Json, String>, Option<u64>);
+type PureOutcome = (ReceiptOut, Option<u64>);
 
 /// Runs one pure task to its answer.
 fn run_pure(host: &WasmHost, run: &PureRun) -> PureOutcome {
@@ -611,7 +611,7 @@ impl Runner<'_> {
         &mut self,
         label: &str,
         instruction: &str,
-        outcome: Result<Json, String>,
+        outcome: ReceiptOut,
         fuel: Option<u64>,
         pure: bool,
         kpid: Option<&Kref>,
@@ -672,9 +672,9 @@ fn module_cid_of(job: &Job, label: &str) -> String {
     }
 }
 
-fn decode_output(data: &CapData) -> Result<Json, String> {
+fn decode_output(data: &CapData) -> ReceiptOut {
     let value = vom::capdata::decode(data).map_err(|e| e.to_string())?;
-    ipvm::value_to_json(&value)
+    ipvm::value_to_json(&value).map_err(|e| e.to_string())
 }
 
 fn rejection(data: &CapData) -> String {

@@ -62,7 +62,10 @@ pub enum DelegationError {
     #[error("delegation {index} is not signed")]
     Unsigned { index: usize },
     #[error("delegation {index}: bad signature: {reason}")]
-    BadSignature { index: usize, reason: String },
+    BadSignature {
+        index: usize,
+        reason: did_key::DidKeyError,
+    },
     #[error("delegation {index}: exp is not a time")]
     BadExpiry { index: usize },
     #[error("delegation {index} expired")]

@@ -10,7 +10,7 @@
 //! what they send out ([`Tables::emit`]) leaves after the crank commits
 //! ([`crate::Kernel::take_outbound`]), as a vat's effects do.
 //!
-//! Routing is [`EndpointKind::of`] and one match in `kernel.rs`.
+//! Routing is [`EndpointId::kind`] and one match in `kernel.rs`.
 
 use crate::keys;
 use std::any::Any;
@@ -18,33 +18,10 @@ use std::any::Any;
 use swingstore::StoreError;
 use vom::CapData;
 
+use crate::ids::{EndpointId, Kref};
 use crate::state::{KernelState, Message, PromiseState, RunQueueItem};
 
 type StoreResult<T> = Result<T, StoreError>;
-
-/// What an endpoint id names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EndpointKind {
-    /// `v<N>`: a vat.
-    Vat,
-    /// `r<N>`: a remote peer, through the CapTP engine.
-    Peer,
-}
-
-impl EndpointKind {
-    /// The kind of endpoint `id` names.
-    ///
-    /// # Panics
-    ///
-    /// If `id` is not an endpoint id: ids come from the kernel's own tables.
-    pub fn of(id: &str) -> EndpointKind {
-        match id.as_bytes().first() {
-            Some(b'v') => EndpointKind::Vat,
-            Some(b'r') => EndpointKind::Peer,
-            _ => panic!("kernel invariant: endpoint ids are v<N> or r<N> ({id:?})"),
-        }
-    }
-}
 
 /// An engine that translates for the endpoints of one kind. Each method
 /// runs inside the kernel's crank, and changes only tables: what it sends
@@ -55,20 +32,31 @@ pub trait Endpoint: std::fmt::Debug {
     fn deliver(
         &self,
         tables: &mut Tables<'_>,
-        endpoint: &str,
-        target: &str,
+        endpoint: &EndpointId,
+        target: &Kref,
         message: Message,
     ) -> StoreResult<()>;
 
     /// Promise `kpid`, which `endpoint` subscribed to, settled.
-    fn notify(&self, tables: &mut Tables<'_>, endpoint: &str, kpid: &str) -> StoreResult<()>;
+    fn notify(
+        &self,
+        tables: &mut Tables<'_>,
+        endpoint: &EndpointId,
+        kpid: &Kref,
+    ) -> StoreResult<()>;
 
     /// The kernel holds no reference to `ko` (which `endpoint` exports) any more.
-    fn drop_export(&self, tables: &mut Tables<'_>, endpoint: &str, ko: &str) -> StoreResult<()>;
+    fn drop_export(
+        &self,
+        tables: &mut Tables<'_>,
+        endpoint: &EndpointId,
+        ko: &Kref,
+    ) -> StoreResult<()>;
 
     /// An input `endpoint` queued for itself ([`Tables::queue_input`]), in
     /// run-queue order.
-    fn input(&self, tables: &mut Tables<'_>, endpoint: &str, input: &str) -> StoreResult<()>;
+    fn input(&self, tables: &mut Tables<'_>, endpoint: &EndpointId, input: &str)
+    -> StoreResult<()>;
 }
 
 /// The kernel's tables, as an endpoint engine reads them.
@@ -125,7 +113,7 @@ macro_rules! reads {
             }
 
             /// The kref `endpoint`'s c-list entry `vref` names.
-            pub fn clist_kref(&self, endpoint: &str, vref: &str) -> StoreResult<Option<String>> {
+            pub fn clist_kref(&self, endpoint: &str, vref: &str) -> StoreResult<Option<Kref>> {
                 self.state.clist_kref(endpoint, vref)
             }
 
@@ -133,7 +121,7 @@ macro_rules! reads {
                 self.state.promise_state(kpid)
             }
 
-            pub fn promise_decider(&self, kpid: &str) -> StoreResult<Option<String>> {
+            pub fn promise_decider(&self, kpid: &str) -> StoreResult<Option<EndpointId>> {
                 self.state.promise_decider(kpid)
             }
 
@@ -210,14 +198,14 @@ impl Tables<'_> {
 
     /// An object `endpoint` exports; if nothing takes it in this crank, the
     /// crank's end drops it again.
-    pub fn allocate_import(&mut self, endpoint: &str) -> StoreResult<String> {
+    pub fn allocate_import(&mut self, endpoint: &str) -> StoreResult<Kref> {
         let kref = self.state.allocate_object(endpoint)?;
-        self.state.maybe_unreachable.insert(kref.clone());
+        self.state.maybe_unreachable.insert(kref.to_string());
         Ok(kref)
     }
 
     /// A new unresolved promise, decided by `decider` (or by the kernel).
-    pub fn allocate_promise(&mut self, decider: Option<&str>) -> StoreResult<String> {
+    pub fn allocate_promise(&mut self, decider: Option<&str>) -> StoreResult<Kref> {
         self.state.allocate_promise(decider)
     }
 
@@ -247,7 +235,7 @@ impl Tables<'_> {
 
     /// Queues a message to `target` on the run queue.
     pub fn send(&mut self, target: &str, message: Message) -> StoreResult<()> {
-        let target = target.to_owned();
+        let target = Kref::from_table(target);
         self.state
             .push_run_queue(&RunQueueItem::Send { target, message })
     }
@@ -255,8 +243,8 @@ impl Tables<'_> {
     /// Queues a notify of settled `kpid` to `endpoint`.
     pub fn queue_notify(&mut self, endpoint: &str, kpid: &str) -> StoreResult<()> {
         self.state.push_run_queue(&RunQueueItem::Notify {
-            vat: endpoint.to_owned(),
-            promise: kpid.to_owned(),
+            vat: EndpointId::from_table(endpoint),
+            promise: Kref::from_table(kpid),
         })
     }
 
@@ -264,7 +252,7 @@ impl Tables<'_> {
     /// (after what the queue already holds).
     pub fn queue_input(&mut self, endpoint: &str, input: &str) -> StoreResult<()> {
         self.state.push_run_queue(&RunQueueItem::Input {
-            endpoint: endpoint.to_owned(),
+            endpoint: EndpointId::from_table(endpoint),
             input: input.to_owned(),
         })
     }
@@ -272,7 +260,9 @@ impl Tables<'_> {
     /// Sends `bytes` to `endpoint`'s outside once this crank commits (dropped
     /// if it aborts).
     pub fn emit(&mut self, endpoint: &str, bytes: Vec<u8>) {
-        self.state.outbox_crank.push((endpoint.to_owned(), bytes));
+        self.state
+            .outbox_crank
+            .push((EndpointId::from_table(endpoint), bytes));
     }
 
     /// `endpoint` is terminated: what its c-list holds is released, a slice
@@ -312,12 +302,6 @@ impl EngineMemory {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ids_name_their_kinds() {
-        assert_eq!(EndpointKind::of("v12"), EndpointKind::Vat);
-        assert_eq!(EndpointKind::of("r3"), EndpointKind::Peer);
-    }
 
     #[test]
     fn engine_memory_keeps_one_slot_per_type() {

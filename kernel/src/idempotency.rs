@@ -99,7 +99,7 @@ impl Kernel {
             k.keep_key(key, &kpid, &asked)?;
             Ok::<_, KernelError>(kpid)
         })?;
-        Ok(Queued::Fresh(Kref::from_table(kpid)))
+        Ok(Queued::Fresh(kpid))
     }
 
     /// Records `key` for the send whose result is `kpid` (in a crank).

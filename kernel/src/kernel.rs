@@ -17,8 +17,8 @@ use vat_supervisor::{
 use vom::abi::{Delivery, Resolution, Syscall, SyscallResult};
 use vom::{CapData, Value};
 
-use crate::endpoint::{Endpoint, EndpointKind, EngineMemory, Tables, TablesRef};
-use crate::ids::{Kref, is_kref, is_vref};
+use crate::endpoint::{Endpoint, EngineMemory, Tables, TablesRef};
+use crate::ids::{Allocator, EndpointId, EndpointKind, Kref, Vref, is_kref};
 use crate::state::{GcAction, KernelState, Message, PromiseState, RunQueueItem, VatState};
 use crate::state::{error_capdata, settle_promise};
 
@@ -167,10 +167,11 @@ impl VatOptions {
 /// A vat as `vat list` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VatInfo {
-    pub id: String,
+    pub id: EndpointId,
     pub name: String,
     pub bundle: String,
-    pub root: String,
+    /// Its root object (for a removed vat, what its pet name still names).
+    pub root: Option<Kref>,
     pub state: VatState,
     pub reason: Option<String>,
     /// For a vat that is not running: how many vatstore entries it keeps,
@@ -186,7 +187,7 @@ pub struct Kernel {
     pub(crate) state: KernelState,
     host: WasmHost,
     modules: HashMap<String, VatModule>,
-    workers: HashMap<String, Box<dyn Worker>>,
+    workers: HashMap<EndpointId, Box<dyn Worker>>,
     /// Where compiled modules are kept between processes, if anywhere.
     module_cache: Option<PathBuf>,
     /// The `vat-supervisor` binary that process workers run.
@@ -197,25 +198,25 @@ pub struct Kernel {
     cranks_total: u64,
     /// Deliveries to each vat since its last `bringOutYourDead`. Kept in
     /// memory only: when a vat collects its garbage does not change what it does.
-    deliveries_since_collection: HashMap<String, u32>,
+    deliveries_since_collection: HashMap<EndpointId, u32>,
     /// GC actions accumulate instead of being delivered (benchmarks only).
     gc_deferred: bool,
     /// What endpoints emitted in committed cranks, waiting to be sent.
-    outbound_ready: Vec<(String, Vec<u8>)>,
+    outbound_ready: Vec<(EndpointId, Vec<u8>)>,
     /// The engine for remote peers' endpoints (`r<N>`), once attached.
     peers: Option<Box<dyn Endpoint>>,
     /// What engines keep in memory beside the kernel.
     engine_memory: EngineMemory,
     /// Each running worker's `message_bytes_max`, so an oversized delivery
     /// is refused before it reaches the worker.
-    message_bytes_max: HashMap<String, usize>,
+    message_bytes_max: HashMap<EndpointId, usize>,
     /// Vats whose last deliveries faulted, and how many in a row (mirrors
     /// `v<N>.faults`, so a delivery that succeeds writes nothing unless
     /// there is a count to clear).
-    faults_in_a_row: HashMap<String, u32>,
+    faults_in_a_row: HashMap<EndpointId, u32>,
     /// Vats whose last GC or `bringOutYourDead` delivery faulted once: the
     /// next fault of such a delivery suspends them.
-    side_faulted: std::collections::HashSet<String>,
+    side_faulted: std::collections::HashSet<EndpointId>,
 }
 
 /// A vat gets a `bringOutYourDead` delivery after this many other deliveries.
@@ -254,8 +255,8 @@ pub fn check_name(name: &str) -> Result<(), KernelError> {
 ///
 /// If `id` is a vat, or its kind's engine is not attached: a store with
 /// peers is opened with its engine attached.
-fn engine_for<'a>(peers: &'a Option<Box<dyn Endpoint>>, id: &str) -> &'a dyn Endpoint {
-    match EndpointKind::of(id) {
+fn engine_for<'a>(peers: &'a Option<Box<dyn Endpoint>>, id: &EndpointId) -> &'a dyn Endpoint {
+    match id.kind() {
         EndpointKind::Vat => panic!("kernel invariant: vats ({id}) are not routed to an engine"),
         EndpointKind::Peer => peers.as_deref().unwrap_or_else(|| {
             panic!("kernel invariant: a kernel with peers ({id}) has the CapTP engine attached")
@@ -383,7 +384,7 @@ impl Kernel {
     }
 
     /// What endpoints emitted in committed cranks, in order, and forgets it.
-    pub fn take_outbound(&mut self) -> Vec<(String, Vec<u8>)> {
+    pub fn take_outbound(&mut self) -> Vec<(EndpointId, Vec<u8>)> {
         std::mem::take(&mut self.outbound_ready)
     }
 
@@ -457,7 +458,7 @@ impl Kernel {
         }
         let root = self.in_crank(|k| k.spawn_in_crank(name, wasm, module, options))?;
         self.commit()?;
-        Ok(Kref::from_table(root))
+        Ok(root)
     }
 
     fn spawn_in_crank(
@@ -466,7 +467,7 @@ impl Kernel {
         wasm: &[u8],
         module: VatModule,
         options: VatOptions,
-    ) -> Result<String, KernelError> {
+    ) -> Result<Kref, KernelError> {
         let cid = self.state.store.add_bundle(wasm)?.to_string();
         self.modules.insert(cid.clone(), module);
         let vat = self.state.allocate_vat_id()?;
@@ -493,7 +494,7 @@ impl Kernel {
 
     /// Starts `vat`'s worker if it is not running, delivering `startVat`
     /// within the current crank.
-    fn ensure_worker(&mut self, vat: &str) -> Result<(), WorkerStartError> {
+    fn ensure_worker(&mut self, vat: &EndpointId) -> Result<(), WorkerStartError> {
         if self.workers.contains_key(vat) {
             return Ok(());
         }
@@ -561,13 +562,14 @@ impl Kernel {
     }
 
     /// The id (`vN`) of the vat named `name`.
-    pub fn vat_id(&self, name: &str) -> Result<String, KernelError> {
+    pub fn vat_id(&self, name: &str) -> Result<EndpointId, KernelError> {
         self.state
             .get(&keys::vat_by_name(&name))?
+            .map(|vat| EndpointId::from_table(&vat))
             .ok_or_else(|| KernelError::UnknownVat(name.to_owned()))
     }
 
-    fn running_vat_id(&self, name: &str) -> Result<String, KernelError> {
+    fn running_vat_id(&self, name: &str) -> Result<EndpointId, KernelError> {
         let vat = self.vat_id(name)?;
         if self.state.vat_state(&vat)? != VatState::Running {
             return Err(KernelError::VatNotRunning {
@@ -583,7 +585,7 @@ impl Kernel {
     }
 
     /// The id of vat `name`, which still has its data (any state but removed).
-    fn kept_vat_id(&self, name: &str) -> Result<String, KernelError> {
+    fn kept_vat_id(&self, name: &str) -> Result<EndpointId, KernelError> {
         let vat = self.vat_id(name)?;
         if self.state.vat_state(&vat)? == VatState::Removed {
             return Err(KernelError::Removed {
@@ -626,7 +628,7 @@ impl Kernel {
     /// Marks `vat` running with no faults counted, starts its worker, and
     /// queues a notify for each settled promise its c-list still names (it
     /// was not told while it was not running).
-    fn revive_in_crank(&mut self, vat: &str) -> Result<(), WorkerStartError> {
+    fn revive_in_crank(&mut self, vat: &EndpointId) -> Result<(), WorkerStartError> {
         self.state.set_vat_state(vat, VatState::Running, None)?;
         self.clear_faults(vat)?;
         self.side_faulted.remove(vat);
@@ -639,8 +641,8 @@ impl Kernel {
                 Some(PromiseState::Unresolved) | None
             ) {
                 self.state.push_run_queue(&RunQueueItem::Notify {
-                    vat: vat.to_owned(),
-                    promise: kpid.to_owned(),
+                    vat: vat.clone(),
+                    promise: Kref::from_table(kpid),
                 })?;
             }
         }
@@ -740,7 +742,7 @@ impl Kernel {
 
     fn upgrade_in_crank(
         &mut self,
-        vat: &str,
+        vat: &EndpointId,
         wasm: &[u8],
         cid: &str,
         module: VatModule,
@@ -772,7 +774,7 @@ impl Kernel {
         Ok(())
     }
 
-    fn bring_out_your_dead(&mut self, vat: &str) -> Result<(), KernelError> {
+    fn bring_out_your_dead(&mut self, vat: &EndpointId) -> Result<(), KernelError> {
         self.deliveries_since_collection.remove(vat);
         // A fault is retried once in a fresh worker; a second one suspends the vat.
         loop {
@@ -804,7 +806,6 @@ impl Kernel {
     ) -> Result<Kref, KernelError> {
         self.check_message_refs(target, &args)?;
         self.in_crank(|k| k.queue_in_crank(target, method, args))
-            .map(Kref::from_table)
     }
 
     /// Fails unless `target` and every slot of `args` are krefs this kernel knows.
@@ -825,15 +826,15 @@ impl Kernel {
     /// returns its pinned result promise.
     pub(crate) fn queue_in_crank(
         &mut self,
-        target: &str,
+        target: &Kref,
         method: &str,
         args: CapData,
-    ) -> Result<String, KernelError> {
+    ) -> Result<Kref, KernelError> {
         let result = self.state.allocate_promise(None)?;
         // The caller holds the result until it calls `release`.
         self.state.pin(&result)?;
         self.state.push_run_queue(&RunQueueItem::Send {
-            target: target.to_owned(),
+            target: target.clone(),
             message: Message {
                 method: method.to_owned(),
                 args,
@@ -857,11 +858,11 @@ impl Kernel {
             if !self.step()? {
                 self.commit()?;
                 if let Some(peer) = self.state.promise_decider(kpid)?
-                    && EndpointKind::of(&peer) == EndpointKind::Peer
+                    && peer.kind() == EndpointKind::Peer
                 {
                     return Err(KernelError::WaitsOnPeer {
                         kpid: kpid.to_string(),
-                        peer,
+                        peer: peer.into(),
                     });
                 }
                 return Err(KernelError::Unsettled(kpid.to_string()));
@@ -899,7 +900,7 @@ impl Kernel {
             .deliveries_since_collection
             .values()
             .any(|count| *count >= DELIVERIES_PER_COLLECTION_MAX);
-        let due: Vec<String> = if !any_due {
+        let due: Vec<EndpointId> = if !any_due {
             Vec::new()
         } else {
             self.deliveries_since_collection
@@ -940,10 +941,10 @@ impl Kernel {
         else {
             panic!("kernel invariant: GC action keys are gc.<action>.<vat>.<kref> ({first})")
         };
-        let vat = vat.to_owned();
+        let vat = EndpointId::from_table(vat);
         let prefix = keys::gc_prefix(action.name(), &vat);
         self.state.store.begin_crank()?;
-        let delivered = match EndpointKind::of(&vat) {
+        let delivered = match vat.kind() {
             EndpointKind::Vat => self.gc_vat_in_crank(action, &vat, &prefix),
             EndpointKind::Peer => self
                 .gc_engine_in_crank(action, &vat, &prefix)
@@ -958,14 +959,14 @@ impl Kernel {
     fn gc_engine_in_crank(
         &mut self,
         action: GcAction,
-        endpoint: &str,
+        endpoint: &EndpointId,
         prefix: &str,
     ) -> Result<(), KernelError> {
         let engine = engine_for(&self.peers, endpoint);
         for (key, _) in self.state.scan_prefix(prefix)? {
             self.state.delete(&key)?;
-            let ko = &key[prefix.len()..];
-            if self.state.object_owner(ko)?.as_deref() != Some(endpoint) {
+            let ko = &Kref::from_table(&key[prefix.len()..]);
+            if self.state.object_owner(ko)?.as_deref() != Some(endpoint.as_str()) {
                 continue;
             }
             let (reachable, recognizable) = self.state.object_refs(ko)?;
@@ -988,7 +989,7 @@ impl Kernel {
     fn gc_vat_in_crank(
         &mut self,
         action: GcAction,
-        vat: &str,
+        vat: &EndpointId,
         prefix: &str,
     ) -> Result<(), CrankError> {
         let mut vrefs = Vec::new();
@@ -1051,7 +1052,7 @@ impl Kernel {
     /// whether the delivery is done with.
     fn finish_side_crank(
         &mut self,
-        vat: &str,
+        vat: &EndpointId,
         delivered: Result<(), CrankError>,
     ) -> Result<bool, KernelError> {
         let failed = match delivered {
@@ -1259,7 +1260,7 @@ impl Kernel {
     /// otherwise keeps running. Returns the reason to reject a message with.
     fn fault_in_crank(
         &mut self,
-        vat: &str,
+        vat: &EndpointId,
         work: FaultedWork<'_>,
         fault: &VatFault,
         at_start: bool,
@@ -1295,7 +1296,7 @@ impl Kernel {
         };
         let Some(why) = why else {
             self.state.set(&faults_key(vat), &count.to_string())?;
-            self.faults_in_a_row.insert(vat.to_owned(), count);
+            self.faults_in_a_row.insert(vat.clone(), count);
             return Ok(failed);
         };
         let reason = format!("vat {vat} ({name}) is suspended: {why}; {revive}");
@@ -1354,11 +1355,11 @@ impl Kernel {
 
     fn route_send(
         &mut self,
-        target: &str,
+        target: &Kref,
         message: Message,
         depth: usize,
     ) -> Result<(), CrankError> {
-        if target.starts_with("kp") {
+        if target.is_promise() {
             if depth >= FORWARDING_DEPTH_MAX {
                 let reason = format!(
                     "promise forwarding deeper than FORWARDING_DEPTH_MAX ({FORWARDING_DEPTH_MAX})"
@@ -1390,7 +1391,7 @@ impl Kernel {
                 }
                 Some(PromiseState::Fulfilled(data)) => match vom::capdata::decode(&data) {
                     Ok(Value::Remotable(r)) | Ok(Value::Promise(r)) => {
-                        self.route_send(&r.slot, message, depth + 1)
+                        self.route_send(&Kref::from_table(r.slot), message, depth + 1)
                     }
                     _ => {
                         let reason = format!(
@@ -1413,8 +1414,8 @@ impl Kernel {
     }
 
     /// Whether messages to promises `vat` decides go straight to it.
-    fn accepts_pipelining(&self, vat: &str) -> Result<bool, KernelError> {
-        if EndpointKind::of(vat) != EndpointKind::Vat {
+    fn accepts_pipelining(&self, vat: &EndpointId) -> Result<bool, KernelError> {
+        if vat.kind() != EndpointKind::Vat {
             return Ok(self.state.get(&keys::state(&vat))?.as_deref() == Some("running"));
         }
         Ok(
@@ -1425,11 +1426,11 @@ impl Kernel {
 
     fn deliver_message(
         &mut self,
-        vat: &str,
-        target: &str,
+        vat: &EndpointId,
+        target: &Kref,
         message: Message,
     ) -> Result<(), CrankError> {
-        if EndpointKind::of(vat) != EndpointKind::Vat {
+        if vat.kind() != EndpointKind::Vat {
             let engine = engine_for(&self.peers, vat);
             let tables = &mut Tables::new(&mut self.state);
             return Ok(engine.deliver(tables, vat, target, message)?);
@@ -1456,8 +1457,8 @@ impl Kernel {
         self.deliver(vat, &delivery)
     }
 
-    fn deliver_notify(&mut self, vat: &str, kpid: &str) -> Result<(), CrankError> {
-        if EndpointKind::of(vat) != EndpointKind::Vat {
+    fn deliver_notify(&mut self, vat: &EndpointId, kpid: &Kref) -> Result<(), CrankError> {
+        if vat.kind() != EndpointKind::Vat {
             let engine = engine_for(&self.peers, vat);
             return Ok(engine.notify(&mut Tables::new(&mut self.state), vat, kpid)?);
         }
@@ -1501,7 +1502,7 @@ impl Kernel {
         self.deliver(vat, &delivery)
     }
 
-    fn deliver(&mut self, vat: &str, delivery: &Delivery) -> Result<(), CrankError> {
+    fn deliver(&mut self, vat: &EndpointId, delivery: &Delivery) -> Result<(), CrankError> {
         if let Some(reason) = self.oversized(vat, delivery) {
             return Err(CrankError::Refused {
                 vat: vat.to_owned(),
@@ -1743,13 +1744,13 @@ impl Kernel {
 
     /// The kernel objects `vat` exports, by scanning every object: for
     /// tests and tools, not for the crank path.
-    pub fn objects_owned_by(&self, vat: &str) -> Result<Vec<String>, KernelError> {
+    pub fn objects_owned_by(&self, vat: &EndpointId) -> Result<Vec<Kref>, KernelError> {
         Ok(self
             .state
             .scan_prefix("ko")?
             .into_iter()
-            .filter(|(key, owner)| key.ends_with(".owner") && owner == vat)
-            .map(|(key, _)| key.trim_end_matches(".owner").to_owned())
+            .filter(|(key, owner)| key.ends_with(".owner") && owner == vat.as_str())
+            .map(|(key, _)| Kref::from_table(key.trim_end_matches(".owner")))
             .collect())
     }
 
@@ -1763,6 +1764,7 @@ impl Kernel {
     pub fn vats(&self) -> Result<Vec<VatInfo>, KernelError> {
         let mut vats = Vec::new();
         for (key, id) in self.state.scan_prefix("vat.name.")? {
+            let id = EndpointId::from_table(&id);
             let name = key["vat.name.".len()..].to_owned();
             let field = |f: &str| self.state.get(&format!("{id}.{f}"));
             let state = self.state.vat_state(&id)?;
@@ -1774,8 +1776,11 @@ impl Kernel {
                 bundle: field("bundle")?.unwrap_or_default(),
                 // A removed vat's c-list is deleted; its pet name remains.
                 root: match self.state.clist_kref(&id, vom::runtime::ROOT_VREF)? {
-                    Some(kref) => kref,
-                    None => self.state.get(&keys::pet_name(&name))?.unwrap_or_default(),
+                    Some(kref) => Some(kref),
+                    None => self
+                        .state
+                        .get(&keys::pet_name(&name))?
+                        .map(Kref::from_table),
                 },
                 state,
                 reason: field("reason")?,
@@ -1785,7 +1790,7 @@ impl Kernel {
                 name,
             });
         }
-        vats.sort_by_key(|v| v.id[1..].parse::<u64>().unwrap_or(u64::MAX));
+        vats.sort_by_key(|v| v.id.number());
         Ok(vats)
     }
 
@@ -1819,10 +1824,10 @@ impl From<KernelError> for WorkerStartError {
 }
 
 impl WorkerStartError {
-    fn into_crank_error(self, vat: &str) -> CrankError {
+    fn into_crank_error(self, vat: &EndpointId) -> CrankError {
         match self {
             WorkerStartError::Fault(fault) => CrankError::Fault {
-                vat: vat.to_owned(),
+                vat: vat.clone(),
                 fault,
                 at_start: true,
             },
@@ -1835,12 +1840,12 @@ impl WorkerStartError {
 enum CrankError {
     /// The vat's guest faulted (in its start, when `at_start`).
     Fault {
-        vat: String,
+        vat: EndpointId,
         fault: VatFault,
         at_start: bool,
     },
     /// The delivery was refused before the guest saw it (it breaks a limit).
-    Refused { vat: String, reason: String },
+    Refused { vat: EndpointId, reason: String },
     /// The kernel failed (its store): not the vat's doing.
     Kernel(KernelError),
 }
@@ -1889,7 +1894,7 @@ fn kref_to_vref(state: &mut KernelState, vat: &str, kref: &str) -> Result<String
 fn retire_object(state: &mut KernelState, ko: &str) -> Result<(), StoreError> {
     let owner = state.object_owner(ko)?;
     for (_, vat) in state.scan_prefix("vat.name.")? {
-        if Some(&vat) == owner.as_ref() {
+        if owner.as_deref() == Some(vat.as_str()) {
             continue;
         }
         if let Some(vref) = state.clist_vref(&vat, ko)? {
@@ -1906,14 +1911,14 @@ fn retire_object(state: &mut KernelState, ko: &str) -> Result<(), StoreError> {
 /// its c-list and refuses anything it may not name.
 struct VatSyscalls<'a> {
     state: &'a mut KernelState,
-    vat: &'a str,
+    vat: &'a EndpointId,
     /// A store failure inside a syscall: the crank must abort, and it is the
     /// kernel's failure, not the vat's.
     store_error: Option<StoreError>,
 }
 
 impl<'a> VatSyscalls<'a> {
-    fn new(state: &'a mut KernelState, vat: &'a str) -> Self {
+    fn new(state: &'a mut KernelState, vat: &'a EndpointId) -> Self {
         VatSyscalls {
             state,
             vat,
@@ -1927,29 +1932,28 @@ impl<'a> VatSyscalls<'a> {
     }
 
     /// The kref for `vref`, allocating one for a new export (`o+N`, `p+N`).
-    fn vref_to_kref(&mut self, vref: &str) -> Result<String, Refusal> {
-        if !is_vref(vref) {
-            return Err(Refusal::Illegal(format!("malformed vref {vref:?}")));
-        }
-        if let Some(kref) = self.state.clist_kref(self.vat, vref)? {
+    fn vref_to_kref(&mut self, vref: &str) -> Result<Kref, Refusal> {
+        let vref = parse_vref(vref)?;
+        if let Some(kref) = self.state.clist_kref(self.vat, vref.as_str())? {
             // A vat that names a reference again can reach it again
             // (promises have no reachable flag to restore).
-            if kref.starts_with("ko") {
+            if !kref.is_promise() {
                 self.state.clist_set_reachable(self.vat, &kref, true)?;
             }
             return Ok(kref);
         }
-        let kref = match vref.as_bytes()[..2] {
-            [b'o', b'+'] => self.state.allocate_object(self.vat)?,
-            [b'p', b'+'] => self.state.allocate_promise(Some(self.vat))?,
-            _ => {
-                return Err(Refusal::Illegal(format!(
-                    "vref {vref} is not in the c-list of {} (a forged or stale reference)",
-                    self.vat
-                )));
-            }
+        if vref.allocator() != Allocator::Vat {
+            return Err(Refusal::Illegal(format!(
+                "vref {vref} is not in the c-list of {} (a forged or stale reference)",
+                self.vat
+            )));
+        }
+        let kref = if vref.is_promise() {
+            self.state.allocate_promise(Some(self.vat))?
+        } else {
+            self.state.allocate_object(self.vat)?
         };
-        self.state.clist_add(self.vat, &kref, vref)?;
+        self.state.clist_add(self.vat, &kref, vref.as_str())?;
         Ok(kref)
     }
 
@@ -1958,7 +1962,7 @@ impl<'a> VatSyscalls<'a> {
         let slots = data
             .slots
             .iter()
-            .map(|vref| self.vref_to_kref(vref))
+            .map(|vref| self.vref_to_kref(vref).map(String::from))
             .collect::<Result<_, _>>()?;
         Ok(CapData {
             body: data.body.clone(),
@@ -2062,7 +2066,7 @@ impl<'a> VatSyscalls<'a> {
         match self.state.promise_state(&kpid)? {
             Some(PromiseState::Unresolved) => self.state.add_subscriber(&kpid, self.vat)?,
             _ => self.state.push_run_queue(&RunQueueItem::Notify {
-                vat: self.vat.to_owned(),
+                vat: self.vat.clone(),
                 promise: kpid,
             })?,
         }
@@ -2075,7 +2079,7 @@ impl<'a> VatSyscalls<'a> {
         let kpid = self.promise_kref(&resolution.promise)?;
         let decider = self.state.promise_decider(&kpid)?;
         let unresolved = self.state.promise_state(&kpid)? == Some(PromiseState::Unresolved);
-        if decider.as_deref() != Some(self.vat) || !unresolved {
+        if decider.as_ref() != Some(self.vat) || !unresolved {
             return Err(Refusal::Illegal(format!(
                 "{} may not resolve {} ({kpid}): it is not its unresolved decider",
                 self.vat, resolution.promise
@@ -2090,7 +2094,7 @@ impl<'a> VatSyscalls<'a> {
     /// The vat retires an export nothing reaches. The kernel may have
     /// retired it first: then there is nothing to do.
     fn retire_export(&mut self, vref: &str) -> Result<(), Refusal> {
-        if !vref.starts_with("o+") {
+        if !parse_vref(vref)?.is_object_export() {
             return Err(Refusal::Illegal(format!(
                 "retireExports of {vref}, which is not an export"
             )));
@@ -2107,29 +2111,31 @@ impl<'a> VatSyscalls<'a> {
         Ok(retire_object(self.state, &kref)?)
     }
 
-    fn existing_kref(&mut self, vref: &str) -> Result<String, Refusal> {
+    fn existing_kref(&mut self, vref: &str) -> Result<Kref, Refusal> {
         self.state.clist_kref(self.vat, vref)?.ok_or_else(|| {
             Refusal::Illegal(format!("vref {vref} is not in the c-list of {}", self.vat))
         })
     }
 
-    fn known_import(&mut self, vref: &str) -> Result<String, Refusal> {
-        if !vref.starts_with("o-") {
+    fn known_import(&mut self, vref: &str) -> Result<Kref, Refusal> {
+        if !parse_vref(vref)?.is_object_import() {
             return Err(Refusal::Illegal(format!("{vref} is not an object import")));
         }
         self.existing_kref(vref)
     }
 
-    fn promise_kref(&mut self, vpid: &str) -> Result<String, Refusal> {
-        if !vpid.starts_with('p') {
+    fn promise_kref(&mut self, vpid: &str) -> Result<Kref, Refusal> {
+        if !parse_vref(vpid)?.is_promise() {
             return Err(Refusal::Illegal(format!("{vpid} is not a promise")));
         }
         self.vref_to_kref(vpid)
     }
 
     /// The kernel promise for a send's result: a new `p+N` the kernel now decides.
-    fn result_promise(&mut self, vpid: &str) -> Result<String, Refusal> {
-        if !vpid.starts_with("p+") || self.state.clist_kref(self.vat, vpid)?.is_some() {
+    fn result_promise(&mut self, vpid: &str) -> Result<Kref, Refusal> {
+        let fresh = parse_vref(vpid)
+            .is_ok_and(|vref| vref.is_promise() && vref.allocator() == Allocator::Vat);
+        if !fresh || self.state.clist_kref(self.vat, vpid)?.is_some() {
             return Err(Refusal::Illegal(format!(
                 "send result {vpid} must be a new promise (p+N) of {}",
                 self.vat
@@ -2139,6 +2145,11 @@ impl<'a> VatSyscalls<'a> {
         self.state.clist_add(self.vat, &kpid, vpid)?;
         Ok(kpid)
     }
+}
+
+/// `text` as a vref, or the refusal of a syscall that names a malformed one.
+fn parse_vref(text: &str) -> Result<Vref<'_>, Refusal> {
+    Vref::parse(text).ok_or_else(|| Refusal::Illegal(format!("malformed vref {text:?}")))
 }
 
 enum Refusal {
@@ -2167,43 +2178,6 @@ impl SyscallHandler for VatSyscalls<'_> {
                 self.store_error = Some(e);
                 Err(SyscallRefusal::Illegal(reason))
             }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::is_vref;
-
-    #[test]
-    fn vrefs_include_durable_and_virtual_objects_with_facets() {
-        for good in [
-            "o+0",
-            "o-12",
-            "p+3",
-            "p-9",
-            "o+d10/3",
-            "o+d10/3:1",
-            "o+v11/2",
-        ] {
-            assert!(is_vref(good), "{good}");
-        }
-        for bad in [
-            "o+",
-            "o+x",
-            "x+1",
-            "o*1",
-            "o+d10",
-            "o+d/3",
-            "o+d10/",
-            "o+d10/3:",
-            "o+d10/3:a",
-            "p+d10/3",
-            "o-d10/3",
-            "o+q10/3",
-            "o+d10/3/4",
-        ] {
-            assert!(!is_vref(bad), "{bad}");
         }
     }
 }

@@ -16,9 +16,9 @@ mod records;
 mod shown;
 mod state;
 
-pub use endpoint::{Endpoint, EndpointKind, Tables, TablesRef};
+pub use endpoint::{Endpoint, Tables, TablesRef};
 pub use idempotency::{IDEMPOTENCY_KEY_BYTES_MAX, IDEMPOTENCY_KEYS_MAX, Queued};
-pub use ids::{Kref, is_kref};
+pub use ids::{EndpointId, EndpointKind, Kref, is_kref};
 pub use kernel::{
     CommitPolicy, FORWARDING_DEPTH_MAX, Kernel, KernelError, VatInfo, VatOptions, WorkerKind,
     check_name,

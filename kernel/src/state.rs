@@ -28,6 +28,7 @@
 //! | `vat.name.<name>` | the vat's id |
 //! | `pet.<name>` | the kref a CLI pet name is bound to |
 
+use crate::ids::{EndpointId, EndpointKind, Kref};
 use crate::keys;
 use serde::{Deserialize, Serialize};
 use swingstore::{StoreError, SwingStore};
@@ -39,7 +40,7 @@ pub struct Message {
     pub method: String,
     pub args: CapData,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub result: Option<String>,
+    pub result: Option<Kref>,
 }
 
 /// One unit of work: a crank delivers exactly one of these.
@@ -47,25 +48,25 @@ pub struct Message {
 #[serde(tag = "type", rename_all = "camelCase")]
 pub enum RunQueueItem {
     Send {
-        target: String,
+        target: Kref,
         message: Message,
     },
     Notify {
-        vat: String,
-        promise: String,
+        vat: EndpointId,
+        promise: Kref,
     },
     /// An input an endpoint engine queued for itself (see
     /// [`crate::Tables::queue_input`]): delivered to it in queue order, after
     /// every message the run queue already held.
     Input {
-        endpoint: String,
+        endpoint: EndpointId,
         input: String,
     },
     /// A peer's disembargo to reflect, as stores of schema 2 and earlier
     /// queued it: read, and delivered as the CapTP engine's input
     /// `disembargo <export> <embargo>`; no longer written.
     Loopback {
-        peer: String,
+        peer: EndpointId,
         export: u32,
         embargo: u32,
     },
@@ -230,9 +231,9 @@ pub(crate) struct KernelState {
     /// The same for terminated vats' cleanup.
     pub(crate) cleanup_maybe: bool,
     /// What endpoints emitted in the crank in progress: dropped if it aborts.
-    pub(crate) outbox_crank: Vec<(String, Vec<u8>)>,
+    pub(crate) outbox_crank: Vec<(EndpointId, Vec<u8>)>,
     /// What ended cranks emitted, released at the next commit.
-    pub(crate) outbox_ended: Vec<(String, Vec<u8>)>,
+    pub(crate) outbox_ended: Vec<(EndpointId, Vec<u8>)>,
 }
 
 /// The krefs a message refers to: its result and its arguments.
@@ -375,19 +376,22 @@ impl KernelState {
         Ok(id)
     }
 
-    pub(crate) fn allocate_vat_id(&mut self) -> StoreResult<String> {
-        Ok(format!("v{}", self.next_id(keys::NEXT_VAT)?))
+    pub(crate) fn allocate_vat_id(&mut self) -> StoreResult<EndpointId> {
+        Ok(EndpointId::new(
+            EndpointKind::Vat,
+            self.next_id(keys::NEXT_VAT)?,
+        ))
     }
 
-    pub(crate) fn allocate_object(&mut self, owner: &str) -> StoreResult<String> {
-        let kref = format!("ko{}", self.next_id(keys::NEXT_OBJECT)?);
+    pub(crate) fn allocate_object(&mut self, owner: &str) -> StoreResult<Kref> {
+        let kref = Kref::from_table(format!("ko{}", self.next_id(keys::NEXT_OBJECT)?));
         self.store.set_new(&keys::owner(&kref), owner)?;
         Ok(kref)
     }
 
     /// A new unresolved promise, decided by `decider` (or by the kernel).
-    pub(crate) fn allocate_promise(&mut self, decider: Option<&str>) -> StoreResult<String> {
-        let kpid = format!("kp{}", self.next_id(keys::NEXT_PROMISE)?);
+    pub(crate) fn allocate_promise(&mut self, decider: Option<&str>) -> StoreResult<Kref> {
+        let kpid = Kref::from_table(format!("kp{}", self.next_id(keys::NEXT_PROMISE)?));
         self.store.set_new(&keys::state(&kpid), "unresolved")?;
         if let Some(vat) = decider {
             self.store.set_new(&keys::decider(&kpid), vat)?;
@@ -395,8 +399,10 @@ impl KernelState {
         Ok(kpid)
     }
 
-    pub(crate) fn object_owner(&self, kref: &str) -> StoreResult<Option<String>> {
-        self.get(&keys::owner(&kref))
+    pub(crate) fn object_owner(&self, kref: &str) -> StoreResult<Option<EndpointId>> {
+        Ok(self
+            .get(&keys::owner(&kref))?
+            .map(|owner| EndpointId::from_table(&owner)))
     }
 
     /// The messages waiting on `kpid`, in order (none when it has no queue),
@@ -453,8 +459,10 @@ impl KernelState {
         }))
     }
 
-    pub(crate) fn promise_decider(&self, kpid: &str) -> StoreResult<Option<String>> {
-        self.get(&keys::decider(&kpid))
+    pub(crate) fn promise_decider(&self, kpid: &str) -> StoreResult<Option<EndpointId>> {
+        Ok(self
+            .get(&keys::decider(&kpid))?
+            .map(|decider| EndpointId::from_table(&decider)))
     }
 
     pub(crate) fn set_promise_decider(
@@ -795,8 +803,8 @@ impl KernelState {
             .map(|entry| entry[2..].to_owned()))
     }
 
-    pub(crate) fn clist_kref(&self, vat: &str, vref: &str) -> StoreResult<Option<String>> {
-        self.get(&keys::clist(&vat, &vref))
+    pub(crate) fn clist_kref(&self, vat: &str, vref: &str) -> StoreResult<Option<Kref>> {
+        Ok(self.get(&keys::clist(&vat, &vref))?.map(Kref::from_table))
     }
 
     /// Whether `kref` is `vat`'s own export (its entry does not count).
@@ -894,15 +902,16 @@ pub(crate) fn settle_promise(
     data: &CapData,
 ) -> Result<(), StoreError> {
     let (subscribers, queued) = state.settle_promise(kpid, rejected, data)?;
+    let kpid = Kref::from_table(kpid);
     for vat in subscribers {
         state.push_run_queue(&RunQueueItem::Notify {
-            vat,
-            promise: kpid.to_owned(),
+            vat: EndpointId::from_table(&vat),
+            promise: kpid.clone(),
         })?;
     }
     for message in queued {
         state.push_run_queue(&RunQueueItem::Send {
-            target: kpid.to_owned(),
+            target: kpid.clone(),
             message,
         })?;
     }

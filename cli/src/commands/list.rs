@@ -50,8 +50,10 @@ fn vat_line(vat: VatInfo) -> String {
         (WorkerKind::Process, None) => "process".to_owned(),
         (WorkerKind::Thread, _) => "thread".to_owned(),
     };
+    // A removed vat whose pet name was rebound has no root left to show.
+    let root = vat.root.as_deref().unwrap_or("-");
     format!(
-        "{} {} root {} {}{}{} worker {} bundle {}",
-        vat.id, vat.name, vat.root, vat.state, reason, kept, worker, vat.bundle
+        "{} {} root {root} {}{}{} worker {} bundle {}",
+        vat.id, vat.name, vat.state, reason, kept, worker, vat.bundle
     )
 }

@@ -1,7 +1,7 @@
 //! CapTP from the command line: sturdy refs to share, peers to list, and
 //! the checks before the daemon dials a sturdy ref.
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Result, bail};
 use captp::sturdy::{Address, SturdyRef};
 use captp_engine::Peers;
 use kernel::Kernel;
@@ -18,7 +18,7 @@ pub fn share(home: &Home, kernel: &mut Kernel, target: &str, out: &mut Outcome) 
         bail!("the daemon is not listening for CapTP: start it with `vat start --listen ADDR`");
     };
     let swiss = kernel.share(&kref)?;
-    let address = Address::parse(&address).map_err(|e| anyhow!(e))?;
+    let address = Address::parse(&address)?;
     out.line(SturdyRef {
         did: home.did(),
         address,
@@ -62,7 +62,7 @@ pub fn enliven_target(
     if let Some(kref) = kernel.pet_name(bind_as)? {
         bail!("pet name {bind_as:?} is already bound (to {kref})");
     }
-    let sturdy = SturdyRef::parse(uri).map_err(|e| anyhow!(e))?;
+    let sturdy = SturdyRef::parse(uri)?;
     if sturdy.did == home_did {
         bail!("that sturdy ref names an object of this kernel: use it directly");
     }
