@@ -44,6 +44,7 @@ use kernel::{
     EndpointId, Kernel, KernelError, Kref, Message, PromiseState, Tables, TablesRef, error_capdata,
 };
 
+mod check;
 mod keys;
 pub mod node;
 mod peers;
@@ -260,6 +261,14 @@ impl kernel::Endpoint for Membrane {
             })
         };
         reflect_disembargo(tables, endpoint, parse(export), parse(embargo))
+    }
+
+    fn references_in_record(&self, _peer: &EndpointId, field: &str, value: &str) -> Vec<String> {
+        check::references_in_record(field, value)
+    }
+
+    fn check_records(&self, tables: &TablesRef<'_>) -> Result<Vec<String>, StoreError> {
+        check::check_records(tables)
     }
 }
 

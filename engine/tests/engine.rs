@@ -220,6 +220,35 @@ fn a_call_on_a_restored_object_is_answered_and_the_tables_stay_consistent() {
 }
 
 #[test]
+fn check_counts_what_a_peers_answers_hold_and_reports_a_peer_out_of_place() {
+    let mut harness = Harness::new();
+    restored(&mut harness);
+    let peer = harness.peer.clone();
+    let problems_after = |harness: &mut Harness, key: String, value: Option<&str>| {
+        harness
+            .kernel
+            .in_crank(|k| match value {
+                Some(value) => k.tables().set(&key, value),
+                None => k.tables().delete(&key),
+            })
+            .unwrap();
+        harness.kernel.check().unwrap().0
+    };
+    // The answer to the restore holds the object: without the record, the
+    // object's count has a reference nothing explains.
+    let problems = problems_after(&mut harness, format!("{peer}.a.1"), None);
+    assert!(
+        problems.iter().any(|p| p.contains("places refer to it")),
+        "a missing answer leaves a count unexplained: {problems:#?}"
+    );
+    let problems = problems_after(&mut harness, format!("{peer}.state"), Some("confused"));
+    assert!(
+        problems.contains(&format!("{peer} has state Some(\"confused\")")),
+        "{problems:#?}"
+    );
+}
+
+#[test]
 fn a_reference_sent_in_comes_back_as_the_peers_own() {
     let mut harness = Harness::new();
     let pong = restored(&mut harness);

@@ -8,13 +8,17 @@
 //! (their states and reasons) and their bundles; pet names; and each
 //! promise's and object's reference counts, recounted from every place
 //! that refers to it (c-lists, the run queue, promise queues and data, pet
-//! names, pins, shown references, sturdy refs, peers' questions and answers),
-//! with the GC actions an unreachable or unrecognizable object must have.
+//! names, pins, shown references, sturdy refs, and what an attached
+//! engine's records hold, as it says), with the GC actions an unreachable or
+//! unrecognizable object must have. An engine checks its own records
+//! ([`Endpoint::check_records`]); the kernel checks its endpoints' c-lists.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use vom::CapData;
 
+use crate::endpoint::{Endpoint, TablesRef};
+use crate::ids::{EndpointId, EndpointKind};
 use crate::state::{
     GcAction, KernelState, Message, RunQueueItem, VatState, krefs_in_item, krefs_in_message,
 };
@@ -30,10 +34,18 @@ fn vref_id(vref: &str) -> Option<u64> {
 
 struct Checker<'a> {
     kv: &'a BTreeMap<String, String>,
+    /// The engine attached for the endpoints beside the vats, if any.
+    engine: Option<&'a dyn Endpoint>,
     problems: Vec<String>,
 }
 
-impl Checker<'_> {
+impl<'a> Checker<'a> {
+    /// The engine whose endpoint `id` names, if it names one beside the vats.
+    fn engine_of(&self, id: &str) -> Option<(&'a dyn Endpoint, EndpointId)> {
+        let endpoint = EndpointId::parse(id).filter(|e| e.kind() != EndpointKind::Vat)?;
+        Some((self.engine?, endpoint))
+    }
+
     fn get(&self, key: &str) -> Option<&str> {
         self.kv.get(key).map(String::as_str)
     }
@@ -306,26 +318,18 @@ impl Checker<'_> {
         }
     }
 
-    /// CapTP peers: their records and c-lists.
-    fn peers(&mut self) {
-        let peers: Vec<String> = self
+    /// The c-lists of the endpoints beside the vats (the engines check
+    /// their other records).
+    fn engine_clists(&mut self) {
+        let endpoints: BTreeSet<String> = self
             .kv
             .keys()
-            .filter_map(|k| k.strip_suffix(".name"))
-            .filter(|id| id.starts_with('r') && id[1..].parse::<u64>().is_ok())
+            .filter_map(|k| k.split_once(".c.").map(|(id, _)| id))
+            .filter(|id| EndpointId::parse(id).is_some_and(|id| id.kind() != EndpointKind::Vat))
             .map(str::to_owned)
             .collect();
-        let next = self.counter("kernel.nextPeer");
-        for peer in peers {
-            if id_of(&peer, "r").unwrap_or(0) >= next {
-                self.problem(format!("{peer} exists but kernel.nextPeer is {next}"));
-            }
-            match self.get(&format!("{peer}.state")) {
-                Some("running") => {}
-                Some("terminated") if self.kv.contains_key(&format!("{peer}.reason")) => {}
-                other => self.problem(format!("{peer} has state {other:?}")),
-            }
-            self.clist(&peer);
+        for endpoint in endpoints {
+            self.clist(&endpoint);
         }
     }
 
@@ -394,6 +398,16 @@ impl Checker<'_> {
         let mut count = |kref: &str, reachable: bool| found.push((kref.to_owned(), reachable));
         let mut parts = key.splitn(3, '.');
         let (first, second, rest) = (parts.next(), parts.next(), parts.next());
+        // An engine's own records hold what it says they hold.
+        if let (Some(id), Some(field)) = (first, second)
+            && field != "c"
+            && let Some((engine, endpoint)) = self.engine_of(id)
+        {
+            for kref in engine.references_in_record(&endpoint, &key[id.len() + 1..], value) {
+                count(&kref, true);
+            }
+            return found;
+        }
         match (first, second, rest) {
             // A c-list's kref side, `v<N>.c.kp<M>`; an exporter's own
             // entry does not count.
@@ -424,24 +438,6 @@ impl Checker<'_> {
             (Some("pet" | "sturdy"), Some(_), _) => count(value, true),
             (Some("shown"), Some(seq), None) if seq.bytes().all(|b| b.is_ascii_digit()) => {
                 count(value, true)
-            }
-            // A peer's questions hold their result promises; its
-            // answers, until returned, the promises they wait for.
-            (Some(peer), Some("q"), Some(_)) if peer.starts_with('r') => {
-                if let Some(kp) = serde_json::from_str::<serde_json::Value>(value)
-                    .ok()
-                    .and_then(|q| q.get("result")?.as_str().map(str::to_owned))
-                {
-                    count(&kp, true);
-                }
-            }
-            (Some(peer), Some("a"), Some(_)) if peer.starts_with('r') => {
-                if let Some(kref) = serde_json::from_str::<serde_json::Value>(value)
-                    .ok()
-                    .and_then(|a| a.get("kref")?.as_str().map(str::to_owned))
-                {
-                    count(&kref, true);
-                }
             }
             _ => {}
         }
@@ -554,7 +550,10 @@ impl Checker<'_> {
 
 /// Every discrepancy in the kernel's tables; empty when they are consistent.
 /// Returns how many keys were read, too.
-pub(crate) fn check(state: &KernelState) -> Result<(Vec<String>, usize), swingstore::StoreError> {
+pub(crate) fn check(
+    state: &KernelState,
+    engine: Option<&dyn Endpoint>,
+) -> Result<(Vec<String>, usize), swingstore::StoreError> {
     let mut problems = state.store.integrity_check()?;
     let kv: BTreeMap<String, String> = state.scan_prefix("")?.into_iter().collect();
     let bundles = state.store.bundle_cids()?;
@@ -564,14 +563,18 @@ pub(crate) fn check(state: &KernelState) -> Result<(Vec<String>, usize), swingst
         max_object = max_object.max(id_of(kref, "ko").unwrap_or(0));
         max_promise = max_promise.max(id_of(kref, "kp").unwrap_or(0));
     }
+    if let Some(engine) = engine {
+        problems.extend(engine.check_records(&TablesRef::new(state))?);
+    }
     let mut checker = Checker {
         kv: &kv,
+        engine,
         problems: Vec::new(),
     };
     checker.run_queue();
     checker.objects_and_promises(max_object, max_promise);
     checker.vats(&bundles);
-    checker.peers();
+    checker.engine_clists();
     checker.pet_names();
     checker.refs();
     problems.append(&mut checker.problems);

@@ -57,6 +57,16 @@ pub trait Endpoint: std::fmt::Debug {
     /// run-queue order.
     fn input(&self, tables: &mut Tables<'_>, endpoint: &EndpointId, input: &str)
     -> StoreResult<()>;
+
+    /// For [`crate::Kernel::check`]'s recount: the krefs that the engine's
+    /// record `<endpoint>.<field>` (holding `value`) keeps a reachable
+    /// reference to. The kernel counts c-lists itself; an engine's records
+    /// beside them are the engine's to read.
+    fn references_in_record(&self, endpoint: &EndpointId, field: &str, value: &str) -> Vec<String>;
+
+    /// For [`crate::Kernel::check`]: every discrepancy in the engine's own
+    /// records (its endpoints' states, its counters).
+    fn check_records(&self, tables: &TablesRef<'_>) -> StoreResult<Vec<String>>;
 }
 
 /// The kernel's tables, as an endpoint engine reads them.

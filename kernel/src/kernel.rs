@@ -1757,7 +1757,7 @@ impl Kernel {
     /// Re-derives the tables' invariants from the store: every discrepancy
     /// found (none when consistent), and how many keys were read.
     pub fn check(&self) -> Result<(Vec<String>, usize), KernelError> {
-        Ok(crate::check::check(&self.state)?)
+        Ok(crate::check::check(&self.state, self.peers.as_deref())?)
     }
 
     /// Every vat, in creation order.
