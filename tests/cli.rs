@@ -382,7 +382,7 @@ fn a_killed_vat_process_leaves_committed_state_intact() {
     home.spawn("counter", "counter");
     home.ok(&["send", "counter", "increment"]);
     let mut child = home
-        .command(&["send", "a", "run", "100000000", "b"])
+        .command(&["send", "a", "runHeap", "100000000", "b"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -99,11 +99,12 @@ fn a_client_that_connects_and_says_nothing_holds_up_no_one() {
     assert_eq!(home.ok(&["send", "counter", "get"]), "1");
 }
 
-/// A long run under an idempotency key.
+/// A long run under an idempotency key, awaiting in the heap only (a run as
+/// a flow outlives the daemon: see `inflight.rs`).
 const LONG_RUN: [&str; 7] = [
     "send",
     "a",
-    "run",
+    "runHeap",
     "100000",
     "b",
     "--idempotency-key",
@@ -132,6 +133,9 @@ fn a_daemon_killed_mid_request_is_reported_and_a_keyed_retry_applies_once() {
             .is_some_and(|head| head.parse::<u64>().unwrap() > 100)
     });
     vat_tests::kill_hard(daemon.pid());
+    // Reaped, so that its socket no longer accepts: the next commands run
+    // without it.
+    drop(daemon);
     let out = child.wait_with_output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8(out.stderr).unwrap();

@@ -331,8 +331,9 @@ fn collections_keep_integer_keys_in_numeric_order() {
     assert_eq!(home.ok(&["send", "things", "count"]), "35");
 }
 
-/// Promises the vat decided die with its heap on upgrade: they are rejected
-/// as "upgraded", and whoever awaits them hears so. Heap objects are gone too.
+/// Promises the vat's heap decided die with it on upgrade: they are rejected
+/// as `vatRestarted` ("upgraded"), and whoever awaits them hears so. Heap
+/// objects are gone too.
 #[test]
 fn an_upgrade_rejects_the_promises_the_vat_decided() {
     let home = VatHome::new();
@@ -345,7 +346,10 @@ fn an_upgrade_rejects_the_promises_the_vat_decided() {
     let holder = vat_tests::guest("holder");
     home.ok(&["upgrade", "d", holder.to_str().unwrap()]);
     let err = home.fails(&["send", "a", "await", "p"]);
-    assert!(err.starts_with("error: vat v2 upgraded"), "{err}");
+    assert!(
+        err.starts_with("error: vatRestarted: vat v2 upgraded: the promises its incarnation 1"),
+        "{err}"
+    );
     let err = home.fails(&["send", "a", "call", "x", "describe"]);
     assert!(
         err.contains("is gone"),

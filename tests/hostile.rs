@@ -301,9 +301,9 @@ fn worker_pids(parent: u32, vat: &str) -> Vec<u32> {
 
 /// Runs `vat send a run N b` and SIGKILLs the worker of `victim` once the run
 /// has committed progress; returns the send's output.
-fn kill_worker_mid_run(home: &VatHome, victim: &str) -> std::process::Output {
+fn kill_worker_mid_run(home: &VatHome, victim: &str, run: &str) -> std::process::Output {
     let child = home
-        .command(&["send", "a", "run", "3000", "b"])
+        .command(&["send", "a", run, "3000", "b"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -327,8 +327,8 @@ fn a_killed_worker_is_restarted_and_the_delivery_retried() {
     let home = VatHome::new();
     home.spawn("a", "pingpong");
     home.spawn("b", "pingpong");
-    // b is stateless between pings: its restarted worker carries on.
-    let out = kill_worker_mid_run(&home, "v2");
+    // b's restarted worker carries on, and counts each ping once.
+    let out = kill_worker_mid_run(&home, "v2", "runHeap");
     assert!(
         out.status.success(),
         "{}",
@@ -336,6 +336,25 @@ fn a_killed_worker_is_restarted_and_the_delivery_retried() {
     );
     assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), "3000");
     assert!(home.ok(&["list"]).contains("v2 b root ko2 running"));
+    assert_eq!(home.ok(&["send", "b", "pings"]), "3000");
+    home.check();
+}
+
+#[test]
+fn a_flow_whose_worker_is_killed_carries_on_from_its_journal() {
+    let home = VatHome::new();
+    home.spawn("a", "pingpong");
+    home.spawn("b", "pingpong");
+    // a's run is a flow: its restarted worker resumes it, and sends no
+    // ping twice.
+    let out = kill_worker_mid_run(&home, "v1", "run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), "3000");
+    assert_eq!(home.ok(&["send", "b", "pings"]), "3000");
     home.check();
 }
 
@@ -344,16 +363,16 @@ fn a_killed_worker_loses_what_its_vat_awaited_in_memory() {
     let home = VatHome::new();
     home.spawn("a", "pingpong");
     home.spawn("b", "pingpong");
-    // a's run awaits in its heap: when a's worker dies the run is lost, and
-    // the caller hears so instead of waiting forever.
-    let out = kill_worker_mid_run(&home, "v1");
+    // a's runHeap awaits in its heap: when a's worker dies the run is
+    // lost, and the caller hears so instead of waiting forever.
+    let out = kill_worker_mid_run(&home, "v1", "runHeap");
     assert!(!out.status.success());
     let err = String::from_utf8(out.stderr).unwrap();
     assert_eq!(err.lines().count(), 1, "{err}");
+    // The error is named so that a caller can recognise it and retry.
     assert!(
-        err.contains(
-            "vat v1 restarted: the promises it decided were awaiting in memory and are lost"
-        ),
+        err.contains("vatRestarted: vat v1 restarted: the promises its incarnation ")
+            && err.ends_with(" decided were awaiting in memory and are lost\n"),
         "{err}"
     );
     // Both vats work on.

@@ -18,6 +18,7 @@ const CRATES: &[&str] = &[
     "engine",
     "captp",
     "ipvm",
+    "devices",
     "cli",
     "did-key",
     "swingstore",

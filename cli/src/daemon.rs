@@ -153,6 +153,7 @@ impl Daemon {
             } else {
                 TURN_WAITING_MS
             };
+            let wait_ms = self.turn_timers(wait_ms)?;
             for request in self.node.turn(Duration::from_millis(wait_ms))? {
                 if self.handle(request)? == Served::Stop {
                     self.node.flush()?;
@@ -161,6 +162,18 @@ impl Daemon {
             }
             self.answer_waiters()?;
         }
+    }
+
+    /// Fires the timers that are due; returns how long the next turn may
+    /// wait (`wait_ms`, or less when a timer falls due sooner).
+    fn turn_timers(&mut self, wait_ms: u64) -> Result<u64> {
+        let now = devices::timer::now_ms();
+        let kernel = self.node.kernel();
+        devices::timer::fire_due(kernel, now)?;
+        Ok(match devices::timer::next_due_ms(kernel)? {
+            Some(due) => wait_ms.min(due.saturating_sub(now)),
+            None => wait_ms,
+        })
     }
 
     /// Handles one request: answers it, or leaves it waiting.

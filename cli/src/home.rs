@@ -237,8 +237,12 @@ impl Home {
         }
         let mut kernel = Kernel::new(store, policy)?;
         kernel.set_module_cache(self.path.join(MODULES_DIR));
-        // A home's kernel may hold peers: their engine is attached first.
+        // A home's kernel may hold peers and devices: their engines are
+        // attached first.
         captp_engine::attach(&mut kernel);
+        devices::attach(&mut kernel);
+        // What fell due while no kernel ran fires now, once.
+        devices::timer::fire_due(&mut kernel, devices::timer::now_ms())?;
         // Connections to peers died with the process that had them.
         captp_engine::Peers::remove_stale_peers(&mut kernel)?;
         kernel.commit()?;

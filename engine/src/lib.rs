@@ -211,7 +211,7 @@ pub struct Membrane;
 /// Gives `kernel` the CapTP engine for its peers. A kernel that may hold
 /// peers (any home's) gets it before it runs a crank.
 pub fn attach(kernel: &mut Kernel) {
-    kernel.attach_peers(Box::new(Membrane));
+    kernel.attach(kernel::EndpointKind::Peer, Box::new(Membrane));
 }
 
 impl kernel::Endpoint for Membrane {

@@ -299,6 +299,45 @@ fn a_call_pipelined_on_an_answer_reaches_the_object_it_resolves_to() {
 }
 
 #[test]
+fn an_answer_passed_as_an_argument_arrives_as_the_object_it_resolved_to() {
+    let mut harness = Harness::new();
+    let pong = restored(&mut harness);
+    let arg = Value::Array(vec![Value::Remotable(vom::capdata::Ref::new("slot0"))]);
+    harness.send(&exo_call(
+        2,
+        Target::Imported(pong),
+        "ping",
+        &arg,
+        vec![CapDescriptor::ReceiverHosted(pong)],
+    ));
+    // As a C++ client passes `makePurse(...).object`: the answer's object
+    // field as an argument. By delivery it has resolved to pong, and the
+    // vat is handed pong (which ping sends back), not a promise.
+    let out = harness.send(&exo_call(
+        3,
+        Target::Imported(pong),
+        "ping",
+        &arg,
+        vec![CapDescriptor::ReceiverAnswer {
+            question: 2,
+            transform: vec![1],
+        }],
+    ));
+    let answer = out
+        .iter()
+        .find(|m| matches!(m, Wire::Return(Return { answer: 3, .. })))
+        .unwrap_or_else(|| panic!("question 3 is answered: {out:?}"));
+    let (value, caps) = exo_result(answer);
+    assert!(matches!(value, Value::Remotable(_)), "{value:?}");
+    // Pong is our export: it goes back as ours (the result and its
+    // `object` field), not as a promise.
+    assert!(
+        !caps.is_empty() && caps.iter().all(|c| *c == CapDescriptor::SenderHosted(pong)),
+        "{caps:?}"
+    );
+}
+
+#[test]
 fn a_protocol_error_aborts_the_peer_and_releases_what_it_held() {
     let mut harness = Harness::new();
     let pong = restored(&mut harness);

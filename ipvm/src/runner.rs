@@ -86,11 +86,12 @@ impl SyscallHandler for PureHandler {
             Syscall::DropImports { .. }
             | Syscall::RetireImports { .. }
             | Syscall::RetireExports { .. } => Ok(None),
-            Syscall::Send { .. } | Syscall::Subscribe { .. } | Syscall::Exit { .. } => {
-                Err(SyscallRefusal::Illegal(
-                    "a pure task may not send messages or await anything".to_owned(),
-                ))
-            }
+            Syscall::Send { .. }
+            | Syscall::Subscribe { .. }
+            | Syscall::Exit { .. }
+            | Syscall::KeepDecided { .. } => Err(SyscallRefusal::Illegal(
+                "a pure task may not send messages or await anything".to_owned(),
+            )),
         }
     }
 }

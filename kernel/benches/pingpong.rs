@@ -1,4 +1,6 @@
-//! Crank-rate benchmark: pingpong between two vats in one process.
+//! Crank-rate benchmark: pingpong between two vats in one process, awaiting
+//! in the heap (`runHeap`; `benches/inflight.rs` sets the durable flow `run`
+//! beside it). Each ping is counted in the answering vat's vatstore.
 //!
 //! Prints, from one run on one machine:
 //! - the raw rate of small SQLite commits (one key written, then COMMIT),
@@ -53,7 +55,7 @@ fn pingpong(policy: CommitPolicy, worker: WorkerKind, pings: u64, wasm: &[u8]) -
     let warm = kernel
         .queue_message(
             &a,
-            "run",
+            "runHeap",
             vom::capdata::encode(&Value::Array(vec![
                 Value::from(10u64),
                 Value::Remotable(Ref::new(b.clone())),
@@ -68,7 +70,7 @@ fn pingpong(policy: CommitPolicy, worker: WorkerKind, pings: u64, wasm: &[u8]) -
     ]));
     let cranks_before = kernel.cranks_total();
     let started = Instant::now();
-    let kpid = kernel.queue_message(&a, "run", args).unwrap();
+    let kpid = kernel.queue_message(&a, "runHeap", args).unwrap();
     let settled = kernel.run_until_settled(&kpid).unwrap();
     let seconds = started.elapsed().as_secs_f64();
     match settled {

@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use vom::CapData;
 
-use crate::endpoint::{Endpoint, TablesRef};
+use crate::endpoint::{Endpoint, Engines, TablesRef};
 use crate::ids::{EndpointId, EndpointKind};
 use crate::state::{
     GcAction, KernelState, Message, RunQueueItem, VatState, krefs_in_item, krefs_in_message,
@@ -34,8 +34,8 @@ fn vref_id(vref: &str) -> Option<u64> {
 
 struct Checker<'a> {
     kv: &'a BTreeMap<String, String>,
-    /// The engine attached for the endpoints beside the vats, if any.
-    engine: Option<&'a dyn Endpoint>,
+    /// The engines attached for the endpoints beside the vats.
+    engines: &'a Engines,
     problems: Vec<String>,
 }
 
@@ -43,7 +43,7 @@ impl<'a> Checker<'a> {
     /// The engine whose endpoint `id` names, if it names one beside the vats.
     fn engine_of(&self, id: &str) -> Option<(&'a dyn Endpoint, EndpointId)> {
         let endpoint = EndpointId::parse(id).filter(|e| e.kind() != EndpointKind::Vat)?;
-        Some((self.engine?, endpoint))
+        Some((self.engines.get(endpoint.kind())?, endpoint))
     }
 
     fn get(&self, key: &str) -> Option<&str> {
@@ -191,6 +191,9 @@ impl<'a> Checker<'a> {
                     Err(e) => self.problem(format!("{key} is not a message: {e}")),
                 },
                 "queued" => self.queue_length(kref, &value),
+                "kept" if !self.kv.contains_key(&format!("{kref}.decider")) => {
+                    self.problem(format!("{kref} is kept by its decider but has none"))
+                }
                 _ => {}
             }
         }
@@ -411,7 +414,7 @@ impl<'a> Checker<'a> {
         match (first, second, rest) {
             // A c-list's kref side, `v<N>.c.kp<M>`; an exporter's own
             // entry does not count.
-            (Some(vat), Some("c"), Some(kref)) if vat.starts_with('v') || vat.starts_with('r') => {
+            (Some(vat), Some("c"), Some(kref)) if EndpointId::parse(vat).is_some() => {
                 let own = kref.starts_with("ko") && self.get(&format!("{kref}.owner")) == Some(vat);
                 if (kref.starts_with("ko") || kref.starts_with("kp")) && !own {
                     count(kref, value.starts_with('R') || kref.starts_with("kp"));
@@ -552,7 +555,7 @@ impl<'a> Checker<'a> {
 /// Returns how many keys were read, too.
 pub(crate) fn check(
     state: &KernelState,
-    engine: Option<&dyn Endpoint>,
+    engines: &Engines,
 ) -> Result<(Vec<String>, usize), swingstore::StoreError> {
     let mut problems = state.store.integrity_check()?;
     let kv: BTreeMap<String, String> = state.scan_prefix("")?.into_iter().collect();
@@ -563,12 +566,14 @@ pub(crate) fn check(
         max_object = max_object.max(id_of(kref, "ko").unwrap_or(0));
         max_promise = max_promise.max(id_of(kref, "kp").unwrap_or(0));
     }
-    if let Some(engine) = engine {
-        problems.extend(engine.check_records(&TablesRef::new(state))?);
+    for kind in [EndpointKind::Peer, EndpointKind::Device] {
+        if let Some(engine) = engines.get(kind) {
+            problems.extend(engine.check_records(&TablesRef::new(state))?);
+        }
     }
     let mut checker = Checker {
         kv: &kv,
-        engine,
+        engines,
         problems: Vec::new(),
     };
     checker.run_queue();

@@ -18,7 +18,7 @@ use std::any::Any;
 use swingstore::StoreError;
 use vom::CapData;
 
-use crate::ids::{EndpointId, Kref};
+use crate::ids::{EndpointId, EndpointKind, Kref};
 use crate::state::{KernelState, Message, PromiseState, RunQueueItem};
 
 type StoreResult<T> = Result<T, StoreError>;
@@ -69,6 +69,32 @@ pub trait Endpoint: std::fmt::Debug {
     fn check_records(&self, tables: &TablesRef<'_>) -> StoreResult<Vec<String>>;
 }
 
+/// The engines attached beside the vats, one per endpoint kind.
+#[derive(Debug, Default)]
+pub(crate) struct Engines {
+    peers: Option<Box<dyn Endpoint>>,
+    devices: Option<Box<dyn Endpoint>>,
+}
+
+impl Engines {
+    pub(crate) fn attach(&mut self, kind: EndpointKind, engine: Box<dyn Endpoint>) {
+        match kind {
+            EndpointKind::Vat => panic!("kernel invariant: vats translate in the kernel"),
+            EndpointKind::Peer => self.peers = Some(engine),
+            EndpointKind::Device => self.devices = Some(engine),
+        }
+    }
+
+    /// The engine of `kind`, if one is attached.
+    pub(crate) fn get(&self, kind: EndpointKind) -> Option<&dyn Endpoint> {
+        match kind {
+            EndpointKind::Vat => None,
+            EndpointKind::Peer => self.peers.as_deref(),
+            EndpointKind::Device => self.devices.as_deref(),
+        }
+    }
+}
+
 /// The kernel's tables, as an endpoint engine reads them.
 #[derive(Debug, Clone, Copy)]
 pub struct TablesRef<'a> {
@@ -115,6 +141,19 @@ macro_rules! reads {
             /// The records whose keys start with `prefix`, in key order.
             pub fn scan_prefix(&self, prefix: &str) -> StoreResult<Vec<(String, String)>> {
                 self.state.scan_prefix(prefix)
+            }
+
+            /// The first record whose key starts with `prefix`: what an
+            /// engine's ordered table (timers by due time) has next.
+            pub fn first_with_prefix(&self, prefix: &str) -> StoreResult<Option<(String, String)>> {
+                let Some(key) = self.state.store.get_next_key(prefix)? else {
+                    return Ok(None);
+                };
+                if !key.starts_with(prefix) {
+                    return Ok(None);
+                }
+                let value = self.state.get(&key)?.unwrap_or_default();
+                Ok(Some((key, value)))
             }
 
             /// What `endpoint`'s c-list calls `kref`.

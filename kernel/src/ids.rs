@@ -115,6 +115,8 @@ pub enum EndpointKind {
     Vat,
     /// `r<N>`: a remote peer, through the CapTP engine.
     Peer,
+    /// `d<N>`: a device (a timer), through the devices' engine.
+    Device,
 }
 
 impl EndpointKind {
@@ -122,12 +124,23 @@ impl EndpointKind {
         match self {
             EndpointKind::Vat => 'v',
             EndpointKind::Peer => 'r',
+            EndpointKind::Device => 'd',
+        }
+    }
+
+    fn of_letter(letter: u8) -> Option<EndpointKind> {
+        match letter {
+            b'v' => Some(EndpointKind::Vat),
+            b'r' => Some(EndpointKind::Peer),
+            b'd' => Some(EndpointKind::Device),
+            _ => None,
         }
     }
 }
 
-/// An endpoint's id: `v<N>` for a vat, `r<N>` for a remote peer. What the
-/// kernel routes on ([`EndpointId::kind`]); reads as its text.
+/// An endpoint's id: `v<N>` for a vat, `r<N>` for a remote peer, `d<N>` for
+/// a device. What the kernel routes on ([`EndpointId::kind`]); reads as its
+/// text.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct EndpointId(String);
@@ -135,11 +148,7 @@ pub struct EndpointId(String);
 impl EndpointId {
     /// `text` as an endpoint id, if it is one.
     pub fn parse(text: &str) -> Option<EndpointId> {
-        let kind = match text.as_bytes().first()? {
-            b'v' => EndpointKind::Vat,
-            b'r' => EndpointKind::Peer,
-            _ => return None,
-        };
+        let kind = EndpointKind::of_letter(*text.as_bytes().first()?)?;
         let number: u64 = text[1..].parse().ok()?;
         (number.to_string() == text[1..]).then(|| EndpointId::new(kind, number))
     }
@@ -156,15 +165,14 @@ impl EndpointId {
     /// If `text` is not an endpoint id: the tables hold only endpoint ids
     /// where they hold one.
     pub(crate) fn from_table(text: &str) -> EndpointId {
-        EndpointId::parse(text)
-            .unwrap_or_else(|| panic!("kernel invariant: endpoint ids are v<N> or r<N> ({text:?})"))
+        EndpointId::parse(text).unwrap_or_else(|| {
+            panic!("kernel invariant: endpoint ids are v<N>, r<N> or d<N> ({text:?})")
+        })
     }
 
     pub fn kind(&self) -> EndpointKind {
-        match self.0.as_bytes()[0] {
-            b'v' => EndpointKind::Vat,
-            _ => EndpointKind::Peer,
-        }
+        EndpointKind::of_letter(self.0.as_bytes()[0])
+            .expect("kernel invariant: an endpoint id parsed as one")
     }
 
     /// Its number among the endpoints of its kind (creation order).

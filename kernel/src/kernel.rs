@@ -17,7 +17,7 @@ use vat_supervisor::{
 use vom::abi::{Delivery, Resolution, Syscall, SyscallResult};
 use vom::{CapData, Value};
 
-use crate::endpoint::{Endpoint, EngineMemory, Tables, TablesRef};
+use crate::endpoint::{Endpoint, EngineMemory, Engines, Tables, TablesRef};
 use crate::ids::{Allocator, EndpointId, EndpointKind, Kref, Vref, is_kref};
 use crate::state::{GcAction, KernelState, Message, PromiseState, RunQueueItem, VatState};
 use crate::state::{error_capdata, settle_promise};
@@ -204,7 +204,8 @@ pub struct Kernel {
     /// What endpoints emitted in committed cranks, waiting to be sent.
     outbound_ready: Vec<(EndpointId, Vec<u8>)>,
     /// The engine for remote peers' endpoints (`r<N>`), once attached.
-    peers: Option<Box<dyn Endpoint>>,
+    /// The engines attached for the endpoints beside the vats.
+    engines: Engines,
     /// What engines keep in memory beside the kernel.
     engine_memory: EngineMemory,
     /// Each running worker's `message_bytes_max`, so an oversized delivery
@@ -255,13 +256,13 @@ pub fn check_name(name: &str) -> Result<(), KernelError> {
 ///
 /// If `id` is a vat, or its kind's engine is not attached: a store with
 /// peers is opened with its engine attached.
-fn engine_for<'a>(peers: &'a Option<Box<dyn Endpoint>>, id: &EndpointId) -> &'a dyn Endpoint {
-    match id.kind() {
-        EndpointKind::Vat => panic!("kernel invariant: vats ({id}) are not routed to an engine"),
-        EndpointKind::Peer => peers.as_deref().unwrap_or_else(|| {
-            panic!("kernel invariant: a kernel with peers ({id}) has the CapTP engine attached")
-        }),
+fn engine_for<'a>(engines: &'a Engines, id: &EndpointId) -> &'a dyn Endpoint {
+    if id.kind() == EndpointKind::Vat {
+        panic!("kernel invariant: vats ({id}) are not routed to an engine")
     }
+    engines.get(id.kind()).unwrap_or_else(|| {
+        panic!("kernel invariant: a kernel with endpoint {id} has its kind's engine attached")
+    })
 }
 
 impl Kernel {
@@ -281,7 +282,7 @@ impl Kernel {
             deliveries_since_collection: HashMap::new(),
             gc_deferred: false,
             outbound_ready: Vec::new(),
-            peers: None,
+            engines: Engines::default(),
             engine_memory: EngineMemory::default(),
             message_bytes_max: HashMap::new(),
             faults_in_a_row: HashMap::new(),
@@ -348,10 +349,15 @@ impl Kernel {
         }
     }
 
-    /// Attaches the engine that translates for remote peers (`r<N>`). A
-    /// kernel whose store holds peers needs it before it runs a crank.
-    pub fn attach_peers(&mut self, engine: Box<dyn Endpoint>) {
-        self.peers = Some(engine);
+    /// Attaches the engine that translates for the endpoints of `kind`
+    /// (remote peers `r<N>`, devices `d<N>`). A kernel whose store holds
+    /// such endpoints needs it before it runs a crank.
+    ///
+    /// # Panics
+    ///
+    /// For [`EndpointKind::Vat`]: vats translate in the kernel.
+    pub fn attach(&mut self, kind: EndpointKind, engine: Box<dyn Endpoint>) {
+        self.engines.attach(kind, engine);
     }
 
     /// The tables, for an endpoint engine's crank (inside [`Self::in_crank`]).
@@ -553,10 +559,7 @@ impl Kernel {
         let incarnation = self.state.count(&key)?;
         self.state.set(&key, &(incarnation + 1).to_string())?;
         if incarnation > 0 {
-            let reason = format!(
-                "vat {vat} restarted: the promises it decided were awaiting in memory and are lost"
-            );
-            self.reject_decided_promises(vat, &reason)?;
+            self.reject_heap_decided(vat, incarnation, "restarted")?;
         }
         Ok(())
     }
@@ -750,8 +753,8 @@ impl Kernel {
         self.state.store.add_bundle(wasm)?;
         self.modules.insert(cid.to_owned(), module);
         self.state.set(&keys::vat_bundle(&vat), cid)?;
-        let reason = format!("vat {vat} upgraded: the promises it decided were lost with its heap");
-        self.reject_decided_promises(vat, &reason)?;
+        let incarnation = self.state.count(&keys::vat_incarnation(&vat))?;
+        self.reject_heap_decided(vat, incarnation, "upgraded")?;
         self.revive_in_crank(vat)
     }
 
@@ -946,7 +949,7 @@ impl Kernel {
         self.state.store.begin_crank()?;
         let delivered = match vat.kind() {
             EndpointKind::Vat => self.gc_vat_in_crank(action, &vat, &prefix),
-            EndpointKind::Peer => self
+            EndpointKind::Peer | EndpointKind::Device => self
                 .gc_engine_in_crank(action, &vat, &prefix)
                 .map_err(CrankError::from),
         };
@@ -962,7 +965,7 @@ impl Kernel {
         endpoint: &EndpointId,
         prefix: &str,
     ) -> Result<(), KernelError> {
-        let engine = engine_for(&self.peers, endpoint);
+        let engine = engine_for(&self.engines, endpoint);
         for (key, _) in self.state.scan_prefix(prefix)? {
             self.state.delete(&key)?;
             let ko = &Kref::from_table(&key[prefix.len()..]);
@@ -1336,7 +1339,7 @@ impl Kernel {
             RunQueueItem::Send { target, message } => self.route_send(&target, message, 0),
             RunQueueItem::Notify { vat, promise } => self.deliver_notify(&vat, &promise),
             RunQueueItem::Input { endpoint, input } => {
-                let engine = engine_for(&self.peers, &endpoint);
+                let engine = engine_for(&self.engines, &endpoint);
                 let tables = &mut Tables::new(&mut self.state);
                 Ok(engine.input(tables, &endpoint, &input)?)
             }
@@ -1345,7 +1348,7 @@ impl Kernel {
                 export,
                 embargo,
             } => {
-                let engine = engine_for(&self.peers, &peer);
+                let engine = engine_for(&self.engines, &peer);
                 let input = format!("disembargo {export} {embargo}");
                 let tables = &mut Tables::new(&mut self.state);
                 Ok(engine.input(tables, &peer, &input)?)
@@ -1431,7 +1434,7 @@ impl Kernel {
         message: Message,
     ) -> Result<(), CrankError> {
         if vat.kind() != EndpointKind::Vat {
-            let engine = engine_for(&self.peers, vat);
+            let engine = engine_for(&self.engines, vat);
             let tables = &mut Tables::new(&mut self.state);
             return Ok(engine.deliver(tables, vat, target, message)?);
         }
@@ -1459,7 +1462,7 @@ impl Kernel {
 
     fn deliver_notify(&mut self, vat: &EndpointId, kpid: &Kref) -> Result<(), CrankError> {
         if vat.kind() != EndpointKind::Vat {
-            let engine = engine_for(&self.peers, vat);
+            let engine = engine_for(&self.engines, vat);
             return Ok(engine.notify(&mut Tables::new(&mut self.state), vat, kpid)?);
         }
         if self.state.get(&keys::state(&vat))?.as_deref() != Some("running") {
@@ -1572,6 +1575,8 @@ impl Kernel {
     }
 
     fn export_capdata(&mut self, vat: &str, data: &CapData) -> Result<CapData, StoreError> {
+        let resolved = self.promises_as_objects(data)?;
+        let data = resolved.as_ref().unwrap_or(data);
         let slots = data
             .slots
             .iter()
@@ -1581,6 +1586,29 @@ impl Kernel {
             body: data.body.clone(),
             slots,
         })
+    }
+
+    /// `data` with each promise that has been fulfilled with an object
+    /// replaced by that object (`None` when there is none): a vat is handed
+    /// what a promise became, as a pipelined argument
+    /// (`makePurse(...).object`) has by the time it is delivered.
+    fn promises_as_objects(&self, data: &CapData) -> Result<Option<CapData>, StoreError> {
+        let mut objects = HashMap::new();
+        for kpid in data.slots.iter().filter(|slot| slot.starts_with("kp")) {
+            if let Some(PromiseState::Fulfilled(settled)) = self.state.promise_state(kpid)?
+                && let Ok(Value::Remotable(object)) = vom::capdata::decode(&settled)
+            {
+                objects.insert(kpid.clone(), object);
+            }
+        }
+        if objects.is_empty() {
+            return Ok(None);
+        }
+        let value = vom::capdata::decode(data)
+            .unwrap_or_else(|e| panic!("kernel invariant: queued data decodes: {e}"));
+        Ok(Some(vom::capdata::encode(&objects_for_promises(
+            value, &objects,
+        ))))
     }
 
     fn settle(
@@ -1615,13 +1643,48 @@ impl Kernel {
 
     /// Rejects every unresolved promise `vat` decides.
     fn reject_decided_promises(&mut self, vat: &str, reason: &str) -> Result<(), StoreError> {
+        self.reject_decided(vat, &error_capdata(reason), false)
+    }
+
+    /// Rejects the unresolved promises `vat` decides with `data`; those it
+    /// keeps in durable state too unless `keep_kept`.
+    fn reject_decided(
+        &mut self,
+        vat: &str,
+        data: &CapData,
+        keep_kept: bool,
+    ) -> Result<(), StoreError> {
         for (key, _) in self.state.scan_prefix(&keys::clist(&vat, &"kp"))? {
             let kpid = &key[keys::clist_prefix(&vat).len()..];
-            if self.state.promise_decider(kpid)?.as_deref() == Some(vat) {
-                self.reject_if_unresolved(Some(kpid), reason)?;
+            if self.state.promise_decider(kpid)?.as_deref() != Some(vat)
+                || self.state.promise_state(kpid)? != Some(PromiseState::Unresolved)
+                || (keep_kept && self.state.get(&keys::kept(&kpid))?.is_some())
+            {
+                continue;
             }
+            settle_promise(&mut self.state, kpid, true, data)?;
         }
         Ok(())
+    }
+
+    /// A new worker or a new version of `vat` starts after its incarnation
+    /// `incarnation`: the promises only that heap knew are rejected with an
+    /// error named `vatRestarted`, which callers can recognise and retry on;
+    /// those it keeps in durable state stand.
+    fn reject_heap_decided(
+        &mut self,
+        vat: &str,
+        incarnation: u64,
+        why: &str,
+    ) -> Result<(), StoreError> {
+        let error = Value::Error(vom::ErrorValue {
+            name: "vatRestarted".into(),
+            message: format!(
+                "vat {vat} {why}: the promises its incarnation {incarnation} decided were \
+                 awaiting in memory and are lost"
+            ),
+        });
+        self.reject_decided(vat, &vom::capdata::encode(&error), true)
     }
 
     /// The settlement of `kpid` as it is now.
@@ -1757,7 +1820,7 @@ impl Kernel {
     /// Re-derives the tables' invariants from the store: every discrepancy
     /// found (none when consistent), and how many keys were read.
     pub fn check(&self) -> Result<(Vec<String>, usize), KernelError> {
-        Ok(crate::check::check(&self.state, self.peers.as_deref())?)
+        Ok(crate::check::check(&self.state, &self.engines)?)
     }
 
     /// Every vat, in creation order.
@@ -1887,6 +1950,33 @@ fn kref_to_vref(state: &mut KernelState, vat: &str, kref: &str) -> Result<String
     let vref = state.allocate_import_vref(vat, kind)?;
     state.clist_add(vat, kref, &vref)?;
     Ok(vref)
+}
+
+/// `value` with each promise named in `objects` replaced by its object.
+fn objects_for_promises(value: Value, objects: &HashMap<String, vom::Ref>) -> Value {
+    match value {
+        Value::Promise(promise) => match objects.get(&promise.slot) {
+            Some(object) => Value::Remotable(object.clone()),
+            None => Value::Promise(promise),
+        },
+        Value::Array(items) => Value::Array(
+            items
+                .into_iter()
+                .map(|item| objects_for_promises(item, objects))
+                .collect(),
+        ),
+        Value::Record(entries) => Value::Record(
+            entries
+                .into_iter()
+                .map(|(key, item)| (key, objects_for_promises(item, objects)))
+                .collect(),
+        ),
+        Value::Tagged { tag, payload } => Value::Tagged {
+            tag,
+            payload: Box::new(objects_for_promises(*payload, objects)),
+        },
+        other => other,
+    }
 }
 
 /// Deletes an object its exporter retired: each importer that still
@@ -2021,6 +2111,12 @@ impl<'a> VatSyscalls<'a> {
                 }
                 Ok(None)
             }
+            Syscall::KeepDecided { promises } => {
+                for vpid in promises {
+                    self.keep_decided(&vpid)?;
+                }
+                Ok(None)
+            }
             Syscall::Exit { .. } => {
                 panic!("vat-supervisor invariant: exit never reaches the kernel's handler")
             }
@@ -2088,6 +2184,22 @@ impl<'a> VatSyscalls<'a> {
         let data = self.import_capdata(&resolution.data)?;
         settle_promise(self.state, &kpid, resolution.rejected, &data)?;
         self.state.clist_remove(self.vat, &kpid)?;
+        Ok(())
+    }
+
+    /// The vat keeps `vpid`, an unresolved promise it decides, in durable
+    /// state: its restarts do not reject it.
+    fn keep_decided(&mut self, vpid: &str) -> Result<(), Refusal> {
+        let kpid = self.promise_kref(vpid)?;
+        let decider = self.state.promise_decider(&kpid)?;
+        let unresolved = self.state.promise_state(&kpid)? == Some(PromiseState::Unresolved);
+        if decider.as_ref() != Some(self.vat) || !unresolved {
+            return Err(Refusal::Illegal(format!(
+                "{} may not keep {vpid} ({kpid}): it is not its unresolved decider",
+                self.vat
+            )));
+        }
+        self.state.set(&keys::kept(&kpid), "1")?;
         Ok(())
     }
 

@@ -106,6 +106,12 @@ pub(crate) fn pinned(kpid: Id<'_>) -> String {
 }
 
 /// A settled promise's data.
+/// Set while `kpid`'s deciding vat keeps it in durable state: a restart of
+/// the vat does not reject it.
+pub(crate) fn kept(kpid: Id<'_>) -> String {
+    key(kpid, "kept")
+}
+
 pub(crate) fn settlement(kpid: Id<'_>) -> String {
     key(kpid, "data")
 }

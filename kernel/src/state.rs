@@ -747,6 +747,7 @@ impl KernelState {
         let data_text = serde_json::to_string(data).expect("kernel invariant: capdata serializes");
         self.set(&keys::settlement(&kpid), &data_text)?;
         self.delete(&keys::decider(&kpid))?;
+        self.delete(&keys::kept(&kpid))?;
         self.delete_waiters(kpid, &queue)?;
         Ok((
             subscribers,

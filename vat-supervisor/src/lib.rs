@@ -43,7 +43,7 @@ const EPOCH_TICK_MS: u64 = 5;
 const REQUIRED_EXPORTS: [&str; 4] = ["memory", "vat_abi_version", "vat_alloc", "vat_deliver"];
 
 /// The imports ABI v1 offers, all in module [`IMPORT_MODULE`].
-const OFFERED_IMPORTS: [&str; 12] = [
+const OFFERED_IMPORTS: [&str; 13] = [
     "send",
     "resolve",
     "subscribe",
@@ -55,6 +55,7 @@ const OFFERED_IMPORTS: [&str; 12] = [
     "retire_imports",
     "retire_exports",
     "exit",
+    "keep_decided",
     "read_result",
 ];
 
@@ -595,6 +596,7 @@ fn json_syscall(
             | (Syscall::RetireImports { .. }, "retire_imports")
             | (Syscall::RetireExports { .. }, "retire_exports")
             | (Syscall::Exit { .. }, "exit")
+            | (Syscall::KeepDecided { .. }, "keep_decided")
     );
     if !matches {
         return Err(refuse(
@@ -631,6 +633,7 @@ fn define_imports(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "retire_imports",
         "retire_exports",
         "exit",
+        "keep_decided",
     ] {
         linker.func_wrap(
             IMPORT_MODULE,

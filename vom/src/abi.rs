@@ -27,6 +27,7 @@
 //! | `vatstore_get_next_key` | `(key_ptr, key_len) -> i32` | next key's length, or -1 at the end; read it with `read_result` |
 //! | `drop_imports` / `retire_imports` / `retire_exports` | `(ptr, len)` | [`Syscall::DropImports`] etc. |
 //! | `exit` | `(ptr, len)` | [`Syscall::Exit`] |
+//! | `keep_decided` | `(ptr, len)` | [`Syscall::KeepDecided`] |
 //! | `read_result` | `(ptr)` | copies the last syscall's result bytes to `ptr` |
 //!
 //! A syscall the host refuses (a vref not in the vat's c-list, a payload that
@@ -136,6 +137,13 @@ pub enum Syscall {
     Exit {
         failure: bool,
         info: CapData,
+    },
+    /// The vat keeps these promises it decides in durable state (a
+    /// durable resolver, a result it forwards to one): a restart or an
+    /// upgrade of the vat does not reject them, as it rejects the promises
+    /// only its heap knew.
+    KeepDecided {
+        promises: Vec<String>,
     },
 }
 

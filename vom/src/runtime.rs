@@ -138,7 +138,7 @@ pub fn export(object: Rc<dyn Exo>) -> Value {
     Value::Remotable(Ref::with_iface(slot, Some(iface)))
 }
 
-fn allocate_promise() -> String {
+pub(crate) fn allocate_promise() -> String {
     with_vat(|vat| {
         vat.next_promise_id += 1;
         vat.ids_dirty = true;
@@ -158,24 +158,95 @@ fn allocate_promise() -> String {
 pub struct Promise {
     vpid: String,
     holder: Option<Arc<crate::imports::Holder>>,
+    /// For a reference to an object rather than a promise (the kernel hands
+    /// a vat what a promise became once it resolved to an object): the
+    /// object, which awaiting yields at once.
+    object: Option<Ref>,
 }
 
 impl Promise {
-    /// A promise received in a message or result (or kept as a value), to await it.
+    /// A promise received in a message or result (or kept as a value), to
+    /// await it. A reference to an object is a promise already fulfilled
+    /// with that object.
     pub fn from_ref(reference: &Ref) -> Promise {
         let mut reference = reference.clone();
         crate::imports::hold(&mut reference);
+        if reference.slot.starts_with('o') {
+            return Promise {
+                vpid: reference.slot.clone(),
+                holder: None,
+                object: Some(reference),
+            };
+        }
         Promise {
             vpid: reference.slot,
             holder: reference.holder,
+            object: None,
         }
     }
 
     pub fn to_value(&self) -> Value {
+        if let Some(object) = &self.object {
+            return Value::Remotable(object.clone());
+        }
         let mut reference = Ref::new(self.vpid.clone());
         reference.holder = self.holder.clone();
         Value::Promise(reference)
     }
+
+    pub(crate) fn vpid(&self) -> &str {
+        &self.vpid
+    }
+
+    /// How it settled, if this vat knows already (an object is a promise
+    /// fulfilled with itself).
+    pub(crate) fn settled_now(&self) -> Option<Result<Value, Value>> {
+        match &self.object {
+            Some(object) => Some(Ok(Value::Remotable(object.clone()))),
+            None => settled_here(&self.vpid),
+        }
+    }
+}
+
+/// A promise this vat decides itself, to await here: the kernel does not
+/// notify a decider, so no subscription is made; [`settled_locally`] wakes it.
+pub(crate) fn local_promise(vpid: &str) -> Promise {
+    with_vat(|vat| vat.promises.entry(vpid.to_owned()).or_default().subscribed = true);
+    Promise::from_ref(&Ref::new(vpid))
+}
+
+/// How `vpid` settled, if this vat was told and still keeps it.
+pub(crate) fn settled_here(vpid: &str) -> Option<Result<Value, Value>> {
+    with_vat(|vat| vat.promises.get(vpid).and_then(|r| r.settled.clone()))
+}
+
+/// `vpid`, a promise this vat decided, was settled by the vat itself (a
+/// durable resolver): what awaits it here or was pipelined to it goes on.
+pub(crate) fn settled_locally(vpid: &str, outcome: &Result<Value, Value>) {
+    let (queued, waker) = with_vat(|vat| {
+        vat.deciding.remove(vpid);
+        let queued = vat.pipelined.remove(vpid).unwrap_or_default();
+        let waker = vat.promises.get_mut(vpid).and_then(|record| {
+            record.settled = Some(outcome.clone());
+            record.waker.take()
+        });
+        (queued, waker)
+    });
+    if let Some(waker) = waker {
+        waker.wake();
+    }
+    let (rejected, value) = match outcome {
+        Ok(value) => (false, value),
+        Err(reason) => (true, reason),
+    };
+    for message in queued {
+        forward_pipelined(message, rejected, value);
+    }
+}
+
+/// Runs `future` as a task of this crank whose outcome nothing awaits.
+pub(crate) fn spawn_detached(future: LocalFuture) {
+    spawn(future, None);
 }
 
 /// Vom holds promise `vpid` (a `Promise` or a value names it): keep its
@@ -214,6 +285,9 @@ impl Future for Promise {
     type Output = Result<Value, Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Some(object) = &self.object {
+            return Poll::Ready(Ok(Value::Remotable(object.clone())));
+        }
         let (settled, subscribe) = with_vat(|vat| {
             // The settlement stays for other holders; it goes with the last one.
             let record = vat.promises.entry(self.vpid.clone()).or_default();
@@ -268,7 +342,7 @@ pub fn send(target: &Ref, method: &str, args: Vec<Value>) -> Promise {
 /// A promise that already settled here (the kernel has forgotten its vpid)
 /// goes out as a fresh promise, resolved the same way right after the
 /// syscall that carries it: the resolutions to make are returned.
-fn outgoing(value: &Value) -> (CapData, Vec<Resolution>) {
+pub(crate) fn outgoing(value: &Value) -> (CapData, Vec<Resolution>) {
     let mut data = capdata::encode(value);
     let mut settled = Vec::new();
     for slot in &mut data.slots {
@@ -311,7 +385,11 @@ fn settle(result_vpid: Option<String>, outcome: Result<Value, Error>) {
     let Some(promise) = result_vpid else { return };
     // A result that is itself a promise is followed: the caller's promise
     // settles as that one does (a promise chain, across as many vats as it takes).
+    // A durable promise is followed in durable state, not by a heap task.
     if let Ok(Value::Promise(next)) = &outcome {
+        if crate::inflight::forward(&next.slot, &promise) {
+            return;
+        }
         let next = Promise::from_ref(next);
         return spawn(Box::pin(next), Some(promise));
     }
@@ -498,6 +576,8 @@ fn deliver_notify(resolutions: Vec<Resolution>) {
             }
             Err(e) => Err(Value::error(e.to_string())),
         };
+        crate::inflight::settled(&resolution.promise, &outcome);
+        crate::flow::settled(&resolution.promise, &outcome);
         // A promise nothing in the vat names any more is forgotten now.
         let waker = with_vat(|vat| match vat.promises.get_mut(&resolution.promise) {
             Some(record) if !record.abandoned => {

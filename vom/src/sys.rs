@@ -26,6 +26,7 @@ mod imports {
         pub fn retire_imports(ptr: *const u8, len: usize);
         pub fn retire_exports(ptr: *const u8, len: usize);
         pub fn exit(ptr: *const u8, len: usize);
+        pub fn keep_decided(ptr: *const u8, len: usize);
         pub fn read_result(ptr: *mut u8);
     }
 }
@@ -62,6 +63,7 @@ pub(crate) fn syscall(call: &Syscall) {
                 Syscall::RetireImports { .. } => imports::retire_imports(ptr, len),
                 Syscall::RetireExports { .. } => imports::retire_exports(ptr, len),
                 Syscall::Exit { .. } => imports::exit(ptr, len),
+                Syscall::KeepDecided { .. } => imports::keep_decided(ptr, len),
                 Syscall::VatstoreGet { .. }
                 | Syscall::VatstoreSet { .. }
                 | Syscall::VatstoreDelete { .. }

@@ -18,11 +18,24 @@ pub fn send(kernel: &mut Kernel, request: &SendArgs, out: &mut Outcome) -> Resul
     finish_send(kernel, &kpid, request.bind_as.as_deref(), keyed, out)
 }
 
+/// The timer device is made on first use: when a send names `timer` and
+/// no pet name `timer` is bound yet.
+fn install_devices_named(kernel: &mut Kernel, request: &SendArgs) -> Result<()> {
+    let named = std::iter::once(&request.target)
+        .chain(&request.args)
+        .any(|text| text == devices::timer::NAME);
+    if named && kernel.pet_name(devices::timer::NAME)?.is_none() {
+        devices::timer::install(kernel)?;
+    }
+    Ok(())
+}
+
 /// Queues a send; returns its result promise.
 pub fn start_send(kernel: &mut Kernel, request: &SendArgs) -> Result<Kref> {
     if let Some(name) = request.bind_as.as_deref() {
         kernel::check_name(name)?;
     }
+    install_devices_named(kernel, request)?;
     let target = kernel.resolve_reference(&request.target)?;
     let resolve = |text: &str| kernel.resolve_reference(text).ok().map(String::from);
     let values = request

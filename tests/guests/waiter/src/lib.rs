@@ -1,0 +1,181 @@
+//! Test guest for work in flight that outlives the heap: durable watchers
+//! and durable promises. Its root is a durable `Waiter`:
+//!
+//! - `ask(to, method, args)`: sends `to.method(...args)` and watches the
+//!   answer with a durable watcher (`answered`, noted with the method), then
+//!   returns at once.
+//! - `answered(settlement, note)`: the watcher: records the settlement.
+//! - `answers()`: what the watcher recorded, one line per settlement, in order.
+//! - `later()`: answers with a durable promise whose resolver it keeps;
+//!   `release(value)` fulfills every one it keeps, and returns how many.
+//! - `pending()`: how many resolvers it keeps.
+//! - `heapLater()`: answers with a promise only its heap knows (it never
+//!   settles unless the vat restarts, which rejects it with `vatRestarted`).
+//! - `takeObject(obj)`: answers whether `obj` arrived as an object, not a promise.
+//! - `object()`: a durable object (to pipeline on).
+//! - For the benchmarks: `echo(x)` answers `x`; `watchMany(to, n)` sends
+//!   `to.echo(i)` n times, each answer watched by `tally`, which counts it
+//!   (`tallied()`); `awaitMany(to, n)` does the same awaiting on the heap;
+//!   `watchPending(to, n)` watches `n` of `to.heapLater()`'s promises.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use serde::{Deserialize, Serialize};
+use vom::{Baggage, Durable, Error, Ref, Reply, Resolver, Value};
+
+#[derive(Serialize, Deserialize, vom::Schema)]
+struct Waiter {
+    answers: Vec<String>,
+    resolvers: Vec<Resolver>,
+    #[serde(default)]
+    tallied: u64,
+}
+
+#[derive(Serialize, Deserialize, vom::Schema)]
+struct Thing {
+    label: String,
+}
+
+#[vom::exo]
+impl Thing {
+    pub fn label(&self) -> String {
+        self.label.clone()
+    }
+}
+
+/// A future that never completes: what a heap-only wait looks like.
+struct Never;
+
+impl Future for Never {
+    type Output = Result<Value, Error>;
+
+    fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Self::Output> {
+        Poll::Pending
+    }
+}
+
+fn line(settlement: &Value) -> String {
+    let field = |name: &str| match settlement {
+        Value::Record(entries) => entries.get(name).cloned(),
+        _ => None,
+    };
+    match (field("status"), field("value"), field("reason")) {
+        (_, Some(value), _) => {
+            let body = vom::capdata::encode(&value).body;
+            format!("fulfilled {}", body.trim_start_matches('#'))
+        }
+        (_, _, Some(Value::Error(error))) => format!("rejected {}: {}", error.name, error.message),
+        other => format!("unexpected {other:?}"),
+    }
+}
+
+#[vom::exo]
+impl Waiter {
+    pub fn ask(
+        &mut self,
+        this: &Durable<Waiter>,
+        to: Ref,
+        method: String,
+        args: Vec<Value>,
+    ) -> Result<(), Error> {
+        let answer = vom::send(&to, &method, args);
+        vom::watch(&answer, &this.reference(), "answered", Value::from(method))
+    }
+
+    pub fn answered(&mut self, settlement: Value, note: Value) {
+        let note = note.as_str().unwrap_or("?").to_owned();
+        self.answers.push(format!("{note}: {}", line(&settlement)));
+    }
+
+    pub fn answers(&self) -> Vec<String> {
+        self.answers.clone()
+    }
+
+    pub fn later(&mut self) -> Value {
+        let (promise, resolver) = vom::durable_promise();
+        self.resolvers.push(resolver);
+        promise.to_value()
+    }
+
+    pub fn release(&mut self, value: Value) -> Result<u64, Error> {
+        let resolvers = std::mem::take(&mut self.resolvers);
+        for resolver in &resolvers {
+            resolver.resolve(value.clone())?;
+        }
+        Ok(resolvers.len() as u64)
+    }
+
+    pub fn pending(&self) -> u64 {
+        self.resolvers.len() as u64
+    }
+
+    pub fn heap_later(&self) -> Reply {
+        Reply::Later(Box::pin(Never))
+    }
+
+    pub fn take_object(&self, obj: Value) -> bool {
+        matches!(obj, Value::Remotable(_))
+    }
+
+    pub fn echo(&self, x: Value) -> Value {
+        x
+    }
+
+    pub fn watch_many(&mut self, this: &Durable<Waiter>, to: Ref, n: u64) -> Result<(), Error> {
+        for i in 0..n {
+            let answer = vom::send(&to, "echo", vec![Value::from(i)]);
+            vom::watch(&answer, &this.reference(), "tally", Value::Null)?;
+        }
+        Ok(())
+    }
+
+    pub fn watch_pending(&mut self, this: &Durable<Waiter>, to: Ref, n: u64) -> Result<(), Error> {
+        for _ in 0..n {
+            let answer = vom::send(&to, "heapLater", vec![]);
+            vom::watch(&answer, &this.reference(), "tally", Value::Null)?;
+        }
+        Ok(())
+    }
+
+    pub fn tally(&mut self, _settlement: Value, _note: Value) {
+        self.tallied += 1;
+    }
+
+    pub fn tallied(&self) -> u64 {
+        self.tallied
+    }
+
+    pub fn await_many(&self, to: Ref, n: u64) -> Reply {
+        Reply::later(async move {
+            let pending: Vec<_> = (0..n)
+                .map(|i| vom::send(&to, "echo", vec![Value::from(i)]))
+                .collect();
+            for answer in pending {
+                answer.await?;
+            }
+            Ok::<_, Error>(Value::from(n))
+        })
+    }
+
+    pub fn object(&self) -> Durable<Thing> {
+        Durable::new(Thing {
+            label: "thing".into(),
+        })
+    }
+}
+
+fn start(baggage: &Baggage) -> Durable<Waiter> {
+    vom::define::<Thing>();
+    vom::define::<Waiter>();
+    baggage.get_or_init("waiter", || {
+        Durable::new(Waiter {
+            answers: Vec::new(),
+            resolvers: Vec::new(),
+            tallied: 0,
+        })
+    })
+}
+
+vom::vat_main!(start: start);
