@@ -61,7 +61,10 @@ fn a_pycapnp_client_calls_pipelines_and_is_called_back() {
 
     let steps = pycapnp(&home.ok(&["share", "mint"]), "mint");
     assert_eq!(steps[0]["result"], "#0");
-    assert_eq!(home.ok(&["send", "mint", "purseNames"]), r#"["py"]"#);
+    // The vat got the purse itself, not the promise of the answer.
+    assert_eq!(steps[1]["result"], "#5", "{:?}", steps[1]);
+    assert_eq!(steps[1]["balance"], "#5");
+    assert_eq!(home.ok(&["send", "mint", "purseNames"]), r#"["py","py2"]"#);
 
     let steps = pycapnp(&home.ok(&["share", "room"]), "callback");
     assert_eq!(steps[0]["posted"], "#1");

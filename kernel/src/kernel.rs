@@ -1952,12 +1952,18 @@ fn kref_to_vref(state: &mut KernelState, vat: &str, kref: &str) -> Result<String
     Ok(vref)
 }
 
-/// `value` with each promise named in `objects` replaced by its object.
+/// `value` with each promise named in `objects` replaced by its object
+/// (whether the body calls it a promise or, as a Cap'n Proto peer passing
+/// an answer's `object` does, a remotable).
 fn objects_for_promises(value: Value, objects: &HashMap<String, vom::Ref>) -> Value {
     match value {
         Value::Promise(promise) => match objects.get(&promise.slot) {
             Some(object) => Value::Remotable(object.clone()),
             None => Value::Promise(promise),
+        },
+        Value::Remotable(reference) => match objects.get(&reference.slot) {
+            Some(object) => Value::Remotable(object.clone()),
+            None => Value::Remotable(reference),
         },
         Value::Array(items) => Value::Array(
             items

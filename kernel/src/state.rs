@@ -623,7 +623,7 @@ impl KernelState {
                 released.extend(krefs_in_message(message).map(str::to_owned));
             }
             self.delete_waiters(&kpid, &queue)?;
-            for field in ["state", "data", "decider", "refs"] {
+            for field in ["state", "data", "decider", "kept", "refs"] {
                 self.delete(&format!("{kpid}.{field}"))?;
             }
             for kref in released {

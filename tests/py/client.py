@@ -66,6 +66,14 @@ async def main():
         purse = mint.call("makePurse", {"body": '#["py"]'}).object
         balance = await purse.call("getBalance", {"body": "#[]"})
         out(step="pipelined", result=balance.result.body)
+        # As the C++ client does: an answer's `object` passed, unresolved
+        # here, as the argument of a call; by delivery it is the purse.
+        other = mint.call("makePurse", {"body": '#["py2"]'}).object
+        minted = await mint.call(
+            "mintInto", {"body": '#["$0.Alleged: purse",5]', "caps": [other]}
+        )
+        again = await other.call("getBalance", {"body": "#[]"})
+        out(step="pipelined argument", result=minted.result.body, balance=again.result.body)
     elif scenario == "callback":
         # A room that calls its members back: join with a local object
         # (under two names, so a post by one is told to the other).

@@ -41,7 +41,7 @@ pub use capdata::{CapData, ErrorValue, Ref, Value};
 pub use collections::{Baggage, MapStore, SetStore, WeakMapStore};
 pub use durable::{Durable, Kind, Schema, define, define_migrating};
 pub use inflight::{Resolver, durable_promise, watch};
-pub use passable::{FromPassable, IntoReply, ToPassable};
+pub use passable::{FromPassable, IntoReply, Record, ToPassable};
 pub use runtime::{Promise, Root, export, send};
 pub use vom_macros::{Schema, exo};
 

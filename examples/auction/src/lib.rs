@@ -17,7 +17,7 @@ use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
 use vom::flow::{Flow, FlowEnd, FlowFuture};
-use vom::{Baggage, Durable, Error, MapStore, Ref, Value};
+use vom::{Baggage, Durable, Error, FromPassable, MapStore, Record, Ref, Value};
 
 #[derive(Serialize, Deserialize, vom::Schema)]
 struct Auction {
@@ -27,12 +27,19 @@ struct Auction {
     closed: bool,
 }
 
+/// The best bid, as `best()` answers it.
+#[derive(Serialize, Deserialize)]
+struct Best {
+    amount: u64,
+    name: String,
+}
+
 impl Auction {
-    fn best_value(&self) -> Value {
-        Value::record([
-            ("amount", Value::from(self.best)),
-            ("name", Value::string(self.leader.clone())),
-        ])
+    fn best_bid(&self) -> Record<Best> {
+        Record(Best {
+            amount: self.best,
+            name: self.leader.clone(),
+        })
     }
 }
 
@@ -58,8 +65,8 @@ impl Auction {
     }
 
     #[facet(bidder)]
-    pub fn best(&self) -> Value {
-        self.best_value()
+    pub fn best(&self) -> Record<Best> {
+        self.best_bid()
     }
 
     #[facet(admin)]
@@ -126,7 +133,7 @@ impl House {
                 } else {
                     open.push(Value::record([
                         ("item", Value::string(a.item.clone())),
-                        ("best", a.best_value()),
+                        ("best", vom::ToPassable::to_passable(&a.best_bid())),
                     ]));
                 }
             });
@@ -158,12 +165,10 @@ fn outbid_flow(flow: Rc<Flow>, args: Vec<Value>) -> FlowFuture {
             return Err(Error::type_error("outbid takes (auction, name, raise)"));
         };
         let best = flow.send(auction, "best", vec![]).await?;
-        let amount = match &best {
-            Value::Record(fields) => fields.get("amount").and_then(Value::as_u64),
-            _ => None,
-        }
-        .ok_or_else(|| Error::new("best() answered no amount"))?;
-        let bid = vec![name.clone(), Value::from(amount + raise)];
+        let Some(Record(best)) = Record::<Best>::from_passable(&best) else {
+            return Err(Error::new("best() answered no bid"));
+        };
+        let bid = vec![name.clone(), Value::from(best.amount + raise)];
         Ok(FlowEnd::Done(flow.send(auction, "bid", bid).await?))
     })
 }
