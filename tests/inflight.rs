@@ -64,6 +64,22 @@ fn an_upgraded_vat_keeps_its_watchers_and_its_resolvers() {
 }
 
 #[test]
+fn a_message_pipelined_on_a_durable_promise_waits_out_restarts_and_reaches_what_it_became() {
+    let home = waiters();
+    home.ok(&["send", "b", "object", "--as", "thing"]);
+    home.ok(&["send", "a", "askThen", "b", "later", "label"]);
+    assert_eq!(home.ok(&["send", "b", "pending"]), "1");
+    // b restarted (each command): the message waits in the kernel, not in b's heap.
+    assert_eq!(answers(&home), "[]");
+    assert_eq!(home.ok(&["send", "b", "release", "thing"]), "1");
+    // The message goes on to thing, then its answer to a's watcher: each
+    // command runs what was queued before it.
+    let said = (0..4).map(|_| answers(&home)).find(|said| said != "[]");
+    assert_eq!(said.as_deref(), Some(r#"["label: fulfilled \"thing\""]"#));
+    home.check();
+}
+
+#[test]
 fn a_promise_only_the_heap_knew_is_rejected_as_vat_restarted_and_watchers_hear_it() {
     let home = waiters();
     home.ok(&["send", "a", "ask", "b", "heapLater", "[]"]);

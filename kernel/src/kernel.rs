@@ -1374,8 +1374,11 @@ impl Kernel {
                     panic!("kernel invariant: queued messages target known promises ({target})")
                 }
                 Some(PromiseState::Unresolved) => {
+                    // A promise its decider keeps durably waits for its
+                    // messages here, in the store, not in the decider's heap.
                     if let Some(decider) = self.state.promise_decider(target)?
                         && self.accepts_pipelining(&decider)?
+                        && self.state.get(&keys::kept(&target))?.is_none()
                     {
                         return self.deliver_message(&decider, target, message);
                     }

@@ -4,6 +4,8 @@
 //! - `ask(to, method, args)`: sends `to.method(...args)` and watches the
 //!   answer with a durable watcher (`answered`, noted with the method), then
 //!   returns at once.
+//! - `askThen(to, method, then)`: sends `to.method()`, pipelines `then()` on
+//!   its answer, and watches that (noted with `then`).
 //! - `answered(settlement, note)`: the watcher: records the settlement.
 //! - `answers()`: what the watcher recorded, one line per settlement, in order.
 //! - `later()`: answers with a durable promise whose resolver it keeps;
@@ -82,6 +84,26 @@ impl Waiter {
     ) -> Result<(), Error> {
         let answer = vom::send(&to, &method, args);
         vom::watch(&answer, &this.reference(), "answered", Value::from(method))
+    }
+
+    pub fn ask_then(
+        &mut self,
+        this: &Durable<Waiter>,
+        to: Ref,
+        method: String,
+        then: String,
+    ) -> Result<(), Error> {
+        let answer = vom::send(&to, &method, vec![]);
+        let Value::Promise(answer) = answer.to_value() else {
+            return Err(Error::new("a send answers with a promise"));
+        };
+        let then_answer = vom::send(&answer, &then, vec![]);
+        vom::watch(
+            &then_answer,
+            &this.reference(),
+            "answered",
+            Value::from(then),
+        )
     }
 
     pub fn answered(&mut self, settlement: Value, note: Value) {
