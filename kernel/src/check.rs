@@ -180,6 +180,10 @@ impl<'a> Checker<'a> {
                 "decider" if !self.vat_exists(&value) => self.problem(format!(
                     "{kref} is decided by {value}, which does not exist"
                 )),
+                "decider" if !self.kv.contains_key(&format!("{value}.decided.{kref}")) => self
+                    .problem(format!(
+                        "{kref} is decided by {value}, but {value}.decided does not list it"
+                    )),
                 f if f.starts_with("sub.") => {
                     let vat = &f["sub.".len()..];
                     if !self.vat_exists(vat) {
@@ -317,6 +321,26 @@ impl<'a> Checker<'a> {
             let next = self.counter(&key);
             if max > 0 && max >= next {
                 self.problem(format!("{vat} imports {kind}{max} but {key} is {next}"));
+            }
+        }
+    }
+
+    /// Each endpoint's index of the promises it decides lists exactly those.
+    fn decided_index(&mut self) {
+        let listed: Vec<(String, String)> = self
+            .kv
+            .keys()
+            .filter_map(|key| {
+                let (endpoint, kpid) = key.split_once(".decided.")?;
+                EndpointId::parse(endpoint)?;
+                Some((endpoint.to_owned(), kpid.to_owned()))
+            })
+            .collect();
+        for (endpoint, kpid) in listed {
+            if self.get(&format!("{kpid}.decider")) != Some(endpoint.as_str()) {
+                self.problem(format!(
+                    "{endpoint}.decided lists {kpid}, which {endpoint} does not decide"
+                ));
             }
         }
     }
@@ -580,6 +604,7 @@ pub(crate) fn check(
     checker.objects_and_promises(max_object, max_promise);
     checker.vats(&bundles);
     checker.engine_clists();
+    checker.decided_index();
     checker.pet_names();
     checker.refs();
     problems.append(&mut checker.problems);

@@ -1657,15 +1657,13 @@ impl Kernel {
         data: &CapData,
         keep_kept: bool,
     ) -> Result<(), StoreError> {
-        for (key, _) in self.state.scan_prefix(&keys::clist(&vat, &"kp"))? {
-            let kpid = &key[keys::clist_prefix(&vat).len()..];
-            if self.state.promise_decider(kpid)?.as_deref() != Some(vat)
-                || self.state.promise_state(kpid)? != Some(PromiseState::Unresolved)
+        for kpid in self.state.decided_by(vat)? {
+            if self.state.promise_state(&kpid)? != Some(PromiseState::Unresolved)
                 || (keep_kept && self.state.get(&keys::kept(&kpid))?.is_some())
             {
                 continue;
             }
-            settle_promise(&mut self.state, kpid, true, data)?;
+            settle_promise(&mut self.state, &kpid, true, data)?;
         }
         Ok(())
     }

@@ -106,6 +106,16 @@ pub(crate) fn pinned(kpid: Id<'_>) -> String {
 }
 
 /// A settled promise's data.
+/// The unresolved promises `endpoint` decides, a key each, so that a
+/// restart finds them without reading every promise its c-list names.
+pub(crate) fn decided(endpoint: Id<'_>, kpid: Id<'_>) -> String {
+    format!("{endpoint}.decided.{kpid}")
+}
+
+pub(crate) fn decided_prefix(endpoint: Id<'_>) -> String {
+    key(endpoint, "decided.")
+}
+
 /// Set while `kpid`'s deciding vat keeps it in durable state: a restart of
 /// the vat does not reject it.
 pub(crate) fn kept(kpid: Id<'_>) -> String {

@@ -129,9 +129,10 @@ pub(crate) type StoreResult<T> = Result<T, StoreError>;
 
 /// The layout of the kernel's tables, as `kernel.schema` records it.
 /// Version 1 kept a promise's queue as one JSON array (`kp<N>.queue`) and
-/// its subscribers comma-joined (`kp<N>.subscribers`); a store of version 1
-/// is brought to this layout when it is opened.
-pub const STORE_SCHEMA_VERSION: u32 = 2;
+/// its subscribers comma-joined (`kp<N>.subscribers`); version 2 had no
+/// index of the promises each endpoint decides (`<id>.decided.<kpid>`). A
+/// store of an older version is brought to this layout when it is opened.
+pub const STORE_SCHEMA_VERSION: u32 = 3;
 /// `promise_queue_max`: how many messages may wait on one unresolved
 /// promise (a message past it is rejected, saying so).
 pub const PROMISE_QUEUE_MAX: u64 = 10_000;
@@ -165,9 +166,10 @@ pub fn mark_schema(store: &mut SwingStore) -> StoreResult<()> {
 /// (it has kernel keys and no schema) is marked as the current schema,
 /// which is its layout.
 pub fn schema_of(store: &mut SwingStore) -> StoreResult<Schema> {
-    let legacy = match store.get(SCHEMA_KEY)?.as_deref() {
+    let found = store.get(SCHEMA_KEY)?;
+    let legacy = match found.as_deref() {
         Some(found) if found == STORE_SCHEMA_VERSION.to_string() => return Ok(Schema::Current),
-        Some("1") => true,
+        Some("1" | "2") => true,
         Some(found) => return Ok(Schema::Other(found.to_owned())),
         // A home made by `vat init` before the schema key, that ran nothing,
         // holds no key at all (an emptied file is refused before it is opened).
@@ -180,14 +182,28 @@ pub fn schema_of(store: &mut SwingStore) -> StoreResult<Schema> {
     if !legacy {
         return Ok(Schema::Other("absent".to_owned()));
     }
-    // Version 1 (or older): its promise queues and subscribers, rewritten
-    // in one commit with the new schema mark, so a crash leaves either.
+    // An older version's tables, rewritten in one commit with the new
+    // schema mark, so a crash leaves either.
     store.begin_crank()?;
-    migrate_waiters_from_v1(store)?;
+    if found.as_deref() != Some("2") {
+        migrate_waiters_from_v1(store)?;
+    }
+    index_decided_promises(store)?;
     store.end_crank()?;
     mark_schema(store)?;
     store.commit()?;
     Ok(Schema::Current)
+}
+
+/// Builds version 3's index of the unresolved promises each endpoint
+/// decides (in the current crank).
+fn index_decided_promises(store: &mut SwingStore) -> StoreResult<()> {
+    for (key, decider) in store.scan_prefix("kp")? {
+        if let Some(kpid) = key.strip_suffix(".decider") {
+            store.set(&keys::decided(&decider, &kpid), "")?;
+        }
+    }
+    Ok(())
 }
 
 /// Rewrites version 1's `kp<N>.queue` arrays and `kp<N>.subscribers` lists
@@ -395,6 +411,7 @@ impl KernelState {
         self.store.set_new(&keys::state(&kpid), "unresolved")?;
         if let Some(vat) = decider {
             self.store.set_new(&keys::decider(&kpid), vat)?;
+            self.store.set_new(&keys::decided(&vat, &kpid), "")?;
         }
         Ok(kpid)
     }
@@ -471,10 +488,40 @@ impl KernelState {
         decider: Option<&str>,
     ) -> StoreResult<()> {
         let key = keys::decider(&kpid);
+        let old = self.get(&key)?;
+        if old.as_deref() == decider {
+            return Ok(());
+        }
+        if let Some(old) = old {
+            self.delete(&keys::decided(&old, &kpid))?;
+        }
         match decider {
-            Some(vat) => self.set(&key, vat),
+            Some(vat) => {
+                self.set(&key, vat)?;
+                self.set(&keys::decided(&vat, &kpid), "")
+            }
             None => self.delete(&key),
         }
+    }
+
+    /// `kpid` has no decider any more (it settled, or was freed).
+    fn forget_decider(&mut self, kpid: &str) -> StoreResult<()> {
+        let key = keys::decider(&kpid);
+        if let Some(decider) = self.get(&key)? {
+            self.delete(&keys::decided(&decider, &kpid))?;
+            self.delete(&key)?;
+        }
+        self.delete(&keys::kept(&kpid))
+    }
+
+    /// The unresolved promises `endpoint` decides.
+    pub(crate) fn decided_by(&self, endpoint: &str) -> StoreResult<Vec<Kref>> {
+        let prefix = keys::decided_prefix(&endpoint);
+        Ok(self
+            .scan_prefix(&prefix)?
+            .into_iter()
+            .map(|(key, _)| Kref::from_table(&key[prefix.len()..]))
+            .collect())
     }
 
     /// Does `kref` name an object or promise the kernel knows?
@@ -623,7 +670,8 @@ impl KernelState {
                 released.extend(krefs_in_message(message).map(str::to_owned));
             }
             self.delete_waiters(&kpid, &queue)?;
-            for field in ["state", "data", "decider", "kept", "refs"] {
+            self.forget_decider(&kpid)?;
+            for field in ["state", "data", "refs"] {
                 self.delete(&format!("{kpid}.{field}"))?;
             }
             for kref in released {
@@ -746,8 +794,7 @@ impl KernelState {
         self.set(&keys::state(&kpid), state)?;
         let data_text = serde_json::to_string(data).expect("kernel invariant: capdata serializes");
         self.set(&keys::settlement(&kpid), &data_text)?;
-        self.delete(&keys::decider(&kpid))?;
-        self.delete(&keys::kept(&kpid))?;
+        self.forget_decider(kpid)?;
         self.delete_waiters(kpid, &queue)?;
         Ok((
             subscribers,
@@ -945,6 +992,28 @@ mod tests {
     }
 
     #[test]
+    fn a_store_of_schema_2_gets_its_index_of_decided_promises_at_open() {
+        let (_dir, mut state) = state();
+        let store = &mut state.store;
+        store.begin_crank().unwrap();
+        store.set("kernel.schema", "2").unwrap();
+        store.set("kp3.state", "unresolved").unwrap();
+        store.set("kp3.decider", "v1").unwrap();
+        store.set("kp4.state", "fulfilled").unwrap();
+        store.end_crank().unwrap();
+        store.commit().unwrap();
+        assert!(matches!(schema_of(store).unwrap(), Schema::Current));
+        assert_eq!(store.get("kernel.schema").unwrap().as_deref(), Some("3"));
+        let decided: Vec<String> = state
+            .decided_by("v1")
+            .unwrap()
+            .into_iter()
+            .map(String::from)
+            .collect();
+        assert_eq!(decided, ["kp3"]);
+    }
+
+    #[test]
     fn a_store_of_schema_1_has_its_promise_queues_rewritten_at_open() {
         let (_dir, mut state) = state();
         let store = &mut state.store;
@@ -957,7 +1026,7 @@ mod tests {
         store.end_crank().unwrap();
         store.commit().unwrap();
         assert!(matches!(schema_of(store).unwrap(), Schema::Current));
-        assert_eq!(store.get("kernel.schema").unwrap().as_deref(), Some("2"));
+        assert_eq!(store.get("kernel.schema").unwrap().as_deref(), Some("3"));
         assert_eq!(store.get("kp3.queue").unwrap(), None);
         assert_eq!(state.subscribers("kp3").unwrap(), ["r2", "v1"]);
         let queued: Vec<String> = state
