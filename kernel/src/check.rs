@@ -195,9 +195,6 @@ impl<'a> Checker<'a> {
                     Err(e) => self.problem(format!("{key} is not a message: {e}")),
                 },
                 "queued" => self.queue_length(kref, &value),
-                "kept" if !self.kv.contains_key(&format!("{kref}.decider")) => {
-                    self.problem(format!("{kref} is kept by its decider but has none"))
-                }
                 _ => {}
             }
         }

@@ -1378,7 +1378,7 @@ impl Kernel {
                     // messages here, in the store, not in the decider's heap.
                     if let Some(decider) = self.state.promise_decider(target)?
                         && self.accepts_pipelining(&decider)?
-                        && self.state.get(&keys::kept(&target))?.is_none()
+                        && !self.state.is_kept(target)?
                     {
                         return self.deliver_message(&decider, target, message);
                     }
@@ -1657,9 +1657,9 @@ impl Kernel {
         data: &CapData,
         keep_kept: bool,
     ) -> Result<(), StoreError> {
-        for kpid in self.state.decided_by(vat)? {
-            if self.state.promise_state(&kpid)? != Some(PromiseState::Unresolved)
-                || (keep_kept && self.state.get(&keys::kept(&kpid))?.is_some())
+        for (kpid, kept) in self.state.decided_by(vat)? {
+            if (keep_kept && kept)
+                || self.state.promise_state(&kpid)? != Some(PromiseState::Unresolved)
             {
                 continue;
             }
@@ -2206,7 +2206,7 @@ impl<'a> VatSyscalls<'a> {
                 self.vat
             )));
         }
-        self.state.set(&keys::kept(&kpid), "1")?;
+        self.state.keep(self.vat, &kpid)?;
         Ok(())
     }
 

@@ -107,7 +107,9 @@ pub(crate) fn pinned(kpid: Id<'_>) -> String {
 
 /// A settled promise's data.
 /// The unresolved promises `endpoint` decides, a key each, so that a
-/// restart finds them without reading every promise its c-list names.
+/// restart finds them without reading every promise its c-list names. The
+/// value is [`KEPT`] when the decider keeps the promise in durable state
+/// (a restart does not reject it), empty otherwise.
 pub(crate) fn decided(endpoint: Id<'_>, kpid: Id<'_>) -> String {
     format!("{endpoint}.decided.{kpid}")
 }
@@ -116,11 +118,7 @@ pub(crate) fn decided_prefix(endpoint: Id<'_>) -> String {
     key(endpoint, "decided.")
 }
 
-/// Set while `kpid`'s deciding vat keeps it in durable state: a restart of
-/// the vat does not reject it.
-pub(crate) fn kept(kpid: Id<'_>) -> String {
-    key(kpid, "kept")
-}
+pub(crate) const KEPT: &str = "kept";
 
 pub(crate) fn settlement(kpid: Id<'_>) -> String {
     key(kpid, "data")

@@ -12,7 +12,8 @@
 //! | `gc.<action>.<vat>.<kref>` | a pending GC action (`drop`, `retire`: to the exporter; `retireImport`: to an importer, value its vref) |
 //! | `cleanup.<vat>` | a removed vat (`vat rm`) whose c-list and vatstore are still being deleted |
 //! | `kp<N>.state` | `unresolved`, `fulfilled` or `rejected` |
-//! | `kp<N>.decider` | the vat that may resolve it (absent: the kernel) |
+//! | `kp<N>.decider` | the vat (or engine endpoint) that may resolve it (absent: the kernel) |
+//! | `<id>.decided.<kpid>` | `kpid` is unresolved and `<id>` decides it (the index of `kp<N>.decider`); `kept` when the decider keeps it in durable state (`keepDecided`: a restart does not reject it) |
 //! | `kp<N>.sub.<vat>` | a vat (or peer) to notify when it settles |
 //! | `kp<N>.queue.<n>` | the `n`th message waiting for the resolution (JSON [`Message`]) |
 //! | `kp<N>.queued` | how many messages wait (at most [`PROMISE_QUEUE_MAX`]) |
@@ -511,17 +512,31 @@ impl KernelState {
             self.delete(&keys::decided(&decider, &kpid))?;
             self.delete(&key)?;
         }
-        self.delete(&keys::kept(&kpid))
+        Ok(())
     }
 
-    /// The unresolved promises `endpoint` decides.
-    pub(crate) fn decided_by(&self, endpoint: &str) -> StoreResult<Vec<Kref>> {
+    /// The unresolved promises `endpoint` decides, each with whether it
+    /// keeps it in durable state.
+    pub(crate) fn decided_by(&self, endpoint: &str) -> StoreResult<Vec<(Kref, bool)>> {
         let prefix = keys::decided_prefix(&endpoint);
         Ok(self
             .scan_prefix(&prefix)?
             .into_iter()
-            .map(|(key, _)| Kref::from_table(&key[prefix.len()..]))
+            .map(|(key, value)| (Kref::from_table(&key[prefix.len()..]), value == keys::KEPT))
             .collect())
+    }
+
+    /// Whether `kpid`'s decider keeps it in durable state.
+    pub(crate) fn is_kept(&self, kpid: &str) -> StoreResult<bool> {
+        let Some(decider) = self.get(&keys::decider(&kpid))? else {
+            return Ok(false);
+        };
+        Ok(self.get(&keys::decided(&decider, &kpid))?.as_deref() == Some(keys::KEPT))
+    }
+
+    /// `kpid`'s decider `decider` keeps it in durable state.
+    pub(crate) fn keep(&mut self, decider: &str, kpid: &str) -> StoreResult<()> {
+        self.set(&keys::decided(&decider, &kpid), keys::KEPT)
     }
 
     /// Does `kref` name an object or promise the kernel knows?
@@ -1008,7 +1023,7 @@ mod tests {
             .decided_by("v1")
             .unwrap()
             .into_iter()
-            .map(String::from)
+            .map(|(kpid, _)| String::from(kpid))
             .collect();
         assert_eq!(decided, ["kp3"]);
     }
