@@ -26,6 +26,11 @@ fn an_auction_closes_itself_at_its_deadline_and_a_flow_outbids() {
     );
     let bids = home.fails(&["send", "lamp-bids", "bid", "\"carol\"", "15"]);
     assert!(bids.contains("a bid must beat 15 (by alice)"), "{bids}");
+    // One method on both facets.
+    assert_eq!(
+        home.ok(&["send", "lamp", "best"]),
+        r#"{"amount":15,"name":"alice"}"#
+    );
     // The bidder facet cannot close the auction.
     let close = home.fails(&["send", "lamp-bids", "close"]);
     assert!(close.contains("close"), "{close}");

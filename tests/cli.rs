@@ -634,3 +634,24 @@ fn references_a_result_shows_stay_usable_by_the_next_commands() {
     assert!(err.contains("unknown reference"), "{err}");
     home.check();
 }
+
+#[test]
+fn vat_log_shows_what_a_vat_logged_even_from_a_failed_delivery() {
+    let home = VatHome::new();
+    home.spawn("w", "waiter");
+    home.ok(&["send", "w", "say", "\"hello\""]);
+    let failed = home.fails(&["send", "w", "sayAndFail", "\"bye\""]);
+    assert!(failed.contains("failing on purpose"), "{failed}");
+    let _daemon = home.start_daemon();
+    home.ok(&["send", "w", "say", "\"from the daemon\""]);
+    assert_eq!(
+        home.ok(&["log", "w"]),
+        "said: hello\nabout to fail: bye\nsaid: from the daemon"
+    );
+    assert_eq!(
+        home.ok(&["log", "w", "--lines", "1"]),
+        "said: from the daemon"
+    );
+    let unknown = home.fails(&["log", "nobody"]);
+    assert!(unknown.contains("nobody"), "{unknown}");
+}

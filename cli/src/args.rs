@@ -169,6 +169,14 @@ pub enum Command {
     Job(JobCommand),
     /// List vats, their workers, pet names, and their krefs.
     List,
+    /// Print the last lines vat NAME wrote with `vom::log!` (lines of
+    /// failed deliveries too).
+    Log {
+        name: String,
+        /// How many lines, at most.
+        #[arg(long, value_name = "N", default_value_t = 100)]
+        lines: usize,
+    },
     /// Print the kernel's identity (did:key).
     Key,
     /// Check the kernel's tables for consistency; print each discrepancy, exit 1 if any.
@@ -339,6 +347,7 @@ impl Command {
             Command::Value(ValueCommand::Add { json }) => Request::AddValue { json },
             Command::Job(job) => job.into_request()?,
             Command::List => Request::List,
+            Command::Log { name, lines } => Request::Log { name, lines },
             Command::Key => Request::Key,
             Command::Check => Request::Check,
             Command::Share { target } => Request::Share { target },

@@ -161,6 +161,7 @@ impl Daemon {
                 }
             }
             self.answer_waiters()?;
+            self.home.append_logs(self.node.kernel())?;
         }
     }
 

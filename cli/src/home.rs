@@ -16,6 +16,10 @@ const KEY_FILE: &str = "kernel.key";
 const LOCK_FILE: &str = "lock";
 /// Compiled modules, by CID and engine: a cache that can always be deleted.
 const MODULES_DIR: &str = "modules";
+/// Where the vats' log files are (`vat log`).
+const LOGS_DIR: &str = "logs";
+/// `log_file_bytes_max`: how large a vat's log file grows before it is rotated.
+pub const LOG_FILE_BYTES_MAX: u64 = 1 << 20;
 /// How long a command waits for another process to release the home.
 pub const LOCK_WAIT_MS_DEFAULT: u64 = 30_000;
 
@@ -193,6 +197,54 @@ impl Home {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    fn log_path(&self, vat: &kernel::EndpointId) -> PathBuf {
+        self.path.join(LOGS_DIR).join(format!("{vat}.log"))
+    }
+
+    /// Appends what the vats logged to `HOME/logs/<vat>.log`; a file past
+    /// [`LOG_FILE_BYTES_MAX`] becomes `<vat>.log.1` (replacing the older).
+    pub fn append_logs(&self, kernel: &mut Kernel) -> std::io::Result<()> {
+        use std::io::Write;
+        let lines = kernel.take_log_lines();
+        if lines.is_empty() {
+            return Ok(());
+        }
+        std::fs::create_dir_all(self.path.join(LOGS_DIR))?;
+        let mut by_vat: std::collections::BTreeMap<_, Vec<String>> = Default::default();
+        for (vat, line) in lines {
+            by_vat.entry(vat).or_default().push(line);
+        }
+        for (vat, lines) in by_vat {
+            let path = self.log_path(&vat);
+            if std::fs::metadata(&path).is_ok_and(|m| m.len() > LOG_FILE_BYTES_MAX) {
+                std::fs::rename(&path, path.with_extension("log.1"))?;
+            }
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)?;
+            for line in lines {
+                writeln!(file, "{}", line.replace('\n', " "))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The last `lines` lines vat `vat` logged (from its rotated file too).
+    pub fn log_tail(&self, vat: &kernel::EndpointId, lines: usize) -> std::io::Result<Vec<String>> {
+        let path = self.log_path(vat);
+        let mut all = Vec::new();
+        for file in [path.with_extension("log.1"), path] {
+            match std::fs::read_to_string(&file) {
+                Ok(text) => all.extend(text.lines().map(str::to_owned)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let skip = all.len().saturating_sub(lines);
+        Ok(all.split_off(skip))
     }
 
     /// The kernel's identity.

@@ -73,6 +73,10 @@ pub enum Request {
         id: String,
     },
     List,
+    Log {
+        name: String,
+        lines: usize,
+    },
     Key,
     Check,
     Share {

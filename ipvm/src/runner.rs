@@ -85,7 +85,8 @@ impl SyscallHandler for PureHandler {
             }
             Syscall::DropImports { .. }
             | Syscall::RetireImports { .. }
-            | Syscall::RetireExports { .. } => Ok(None),
+            | Syscall::RetireExports { .. }
+            | Syscall::Log { .. } => Ok(None),
             Syscall::Send { .. }
             | Syscall::Subscribe { .. }
             | Syscall::Exit { .. }

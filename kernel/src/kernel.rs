@@ -390,6 +390,12 @@ impl Kernel {
     }
 
     /// What endpoints emitted in committed cranks, in order, and forgets it.
+    /// The vats' log lines written since the last call, in order (lines of
+    /// failed deliveries too: they are for the vats' authors).
+    pub fn take_log_lines(&mut self) -> Vec<(EndpointId, String)> {
+        self.state.log_lines.drain(..).collect()
+    }
+
     pub fn take_outbound(&mut self) -> Vec<(EndpointId, Vec<u8>)> {
         std::mem::take(&mut self.outbound_ready)
     }
@@ -2118,6 +2124,10 @@ impl<'a> VatSyscalls<'a> {
                 }
                 Ok(None)
             }
+            Syscall::Log { line } => {
+                self.log(line);
+                Ok(None)
+            }
             Syscall::KeepDecided { promises } => {
                 for vpid in promises {
                     self.keep_decided(&vpid)?;
@@ -2192,6 +2202,22 @@ impl<'a> VatSyscalls<'a> {
         settle_promise(self.state, &kpid, resolution.rejected, &data)?;
         self.state.clist_remove(self.vat, &kpid)?;
         Ok(())
+    }
+
+    /// Keeps a log line for the host, cut to `log_line_bytes_max`.
+    fn log(&mut self, mut line: String) {
+        if line.len() > vom::abi::LOG_LINE_BYTES_MAX {
+            let mut end = vom::abi::LOG_LINE_BYTES_MAX;
+            while !line.is_char_boundary(end) {
+                end -= 1;
+            }
+            line.truncate(end);
+        }
+        let lines = &mut self.state.log_lines;
+        if lines.len() >= crate::state::LOG_LINES_PENDING_MAX {
+            lines.pop_front();
+        }
+        lines.push_back((self.vat.clone(), line));
     }
 
     /// The vat keeps `vpid`, an unresolved promise it decides, in durable

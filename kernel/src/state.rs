@@ -251,7 +251,14 @@ pub(crate) struct KernelState {
     pub(crate) outbox_crank: Vec<(EndpointId, Vec<u8>)>,
     /// What ended cranks emitted, released at the next commit.
     pub(crate) outbox_ended: Vec<(EndpointId, Vec<u8>)>,
+    /// Vats' log lines not yet taken ([`crate::Kernel::take_log_lines`]),
+    /// aborted cranks' too, at most [`LOG_LINES_PENDING_MAX`].
+    pub(crate) log_lines: std::collections::VecDeque<(EndpointId, String)>,
 }
+
+/// `log_lines_pending_max`: how many vat log lines the kernel holds until
+/// its host takes them (the oldest go first).
+pub const LOG_LINES_PENDING_MAX: usize = 10_000;
 
 /// The krefs a message refers to: its result and its arguments.
 pub(crate) fn krefs_in_message(message: &Message) -> impl Iterator<Item = &str> {
@@ -322,6 +329,7 @@ impl KernelState {
             cleanup_maybe: true,
             outbox_crank: Vec::new(),
             outbox_ended: Vec::new(),
+            log_lines: Default::default(),
         }
     }
 

@@ -43,7 +43,7 @@ const EPOCH_TICK_MS: u64 = 5;
 const REQUIRED_EXPORTS: [&str; 4] = ["memory", "vat_abi_version", "vat_alloc", "vat_deliver"];
 
 /// The imports ABI v1 offers, all in module [`IMPORT_MODULE`].
-const OFFERED_IMPORTS: [&str; 13] = [
+const OFFERED_IMPORTS: [&str; 14] = [
     "send",
     "resolve",
     "subscribe",
@@ -56,6 +56,7 @@ const OFFERED_IMPORTS: [&str; 13] = [
     "retire_exports",
     "exit",
     "keep_decided",
+    "log",
     "read_result",
 ];
 
@@ -597,6 +598,7 @@ fn json_syscall(
             | (Syscall::RetireExports { .. }, "retire_exports")
             | (Syscall::Exit { .. }, "exit")
             | (Syscall::KeepDecided { .. }, "keep_decided")
+            | (Syscall::Log { .. }, "log")
     );
     if !matches {
         return Err(refuse(
@@ -634,6 +636,7 @@ fn define_imports(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "retire_exports",
         "exit",
         "keep_decided",
+        "log",
     ] {
         linker.func_wrap(
             IMPORT_MODULE,

@@ -301,19 +301,25 @@ struct PipeSyscalls<'a, R: Read, W: Write> {
 }
 
 impl<R: Read, W: Write> PipeSyscalls<'_, R, W> {
-    fn ask(&mut self, call: &Syscall) -> Result<SyscallResult, VatFault> {
+    /// Sends the batched syscalls and `call` now; the kernel answers only
+    /// when `awaits_result`.
+    fn send_batch(&mut self, call: &Syscall, awaits_result: bool) -> Result<(), VatFault> {
         self.batch
             .push(serde_json::to_string(call).expect("syscalls serialize"));
         let mut message = Builder::new_default();
         {
             let mut syscalls = message.init_root::<from_worker::Builder>().init_syscalls();
-            syscalls.set_awaits_result(true);
+            syscalls.set_awaits_result(awaits_result);
             let mut calls = syscalls.init_calls(self.batch.len() as u32);
             for (i, text) in self.batch.drain(..).enumerate() {
                 calls.set(i as u32, text.as_str());
             }
         }
-        write_frame(self.output, &message)?;
+        write_frame(self.output, &message)
+    }
+
+    fn ask(&mut self, call: &Syscall) -> Result<SyscallResult, VatFault> {
+        self.send_batch(call, true)?;
         let reply =
             serialize::read_message(&mut *self.input, self.options).map_err(protocol_error)?;
         let root = reply
@@ -350,6 +356,16 @@ impl<R: Read, W: Write> SyscallHandler for PipeSyscalls<'_, R, W> {
                     }
                 }
             }
+            // A log line leaves at once: the delivery may fail before its
+            // batch would, and the line is wanted most then.
+            Syscall::Log { .. } => match self.send_batch(&call, false) {
+                Ok(()) => Ok(None),
+                Err(fault) => {
+                    let reason = fault.to_string();
+                    self.failed = Some(fault);
+                    Err(SyscallRefusal::Illegal(reason))
+                }
+            },
             other => {
                 self.batch
                     .push(serde_json::to_string(&other).expect("syscalls serialize"));

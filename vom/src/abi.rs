@@ -28,6 +28,7 @@
 //! | `drop_imports` / `retire_imports` / `retire_exports` | `(ptr, len)` | [`Syscall::DropImports`] etc. |
 //! | `exit` | `(ptr, len)` | [`Syscall::Exit`] |
 //! | `keep_decided` | `(ptr, len)` | [`Syscall::KeepDecided`] |
+//! | `log` | `(ptr, len)` | [`Syscall::Log`] |
 //! | `read_result` | `(ptr)` | copies the last syscall's result bytes to `ptr` |
 //!
 //! A syscall the host refuses (a vref not in the vat's c-list, a payload that
@@ -145,7 +146,15 @@ pub enum Syscall {
     KeepDecided {
         promises: Vec<String>,
     },
+    /// A line for the vat's log (`vat log NAME`). Kept even when the
+    /// delivery that wrote it fails: it is for the vat's author.
+    Log {
+        line: String,
+    },
 }
+
+/// `log_line_bytes_max`: the longest log line kept (longer ones are cut).
+pub const LOG_LINE_BYTES_MAX: usize = 4096;
 
 /// What a syscall returns to the guest: data for reads, nothing otherwise.
 pub type SyscallResult = Option<String>;

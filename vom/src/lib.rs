@@ -45,6 +45,28 @@ pub use passable::{FromPassable, IntoReply, Record, ToPassable};
 pub use runtime::{Promise, Root, export, send};
 pub use vom_macros::{Schema, exo};
 
+/// Writes a line to the vat's log, which `vat log NAME` shows: for the
+/// vat's author, kept even when the delivery fails. Lines over
+/// [`abi::LOG_LINE_BYTES_MAX`] are cut.
+#[macro_export]
+macro_rules! log {
+    ($($arg:tt)*) => {
+        $crate::log_line(::std::format!($($arg)*))
+    };
+}
+
+/// The function behind [`log!`].
+pub fn log_line(mut line: String) {
+    if line.len() > abi::LOG_LINE_BYTES_MAX {
+        let mut end = abi::LOG_LINE_BYTES_MAX;
+        while !line.is_char_boundary(end) {
+            end -= 1;
+        }
+        line.truncate(end);
+    }
+    sys::syscall(&abi::Syscall::Log { line });
+}
+
 /// What a method fails with: an error that travels as data to the caller.
 pub type Error = ErrorValue;
 

@@ -27,6 +27,7 @@ mod imports {
         pub fn retire_exports(ptr: *const u8, len: usize);
         pub fn exit(ptr: *const u8, len: usize);
         pub fn keep_decided(ptr: *const u8, len: usize);
+        pub fn log(ptr: *const u8, len: usize);
         pub fn read_result(ptr: *mut u8);
     }
 }
@@ -64,6 +65,7 @@ pub(crate) fn syscall(call: &Syscall) {
                 Syscall::RetireExports { .. } => imports::retire_exports(ptr, len),
                 Syscall::Exit { .. } => imports::exit(ptr, len),
                 Syscall::KeepDecided { .. } => imports::keep_decided(ptr, len),
+                Syscall::Log { .. } => imports::log(ptr, len),
                 Syscall::VatstoreGet { .. }
                 | Syscall::VatstoreSet { .. }
                 | Syscall::VatstoreDelete { .. }

@@ -22,7 +22,13 @@ pub use send::{finish_send, start_send};
 /// outcome's one line. Nothing is reported before it is durable.
 pub fn execute(home: &Home, kernel: &mut Kernel, request: &Request) -> Outcome {
     let mut outcome = Outcome::default();
-    match run(home, kernel, request, &mut outcome).and_then(|()| Ok(kernel.commit()?)) {
+    let ran = run(home, kernel, request, &mut outcome).and_then(|()| Ok(kernel.commit()?));
+    // What the vats logged goes to their log files, whatever became of the
+    // request (a failed delivery's lines are the ones most wanted).
+    if let Err(e) = home.append_logs(kernel) {
+        return Outcome::error(&format!("writing the vats' logs: {e:#}"));
+    }
+    match ran {
         Ok(()) => outcome,
         Err(e) => Outcome::error(&format!("{e:#}")),
     }
@@ -33,6 +39,12 @@ fn run(home: &Home, kernel: &mut Kernel, request: &Request, out: &mut Outcome) -
         Request::Key => out.line(home.did()),
         Request::Check => list::check(kernel, out)?,
         Request::List => list::list(kernel, out)?,
+        Request::Log { name, lines } => {
+            let vat = kernel.vat_id(name)?;
+            for line in home.log_tail(&vat, *lines)? {
+                out.line(line);
+            }
+        }
         Request::Spawn {
             name,
             module,

@@ -4,8 +4,9 @@
 //!   auction and answers its admin facet; `list()` names the open auctions
 //!   in the order they opened, each with its best bid.
 //! - An auction has two facets over one state. The bidder facet
-//!   (`admin.bidderFacet()`) has `bid(name, amount)` and `best()`, and cannot
-//!   close the auction. The admin facet has `status()`, `close()`, and
+//!   (`admin.bidderFacet()`) has `bid(name, amount)`, and cannot close the
+//!   auction. Both facets have `best()` (one method on several facets:
+//!   `#[facet(admin, bidder)]`). The admin facet has `status()`, `close()`, and
 //!   `deadline(settlement, extra)`: the durable watcher of the timer's
 //!   promise, so the auction closes itself at its deadline, whatever
 //!   restarts come between.
@@ -64,7 +65,7 @@ impl Auction {
         Ok(amount)
     }
 
-    #[facet(bidder)]
+    #[facet(admin, bidder)]
     pub fn best(&self) -> Record<Best> {
         self.best_bid()
     }

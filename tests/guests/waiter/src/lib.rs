@@ -15,6 +15,8 @@
 //!   settles unless the vat restarts, which rejects it with `vatRestarted`).
 //! - `takeObject(obj)`: answers whether `obj` arrived as an object, not a promise.
 //! - `object()`: a durable object (to pipeline on).
+//! - `say(text)`: logs `said: <text>` (`vom::log!`); `sayAndFail(text)`
+//!   logs, then panics.
 //! - For the benchmarks: `echo(x)` answers `x`; `watchMany(to, n)` sends
 //!   `to.echo(i)` n times, each answer watched by `tally`, which counts it
 //!   (`tallied()`); `awaitMany(to, n)` does the same awaiting on the heap;
@@ -139,6 +141,15 @@ impl Waiter {
 
     pub fn take_object(&self, obj: Value) -> bool {
         matches!(obj, Value::Remotable(_))
+    }
+
+    pub fn say(&self, text: String) {
+        vom::log!("said: {text}");
+    }
+
+    pub fn say_and_fail(&self, text: String) {
+        vom::log!("about to fail: {text}");
+        panic!("failing on purpose");
     }
 
     pub fn echo(&self, x: Value) -> Value {
