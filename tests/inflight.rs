@@ -80,6 +80,21 @@ fn a_message_pipelined_on_a_durable_promise_waits_out_restarts_and_reaches_what_
 }
 
 #[test]
+fn a_vats_own_heap_promise_rejected_by_its_restart_reaches_its_own_watcher() {
+    let home = waiters();
+    // a asks itself: the answer is a's own heap promise, watched by a.
+    home.ok(&["send", "a", "ask", "a", "heapLater", "[]"]);
+    assert_eq!(home.ok(&["send", "b", "pending"]), "0");
+    let said = (0..4).map(|_| answers(&home)).find(|said| said != "[]");
+    let said = said.unwrap_or_default();
+    assert!(
+        said.contains("heapLater: rejected vatRestarted: vat v1 restarted"),
+        "{said}"
+    );
+    home.check();
+}
+
+#[test]
 fn a_promise_only_the_heap_knew_is_rejected_as_vat_restarted_and_watchers_hear_it() {
     let home = waiters();
     home.ok(&["send", "a", "ask", "b", "heapLater", "[]"]);
