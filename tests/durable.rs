@@ -329,6 +329,14 @@ fn collections_keep_integer_keys_in_numeric_order() {
     );
     assert_eq!(home.ok(&["send", "things", "ids", "50", "60"]), "[]");
     assert_eq!(home.ok(&["send", "things", "count"]), "35");
+    // Backwards too, in the same numeric order, and first and last.
+    assert_eq!(
+        home.ok(&["send", "things", "lastIds", "4"]),
+        "[119,118,117,116]"
+    );
+    home.ok(&["send", "things", "forget", "96", "121"]);
+    assert_eq!(home.ok(&["send", "things", "lastIds", "3"]), "[95,9,8]");
+    assert_eq!(home.ok(&["send", "things", "firstAndLast"]), "[0,95]");
 }
 
 /// Promises the vat's heap decided die with it on upgrade: they are rejected

@@ -71,6 +71,11 @@ impl SyscallHandler for PureHandler {
                 .range::<String, _>((std::ops::Bound::Excluded(&key), std::ops::Bound::Unbounded))
                 .next()
                 .map(|(k, _)| k.clone())),
+            Syscall::VatstoreGetPrevKey { key } => Ok(self
+                .vatstore
+                .range::<String, _>((std::ops::Bound::Unbounded, std::ops::Bound::Excluded(&key)))
+                .next_back()
+                .map(|(k, _)| k.clone())),
             Syscall::Resolve { resolutions } => {
                 for resolution in resolutions {
                     if resolution.promise != PURE_RESULT || self.answer.is_some() {

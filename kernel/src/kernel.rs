@@ -2091,6 +2091,11 @@ impl<'a> VatSyscalls<'a> {
                 let next = self.state.store.get_next_key(&self.vatstore_key(&key))?;
                 Ok(next.and_then(|k| k.strip_prefix(&prefix).map(str::to_owned)))
             }
+            Syscall::VatstoreGetPrevKey { key } => {
+                let prefix = self.vatstore_key("");
+                let prev = self.state.store.get_prev_key(&self.vatstore_key(&key))?;
+                Ok(prev.and_then(|k| k.strip_prefix(&prefix).map(str::to_owned)))
+            }
             Syscall::Send {
                 target,
                 method,

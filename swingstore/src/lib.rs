@@ -440,6 +440,34 @@ impl SwingStore {
         })
     }
 
+    /// The largest key strictly less than `next`, in byte order.
+    pub fn get_prev_key(&self, next: &str) -> Result<Option<String>> {
+        self.read_allowed()?;
+        self.begin_reading()?;
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT key FROM kv WHERE key < ?1 ORDER BY key DESC LIMIT 1")?;
+        let mut before = next.to_owned();
+        // Skip committed keys that uncommitted writes delete.
+        let from_db = loop {
+            let prev: Option<String> = stmt.query_row([&before], |row| row.get(0)).optional()?;
+            match prev {
+                Some(key) if self.dirty_value(&key) == Some(None) => before = key,
+                other => break other,
+            }
+        };
+        let from_dirty = self
+            .dirty
+            .range::<str, _>((Bound::Unbounded, Bound::Excluded(next)))
+            .rev()
+            .find(|key| matches!(self.dirty_value(key), Some(Some(_))))
+            .cloned();
+        Ok(match (from_db, from_dirty) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        })
+    }
+
     /// Every `(key, value)` whose key starts with `prefix`, in key order.
     pub fn scan_prefix(&self, prefix: &str) -> Result<Vec<(String, String)>> {
         self.read_allowed()?;
@@ -693,6 +721,14 @@ mod tests {
             key = next;
         }
         assert_eq!(keys, ["a", "b", "d"]);
+        // Backwards, the same keys: committed, pending and deleted alike.
+        let mut backwards = Vec::new();
+        let mut key = "~".to_owned();
+        while let Some(prev) = store.get_prev_key(&key).unwrap() {
+            backwards.push(prev.clone());
+            key = prev;
+        }
+        assert_eq!(backwards, ["d", "b", "a"]);
         assert_eq!(store.get("d").unwrap().as_deref(), Some("crank"));
         assert_eq!(store.get("c").unwrap(), None);
         let scanned: Vec<(String, String)> = store.scan_prefix("").unwrap();

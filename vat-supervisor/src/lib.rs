@@ -43,7 +43,7 @@ const EPOCH_TICK_MS: u64 = 5;
 const REQUIRED_EXPORTS: [&str; 4] = ["memory", "vat_abi_version", "vat_alloc", "vat_deliver"];
 
 /// The imports ABI v1 offers, all in module [`IMPORT_MODULE`].
-const OFFERED_IMPORTS: [&str; 14] = [
+const OFFERED_IMPORTS: [&str; 15] = [
     "send",
     "resolve",
     "subscribe",
@@ -51,6 +51,7 @@ const OFFERED_IMPORTS: [&str; 14] = [
     "vatstore_set",
     "vatstore_delete",
     "vatstore_get_next_key",
+    "vatstore_get_prev_key",
     "drop_imports",
     "retire_imports",
     "retire_exports",
@@ -668,6 +669,15 @@ fn define_vatstore_imports(linker: &mut Linker<HostState>) -> wasmtime::Result<(
         |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| -> wasmtime::Result<i32> {
             let key = read_text(&mut caller, ptr, len).map_err(|f| refuse(&mut caller, f))?;
             let result = call_handler(&mut caller, Syscall::VatstoreGetNextKey { key })?;
+            Ok(stash_result(&mut caller, result))
+        },
+    )?;
+    linker.func_wrap(
+        IMPORT_MODULE,
+        "vatstore_get_prev_key",
+        |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| -> wasmtime::Result<i32> {
+            let key = read_text(&mut caller, ptr, len).map_err(|f| refuse(&mut caller, f))?;
+            let result = call_handler(&mut caller, Syscall::VatstoreGetPrevKey { key })?;
             Ok(stash_result(&mut caller, result))
         },
     )?;

@@ -343,19 +343,19 @@ impl<R: Read, W: Write> PipeSyscalls<'_, R, W> {
 impl<R: Read, W: Write> SyscallHandler for PipeSyscalls<'_, R, W> {
     fn syscall(&mut self, call: Syscall) -> Result<SyscallResult, SyscallRefusal> {
         match call {
-            Syscall::VatstoreGet { .. } | Syscall::VatstoreGetNextKey { .. } => {
-                match self.ask(&call) {
-                    Ok(result) => Ok(result),
-                    Err(fault) => {
-                        let reason = match &fault {
-                            VatFault::IllegalSyscall(reason) => reason.clone(),
-                            other => other.to_string(),
-                        };
-                        self.failed = Some(fault);
-                        Err(SyscallRefusal::Illegal(reason))
-                    }
+            Syscall::VatstoreGet { .. }
+            | Syscall::VatstoreGetNextKey { .. }
+            | Syscall::VatstoreGetPrevKey { .. } => match self.ask(&call) {
+                Ok(result) => Ok(result),
+                Err(fault) => {
+                    let reason = match &fault {
+                        VatFault::IllegalSyscall(reason) => reason.clone(),
+                        other => other.to_string(),
+                    };
+                    self.failed = Some(fault);
+                    Err(SyscallRefusal::Illegal(reason))
                 }
-            }
+            },
             // A log line leaves at once: the delivery may fail before its
             // batch would, and the line is wanted most then.
             Syscall::Log { .. } => match self.send_batch(&call, false) {

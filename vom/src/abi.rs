@@ -25,6 +25,7 @@
 //! | `vatstore_set` | `(key_ptr, key_len, value_ptr, value_len)` | |
 //! | `vatstore_delete` | `(key_ptr, key_len)` | |
 //! | `vatstore_get_next_key` | `(key_ptr, key_len) -> i32` | next key's length, or -1 at the end; read it with `read_result` |
+//! | `vatstore_get_prev_key` | `(key_ptr, key_len) -> i32` | the previous key's length, or -1 at the start; read it with `read_result` |
 //! | `drop_imports` / `retire_imports` / `retire_exports` | `(ptr, len)` | [`Syscall::DropImports`] etc. |
 //! | `exit` | `(ptr, len)` | [`Syscall::Exit`] |
 //! | `keep_decided` | `(ptr, len)` | [`Syscall::KeepDecided`] |
@@ -124,6 +125,10 @@ pub enum Syscall {
         key: String,
     },
     VatstoreGetNextKey {
+        key: String,
+    },
+    /// The largest key strictly before `key` (for reverse iteration).
+    VatstoreGetPrevKey {
         key: String,
     },
     DropImports {

@@ -348,6 +348,16 @@ impl Raw {
         }
     }
 
+    /// Every entry key, last first.
+    fn keys_reversed(&self) -> ReverseKeyCursor {
+        let prefix = entry_prefix(&self.base);
+        // Every entry key sorts before the prefix with its final `.` made `/`.
+        let mut at = prefix.clone();
+        at.pop();
+        at.push('/');
+        ReverseKeyCursor { prefix, at }
+    }
+
     fn bound<K: Key>(&self, bound: Bound<&K>) -> Result<Option<(String, bool)>, Error> {
         Ok(match bound {
             Bound::Unbounded => None,
@@ -404,6 +414,25 @@ impl Iterator for KeyCursor {
         }
         self.at = next.clone();
         self.within(next)
+    }
+}
+
+/// Walks a collection's entry keys from the last with `vatstore_get_prev_key`.
+struct ReverseKeyCursor {
+    prefix: String,
+    at: String,
+}
+
+impl Iterator for ReverseKeyCursor {
+    type Item = String;
+
+    fn next(&mut self) -> Option<String> {
+        let prev = sys::vatstore_get_prev_key(&self.at)?;
+        if !prev.starts_with(&self.prefix) {
+            return None;
+        }
+        self.at = prev.clone();
+        Some(prev)
     }
 }
 
@@ -587,6 +616,23 @@ impl<K: Key, V: Serialize + DeserializeOwned> MapStore<K, V> {
         self.entries().map(|(_, v)| v)
     }
 
+    /// All entries, last key first, read lazily.
+    pub fn entries_rev(&self) -> impl Iterator<Item = (K, V)> + '_ {
+        self.raw
+            .keys_reversed()
+            .filter_map(|key| self.raw.get_entry::<K, V>(&key))
+    }
+
+    /// The entry with the smallest key.
+    pub fn first(&self) -> Option<(K, V)> {
+        self.entries().next()
+    }
+
+    /// The entry with the largest key.
+    pub fn last(&self) -> Option<(K, V)> {
+        self.entries_rev().next()
+    }
+
     /// The entries whose keys lie between `start` and `end`, in key order.
     pub fn entries_in(
         &self,
@@ -673,6 +719,22 @@ impl<K: Key> SetStore<K> {
 
     pub fn keys(&self) -> impl Iterator<Item = K> + '_ {
         entries_between::<K, ()>(&self.raw, Bound::Unbounded, Bound::Unbounded).map(|(k, ())| k)
+    }
+
+    /// All keys, the largest first.
+    pub fn keys_rev(&self) -> impl Iterator<Item = K> + '_ {
+        self.raw
+            .keys_reversed()
+            .filter_map(|key| self.raw.get_entry::<K, ()>(&key))
+            .map(|(k, ())| k)
+    }
+
+    pub fn first(&self) -> Option<K> {
+        self.keys().next()
+    }
+
+    pub fn last(&self) -> Option<K> {
+        self.keys_rev().next()
     }
 }
 

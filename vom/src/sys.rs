@@ -22,6 +22,7 @@ mod imports {
         );
         pub fn vatstore_delete(key_ptr: *const u8, key_len: usize);
         pub fn vatstore_get_next_key(key_ptr: *const u8, key_len: usize) -> i32;
+        pub fn vatstore_get_prev_key(key_ptr: *const u8, key_len: usize) -> i32;
         pub fn drop_imports(ptr: *const u8, len: usize);
         pub fn retire_imports(ptr: *const u8, len: usize);
         pub fn retire_exports(ptr: *const u8, len: usize);
@@ -69,7 +70,8 @@ pub(crate) fn syscall(call: &Syscall) {
                 Syscall::VatstoreGet { .. }
                 | Syscall::VatstoreSet { .. }
                 | Syscall::VatstoreDelete { .. }
-                | Syscall::VatstoreGetNextKey { .. } => {
+                | Syscall::VatstoreGetNextKey { .. }
+                | Syscall::VatstoreGetPrevKey { .. } => {
                     panic!("vom invariant: vatstore calls use their own imports")
                 }
             }
@@ -114,6 +116,20 @@ pub(crate) fn vatstore_delete(key: &str) {
     // SAFETY: the host reads `key` during the call.
     unsafe {
         imports::vatstore_delete(key.as_ptr(), key.len())
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let _ = key;
+        no_host()
+    }
+}
+
+pub(crate) fn vatstore_get_prev_key(key: &str) -> Option<String> {
+    #[cfg(target_arch = "wasm32")]
+    {
+        // SAFETY: the host reads `key` during the call.
+        let len = unsafe { imports::vatstore_get_prev_key(key.as_ptr(), key.len()) };
+        take_result(len)
     }
     #[cfg(not(target_arch = "wasm32"))]
     {

@@ -132,6 +132,23 @@ impl Registry {
             .collect()
     }
 
+    /// The `n` largest ids kept, largest first (reverse iteration).
+    pub fn last_ids(&self, n: u64) -> Vec<u64> {
+        self.things
+            .entries_rev()
+            .take(n as usize)
+            .map(|(id, _)| id)
+            .collect()
+    }
+
+    /// `[smallest, largest]` id kept, or nothing when none is.
+    pub fn first_and_last(&self) -> Vec<u64> {
+        match (self.things.first(), self.things.last()) {
+            (Some((first, _)), Some((last, _))) => vec![first, last],
+            _ => Vec::new(),
+        }
+    }
+
     pub fn tag(&mut self, id: u64, note: String) -> Result<(), Error> {
         let thing = self.thing(id)?;
         self.notes.insert(&thing, &note)
