@@ -270,20 +270,32 @@ fn a_reference_sent_in_comes_back_as_the_peers_own() {
     );
 }
 
+/// Question `question`: `pong.ping(pong)`, whose answer is pong itself.
+fn ping_itself(harness: &mut Harness, question: u32, pong: u32) {
+    let arg = Value::Array(vec![Value::Remotable(vom::capdata::Ref::new("slot0"))]);
+    harness.send(&exo_call(
+        question,
+        Target::Imported(pong),
+        "ping",
+        &arg,
+        vec![CapDescriptor::ReceiverHosted(pong)],
+    ));
+}
+
+/// The return for `question` among the frames `out`.
+fn answer_to(out: &[Wire], question: u32) -> &Wire {
+    out.iter()
+        .find(|m| matches!(m, Wire::Return(Return { answer, .. }) if *answer == question))
+        .unwrap_or_else(|| panic!("question {question} is answered: {out:?}"))
+}
+
 #[test]
 fn a_call_pipelined_on_an_answer_reaches_the_object_it_resolves_to() {
     let mut harness = Harness::new();
     let pong = restored(&mut harness);
     // ping(pong) answers pong itself; a ping on that answer's `object`
     // field goes to pong before the peer has seen the first answer.
-    let arg = Value::Array(vec![Value::Remotable(vom::capdata::Ref::new("slot0"))]);
-    harness.send(&exo_call(
-        2,
-        Target::Imported(pong),
-        "ping",
-        &arg,
-        vec![CapDescriptor::ReceiverHosted(pong)],
-    ));
+    ping_itself(&mut harness, 2, pong);
     let out = harness.send(&exo_call(
         3,
         on_answer(2, 1),
@@ -291,25 +303,15 @@ fn a_call_pipelined_on_an_answer_reaches_the_object_it_resolves_to() {
         &Value::Array(vec![Value::from(9u64)]),
         vec![],
     ));
-    let answer = out
-        .iter()
-        .find(|m| matches!(m, Wire::Return(Return { answer: 3, .. })))
-        .unwrap_or_else(|| panic!("question 3 is answered: {out:?}"));
-    assert_eq!(exo_result(answer).0, Value::from(9u64));
+    assert_eq!(exo_result(answer_to(&out, 3)).0, Value::from(9u64));
 }
 
 #[test]
 fn an_answer_passed_as_an_argument_arrives_as_the_object_it_resolved_to() {
     let mut harness = Harness::new();
     let pong = restored(&mut harness);
+    ping_itself(&mut harness, 2, pong);
     let arg = Value::Array(vec![Value::Remotable(vom::capdata::Ref::new("slot0"))]);
-    harness.send(&exo_call(
-        2,
-        Target::Imported(pong),
-        "ping",
-        &arg,
-        vec![CapDescriptor::ReceiverHosted(pong)],
-    ));
     // As a C++ client passes `makePurse(...).object`: the answer's object
     // field as an argument. By delivery it has resolved to pong, and the
     // vat is handed pong (which ping sends back), not a promise.
@@ -323,11 +325,7 @@ fn an_answer_passed_as_an_argument_arrives_as_the_object_it_resolved_to() {
             transform: vec![1],
         }],
     ));
-    let answer = out
-        .iter()
-        .find(|m| matches!(m, Wire::Return(Return { answer: 3, .. })))
-        .unwrap_or_else(|| panic!("question 3 is answered: {out:?}"));
-    let (value, caps) = exo_result(answer);
+    let (value, caps) = exo_result(answer_to(&out, 3));
     assert!(matches!(value, Value::Remotable(_)), "{value:?}");
     // Pong is our export: it goes back as ours (the result and its
     // `object` field), not as a promise.
