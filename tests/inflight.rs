@@ -95,6 +95,22 @@ fn a_vats_own_heap_promise_rejected_by_its_restart_reaches_its_own_watcher() {
 }
 
 #[test]
+fn a_resolver_passed_to_another_vat_settles_the_promise_after_restarts() {
+    let home = waiters();
+    // a's durable promise, its resolver wrapped in a durable object that b keeps.
+    home.ok(&["send", "a", "makeSettler", "--as", "settler"]);
+    home.ok(&["send", "b", "keep", "settler"]);
+    assert_eq!(answers(&home), "[]");
+    home.ok(&["send", "b", "settleKept", "7"]);
+    let said = (0..4).map(|_| answers(&home)).find(|said| said != "[]");
+    assert_eq!(said.as_deref(), Some(r#"["settler: fulfilled 7"]"#));
+    // Once only: the resolver is used up.
+    home.ok(&["send", "b", "settleKept", "8"]);
+    assert_eq!(answers(&home), r#"["settler: fulfilled 7"]"#);
+    home.check();
+}
+
+#[test]
 fn a_promise_only_the_heap_knew_is_rejected_as_vat_restarted_and_watchers_hear_it() {
     let home = waiters();
     home.ok(&["send", "a", "ask", "b", "heapLater", "[]"]);

@@ -243,8 +243,11 @@ impl Resolver {
                 resolutions: substitutes,
             });
         }
+        // The kernel tells no decider how its own promise settled: what
+        // waits for it here, watchers too, is told now.
         for promise in std::iter::once(&self.promise).chain(&forwards) {
             runtime::settled_locally(promise, &outcome);
+            settled(promise, &outcome);
         }
         Ok(())
     }

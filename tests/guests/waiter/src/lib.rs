@@ -15,6 +15,11 @@
 //!   settles unless the vat restarts, which rejects it with `vatRestarted`).
 //! - `takeObject(obj)`: answers whether `obj` arrived as an object, not a promise.
 //! - `object()`: a durable object (to pipeline on).
+//! - `makeSettler()`: a durable promise whose resolver is wrapped in a
+//!   durable `Settler` object (`settle(value)`), which it answers; the
+//!   promise is watched here (noted `settler`). `keep(settler)` keeps
+//!   another vat's settler; `settleKept(value)` settles it: a resolver
+//!   passed to another vat, as a capability.
 //! - `say(text)`: logs `said: <text>` (`vom::log!`); `sayAndFail(text)`
 //!   logs, then panics.
 //! - For the benchmarks: `echo(x)` answers `x`; `watchMany(to, n)` sends
@@ -35,6 +40,20 @@ struct Waiter {
     resolvers: Vec<Resolver>,
     #[serde(default)]
     tallied: u64,
+    #[serde(default)]
+    kept: Option<Ref>,
+}
+
+#[derive(Serialize, Deserialize, vom::Schema)]
+struct Settler {
+    resolver: Resolver,
+}
+
+#[vom::exo]
+impl Settler {
+    pub fn settle(&self, value: Value) -> Result<(), Error> {
+        self.resolver.resolve(value)
+    }
 }
 
 #[derive(Serialize, Deserialize, vom::Schema)]
@@ -143,6 +162,30 @@ impl Waiter {
         matches!(obj, Value::Remotable(_))
     }
 
+    pub fn make_settler(&mut self, this: &Durable<Waiter>) -> Result<Durable<Settler>, Error> {
+        let (promise, resolver) = vom::durable_promise();
+        vom::watch(
+            &promise,
+            &this.reference(),
+            "answered",
+            Value::from("settler"),
+        )?;
+        Ok(Durable::new(Settler { resolver }))
+    }
+
+    pub fn keep(&mut self, settler: Ref) {
+        self.kept = Some(settler);
+    }
+
+    pub fn settle_kept(&self, value: Value) -> Result<(), Error> {
+        let settler = self
+            .kept
+            .as_ref()
+            .ok_or_else(|| Error::new("no settler kept"))?;
+        let _ = vom::send(settler, "settle", vec![value]);
+        Ok(())
+    }
+
     pub fn say(&self, text: String) {
         vom::log!("said: {text}");
     }
@@ -201,12 +244,14 @@ impl Waiter {
 
 fn start(baggage: &Baggage) -> Durable<Waiter> {
     vom::define::<Thing>();
+    vom::define::<Settler>();
     vom::define::<Waiter>();
     baggage.get_or_init("waiter", || {
         Durable::new(Waiter {
             answers: Vec::new(),
             resolvers: Vec::new(),
             tallied: 0,
+            kept: None,
         })
     })
 }
