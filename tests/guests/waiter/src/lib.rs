@@ -182,7 +182,8 @@ impl Waiter {
             .kept
             .as_ref()
             .ok_or_else(|| Error::new("no settler kept"))?;
-        let _ = vom::send(settler, "settle", vec![value]);
+        // Nothing awaits the answer: settling is the point.
+        drop(vom::send(settler, "settle", vec![value]));
         Ok(())
     }
 
