@@ -26,6 +26,6 @@ pub use kernel::{
 pub use records::Namespace;
 pub use shown::SHOWN_REFS_MAX;
 pub use state::{
-    Message, PromiseState, STORE_SCHEMA_VERSION, Schema, VatState, error_capdata, mark_schema,
-    schema_of,
+    LOG_LINES_PENDING_MAX, Message, PromiseState, STORE_SCHEMA_VERSION, Schema, VatState,
+    error_capdata, mark_schema, schema_of,
 };
