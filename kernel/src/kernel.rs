@@ -2211,13 +2211,7 @@ impl<'a> VatSyscalls<'a> {
 
     /// Keeps a log line for the host, cut to `log_line_bytes_max`.
     fn log(&mut self, mut line: String) {
-        if line.len() > vom::abi::LOG_LINE_BYTES_MAX {
-            let mut end = vom::abi::LOG_LINE_BYTES_MAX;
-            while !line.is_char_boundary(end) {
-                end -= 1;
-            }
-            line.truncate(end);
-        }
+        vom::abi::cut_log_line(&mut line);
         let lines = &mut self.state.log_lines;
         if lines.len() >= crate::state::LOG_LINES_PENDING_MAX {
             lines.pop_front();

@@ -161,6 +161,18 @@ pub enum Syscall {
 /// `log_line_bytes_max`: the longest log line kept (longer ones are cut).
 pub const LOG_LINE_BYTES_MAX: usize = 4096;
 
+/// Cuts `line` to at most [`LOG_LINE_BYTES_MAX`] bytes, at a character
+/// boundary: what the guest sends and what the host keeps.
+pub fn cut_log_line(line: &mut String) {
+    if line.len() > LOG_LINE_BYTES_MAX {
+        let mut end = LOG_LINE_BYTES_MAX;
+        while !line.is_char_boundary(end) {
+            end -= 1;
+        }
+        line.truncate(end);
+    }
+}
+
 /// What a syscall returns to the guest: data for reads, nothing otherwise.
 pub type SyscallResult = Option<String>;
 

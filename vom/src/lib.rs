@@ -57,13 +57,7 @@ macro_rules! log {
 
 /// The function behind [`log!`].
 pub fn log_line(mut line: String) {
-    if line.len() > abi::LOG_LINE_BYTES_MAX {
-        let mut end = abi::LOG_LINE_BYTES_MAX;
-        while !line.is_char_boundary(end) {
-            end -= 1;
-        }
-        line.truncate(end);
-    }
+    abi::cut_log_line(&mut line);
     sys::syscall(&abi::Syscall::Log { line });
 }
 
