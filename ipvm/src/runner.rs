@@ -91,7 +91,8 @@ impl SyscallHandler for PureHandler {
             Syscall::DropImports { .. }
             | Syscall::RetireImports { .. }
             | Syscall::RetireExports { .. }
-            | Syscall::Log { .. } => Ok(None),
+            | Syscall::Log { .. }
+            | Syscall::Heap { .. } => Ok(None),
             Syscall::Send { .. }
             | Syscall::Subscribe { .. }
             | Syscall::Exit { .. }

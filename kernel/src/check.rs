@@ -388,6 +388,19 @@ impl<'a> Checker<'a> {
             }
             self.clist(&vat);
         }
+        let dirty: Vec<String> = self
+            .kv
+            .range("heapDirty.".to_owned()..)
+            .take_while(|(k, _)| k.starts_with("heapDirty."))
+            .map(|(k, _)| k["heapDirty.".len()..].to_owned())
+            .collect();
+        for vat in dirty {
+            match self.get(&format!("{vat}.state")) {
+                Some("removed") => self.problem(format!("removed vat {vat} has a heap report")),
+                Some(_) => {}
+                None => self.problem(format!("heapDirty.{vat} names no vat")),
+            }
+        }
         let next_vat = self.counter("kernel.nextVat");
         if max_vat >= next_vat {
             self.problem(format!(

@@ -12,8 +12,10 @@ use serde::{Deserialize, Serialize};
 use swingstore::{StoreError, SwingStore};
 use vat_supervisor::{
     FaultClass, Limits, ModuleSource, ProcessWorker, SupervisorError, SyscallHandler,
-    SyscallRefusal, ThreadWorker, VatFault, VatModule, WasmHost, Worker,
+    SyscallRefusal, ThreadWorker, VatFault, VatModule, WasmHost,
 };
+
+use crate::resident::{Residency, ResidencyCounts, VatWorker};
 use vom::abi::{Delivery, Resolution, Syscall, SyscallResult};
 use vom::{CapData, Value};
 
@@ -78,6 +80,10 @@ pub enum KernelError {
         "worker binary {0} not found (build it with `cargo build -p vat-supervisor`, set VAT_SUPERVISOR, or spawn with --worker thread)"
     )]
     NoSupervisor(PathBuf),
+    #[error("vat {name:?} cannot sleep: its heap holds what its store does not ({holds})")]
+    CannotSleep { name: String, holds: String },
+    #[error("vats_resident_max must be at least 1")]
+    BadResidentMax,
 }
 
 /// When ended cranks become durable. Output waits for the commit either way.
@@ -180,6 +186,28 @@ pub struct VatInfo {
     pub worker: WorkerKind,
     /// The worker process's id, while this kernel runs one for the vat.
     pub worker_pid: Option<u32>,
+    /// Whether the vat has a worker now (is awake).
+    pub resident: bool,
+    /// What its heap holds that its store does not, by its last report:
+    /// what keeps it awake (`None`: nothing, so it may sleep).
+    pub heap_holds: Option<String>,
+    /// When it was last delivered to (Unix seconds, to a minute), if ever.
+    pub active_s: Option<u64>,
+}
+
+/// Which vats `vat list` shows: a page of them in name order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VatQuery {
+    /// Only vats whose name starts with this.
+    pub name_prefix: String,
+    /// Only vats in this state.
+    pub state: Option<VatState>,
+    /// Only vats that are awake.
+    pub resident_only: bool,
+    /// Only vats named after this (the last name of the previous page).
+    pub after: Option<String>,
+    /// At most this many.
+    pub limit: usize,
 }
 
 /// The kernel: its tables in swingstore, its Wasm host and its live workers.
@@ -187,7 +215,13 @@ pub struct Kernel {
     pub(crate) state: KernelState,
     host: WasmHost,
     modules: HashMap<String, VatModule>,
-    workers: HashMap<EndpointId, Box<dyn Worker>>,
+    workers: HashMap<EndpointId, VatWorker>,
+    /// Who is awake, in what order they were used, and spare processes.
+    residency: Residency,
+    /// `vats_resident_max`: how many vats keep a worker between cranks.
+    vats_resident_max: usize,
+    /// Vats due a `bringOutYourDead` after the crank that made them so.
+    collection_due: Vec<EndpointId>,
     /// Where compiled modules are kept between processes, if anywhere.
     module_cache: Option<PathBuf>,
     /// The `vat-supervisor` binary that process workers run.
@@ -273,6 +307,9 @@ impl Kernel {
             host: WasmHost::new()?,
             modules: HashMap::new(),
             workers: HashMap::new(),
+            residency: Residency::default(),
+            vats_resident_max: crate::resident::VATS_RESIDENT_MAX_DEFAULT,
+            collection_due: Vec::new(),
             module_cache: None,
             supervisor: None,
             policy,
@@ -407,7 +444,7 @@ impl Kernel {
         self.outbound_ready.append(&mut self.state.outbox_ended);
         self.cranks_since_commit = 0;
         self.last_commit = Instant::now();
-        Ok(())
+        self.keep_resident_max(None)
     }
 
     fn module(&mut self, cid: &str) -> Result<VatModule, KernelError> {
@@ -490,12 +527,16 @@ impl Kernel {
             serde_json::to_string(&options).expect("kernel invariant: options serialize");
         self.state.set(&keys::vat_options(&vat), &options_text)?;
         self.state.set(&keys::vat_by_name(&name), &vat)?;
+        // Until its first heap report (vom makes one as it starts) a vat
+        // is taken to hold something only its heap knows.
+        self.state
+            .set(&keys::heap_dirty(&vat), crate::state::HEAP_UNREPORTED)?;
         let root = self.state.allocate_object(&vat)?;
         self.state.clist_add(&vat, &root, vom::runtime::ROOT_VREF)?;
         self.state.set(&keys::pet_name(&name), &root)?;
         self.state.incref(&root)?;
         if let Err(fault) = self.ensure_worker(&vat) {
-            self.workers.remove(&vat);
+            self.discard_worker(&vat);
             return Err(match fault {
                 WorkerStartError::Fault(fault) => KernelError::StartFailed(fault),
                 WorkerStartError::Kernel(e) => e,
@@ -504,53 +545,39 @@ impl Kernel {
         Ok(root)
     }
 
-    /// Starts `vat`'s worker if it is not running, delivering `startVat`
-    /// within the current crank.
+    /// Starts `vat`'s worker if it is not running (it wakes), delivering
+    /// `startVat` within the current crank. Room is made first: the least
+    /// recently used vat that may sleep does, and its process hosts `vat`.
     fn ensure_worker(&mut self, vat: &EndpointId) -> Result<(), WorkerStartError> {
         if self.workers.contains_key(vat) {
             return Ok(());
         }
+        let started_at = Instant::now();
+        self.keep_resident_max(Some(vat))?;
         let cid = self
             .state
             .get(&keys::vat_bundle(&vat))?
             .unwrap_or_else(|| panic!("kernel invariant: vat {vat} has a bundle"));
         let module = self.module(&cid)?;
         let options = self.vat_options(vat)?;
-        let started = match options.worker {
-            WorkerKind::Thread => ThreadWorker::start(&self.host, &module, options.limits())
-                .map(|worker| Box::new(worker) as Box<dyn Worker>),
-            WorkerKind::Process => {
-                let program = self.supervisor_program()?;
-                let source =
-                    match &self.module_cache {
-                        Some(dir) => ModuleSource::Artifact(self.host.artifact_path(&cid, dir)),
-                        None => {
-                            let parsed = SwingStore::parse_cid(&cid)?;
-                            let bytes = self.state.store.get_bundle(&parsed)?;
-                            ModuleSource::Wasm(bytes.unwrap_or_else(|| {
-                                panic!("kernel invariant: bundle {cid} is stored")
-                            }))
-                        }
-                    };
-                ProcessWorker::start(&program, vat, source, options.limits())
-                    .map(|worker| Box::new(worker) as Box<dyn Worker>)
-            }
+        let (mut worker, reused) = self.start_worker(vat, &cid, &module, &options)?;
+        // A vat that slept with a clean heap held no import only its heap
+        // knew: there is nothing for its start to drop, so nothing to list.
+        let imports = match self.state.heap_report(vat)? {
+            None => Vec::new(),
+            Some(_) => self
+                .state
+                .scan_prefix(&keys::clist(&vat, &"ko"))?
+                .into_iter()
+                .filter_map(|(_, entry)| entry.strip_prefix("R o-").map(|id| format!("o-{id}")))
+                .collect(),
         };
-        let mut worker = started.map_err(|e| match e {
-            SupervisorError::Fault(fault) => WorkerStartError::Fault(fault),
-            other => WorkerStartError::Kernel(other.into()),
-        })?;
-        let imports = self
-            .state
-            .scan_prefix(&keys::clist(&vat, &"ko"))?
-            .into_iter()
-            .filter_map(|(_, entry)| entry.strip_prefix("R o-").map(|id| format!("o-{id}")))
-            .collect();
         let mut syscalls = VatSyscalls::new(&mut self.state, vat);
         let outcome = worker.deliver(&Delivery::StartVat { imports }, &mut syscalls);
         syscalls.finish()?;
         outcome.map_err(WorkerStartError::Fault)?;
         self.workers.insert(vat.to_owned(), worker);
+        self.residency.woke(started_at, reused);
         self.message_bytes_max
             .insert(vat.to_owned(), options.message_bytes_max);
         let faults = self.state.count(&faults_key(vat))?;
@@ -568,6 +595,145 @@ impl Kernel {
             self.reject_heap_decided(vat, incarnation, "restarted")?;
         }
         Ok(())
+    }
+
+    /// A worker hosting `module` for `vat`, and whether it is a sleeping
+    /// vat's process taken over (no process start).
+    fn start_worker(
+        &mut self,
+        vat: &EndpointId,
+        cid: &str,
+        module: &VatModule,
+        options: &VatOptions,
+    ) -> Result<(VatWorker, bool), WorkerStartError> {
+        let fault = |e| match e {
+            SupervisorError::Fault(fault) => WorkerStartError::Fault(fault),
+            other => WorkerStartError::Kernel(other.into()),
+        };
+        if options.worker == WorkerKind::Thread {
+            let worker =
+                ThreadWorker::start(&self.host, module, options.limits()).map_err(fault)?;
+            return Ok((VatWorker::Thread(worker), false));
+        }
+        let program = self.supervisor_program()?;
+        let source = match &self.module_cache {
+            Some(dir) => ModuleSource::Artifact(self.host.artifact_path(cid, dir)),
+            None => {
+                let parsed = SwingStore::parse_cid(cid)?;
+                let bytes = self.state.store.get_bundle(&parsed)?;
+                ModuleSource::Wasm(
+                    bytes.unwrap_or_else(|| panic!("kernel invariant: bundle {cid} is stored")),
+                )
+            }
+        };
+        while let Some(mut spare) = self.residency.take_spare() {
+            match spare.host(source.clone(), options.limits()) {
+                Ok(()) => return Ok((VatWorker::Process(spare), true)),
+                // The module's own failure is the vat's; a spare that died
+                // is replaced by a fresh process.
+                Err(SupervisorError::Fault(VatFault::Trap(reason))) => {
+                    return Err(WorkerStartError::Fault(VatFault::Trap(reason)));
+                }
+                Err(_) => continue,
+            }
+        }
+        let worker =
+            ProcessWorker::start(&program, vat, source, options.limits()).map_err(fault)?;
+        Ok((VatWorker::Process(worker), false))
+    }
+
+    /// Puts vats to sleep, least recently used first, until the resident
+    /// set is within `vats_resident_max` (leaving room for `waking` when
+    /// given). Only vats whose heaps hold nothing beyond their store sleep;
+    /// sleeping writes nothing.
+    fn keep_resident_max(&mut self, waking: Option<&EndpointId>) -> Result<(), KernelError> {
+        let max = self.vats_resident_max - usize::from(waking.is_some());
+        if self.workers.len() <= max {
+            let room = self.vats_resident_max - self.workers.len();
+            self.residency.trim_spares(room);
+            return Ok(());
+        }
+        for vat in self.residency.oldest_first() {
+            if self.workers.len() <= max {
+                break;
+            }
+            if Some(&vat) != waking && self.heap_holds(&vat)?.is_none() {
+                self.put_to_sleep(&vat);
+            }
+        }
+        Ok(())
+    }
+
+    /// What keeps `vat` awake: its heap's last report, or the promises it
+    /// decides that only its heap keeps (`None`: it may sleep).
+    fn heap_holds(&self, vat: &EndpointId) -> Result<Option<String>, StoreError> {
+        if let Some(holds) = self.state.heap_report(vat)? {
+            return Ok(Some(holds));
+        }
+        let in_memory = self
+            .state
+            .decided_by(vat)?
+            .into_iter()
+            .filter(|(_, kept)| !kept)
+            .count();
+        Ok((in_memory > 0).then(|| format!("decides {in_memory} promise(s) in memory")))
+    }
+
+    /// Stops `vat`'s worker, writing nothing; its process is kept for a
+    /// vat that wakes, if there is room for it.
+    fn put_to_sleep(&mut self, vat: &EndpointId) {
+        let Some(worker) = self.workers.remove(vat) else {
+            return;
+        };
+        self.message_bytes_max.remove(vat);
+        self.deliveries_since_collection.remove(vat);
+        self.faults_in_a_row.remove(vat);
+        self.residency.forget(vat);
+        self.residency.counts.evictions += 1;
+        if let VatWorker::Process(process) = worker {
+            let room = self.vats_resident_max.saturating_sub(self.workers.len());
+            self.residency.keep_spare(process, room);
+        }
+    }
+
+    /// Sets `vats_resident_max`: at most this many vats keep a worker
+    /// between cranks (vats whose heaps hold what their store does not
+    /// stay awake beyond it).
+    pub fn set_vats_resident_max(&mut self, max: usize) -> Result<(), KernelError> {
+        if max == 0 {
+            return Err(KernelError::BadResidentMax);
+        }
+        self.vats_resident_max = max;
+        self.keep_resident_max(None)
+    }
+
+    /// How many vats are awake, and spare worker processes kept.
+    pub fn resident(&self) -> (usize, usize) {
+        (self.workers.len(), self.residency.spares())
+    }
+
+    /// Wakes and sleeps since this kernel started.
+    pub fn residency_counts(&self) -> ResidencyCounts {
+        self.residency.counts
+    }
+
+    /// Puts vat `name` to sleep now (`vat sleep`): its worker stops, and
+    /// its next delivery wakes it. Refused, saying why, while its heap
+    /// holds what its store does not. Returns whether it was awake.
+    pub fn sleep_vat(&mut self, name: &str) -> Result<bool, KernelError> {
+        let vat = self.running_vat_id(name)?;
+        self.commit()?;
+        if !self.workers.contains_key(&vat) {
+            return Ok(false);
+        }
+        if let Some(holds) = self.heap_holds(&vat)? {
+            return Err(KernelError::CannotSleep {
+                name: name.to_owned(),
+                holds,
+            });
+        }
+        self.put_to_sleep(&vat);
+        Ok(true)
     }
 
     /// The id (`vN`) of the vat named `name`.
@@ -617,7 +783,7 @@ impl Kernel {
             });
         }
         self.commit()?;
-        self.workers.remove(&vat);
+        self.discard_worker(&vat);
         let started = self.in_crank(|k| k.revive_in_crank(&vat));
         match started {
             Ok(()) => self.commit(),
@@ -699,12 +865,13 @@ impl Kernel {
     }
 
     fn remove_in_crank(&mut self, vat: &str, name: &str) -> Result<(), StoreError> {
-        self.workers.remove(vat);
+        self.discard_worker(vat);
         let reason = format!("vat {vat} ({name}) was removed (`vat rm`): its data is deleted");
         self.reject_decided_promises(vat, &reason)?;
         self.state
             .set_vat_state(vat, VatState::Removed, Some(&reason))?;
         self.clear_faults(vat)?;
+        self.state.delete(&keys::heap_dirty(&vat))?;
         self.state.cleanup_maybe = true;
         self.state.set(&keys::cleanup(&vat), "")
     }
@@ -905,20 +1072,7 @@ impl Kernel {
 
     /// Commits as the policy says; a vat due for `bringOutYourDead` gets it.
     fn after_crank(&mut self) -> Result<(), KernelError> {
-        let any_due = self
-            .deliveries_since_collection
-            .values()
-            .any(|count| *count >= DELIVERIES_PER_COLLECTION_MAX);
-        let due: Vec<EndpointId> = if !any_due {
-            Vec::new()
-        } else {
-            self.deliveries_since_collection
-                .iter()
-                .filter(|(_, count)| **count >= DELIVERIES_PER_COLLECTION_MAX)
-                .map(|(vat, _)| vat.clone())
-                .collect()
-        };
-        for vat in due {
+        for vat in std::mem::take(&mut self.collection_due) {
             if self.workers.contains_key(&vat) {
                 self.bring_out_your_dead(&vat)?;
             }
@@ -1107,6 +1261,9 @@ impl Kernel {
     /// Drops every worker: the kernel failed mid-delivery (its store), so a
     /// heap may hold what its aborted crank did not keep.
     fn discard_all_workers(&mut self) {
+        for vat in self.workers.keys() {
+            self.residency.forget(vat);
+        }
         self.workers.clear();
         self.message_bytes_max.clear();
     }
@@ -1115,6 +1272,7 @@ impl Kernel {
     fn discard_worker(&mut self, vat: &str) {
         self.workers.remove(vat);
         self.message_bytes_max.remove(vat);
+        self.residency.forget(vat);
     }
 
     /// Deletes up to [`CLEANUP_ENTRIES_PER_CRANK_MAX`] keys of a terminated
@@ -1528,12 +1686,23 @@ impl Kernel {
         let mut syscalls = VatSyscalls::new(&mut self.state, vat);
         let outcome = worker.deliver(delivery, &mut syscalls);
         syscalls.finish()?;
+        if let Some(now_s) = self.residency.touch(vat) {
+            self.state
+                .set(&keys::vat_active(&vat), &now_s.to_string())?;
+        }
         // Counted without allocating once the vat has an entry (the hot path).
-        match self.deliveries_since_collection.get_mut(vat) {
-            Some(count) => *count += 1,
+        let count = match self.deliveries_since_collection.get_mut(vat) {
+            Some(count) => {
+                *count += 1;
+                *count
+            }
             None => {
                 self.deliveries_since_collection.insert(vat.to_owned(), 1);
+                1
             }
+        };
+        if count == DELIVERIES_PER_COLLECTION_MAX {
+            self.collection_due.push(vat.to_owned());
         }
         match outcome {
             Ok(()) if self.faults_in_a_row.contains_key(vat) => Ok(self.clear_faults(vat)?),
@@ -1764,13 +1933,19 @@ impl Kernel {
     /// of its own, then commits. A vat whose worker cannot start is left to
     /// fail at its next delivery, where faults are handled.
     pub fn start_workers(&mut self) -> Result<(), KernelError> {
-        for vat in self.vats()? {
-            if vat.state != VatState::Running || self.workers.contains_key(&vat.id) {
+        let unclean: Vec<EndpointId> = self
+            .state
+            .scan_prefix(keys::HEAP_DIRTY_PREFIX)?
+            .into_iter()
+            .map(|(key, _)| EndpointId::from_table(&key[keys::HEAP_DIRTY_PREFIX.len()..]))
+            .collect();
+        for vat in unclean {
+            if self.state.vat_state(&vat)? != VatState::Running || self.workers.contains_key(&vat) {
                 continue;
             }
-            match self.in_crank(|k| k.ensure_worker(&vat.id)) {
+            match self.in_crank(|k| k.ensure_worker(&vat)) {
                 Ok(()) => {}
-                Err(WorkerStartError::Fault(_)) => self.discard_worker(&vat.id),
+                Err(WorkerStartError::Fault(_)) => self.discard_worker(&vat),
                 Err(WorkerStartError::Kernel(e)) => return Err(e),
             }
         }
@@ -1834,34 +2009,96 @@ impl Kernel {
     pub fn vats(&self) -> Result<Vec<VatInfo>, KernelError> {
         let mut vats = Vec::new();
         for (key, id) in self.state.scan_prefix("vat.name.")? {
-            let id = EndpointId::from_table(&id);
-            let name = key["vat.name.".len()..].to_owned();
-            let field = |f: &str| self.state.get(&format!("{id}.{f}"));
-            let state = self.state.vat_state(&id)?;
-            vats.push(VatInfo {
-                kept: match state {
-                    VatState::Running => None,
-                    _ => Some(self.vatstore_size(&id)?),
-                },
-                bundle: field("bundle")?.unwrap_or_default(),
-                // A removed vat's c-list is deleted; its pet name remains.
-                root: match self.state.clist_kref(&id, vom::runtime::ROOT_VREF)? {
-                    Some(kref) => Some(kref),
-                    None => self
-                        .state
-                        .get(&keys::pet_name(&name))?
-                        .map(Kref::from_table),
-                },
-                state,
-                reason: field("reason")?,
-                worker: self.vat_options(&id)?.worker,
-                worker_pid: self.workers.get(&id).and_then(|w| w.pid()),
-                id,
-                name,
-            });
+            let name = &key["vat.name.".len()..];
+            vats.push(self.vat_info(EndpointId::from_table(&id), name)?);
         }
         vats.sort_by_key(|v| v.id.number());
         Ok(vats)
+    }
+
+    /// A page of the vats `query` asks for, in name order; reads only as
+    /// many vats as the page needs (and those its filters pass over).
+    pub fn vats_page(&self, query: &VatQuery) -> Result<Vec<VatInfo>, KernelError> {
+        let prefix = format!("vat.name.{}", query.name_prefix);
+        let resident_keys: Option<Vec<String>> = if query.resident_only {
+            let mut keys = Vec::new();
+            for vat in self.workers.keys() {
+                keys.push(keys::vat_by_name(&self.vat_name(vat)?));
+            }
+            keys.sort();
+            Some(keys)
+        } else {
+            None
+        };
+        // The smallest vat key after `from`, among the resident ones if asked.
+        let next = |from: &str| -> Result<Option<String>, StoreError> {
+            match &resident_keys {
+                Some(keys) => Ok(keys.iter().find(|key| key.as_str() > from).cloned()),
+                None => self.state.store.get_next_key(from),
+            }
+        };
+        let mut key = match &query.after {
+            Some(after) if *after >= query.name_prefix => next(&keys::vat_by_name(after))?,
+            _ if self.state.get(&prefix)?.is_some()
+                && resident_keys
+                    .as_ref()
+                    .is_none_or(|keys| keys.contains(&prefix)) =>
+            {
+                Some(prefix.clone())
+            }
+            _ => next(&prefix)?,
+        };
+        let mut vats = Vec::new();
+        while let Some(found) = key.filter(|key| key.starts_with(&prefix)) {
+            if vats.len() >= query.limit {
+                break;
+            }
+            let id = self
+                .state
+                .get(&found)?
+                .unwrap_or_else(|| panic!("kernel invariant: {found} names a vat"));
+            let info = self.vat_info(EndpointId::from_table(&id), &found["vat.name.".len()..])?;
+            if query.state.is_none_or(|state| state == info.state) {
+                vats.push(info);
+            }
+            key = next(&found)?;
+        }
+        Ok(vats)
+    }
+
+    fn vat_info(&self, id: EndpointId, name: &str) -> Result<VatInfo, KernelError> {
+        let field = |f: &str| self.state.get(&format!("{id}.{f}"));
+        let state = self.state.vat_state(&id)?;
+        Ok(VatInfo {
+            kept: match state {
+                VatState::Running => None,
+                _ => Some(self.vatstore_size(&id)?),
+            },
+            bundle: field("bundle")?.unwrap_or_default(),
+            // A removed vat's c-list is deleted; its pet name remains.
+            root: match self.state.clist_kref(&id, vom::runtime::ROOT_VREF)? {
+                Some(kref) => Some(kref),
+                None => self
+                    .state
+                    .get(&keys::pet_name(&name))?
+                    .map(Kref::from_table),
+            },
+            state,
+            reason: field("reason")?,
+            worker: self.vat_options(&id)?.worker,
+            worker_pid: self.workers.get(&id).and_then(|w| w.pid()),
+            resident: self.workers.contains_key(&id),
+            heap_holds: match state {
+                VatState::Running => self.heap_holds(&id)?,
+                _ => None,
+            },
+            active_s: self
+                .state
+                .get(&keys::vat_active(&id))?
+                .and_then(|text| text.parse().ok()),
+            id,
+            name: name.to_owned(),
+        })
     }
 
     /// How many entries `vat`'s vatstore holds, and their bytes.
@@ -2137,6 +2374,10 @@ impl<'a> VatSyscalls<'a> {
                 for vpid in promises {
                     self.keep_decided(&vpid)?;
                 }
+                Ok(None)
+            }
+            Syscall::Heap { holds } => {
+                self.state.set_heap_report(self.vat, &holds)?;
                 Ok(None)
             }
             Syscall::Exit { .. } => {

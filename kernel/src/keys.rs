@@ -64,6 +64,11 @@ pub(crate) fn vat_incarnation(vat: Id<'_>) -> String {
     key(vat, "incarnation")
 }
 
+/// When the vat was last delivered to (Unix seconds, to a minute).
+pub(crate) fn vat_active(vat: Id<'_>) -> String {
+    key(vat, "active")
+}
+
 pub(crate) fn vat_faults(vat: Id<'_>) -> String {
     key(vat, "faults")
 }
@@ -81,6 +86,15 @@ pub(crate) fn vat_next_promise(vat: Id<'_>) -> String {
 pub(crate) fn vatstore_prefix(vat: Id<'_>) -> String {
     key(vat, "vs.")
 }
+
+/// Present while vat `vat`'s heap may hold what its vatstore does not
+/// (its last report said what, or it has not reported): such a vat stays
+/// awake, and a kernel that starts wakes it to tell it it restarted.
+pub(crate) fn heap_dirty(vat: Id<'_>) -> String {
+    format!("{HEAP_DIRTY_PREFIX}{vat}")
+}
+
+pub(crate) const HEAP_DIRTY_PREFIX: &str = "heapDirty.";
 
 /// The vat with name `name`.
 pub(crate) fn vat_by_name(name: Id<'_>) -> String {

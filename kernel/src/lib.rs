@@ -13,6 +13,7 @@ mod ids;
 mod kernel;
 mod keys;
 mod records;
+mod resident;
 mod shown;
 mod state;
 
@@ -20,10 +21,13 @@ pub use endpoint::{Endpoint, Tables, TablesRef};
 pub use idempotency::{IDEMPOTENCY_KEY_BYTES_MAX, IDEMPOTENCY_KEYS_MAX, Queued};
 pub use ids::{EndpointId, EndpointKind, Kref, is_kref};
 pub use kernel::{
-    CommitPolicy, FORWARDING_DEPTH_MAX, Kernel, KernelError, VatInfo, VatOptions, WorkerKind,
-    check_name,
+    CommitPolicy, FORWARDING_DEPTH_MAX, Kernel, KernelError, VatInfo, VatOptions, VatQuery,
+    WorkerKind, check_name,
 };
 pub use records::Namespace;
+pub use resident::{
+    ACTIVITY_GRANULARITY_S, ResidencyCounts, SPARE_WORKERS_MAX, VATS_RESIDENT_MAX_DEFAULT,
+};
 pub use shown::SHOWN_REFS_MAX;
 pub use state::{
     LOG_LINES_PENDING_MAX, Message, PromiseState, STORE_SCHEMA_VERSION, Schema, VatState,

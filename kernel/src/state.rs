@@ -21,6 +21,7 @@
 //! | `kp<N>.refs` | how many places refer to it (c-lists, run queue, queues, data, pet names, pins) |
 //! | `kp<N>.pinned` | present while a host (the CLI) waits for its settlement |
 //! | `v<N>.name`, `.bundle`, `.state`, `.reason`, `.options` | the vat's record ([`VatState`] in `.state`) |
+//! | `v<N>.active` | when it was last delivered to (Unix seconds, written at most a minute apart) |
 //! | `v<N>.faults` | how many deliveries in a row faulted (absent: none) |
 //! | `v<N>.nextObject` / `v<N>.nextPromise` | next import ids (`o-N`, `p-N`) |
 //! | `v<N>.c.<kref>` | `R <vref>` (reachable) or `_ <vref>` (recognizable only) |
@@ -28,6 +29,7 @@
 //! | `v<N>.vs.<key>` | the vat's vatstore |
 //! | `vat.name.<name>` | the vat's id |
 //! | `pet.<name>` | the kref a CLI pet name is bound to |
+//! | `heapDirty.<vat>` | what the vat's heap holds beyond its vatstore, by its last report (absent: nothing, so it may sleep) |
 
 use crate::ids::{EndpointId, EndpointKind, Kref};
 use crate::keys;
@@ -131,9 +133,15 @@ pub(crate) type StoreResult<T> = Result<T, StoreError>;
 /// The layout of the kernel's tables, as `kernel.schema` records it.
 /// Version 1 kept a promise's queue as one JSON array (`kp<N>.queue`) and
 /// its subscribers comma-joined (`kp<N>.subscribers`); version 2 had no
-/// index of the promises each endpoint decides (`<id>.decided.<kpid>`). A
+/// index of the promises each endpoint decides (`<id>.decided.<kpid>`);
+/// version 3 had no record of what vats' heaps hold (`heapDirty.<vat>`). A
 /// store of an older version is brought to this layout when it is opened.
-pub const STORE_SCHEMA_VERSION: u32 = 3;
+pub const STORE_SCHEMA_VERSION: u32 = 4;
+/// `heap_report_bytes_max`: the longest account of a vat's heap kept
+/// (`vat list` shows it); longer ones are cut.
+pub const HEAP_REPORT_BYTES_MAX: usize = 256;
+/// What a vat that has not said what its heap holds is said to hold.
+pub(crate) const HEAP_UNREPORTED: &str = "its heap has not reported what it holds";
 /// `promise_queue_max`: how many messages may wait on one unresolved
 /// promise (a message past it is rejected, saying so).
 pub const PROMISE_QUEUE_MAX: u64 = 10_000;
@@ -170,7 +178,7 @@ pub fn schema_of(store: &mut SwingStore) -> StoreResult<Schema> {
     let found = store.get(SCHEMA_KEY)?;
     let legacy = match found.as_deref() {
         Some(found) if found == STORE_SCHEMA_VERSION.to_string() => return Ok(Schema::Current),
-        Some("1" | "2") => true,
+        Some("1" | "2" | "3") => true,
         Some(found) => return Ok(Schema::Other(found.to_owned())),
         // A home made by `vat init` before the schema key, that ran nothing,
         // holds no key at all (an emptied file is refused before it is opened).
@@ -186,10 +194,14 @@ pub fn schema_of(store: &mut SwingStore) -> StoreResult<Schema> {
     // An older version's tables, rewritten in one commit with the new
     // schema mark, so a crash leaves either.
     store.begin_crank()?;
-    if found.as_deref() != Some("2") {
+    let found = found.as_deref();
+    if !matches!(found, Some("2" | "3")) {
         migrate_waiters_from_v1(store)?;
     }
-    index_decided_promises(store)?;
+    if found != Some("3") {
+        index_decided_promises(store)?;
+    }
+    mark_heaps_unreported(store)?;
     store.end_crank()?;
     mark_schema(store)?;
     store.commit()?;
@@ -202,6 +214,18 @@ fn index_decided_promises(store: &mut SwingStore) -> StoreResult<()> {
     for (key, decider) in store.scan_prefix("kp")? {
         if let Some(kpid) = key.strip_suffix(".decider") {
             store.set(&keys::decided(&decider, &kpid), "")?;
+        }
+    }
+    Ok(())
+}
+
+/// Version 4 keeps awake every vat whose heap has not said it holds
+/// nothing beyond its vatstore: the vats of an older store have not (in
+/// the current crank).
+fn mark_heaps_unreported(store: &mut SwingStore) -> StoreResult<()> {
+    for (_, vat) in store.scan_prefix("vat.name.")? {
+        if store.get(&keys::state(&vat))?.as_deref() != Some("removed") {
+            store.set(&keys::heap_dirty(&vat), HEAP_UNREPORTED)?;
         }
     }
     Ok(())
@@ -384,6 +408,33 @@ impl KernelState {
 
     pub(crate) fn get(&self, key: &str) -> StoreResult<Option<String>> {
         self.store.get(key)
+    }
+
+    /// Records what `vat`'s heap holds beyond its vatstore (empty: nothing),
+    /// writing only when that changed. Cut to [`HEAP_REPORT_BYTES_MAX`].
+    pub(crate) fn set_heap_report(&mut self, vat: &str, holds: &str) -> StoreResult<()> {
+        let key = keys::heap_dirty(&vat);
+        let mut holds = holds.to_owned();
+        if holds.len() > HEAP_REPORT_BYTES_MAX {
+            let mut end = HEAP_REPORT_BYTES_MAX;
+            while !holds.is_char_boundary(end) {
+                end -= 1;
+            }
+            holds.truncate(end);
+        }
+        let stored = self.get(&key)?;
+        match (holds.is_empty(), stored) {
+            (true, None) => Ok(()),
+            (true, Some(_)) => self.delete(&key),
+            (false, Some(old)) if old == holds => Ok(()),
+            (false, _) => self.set(&key, &holds),
+        }
+    }
+
+    /// What `vat`'s heap holds beyond its vatstore, by its last report
+    /// (`None`: nothing; a vat that never reported is said to).
+    pub(crate) fn heap_report(&self, vat: &str) -> StoreResult<Option<String>> {
+        self.get(&keys::heap_dirty(&vat))
     }
 
     pub(crate) fn set(&mut self, key: &str, value: &str) -> StoreResult<()> {
@@ -1026,7 +1077,7 @@ mod tests {
         store.end_crank().unwrap();
         store.commit().unwrap();
         assert!(matches!(schema_of(store).unwrap(), Schema::Current));
-        assert_eq!(store.get("kernel.schema").unwrap().as_deref(), Some("3"));
+        assert_eq!(store.get("kernel.schema").unwrap().as_deref(), Some("4"));
         let decided: Vec<String> = state
             .decided_by("v1")
             .unwrap()
@@ -1034,6 +1085,29 @@ mod tests {
             .map(|(kpid, _)| String::from(kpid))
             .collect();
         assert_eq!(decided, ["kp3"]);
+    }
+
+    #[test]
+    fn a_store_of_schema_3_keeps_its_vats_awake_until_their_heaps_report() {
+        let (_dir, mut state) = state();
+        let store = &mut state.store;
+        store.begin_crank().unwrap();
+        store.set("kernel.schema", "3").unwrap();
+        store.set("vat.name.live", "v1").unwrap();
+        store.set("v1.state", "running").unwrap();
+        store.set("vat.name.gone", "v2").unwrap();
+        store.set("v2.state", "removed").unwrap();
+        store.set("kp3.decider", "v1").unwrap();
+        store.end_crank().unwrap();
+        store.commit().unwrap();
+        assert!(matches!(schema_of(store).unwrap(), Schema::Current));
+        assert_eq!(
+            state.heap_report("v1").unwrap().as_deref(),
+            Some(HEAP_UNREPORTED)
+        );
+        assert_eq!(state.heap_report("v2").unwrap(), None);
+        // Schema 3 had the decided index already: it is not rebuilt.
+        assert!(state.decided_by("v1").unwrap().is_empty());
     }
 
     #[test]
@@ -1049,7 +1123,7 @@ mod tests {
         store.end_crank().unwrap();
         store.commit().unwrap();
         assert!(matches!(schema_of(store).unwrap(), Schema::Current));
-        assert_eq!(store.get("kernel.schema").unwrap().as_deref(), Some("3"));
+        assert_eq!(store.get("kernel.schema").unwrap().as_deref(), Some("4"));
         assert_eq!(store.get("kp3.queue").unwrap(), None);
         assert_eq!(state.subscribers("kp3").unwrap(), ["r2", "v1"]);
         let queued: Vec<String> = state

@@ -43,7 +43,7 @@ const EPOCH_TICK_MS: u64 = 5;
 const REQUIRED_EXPORTS: [&str; 4] = ["memory", "vat_abi_version", "vat_alloc", "vat_deliver"];
 
 /// The imports ABI v1 offers, all in module [`IMPORT_MODULE`].
-const OFFERED_IMPORTS: [&str; 15] = [
+const OFFERED_IMPORTS: [&str; 16] = [
     "send",
     "resolve",
     "subscribe",
@@ -58,6 +58,7 @@ const OFFERED_IMPORTS: [&str; 15] = [
     "exit",
     "keep_decided",
     "log",
+    "heap",
     "read_result",
 ];
 
@@ -600,6 +601,7 @@ fn json_syscall(
             | (Syscall::Exit { .. }, "exit")
             | (Syscall::KeepDecided { .. }, "keep_decided")
             | (Syscall::Log { .. }, "log")
+            | (Syscall::Heap { .. }, "heap")
     );
     if !matches {
         return Err(refuse(
@@ -638,6 +640,7 @@ fn define_imports(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "exit",
         "keep_decided",
         "log",
+        "heap",
     ] {
         linker.func_wrap(
             IMPORT_MODULE,

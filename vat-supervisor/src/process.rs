@@ -79,6 +79,17 @@ impl ProcessWorker {
         module: ModuleSource,
         limits: Limits,
     ) -> Result<ProcessWorker, SupervisorError> {
+        let mut worker = ProcessWorker::spawn(program, label, &limits)?;
+        worker.host(module, limits)?;
+        Ok(worker)
+    }
+
+    /// Starts `program` with nothing to host yet.
+    fn spawn(
+        program: &Path,
+        label: &str,
+        limits: &Limits,
+    ) -> Result<ProcessWorker, SupervisorError> {
         let mut child = Command::new(program)
             .args(["--vat", label])
             .stdin(Stdio::piped())
@@ -90,12 +101,22 @@ impl ProcessWorker {
             })?;
         let to_worker = BufWriter::new(child.stdin.take().expect("piped stdin"));
         let from_worker = BufReader::new(child.stdout.take().expect("piped stdout"));
-        let mut worker = ProcessWorker {
+        Ok(ProcessWorker {
             child,
             to_worker,
             from_worker,
-            options: reader_options(&limits),
-        };
+            options: reader_options(limits),
+        })
+    }
+
+    /// Has this worker process host `module` with `limits` from now on,
+    /// in place of the vat it hosted (a sleeping vat's process taking on
+    /// one that wakes: no process start). The process keeps the modules it
+    /// compiled, by where they came from, so a vat of the same bundle
+    /// starts without compiling or loading. `label` stays the one it was
+    /// started with: `ps` shows the vat a process was started for.
+    pub fn host(&mut self, module: ModuleSource, limits: Limits) -> Result<(), SupervisorError> {
+        self.options = reader_options(&limits);
         let mut message = Builder::new_default();
         {
             let mut start = message.init_root::<to_worker::Builder>().init_start();
@@ -119,18 +140,18 @@ impl ProcessWorker {
                 Err(_) => protocol_error(e).into(),
             }
         };
-        if let Err(e) = write_frame(&mut worker.to_worker, &message) {
-            return Err(exited(&mut worker, &e));
+        if let Err(e) = write_frame(&mut self.to_worker, &message) {
+            return Err(exited(self, &e));
         }
-        let reply = match serialize::read_message(&mut worker.from_worker, worker.options) {
+        let reply = match serialize::read_message(&mut self.from_worker, self.options) {
             Ok(reply) => reply,
-            Err(e) => return Err(exited(&mut worker, &e)),
+            Err(e) => return Err(exited(self, &e)),
         };
         let root = reply
             .get_root::<from_worker::Reader>()
             .map_err(protocol_error)?;
         match root.which().map_err(protocol_error)? {
-            from_worker::Ready(()) => Ok(worker),
+            from_worker::Ready(()) => Ok(()),
             from_worker::StartFailed(reason) => {
                 let reason = owned_text(reason)?;
                 Err(SupervisorError::Fault(VatFault::Trap(reason)))
@@ -383,20 +404,34 @@ fn start_failed(output: &mut impl Write, reason: &str) -> Result<(), VatFault> {
     write_frame(output, &message)
 }
 
+/// `modules_per_worker_max`: how many compiled modules a worker process
+/// keeps for vats it may host next (the least recently used goes first).
+pub const MODULES_PER_WORKER_MAX: usize = 8;
+
+/// What a worker process keeps between the vats it hosts: the engine (its
+/// epoch ticker enforces deadlines) and the modules it compiled or loaded.
+struct WorkerHome {
+    host: Option<WasmHost>,
+    /// By where each came from (an artifact's path, a hash of Wasm bytes),
+    /// most recently used last.
+    modules: Vec<(String, crate::VatModule)>,
+}
+
 /// Runs a worker: reads `Start` and then deliveries from `input`, answers on
-/// `output`, until `input` closes. The body of the `vat-supervisor` binary.
+/// `output`, until `input` closes. A `Start` between deliveries replaces the
+/// vat it hosts (the kernel hands a sleeping vat's process to one that
+/// wakes). The body of the `vat-supervisor` binary.
 pub fn serve(input: impl Read, output: impl Write) -> Result<(), VatFault> {
     let mut input = BufReader::new(input);
     let mut output = BufWriter::new(output);
-    // The host lives as long as its worker: its epoch ticker enforces deadlines.
-    let Some((_host, mut worker, limits)) = start_worker(&mut input, &mut output)? else {
-        return Ok(());
+    let mut home = WorkerHome {
+        host: None,
+        modules: Vec::new(),
     };
-    let mut message = Builder::new_default();
-    message.init_root::<from_worker::Builder>().set_ready(());
-    write_frame(&mut output, &message)?;
-    let options = reader_options(&limits);
+    let mut hosted: Option<(ThreadWorker, Limits)> = None;
     loop {
+        let limits = hosted.as_ref().map_or_else(Limits::default, |(_, l)| *l);
+        let options = reader_options(&limits);
         let frame =
             match serialize::try_read_message(&mut input, options).map_err(protocol_error)? {
                 Some(frame) => frame,
@@ -405,30 +440,33 @@ pub fn serve(input: impl Read, output: impl Write) -> Result<(), VatFault> {
         let root = frame
             .get_root::<to_worker::Reader>()
             .map_err(protocol_error)?;
-        let to_worker::Deliver(json) = root.which().map_err(protocol_error)? else {
-            return Err(protocol_error("expected a delivery"));
-        };
-        let json = owned_text(json)?;
-        let delivery: Delivery = serde_json::from_str(&json).map_err(protocol_error)?;
-        deliver(&mut worker, &delivery, &mut input, &mut output, options)?;
+        match root.which().map_err(protocol_error)? {
+            to_worker::Start(start) => {
+                // The vat hosted so far goes first: its memory is freed
+                // before the next one's is made.
+                drop(hosted.take());
+                hosted = start_worker(&mut home, start.map_err(protocol_error)?, &mut output)?;
+            }
+            to_worker::Deliver(json) => {
+                let Some((worker, _)) = hosted.as_mut() else {
+                    return Err(protocol_error("a delivery before a successful start"));
+                };
+                let json = owned_text(json)?;
+                let delivery: Delivery = serde_json::from_str(&json).map_err(protocol_error)?;
+                deliver(worker, &delivery, &mut input, &mut output, options)?;
+            }
+            _ => return Err(protocol_error("expected a start or a delivery")),
+        }
     }
 }
 
-/// Reads `Start` and starts the guest. `None`: it could not start, and
-/// `output` says why (`startFailed`).
+/// Starts the guest `start` names and answers `ready`, or `startFailed`
+/// saying why (then `None`: nothing is hosted).
 fn start_worker(
-    input: &mut impl Read,
+    home: &mut WorkerHome,
+    start: crate::worker_capnp::start::Reader<'_>,
     output: &mut impl Write,
-) -> Result<Option<(WasmHost, ThreadWorker, Limits)>, VatFault> {
-    let startup_options = reader_options(&Limits::default());
-    let first = serialize::read_message(&mut *input, startup_options).map_err(protocol_error)?;
-    let root = first
-        .get_root::<to_worker::Reader>()
-        .map_err(protocol_error)?;
-    let to_worker::Start(start) = root.which().map_err(protocol_error)? else {
-        return Err(protocol_error("expected start"));
-    };
-    let start = start.map_err(protocol_error)?;
+) -> Result<Option<(ThreadWorker, Limits)>, VatFault> {
     if start.get_protocol_version() != PROTOCOL_VERSION {
         let reason = format!(
             "worker protocol version {} requested, this worker speaks {PROTOCOL_VERSION}",
@@ -444,20 +482,68 @@ fn start_worker(
         deadline_ms: wire.get_deadline_ms(),
         syscalls_per_delivery_max: wire.get_syscalls_per_delivery_max(),
     };
-    let host = match WasmHost::new() {
-        Ok(host) => host,
-        Err(e) => return start_failed(output, &e.to_string()).map(|()| None),
-    };
+    if home.host.is_none() {
+        match WasmHost::new() {
+            Ok(host) => home.host = Some(host),
+            Err(e) => return start_failed(output, &e.to_string()).map(|()| None),
+        }
+    }
     let module = match start.which().map_err(protocol_error)? {
-        start::Wasm(bytes) => host.compile(bytes.map_err(protocol_error)?),
+        start::Wasm(bytes) => {
+            let bytes = bytes.map_err(protocol_error)?;
+            let key = format!("wasm:{}", bytes_fingerprint(bytes));
+            home.module(key, |host| host.compile(bytes))
+        }
         start::Artifact(path) => {
             let path = owned_text(path)?;
-            host.load_artifact(Path::new(&path))
+            home.module(format!("artifact:{path}"), |host| {
+                host.load_artifact(Path::new(&path))
+            })
         }
     };
-    match module.and_then(|module| ThreadWorker::start(&host, &module, limits)) {
-        Ok(worker) => Ok(Some((host, worker, limits))),
+    let host = home.host.as_ref().expect("the host was made above");
+    let started = module.and_then(|module| ThreadWorker::start(host, &module, limits));
+    match started {
+        Ok(worker) => {
+            let mut message = Builder::new_default();
+            message.init_root::<from_worker::Builder>().set_ready(());
+            write_frame(output, &message)?;
+            Ok(Some((worker, limits)))
+        }
         Err(e) => start_failed(output, &e.to_string()).map(|()| None),
+    }
+}
+
+/// A cheap fingerprint of Wasm bytes, to find a module compiled from the
+/// same bytes (a collision costs only a wrong start, which the module's
+/// own checks then refuse; the kernel sends artifacts in production).
+fn bytes_fingerprint(bytes: &[u8]) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut hasher);
+    format!("{:016x}-{}", hasher.finish(), bytes.len())
+}
+
+impl WorkerHome {
+    /// The module known as `key`, made by `make` the first time.
+    fn module(
+        &mut self,
+        key: String,
+        make: impl FnOnce(&WasmHost) -> Result<crate::VatModule, SupervisorError>,
+    ) -> Result<crate::VatModule, SupervisorError> {
+        if let Some(at) = self.modules.iter().position(|(k, _)| *k == key) {
+            let entry = self.modules.remove(at);
+            let module = entry.1.clone();
+            self.modules.push(entry);
+            return Ok(module);
+        }
+        let host = self.host.as_ref().expect("the host is made before modules");
+        let module = make(host)?;
+        if self.modules.len() >= MODULES_PER_WORKER_MAX {
+            self.modules.remove(0);
+        }
+        self.modules.push((key, module.clone()));
+        Ok(module)
     }
 }
 

@@ -30,6 +30,7 @@
 //! | `exit` | `(ptr, len)` | [`Syscall::Exit`] |
 //! | `keep_decided` | `(ptr, len)` | [`Syscall::KeepDecided`] |
 //! | `log` | `(ptr, len)` | [`Syscall::Log`] |
+//! | `heap` | `(ptr, len)` | [`Syscall::Heap`] |
 //! | `read_result` | `(ptr)` | copies the last syscall's result bytes to `ptr` |
 //!
 //! A syscall the host refuses (a vref not in the vat's c-list, a payload that
@@ -155,6 +156,16 @@ pub enum Syscall {
     /// delivery that wrote it fails: it is for the vat's author.
     Log {
         line: String,
+    },
+    /// What the vat's heap holds that its vatstore does not (methods
+    /// awaiting in memory, heap objects exported, imports only the heap
+    /// refers to), in words; empty when nothing. Sent at the end of a
+    /// delivery when it changed since the last report, and after each
+    /// `startVat`. Only a vat whose last report is empty may be put to
+    /// sleep (its worker stopped, nothing written); one that never reports
+    /// stays awake.
+    Heap {
+        holds: String,
     },
 }
 

@@ -104,6 +104,18 @@ fn add_flows_pending(delta: i64) {
     }
 }
 
+/// How many flows' bodies run on this heap. Each is a task the journal can
+/// rebuild, so it does not keep the vat awake.
+pub(crate) fn live_count() -> usize {
+    LIVE.with(|live| live.borrow().len())
+}
+
+/// Whether a flow's journal waits for promise `vpid` (what a flow's body
+/// awaits on the heap, a restart finds again).
+pub(crate) fn awaits(vpid: &str) -> bool {
+    flows_pending() > 0 && sys::vatstore_get(&format!("{WAITING_PREFIX}{vpid}")).is_some()
+}
+
 /// Registers the body of the flows of kind `kind`. Call it every time the
 /// vat starts (as kinds are defined), before flows of that kind may resume.
 pub fn define(kind: &str, body: FlowBody) {

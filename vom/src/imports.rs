@@ -24,6 +24,7 @@ pub(crate) struct Holder {
 
 impl Drop for Holder {
     fn drop(&mut self) {
+        HELD_CHANGED.with(|changed| changed.set(true));
         DROPPED
             .lock()
             .expect("vom dropped-imports list")
@@ -37,6 +38,9 @@ static DROPPED: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
 thread_local! {
     static LIVE: RefCell<FxHashMap<String, Weak<Holder>>> = RefCell::new(FxHashMap::default());
+    /// Whether what the heap holds may have changed since [`held_on_heap`]
+    /// last looked: a holder came or went, or a durable count reached zero.
+    static HELD_CHANGED: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
 }
 
 /// Makes `reference` hold what it names, if it is an import or a promise.
@@ -52,6 +56,7 @@ pub(crate) fn hold(reference: &mut Ref) {
         }
         let holder = Arc::new(Holder { vref: slot.clone() });
         live.insert(slot.clone(), Arc::downgrade(&holder));
+        HELD_CHANGED.with(|changed| changed.set(true));
         (holder, true)
     });
     if new && slot.starts_with('p') {
@@ -73,6 +78,7 @@ pub(crate) fn hold_all(value: &mut Value) {
 
 /// Notes that durable state no longer counts `vref`: it may be droppable.
 pub(crate) fn maybe_dropped(vref: &str) {
+    HELD_CHANGED.with(|changed| changed.set(true));
     DROPPED
         .lock()
         .expect("vom dropped-imports list")
@@ -128,4 +134,21 @@ pub(crate) fn release_dropped(durable_count: impl Fn(&str) -> u64) {
 /// The exporter retired `vref`: no reference to it will arrive again.
 pub(crate) fn forget(vref: &str) {
     LIVE.with(|live| live.borrow_mut().remove(vref));
+}
+
+/// The imports and promises a `Ref` on the heap names, when that may have
+/// changed since the last call (`None`: it has not). Entries of holders
+/// that are gone are pruned on the way, so the next look is as short as
+/// what the heap holds.
+pub(crate) fn held_on_heap() -> Option<Vec<String>> {
+    if !HELD_CHANGED.with(|changed| changed.replace(false)) {
+        return None;
+    }
+    Some(LIVE.with(|live| {
+        let mut live = live.borrow_mut();
+        live.retain(|_, holder| holder.strong_count() > 0);
+        let mut held: Vec<String> = live.keys().cloned().collect();
+        held.sort_unstable();
+        held
+    }))
 }

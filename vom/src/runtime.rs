@@ -699,6 +699,78 @@ pub fn dispatch(delivery: Delivery, make_root: impl FnOnce(&Baggage) -> Root) {
     durable::flush();
     crate::imports::release_dropped(durable::import_count);
     save_ids_if_dirty();
+    report_heap();
+}
+
+thread_local! {
+    /// The last report of what the heap holds (`None`: none made yet, as
+    /// in a fresh worker), and its part about held references.
+    static HEAP_REPORTED: RefCell<Option<String>> = const { RefCell::new(None) };
+    static HELD_REPORTED: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+/// Tells the kernel what this heap holds that the vatstore does not, when
+/// that changed: a vat that holds nothing may sleep (its worker stopped)
+/// and wake with nothing lost.
+fn report_heap() {
+    let (tasks, exports) = with_vat(|vat| {
+        let heap_root = usize::from(vat.exports.contains_key(ROOT_VREF));
+        (vat.tasks.len(), vat.exports.len() - heap_root)
+    });
+    // A flow's body is a task its journal rebuilds: it keeps nothing.
+    let tasks = tasks.saturating_sub(crate::flow::live_count());
+    let mut parts = Vec::new();
+    if tasks > 0 {
+        parts.push(format!("{tasks} method(s) awaiting in memory"));
+    }
+    if exports > 0 {
+        parts.push(format!("{exports} heap object(s) exported"));
+    }
+    let held = match crate::imports::held_on_heap() {
+        Some(held) => {
+            let words = held_words(&held);
+            HELD_REPORTED.with(|reported| reported.replace(words.clone()));
+            words
+        }
+        None => HELD_REPORTED.with(|reported| reported.borrow().clone()),
+    };
+    if !held.is_empty() {
+        parts.push(held);
+    }
+    let holds = parts.join(", ");
+    let changed = HEAP_REPORTED.with(|reported| {
+        let mut reported = reported.borrow_mut();
+        let changed = reported.as_deref() != Some(holds.as_str());
+        if changed {
+            *reported = Some(holds.clone());
+        }
+        changed
+    });
+    if changed {
+        sys::syscall(&Syscall::Heap { holds });
+    }
+}
+
+/// What the references the heap holds keep, in words: promises awaited in
+/// memory (not those a flow's journal waits for) and imports no durable
+/// state refers to.
+fn held_words(held: &[String]) -> String {
+    let promises = held
+        .iter()
+        .filter(|vref| vref.starts_with('p') && !crate::flow::awaits(vref))
+        .count();
+    let imports = held
+        .iter()
+        .filter(|vref| vref.starts_with("o-") && durable::import_count(vref) == 0)
+        .count();
+    let mut words = Vec::new();
+    if promises > 0 {
+        words.push(format!("{promises} promise(s) held in memory"));
+    }
+    if imports > 0 {
+        words.push(format!("{imports} import(s) only the heap refers to"));
+    }
+    words.join(", ")
 }
 
 /// The kernel can no longer reach heap export `vref`: the vat lets go of it

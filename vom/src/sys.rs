@@ -29,6 +29,7 @@ mod imports {
         pub fn exit(ptr: *const u8, len: usize);
         pub fn keep_decided(ptr: *const u8, len: usize);
         pub fn log(ptr: *const u8, len: usize);
+        pub fn heap(ptr: *const u8, len: usize);
         pub fn read_result(ptr: *mut u8);
     }
 }
@@ -67,6 +68,7 @@ pub(crate) fn syscall(call: &Syscall) {
                 Syscall::Exit { .. } => imports::exit(ptr, len),
                 Syscall::KeepDecided { .. } => imports::keep_decided(ptr, len),
                 Syscall::Log { .. } => imports::log(ptr, len),
+                Syscall::Heap { .. } => imports::heap(ptr, len),
                 Syscall::VatstoreGet { .. }
                 | Syscall::VatstoreSet { .. }
                 | Syscall::VatstoreDelete { .. }
