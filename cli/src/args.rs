@@ -9,7 +9,10 @@ use clap::{Parser, Subcommand};
 use kernel::VatOptions;
 
 use crate::home::LOCK_WAIT_MS_DEFAULT;
-use crate::request::{Request, SendArgs, SpawnOptions};
+use crate::request::{ListArgs, Request, SendArgs, SpawnOptions, StateArg};
+
+/// `spawn_count_max`: the most vats one `vat spawn --count` makes.
+pub const SPAWN_COUNT_MAX: u32 = 1_000_000;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -73,6 +76,10 @@ pub enum Command {
         #[arg(long, default_value_t = VatOptions::default().faults_in_a_row_max,
               value_parser = clap::value_parser!(u32).range(1..))]
         faults_in_a_row_max: u32,
+        /// Spawn N vats from the module, named NAME-1 to NAME-N (a vat per
+        /// user or document): the bundle is stored once.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=SPAWN_COUNT_MAX as i64))]
+        count: Option<u32>,
     },
     /// Send METHOD(ARGS) to TARGET, run the kernel until the result settles, print it.
     ///
@@ -167,8 +174,29 @@ pub enum Command {
     /// IPVM jobs: signed workflows of Wasm tasks.
     #[command(subcommand)]
     Job(JobCommand),
-    /// List vats, their workers, pet names, and their krefs.
-    List,
+    /// List vats (in name order), their workers, whether they are awake and
+    /// what keeps them so, pet names, and their krefs.
+    List {
+        /// Only vats that are awake (have a worker).
+        #[arg(long)]
+        resident: bool,
+        /// Only vats in this state.
+        #[arg(long, value_enum)]
+        state: Option<StateArg>,
+        /// Only vats whose name starts with PREFIX.
+        #[arg(long, value_name = "PREFIX", default_value = "")]
+        prefix: String,
+        /// Only vats named after NAME (the last one of the previous page).
+        #[arg(long, value_name = "NAME")]
+        after: Option<String>,
+        /// At most N vats (and N pet names).
+        #[arg(long, value_name = "N", default_value_t = 1000,
+              value_parser = clap::value_parser!(u32).range(1..))]
+        limit: u32,
+    },
+    /// Put vat NAME to sleep now: its worker stops, and its next message
+    /// wakes it. Refused while its heap holds what its store does not.
+    Sleep { name: String },
     /// Print the last lines vat NAME wrote with `vom::log!` (lines of
     /// failed deliveries too).
     Log {
@@ -188,6 +216,13 @@ pub enum Command {
         /// (port 0 picks one) or unix:PATH.
         #[arg(long, value_name = "ADDR")]
         listen: Option<String>,
+        /// How many vats keep a worker at once (vats_resident_max): the
+        /// least recently used sleep, writing nothing, and wake when a
+        /// message comes. Vats whose heaps hold what their store does not
+        /// stay awake beyond it.
+        #[arg(long, value_name = "N", default_value_t = kernel::VATS_RESIDENT_MAX_DEFAULT as u32,
+              value_parser = clap::value_parser!(u32).range(1..))]
+        vats_resident_max: u32,
     },
     /// Print a sturdy ref (captp://DID@ADDRESS/SWISS) for TARGET: whoever
     /// holds it can reach TARGET over CapTP while the daemon listens.
@@ -276,7 +311,10 @@ pub enum Invocation {
     /// `vat init`: runs here, without a kernel.
     Init,
     /// `vat start`: becomes the daemon.
-    Start { listen: Option<String> },
+    Start {
+        listen: Option<String>,
+        vats_resident_max: usize,
+    },
     /// Anything else: runs in the daemon if one answers, else here.
     Run(Request),
 }
@@ -291,7 +329,15 @@ impl Command {
     pub fn into_invocation(self) -> Result<Invocation> {
         Ok(Invocation::Run(match self {
             Command::Init => return Ok(Invocation::Init),
-            Command::Start { listen } => return Ok(Invocation::Start { listen }),
+            Command::Start {
+                listen,
+                vats_resident_max,
+            } => {
+                return Ok(Invocation::Start {
+                    listen,
+                    vats_resident_max: vats_resident_max as usize,
+                });
+            }
             Command::Spawn {
                 name,
                 module,
@@ -303,6 +349,7 @@ impl Command {
                 syscalls_max,
                 no_pipelining,
                 faults_in_a_row_max,
+                count,
             } => Request::Spawn {
                 name,
                 module: absolute(module, "module")?,
@@ -315,6 +362,7 @@ impl Command {
                     syscalls_max,
                     pipelining: !no_pipelining,
                     faults_in_a_row_max,
+                    count,
                 },
             },
             Command::Send {
@@ -346,7 +394,20 @@ impl Command {
             },
             Command::Value(ValueCommand::Add { json }) => Request::AddValue { json },
             Command::Job(job) => job.into_request()?,
-            Command::List => Request::List,
+            Command::List {
+                resident,
+                state,
+                prefix,
+                after,
+                limit,
+            } => Request::List(ListArgs {
+                resident,
+                state,
+                prefix,
+                after,
+                limit: limit as usize,
+            }),
+            Command::Sleep { name } => Request::Sleep { name },
             Command::Log { name, lines } => Request::Log { name, lines },
             Command::Key => Request::Key,
             Command::Check => Request::Check,

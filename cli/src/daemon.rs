@@ -68,14 +68,18 @@ struct Daemon {
     waiters: Vec<Waiter>,
 }
 
+/// How `vat start` serves a home.
+pub struct Serving<'a> {
+    pub lock_wait_ms: u64,
+    /// Where to accept CapTP connections too.
+    pub listen: Option<&'a str>,
+    pub vats_resident_max: usize,
+}
+
 /// Serves the home until `vat stop`.
-pub fn serve(
-    path: &Path,
-    socket: &Path,
-    lock_wait_ms: u64,
-    listen: Option<&str>,
-) -> Result<Outcome> {
-    let home = Home::open(path, lock_wait_ms)?;
+pub fn serve(path: &Path, socket: &Path, serving: &Serving<'_>) -> Result<Outcome> {
+    let listen = serving.listen;
+    let home = Home::open(path, serving.lock_wait_ms)?;
     // Holding the home's lock, no other daemon can be alive: a socket left
     // here is stale (its daemon was killed).
     let _ = std::fs::remove_file(socket);
@@ -83,6 +87,9 @@ pub fn serve(
         .with_context(|| format!("cannot listen on {}", socket.display()))?;
     let _socket_file = SocketFile(socket.to_owned());
     let mut kernel = home.kernel(CommitPolicy::GROUPED)?;
+    kernel.set_vats_resident_max(serving.vats_resident_max)?;
+    // Only vats whose heaps held what their store did not are woken now (to
+    // be told they restarted); the others wake when a message comes.
     kernel.start_workers()?;
     let identity = Identity {
         did: home.did(),

@@ -46,8 +46,16 @@ fn dispatch(cli: Cli) -> Result<Outcome> {
     let socket = cli.home.join(SOCKET_FILE);
     let request = match cli.command.into_invocation()? {
         Invocation::Init => return init(&cli.home),
-        Invocation::Start { listen } => {
-            return daemon::serve(&cli.home, &socket, cli.lock_wait_ms, listen.as_deref());
+        Invocation::Start {
+            listen,
+            vats_resident_max,
+        } => {
+            let serving = daemon::Serving {
+                lock_wait_ms: cli.lock_wait_ms,
+                listen: listen.as_deref(),
+                vats_resident_max,
+            };
+            return daemon::serve(&cli.home, &socket, &serving);
         }
         Invocation::Run(request) => request,
     };

@@ -72,7 +72,10 @@ pub enum Request {
     JobReceipts {
         id: String,
     },
-    List,
+    List(ListArgs),
+    Sleep {
+        name: String,
+    },
     Log {
         name: String,
         lines: usize,
@@ -102,6 +105,40 @@ pub struct SpawnOptions {
     pub syscalls_max: u32,
     pub pipelining: bool,
     pub faults_in_a_row_max: u32,
+    /// Spawn this many vats, `NAME-1` to `NAME-N`.
+    #[serde(default)]
+    pub count: Option<u32>,
+}
+
+/// A vat state, as `vat list --state` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum StateArg {
+    Running,
+    Suspended,
+    Terminated,
+    Removed,
+}
+
+impl StateArg {
+    pub fn into_state(self) -> kernel::VatState {
+        match self {
+            StateArg::Running => kernel::VatState::Running,
+            StateArg::Suspended => kernel::VatState::Suspended,
+            StateArg::Terminated => kernel::VatState::Terminated,
+            StateArg::Removed => kernel::VatState::Removed,
+        }
+    }
+}
+
+/// A `vat list`: which vats, a page of them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListArgs {
+    pub resident: bool,
+    pub state: Option<StateArg>,
+    pub prefix: String,
+    pub after: Option<String>,
+    pub limit: usize,
 }
 
 /// A `vat send`.
@@ -120,7 +157,7 @@ impl Request {
     pub fn may_change_state(&self) -> bool {
         !matches!(
             self,
-            Request::List
+            Request::List(_)
                 | Request::Key
                 | Request::Check
                 | Request::Peers

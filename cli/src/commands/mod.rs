@@ -38,7 +38,8 @@ fn run(home: &Home, kernel: &mut Kernel, request: &Request, out: &mut Outcome) -
     match request {
         Request::Key => out.line(home.did()),
         Request::Check => list::check(kernel, out)?,
-        Request::List => list::list(kernel, out)?,
+        Request::List(query) => list::list(kernel, query, out)?,
+        Request::Sleep { name } => list::sleep(kernel, name, out)?,
         Request::Log { name, lines } => {
             let vat = kernel.vat_id(name)?;
             for line in home.log_tail(&vat, *lines)? {
