@@ -260,7 +260,8 @@ impl VatHome {
         self.start_daemon_with(&["start", "--listen", address])
     }
 
-    fn start_daemon_with(&self, args: &[&str]) -> Daemon {
+    /// Starts `vat ARGS` (a `start` with flags) and waits until it serves its socket.
+    pub fn start_daemon_with(&self, args: &[&str]) -> Daemon {
         let child = self
             .command(args)
             .stdout(std::process::Stdio::null())
@@ -274,6 +275,43 @@ impl VatHome {
             std::os::unix::net::UnixStream::connect(&socket).is_ok()
         });
         daemon
+    }
+}
+
+impl VatHome {
+    /// Sends `vat send TARGET METHOD` (no arguments) straight to the
+    /// daemon's socket, as the CLI does, without a process per message.
+    /// `None`: the daemon went away before it answered; else the command's
+    /// output, or its error line.
+    pub fn send_to_daemon(
+        &self,
+        target: &str,
+        method: &str,
+        idempotency_key: Option<&str>,
+    ) -> Option<Result<String, String>> {
+        use std::io::{BufRead, Write};
+        let request = serde_json::json!({"Send": {
+            "target": target,
+            "method": method,
+            "args": [],
+            "bind_as": null,
+            "idempotency_key": idempotency_key,
+        }});
+        let socket = self.path().join("vat.sock");
+        let mut stream = std::os::unix::net::UnixStream::connect(socket).ok()?;
+        stream.write_all(format!("{request}\n").as_bytes()).ok()?;
+        let mut reply = String::new();
+        std::io::BufReader::new(stream).read_line(&mut reply).ok()?;
+        if reply.is_empty() {
+            return None;
+        }
+        let outcome: serde_json::Value = serde_json::from_str(&reply).expect("the daemon's reply");
+        let text = |field: &str| outcome[field].as_str().unwrap_or("").trim_end().to_owned();
+        Some(if outcome["failed"].as_bool() == Some(true) {
+            Err(text("stderr"))
+        } else {
+            Ok(text("stdout"))
+        })
     }
 }
 

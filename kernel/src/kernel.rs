@@ -578,6 +578,10 @@ impl Kernel {
         outcome.map_err(WorkerStartError::Fault)?;
         self.workers.insert(vat.to_owned(), worker);
         self.residency.woke(started_at, reused);
+        if let Some(now_s) = self.residency.touch(vat) {
+            self.state
+                .set(&keys::vat_active(&vat), &now_s.to_string())?;
+        }
         self.message_bytes_max
             .insert(vat.to_owned(), options.message_bytes_max);
         let faults = self.state.count(&faults_key(vat))?;

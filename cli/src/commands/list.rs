@@ -28,7 +28,11 @@ pub fn list(kernel: &mut Kernel, args: &ListArgs, out: &mut Outcome) -> Result<(
         limit: args.limit,
     };
     let vats = kernel.vats_page(&query)?;
-    let filtered = query != VatQuery { limit: args.limit, ..VatQuery::default() };
+    let filtered = query
+        != VatQuery {
+            limit: args.limit,
+            ..VatQuery::default()
+        };
     if vats.is_empty() && !filtered {
         out.line("no vats (spawn one with `vat spawn NAME MODULE.wasm`)");
     }
@@ -43,7 +47,9 @@ pub fn list(kernel: &mut Kernel, args: &ListArgs, out: &mut Outcome) -> Result<(
         out.line(format!("… more after {last}: `vat list --after {last}`"));
     }
     if awake > 0 || spare > 0 {
-        out.line(format!("{awake} vat(s) awake, {spare} spare worker process(es)"));
+        out.line(format!(
+            "{awake} vat(s) awake, {spare} spare worker process(es)"
+        ));
     }
     let names = kernel.pet_names()?;
     if !names.is_empty() {

@@ -50,13 +50,18 @@ pub fn spawn(
     for vat in &names {
         kernel::check_name(vat)?;
         if kernel.vat_id(vat).is_ok() || kernel.pet_name(vat)?.is_some() {
-            anyhow::bail!("cannot spawn {count} vats {name}-1 to {name}-{count}: {vat} is taken; nothing was spawned");
+            anyhow::bail!(
+                "cannot spawn {count} vats {name}-1 to {name}-{count}: {vat} is taken; nothing was spawned"
+            );
         }
     }
     let mut first_and_last = (None, None);
     for (made, vat) in names.iter().enumerate() {
         let root = kernel.spawn_vat(vat, &wasm, options).with_context(|| {
-            format!("cannot spawn {vat} from {} ({made} of {count} were spawned and are kept)", module.display())
+            format!(
+                "cannot spawn {vat} from {} ({made} of {count} were spawned and are kept)",
+                module.display()
+            )
         })?;
         first_and_last.0.get_or_insert(root.clone());
         first_and_last.1 = Some(root);

@@ -236,6 +236,12 @@ impl Waiter {
         })
     }
 
+    /// Awaits `to.method()` on the heap (not durably): until it settles
+    /// the heap holds what the store does not, so the vat stays awake.
+    pub fn await_answer(&self, to: Ref, method: String) -> Reply {
+        Reply::later(async move { vom::send(&to, &method, vec![]).await })
+    }
+
     pub fn object(&self) -> Durable<Thing> {
         Durable::new(Thing {
             label: "thing".into(),
