@@ -169,7 +169,7 @@ fn one_resident() -> (VatHome, vat_tests::Daemon) {
 fn a_vat_awaiting_in_memory_stays_awake_until_the_answer_comes() {
     let (home, _daemon) = one_resident();
     // `a` awaits, on its heap, a promise `b` keeps durably.
-    let mut waiting = home
+    let waiting = home
         .command(&["send", "a", "awaitAnswer", "b", "later"])
         .stdout(std::process::Stdio::piped())
         .spawn()

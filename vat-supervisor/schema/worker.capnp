@@ -10,6 +10,9 @@
 # zero or more Syscalls (each answered by SyscallResult when `awaitsResult`)
 # -> Delivered or Fault. Syscalls that return nothing are batched into the
 # next Syscalls or Delivered frame; the kernel applies them in order.
+# A Start between deliveries replaces the hosted vat: the kernel hands a
+# sleeping vat's process to one that wakes (the worker keeps the modules it
+# loaded, so a vat of the same bundle starts without loading it).
 
 const protocolVersion :UInt32 = 1;
 
