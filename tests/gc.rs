@@ -227,6 +227,7 @@ fn a_removed_importer_lets_go_of_its_imports() {
             || k.starts_with("v2.bundle")
             || k.starts_with("v2.options")
             || k.starts_with("v2.incarnation")
+            || k.starts_with("v2.active")
             || k.starts_with("v2.next")),
         "a removed vat keeps only its record"
     );
