@@ -325,6 +325,62 @@ fn absolute(path: PathBuf, what: &str) -> Result<PathBuf> {
 }
 
 impl Command {
+    /// The request of a `spawn` command (only called on one).
+    fn spawn_request(self) -> Result<Request> {
+        let Command::Spawn {
+            name,
+            module,
+            worker,
+            fuel,
+            deadline_ms,
+            memory_bytes,
+            message_bytes,
+            syscalls_max,
+            no_pipelining,
+            faults_in_a_row_max,
+            count,
+        } = self
+        else {
+            unreachable!("cli invariant: spawn_request is called on its own command")
+        };
+        Ok(Request::Spawn {
+            name,
+            module: absolute(module, "module")?,
+            options: SpawnOptions {
+                thread: worker == Worker::Thread,
+                fuel,
+                deadline_ms,
+                memory_bytes,
+                message_bytes,
+                syscalls_max,
+                pipelining: !no_pipelining,
+                faults_in_a_row_max,
+                count,
+            },
+        })
+    }
+
+    /// The request of a `list` command (only called on one).
+    fn list_request(self) -> Request {
+        let Command::List {
+            resident,
+            state,
+            prefix,
+            after,
+            limit,
+        } = self
+        else {
+            unreachable!("cli invariant: list_request is called on its own command")
+        };
+        Request::List(ListArgs {
+            resident,
+            state,
+            prefix,
+            after,
+            limit: limit as usize,
+        })
+    }
+
     /// The request this command makes.
     pub fn into_invocation(self) -> Result<Invocation> {
         Ok(Invocation::Run(match self {
@@ -338,33 +394,7 @@ impl Command {
                     vats_resident_max: vats_resident_max as usize,
                 });
             }
-            Command::Spawn {
-                name,
-                module,
-                worker,
-                fuel,
-                deadline_ms,
-                memory_bytes,
-                message_bytes,
-                syscalls_max,
-                no_pipelining,
-                faults_in_a_row_max,
-                count,
-            } => Request::Spawn {
-                name,
-                module: absolute(module, "module")?,
-                options: SpawnOptions {
-                    thread: worker == Worker::Thread,
-                    fuel,
-                    deadline_ms,
-                    memory_bytes,
-                    message_bytes,
-                    syscalls_max,
-                    pipelining: !no_pipelining,
-                    faults_in_a_row_max,
-                    count,
-                },
-            },
+            spawn @ Command::Spawn { .. } => spawn.spawn_request()?,
             Command::Send {
                 target,
                 method,
@@ -394,19 +424,7 @@ impl Command {
             },
             Command::Value(ValueCommand::Add { json }) => Request::AddValue { json },
             Command::Job(job) => job.into_request()?,
-            Command::List {
-                resident,
-                state,
-                prefix,
-                after,
-                limit,
-            } => Request::List(ListArgs {
-                resident,
-                state,
-                prefix,
-                after,
-                limit: limit as usize,
-            }),
+            list @ Command::List { .. } => list.list_request(),
             Command::Sleep { name } => Request::Sleep { name },
             Command::Log { name, lines } => Request::Log { name, lines },
             Command::Key => Request::Key,
