@@ -82,6 +82,22 @@ fn watch_workers(pid: u32, running: Arc<AtomicBool>) -> std::thread::JoinHandle<
     })
 }
 
+/// Every vat's count is the number of increments the plan sent it.
+fn expect_counts(home: &VatHome, plan: &[usize]) {
+    let mut expected: HashMap<usize, u64> = HashMap::new();
+    for vat in plan {
+        *expected.entry(*vat).or_default() += 1;
+    }
+    for vat in 1..=VATS {
+        let count = home
+            .send_to_daemon(&format!("c-{vat}"), "get", None)
+            .expect("the daemon answers")
+            .expect("get succeeds");
+        let want = expected.get(&vat).copied().unwrap_or(0);
+        assert_eq!(count, want.to_string(), "c-{vat}");
+    }
+}
+
 #[test]
 fn two_thousand_vats_on_eight_workers_count_exactly_through_a_kill() {
     let home = VatHome::new();
@@ -132,18 +148,7 @@ fn two_thousand_vats_on_eight_workers_count_exactly_through_a_kill() {
         let outcome = home.send_to_daemon(&target, "increment", Some(&key));
         assert!(matches!(outcome, Some(Ok(_))), "{target}: {outcome:?}");
     }
-    let mut expected: HashMap<usize, u64> = HashMap::new();
-    for vat in &run.plan {
-        *expected.entry(*vat).or_default() += 1;
-    }
-    for vat in 1..=VATS {
-        let count = home
-            .send_to_daemon(&format!("c-{vat}"), "get", None)
-            .expect("the daemon answers")
-            .expect("get succeeds");
-        let want = expected.get(&vat).copied().unwrap_or(0);
-        assert_eq!(count, want.to_string(), "c-{vat}");
-    }
+    expect_counts(&home, &run.plan);
     running.store(false, Ordering::SeqCst);
     most_workers = most_workers.max(watcher.join().unwrap());
     assert!(
