@@ -9,7 +9,7 @@
 
 use std::process::Command;
 
-use vat_tests::{VatHome, python, repo_root};
+use vat_tests::{RawPeer, VatHome, python, repo_root};
 
 fn schema_dir() -> String {
     repo_root().join("captp/schema").display().to_string()
@@ -275,133 +275,6 @@ fn a_chat_room_on_one_kernel_with_users_on_two_others() {
     }
     for home in [&world.room, &world.alice, &world.bob] {
         home.check();
-    }
-}
-
-/// A peer that writes raw frames, well-formed or not.
-struct RawPeer {
-    stream: std::net::TcpStream,
-    /// What each of our questions expects back.
-    kinds: std::collections::HashMap<u32, captp::ReturnKind>,
-}
-
-impl RawPeer {
-    fn connect(address: &str) -> RawPeer {
-        let stream = std::net::TcpStream::connect(address).expect("connect");
-        stream
-            .set_read_timeout(Some(std::time::Duration::from_secs(20)))
-            .unwrap();
-        RawPeer {
-            stream,
-            kinds: Default::default(),
-        }
-    }
-
-    fn send_bytes(&mut self, bytes: &[u8]) {
-        use std::io::Write;
-        // The kernel may already have closed: later reads tell.
-        let _ = self.stream.write_all(bytes);
-    }
-
-    fn send(&mut self, message: &captp::Message) {
-        match message {
-            captp::Message::Bootstrap { question } => {
-                self.kinds.insert(*question, captp::ReturnKind::Bootstrap);
-            }
-            captp::Message::Call(call) => {
-                let kind = match call.content {
-                    captp::CallContent::Restore { .. } => captp::ReturnKind::Restore,
-                    _ => captp::ReturnKind::Exo,
-                };
-                self.kinds.insert(call.question, kind);
-            }
-            _ => {}
-        }
-        self.send_bytes(&captp::wire::encode(message));
-    }
-
-    /// The next frame, or `None` once the kernel closed the connection.
-    fn receive(&mut self) -> Option<captp::Message> {
-        use std::io::Read;
-        let limits = captp::Limits::default();
-        let mut frame = Vec::new();
-        let total = loop {
-            if let Some(total) = captp::wire::frame_length(&frame, &limits).unwrap() {
-                break total;
-            }
-            let mut word = [0u8; 4];
-            if self.stream.read_exact(&mut word).is_err() {
-                return None;
-            }
-            frame.extend_from_slice(&word);
-        };
-        let mut rest = vec![0u8; total - frame.len()];
-        self.stream.read_exact(&mut rest).ok()?;
-        frame.extend(rest);
-        let kinds = self.kinds.clone();
-        Some(captp::wire::decode(&frame, &limits, &|q| kinds.get(&q).copied()).unwrap())
-    }
-
-    /// Reads until the kernel's `Abort`, which must be followed by the end
-    /// of the connection; returns its reason.
-    fn expect_abort(&mut self) -> String {
-        loop {
-            match self.receive() {
-                Some(captp::Message::Abort { reason }) => {
-                    assert!(
-                        self.receive().is_none(),
-                        "the connection stays open after Abort"
-                    );
-                    return reason;
-                }
-                Some(_) => continue,
-                None => panic!("the connection closed without an Abort"),
-            }
-        }
-    }
-
-    /// Bootstraps and restores `swiss`; returns the export id it got.
-    fn restore(&mut self, swiss: &str) -> u32 {
-        self.send(&captp::Message::Bootstrap { question: 0 });
-        self.send(&captp::Message::Call(captp::Call {
-            question: 1,
-            target: captp::Target::Answer {
-                question: 0,
-                transform: vec![],
-            },
-            content: captp::CallContent::Restore {
-                swiss: swiss.to_owned(),
-            },
-            caps: vec![],
-        }));
-        loop {
-            if let Some(captp::Message::Return(ret)) = self.receive()
-                && ret.answer == 1
-            {
-                let captp::ReturnOutcome::Results { caps, .. } = ret.outcome else {
-                    panic!("restore failed: {ret:?}")
-                };
-                let captp::CapDescriptor::SenderHosted(id) = caps[0] else {
-                    panic!("restore returned {caps:?}")
-                };
-                return id;
-            }
-        }
-    }
-
-    fn call(&mut self, question: u32, target: captp::Target, method: &str) {
-        self.send(&captp::Message::Call(captp::Call {
-            question,
-            target,
-            content: captp::CallContent::Exo {
-                method: method.to_owned(),
-                args: captp::Body {
-                    body: "#[]".into(),
-                    caps: vec![],
-                },
-            },
-            caps: vec![],
-        }));
     }
 }
 

@@ -262,8 +262,25 @@ impl VatHome {
 
     /// Starts `vat ARGS` (a `start` with flags) and waits until it serves its socket.
     pub fn start_daemon_with(&self, args: &[&str]) -> Daemon {
-        let child = self
-            .command(args)
+        self.start_daemon_as(self.command(args))
+    }
+
+    /// Starts `vat ARGS` in the network namespace `netns` (`ip netns exec`);
+    /// the CLI still reaches it through the home's socket.
+    pub fn start_daemon_in(&self, netns: &str, args: &[&str]) -> Daemon {
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", netns])
+            .arg(vat_bin())
+            .arg("--home")
+            .arg(self.path())
+            .args(args)
+            .env_remove("VAT_HOME");
+        self.start_daemon_as(command)
+    }
+
+    fn start_daemon_as(&self, mut command: Command) -> Daemon {
+        let child = command
             .stdout(std::process::Stdio::null())
             // Kept beside the home, for a failing test to show.
             .stderr(std::fs::File::create(self.daemon_log()).expect("daemon log"))
@@ -420,5 +437,147 @@ pub mod rpc {
             .and_then(|r| r.get_body())
             .map_err(|e| e.to_string())?;
         Ok(body.to_str().map_err(|e| e.to_string())?.to_owned())
+    }
+}
+
+/// A peer that writes raw frames, well-formed or not.
+#[derive(Debug)]
+pub struct RawPeer {
+    pub stream: std::net::TcpStream,
+    /// What each of our questions expects back.
+    pub kinds: std::collections::HashMap<u32, captp::ReturnKind>,
+    /// How many bytes of frames it has read.
+    pub bytes_read: u64,
+}
+
+impl RawPeer {
+    pub fn connect(address: &str) -> RawPeer {
+        let stream = std::net::TcpStream::connect(address).expect("connect");
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+            .unwrap();
+        RawPeer {
+            stream,
+            kinds: Default::default(),
+            bytes_read: 0,
+        }
+    }
+
+    pub fn send_bytes(&mut self, bytes: &[u8]) {
+        use std::io::Write;
+        // The kernel may already have closed: later reads tell.
+        let _ = self.stream.write_all(bytes);
+    }
+
+    pub fn send(&mut self, message: &captp::Message) {
+        match message {
+            captp::Message::Bootstrap { question } => {
+                self.kinds.insert(*question, captp::ReturnKind::Bootstrap);
+            }
+            captp::Message::Call(call) => {
+                let kind = match call.content {
+                    captp::CallContent::Restore { .. } => captp::ReturnKind::Restore,
+                    _ => captp::ReturnKind::Exo,
+                };
+                self.kinds.insert(call.question, kind);
+            }
+            _ => {}
+        }
+        self.send_bytes(&captp::wire::encode(message));
+    }
+
+    /// The next frame, or `None` once the kernel closed the connection.
+    pub fn receive(&mut self) -> Option<captp::Message> {
+        use std::io::Read;
+        let limits = captp::Limits::default();
+        let mut frame = Vec::new();
+        let total = loop {
+            if let Some(total) = captp::wire::frame_length(&frame, &limits).unwrap() {
+                break total;
+            }
+            let mut word = [0u8; 4];
+            if self.stream.read_exact(&mut word).is_err() {
+                return None;
+            }
+            frame.extend_from_slice(&word);
+        };
+        let mut rest = vec![0u8; total - frame.len()];
+        self.stream.read_exact(&mut rest).ok()?;
+        frame.extend(rest);
+        self.bytes_read += frame.len() as u64;
+        let kinds = self.kinds.clone();
+        Some(captp::wire::decode(&frame, &limits, &|q| kinds.get(&q).copied()).unwrap())
+    }
+
+    /// Reads until the kernel's `Abort`, which must be followed by the end
+    /// of the connection; returns its reason.
+    pub fn expect_abort(&mut self) -> String {
+        loop {
+            match self.receive() {
+                Some(captp::Message::Abort { reason }) => {
+                    assert!(
+                        self.receive().is_none(),
+                        "the connection stays open after Abort"
+                    );
+                    return reason;
+                }
+                Some(_) => continue,
+                None => panic!("the connection closed without an Abort"),
+            }
+        }
+    }
+
+    /// Bootstraps and restores `swiss`; returns the export id it got.
+    pub fn restore(&mut self, swiss: &str) -> u32 {
+        self.try_restore(swiss)
+            .unwrap_or_else(|e| panic!("restore failed: {e}"))
+    }
+
+    /// Bootstraps and restores `swiss`: the export id it got, or what the
+    /// restore's answer said instead.
+    pub fn try_restore(&mut self, swiss: &str) -> Result<u32, String> {
+        self.send(&captp::Message::Bootstrap { question: 0 });
+        self.send(&captp::Message::Call(captp::Call {
+            question: 1,
+            target: captp::Target::Answer {
+                question: 0,
+                transform: vec![],
+            },
+            content: captp::CallContent::Restore {
+                swiss: swiss.to_owned(),
+            },
+            caps: vec![],
+        }));
+        loop {
+            let Some(message) = self.receive() else {
+                return Err("the connection closed".into());
+            };
+            if let captp::Message::Return(ret) = message
+                && ret.answer == 1
+            {
+                let captp::ReturnOutcome::Results { caps, .. } = ret.outcome else {
+                    return Err(format!("{:?}", ret.outcome));
+                };
+                let captp::CapDescriptor::SenderHosted(id) = caps[0] else {
+                    panic!("restore returned {caps:?}")
+                };
+                return Ok(id);
+            }
+        }
+    }
+
+    pub fn call(&mut self, question: u32, target: captp::Target, method: &str) {
+        self.send(&captp::Message::Call(captp::Call {
+            question,
+            target,
+            content: captp::CallContent::Exo {
+                method: method.to_owned(),
+                args: captp::Body {
+                    body: "#[]".into(),
+                    caps: vec![],
+                },
+            },
+            caps: vec![],
+        }));
     }
 }

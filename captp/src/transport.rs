@@ -13,6 +13,8 @@ pub enum TransportError {
     Io(#[from] std::io::Error),
     #[error("the peer closed the connection in the middle of a frame")]
     Truncated,
+    #[error("the rest of a frame did not arrive in {0} ms (frame_read_timeout_ms)")]
+    SlowFrame(u64),
 }
 
 /// Reads one frame (the standard stream framing), refusing it from its
@@ -21,12 +23,45 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     reader: &mut R,
     limits: &Limits,
 ) -> Result<Option<Vec<u8>>, TransportError> {
+    read_frame_within(reader, limits, None).await
+}
+
+/// [`read_frame`], with a deadline for the rest of the frame once its
+/// first bytes came (`frame_read_timeout_ms`): a peer that sends half a
+/// frame and stalls is an error, not a connection held open for ever.
+/// Waiting for a frame to start has no deadline here.
+pub async fn read_frame_within<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    limits: &Limits,
+    rest_timeout_ms: Option<u64>,
+) -> Result<Option<Vec<u8>>, TransportError> {
     let mut frame = vec![0u8; 8];
-    match reader.read_exact(&mut frame[..4]).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e.into()),
+    let first = loop {
+        match reader.read(&mut frame[..4]).await {
+            Ok(0) => return Ok(None),
+            Ok(n) => break n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let rest = read_rest(reader, limits, frame, first);
+    match rest_timeout_ms {
+        None => rest.await.map(Some),
+        Some(ms) => match tokio::time::timeout(std::time::Duration::from_millis(ms), rest).await {
+            Ok(read) => read.map(Some),
+            Err(_) => Err(TransportError::SlowFrame(ms)),
+        },
     }
+}
+
+/// The rest of a frame whose first `have` bytes are in `frame`.
+async fn read_rest<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    limits: &Limits,
+    mut frame: Vec<u8>,
+    have: usize,
+) -> Result<Vec<u8>, TransportError> {
+    read_exact(reader, &mut frame[have..4]).await?;
     let mut have = 4;
     let total = loop {
         if let Some(total) = frame_length(&frame[..have], limits)? {
@@ -50,7 +85,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     if (read as u64) < announced {
         return Err(TransportError::Truncated);
     }
-    Ok(Some(frame))
+    Ok(frame)
 }
 
 async fn read_exact<R: AsyncRead + Unpin>(
@@ -111,5 +146,19 @@ mod tests {
         let cut = &frames[0][..frames[0].len() - 3];
         let err = read_frame(&mut &cut[..], &limits).await.unwrap_err();
         assert!(matches!(err, TransportError::Truncated), "{err}");
+    }
+
+    #[tokio::test]
+    async fn half_a_frame_then_silence_meets_the_frame_read_timeout() {
+        let frame = encode(&Message::Bootstrap { question: 7 });
+        let (mut ours, mut theirs) = tokio::io::duplex(1 << 16);
+        tokio::io::AsyncWriteExt::write_all(&mut theirs, &frame[..frame.len() / 2])
+            .await
+            .unwrap();
+        let err = read_frame_within(&mut ours, &Limits::default(), Some(200))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, TransportError::SlowFrame(200)), "{err}");
+        assert!(err.to_string().contains("frame_read_timeout_ms"), "{err}");
     }
 }

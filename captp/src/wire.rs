@@ -845,18 +845,27 @@ fn write_return(mut r: return_::Builder<'_>, ret: &Return) {
 }
 
 /// `unimplemented` carrying a copy of `frame`'s message, if it can be copied
-/// (a frame with capability pointers cannot be, without their table).
+/// (a frame with capability pointers cannot be, without their table) within
+/// the echo's bound (`echo_bytes_max`: no larger than the frame echoed, plus
+/// [`ECHO_OVERHEAD_BYTES`]). The copy is read with a traversal limit of the
+/// frame's own words, so pointers that share one blob cannot make an echo
+/// many times the frame they came in.
 fn echo_unimplemented(frame: &[u8]) -> Option<Vec<u8>> {
     let mut slice = frame;
-    let original =
-        capnp::serialize::read_message_from_flat_slice(&mut slice, ReaderOptions::new()).ok()?;
+    let words = frame.len() / 8 + 1;
+    let options = *ReaderOptions::new().traversal_limit_in_words(Some(words));
+    let original = capnp::serialize::read_message_from_flat_slice(&mut slice, options).ok()?;
     let mut builder = Builder::new_default();
     builder
         .init_root::<message::Builder>()
         .set_unimplemented(original.get_root::<message::Reader>().ok()?)
         .ok()?;
-    Some(capnp::serialize::write_message_to_words(&builder))
+    let echo = capnp::serialize::write_message_to_words(&builder);
+    (echo.len() <= frame.len() + ECHO_OVERHEAD_BYTES).then_some(echo)
 }
+
+/// What wrapping a message in `unimplemented` may add to its size.
+const ECHO_OVERHEAD_BYTES: usize = 64;
 
 /// The cap table as written: one descriptor per capability pointer, in the
 /// order the pointers were set (a capability set twice appears twice).
@@ -1198,6 +1207,65 @@ mod tests {
         assert_eq!(
             decode(&encode(&foreign), &Limits::default(), &kinds).unwrap(),
             foreign
+        );
+    }
+
+    /// A `provide` whose recipient is a list of `pointers` pointers to one
+    /// blob of `blob_words` words (each pointer's offset aims at the same
+    /// place): small on the wire, large when copied pointer by pointer.
+    fn provide_sharing_one_blob(pointers: u64, blob_words: u64) -> Vec<u8> {
+        let struct_pointer = |data: u64, ptrs: u64| (data << 32) | (ptrs << 48);
+        let list_pointer =
+            |offset: u64, size: u64, count: u64| 1 | (offset << 2) | (size << 32) | (count << 35);
+        let mut words = vec![
+            struct_pointer(1, 1),
+            10, // Message.provide
+            struct_pointer(1, 2),
+            4, // questionId
+            0, // target: null
+            list_pointer(0, 6, pointers),
+        ];
+        let blob_at = 6 + pointers;
+        for i in 0..pointers {
+            words.push(list_pointer(blob_at - (6 + i + 1), 2, blob_words * 8));
+        }
+        words.extend(std::iter::repeat_n(
+            0x4141_4141_4141_4141,
+            blob_words as usize,
+        ));
+        let mut frame = 0u32.to_le_bytes().to_vec();
+        frame.extend_from_slice(&(words.len() as u32).to_le_bytes());
+        for word in words {
+            frame.extend_from_slice(&word.to_le_bytes());
+        }
+        frame
+    }
+
+    #[test]
+    fn an_echo_is_never_larger_than_the_frame_it_echoes() {
+        let frame = provide_sharing_one_blob(130, 1000);
+        let decoded = decode(&frame, &Limits::default(), &kinds).unwrap();
+        assert!(
+            matches!(&decoded, Message::Unsupported { what, .. } if what == "level-3 message"),
+            "{decoded:?}"
+        );
+        let echo = encode(&decoded);
+        assert!(
+            echo.len() <= frame.len() + ECHO_OVERHEAD_BYTES,
+            "{} bytes echo {}",
+            frame.len(),
+            echo.len()
+        );
+        // A plain provide is still echoed in full.
+        let plain = provide_sharing_one_blob(1, 10);
+        let echo = encode(&decode(&plain, &Limits::default(), &kinds).unwrap());
+        let mut slice = echo.as_slice();
+        let echoed =
+            capnp::serialize::read_message_from_flat_slice(&mut slice, ReaderOptions::new())
+                .unwrap();
+        let root: message::Reader = echoed.get_root().unwrap();
+        assert!(
+            matches!(root.which(), Ok(message::Unimplemented(Ok(inner))) if matches!(inner.which(), Ok(message::Provide(_))))
         );
     }
 

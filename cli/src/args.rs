@@ -223,6 +223,13 @@ pub enum Command {
         #[arg(long, value_name = "N", default_value_t = kernel::VATS_RESIDENT_MAX_DEFAULT as u32,
               value_parser = clap::value_parser!(u32).range(1..))]
         vats_resident_max: u32,
+        /// Set a bound on what peers' connections may cost, NAME=VALUE
+        /// (repeatable): connections_max, idle_timeout_ms,
+        /// handshake_timeout_ms, outgoing_bytes_max, keepalive_timeout_ms,
+        /// session_away_max_s, ended_peers_kept_s... (`vat start --help`
+        /// and ARCHITECTURE.md list them all, with their defaults).
+        #[arg(long = "net-limit", value_name = "NAME=VALUE", value_parser = parse_net_limit)]
+        net_limits: Vec<String>,
     },
     /// Print a sturdy ref (captp://DID@ADDRESS/SWISS) for TARGET: whoever
     /// holds it can reach TARGET over CapTP while the daemon listens.
@@ -239,8 +246,17 @@ pub enum Command {
         #[arg(long = "as", value_name = "NAME")]
         bind_as: String,
     },
+    /// Forget a sturdy ref `vat share` printed: it restores nothing from
+    /// now on (connections that restored it keep what they got).
+    Unshare {
+        /// The sturdy ref (captp://...), or its swiss number alone.
+        sturdy: String,
+    },
     /// List CapTP peers: who, their state, how many references they share.
-    Peers,
+    Peers {
+        #[command(subcommand)]
+        action: Option<PeersAction>,
+    },
     /// Stop the home's daemon.
     Stop,
 }
@@ -314,6 +330,7 @@ pub enum Invocation {
     Start {
         listen: Option<String>,
         vats_resident_max: usize,
+        net: captp_engine::node::NetLimits,
     },
     /// Anything else: runs in the daemon if one answers, else here.
     Run(Request),
@@ -388,10 +405,16 @@ impl Command {
             Command::Start {
                 listen,
                 vats_resident_max,
+                net_limits,
             } => {
+                let mut net = captp_engine::node::NetLimits::default();
+                for assignment in &net_limits {
+                    net.set(assignment)?;
+                }
                 return Ok(Invocation::Start {
                     listen,
                     vats_resident_max: vats_resident_max as usize,
+                    net,
                 });
             }
             spawn @ Command::Spawn { .. } => spawn.spawn_request()?,
@@ -431,7 +454,11 @@ impl Command {
             Command::Check => Request::Check,
             Command::Share { target } => Request::Share { target },
             Command::Enliven { uri, bind_as } => Request::Enliven { uri, bind_as },
-            Command::Peers => Request::Peers,
+            Command::Unshare { sturdy } => Request::Unshare { sturdy },
+            Command::Peers { action: None } => Request::Peers,
+            Command::Peers {
+                action: Some(PeersAction::Forget { peer }),
+            } => Request::ForgetPeer { peer },
             Command::Stop => Request::Stop,
         }))
     }
@@ -512,4 +539,22 @@ mod tests {
         use clap::CommandFactory;
         Cli::command().debug_assert();
     }
+}
+
+/// Checks a `--net-limit NAME=VALUE` when the command line is parsed.
+fn parse_net_limit(text: &str) -> Result<String, captp_engine::node::NetLimitError> {
+    captp_engine::node::NetLimits::default().set(text)?;
+    Ok(text.to_owned())
+}
+
+/// What `vat peers` does besides listing.
+#[derive(Debug, clap::Subcommand)]
+pub enum PeersAction {
+    /// End a peer now: a connected one is sent Abort, a kernel session's
+    /// kept frames are deleted and it is not dialled again, and what it
+    /// held is released.
+    Forget {
+        /// The peer's id, as `vat peers` lists it (r<N>).
+        peer: String,
+    },
 }

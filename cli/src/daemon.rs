@@ -74,6 +74,8 @@ pub struct Serving<'a> {
     /// Where to accept CapTP connections too.
     pub listen: Option<&'a str>,
     pub vats_resident_max: usize,
+    /// Bounds on peers' connections.
+    pub net: captp_engine::node::NetLimits,
 }
 
 /// Serves the home until `vat stop`.
@@ -95,7 +97,8 @@ pub fn serve(path: &Path, socket: &Path, serving: &Serving<'_>) -> Result<Outcom
         did: home.did(),
         sign: Box::new(home.signer()),
     };
-    let node: Node<CliRequest> = Node::new(kernel, identity, captp::Limits::default())?;
+    let node: Node<CliRequest> =
+        Node::new(kernel, identity, captp::Limits::default(), serving.net)?;
     let mut daemon = Daemon {
         home,
         node,
@@ -234,6 +237,14 @@ impl Daemon {
                 }),
                 Err(e) => reply(&stream, &Outcome::error(&format!("{e:#}"))),
             },
+            Request::ForgetPeer { peer } => {
+                let outcome = match self.forget(peer) {
+                    Ok(outcome) => outcome,
+                    Err(e) => Outcome::error(&format!("{e:#}")),
+                };
+                self.node.flush()?;
+                reply(&stream, &outcome);
+            }
             request => {
                 let outcome = execute(&self.home, self.node.kernel(), request);
                 self.node.flush()?;
@@ -241,6 +252,15 @@ impl Daemon {
             }
         }
         Ok(Served::Going)
+    }
+
+    /// Ends a peer and its connection (`vat peers forget`).
+    fn forget(&mut self, peer: &str) -> Result<Outcome> {
+        let peer = crate::commands::network::peer_id(self.node.kernel(), peer)?;
+        self.node.forget_peer(&peer)?;
+        let mut outcome = Outcome::default();
+        outcome.line(format!("forgot {peer}"));
+        Ok(outcome)
     }
 
     /// Dials the kernel a sturdy ref names (or reuses the connection) and

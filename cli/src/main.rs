@@ -49,11 +49,13 @@ fn dispatch(cli: Cli) -> Result<Outcome> {
         Invocation::Start {
             listen,
             vats_resident_max,
+            net,
         } => {
             let serving = daemon::Serving {
                 lock_wait_ms: cli.lock_wait_ms,
                 listen: listen.as_deref(),
                 vats_resident_max,
+                net,
             };
             return daemon::serve(&cli.home, &socket, &serving);
         }

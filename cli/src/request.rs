@@ -90,6 +90,12 @@ pub enum Request {
         bind_as: String,
     },
     Peers,
+    ForgetPeer {
+        peer: String,
+    },
+    Unshare {
+        sturdy: String,
+    },
     Stop,
 }
 

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use capnp_rpc::{RpcSystem, rpc_twoparty_capnp, twoparty};
 use captp::exo_capnp::exo;
 use captp_engine::Peers;
-use captp_engine::node::{Identity, Node};
+use captp_engine::node::{Identity, NetLimits, Node};
 use futures::AsyncReadExt;
 use kernel::{CommitPolicy, Kernel, Kref, PromiseState, VatOptions, WorkerKind};
 use swingstore::{Durability, SwingStore};
@@ -143,7 +143,13 @@ fn kernel_node(dir: &std::path::Path, name: &str) -> (String, Node<()>, Kref) {
         did: did.clone(),
         sign: Box::new(move |message| ed25519_dalek::Signer::sign(&key, message).to_bytes()),
     };
-    let node = Node::new(kernel, identity, captp::Limits::default()).unwrap();
+    let node = Node::new(
+        kernel,
+        identity,
+        captp::Limits::default(),
+        NetLimits::default(),
+    )
+    .unwrap();
     (did, node, root)
 }
 

@@ -16,7 +16,7 @@ fn field(peer: Id<'_>, name: &str) -> String {
 }
 
 /// A field of the peer's record: `name`, `state`, `reason`, `direction`,
-/// `address`, `did`, and the counters (`answers`, `imports`, `sent`,
+/// `address`, `did`, `lastSeen` (a session's, unix seconds), and the counters (`answers`, `imports`, `sent`,
 /// `received`, `nextQuestion`, `nextExport`).
 pub(crate) fn record(peer: Id<'_>, name: &str) -> String {
     field(peer, name)
@@ -62,6 +62,28 @@ pub(crate) fn prefix(peer: Id<'_>, kind: &str) -> String {
 /// The session peer of the kernel `did`.
 pub(crate) fn peer_of_did(did: Id<'_>) -> String {
     format!("peer.did.{did}")
+}
+
+/// Peers whose connection (or session) is live: `peer.open.<rN>`.
+pub(crate) const PEERS_OPEN: &str = "peer.open.";
+/// Ended peers `vat peers` still shows, with when they ended (unix
+/// seconds): `peer.ended.<rN>`. Purged after a while, and all their keys.
+pub(crate) const PEERS_ENDED: &str = "peer.ended.";
+/// Present once the two lists above cover every peer (stores made before
+/// them are indexed once, at start).
+pub(crate) const PEERS_INDEXED: &str = "peer.indexed";
+
+pub(crate) fn peer_open(peer: Id<'_>) -> String {
+    format!("{PEERS_OPEN}{peer}")
+}
+
+pub(crate) fn peer_ended(peer: Id<'_>) -> String {
+    format!("{PEERS_ENDED}{peer}")
+}
+
+/// Where every key of a peer's own starts (`r<N>.`).
+pub(crate) fn peer_all(peer: Id<'_>) -> String {
+    format!("{peer}.")
 }
 
 /// The kref a sturdy ref's swiss number restores.

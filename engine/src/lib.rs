@@ -26,6 +26,8 @@
 //! | `r<N>.nextQuestion`, `.nextExport`, `.answers`, `.imports` | counters (answers open, imports held: each bounded) |
 //! | `r<N>.did`, `peer.did.<did>` | a kernel peer (durable session) and its did:key |
 //! | `r<N>.sent`, `.received`, `.out.<seq>` | session frames sent and applied; those sent but not yet acknowledged (hex) |
+//! | `r<N>.lastSeen` | when a session's peer was last connected (unix seconds): it ends once away `session_away_max_s` |
+//! | `peer.open.<rN>`, `peer.ended.<rN>` | peers live, and ended ones `vat peers` still shows (with when they ended); `peer.indexed` once both cover every peer |
 //! | `sturdy.<swiss>` | the kref a sturdy ref restores (a reference, like a pet name) |
 //!
 //! On the wire every object is an `Exo` (`captp/schema/exo.capnp`); export 0
@@ -46,6 +48,7 @@ use kernel::{
 
 mod check;
 mod keys;
+mod net;
 pub mod node;
 mod peers;
 
@@ -274,6 +277,13 @@ impl kernel::Endpoint for Membrane {
 
 /// Whether `peer` is a kernel with a durable session (its frames are kept
 /// in the store until acknowledged).
+/// The wall clock in unix seconds (0 if it is before 1970).
+fn unix_now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 fn is_session(t: &TablesRef<'_>, peer: &str) -> Result<bool, StoreError> {
     Ok(t.get(&keys::record(&peer, "did"))?.is_some() && is_running(t, peer)?)
 }
@@ -304,6 +314,8 @@ fn abort_in_crank(
 
 fn terminate_peer(t: &mut Tables<'_>, peer: &str, reason: &str) -> Result<(), StoreError> {
     t.set(&keys::record(&peer, "state"), "terminated")?;
+    t.delete(&keys::peer_open(&peer))?;
+    t.set(&keys::peer_ended(&peer), &unix_now_s().to_string())?;
     if let Some(did) = t.get(&keys::record(&peer, "did"))? {
         t.delete(&keys::peer_of_did(&did))?;
         for (key, _) in t.scan_prefix(&keys::prefix(&peer, "out."))? {

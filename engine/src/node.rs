@@ -25,31 +25,27 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use captp::sturdy::Address;
-use captp::transport::{TransportError, read_frame, write_frames};
 use captp::wire::{
     self, Call, CallContent, CapDescriptor, Limits, Message as Wire, ResultContent, Return,
     ReturnKind, ReturnOutcome, Target,
 };
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc as tmpsc;
+use tokio::sync::OwnedSemaphorePermit;
 
 use kernel::{EndpointId, Kernel, KernelError};
 
+use crate::net::{BoxedRead, BoxedWrite, Pipe, ReaderEvent, Ticket};
+pub use crate::net::{NetLimitError, NetLimits};
 use crate::{PeerLink, Peers};
 
-/// How long dialling a peer may take (`connect_timeout_ms`).
-pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
 /// Cranks one turn of the loop runs before it looks at the network again.
 pub const CRANKS_PER_TURN_MAX: usize = 1_000;
 /// Questions numbered from here are the connection's own (handshake and
 /// acknowledgements), outside any session's numbering.
 pub const EPHEMERAL_QUESTION_BASE: u32 = 0x8000_0000;
-/// The most bytes of frames waiting to be written to one connection
-/// (`outgoing_bytes_max`): a peer that does not read is cut off (a client
-/// is disconnected; a session's connection is dropped, its frames are kept).
-pub const OUTGOING_BYTES_MAX: usize = 64 << 20;
-/// The longest wait before dialling a lost kernel peer again (`redial_max_ms`).
-pub const REDIAL_MAX_MS: u64 = 2_000;
+/// How often the loop looks for connections past their deadlines.
+const SWEEP_INTERVAL_MS: u64 = 200;
+/// How often it looks for sessions away too long and ended peers to purge.
+const PEER_SWEEP_INTERVAL_MS: u64 = 1_000;
 /// A session acknowledges what it applied once this many frames wait
 /// (`ack_frames_min`)...
 pub const ACK_FRAMES_MIN: u64 = 64;
@@ -59,9 +55,6 @@ pub const ACK_INTERVAL_MS: u64 = 100;
 
 const HELLO_CONTEXT: &[u8] = b"captp-hello";
 const PROVE_CONTEXT: &[u8] = b"captp-prove";
-
-type BoxedRead = Box<dyn AsyncRead + Unpin + Send>;
-type BoxedWrite = Box<dyn AsyncWrite + Unpin + Send>;
 
 /// Errors of the network side.
 #[derive(Debug, thiserror::Error)]
@@ -90,23 +83,12 @@ impl std::fmt::Debug for Identity {
 }
 
 enum Event<A> {
-    Accepted(BoxedRead, BoxedWrite, String),
+    Accepted(BoxedRead, BoxedWrite, OwnedSemaphorePermit),
     Dialed(EndpointId, BoxedRead, BoxedWrite),
     DialFailed(EndpointId, String),
-    Frame(u64, Vec<u8>),
-    /// A connection ended (or broke the framing).
-    /// A connection ended; `malformed` when its peer sent a frame that is not one.
-    Closed {
-        number: u64,
-        reason: String,
-        malformed: bool,
-    },
+    /// What connection `number`'s reader read.
+    Read(u64, ReaderEvent),
     App(A),
-}
-
-enum Outgoing {
-    Frames(Vec<Vec<u8>>),
-    Close,
 }
 
 /// A connection we dialled, in its handshake with the kernel `did`
@@ -155,30 +137,42 @@ enum Link {
 
 struct Connection {
     link: Link,
-    writer: tmpsc::UnboundedSender<Outgoing>,
-    /// Bytes handed to the writer and not yet written.
-    queued: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    pipe: Pipe,
+    /// Whether we dialled it (we keep it alive, and redial).
+    dialled: bool,
     next_question: u32,
     /// The received count we last acknowledged to the peer, and when.
     acknowledged: u64,
     acknowledged_at: Instant,
+    /// When it was opened, when we last heard from it, and when we last
+    /// said something on a quiet session to keep it alive.
+    opened_at: Instant,
+    heard_at: Instant,
+    pinged_at: Instant,
+    /// Frames taken in while the run queue was full: their reader stays
+    /// held back until it drains ([`NetLimits::run_queue_intake_max`]).
+    held: Vec<Ticket>,
 }
 
 impl Connection {
-    fn send(&self, message: &Wire) {
-        self.push(vec![wire::encode(message)]);
+    /// Queues a message; false when the peer is not reading what it is
+    /// sent (`outgoing_bytes_max`), and nothing was queued.
+    fn send(&self, message: &Wire) -> bool {
+        self.push(vec![wire::encode(message)])
     }
 
-    /// Queues frames for the writer; false once more than
-    /// [`OUTGOING_BYTES_MAX`] wait (the peer is not reading).
     fn push(&self, frames: Vec<Vec<u8>>) -> bool {
-        let bytes: usize = frames.iter().map(Vec::len).sum();
-        let queued = self
-            .queued
-            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed)
-            + bytes;
-        let _ = self.writer.send(Outgoing::Frames(frames));
-        queued <= OUTGOING_BYTES_MAX
+        self.pipe.push(frames)
+    }
+
+    /// A question number of the connection's own (acknowledgements).
+    fn next_ephemeral_question(&mut self) -> u32 {
+        let question = self.next_question;
+        self.next_question = self
+            .next_question
+            .wrapping_add(1)
+            .max(EPHEMERAL_QUESTION_BASE + 3);
+        question
     }
 
     fn peer(&self) -> Option<&str> {
@@ -198,6 +192,7 @@ pub struct Node<A: Send + 'static> {
     events: mpsc::Receiver<Event<A>>,
     sender: mpsc::Sender<Event<A>>,
     limits: Limits,
+    net: NetLimits,
     connections: HashMap<u64, Connection>,
     /// Live connections by peer (clients and established sessions).
     by_peer: HashMap<EndpointId, u64>,
@@ -205,6 +200,8 @@ pub struct Node<A: Send + 'static> {
     /// Sessions to dial, and when; and those being dialled now.
     redial_at: HashMap<EndpointId, (Instant, Duration)>,
     dialing: HashSet<EndpointId>,
+    swept_at: Instant,
+    peers_swept_at: Instant,
 }
 
 impl<A: Send + 'static> std::fmt::Debug for Node<A> {
@@ -260,8 +257,8 @@ fn verify(did: &str, message: &[u8], signature: &[u8]) -> Result<(), AuthError> 
 /// Why dialling a kernel failed.
 #[derive(Debug, thiserror::Error)]
 enum DialError {
-    #[error("no answer in {CONNECT_TIMEOUT_MS} ms (connect_timeout_ms)")]
-    Timeout,
+    #[error("no answer in {0} ms (connect_timeout_ms)")]
+    Timeout(u64),
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
@@ -295,9 +292,9 @@ fn gate_return(answer: u32, content: ResultContent, caps: Vec<CapDescriptor>) ->
     })
 }
 
-async fn dial(address: Address) -> Result<(BoxedRead, BoxedWrite), DialError> {
-    let timeout = Duration::from_millis(CONNECT_TIMEOUT_MS);
-    let late = |_| DialError::Timeout;
+async fn dial(address: Address, timeout_ms: u64) -> Result<(BoxedRead, BoxedWrite), DialError> {
+    let timeout = Duration::from_millis(timeout_ms);
+    let late = |_| DialError::Timeout(timeout_ms);
     match address {
         Address::Tcp(hostport) => {
             let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&hostport))
@@ -322,6 +319,7 @@ impl<A: Send + 'static> Node<A> {
         mut kernel: Kernel,
         identity: Identity,
         limits: Limits,
+        net: NetLimits,
     ) -> Result<Node<A>, NodeError> {
         crate::attach(&mut kernel);
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -337,11 +335,14 @@ impl<A: Send + 'static> Node<A> {
             events,
             sender,
             limits,
+            net,
             connections: HashMap::new(),
             by_peer: HashMap::new(),
             next_connection: 1,
             redial_at: HashMap::new(),
             dialing: HashSet::new(),
+            swept_at: Instant::now(),
+            peers_swept_at: Instant::now(),
         };
         // Sessions this kernel dials resume now (after a restart too).
         for (peer, _, _) in node.kernel.sessions_to_dial()? {
@@ -359,10 +360,15 @@ impl<A: Send + 'static> Node<A> {
         NodeSender(self.sender.clone())
     }
 
-    /// Accepts CapTP connections on `address`. Returns the address as bound
+    /// Accepts CapTP connections on `address`, at most
+    /// [`NetLimits::connections_max`] at once. Returns the address as bound
     /// (a TCP port of 0 becomes the real one).
     pub fn listen(&mut self, address: &Address) -> Result<Address, NodeError> {
         let sender = self.sender.clone();
+        let deliver = move |read: BoxedRead, write: BoxedWrite, permit| {
+            sender.send(Event::Accepted(read, write, permit)).is_ok()
+        };
+        let connections_max = self.net.connections_max;
         match address {
             Address::Tcp(hostport) => {
                 let listener = self
@@ -372,20 +378,16 @@ impl<A: Send + 'static> Node<A> {
                 let bound = listener
                     .local_addr()
                     .map_err(|e| NodeError::Listen(hostport.clone(), e))?;
-                self.runtime.spawn(async move {
-                    loop {
-                        let Some((stream, from)) = accepted(listener.accept().await).await else {
-                            continue;
-                        };
+                self.runtime.spawn(crate::net::accept_loop(
+                    listener,
+                    |l| Box::pin(async move { l.accept().await.map(|(stream, _)| stream) }),
+                    connections_max,
+                    move |stream, permit| {
                         let _ = stream.set_nodelay(true);
                         let (read, write) = stream.into_split();
-                        let event =
-                            Event::Accepted(Box::new(read), Box::new(write), from.to_string());
-                        if sender.send(event).is_err() {
-                            break;
-                        }
-                    }
-                });
+                        deliver(Box::new(read), Box::new(write), permit)
+                    },
+                ));
                 Ok(Address::Tcp(bound.to_string()))
             }
             Address::Unix(path) => {
@@ -395,18 +397,15 @@ impl<A: Send + 'static> Node<A> {
                     tokio::net::UnixListener::bind(path)
                         .map_err(|e| NodeError::Listen(path.display().to_string(), e))?
                 };
-                self.runtime.spawn(async move {
-                    loop {
-                        let Some((stream, _)) = accepted(listener.accept().await).await else {
-                            continue;
-                        };
+                self.runtime.spawn(crate::net::accept_loop(
+                    listener,
+                    |l| Box::pin(async move { l.accept().await.map(|(stream, _)| stream) }),
+                    connections_max,
+                    move |stream, permit| {
                         let (read, write) = stream.into_split();
-                        let event = Event::Accepted(Box::new(read), Box::new(write), "unix".into());
-                        if sender.send(event).is_err() {
-                            break;
-                        }
-                    }
-                });
+                        deliver(Box::new(read), Box::new(write), permit)
+                    },
+                ));
                 Ok(address.clone())
             }
         }
@@ -443,8 +442,9 @@ impl<A: Send + 'static> Node<A> {
         };
         self.dialing.insert(peer.clone());
         let sender = self.sender.clone();
+        let timeout_ms = self.net.connect_timeout_ms;
         self.runtime.spawn(async move {
-            let event = match dial(address).await {
+            let event = match dial(address, timeout_ms).await {
                 Ok((read, write)) => Event::Dialed(peer, read, write),
                 Err(reason) => Event::DialFailed(peer, reason.to_string()),
             };
@@ -474,48 +474,37 @@ impl<A: Send + 'static> Node<A> {
             .redial_at
             .get(peer)
             .map_or(Duration::from_millis(100), |(_, b)| *b);
-        let next = (backoff * 2).min(Duration::from_millis(REDIAL_MAX_MS));
+        let next = (backoff * 2).min(Duration::from_millis(self.net.redial_max_ms));
         self.redial_at
             .insert(peer.clone(), (Instant::now() + backoff, next));
     }
 
-    fn attach(&mut self, link: Link, read: BoxedRead, write: BoxedWrite) -> u64 {
+    fn attach(
+        &mut self,
+        link: Link,
+        stream: (BoxedRead, BoxedWrite),
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> u64 {
         let number = self.next_connection;
         self.next_connection += 1;
-        let (writer, mut outgoing) = tmpsc::unbounded_channel::<Outgoing>();
-        let queued = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let written = queued.clone();
         let sender = self.sender.clone();
-        let limits = self.limits;
-        self.runtime
-            .spawn(read_frames(number, read, sender, limits));
-        self.runtime.spawn(async move {
-            let mut write = write;
-            while let Some(next) = outgoing.recv().await {
-                match next {
-                    Outgoing::Frames(frames) => {
-                        if write_frames(&mut write, &frames).await.is_err() {
-                            return;
-                        }
-                        let bytes = frames.iter().map(Vec::len).sum();
-                        written.fetch_sub(bytes, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    Outgoing::Close => {
-                        let _ = tokio::io::AsyncWriteExt::shutdown(&mut write).await;
-                        return;
-                    }
-                }
-            }
-        });
+        let report = move |event| sender.send(Event::Read(number, event)).is_ok();
+        let pipe = crate::net::start(&self.runtime, stream, self.limits, self.net, report, permit);
+        let now = Instant::now();
+        let dialled = matches!(link, Link::Dialing { .. });
         self.connections.insert(
             number,
             Connection {
                 link,
-                writer,
-                queued,
+                pipe,
+                dialled,
                 next_question: EPHEMERAL_QUESTION_BASE + 3,
                 acknowledged: 0,
-                acknowledged_at: Instant::now(),
+                acknowledged_at: now,
+                opened_at: now,
+                heard_at: now,
+                pinged_at: now,
+                held: Vec::new(),
             },
         );
         number
@@ -523,7 +512,7 @@ impl<A: Send + 'static> Node<A> {
 
     fn close(&mut self, number: u64) {
         if let Some(connection) = self.connections.remove(&number) {
-            let _ = connection.writer.send(Outgoing::Close);
+            connection.pipe.close();
             if let Some(peer) = connection.peer()
                 && self.by_peer.get(peer) == Some(&number)
             {
@@ -532,12 +521,14 @@ impl<A: Send + 'static> Node<A> {
         }
     }
 
-    /// Sends `Abort` on a connection and closes it.
+    /// Sends `Abort` on a connection (whatever its queue holds: it is the
+    /// last word) and closes it.
     fn refuse(&mut self, number: u64, reason: &str) {
         if let Some(connection) = self.connections.get(&number) {
-            connection.send(&Wire::Abort {
+            let abort = Wire::Abort {
                 reason: reason.to_owned(),
-            });
+            };
+            connection.pipe.push_past_limit(vec![wire::encode(&abort)]);
         }
         self.close(number);
     }
@@ -546,18 +537,7 @@ impl<A: Send + 'static> Node<A> {
     /// nothing to do), runs cranks, commits, and sends what they made.
     /// Returns the application events that arrived.
     pub fn turn(&mut self, wait: Duration) -> Result<Vec<A>, NodeError> {
-        let now = Instant::now();
-        let due: Vec<EndpointId> = self
-            .redial_at
-            .iter()
-            .filter(|(peer, (at, _))| {
-                *at <= now && !self.dialing.contains(*peer) && !self.by_peer.contains_key(*peer)
-            })
-            .map(|(peer, _)| peer.clone())
-            .collect();
-        for peer in due {
-            self.start_dial(peer)?;
-        }
+        self.dial_due()?;
         let mut app = Vec::new();
         let mut next = self.events.try_recv().ok();
         if next.is_none() && !self.kernel.has_work()? {
@@ -569,17 +549,18 @@ impl<A: Send + 'static> Node<A> {
             busy = true;
             match event {
                 Event::App(a) => app.push(a),
-                Event::Accepted(read, write, _from) => {
-                    self.attach(Link::Fresh, read, write);
+                Event::Accepted(read, write, permit) => {
+                    self.attach(Link::Fresh, (read, write), Some(permit));
                 }
                 Event::Dialed(peer, read, write) => self.dialed(peer, read, write)?,
                 Event::DialFailed(peer, reason) => self.dial_failed(&peer, &reason),
-                Event::Frame(number, frame) => self.frame(number, &frame)?,
-                Event::Closed {
-                    number,
-                    reason,
-                    malformed,
-                } => self.closed(number, &reason, malformed)?,
+                Event::Read(number, ReaderEvent::Frame(frame, ticket)) => {
+                    self.frame(number, &frame)?;
+                    self.take_in(number, ticket)?;
+                }
+                Event::Read(number, ReaderEvent::Closed { reason, malformed }) => {
+                    self.closed(number, &reason, malformed)?
+                }
             }
             // Keep cranking even under a flood of frames.
             if started.elapsed() > Duration::from_millis(20) {
@@ -595,7 +576,179 @@ impl<A: Send + 'static> Node<A> {
             self.flush()?;
         }
         self.acknowledge()?;
+        self.sweep_when_due()?;
         Ok(app)
+    }
+
+    /// Dials the sessions whose redial time has come.
+    fn dial_due(&mut self) -> Result<(), NodeError> {
+        let now = Instant::now();
+        let due: Vec<EndpointId> = self
+            .redial_at
+            .iter()
+            .filter(|(peer, (at, _))| {
+                *at <= now && !self.dialing.contains(*peer) && !self.by_peer.contains_key(*peer)
+            })
+            .map(|(peer, _)| peer.clone())
+            .collect();
+        for peer in due {
+            self.start_dial(peer)?;
+        }
+        Ok(())
+    }
+
+    /// Now and then: connections past their deadlines, readers held back,
+    /// sessions away too long, ended peers to purge.
+    fn sweep_when_due(&mut self) -> Result<(), NodeError> {
+        if self.swept_at.elapsed() >= Duration::from_millis(SWEEP_INTERVAL_MS) {
+            self.swept_at = Instant::now();
+            self.release_intake()?;
+            self.sweep()?;
+        }
+        if self.peers_swept_at.elapsed() >= Duration::from_millis(PEER_SWEEP_INTERVAL_MS) {
+            self.peers_swept_at = Instant::now();
+            let by_peer = &self.by_peer;
+            let ended = self
+                .kernel
+                .expire_peers(&self.net, &|peer| by_peer.contains_key(peer))?;
+            for peer in ended {
+                self.forgotten(&peer);
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the peer `peer` by hand (`vat peers forget`): a connected one
+    /// is sent `Abort`; a session's kept frames are deleted and it is not
+    /// dialled again; what it held is released.
+    pub fn forget_peer(&mut self, peer: &EndpointId) -> Result<(), NodeError> {
+        let reason = "forgotten (vat peers forget)";
+        if let Some(&number) = self.by_peer.get(peer) {
+            self.refuse(number, reason);
+        }
+        self.kernel
+            .remove_peer(peer, &format!("peer {peer} disconnected: {reason}"))?;
+        self.forgotten(peer);
+        Ok(())
+    }
+
+    /// `peer` is ended: nothing dials it or carries it any more.
+    fn forgotten(&mut self, peer: &EndpointId) {
+        self.redial_at.remove(peer);
+        self.dialing.remove(peer);
+        let carrying: Vec<u64> = self
+            .connections
+            .iter()
+            .filter(|(_, connection)| connection.peer() == Some(peer.as_str()))
+            .map(|(number, _)| *number)
+            .collect();
+        for number in carrying {
+            self.close(number);
+        }
+    }
+
+    /// A frame of connection `number` was handled: while the run queue is
+    /// over [`NetLimits::run_queue_intake_max`], its ticket is kept, so
+    /// that its reader, once it holds too many, reads no more.
+    fn take_in(&mut self, number: u64, ticket: Ticket) -> Result<(), NodeError> {
+        if self.kernel.run_queue_length()? < self.net.run_queue_intake_max {
+            return Ok(());
+        }
+        if let Some(connection) = self.connections.get_mut(&number) {
+            connection.held.push(ticket);
+        }
+        Ok(())
+    }
+
+    /// Lets held-back readers read again once the run queue has room.
+    fn release_intake(&mut self) -> Result<(), NodeError> {
+        if self.kernel.run_queue_length()? < self.net.run_queue_intake_max {
+            for connection in self.connections.values_mut() {
+                connection.held.clear();
+            }
+        }
+        Ok(())
+    }
+
+    /// Connections past a deadline: a handshake not done in
+    /// `handshake_timeout_ms`, a client silent for `idle_timeout_ms`, a
+    /// session silent for `keepalive_timeout_ms` (taken for dead; the
+    /// dialler redials). Quiet sessions we dialled are pinged.
+    fn sweep(&mut self) -> Result<(), NodeError> {
+        let net = self.net;
+        let mut late = Vec::new();
+        for (number, connection) in &mut self.connections {
+            let silent_ms = connection.heard_at.elapsed().as_millis() as u64;
+            let reason = match &connection.link {
+                Link::Fresh | Link::Answering { .. } | Link::Dialing { .. }
+                    if connection.opened_at.elapsed().as_millis() as u64
+                        > net.handshake_timeout_ms =>
+                {
+                    format!(
+                        "no handshake in {} ms (handshake_timeout_ms)",
+                        net.handshake_timeout_ms
+                    )
+                }
+                Link::Client(_) if silent_ms > net.idle_timeout_ms => {
+                    format!("no frame in {} ms (idle_timeout_ms)", net.idle_timeout_ms)
+                }
+                Link::Session(..) if silent_ms > net.keepalive_timeout_ms => format!(
+                    "nothing heard in {} ms (keepalive_timeout_ms)",
+                    net.keepalive_timeout_ms
+                ),
+                Link::Session(..) => {
+                    if connection.dialled
+                        && silent_ms >= net.keepalive_interval_ms
+                        && connection.pinged_at.elapsed().as_millis() as u64
+                            >= net.keepalive_interval_ms
+                    {
+                        ping(connection);
+                    }
+                    continue;
+                }
+                _ => continue,
+            };
+            late.push((*number, reason));
+        }
+        for (number, reason) in late {
+            self.cut_off(number, &reason)?;
+        }
+        Ok(())
+    }
+
+    /// Ends connection `number` for `reason`: a client is aborted (what it
+    /// held is released); a session's connection is dropped, the session
+    /// kept for the next one (the dialler redials at once).
+    fn cut_off(&mut self, number: u64, reason: &str) -> Result<(), NodeError> {
+        let Some(connection) = self.connections.get(&number) else {
+            return Ok(());
+        };
+        match &connection.link {
+            Link::Client(peer) => {
+                let peer = peer.clone();
+                self.kernel
+                    .remove_peer(&peer, &format!("peer {peer} disconnected: {reason}"))?;
+                self.refuse(number, reason);
+            }
+            Link::Session(peer, _) | Link::Dialing { peer, .. } => {
+                let peer = peer.clone();
+                let dialled = connection.dialled;
+                let carried = self.by_peer.get(&peer) == Some(&number);
+                self.close(number);
+                self.dialing.remove(&peer);
+                if carried {
+                    self.kernel
+                        .set_peer_link(&peer, PeerLink::NotConnected(reason.to_owned()));
+                    self.kernel.session_seen(&peer)?;
+                }
+                if dialled {
+                    self.redial_at
+                        .insert(peer, (Instant::now(), Duration::from_millis(100)));
+                }
+            }
+            Link::Fresh | Link::Answering { .. } => self.refuse(number, reason),
+        }
+        Ok(())
     }
 
     fn dialed(
@@ -617,8 +770,8 @@ impl<A: Send + 'static> Node<A> {
                 nonce,
                 proved: None,
             },
-            read,
-            write,
+            (read, write),
+            None,
         );
         let connection = &self.connections[&number];
         connection.send(&Wire::Bootstrap {
@@ -656,6 +809,7 @@ impl<A: Send + 'static> Node<A> {
                 if self.by_peer.get(&peer) == Some(&number) {
                     self.kernel
                         .set_peer_link(&peer, PeerLink::NotConnected(reason.to_owned()));
+                    self.kernel.session_seen(&peer)?;
                 }
                 if self.dialled_session(&peer)?.is_some() {
                     self.schedule_redial(&peer);
@@ -703,6 +857,7 @@ impl<A: Send + 'static> Node<A> {
         let Some(connection) = self.connections.get_mut(&number) else {
             return Ok(());
         };
+        connection.heard_at = Instant::now();
         // The link is taken out while the frame is handled, and put back.
         let link = std::mem::replace(&mut connection.link, Link::Fresh);
         let decoded = self.decode(&link, frame);
@@ -1048,6 +1203,7 @@ impl<A: Send + 'static> Node<A> {
         self.by_peer.insert(peer.clone(), number);
         self.redial_at.remove(&peer);
         self.kernel.set_peer_link(&peer, PeerLink::Connected);
+        self.kernel.session_seen(&peer)?;
         Ok(())
     }
 
@@ -1069,11 +1225,8 @@ impl<A: Send + 'static> Node<A> {
             if due {
                 connection.acknowledged = received;
                 connection.acknowledged_at = Instant::now();
-                let question = connection.next_question;
-                connection.next_question = connection
-                    .next_question
-                    .wrapping_add(1)
-                    .max(EPHEMERAL_QUESTION_BASE + 3);
+                connection.pinged_at = Instant::now();
+                let question = connection.next_ephemeral_question();
                 connection.send(&gate_call(question, CallContent::Ack { received }));
             }
         }
@@ -1097,64 +1250,22 @@ impl<A: Send + 'static> Node<A> {
                 stalled.push((*number, peer));
             }
         }
-        for (number, peer) in stalled {
+        for (number, _) in stalled {
             let reason = format!(
-                "the peer does not read what it is sent (outgoing_bytes_max {OUTGOING_BYTES_MAX})"
+                "the peer does not read what it is sent (outgoing_bytes_max {})",
+                self.net.outgoing_bytes_max
             );
-            if !self.kernel.is_session(&peer)? {
-                self.kernel.abort_peer(&peer, &reason)?;
-            } else {
-                self.kernel
-                    .set_peer_link(&peer, PeerLink::NotConnected(reason.to_owned()));
-            }
-            self.close(number);
+            self.cut_off(number, &reason)?;
         }
         Ok(())
     }
 }
 
-/// `accept_retry_ms`: how long a listener waits after a failed accept
-/// (such as running out of file descriptors) before it tries again.
-const ACCEPT_RETRY_MS: u64 = 100;
-
-/// A connection a listener accepted, or `None` after an accept failed: the
-/// failure is said on stderr and the listener waits a little and goes on,
-/// so that no error (too many open files, a connection reset before it was
-/// accepted) ends it.
-async fn accepted<S, A: std::fmt::Debug>(outcome: std::io::Result<(S, A)>) -> Option<(S, A)> {
-    match outcome {
-        Ok(accepted) => Some(accepted),
-        Err(e) => {
-            eprintln!("accept failed ({e}); listening on in {ACCEPT_RETRY_MS} ms");
-            tokio::time::sleep(std::time::Duration::from_millis(ACCEPT_RETRY_MS)).await;
-            None
-        }
-    }
-}
-
-/// Reads connection `number`'s frames into the crank loop's events, until
-/// it ends: then says why, and whether its peer sent a malformed frame.
-async fn read_frames<A>(
-    number: u64,
-    mut read: BoxedRead,
-    sender: mpsc::Sender<Event<A>>,
-    limits: captp::wire::Limits,
-) {
-    let (reason, malformed) = loop {
-        match read_frame(&mut read, &limits).await {
-            Ok(Some(frame)) => {
-                if sender.send(Event::Frame(number, frame)).is_err() {
-                    return;
-                }
-            }
-            Ok(None) => break ("the peer closed the connection".to_owned(), false),
-            Err(TransportError::Wire(e)) => break (format!("malformed frame: {e}"), true),
-            Err(other) => break (other.to_string(), false),
-        }
-    };
-    let _ = sender.send(Event::Closed {
-        number,
-        reason,
-        malformed,
-    });
+/// Keeps a quiet session's connection alive: an acknowledgement of what
+/// was acknowledged already, which the other side answers.
+fn ping(connection: &mut Connection) {
+    connection.pinged_at = Instant::now();
+    let question = connection.next_ephemeral_question();
+    let received = connection.acknowledged;
+    connection.send(&gate_call(question, CallContent::Ack { received }));
 }

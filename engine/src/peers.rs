@@ -17,13 +17,34 @@ use crate::{
 #[derive(Debug, Default)]
 struct PeerLinks(HashMap<EndpointId, PeerLink>);
 
-/// Every peer id ever allocated (`r1` up to `kernel.nextPeer`).
+/// Every peer with a record: those live and those ended but still shown
+/// (before the lists were kept, every id up to `kernel.nextPeer`).
 fn peer_ids(t: &TablesRef<'_>) -> Result<Vec<EndpointId>, StoreError> {
+    if t.get(keys::PEERS_INDEXED)?.is_none() {
+        return every_peer_id(t);
+    }
+    let mut ids = Vec::new();
+    for prefix in [keys::PEERS_OPEN, keys::PEERS_ENDED] {
+        for (key, _) in t.scan_prefix(prefix)? {
+            let id = EndpointId::parse(&key[prefix.len()..])
+                .unwrap_or_else(|| panic!("engine invariant: {key} names a peer"));
+            ids.push(id);
+        }
+    }
+    ids.sort_by_key(EndpointId::number);
+    Ok(ids)
+}
+
+/// Every peer id ever allocated (`r1` up to `kernel.nextPeer`).
+fn every_peer_id(t: &TablesRef<'_>) -> Result<Vec<EndpointId>, StoreError> {
     let next = t.count(keys::NEXT_PEER)?.max(1);
     Ok((1..next)
         .map(|n| EndpointId::new(EndpointKind::Peer, n))
         .collect())
 }
+
+/// Ended peers purged in one sweep at most (each a crank).
+const PURGES_PER_SWEEP_MAX: usize = 64;
 
 /// The CapTP engine's operations on a kernel (its peers are endpoints).
 pub trait Peers {
@@ -89,6 +110,23 @@ pub trait Peers {
     /// Returns a promise for it, pinned until [`Kernel::release`].
     fn enliven(&mut self, peer: &EndpointId, swiss: &str) -> Result<Kref, KernelError>;
 
+    /// Forgets a sturdy ref: its swiss number restores nothing from now
+    /// on, and the object is no longer kept alive for it. False if there
+    /// was no such sturdy ref.
+    fn unshare(&mut self, swiss: &str) -> Result<bool, KernelError>;
+
+    /// Records that the kernel session `peer` is connected or was just now.
+    fn session_seen(&mut self, peer: &EndpointId) -> Result<(), KernelError>;
+
+    /// Ends kernel sessions away longer than `session_away_max_s` (not
+    /// `connected`), and purges ended peers past `ended_peers_kept_s` or
+    /// beyond the `ended_peers_max` most recent. Returns the sessions ended.
+    fn expire_peers(
+        &mut self,
+        limits: &crate::node::NetLimits,
+        connected: &dyn Fn(&EndpointId) -> bool,
+    ) -> Result<Vec<EndpointId>, KernelError>;
+
     /// What our question `question` to `peer` expects back (for decoding).
     fn return_kind(&self, peer: &EndpointId, question: u32) -> Option<ReturnKind>;
 
@@ -112,6 +150,7 @@ impl Peers for Kernel {
             k.tables().set(&keys::record(&id, "state"), "running")?;
             let direction = if outbound { "outbound" } else { "inbound" };
             k.tables().set(&keys::record(&id, "direction"), direction)?;
+            k.tables().set(&keys::peer_open(&id), "")?;
             Ok(id)
         })
     }
@@ -132,6 +171,7 @@ impl Peers for Kernel {
     }
 
     fn remove_stale_peers(&mut self) -> Result<(), KernelError> {
+        index_peers(self)?;
         for peer in peer_ids(&self.tables_ref())? {
             if crate::is_running(&self.tables_ref(), &peer)? {
                 if self
@@ -233,16 +273,9 @@ impl Peers for Kernel {
 
     fn sessions_to_dial(&self) -> Result<Vec<(EndpointId, String, String)>, KernelError> {
         let mut out = Vec::new();
-        let tables = self.tables_ref();
-        for peer in &peer_ids(&tables)? {
-            if !crate::is_session(&tables, peer)? {
-                continue;
-            }
-            if let (Some(did), Some(address)) = (
-                self.tables_ref().get(&keys::record(&peer, "did"))?,
-                self.tables_ref().get(&keys::record(&peer, "address"))?,
-            ) {
-                out.push((peer.clone(), did, address));
+        for (peer, did, address) in sessions(&self.tables_ref())? {
+            if let Some(address) = address {
+                out.push((peer, did, address));
             }
         }
         Ok(out)
@@ -338,6 +371,53 @@ impl Peers for Kernel {
         Ok(Kref::parse(&kp).expect("kernel invariant: promises are krefs"))
     }
 
+    fn unshare(&mut self, swiss: &str) -> Result<bool, KernelError> {
+        let key = keys::sturdy(&swiss);
+        let Some(kref) = self.tables_ref().get(&key)? else {
+            return Ok(false);
+        };
+        self.in_crank(|k| {
+            k.tables().delete(&key)?;
+            k.tables().decref(&kref)
+        })?;
+        Ok(true)
+    }
+
+    fn session_seen(&mut self, peer: &EndpointId) -> Result<(), KernelError> {
+        let now = crate::unix_now_s().to_string();
+        Ok(self.in_crank(|k| k.tables().set(&keys::record(&peer, "lastSeen"), &now))?)
+    }
+
+    fn expire_peers(
+        &mut self,
+        limits: &crate::node::NetLimits,
+        connected: &dyn Fn(&EndpointId) -> bool,
+    ) -> Result<Vec<EndpointId>, KernelError> {
+        let now = crate::unix_now_s();
+        let mut ended = Vec::new();
+        for (peer, _, _) in sessions(&self.tables_ref())? {
+            if connected(&peer) {
+                continue;
+            }
+            let seen = self.tables_ref().get(&keys::record(&peer, "lastSeen"))?;
+            let Some(seen) = seen.and_then(|text| text.parse::<u64>().ok()) else {
+                // Sessions from before lastSeen was kept count from now.
+                self.session_seen(&peer)?;
+                continue;
+            };
+            if now.saturating_sub(seen) > limits.session_away_max_s {
+                let reason = format!(
+                    "away longer than {} s (session_away_max_s)",
+                    limits.session_away_max_s
+                );
+                self.remove_peer(&peer, &reason)?;
+                ended.push(peer);
+            }
+        }
+        purge_ended_peers(self, now, limits)?;
+        Ok(ended)
+    }
+
     fn return_kind(&self, peer: &EndpointId, question: u32) -> Option<ReturnKind> {
         let text = self
             .tables_ref()
@@ -373,4 +453,81 @@ impl Peers for Kernel {
             }
         }
     }
+}
+
+/// The running kernel sessions: (peer, did, where we dial it, if we do).
+fn sessions(t: &TablesRef<'_>) -> Result<Vec<(EndpointId, String, Option<String>)>, StoreError> {
+    let mut out = Vec::new();
+    for (key, id) in t.scan_prefix("peer.did.")? {
+        let peer = EndpointId::parse(&id)
+            .unwrap_or_else(|| panic!("engine invariant: {key} names a peer, not {id:?}"));
+        if !crate::is_running(t, &peer)? {
+            continue;
+        }
+        let did = key["peer.did.".len()..].to_owned();
+        let address = t.get(&keys::record(&peer, "address"))?;
+        out.push((peer, did, address));
+    }
+    out.sort_by_key(|(peer, _, _)| peer.number());
+    Ok(out)
+}
+
+/// Builds the lists of live and ended peers for a store made before them.
+fn index_peers(kernel: &mut Kernel) -> Result<(), KernelError> {
+    if kernel.tables_ref().get(keys::PEERS_INDEXED)?.is_some() {
+        return Ok(());
+    }
+    let now = crate::unix_now_s().to_string();
+    kernel.in_crank(|k| {
+        for peer in every_peer_id(&k.tables_ref())? {
+            match k
+                .tables_ref()
+                .get(&keys::record(&peer, "state"))?
+                .as_deref()
+            {
+                Some("running") => k.tables().set(&keys::peer_open(&peer), "")?,
+                Some(_) => k.tables().set(&keys::peer_ended(&peer), &now)?,
+                None => {}
+            }
+        }
+        k.tables().set(keys::PEERS_INDEXED, "1")
+    })?;
+    Ok(())
+}
+
+/// Deletes every key of ended peers past `ended_peers_kept_s`, and of the
+/// oldest beyond `ended_peers_max`, once what they held is released.
+fn purge_ended_peers(
+    kernel: &mut Kernel,
+    now: u64,
+    limits: &crate::node::NetLimits,
+) -> Result<(), KernelError> {
+    let mut ended: Vec<(u64, EndpointId)> = Vec::new();
+    for (key, at) in kernel.tables_ref().scan_prefix(keys::PEERS_ENDED)? {
+        let peer = EndpointId::parse(&key[keys::PEERS_ENDED.len()..])
+            .unwrap_or_else(|| panic!("engine invariant: {key} names a peer"));
+        ended.push((at.parse().unwrap_or(0), peer));
+    }
+    ended.sort_by_key(|(at, peer)| (*at, peer.number()));
+    let excess = ended.len().saturating_sub(limits.ended_peers_max);
+    let due = ended
+        .iter()
+        .enumerate()
+        .filter(|(i, (at, _))| *i < excess || now.saturating_sub(*at) > limits.ended_peers_kept_s)
+        .map(|(_, (_, peer))| peer);
+    for peer in due.take(PURGES_PER_SWEEP_MAX) {
+        let clist = keys::prefix(&peer, "c.");
+        if kernel.tables_ref().cleanup_pending(peer)?
+            || kernel.tables_ref().first_with_prefix(&clist)?.is_some()
+        {
+            continue;
+        }
+        kernel.in_crank(|k| {
+            for (key, _) in k.tables_ref().scan_prefix(&keys::peer_all(&peer))? {
+                k.tables().delete(&key)?;
+            }
+            k.tables().delete(&keys::peer_ended(&peer))
+        })?;
+    }
+    Ok(())
 }

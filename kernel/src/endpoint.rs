@@ -174,6 +174,12 @@ macro_rules! reads {
                 self.state.promise_decider(kpid)
             }
 
+            /// Whether what terminated `endpoint` held is still being
+            /// released ([`Tables::schedule_cleanup`]'s slices are not done).
+            pub fn cleanup_pending(&self, endpoint: &str) -> StoreResult<bool> {
+                Ok(self.state.get(&keys::cleanup(&endpoint))?.is_some())
+            }
+
             /// Whether `kref` names an object or promise that still exists.
             pub fn kref_exists(&self, kref: &str) -> StoreResult<bool> {
                 self.state.kref_exists(kref)

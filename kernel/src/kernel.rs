@@ -1066,6 +1066,14 @@ impl Kernel {
         Ok(worked || cleaned)
     }
 
+    /// How many items wait in the run queue (the network stops taking in
+    /// frames while it is long; the inspector shows it).
+    pub fn run_queue_length(&self) -> Result<u64, KernelError> {
+        let head = self.state.count(keys::RUN_QUEUE_HEAD)?;
+        let tail = self.state.count(keys::RUN_QUEUE_TAIL)?;
+        Ok(tail.saturating_sub(head))
+    }
+
     /// Whether [`Self::step`] may find work (it may still find none).
     pub fn has_work(&self) -> Result<bool, KernelError> {
         if self.state.gc_actions_maybe || self.state.cleanup_maybe {

@@ -5,7 +5,7 @@
 mod admin;
 mod jobs;
 mod list;
-mod network;
+pub(crate) mod network;
 mod send;
 mod spawn;
 
@@ -74,6 +74,8 @@ fn run(home: &Home, kernel: &mut Kernel, request: &Request, out: &mut Outcome) -
         Request::JobReceipts { id } => jobs::receipts(kernel, id, out)?,
         Request::Share { target } => network::share(home, kernel, target, out)?,
         Request::Peers => network::peers(kernel, out)?,
+        Request::ForgetPeer { peer } => network::forget(kernel, peer, out)?,
+        Request::Unshare { sturdy } => network::unshare(home, kernel, sturdy, out)?,
         Request::Enliven { .. } => {
             bail!("enliven needs the daemon, which keeps the connection: run `vat start` first")
         }

@@ -50,6 +50,51 @@ pub fn peers(kernel: &mut Kernel, out: &mut Outcome) -> Result<()> {
     Ok(())
 }
 
+/// A peer id as `vat peers` lists it, of a peer this kernel knows.
+pub fn peer_id(kernel: &Kernel, text: &str) -> Result<kernel::EndpointId> {
+    let id = kernel::EndpointId::parse(text)
+        .filter(|id| id.kind() == kernel::EndpointKind::Peer)
+        .ok_or_else(|| {
+            anyhow::anyhow!("{text:?} is no peer id (r<N>, as `vat peers` lists them)")
+        })?;
+    let known = kernel.peers()?.into_iter().find(|p| p.id == id);
+    match known {
+        None => bail!("no peer {id}"),
+        Some(peer) if peer.gone => bail!("peer {id} has ended already"),
+        Some(_) => Ok(id),
+    }
+}
+
+/// Ends a peer with no daemon running (so with no connection to close).
+pub fn forget(kernel: &mut Kernel, peer: &str, out: &mut Outcome) -> Result<()> {
+    let peer = peer_id(kernel, peer)?;
+    let reason = format!("peer {peer} disconnected: forgotten (vat peers forget)");
+    kernel.remove_peer(&peer, &reason)?;
+    out.line(format!("forgot {peer}"));
+    Ok(())
+}
+
+/// Forgets a sturdy ref of this kernel, given whole or as its swiss number.
+pub fn unshare(home: &Home, kernel: &mut Kernel, text: &str, out: &mut Outcome) -> Result<()> {
+    let swiss = if text.contains("://") {
+        let sturdy = SturdyRef::parse(text)?;
+        if sturdy.did != home.did() {
+            bail!(
+                "that sturdy ref names another kernel ({}): only it can forget it",
+                sturdy.did
+            );
+        }
+        sturdy.swiss
+    } else {
+        text.to_owned()
+    };
+    if !kernel.unshare(&swiss)? {
+        bail!("no sturdy ref {swiss} (never shared, or unshared already)");
+    }
+    out.line(format!("unshared {swiss}: it restores nothing from now on"));
+    Ok(())
+}
+
 /// Checks an enliven before it dials: the name is free, and the sturdy ref
 /// names another kernel. Returns the parsed sturdy ref.
 pub fn enliven_target(
