@@ -54,6 +54,79 @@ pub async fn read_frame_within<R: AsyncRead + Unpin>(
     }
 }
 
+/// Reads one netstring (`<len>:<bytes>,`), JSON CapTP's framing on byte
+/// streams, refusing it from its length when that is over
+/// `frame_bytes_max`; `None` at a clean end of stream. Like
+/// [`read_frame_within`], the rest of a netstring that started must come
+/// within `rest_timeout_ms`.
+pub async fn read_netstring_within<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    limits: &Limits,
+    rest_timeout_ms: Option<u64>,
+) -> Result<Option<Vec<u8>>, TransportError> {
+    let mut first = [0u8; 1];
+    loop {
+        match reader.read(&mut first).await {
+            Ok(0) => return Ok(None),
+            Ok(_) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let rest = read_netstring_rest(reader, limits, first[0]);
+    match rest_timeout_ms {
+        None => rest.await.map(Some),
+        Some(ms) => match tokio::time::timeout(std::time::Duration::from_millis(ms), rest).await {
+            Ok(read) => read.map(Some),
+            Err(_) => Err(TransportError::SlowFrame(ms)),
+        },
+    }
+}
+
+/// A netstring's length digits (from `first` on), its bytes and its comma.
+async fn read_netstring_rest<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    limits: &Limits,
+    first: u8,
+) -> Result<Vec<u8>, TransportError> {
+    let malformed =
+        |why: &str| TransportError::Wire(WireError::Malformed(format!("netstring: {why}")));
+    let mut length: usize = 0;
+    let mut byte = first;
+    let mut digits = 0;
+    while byte != b':' {
+        if !byte.is_ascii_digit() || digits == 10 {
+            return Err(malformed("expected the length's digits, then ':'"));
+        }
+        length = length * 10 + usize::from(byte - b'0');
+        digits += 1;
+        let mut next = [0u8; 1];
+        read_exact(reader, &mut next).await?;
+        byte = next[0];
+    }
+    if digits == 0 {
+        return Err(malformed("no length"));
+    }
+    if length > limits.frame_bytes_max {
+        return Err(WireError::FrameTooLarge(length, limits.frame_bytes_max).into());
+    }
+    // Read as it arrives, like a frame's body.
+    let mut payload = Vec::new();
+    let read = (&mut *reader)
+        .take(length as u64)
+        .read_to_end(&mut payload)
+        .await?;
+    let mut comma = [0u8; 1];
+    if read < length {
+        return Err(TransportError::Truncated);
+    }
+    read_exact(reader, &mut comma).await?;
+    if comma[0] != b',' {
+        return Err(malformed("no ',' after the bytes"));
+    }
+    Ok(payload)
+}
+
 /// The rest of a frame whose first `have` bytes are in `frame`.
 async fn read_rest<R: AsyncRead + Unpin>(
     reader: &mut R,
@@ -146,6 +219,30 @@ mod tests {
         let cut = &frames[0][..frames[0].len() - 3];
         let err = read_frame(&mut &cut[..], &limits).await.unwrap_err();
         assert!(matches!(err, TransportError::Truncated), "{err}");
+    }
+
+    #[tokio::test]
+    async fn netstrings_are_read_and_bad_ones_refused() {
+        let limits = Limits::default();
+        let mut bytes: &[u8] = b"5:hello,0:,";
+        for expected in [Some(b"hello".to_vec()), Some(vec![]), None] {
+            let read = read_netstring_within(&mut bytes, &limits, None).await;
+            assert_eq!(read.unwrap(), expected);
+        }
+        for bad in [&b"5:hello;"[..], b"x:", b":", b"12345678901:", b"5:hel"] {
+            let mut bytes = bad;
+            assert!(
+                read_netstring_within(&mut bytes, &limits, None)
+                    .await
+                    .is_err(),
+                "{bad:?}"
+            );
+        }
+        let mut huge: &[u8] = b"9999999:";
+        let err = read_netstring_within(&mut huge, &limits, None)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("frame_bytes_max"), "{err}");
     }
 
     #[tokio::test]

@@ -212,6 +212,14 @@ pub enum Message {
         promise: u32,
         resolution: Result<CapDescriptor, String>,
     },
+    /// A promise the sender exported settled to data, not a capability
+    /// (@endo/captp's `CTP_RESOLVE` with `res`); written over Cap'n Proto
+    /// as a `Resolve` to an exception saying so.
+    ResolveData {
+        promise: u32,
+        result: Body,
+        caps: Vec<CapDescriptor>,
+    },
     Release {
         id: u32,
         count: u32,
@@ -738,6 +746,15 @@ fn write_message(root: message::Builder<'_>, message: &Message) {
                 Ok(cap) => write_descriptor(r.init_cap(), cap),
                 Err(reason) => write_exception(r.init_exception(), reason),
             }
+        }
+        // Cap'n Proto resolves promises to capabilities only: it says so.
+        Message::ResolveData { promise, .. } => {
+            let mut r = root.init_resolve();
+            r.set_promise_id(*promise);
+            write_exception(
+                r.init_exception(),
+                "the promise settled to data, not a capability",
+            );
         }
         Message::Release { id, count } => {
             let mut r = root.init_release();

@@ -54,6 +54,11 @@ pub(crate) fn frame_out(peer: Id<'_>, seq: u64) -> String {
     format!("{peer}.out.{seq:020}")
 }
 
+/// A JSON peer's answers in the order they returned (see `endo.rs`).
+pub(crate) fn returned(peer: Id<'_>, seq: u64) -> String {
+    format!("{peer}.ra.{seq:020}")
+}
+
 /// Where a kind of the peer's entries start (`q.`, `a.`, `out.`, `c.` ...).
 pub(crate) fn prefix(peer: Id<'_>, kind: &str) -> String {
     format!("{peer}.{kind}")

@@ -47,6 +47,7 @@ use kernel::{
 };
 
 mod check;
+mod endo;
 mod keys;
 mod net;
 pub mod node;
@@ -432,7 +433,18 @@ fn handle_message(t: &mut Tables<'_>, peer: &str, message: Wire) -> Result<()> {
         Wire::Resolve {
             promise,
             resolution,
-        } => on_resolve(t, peer, promise, resolution),
+        } => {
+            let settled = match resolution {
+                Ok(cap) => Settled::Reference(cap),
+                Err(reason) => Settled::Broken(reason),
+            };
+            on_resolve(t, peer, promise, settled)
+        }
+        Wire::ResolveData {
+            promise,
+            result,
+            caps,
+        } => on_resolve(t, peer, promise, Settled::Data(result, caps)),
         Wire::Release { id, count } => on_release(t, peer, id, count),
         Wire::Disembargo { target, context } => on_disembargo(t, peer, &target, context),
         Wire::Abort { reason } => protocol(format!("the peer aborted: {reason}")),
@@ -487,23 +499,27 @@ fn on_finish(t: &mut Tables<'_>, peer: &str, question: u32) -> Result<()> {
     Ok(())
 }
 
+/// What a promise the peer exported settled to.
+enum Settled {
+    Reference(CapDescriptor),
+    /// Data, possibly holding references (JSON CapTP only).
+    Data(Body, Vec<CapDescriptor>),
+    Broken(String),
+}
+
 /// A promise the peer exported to us settled.
-fn on_resolve(
-    t: &mut Tables<'_>,
-    peer: &str,
-    promise: u32,
-    resolution: std::result::Result<CapDescriptor, String>,
-) -> Result<()> {
+fn on_resolve(t: &mut Tables<'_>, peer: &str, promise: u32, settled: Settled) -> Result<()> {
     let vref = format!("p+{promise}");
     let Some(kp) = t.clist_kref(peer, &vref)? else {
         return protocol(format!("resolve for unknown promise {promise}"));
     };
-    let (rejected, data) = match resolution {
-        Ok(cap) => {
+    let (rejected, data) = match settled {
+        Settled::Reference(cap) => {
             let kref = import_descriptor(t, peer, &cap)?;
             (false, reference_capdata(&kref))
         }
-        Err(reason) => (true, error_capdata(&reason)),
+        Settled::Data(body, caps) => (false, capdata_from_peer(t, peer, body, &caps)?),
+        Settled::Broken(reason) => (true, error_capdata(&reason)),
     };
     if t.promise_state(&kp)? == Some(PromiseState::Unresolved) {
         t.resolve(&kp, rejected, &data)?;
@@ -534,12 +550,18 @@ fn on_release(t: &mut Tables<'_>, peer: &str, id: u32, count: u32) -> Result<()>
     if held == 0 {
         return protocol(format!("release of unknown export {id}"));
     }
-    if u64::from(count) > held {
-        return protocol(format!(
-            "release of export {id} {count} times, more than it was sent ({held})"
-        ));
-    }
-    if t.add_to_count(&key, -i64::from(count))? == 0 {
+    // @endo/captp counts a call's target among the references it got, so
+    // its drops may say more than we sent: all of them, then.
+    let count = match endo::codec(&t.read(), peer)? {
+        endo::Codec::Json { .. } => u64::from(count).min(held),
+        endo::Codec::CapnProto if u64::from(count) > held => {
+            return protocol(format!(
+                "release of export {id} {count} times, more than it was sent ({held})"
+            ));
+        }
+        endo::Codec::CapnProto => u64::from(count),
+    };
+    if t.add_to_count(&key, -(count as i64))? == 0 {
         forget_export(t, peer, id)?;
     }
     Ok(())
@@ -586,7 +608,9 @@ fn handle_call(t: &mut Tables<'_>, peer: &str, call: Call) -> Result<()> {
     if t.get(&keys::answer(&peer, &question))?.is_some() {
         return protocol(format!("question {question} is already in use"));
     }
-    if t.count(&keys::record(&peer, "answers"))? >= ANSWERS_PER_PEER_MAX {
+    if t.count(&keys::record(&peer, "answers"))? >= ANSWERS_PER_PEER_MAX
+        && !endo::evict_returned(t, peer, ANSWERS_PER_PEER_MAX)?
+    {
         return refuse_call(t, peer, question);
     }
     // Every capability in the table is a reference the peer gave us,
@@ -606,7 +630,7 @@ fn handle_call(t: &mut Tables<'_>, peer: &str, call: Call) -> Result<()> {
         }
     };
     if on_gate {
-        return call_gate(t, peer, question, content);
+        return call_gate(t, peer, question, gate_content(content));
     }
     if let Target::Answer { question: q, .. } = &target
         && let Some(reason) = answer(&t.read(), peer, *q)?.broken
@@ -628,6 +652,25 @@ fn handle_call(t: &mut Tables<'_>, peer: &str, call: Call) -> Result<()> {
         return answer_exception(t, peer, question, reason);
     }
     call_exo(t, peer, question, &target_kref, method, args)
+}
+
+/// An `Exo.call` of `restore(swiss)` on the gate is `Gate.restore`: how a
+/// peer that knows no Gate interface (JSON CapTP) restores a sturdy ref.
+fn gate_content(content: CallContent) -> CallContent {
+    if let CallContent::Exo { method, args } = &content
+        && method == "restore"
+        && args.caps.is_empty()
+        && let Ok(Value::Array(items)) = vom::capdata::decode(&CapData {
+            body: args.body.clone(),
+            slots: vec![],
+        })
+        && let [Value::String(swiss)] = items.as_slice()
+    {
+        return CallContent::Restore {
+            swiss: swiss.clone(),
+        };
+    }
+    content
 }
 
 /// A call past `answers_per_peer_max`, refused without keeping anything:
@@ -887,9 +930,10 @@ fn target_kref(t: &mut Tables<'_>, peer: &str, target: &Target) -> Result<Kref> 
             transform,
         } => {
             let answer = answer(&t.read(), peer, *question)?;
+            // An empty path is the answer itself: how JSON CapTP pipelines.
             match (answer.kind, transform.as_slice(), answer.kref) {
-                (AnswerKind::Exo, [OBJECT_FIELD], Some(kp)) => Ok(kp),
-                (AnswerKind::Restored, [0], Some(kref)) => Ok(kref),
+                (AnswerKind::Exo, [OBJECT_FIELD] | [], Some(kp)) => Ok(kp),
+                (AnswerKind::Restored, [0] | [], Some(kref)) => Ok(kref),
                 (kind, transform, _) => protocol(format!(
                     "cannot pipeline on field path {transform:?} of a {kind:?} answer \
                      (Exo.call results: only `object`, field {OBJECT_FIELD})"
@@ -960,7 +1004,11 @@ fn export_kref(t: &mut Tables<'_>, peer: &str, kref: &str) -> Result<CapDescript
             _ => break,
         }
     }
-    if let Some(text) = t.get(&keys::question_of(&peer, &kref))? {
+    // JSON CapTP cannot take its own answers back as references: such a
+    // promise goes as a promise of ours.
+    if let Some(text) = t.get(&keys::question_of(&peer, &kref))?
+        && endo::codec(&t.read(), peer)? == endo::Codec::CapnProto
+    {
         let question = text
             .parse()
             .expect("kernel invariant: question ids are numbers");
@@ -1009,6 +1057,35 @@ fn forget_export(t: &mut Tables<'_>, peer: &str, id: u32) -> Result<(), StoreErr
     Ok(())
 }
 
+/// Capdata the peer sent (a body and its cap table), as the kernel's: each
+/// capability imported.
+fn capdata_from_peer(
+    t: &mut Tables<'_>,
+    peer: &str,
+    body: Body,
+    caps: &[CapDescriptor],
+) -> Result<CapData> {
+    let mut krefs = Vec::with_capacity(caps.len());
+    for cap in caps {
+        krefs.push(import_descriptor(t, peer, cap)?);
+    }
+    let mut slots = Vec::with_capacity(body.caps.len());
+    for index in &body.caps {
+        match krefs.get(*index as usize) {
+            Some(kref) => slots.push(kref.to_string()),
+            None => return protocol(format!("cap index {index} is outside the cap table")),
+        }
+    }
+    let data = CapData {
+        body: body.body,
+        slots,
+    };
+    if let Err(e) = vom::capdata::decode(&data) {
+        return protocol(format!("malformed capdata: {e}"));
+    }
+    Ok(data)
+}
+
 fn capdata_to_peer(
     t: &mut Tables<'_>,
     peer: &str,
@@ -1037,7 +1114,14 @@ fn emit(t: &mut Tables<'_>, peer: &str, message: &Wire) -> Result<(), StoreError
     if tracing_frames() {
         eprintln!("{peer} -> {message:?}");
     }
-    let frame = wire::encode(message);
+    let frame = match endo::codec(&t.read(), peer)? {
+        endo::Codec::CapnProto => wire::encode(message),
+        endo::Codec::Json { epoch } => match captp::json::encode(message, epoch) {
+            Some(frame) => frame,
+            // Finish, Disembargo, unimplemented: JSON CapTP needs none.
+            None => return Ok(()),
+        },
+    };
     if is_session(&t.read(), peer)? {
         let key = keys::record(&peer, "sent");
         let seq = t.count(&key)?;
@@ -1137,6 +1221,18 @@ fn notify_peer(t: &mut Tables<'_>, peer: &str, kp: &str) -> Result<(), StoreErro
         } else {
             match vom::capdata::decode(&data) {
                 Ok(Value::Remotable(r) | Value::Promise(r)) => Ok(export_kref(t, peer, &r.slot)?),
+                _ if endo::codec(&t.read(), peer)? != endo::Codec::CapnProto => {
+                    let (result, caps) = capdata_to_peer(t, peer, &data)?;
+                    return emit(
+                        t,
+                        peer,
+                        &Wire::ResolveData {
+                            promise,
+                            result,
+                            caps,
+                        },
+                    );
+                }
                 _ => Err("the promise settled to data, not a capability".to_owned()),
             }
         };
@@ -1175,10 +1271,12 @@ fn return_answer(
         return_exception(answer, &rejection_reason(data))
     } else {
         let (result, mut caps) = capdata_to_peer(t, peer, data)?;
+        let json = endo::codec(&t.read(), peer)? != endo::Codec::CapnProto;
         // A single reference is also `object`, for pipelining; the cap
-        // table then lists it twice, and the peer counts both.
+        // table then lists it twice, and the peer counts both. (JSON
+        // CapTP pipelines on the answer itself.)
         let object = match vom::capdata::decode(data) {
-            Ok(Value::Remotable(_) | Value::Promise(_)) if caps.len() == 1 => {
+            Ok(Value::Remotable(_) | Value::Promise(_)) if caps.len() == 1 && !json => {
                 if let CapDescriptor::SenderHosted(id) | CapDescriptor::SenderPromise(id) = &caps[0]
                 {
                     t.add_to_count(&keys::export_count(&peer, &id), 1)?;
@@ -1195,6 +1293,8 @@ fn return_answer(
         && entry.finished
     {
         close_answer(t, peer, answer)?;
+    } else {
+        endo::note_returned(t, peer, answer)?;
     }
     Ok(())
 }

@@ -11,9 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use captp::transport::{TransportError, read_frame_within, write_frames};
+use captp::transport::{TransportError, read_frame_within, read_netstring_within, write_frames};
 use captp::wire::Limits;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, BufReader};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc as tmpsc, watch};
 
 pub(crate) type BoxedRead = Box<dyn AsyncRead + Unpin + Send>;
@@ -171,6 +171,10 @@ pub(crate) struct Ticket {
 
 /// What one connection's reader reports to the crank loop.
 pub(crate) enum ReaderEvent {
+    /// The peer speaks JSON CapTP (its first byte was a netstring's
+    /// digit): its frames are the JSON texts of netstrings. Said once,
+    /// before its first frame.
+    SpeaksJson,
     Frame(Vec<u8>, Ticket),
     /// The connection ended; `malformed` when its peer sent a frame that is
     /// not one (or half of one): it is told why with `Abort`.
@@ -265,19 +269,35 @@ pub(crate) fn start(
 /// Reads frames into `report` until the connection ends or the loop drops
 /// its [`Pipe`]: then says why, and whether its peer sent a malformed frame.
 async fn read_frames(
-    mut read: BoxedRead,
+    read: BoxedRead,
     limits: Limits,
     net: NetLimits,
     report: impl Fn(ReaderEvent) -> bool,
     mut stopped: watch::Receiver<()>,
 ) {
+    let mut read = BufReader::new(read);
+    let json = tokio::select! {
+        _ = stopped.changed() => return drain(read, net.write_timeout_ms).await,
+        first = read.fill_buf() => matches!(first, Ok([b'0'..=b'9', ..])),
+    };
+    if json && !report(ReaderEvent::SpeaksJson) {
+        return;
+    }
     let frames = Arc::new(Semaphore::new(net.frames_in_flight_max.max(1)));
     let bytes_max = net.bytes_in_flight_max.max(limits.frame_bytes_max);
     let bytes = Arc::new(Semaphore::new(bytes_max));
+    let rest_ms = Some(net.frame_read_timeout_ms);
     let outcome = loop {
+        let reading = async {
+            if json {
+                read_netstring_within(&mut read, &limits, rest_ms).await
+            } else {
+                read_frame_within(&mut read, &limits, rest_ms).await
+            }
+        };
         let next = tokio::select! {
             _ = stopped.changed() => return drain(read, net.write_timeout_ms).await,
-            next = read_frame_within(&mut read, &limits, Some(net.frame_read_timeout_ms)) => next,
+            next = reading => next,
         };
         let frame = match next {
             Ok(Some(frame)) => frame,
@@ -305,7 +325,7 @@ async fn read_frames(
 /// `patience_ms` pass, so that the connection the loop ended closes
 /// cleanly: a socket closed with bytes unread is reset, and a reset throws
 /// away what the peer had not read yet, the last words (`Abort`) among them.
-async fn drain(mut read: BoxedRead, patience_ms: u64) {
+async fn drain(mut read: impl AsyncRead + Unpin, patience_ms: u64) {
     let mut scratch = vec![0u8; 16 << 10];
     let draining = async {
         while let Ok(n) = tokio::io::AsyncReadExt::read(&mut read, &mut scratch).await {

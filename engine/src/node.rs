@@ -140,6 +140,8 @@ struct Connection {
     pipe: Pipe,
     /// Whether we dialled it (we keep it alive, and redial).
     dialled: bool,
+    /// Whether it speaks JSON CapTP (@endo/captp) rather than Cap'n Proto.
+    json: bool,
     next_question: u32,
     /// The received count we last acknowledged to the peer, and when.
     acknowledged: u64,
@@ -498,6 +500,7 @@ impl<A: Send + 'static> Node<A> {
                 link,
                 pipe,
                 dialled,
+                json: false,
                 next_question: EPHEMERAL_QUESTION_BASE + 3,
                 acknowledged: 0,
                 acknowledged_at: now,
@@ -557,6 +560,11 @@ impl<A: Send + 'static> Node<A> {
                 Event::Read(number, ReaderEvent::Frame(frame, ticket)) => {
                     self.frame(number, &frame)?;
                     self.take_in(number, ticket)?;
+                }
+                Event::Read(number, ReaderEvent::SpeaksJson) => {
+                    if let Some(connection) = self.connections.get_mut(&number) {
+                        connection.json = true;
+                    }
                 }
                 Event::Read(number, ReaderEvent::Closed { reason, malformed }) => {
                     self.closed(number, &reason, malformed)?
@@ -858,6 +866,9 @@ impl<A: Send + 'static> Node<A> {
             return Ok(());
         };
         connection.heard_at = Instant::now();
+        if connection.json {
+            return self.frame_json(number, frame);
+        }
         // The link is taken out while the frame is handled, and put back.
         let link = std::mem::replace(&mut connection.link, Link::Fresh);
         let decoded = self.decode(&link, frame);
@@ -884,6 +895,31 @@ impl<A: Send + 'static> Node<A> {
             }
             Link::Session(peer, skip) => self.frame_session(number, peer, skip, decoded),
         }
+    }
+
+    /// A frame of a JSON CapTP connection: always a client (kernels speak
+    /// Cap'n Proto); its first frame makes its peer, with its epoch.
+    fn frame_json(&mut self, number: u64, frame: &[u8]) -> Result<(), NodeError> {
+        let peer = match &self.connections[&number].link {
+            Link::Client(peer) => Some(peer.clone()),
+            _ => None,
+        };
+        let decoded = captp::json::decode(frame, &self.limits, &|q| match &peer {
+            Some(peer) => self.kernel.return_kind(peer, q),
+            None => None,
+        });
+        let peer = match peer {
+            Some(peer) => peer,
+            None => {
+                let epoch = decoded.as_ref().map_or(0, |(_, epoch)| *epoch);
+                let peer = self.kernel.add_peer("endo client", false)?;
+                self.kernel.speaks_json(&peer, epoch)?;
+                self.set_link(number, Link::Client(peer.clone()));
+                self.by_peer.insert(peer.clone(), number);
+                peer
+            }
+        };
+        self.hand_to_kernel(number, &peer, decoded.map(|(message, _)| message))
     }
 
     /// Decodes a frame on `link`: what a return answers is known from the

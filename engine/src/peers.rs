@@ -51,6 +51,9 @@ pub trait Peers {
     /// Records a new connection's peer and returns its id.
     fn add_peer(&mut self, name: &str, outbound: bool) -> Result<EndpointId, KernelError>;
 
+    /// `peer` speaks JSON CapTP (@endo/captp), tagging messages with `epoch`.
+    fn speaks_json(&mut self, peer: &EndpointId, epoch: u64) -> Result<(), KernelError>;
+
     /// The connection to `peer` is gone: its questions fail, what it held
     /// is released (a slice per crank, like a terminated vat's), and
     /// messages to its objects are rejected with `reason`.
@@ -151,8 +154,15 @@ impl Peers for Kernel {
             let direction = if outbound { "outbound" } else { "inbound" };
             k.tables().set(&keys::record(&id, "direction"), direction)?;
             k.tables().set(&keys::peer_open(&id), "")?;
+            if k.tables_ref().get(keys::PEERS_INDEXED)?.is_none() {
+                k.tables().set(keys::PEERS_INDEXED, "1")?;
+            }
             Ok(id)
         })
+    }
+
+    fn speaks_json(&mut self, peer: &EndpointId, epoch: u64) -> Result<(), KernelError> {
+        Ok(self.in_crank(|k| crate::endo::set_json(&mut k.tables(), peer, epoch))?)
     }
 
     fn remove_peer(&mut self, peer: &EndpointId, reason: &str) -> Result<(), KernelError> {
@@ -472,9 +482,11 @@ fn sessions(t: &TablesRef<'_>) -> Result<Vec<(EndpointId, String, Option<String>
     Ok(out)
 }
 
-/// Builds the lists of live and ended peers for a store made before them.
+/// Builds the lists of live and ended peers for a store made before them
+/// (a store that never had a peer gets its mark with its first peer).
 fn index_peers(kernel: &mut Kernel) -> Result<(), KernelError> {
-    if kernel.tables_ref().get(keys::PEERS_INDEXED)?.is_some() {
+    let t = kernel.tables_ref();
+    if t.get(keys::PEERS_INDEXED)?.is_some() || t.count(keys::NEXT_PEER)? == 0 {
         return Ok(());
     }
     let now = crate::unix_now_s().to_string();
