@@ -64,6 +64,24 @@ pub fn python() -> PathBuf {
     path
 }
 
+/// `node SCRIPT ARGS` for a script of `tests/node` (the Node peers on
+/// @endo/captp), with `--expose-gc` so a script can force a collection.
+pub fn node_script(script: &str, args: &[&str]) -> Command {
+    let dir = repo_root().join("tests/node");
+    assert!(
+        dir.join("node_modules/@endo/captp").is_dir(),
+        "{} has no node_modules: scripts/test installs them (npm ci --prefix tests/node)",
+        dir.display()
+    );
+    let mut command = Command::new("node");
+    command
+        .current_dir(&dir)
+        .arg("--expose-gc")
+        .arg(script)
+        .args(args);
+    command
+}
+
 /// The repository's root folder.
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -70,7 +70,7 @@ fn slot(descriptor: &CapDescriptor) -> String {
 
 /// How we name the peer's object or promise with import id `id`.
 fn their_slot(id: u32) -> String {
-    let kind = if id % 2 == 0 { 'o' } else { 'p' };
+    let kind = if id.is_multiple_of(2) { 'o' } else { 'p' };
     format!("{kind}-{}", id / 2)
 }
 

@@ -531,7 +531,11 @@ impl<A: Send + 'static> Node<A> {
             let abort = Wire::Abort {
                 reason: reason.to_owned(),
             };
-            connection.pipe.push_past_limit(vec![wire::encode(&abort)]);
+            let frame = match connection.json {
+                true => captp::json::encode(&abort, 0).expect("an Abort has a JSON message"),
+                false => wire::encode(&abort),
+            };
+            connection.pipe.push_past_limit(vec![frame]);
         }
         self.close(number);
     }
