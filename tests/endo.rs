@@ -105,3 +105,132 @@ fn a_node_peer_that_sends_garbage_is_told_and_others_go_on() {
     assert_eq!(steps(&output)["callback"], "hi from node");
     home.check();
 }
+
+/// A daemon listening for CapTP and serving its HTTP face; the inspector's
+/// URL (with its token), as `vat start --http` wrote it to HOME/http.url.
+fn start_with_face(home: &VatHome) -> (vat_tests::Daemon, String) {
+    let daemon = home.start_daemon_with(&["start", "--listen", "127.0.0.1:0", "--http"]);
+    let file = home.path().join("http.url");
+    vat_tests::wait_until("the daemon wrote no HOME/http.url", 30, || file.is_file());
+    let url = std::fs::read_to_string(file).expect("HOME/http.url");
+    (daemon, url.trim().to_owned())
+}
+
+/// `METHOD path` over HTTP/1.1 to the face at `url`; the status and body.
+fn http(url: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let host = url.trim_start_matches("http://").split('/').next().unwrap();
+    let mut stream = std::net::TcpStream::connect(host).unwrap();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[test]
+fn the_same_node_peer_works_over_a_websocket_to_the_http_face() {
+    let home = VatHome::new();
+    home.spawn("waiter", "waiter");
+    let (_daemon, url) = start_with_face(&home);
+    let host = url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let uri = home.ok(&["share", "waiter"]);
+    let output = vat_tests::node_script(
+        "--experimental-websocket",
+        &["peer.mjs", &uri, &format!("ws://{host}/captp")],
+    )
+    .output()
+    .expect("run node");
+    let steps = steps(&output);
+    assert_eq!(steps["callback"], "hi from node");
+    assert_eq!(steps["pipelined"], "thing");
+    assert_eq!(steps["promise"], "resolved later");
+    assert!(steps["dropped"].as_u64().unwrap() >= 1);
+    assert_eq!(steps["disconnected"], true);
+    vat_tests::wait_until("the WebSocket peer was not released", 20, || {
+        let peers = home.ok(&["peers"]);
+        peers.contains("endo client disconnected") && peers.ends_with("references 0")
+    });
+    home.check();
+}
+
+#[test]
+fn the_http_face_shows_nothing_without_its_token() {
+    let home = VatHome::new();
+    home.spawn("counter", "counter");
+    let (_daemon, url) = start_with_face(&home);
+    let token = url.rsplit_once("token=").unwrap().1.to_owned();
+    let send = r#"{"target":"counter","method":"increment","args":[]}"#;
+    for path in ["/", "/?token=wrong", "/live", "/?token="] {
+        let (status, body) = http(&url, "GET", path, "");
+        assert_eq!(status, 401, "GET {path}: {body}");
+        assert!(body.contains("token"), "{body}");
+    }
+    let (status, _) = http(&url, "POST", "/send?token=wrong", send);
+    assert_eq!(status, 401);
+    assert_eq!(
+        home.ok(&["send", "counter", "get"]),
+        "0",
+        "a refused send changed nothing"
+    );
+    let (status, page) = http(&url, "GET", &format!("/?token={token}"), "");
+    assert_eq!(status, 200);
+    assert!(page.contains("vat inspector"));
+    let (status, answer) = http(&url, "POST", &format!("/send?token={token}"), send);
+    assert_eq!(status, 200);
+    assert_eq!(answer, r#"{"ok":true,"output":"1"}"#);
+    let bad = r#"{"target":"nobody","method":"increment","args":[]}"#;
+    let (_, answer) = http(&url, "POST", &format!("/send?token={token}"), bad);
+    assert!(
+        answer.contains(r#""ok":false"#) && answer.contains("nobody"),
+        "{answer}"
+    );
+}
+
+#[test]
+fn the_inspector_in_a_browser_lists_vats_and_sends_through_its_form() {
+    let home = VatHome::new();
+    home.spawn("counter", "counter");
+    home.spawn("waiter", "waiter");
+    let (_daemon, url) = start_with_face(&home);
+    let screenshot = vat_tests::artifacts_dir().join("inspector.png");
+    let _ = std::fs::remove_file(&screenshot);
+    let output = vat_tests::node_script("inspector.mjs", &[&url, screenshot.to_str().unwrap()])
+        .output()
+        .expect("run node");
+    assert!(
+        output.status.success(),
+        "the browser script failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let seen: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(seen["vats"], serde_json::json!(["counter", "waiter"]));
+    assert_eq!(
+        seen["result"], "1",
+        "the form's send came back with the new count"
+    );
+    assert_eq!(
+        home.ok(&["send", "counter", "get"]),
+        "1",
+        "the form's send was committed"
+    );
+    assert!(
+        screenshot.is_file(),
+        "no screenshot at {}",
+        screenshot.display()
+    );
+}

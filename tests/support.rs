@@ -65,7 +65,8 @@ pub fn python() -> PathBuf {
 }
 
 /// `node SCRIPT ARGS` for a script of `tests/node` (the Node peers on
-/// @endo/captp), with `--expose-gc` so a script can force a collection.
+/// @endo/captp), with `--expose-gc` so a script can force a collection
+/// (`script` may also be a Node flag, the script then first in `args`).
 pub fn node_script(script: &str, args: &[&str]) -> Command {
     let dir = repo_root().join("tests/node");
     assert!(
@@ -78,8 +79,18 @@ pub fn node_script(script: &str, args: &[&str]) -> Command {
         .current_dir(&dir)
         .arg("--expose-gc")
         .arg(script)
-        .args(args);
+        .args(args)
+        // Node's note that WebSocket is experimental is no failure.
+        .env("NODE_NO_WARNINGS", "1");
     command
+}
+
+/// Where tests keep what a person may want to look at afterwards
+/// (screenshots): `<target>/artifacts`, made if missing.
+pub fn artifacts_dir() -> PathBuf {
+    let dir = target_dir().join("artifacts");
+    std::fs::create_dir_all(&dir).expect("the artifacts folder");
+    dir
 }
 
 /// The repository's root folder.

@@ -230,6 +230,11 @@ pub enum Command {
         /// and ARCHITECTURE.md list them all, with their defaults).
         #[arg(long = "net-limit", value_name = "NAME=VALUE", value_parser = parse_net_limit)]
         net_limits: Vec<String>,
+        /// Also serve HTTP here (default 127.0.0.1:0, loopback): the
+        /// inspector page, for whoever has the token it prints, and JSON
+        /// CapTP over WebSocket at /captp. HOME/http.url says where.
+        #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:0")]
+        http: Option<String>,
     },
     /// Print a sturdy ref (captp://DID@ADDRESS/SWISS) for TARGET: whoever
     /// holds it can reach TARGET over CapTP while the daemon listens.
@@ -252,6 +257,9 @@ pub enum Command {
         /// The sturdy ref (captp://...), or its swiss number alone.
         sturdy: String,
     },
+    /// Print what the kernel holds as one JSON document: vats, pet names,
+    /// peers and the run queue's length (what the HTTP face's inspector shows).
+    Inspect,
     /// List CapTP peers: who, their state, how many references they share.
     Peers {
         #[command(subcommand)]
@@ -331,6 +339,7 @@ pub enum Invocation {
         listen: Option<String>,
         vats_resident_max: usize,
         net: captp_engine::node::NetLimits,
+        http: Option<String>,
     },
     /// Anything else: runs in the daemon if one answers, else here.
     Run(Request),
@@ -406,6 +415,7 @@ impl Command {
                 listen,
                 vats_resident_max,
                 net_limits,
+                http,
             } => {
                 let mut net = captp_engine::node::NetLimits::default();
                 for assignment in &net_limits {
@@ -415,6 +425,7 @@ impl Command {
                     listen,
                     vats_resident_max: vats_resident_max as usize,
                     net,
+                    http,
                 });
             }
             spawn @ Command::Spawn { .. } => spawn.spawn_request()?,
@@ -455,6 +466,7 @@ impl Command {
             Command::Share { target } => Request::Share { target },
             Command::Enliven { uri, bind_as } => Request::Enliven { uri, bind_as },
             Command::Unshare { sturdy } => Request::Unshare { sturdy },
+            Command::Inspect => Request::Inspect,
             Command::Peers { action: None } => Request::Peers,
             Command::Peers {
                 action: Some(PeersAction::Forget { peer }),

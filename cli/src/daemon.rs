@@ -76,6 +76,8 @@ pub struct Serving<'a> {
     pub vats_resident_max: usize,
     /// Bounds on peers' connections.
     pub net: captp_engine::node::NetLimits,
+    /// Where to serve the HTTP face (the inspector, CapTP over WebSocket).
+    pub http: Option<&'a str>,
 }
 
 /// Serves the home until `vat stop`.
@@ -106,14 +108,29 @@ pub fn serve(path: &Path, socket: &Path, serving: &Serving<'_>) -> Result<Outcom
     };
     let listening = daemon.listen(listen)?;
     read_requests(listener, &daemon.node);
+    let face = match serving.http {
+        Some(address) => {
+            let sender = daemon.node.sender();
+            let accept: crate::face::Accept =
+                Box::new(move |read, write| sender.accept(read, write));
+            let places = serving.net.connections_max;
+            let url = crate::face::start(address, socket.to_owned(), accept, places)?;
+            daemon.home.write_http_url(&url)?;
+            Some((url, SocketFile(daemon.home.path().join("http.url"))))
+        }
+        None => None,
+    };
     println!(
-        "kernel {} serving {} on {}{}",
+        "kernel {} serving {} on {}{}{}",
         daemon.home.did(),
         daemon.home.path().display(),
         socket.display(),
         listening
             .as_ref()
             .map(|a| format!(", CapTP on {a}"))
+            .unwrap_or_default(),
+        face.as_ref()
+            .map(|(url, _)| format!(", inspector on {url} (CapTP over WebSocket at /captp)"))
             .unwrap_or_default()
     );
     std::io::stdout().flush().ok();

@@ -18,6 +18,8 @@ const LOCK_FILE: &str = "lock";
 const MODULES_DIR: &str = "modules";
 /// Where the vats' log files are (`vat log`).
 const LOGS_DIR: &str = "logs";
+/// Where the daemon's HTTP face is, with its token (`vat start --http`).
+const HTTP_URL_FILE: &str = "http.url";
 /// `log_file_bytes_max`: how large a vat's log file grows before it is rotated.
 pub const LOG_FILE_BYTES_MAX: u64 = 1 << 20;
 /// How long a command waits for another process to release the home.
@@ -197,6 +199,26 @@ impl Home {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Writes where the HTTP face is, with its token, to `HOME/http.url`
+    /// (readable by the home's owner only: the token is the authority).
+    pub fn write_http_url(&self, url: &str) -> Result<(), HomeError> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.path.join(HTTP_URL_FILE);
+        let io = |source| HomeError::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io)?;
+        file.write_all(format!("{url}\n").as_bytes()).map_err(io)
     }
 
     fn log_path(&self, vat: &kernel::EndpointId) -> PathBuf {

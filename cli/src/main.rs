@@ -13,6 +13,7 @@ mod client;
 mod commands;
 mod daemon;
 mod display;
+mod face;
 mod home;
 mod request;
 
@@ -50,12 +51,14 @@ fn dispatch(cli: Cli) -> Result<Outcome> {
             listen,
             vats_resident_max,
             net,
+            http,
         } => {
             let serving = daemon::Serving {
                 lock_wait_ms: cli.lock_wait_ms,
                 listen: listen.as_deref(),
                 vats_resident_max,
                 net,
+                http: http.as_deref(),
             };
             return daemon::serve(&cli.home, &socket, &serving);
         }

@@ -90,6 +90,7 @@ pub enum Request {
         bind_as: String,
     },
     Peers,
+    Inspect,
     ForgetPeer {
         peer: String,
     },
@@ -167,6 +168,7 @@ impl Request {
                 | Request::Key
                 | Request::Check
                 | Request::Peers
+                | Request::Inspect
                 | Request::Stop
                 | Request::JobStatus { .. }
                 | Request::JobReceipts { .. }

@@ -83,7 +83,9 @@ impl std::fmt::Debug for Identity {
 }
 
 enum Event<A> {
-    Accepted(BoxedRead, BoxedWrite, OwnedSemaphorePermit),
+    /// A connection a listener accepted (holding its place), or one made
+    /// elsewhere (the HTTP face's WebSockets, which bound their own).
+    Accepted(BoxedRead, BoxedWrite, Option<OwnedSemaphorePermit>),
     Dialed(EndpointId, BoxedRead, BoxedWrite),
     DialFailed(EndpointId, String),
     /// What connection `number`'s reader read.
@@ -230,6 +232,18 @@ impl<A> NodeSender<A> {
     pub fn send(&self, event: A) -> bool {
         self.0.send(Event::App(event)).is_ok()
     }
+
+    /// Hands the loop a connection made elsewhere, as if a listener had
+    /// accepted it: the HTTP face's WebSockets, bridged to a byte stream
+    /// of netstrings. False once the loop is gone.
+    pub fn accept(
+        &self,
+        read: impl tokio::io::AsyncRead + Send + Unpin + 'static,
+        write: impl tokio::io::AsyncWrite + Send + Unpin + 'static,
+    ) -> bool {
+        let event = Event::Accepted(Box::new(read), Box::new(write), None);
+        self.0.send(event).is_ok()
+    }
 }
 
 fn nonce() -> [u8; 32] {
@@ -368,7 +382,9 @@ impl<A: Send + 'static> Node<A> {
     pub fn listen(&mut self, address: &Address) -> Result<Address, NodeError> {
         let sender = self.sender.clone();
         let deliver = move |read: BoxedRead, write: BoxedWrite, permit| {
-            sender.send(Event::Accepted(read, write, permit)).is_ok()
+            sender
+                .send(Event::Accepted(read, write, Some(permit)))
+                .is_ok()
         };
         let connections_max = self.net.connections_max;
         match address {
@@ -557,7 +573,7 @@ impl<A: Send + 'static> Node<A> {
             match event {
                 Event::App(a) => app.push(a),
                 Event::Accepted(read, write, permit) => {
-                    self.attach(Link::Fresh, (read, write), Some(permit));
+                    self.attach(Link::Fresh, (read, write), permit);
                 }
                 Event::Dialed(peer, read, write) => self.dialed(peer, read, write)?,
                 Event::DialFailed(peer, reason) => self.dial_failed(&peer, &reason),

@@ -1,9 +1,11 @@
-// A Node peer on @endo/captp 4.5.1 for tests/endo.rs: it dials the kernel a
-// sturdy ref names (JSON CapTP in netstrings over TCP), restores the
-// object (a `waiter` vat), and runs the scenario, printing one JSON line
-// per step: {"step": name, "value": what came back}.
+// A Node peer on @endo/captp 4.5.1 for tests/endo.rs: it reaches the
+// kernel a sturdy ref names, restores the object (a `waiter` vat), and runs
+// the scenario, printing one JSON line per step: {"step", "value"}.
 //
 //   node --expose-gc peer.mjs captp://DID@HOST:PORT/SWISS
+//       JSON CapTP in netstrings over TCP, to the CapTP listener;
+//   node --expose-gc --experimental-websocket peer.mjs captp://... ws://HOST:PORT/captp
+//       one message per WebSocket frame, to the daemon's HTTP face.
 import '@endo/init';
 import net from 'node:net';
 import { makeCapTP, E } from '@endo/captp';
@@ -11,10 +13,10 @@ import { Far } from '@endo/far';
 import { makeNetstringReader, makeNetstringWriter } from '@endo/netstring';
 import { makeNodeReader, makeNodeWriter } from '@endo/stream-node';
 
-const [uri] = process.argv.slice(2);
+const [uri, wsUrl] = process.argv.slice(2);
 const match = /^captp:\/\/[^@]+@([^:/]+):(\d+)\/(.+)$/.exec(uri || '');
 if (!match) {
-  console.error('usage: node --expose-gc peer.mjs captp://DID@HOST:PORT/SWISS');
+  console.error('usage: node --expose-gc peer.mjs captp://DID@HOST:PORT/SWISS [ws://HOST:PORT/captp]');
   process.exit(2);
 }
 const [, host, port, swiss] = match;
@@ -22,24 +24,55 @@ const [, host, port, swiss] = match;
 const say = (step, value) => console.log(JSON.stringify({ step, value }));
 const sleep = ms => new Promise(resolve => setTimeout(resolve, ms));
 
-const socket = net.connect({ host, port: Number(port) });
-await new Promise((resolve, reject) => {
-  socket.once('connect', resolve);
-  socket.once('error', reject);
-});
-const writer = makeNetstringWriter(makeNodeWriter(socket));
-const reader = makeNetstringReader(makeNodeReader(socket));
-const encoder = new TextEncoder();
-const decoder = new TextDecoder();
-const send = message => writer.next(encoder.encode(JSON.stringify(message)));
-const { dispatch, getBootstrap, abort, getStats } = makeCapTP('node', send, undefined, {
+/** Netstrings over TCP: returns send, a loop feeding dispatch, and close. */
+const overTcp = async () => {
+  const socket = net.connect({ host, port: Number(port) });
+  await new Promise((resolve, reject) => {
+    socket.once('connect', resolve);
+    socket.once('error', reject);
+  });
+  const writer = makeNetstringWriter(makeNodeWriter(socket));
+  const reader = makeNetstringReader(makeNodeReader(socket));
+  const encoder = new TextEncoder();
+  const decoder = new TextDecoder();
+  return {
+    send: message => writer.next(encoder.encode(JSON.stringify(message))),
+    run: async dispatch => {
+      for await (const message of reader) {
+        dispatch(JSON.parse(decoder.decode(message)));
+      }
+    },
+    close: () => socket.end(),
+  };
+};
+
+/** One message per WebSocket frame. */
+const overWebSocket = async () => {
+  const socket = new WebSocket(wsUrl);
+  await new Promise((resolve, reject) => {
+    socket.onopen = resolve;
+    socket.onerror = () => reject(Error(`cannot open ${wsUrl}`));
+  });
+  let dispatchTo;
+  const closed = new Promise(resolve => {
+    socket.onclose = resolve;
+  });
+  socket.onmessage = event => dispatchTo(JSON.parse(event.data));
+  return {
+    send: message => socket.send(JSON.stringify(message)),
+    run: async dispatch => {
+      dispatchTo = dispatch;
+      await closed;
+    },
+    close: () => socket.close(),
+  };
+};
+
+const transport = wsUrl ? await overWebSocket() : await overTcp();
+const { dispatch, getBootstrap, abort, getStats } = makeCapTP('node', transport.send, undefined, {
   gcImports: true,
 });
-const reading = (async () => {
-  for await (const message of reader) {
-    dispatch(JSON.parse(decoder.decode(message)));
-  }
-})();
+const reading = transport.run(dispatch);
 
 // Restore, pipelined on the bootstrap answer.
 const waiter = E(getBootstrap()).restore(swiss);
@@ -83,7 +116,7 @@ try {
 }
 
 abort(Error('done'));
-socket.end();
+transport.close();
 await reading.catch(() => {});
 say('disconnected', true);
 process.exit(0);

@@ -3,6 +3,7 @@
 //! code runs in the CLI's process and in the daemon.
 
 mod admin;
+mod inspect;
 mod jobs;
 mod list;
 pub(crate) mod network;
@@ -74,6 +75,7 @@ fn run(home: &Home, kernel: &mut Kernel, request: &Request, out: &mut Outcome) -
         Request::JobReceipts { id } => jobs::receipts(kernel, id, out)?,
         Request::Share { target } => network::share(home, kernel, target, out)?,
         Request::Peers => network::peers(kernel, out)?,
+        Request::Inspect => inspect::inspect(kernel, out)?,
         Request::ForgetPeer { peer } => network::forget(kernel, peer, out)?,
         Request::Unshare { sturdy } => network::unshare(home, kernel, sturdy, out)?,
         Request::Enliven { .. } => {
