@@ -234,3 +234,47 @@ fn the_inspector_in_a_browser_lists_vats_and_sends_through_its_form() {
         screenshot.display()
     );
 }
+
+#[test]
+fn vat_enliven_reaches_an_object_of_a_listening_endo_peer() {
+    use std::io::BufRead;
+    let mut server = vat_tests::node_script("bench.mjs", &["serve"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(server.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = serde_json::from_str::<serde_json::Value>(&line).unwrap()["port"].clone();
+    let home = VatHome::new();
+    let _daemon = home.start_daemon();
+    let uri = format!("captp+json://127.0.0.1:{port}/anything");
+    assert_eq!(
+        home.ok(&["enliven", &uri, "--as", "echo"]),
+        r#"{"$ref":"echo"}"#
+    );
+    assert_eq!(home.ok(&["send", "echo", "echo", "5"]), "5");
+    assert_eq!(
+        home.ok(&["send", "echo", "echo", r#"{"a": [1, "two"]}"#]),
+        r#"{"a":[1,"two"]}"#
+    );
+    let peers = home.ok(&["peers"]);
+    assert!(peers.contains("outbound endo peer 127.0.0.1:"), "{peers}");
+    assert!(
+        home.fails(&["enliven", &uri, "--as", "echo"])
+            .contains("already bound")
+    );
+    // The peer goes away: its objects are unreachable, said in one line.
+    let _ = server.kill();
+    let _ = server.wait();
+    vat_tests::wait_until("the Endo peer's end was not noticed", 20, || {
+        home.ok(&["peers"]).contains("disconnected")
+    });
+    let err = home.fails(&["send", "echo", "echo", "6"]);
+    assert!(
+        err.contains("disconnected") || err.contains("unreachable"),
+        "{err}"
+    );
+    home.check();
+}

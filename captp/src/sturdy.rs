@@ -58,7 +58,7 @@ pub struct SturdyRef {
 /// What is wrong with a sturdy ref that does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SturdyFlaw {
-    #[error("does not start with captp://")]
+    #[error("does not start with captp:// (or captp+json:// for an @endo/captp peer)")]
     Scheme,
     #[error("has no DID@")]
     NoDid,
@@ -107,6 +107,48 @@ impl SturdyRef {
     }
 }
 
+/// The scheme of an object of a listening @endo/captp peer.
+pub const ENDO_SCHEME: &str = "captp+json://";
+
+/// An object of a listening @endo/captp peer: `captp+json://ADDRESS/SWISS`,
+/// JSON CapTP in netstrings. The peer's bootstrap object is asked to
+/// `restore(swiss)`, as a kernel's gate is. There is no did:key: such a
+/// peer is not authenticated, and nothing of it outlives the connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndoRef {
+    pub address: Address,
+    pub swiss: String,
+}
+
+impl EndoRef {
+    pub fn parse(uri: &str) -> Result<EndoRef, SturdyRefError> {
+        let bad = |flaw| SturdyRefError {
+            uri: uri.to_owned(),
+            flaw,
+        };
+        let rest = uri
+            .strip_prefix(ENDO_SCHEME)
+            .ok_or_else(|| bad(SturdyFlaw::Scheme))?;
+        let (address, swiss) = rest
+            .rsplit_once('/')
+            .ok_or_else(|| bad(SturdyFlaw::NoSwiss))?;
+        let plain = |c: char| c.is_ascii_alphanumeric() || "-_.~".contains(c);
+        if swiss.is_empty() || !swiss.chars().all(plain) {
+            return Err(bad(SturdyFlaw::MalformedSwiss));
+        }
+        Ok(EndoRef {
+            address: Address::parse(address).map_err(|e| bad(SturdyFlaw::Address(e)))?,
+            swiss: swiss.to_owned(),
+        })
+    }
+}
+
+impl std::fmt::Display for EndoRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{ENDO_SCHEME}{}/{}", self.address, self.swiss)
+    }
+}
+
 impl std::fmt::Display for SturdyRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "captp://{}@{}/{}", self.did, self.address, self.swiss)
@@ -136,5 +178,10 @@ mod tests {
             let err = SturdyRef::parse(uri).unwrap_err().to_string();
             assert!(err.contains(why), "{uri}: {err}");
         }
+        let endo = EndoRef::parse("captp+json://127.0.0.1:8000/any-thing").unwrap();
+        assert_eq!(endo.address, Address::Tcp("127.0.0.1:8000".into()));
+        assert_eq!(endo.to_string(), "captp+json://127.0.0.1:8000/any-thing");
+        assert!(EndoRef::parse("captp+json://127.0.0.1:8000/").is_err());
+        assert!(EndoRef::parse("captp://did:key:z6Mk@127.0.0.1:7000/ab").is_err());
     }
 }

@@ -244,6 +244,9 @@ pub enum Command {
     },
     /// Connect to the kernel a sturdy ref names and bind NAME to its object;
     /// `vat send NAME ...` then reaches it. Needs the daemon (`vat start`).
+    /// A captp+json://HOST:PORT/SWISS ref names an object of a listening
+    /// @endo/captp peer (its bootstrap object's `restore(swiss)`): reached
+    /// while its connection lasts.
     Enliven {
         /// The sturdy ref, as `vat share` printed it.
         uri: String,

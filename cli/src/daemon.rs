@@ -283,6 +283,14 @@ impl Daemon {
     /// Dials the kernel a sturdy ref names (or reuses the connection) and
     /// asks it for the object; returns the promise for it and the peer.
     fn enliven(&mut self, uri: &str, bind_as: &str) -> Result<(Kref, EndpointId)> {
+        if uri.starts_with(captp::sturdy::ENDO_SCHEME) {
+            crate::commands::network::check_bind_name(self.node.kernel(), bind_as)?;
+            let target = captp::sturdy::EndoRef::parse(uri)?;
+            let peer = self.node.connect_json(&target.address)?;
+            let kpid = self.node.kernel().enliven(&peer, &target.swiss)?;
+            self.node.flush()?;
+            return Ok((kpid, peer));
+        }
         let sturdy = enliven_target(self.node.kernel(), &self.home.did(), uri, bind_as)?;
         let peer = self.node.session(&sturdy.did, &sturdy.address)?;
         let kpid = self.node.kernel().enliven(&peer, &sturdy.swiss)?;

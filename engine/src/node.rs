@@ -65,6 +65,8 @@ pub enum NodeError {
     Listen(String, std::io::Error),
     #[error("cannot start the network runtime: {0}")]
     Runtime(std::io::Error),
+    #[error("cannot reach {0}: {1}")]
+    Dial(String, String),
 }
 
 /// Signs with the kernel's key (ed25519).
@@ -441,6 +443,29 @@ impl<A: Send + 'static> Node<A> {
         Ok(peer)
     }
 
+    /// Dials the @endo/captp peer at `address` (JSON CapTP in netstrings)
+    /// as a client of ours: a peer of its connection, gone with it. Waits
+    /// up to `connect_timeout_ms` for the connection.
+    pub fn connect_json(&mut self, address: &Address) -> Result<EndpointId, NodeError> {
+        let timeout_ms = self.net.connect_timeout_ms;
+        let stream = self
+            .runtime
+            .block_on(dial(address.clone(), timeout_ms))
+            .map_err(|e| NodeError::Dial(address.to_string(), e.to_string()))?;
+        let peer = self
+            .kernel
+            .add_peer(&format!("endo peer {address}"), true)?;
+        self.kernel.speaks_json(&peer, 0)?;
+        let number = self.attach(Link::Client(peer.clone()), stream, None);
+        if let Some(connection) = self.connections.get_mut(&number) {
+            connection.json = true;
+            // Ours to keep: no idle timeout (@endo/captp has no keepalive).
+            connection.dialled = true;
+        }
+        self.by_peer.insert(peer.clone(), number);
+        Ok(peer)
+    }
+
     /// The did:key and address of a session this kernel dials.
     fn dialled_session(&self, peer: &EndpointId) -> Result<Option<(String, String)>, NodeError> {
         Ok(self
@@ -717,7 +742,7 @@ impl<A: Send + 'static> Node<A> {
                         net.handshake_timeout_ms
                     )
                 }
-                Link::Client(_) if silent_ms > net.idle_timeout_ms => {
+                Link::Client(_) if !connection.dialled && silent_ms > net.idle_timeout_ms => {
                     format!("no frame in {} ms (idle_timeout_ms)", net.idle_timeout_ms)
                 }
                 Link::Session(..) if silent_ms > net.keepalive_timeout_ms => format!(

@@ -95,6 +95,15 @@ pub fn unshare(home: &Home, kernel: &mut Kernel, text: &str, out: &mut Outcome) 
     Ok(())
 }
 
+/// A pet name an enliven may bind: well formed and free.
+pub fn check_bind_name(kernel: &Kernel, bind_as: &str) -> Result<()> {
+    kernel::check_name(bind_as)?;
+    if let Some(kref) = kernel.pet_name(bind_as)? {
+        bail!("pet name {bind_as:?} is already bound (to {kref})");
+    }
+    Ok(())
+}
+
 /// Checks an enliven before it dials: the name is free, and the sturdy ref
 /// names another kernel. Returns the parsed sturdy ref.
 pub fn enliven_target(
@@ -103,10 +112,7 @@ pub fn enliven_target(
     uri: &str,
     bind_as: &str,
 ) -> Result<SturdyRef> {
-    kernel::check_name(bind_as)?;
-    if let Some(kref) = kernel.pet_name(bind_as)? {
-        bail!("pet name {bind_as:?} is already bound (to {kref})");
-    }
+    check_bind_name(kernel, bind_as)?;
     let sturdy = SturdyRef::parse(uri)?;
     if sturdy.did == home_did {
         bail!("that sturdy ref names an object of this kernel: use it directly");
