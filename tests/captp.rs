@@ -356,13 +356,7 @@ fn a_hostile_peer_is_aborted_and_the_kernel_carries_on() {
         Some(captp::Message::Unimplemented { .. })
     ));
     peer.call(5, captp::Target::Imported(id), "get");
-    let reply = loop {
-        if let Some(captp::Message::Return(ret)) = peer.receive()
-            && ret.answer == 5
-        {
-            break ret;
-        }
-    };
+    let reply = peer.answer(5);
     assert!(
         matches!(reply.outcome, captp::ReturnOutcome::Results { .. }),
         "{reply:?}"

@@ -72,14 +72,10 @@ fn a_node_peer_that_sends_garbage_is_told_and_others_go_on() {
     home.spawn("waiter", "waiter");
     let _daemon = home.start_listening("127.0.0.1:0");
     let uri = home.ok(&["share", "waiter"]);
-    let address = uri
-        .rsplit_once('/')
+    let address = captp::sturdy::SturdyRef::parse(&uri)
         .unwrap()
-        .0
-        .rsplit_once('@')
-        .unwrap()
-        .1
-        .to_owned();
+        .address
+        .to_string();
     for garbage in [
         &b"11:not json!!!,"[..],
         b"38:{\"type\":\"CTP_CALL\",\"questionID\":\"q-1\"},",
@@ -237,16 +233,7 @@ fn the_inspector_in_a_browser_lists_vats_and_sends_through_its_form() {
 
 #[test]
 fn vat_enliven_reaches_an_object_of_a_listening_endo_peer() {
-    use std::io::BufRead;
-    let mut server = vat_tests::node_script("bench.mjs", &["serve"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(server.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let port = serde_json::from_str::<serde_json::Value>(&line).unwrap()["port"].clone();
+    let (mut server, port) = vat_tests::node_echo_server();
     let home = VatHome::new();
     let _daemon = home.start_daemon();
     let uri = format!("captp+json://127.0.0.1:{port}/anything");

@@ -35,19 +35,12 @@ fn a_client_that_calls(sturdy: &SturdyRef, method: &str) -> (RawPeer, u32) {
     let mut peer = RawPeer::connect(&sturdy.address.to_string());
     let id = peer.restore(&sturdy.swiss);
     peer.call(2, captp::Target::Imported(id), method);
-    loop {
-        match peer.receive() {
-            Some(captp::Message::Return(ret)) if ret.answer == 2 => {
-                assert!(
-                    matches!(ret.outcome, captp::ReturnOutcome::Results { .. }),
-                    "{ret:?}"
-                );
-                return (peer, id);
-            }
-            Some(_) => continue,
-            None => panic!("the daemon closed a well-behaved client's connection"),
-        }
-    }
+    let ret = peer.answer(2);
+    assert!(
+        matches!(ret.outcome, captp::ReturnOutcome::Results { .. }),
+        "{ret:?}"
+    );
+    (peer, id)
 }
 
 /// The keys of the store that peers make: their records (`r<N>.`) and the
@@ -289,13 +282,7 @@ fn an_echoed_message_is_no_larger_than_the_frame_it_echoes() {
     assert_eq!(echoed, 20);
     // What came back: no more than what went, and the connection serves on.
     peer.call(5, captp::Target::Imported(id), "increment");
-    let reply = loop {
-        if let Some(captp::Message::Return(ret)) = peer.receive()
-            && ret.answer == 5
-        {
-            break ret;
-        }
-    };
+    let reply = peer.answer(5);
     assert!(
         matches!(reply.outcome, captp::ReturnOutcome::Results { .. }),
         "{reply:?}"

@@ -85,6 +85,24 @@ pub fn node_script(script: &str, args: &[&str]) -> Command {
     command
 }
 
+/// An @endo/captp server in Node (`tests/node/bench.mjs serve`) whose
+/// bootstrap restores any swiss number to an object with `echo(x)`; the
+/// child and the port it listens on (127.0.0.1).
+pub fn node_echo_server() -> (std::process::Child, u16) {
+    use std::io::BufRead;
+    let mut child = node_script("bench.mjs", &["serve"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run node");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.as_mut().expect("piped"))
+        .read_line(&mut line)
+        .expect("the server's port");
+    let json: serde_json::Value = serde_json::from_str(&line).expect("{\"port\"}");
+    let port = json["port"].as_u64().expect("a port") as u16;
+    (child, port)
+}
+
 /// Where tests keep what a person may want to look at afterwards
 /// (screenshots): `<target>/artifacts`, made if missing.
 pub fn artifacts_dir() -> PathBuf {
@@ -591,6 +609,18 @@ impl RawPeer {
                     panic!("restore returned {caps:?}")
                 };
                 return Ok(id);
+            }
+        }
+    }
+
+    /// Reads until the return of our question `question` (other frames are
+    /// skipped); panics if the connection ends first.
+    pub fn answer(&mut self, question: u32) -> captp::Return {
+        loop {
+            match self.receive() {
+                Some(captp::Message::Return(ret)) if ret.answer == question => return ret,
+                Some(_) => continue,
+                None => panic!("the connection ended before question {question} was answered"),
             }
         }
     }

@@ -8,9 +8,6 @@
 //! vat-supervisor && cargo bench -p vat-tests --bench endo` (`ROUNDS=2000
 //! BURST=2000` to change the sizes). Under `cargo test` it does a small run.
 
-use std::io::BufRead;
-use std::process::Stdio;
-
 use vat_tests::VatHome;
 
 fn env_count(name: &str, default: u64) -> u64 {
@@ -39,20 +36,6 @@ fn client(args: &[&str], rounds: u64, burst: u64) -> (f64, f64) {
     )
 }
 
-/// The Node to Node anchor: an @endo/captp server in a child process.
-fn node_server() -> (std::process::Child, u16) {
-    let mut child = vat_tests::node_script("bench.mjs", &["serve"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let json: serde_json::Value = serde_json::from_str(&line).unwrap();
-    (child, json["port"].as_u64().unwrap() as u16)
-}
-
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
@@ -77,7 +60,8 @@ fn main() {
         .to_owned();
     let uri = home.ok(&["share", "waiter"]);
     let ws = format!("ws://{host}/captp");
-    let (mut server, port) = node_server();
+    // The Node to Node anchor: an @endo/captp server in a child process.
+    let (mut server, port) = vat_tests::node_echo_server();
     let anchor_uri = format!("captp://did:key:none@127.0.0.1:{port}/any");
 
     let tcp = client(&[&uri], rounds, burst);
