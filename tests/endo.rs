@@ -102,16 +102,6 @@ fn a_node_peer_that_sends_garbage_is_told_and_others_go_on() {
     home.check();
 }
 
-/// A daemon listening for CapTP and serving its HTTP face; the inspector's
-/// URL (with its token), as `vat start --http` wrote it to HOME/http.url.
-fn start_with_face(home: &VatHome) -> (vat_tests::Daemon, String) {
-    let daemon = home.start_daemon_with(&["start", "--listen", "127.0.0.1:0", "--http"]);
-    let file = home.path().join("http.url");
-    vat_tests::wait_until("the daemon wrote no HOME/http.url", 30, || file.is_file());
-    let url = std::fs::read_to_string(file).expect("HOME/http.url");
-    (daemon, url.trim().to_owned())
-}
-
 /// `METHOD path` over HTTP/1.1 to the face at `url`; the status and body.
 fn http(url: &str, method: &str, path: &str, body: &str) -> (u16, String) {
     use std::io::{Read, Write};
@@ -136,13 +126,7 @@ fn http(url: &str, method: &str, path: &str, body: &str) -> (u16, String) {
 fn the_same_node_peer_works_over_a_websocket_to_the_http_face() {
     let home = VatHome::new();
     home.spawn("waiter", "waiter");
-    let (_daemon, url) = start_with_face(&home);
-    let host = url
-        .trim_start_matches("http://")
-        .split('/')
-        .next()
-        .unwrap()
-        .to_owned();
+    let (_daemon, _, host) = home.start_with_face();
     let uri = home.ok(&["share", "waiter"]);
     let output = vat_tests::node_script(
         "--experimental-websocket",
@@ -167,7 +151,7 @@ fn the_same_node_peer_works_over_a_websocket_to_the_http_face() {
 fn the_http_face_shows_nothing_without_its_token() {
     let home = VatHome::new();
     home.spawn("counter", "counter");
-    let (_daemon, url) = start_with_face(&home);
+    let (_daemon, url, _) = home.start_with_face();
     let token = url.rsplit_once("token=").unwrap().1.to_owned();
     let send = r#"{"target":"counter","method":"increment","args":[]}"#;
     for path in ["/", "/?token=wrong", "/live", "/?token="] {
@@ -201,7 +185,7 @@ fn the_inspector_in_a_browser_lists_vats_and_sends_through_its_form() {
     let home = VatHome::new();
     home.spawn("counter", "counter");
     home.spawn("waiter", "waiter");
-    let (_daemon, url) = start_with_face(&home);
+    let (_daemon, url, _) = home.start_with_face();
     let screenshot = vat_tests::artifacts_dir().join("inspector.png");
     let _ = std::fs::remove_file(&screenshot);
     let output = vat_tests::node_script("inspector.mjs", &[&url, screenshot.to_str().unwrap()])

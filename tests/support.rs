@@ -326,6 +326,24 @@ impl VatHome {
         self.start_daemon_as(command)
     }
 
+    /// Starts `vat start --listen 127.0.0.1:0 --http` and waits for its
+    /// HTTP face: the daemon, the inspector's URL (with its token, from
+    /// HOME/http.url) and the face's `host:port`.
+    pub fn start_with_face(&self) -> (Daemon, String, String) {
+        let daemon = self.start_daemon_with(&["start", "--listen", "127.0.0.1:0", "--http"]);
+        let file = self.path().join("http.url");
+        wait_until("the daemon wrote no HOME/http.url", 30, || file.is_file());
+        let url = std::fs::read_to_string(file).expect("HOME/http.url");
+        let url = url.trim().to_owned();
+        let host = url
+            .trim_start_matches("http://")
+            .split('/')
+            .next()
+            .expect("host:port")
+            .to_owned();
+        (daemon, url, host)
+    }
+
     fn start_daemon_as(&self, mut command: Command) -> Daemon {
         let child = command
             .stdout(std::process::Stdio::null())

@@ -48,16 +48,7 @@ fn main() {
     };
     let home = VatHome::new();
     home.spawn("waiter", "waiter");
-    let _daemon = home.start_daemon_with(&["start", "--listen", "127.0.0.1:0", "--http"]);
-    let file = home.path().join("http.url");
-    vat_tests::wait_until("no HOME/http.url", 30, || file.is_file());
-    let url = std::fs::read_to_string(&file).unwrap();
-    let host = url
-        .trim_start_matches("http://")
-        .split('/')
-        .next()
-        .unwrap()
-        .to_owned();
+    let (_daemon, _, host) = home.start_with_face();
     let uri = home.ok(&["share", "waiter"]);
     let ws = format!("ws://{host}/captp");
     // The Node to Node anchor: an @endo/captp server in a child process.
