@@ -224,10 +224,15 @@ pub enum Command {
               value_parser = clap::value_parser!(u32).range(1..))]
         vats_resident_max: u32,
         /// Set a bound on what peers' connections may cost, NAME=VALUE
-        /// (repeatable): connections_max, idle_timeout_ms,
-        /// handshake_timeout_ms, outgoing_bytes_max, keepalive_timeout_ms,
-        /// session_away_max_s, ended_peers_kept_s... (`vat start --help`
-        /// and ARCHITECTURE.md list them all, with their defaults).
+        /// (repeatable). NAME is one of connections_max (256),
+        /// frames_in_flight_max (64), bytes_in_flight_max (2097152),
+        /// run_queue_intake_max (10000), handshake_timeout_ms (10000),
+        /// idle_timeout_ms (1800000), frame_read_timeout_ms (30000),
+        /// outgoing_bytes_max (67108864), write_timeout_ms (30000),
+        /// keepalive_interval_ms (1000), keepalive_timeout_ms (5000),
+        /// connect_timeout_ms (2000), redial_max_ms (1000),
+        /// session_away_max_s (604800), ended_peers_max (100),
+        /// ended_peers_kept_s (3600); defaults in parentheses.
         #[arg(long = "net-limit", value_name = "NAME=VALUE", value_parser = parse_net_limit)]
         net_limits: Vec<String>,
         /// Also serve HTTP here (default 127.0.0.1:0, loopback): the
@@ -572,4 +577,34 @@ pub enum PeersAction {
         /// The peer's id, as `vat peers` lists it (r<N>).
         peer: String,
     },
+}
+
+#[cfg(test)]
+mod net_limit_help {
+    use clap::CommandFactory;
+
+    /// `vat start --help` names every network limit with its default.
+    #[test]
+    fn the_net_limit_help_states_every_default() {
+        let mut command = super::Cli::command();
+        let start = command.find_subcommand_mut("start").expect("vat start");
+        let help = start.render_long_help().to_string();
+        let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+        let defaults = captp_engine::node::NetLimits::default();
+        for name in captp_engine::node::NetLimits::NAMES {
+            let mut probe = defaults;
+            assert!(help.contains(name), "{name} is not in vat start --help");
+            // The number after the name is its default: setting it changes nothing.
+            let stated = help
+                .split(&format!("{name} ("))
+                .nth(1)
+                .and_then(|rest| rest.split(')').next())
+                .unwrap_or_else(|| panic!("{name} has no default in the help"));
+            probe.set(&format!("{name}={stated}")).unwrap();
+            assert_eq!(
+                probe, defaults,
+                "the help says {name} ({stated}), not its default"
+            );
+        }
+    }
 }
