@@ -400,13 +400,7 @@ pub fn netstring_payload(frame: &[u8]) -> &[u8] {
 
 /// A single capability as a value: a promise or a remotable, by its slot.
 fn reference_value(cap: &CapDescriptor, iface: Option<&str>) -> Value {
-    let slot = slot(cap);
-    let r = vom::Ref::with_iface(slot.clone(), iface.map(str::to_owned));
-    if slot.starts_with('p') || slot.starts_with('q') {
-        Value::Promise(r)
-    } else {
-        Value::Remotable(r)
-    }
+    crate::legacy::reference(&slot(cap), iface.map(str::to_owned))
 }
 
 fn write_call(call: &Call, epoch: u64) -> Json {

@@ -29,7 +29,7 @@ fn bad<T>(text: impl Into<String>) -> Result<T, LegacyError> {
 }
 
 /// A reference's value: a promise for `p` and `q` slots, a remotable else.
-fn reference(slot: &str, iface: Option<String>) -> Value {
+pub(crate) fn reference(slot: &str, iface: Option<String>) -> Value {
     let r = Ref::with_iface(slot, iface);
     if slot.starts_with('p') || slot.starts_with('q') {
         Value::Promise(r)

@@ -36,15 +36,34 @@ pub async fn read_frame_within<R: AsyncRead + Unpin>(
     rest_timeout_ms: Option<u64>,
 ) -> Result<Option<Vec<u8>>, TransportError> {
     let mut frame = vec![0u8; 8];
-    let first = loop {
-        match reader.read(&mut frame[..4]).await {
+    let Some(first) = read_start(reader, &mut frame[..4]).await? else {
+        return Ok(None);
+    };
+    within(rest_timeout_ms, read_rest(reader, limits, frame, first)).await
+}
+
+/// The first bytes of a frame (at least one) into `buf`: how many, or
+/// `None` at a clean end of stream. Waiting for them has no deadline.
+async fn read_start<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    buf: &mut [u8],
+) -> Result<Option<usize>, TransportError> {
+    loop {
+        match reader.read(buf).await {
             Ok(0) => return Ok(None),
-            Ok(n) => break n,
+            Ok(n) => return Ok(Some(n)),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e.into()),
         }
-    };
-    let rest = read_rest(reader, limits, frame, first);
+    }
+}
+
+/// The rest of a frame that started, within `rest_timeout_ms` if given
+/// (`frame_read_timeout_ms`).
+async fn within<T>(
+    rest_timeout_ms: Option<u64>,
+    rest: impl std::future::Future<Output = Result<T, TransportError>>,
+) -> Result<Option<T>, TransportError> {
     match rest_timeout_ms {
         None => rest.await.map(Some),
         Some(ms) => match tokio::time::timeout(std::time::Duration::from_millis(ms), rest).await {
@@ -65,22 +84,14 @@ pub async fn read_netstring_within<R: AsyncRead + Unpin>(
     rest_timeout_ms: Option<u64>,
 ) -> Result<Option<Vec<u8>>, TransportError> {
     let mut first = [0u8; 1];
-    loop {
-        match reader.read(&mut first).await {
-            Ok(0) => return Ok(None),
-            Ok(_) => break,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e.into()),
-        }
+    if read_start(reader, &mut first).await?.is_none() {
+        return Ok(None);
     }
-    let rest = read_netstring_rest(reader, limits, first[0]);
-    match rest_timeout_ms {
-        None => rest.await.map(Some),
-        Some(ms) => match tokio::time::timeout(std::time::Duration::from_millis(ms), rest).await {
-            Ok(read) => read.map(Some),
-            Err(_) => Err(TransportError::SlowFrame(ms)),
-        },
-    }
+    within(
+        rest_timeout_ms,
+        read_netstring_rest(reader, limits, first[0]),
+    )
+    .await
 }
 
 /// A netstring's length digits (from `first` on), its bytes and its comma.
