@@ -218,10 +218,8 @@ impl Pipe {
             fits += 1;
         }
         let all = fits == frames.len();
-        let mut frames = frames;
-        frames.truncate(fits);
-        if !frames.is_empty() {
-            self.push_past_limit(frames);
+        if fits > 0 {
+            self.push_past_limit(frames.into_iter().take(fits).collect());
         }
         all
     }
@@ -406,3 +404,41 @@ pub(crate) async fn accept_loop<L, S>(
 /// A listener's next connection, accepted.
 pub(crate) type Accepting<'a, S> =
     std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<S>> + Send + 'a>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_named_limit_can_be_set_and_bad_ones_are_refused() {
+        for name in NetLimits::NAMES {
+            let mut limits = NetLimits::default();
+            limits.set(&format!("{name}=7")).unwrap();
+            assert_ne!(limits, NetLimits::default(), "{name} set nothing");
+        }
+        let mut limits = NetLimits::default();
+        assert!(matches!(
+            limits.set("idle_timeout=5"),
+            Err(NetLimitError::Unknown(_))
+        ));
+        for bad in [
+            "idle_timeout_ms=0",
+            "idle_timeout_ms=-1",
+            "idle_timeout_ms=x",
+        ] {
+            assert!(
+                matches!(limits.set(bad), Err(NetLimitError::BadValue { .. })),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            limits.set("idle_timeout_ms"),
+            Err(NetLimitError::Syntax(_))
+        ));
+        assert_eq!(
+            limits,
+            NetLimits::default(),
+            "a refused setting changes nothing"
+        );
+    }
+}
