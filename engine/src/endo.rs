@@ -41,15 +41,13 @@ pub(crate) fn set_json(t: &mut Tables<'_>, peer: &str, epoch: u64) -> Result<(),
     t.set(&keys::record(&peer, "codec"), &format!("json {epoch}"))
 }
 
-/// Our answer to the JSON peer's question `question` was sent.
+/// Our answer to the JSON peer's question `question` was sent (the caller
+/// knows the peer speaks JSON).
 pub(crate) fn note_returned(
     t: &mut Tables<'_>,
     peer: &str,
     question: u32,
 ) -> Result<(), StoreError> {
-    if codec(&t.read(), peer)? == Codec::CapnProto {
-        return Ok(());
-    }
     let seq = t.next_id(&keys::record(&peer, "returnedNext"))?;
     t.set(&keys::returned(&peer, seq), &question.to_string())
 }

@@ -615,10 +615,7 @@ fn handle_call(t: &mut Tables<'_>, peer: &str, call: Call) -> Result<()> {
     }
     // Every capability in the table is a reference the peer gave us,
     // used or not: import them all.
-    let mut krefs = Vec::with_capacity(caps.len());
-    for cap in &caps {
-        krefs.push(import_descriptor(t, peer, cap)?);
-    }
+    let krefs = import_all(t, peer, &caps)?;
     let on_gate = match &target {
         Target::Imported(id) => *id == GATE_EXPORT_ID,
         Target::Answer {
@@ -642,11 +639,7 @@ fn handle_call(t: &mut Tables<'_>, peer: &str, call: Call) -> Result<()> {
         let reason = "unimplemented: objects here are Exo (exo.capnp)".into();
         return answer_exception(t, peer, question, reason);
     };
-    let slots = args.caps.iter().map(|i| krefs[*i as usize].to_string());
-    let args = CapData {
-        body: args.body,
-        slots: slots.collect(),
-    };
+    let args = body_capdata(args, &krefs)?;
     if let Err(e) = vom::capdata::decode(&args) {
         let reason = format!("malformed capdata in the arguments: {e}");
         return answer_exception(t, peer, question, reason);
@@ -772,20 +765,10 @@ fn handle_return(t: &mut Tables<'_>, peer: &str, ret: Return) -> Result<()> {
     }
     let settlement: (bool, CapData) = match ret.outcome {
         ReturnOutcome::Results { content, caps } => {
-            let mut krefs = Vec::with_capacity(caps.len());
-            for cap in &caps {
-                krefs.push(import_descriptor(t, peer, cap)?);
-            }
+            let krefs = import_all(t, peer, &caps)?;
             match content {
                 ResultContent::Exo { result, .. } => {
-                    let data = CapData {
-                        body: result.body,
-                        slots: result
-                            .caps
-                            .iter()
-                            .map(|i| krefs[*i as usize].to_string())
-                            .collect(),
-                    };
+                    let data = body_capdata(result, &krefs)?;
                     match vom::capdata::decode(&data) {
                         Ok(_) => (false, data),
                         Err(e) => (
@@ -1065,10 +1048,25 @@ fn capdata_from_peer(
     body: Body,
     caps: &[CapDescriptor],
 ) -> Result<CapData> {
-    let mut krefs = Vec::with_capacity(caps.len());
-    for cap in caps {
-        krefs.push(import_descriptor(t, peer, cap)?);
+    let krefs = import_all(t, peer, caps)?;
+    let data = body_capdata(body, &krefs)?;
+    if let Err(e) = vom::capdata::decode(&data) {
+        return protocol(format!("malformed capdata: {e}"));
     }
+    Ok(data)
+}
+
+/// Every capability in a payload's cap table, imported: each is a
+/// reference the peer gave us, whether its body names it or not.
+fn import_all(t: &mut Tables<'_>, peer: &str, caps: &[CapDescriptor]) -> Result<Vec<Kref>> {
+    caps.iter()
+        .map(|cap| import_descriptor(t, peer, cap))
+        .collect()
+}
+
+/// A body whose slots are indexes into `krefs`, as the kernel's capdata
+/// (not yet checked: each caller says what a malformed body costs).
+fn body_capdata(body: Body, krefs: &[Kref]) -> Result<CapData> {
     let mut slots = Vec::with_capacity(body.caps.len());
     for index in &body.caps {
         match krefs.get(*index as usize) {
@@ -1076,14 +1074,10 @@ fn capdata_from_peer(
             None => return protocol(format!("cap index {index} is outside the cap table")),
         }
     }
-    let data = CapData {
+    Ok(CapData {
         body: body.body,
         slots,
-    };
-    if let Err(e) = vom::capdata::decode(&data) {
-        return protocol(format!("malformed capdata: {e}"));
-    }
-    Ok(data)
+    })
 }
 
 fn capdata_to_peer(
@@ -1267,11 +1261,11 @@ fn return_answer(
     rejected: bool,
     data: &CapData,
 ) -> Result<(), StoreError> {
+    let json = endo::codec(&t.read(), peer)? != endo::Codec::CapnProto;
     let message = if rejected {
         return_exception(answer, &rejection_reason(data))
     } else {
         let (result, mut caps) = capdata_to_peer(t, peer, data)?;
-        let json = endo::codec(&t.read(), peer)? != endo::Codec::CapnProto;
         // A single reference is also `object`, for pipelining; the cap
         // table then lists it twice, and the peer counts both. (JSON
         // CapTP pipelines on the answer itself.)
@@ -1293,7 +1287,7 @@ fn return_answer(
         && entry.finished
     {
         close_answer(t, peer, answer)?;
-    } else {
+    } else if json {
         endo::note_returned(t, peer, answer)?;
     }
     Ok(())
