@@ -161,10 +161,11 @@ struct Connection {
 }
 
 impl Connection {
-    /// Queues a message; false when the peer is not reading what it is
-    /// sent (`outgoing_bytes_max`), and nothing was queued.
-    fn send(&self, message: &Wire) -> bool {
-        self.push(vec![wire::encode(message)])
+    /// Queues one of the connection's own small messages (handshake,
+    /// acknowledgements). Past `outgoing_bytes_max` it is not queued; the
+    /// next flush's frames find the peer not reading and cut it off.
+    fn send(&self, message: &Wire) {
+        let _ = self.push(vec![wire::encode(message)]);
     }
 
     fn push(&self, frames: Vec<Vec<u8>>) -> bool {
@@ -786,20 +787,32 @@ impl<A: Send + 'static> Node<A> {
             Link::Session(peer, _) | Link::Dialing { peer, .. } => {
                 let peer = peer.clone();
                 let dialled = connection.dialled;
-                let carried = self.by_peer.get(&peer) == Some(&number);
+                self.session_connection_lost(&peer, number, reason)?;
                 self.close(number);
-                self.dialing.remove(&peer);
-                if carried {
-                    self.kernel
-                        .set_peer_link(&peer, PeerLink::NotConnected(reason.to_owned()));
-                    self.kernel.session_seen(&peer)?;
-                }
                 if dialled {
                     self.redial_at
                         .insert(peer, (Instant::now(), Duration::from_millis(100)));
                 }
             }
             Link::Fresh | Link::Answering { .. } => self.refuse(number, reason),
+        }
+        Ok(())
+    }
+
+    /// Connection `number` of `peer`'s session is gone (not yet closed):
+    /// if it was the one carrying the session, `vat peers` says why, and
+    /// the session was last seen now.
+    fn session_connection_lost(
+        &mut self,
+        peer: &EndpointId,
+        number: u64,
+        reason: &str,
+    ) -> Result<(), NodeError> {
+        self.dialing.remove(peer);
+        if self.by_peer.get(peer) == Some(&number) {
+            self.kernel
+                .set_peer_link(peer, PeerLink::NotConnected(reason.to_owned()));
+            self.kernel.session_seen(peer)?;
         }
         Ok(())
     }
@@ -858,12 +871,7 @@ impl<A: Send + 'static> Node<A> {
             Link::Session(peer, _) | Link::Dialing { peer, .. } => {
                 // The session outlives the connection; the dialler redials.
                 let peer = peer.clone();
-                self.dialing.remove(&peer);
-                if self.by_peer.get(&peer) == Some(&number) {
-                    self.kernel
-                        .set_peer_link(&peer, PeerLink::NotConnected(reason.to_owned()));
-                    self.kernel.session_seen(&peer)?;
-                }
+                self.session_connection_lost(&peer, number, reason)?;
                 if self.dialled_session(&peer)?.is_some() {
                     self.schedule_redial(&peer);
                 }
