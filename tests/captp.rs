@@ -856,17 +856,6 @@ fn a_peer_breaking_message_and_state_limits_fails_those_calls_only() {
     home.check();
 }
 
-/// The daemon's resident memory, in bytes.
-fn resident_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
-    let kb: u64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
-        .expect("VmRSS");
-    kb * 1024
-}
-
 /// A daemon listening for CapTP on a port of its choice, with at most
 /// `files_max` open files (`ulimit -n`).
 fn start_listening_with_files_max(home: &VatHome, files_max: u32) -> vat_tests::Daemon {
@@ -926,12 +915,12 @@ fn a_flood_of_announced_frames_and_a_descriptor_limit_leave_the_listener_up() {
     // One segment of 131,070 words: 1 MiB less a little, under frame_bytes_max.
     let mut header = vec![0u8; 4];
     header.extend_from_slice(&131_070u32.to_le_bytes());
-    let before = resident_bytes(daemon.pid());
+    let before = vat_tests::resident_bytes(daemon.pid());
     // More than the daemon may hold: those past its limit wait in the
     // listener's backlog (or time out, once that is full).
     let flood = connect_and_send(&address, &header, 200);
     std::thread::sleep(std::time::Duration::from_secs(2));
-    let grown = resident_bytes(daemon.pid()).saturating_sub(before);
+    let grown = vat_tests::resident_bytes(daemon.pid()).saturating_sub(before);
     assert!(
         grown < 64 << 20,
         "{} connections announcing 1 MiB each grew the daemon by {grown} bytes",

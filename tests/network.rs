@@ -59,17 +59,6 @@ fn peer_keys(home: &VatHome) -> Vec<String> {
         .collect()
 }
 
-/// The daemon's resident memory, in bytes.
-fn resident_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
-    let kb: u64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
-        .expect("VmRSS");
-    kb * 1024
-}
-
 /// Reads a connection until the daemon ends it; returns the `Abort`
 /// reason it gave, if it gave one.
 fn abort_reason(mut peer: RawPeer) -> Option<String> {
@@ -199,7 +188,7 @@ fn a_peer_that_does_not_read_is_aborted_before_outgoing_bytes_max() {
     let (daemon, sturdy) = serve(&home, "waiter", "waiter", &limits);
     let mut peer = RawPeer::connect(&sturdy.address.to_string());
     let id = peer.restore(&sturdy.swiss);
-    let before = resident_bytes(daemon.pid());
+    let before = vat_tests::resident_bytes(daemon.pid());
     // 200 answers of 100 KB, 20 MB in all, to a peer that reads none.
     for question in 2..202 {
         peer.send(&echo_call(question, id, 100_000));
@@ -207,7 +196,7 @@ fn a_peer_that_does_not_read_is_aborted_before_outgoing_bytes_max() {
     vat_tests::wait_until("the peer that does not read was not cut off", 120, || {
         home.ok(&["peers"]).contains("outgoing_bytes_max")
     });
-    let grown = resident_bytes(daemon.pid()).saturating_sub(before);
+    let grown = vat_tests::resident_bytes(daemon.pid()).saturating_sub(before);
     // Now it reads: what was written before the cut, then the Abort.
     let mut answers = 0;
     let reason = loop {
@@ -303,7 +292,7 @@ fn a_flood_of_large_calls_waits_in_the_socket_not_in_memory_or_the_store() {
     let (daemon, sturdy) = serve(&home, "counter", "counter", &limits);
     let mut peer = RawPeer::connect(&sturdy.address.to_string());
     let id = peer.restore(&sturdy.swiss);
-    let before = resident_bytes(daemon.pid());
+    let before = vat_tests::resident_bytes(daemon.pid());
     // 150 calls of 900 KB each, written as fast as the socket takes them.
     let frames: Vec<Vec<u8>> = (0..150)
         .map(|q| captp::wire::encode(&echo_call(q + 2, id, 900_000)))
@@ -325,7 +314,7 @@ fn a_flood_of_large_calls_waits_in_the_socket_not_in_memory_or_the_store() {
             })
             .count();
         queued_max = queued_max.max(queued);
-        grown_max = grown_max.max(resident_bytes(daemon.pid()).saturating_sub(before));
+        grown_max = grown_max.max(vat_tests::resident_bytes(daemon.pid()).saturating_sub(before));
         std::thread::sleep(Duration::from_millis(50));
     }
     writer.join().unwrap();

@@ -264,6 +264,17 @@ pub fn wait_until(what: &str, limit_s: u64, mut ready: impl FnMut() -> bool) {
     }
 }
 
+/// A process's resident memory (`VmRSS`), in bytes.
+pub fn resident_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    let kb: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS");
+    kb * 1024
+}
+
 /// Sends SIGKILL to `pid`. A process that exited meanwhile is no failure.
 pub fn kill_hard(pid: u32) {
     Command::new("kill")
