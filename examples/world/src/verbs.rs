@@ -233,29 +233,47 @@ fn wrapped(code: &str) -> String {
     format!("fn verb(player, room, args, argstr) {{\n{code}\n}}")
 }
 
-/// Whether `code` is a verb the world can run (it parses, within limits).
-pub fn check(code: &str) -> Result<(), String> {
+/// A verb compiled: its code as the body of `verb`, or, when the code
+/// defines functions (which Rhai allows only at the top), the code as it
+/// is, which must then define `fn verb(player, room, args, argstr)`.
+fn compile(engine: &Engine, code: &str) -> Result<rhai::AST, String> {
     if code.len() > VERB_SOURCE_BYTES_MAX {
         return Err(format!(
             "the verb is longer than verb_source_bytes_max ({VERB_SOURCE_BYTES_MAX})"
         ));
     }
-    ENGINE
-        .with(|engine| engine.compile(wrapped(code)).map(drop))
-        .map_err(|e| describe(&EvalAltResult::from(e)))
+    let describe_parse = |e: rhai::ParseError| describe(&EvalAltResult::from(e));
+    if !code.contains("fn ") {
+        return engine.compile(wrapped(code)).map_err(describe_parse);
+    }
+    let ast = engine.compile(code).map_err(describe_parse)?;
+    if !ast
+        .iter_functions()
+        .any(|f| f.name == "verb" && f.params.len() == 4)
+    {
+        return Err("a verb that defines functions defines its body as \
+                    fn verb(player, room, args, argstr) { ... }"
+            .into());
+    }
+    Ok(ast)
+}
+
+/// Whether `code` is a verb the world can run (it parses, within limits).
+pub fn check(code: &str) -> Result<(), String> {
+    ENGINE.with(|engine| compile(engine, code).map(drop))
 }
 
 /// Runs a verb; its effects, or what stopped it (a limit by name).
 pub fn run(run: Run<'_>) -> Result<Effects, String> {
-    check(run.code)?;
+    let ast = ENGINE.with(|engine| compile(engine, run.code))?;
     let Run {
         verb,
-        code,
         player,
         this,
         room,
         args,
         argstr,
+        ..
     } = run;
     let has_room = room.is_some();
     SANDBOX.with(|cell| {
@@ -267,7 +285,6 @@ pub fn run(run: Run<'_>) -> Result<Effects, String> {
         });
     });
     let outcome = ENGINE.with(|engine| {
-        let ast = engine.compile(wrapped(code))?;
         let args: Array = args.into_iter().map(Dynamic::from).collect();
         let room = if has_room {
             Dynamic::from(Handle(Role::Room))
@@ -320,5 +337,60 @@ fn describe(error: &EvalAltResult) -> String {
         }
         EvalAltResult::ErrorRuntime(value, _) => value.to_string(),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn given(id: u64) -> Given {
+        Given {
+            id,
+            name: format!("o{id}"),
+            props: BTreeMap::new(),
+        }
+    }
+
+    fn run_code(code: &str) -> Result<Effects, String> {
+        run(Run {
+            verb: "v",
+            code,
+            player: given(1),
+            this: given(2),
+            room: Some(given(3)),
+            args: vec!["a".into()],
+            argstr: "a".into(),
+        })
+    }
+
+    #[test]
+    fn a_verb_sees_what_it_is_given_and_sets_this_only() {
+        let effects = run_code(
+            "this.set(\"n\", 2); room.tell(player.name + \" \" + args[0]); this.get(\"n\") + 1",
+        )
+        .unwrap();
+        assert_eq!(effects.sets, vec![("n".to_owned(), Prop::Int(2))]);
+        assert_eq!(effects.tells, vec![(Whom::Room, "o1 a".to_owned())]);
+        assert_eq!(effects.reply.as_deref(), Some("3"));
+        let refused = run_code("player.set(\"x\", 1)").unwrap_err();
+        assert!(refused.contains("`this` only"), "{refused}");
+    }
+
+    #[test]
+    fn hostile_verbs_stop_on_a_named_limit() {
+        let cases = [
+            ("loop { }", "verb_operations_max"),
+            ("let s = \"xx\"; loop { s += s; }", "verb_string_bytes_max"),
+            ("let a = [1]; loop { a += a; }", "verb_array_items_max"),
+            (
+                "fn down(n) { down(n + 1) } fn verb(player, room, args, argstr) { down(0) }",
+                "verb_call_levels_max",
+            ),
+        ];
+        for (code, limit) in cases {
+            let failed = run_code(code).unwrap_err();
+            assert!(failed.contains(limit), "{code}: {failed}");
+        }
     }
 }

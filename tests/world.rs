@@ -1,0 +1,280 @@
+//! The shared world (`examples/world`), played as its players play it:
+//! each player a WebSocket to the daemon's HTTP face, on @endo/captp
+//! (`tests/node/world.mjs`). Players build, program verbs and use each
+//! other's; hostile verbs fail alone; a SIGKILLed kernel comes back with
+//! the world as it was; a player walks to a room on another kernel and back.
+
+use std::collections::HashMap;
+use std::io::{BufRead, Write};
+use std::process::{Child, ChildStdin, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use vat_tests::{Daemon, VatHome};
+
+/// How long a test waits for one answer or one line heard.
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Players driven through `world.mjs`: requests in, events out.
+struct Players {
+    child: Child,
+    stdin: ChildStdin,
+    events: Receiver<Value>,
+    heard: HashMap<String, Vec<String>>,
+    answers: HashMap<u64, Result<String, String>>,
+    next_id: u64,
+}
+
+impl Players {
+    fn new(ws: &str, swiss: &str) -> Players {
+        let mut child =
+            vat_tests::node_script("--experimental-websocket", &["world.mjs", ws, swiss])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("run node");
+        let stdin = child.stdin.take().expect("piped");
+        let stdout = child.stdout.take().expect("piped");
+        let (sender, events) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let event = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+                if sender.send(event).is_err() {
+                    return;
+                }
+            }
+        });
+        Players {
+            child,
+            stdin,
+            events,
+            heard: HashMap::new(),
+            answers: HashMap::new(),
+            next_id: 0,
+        }
+    }
+
+    fn request(&mut self, request: Value) {
+        writeln!(self.stdin, "{request}").expect("write to world.mjs");
+    }
+
+    /// Takes one event; false once `deadline` passed.
+    fn take(&mut self, deadline: Instant) -> Option<Value> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match self.events.recv_timeout(left) {
+            Ok(event) => Some(event),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => panic!("world.mjs ended"),
+        }
+    }
+
+    /// Files an event; returns it if it is neither heard nor an answer.
+    fn file(&mut self, event: Value) -> Option<Value> {
+        let player = event["player"].as_str().unwrap_or_default().to_owned();
+        let text = event["text"].as_str().unwrap_or_default().to_owned();
+        match (event["op"].as_str(), event["id"].as_u64()) {
+            (Some("heard"), _) => self.heard.entry(player).or_default().push(text),
+            (Some("reply"), Some(id)) => drop(self.answers.insert(id, Ok(text))),
+            (Some("error"), Some(id)) => drop(self.answers.insert(id, Err(text))),
+            _ => return Some(event),
+        }
+        None
+    }
+
+    fn login(&mut self, player: &str, secret: &str) -> Result<(), String> {
+        self.request(json!({"op": "login", "player": player, "secret": secret}));
+        let deadline = Instant::now() + WAIT;
+        while let Some(event) = self.take(deadline) {
+            if let Some(event) = self.file(event) {
+                assert_eq!(event["player"], player, "{event}");
+                return match event["op"].as_str() {
+                    Some("login") => Ok(()),
+                    _ => Err(event["text"].as_str().unwrap_or_default().to_owned()),
+                };
+            }
+        }
+        panic!("{player} got no answer to login");
+    }
+
+    /// One command line; its answer, or the error it failed with.
+    fn command(&mut self, player: &str, line: &str) -> Result<String, String> {
+        self.next_id += 1;
+        let id = self.next_id;
+        self.request(json!({"op": "command", "player": player, "line": line, "id": id}));
+        let deadline = Instant::now() + WAIT;
+        while !self.answers.contains_key(&id) {
+            let event = self
+                .take(deadline)
+                .unwrap_or_else(|| panic!("{player} got no answer to {line:?}"));
+            self.file(event);
+        }
+        self.answers.remove(&id).expect("answered")
+    }
+
+    /// A command that must succeed; its answer.
+    fn does(&mut self, player: &str, line: &str) -> String {
+        self.command(player, line)
+            .unwrap_or_else(|e| panic!("{player}: {line:?} failed: {e}"))
+    }
+
+    /// Waits until `player` heard a line containing `needle`; that line.
+    fn hears(&mut self, player: &str, needle: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let heard = self
+                .heard
+                .get(player)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            if let Some(line) = heard.iter().find(|l| l.contains(needle)) {
+                return line.clone();
+            }
+            let heard = heard.to_vec();
+            let Some(event) = self.take(deadline) else {
+                panic!("{player} never heard {needle:?}; heard {heard:?}");
+            };
+            self.file(event);
+        }
+    }
+}
+
+impl Drop for Players {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A kernel running the world, with its HTTP face: the daemon, the
+/// face's WebSocket URL and the lobby's swiss number.
+fn world_kernel(home: &VatHome) -> (Daemon, String, String) {
+    home.spawn("world", "world");
+    let (daemon, _, host) = home.start_with_face();
+    home.ok(&["send", "world", "lobby", "--as", "lobby"]);
+    let uri = home.ok(&["share", "lobby"]);
+    let swiss = uri.rsplit('/').next().expect("a swiss number").to_owned();
+    (daemon, format!("ws://{host}/captp"), swiss)
+}
+
+fn restart(home: &VatHome, daemon: Daemon) -> (Daemon, String) {
+    vat_tests::kill_hard(daemon.pid());
+    drop(daemon);
+    let (daemon, _, host) = home.start_with_face();
+    (daemon, format!("ws://{host}/captp"))
+}
+
+#[test]
+fn players_build_program_and_use_verbs_and_the_world_outlives_a_killed_kernel() {
+    let home = VatHome::new();
+    let (daemon, ws, swiss) = world_kernel(&home);
+    let mut players = Players::new(&ws, &swiss);
+    for name in ["alice", "bob", "carol"] {
+        players.login(name, &format!("{name}-secret")).unwrap();
+    }
+    assert!(players.does("bob", "look").contains("The Lobby"));
+    // Alice builds a garden, a fountain in it, and a verb on it.
+    let dug = players.does("alice", "@dig north|south The Garden");
+    assert!(dug.contains("You dig north to The Garden"), "{dug}");
+    players.does("alice", "@create fountain");
+    players.does(
+        "alice",
+        "@describe fountain as A stone fountain, murmuring.",
+    );
+    players.does("alice", "@property fountain.wishes 0");
+    players.does("alice", "@verb fountain:wish");
+    let program = "let n = this.get(\"wishes\") + 1; this.set(\"wishes\", n); \
+                   room.tell(player.name + \" makes a wish.\"); \
+                   \"You make wish number \" + n + \".\"";
+    players.does("alice", &format!("@program fountain:wish {program}"));
+    players.does("alice", "north");
+    players.does("alice", "drop fountain");
+    // Bob may not change what is Alice's.
+    for name in ["bob", "carol"] {
+        players.does(name, "go north");
+    }
+    let refused = players
+        .command("bob", "@describe fountain as mine")
+        .unwrap_err();
+    assert!(refused.contains("not yours to change"), "{refused}");
+    // The others use her verb, and everyone in the room hears of it.
+    assert_eq!(
+        players.does("bob", "wish fountain"),
+        "You make wish number 1."
+    );
+    players.hears("alice", "bob makes a wish.");
+    players.hears("carol", "bob makes a wish.");
+    assert_eq!(
+        players.does("carol", "wish fountain"),
+        "You make wish number 2."
+    );
+    players.does("carol", "say hello, garden");
+    players.hears("alice", "carol says, \"hello, garden\"");
+    players.hears("bob", "carol says, \"hello, garden\"");
+    hostile_verbs_fail_alone(&mut players);
+    // The kernel is killed; everyone reconnects to the world as it was.
+    drop(players);
+    let (_daemon, ws) = restart(&home, daemon);
+    let mut players = Players::new(&ws, &swiss);
+    for name in ["alice", "bob", "carol"] {
+        players.login(name, &format!("{name}-secret")).unwrap();
+    }
+    let wrong = players
+        .login("mallory", "x")
+        .and(players.login("alice", "guess"));
+    assert!(wrong.unwrap_err().contains("wrong secret"));
+    let look = players.does("bob", "look");
+    assert!(
+        look.contains("The Garden") && look.contains("fountain"),
+        "{look}"
+    );
+    assert!(look.contains("alice") && look.contains("carol"), "{look}");
+    assert_eq!(
+        players.does("bob", "wish fountain"),
+        "You make wish number 4."
+    );
+    assert!(
+        players
+            .does("carol", "look fountain")
+            .contains("A stone fountain")
+    );
+    players.does("alice", "south");
+    players.hears("bob", "alice goes south.");
+    home.check();
+}
+
+/// An endless loop, a memory bomb and a runaway recursion: each fails its
+/// command with the limit named, and changes nothing; the world goes on.
+fn hostile_verbs_fail_alone(players: &mut Players) {
+    players.does("bob", "@create trap");
+    players.does("bob", "@verb trap:spin");
+    players.does(
+        "bob",
+        "@program trap:spin this.set(\"spun\", true); loop { }",
+    );
+    players.does("bob", "@verb trap:grow");
+    players.does("bob", "@program trap:grow let s = \"xx\"; loop { s += s; }");
+    players.does("bob", "@verb trap:dive");
+    players.does("bob", "@program trap:dive fn down(n) { down(n + 1) } fn verb(player, room, args, argstr) { down(0) }");
+    let cases = [
+        ("spin trap", "verb_operations_max"),
+        ("grow trap", "verb_string_bytes_max"),
+        ("dive trap", "verb_call_levels_max"),
+    ];
+    for (line, limit) in cases {
+        let failed = players.command("bob", line).unwrap_err();
+        assert!(failed.contains(limit), "{line}: {failed}");
+    }
+    let examined = players.does("bob", "@examine trap");
+    assert!(
+        !examined.contains("spun"),
+        "a failed verb changed nothing: {examined}"
+    );
+    assert_eq!(
+        players.does("carol", "wish fountain"),
+        "You make wish number 3."
+    );
+}
