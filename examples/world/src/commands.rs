@@ -396,10 +396,10 @@ impl Map {
     /// the player, or of the room.
     fn exit_or_verb(&mut self, actor: u64, word: &str, rest: &str) -> Result<Outcome, Error> {
         let room = self.room_of(actor).ok();
-        if let Some(room) = room {
-            if self.get(room)?.exits.contains_key(word) {
-                return self.go(actor, word);
-            }
+        if let Some(room) = room
+            && self.get(room)?.exits.contains_key(word)
+        {
+            return self.go(actor, word);
         }
         let args: Vec<String> = rest.split_whitespace().map(str::to_owned).collect();
         let mut candidates = Vec::new();
