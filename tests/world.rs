@@ -121,6 +121,12 @@ impl Players {
             .unwrap_or_else(|e| panic!("{player}: {line:?} failed: {e}"))
     }
 
+    /// `@verb TARGET` then `@program TARGET CODE`, both to succeed.
+    fn programs(&mut self, player: &str, target: &str, code: &str) {
+        self.does(player, &format!("@verb {target}"));
+        self.does(player, &format!("@program {target} {code}"));
+    }
+
     /// Waits until `player` heard a line containing `needle`; that line.
     fn hears(&mut self, player: &str, needle: &str) -> String {
         let deadline = Instant::now() + WAIT;
@@ -171,27 +177,9 @@ fn restart(home: &VatHome, daemon: Daemon) -> (Daemon, String) {
 fn players_build_program_and_use_verbs_and_the_world_outlives_a_killed_kernel() {
     let home = VatHome::new();
     let (daemon, ws, swiss) = world_kernel(&home);
-    let mut players = Players::new(&ws, &swiss);
-    for name in ["alice", "bob", "carol"] {
-        players.login(name, &format!("{name}-secret")).unwrap();
-    }
+    let mut players = log_in_everyone(&ws, &swiss);
     assert!(players.does("bob", "look").contains("The Lobby"));
-    // Alice builds a garden, a fountain in it, and a verb on it.
-    let dug = players.does("alice", "@dig north|south The Garden");
-    assert!(dug.contains("You dig north to The Garden"), "{dug}");
-    players.does("alice", "@create fountain");
-    players.does(
-        "alice",
-        "@describe fountain as A stone fountain, murmuring.",
-    );
-    players.does("alice", "@property fountain.wishes 0");
-    players.does("alice", "@verb fountain:wish");
-    let program = "let n = this.get(\"wishes\") + 1; this.set(\"wishes\", n); \
-                   room.tell(player.name + \" makes a wish.\"); \
-                   \"You make wish number \" + n + \".\"";
-    players.does("alice", &format!("@program fountain:wish {program}"));
-    players.does("alice", "north");
-    players.does("alice", "drop fountain");
+    alice_builds_a_fountain_with_a_verb(&mut players);
     // Bob may not change what is Alice's.
     for name in ["bob", "carol"] {
         players.does(name, "go north");
@@ -200,6 +188,46 @@ fn players_build_program_and_use_verbs_and_the_world_outlives_a_killed_kernel() 
         .command("bob", "@describe fountain as mine")
         .unwrap_err();
     assert!(refused.contains("not yours to change"), "{refused}");
+    others_use_her_verb(&mut players);
+    hostile_verbs_fail_alone(&mut players);
+    // The kernel is killed; everyone reconnects to the world as it was.
+    drop(players);
+    let (_daemon, ws) = restart(&home, daemon);
+    let mut players = log_in_everyone(&ws, &swiss);
+    the_world_is_as_it_was(&mut players);
+    home.check();
+}
+
+/// Alice, Bob and Carol, each on a WebSocket of their own.
+fn log_in_everyone(ws: &str, swiss: &str) -> Players {
+    let mut players = Players::new(ws, swiss);
+    for name in ["alice", "bob", "carol"] {
+        players.login(name, &format!("{name}-secret")).unwrap();
+    }
+    players
+}
+
+/// Alice digs a garden north of the lobby, and leaves a fountain there
+/// with a verb on it.
+fn alice_builds_a_fountain_with_a_verb(players: &mut Players) {
+    let dug = players.does("alice", "@dig north|south The Garden");
+    assert!(dug.contains("You dig north to The Garden"), "{dug}");
+    players.does("alice", "@create fountain");
+    players.does(
+        "alice",
+        "@describe fountain as A stone fountain, murmuring.",
+    );
+    players.does("alice", "@property fountain.wishes 0");
+    let program = "let n = this.get(\"wishes\") + 1; this.set(\"wishes\", n); \
+                   room.tell(player.name + \" makes a wish.\"); \
+                   \"You make wish number \" + n + \".\"";
+    players.programs("alice", "fountain:wish", program);
+    players.does("alice", "north");
+    players.does("alice", "drop fountain");
+}
+
+/// Bob and Carol use Alice's verb; everyone in the room hears of it.
+fn others_use_her_verb(players: &mut Players) {
     // The others use her verb, and everyone in the room hears of it.
     assert_eq!(
         players.does("bob", "wish fountain"),
@@ -214,14 +242,10 @@ fn players_build_program_and_use_verbs_and_the_world_outlives_a_killed_kernel() 
     players.does("carol", "say hello, garden");
     players.hears("alice", "carol says, \"hello, garden\"");
     players.hears("bob", "carol says, \"hello, garden\"");
-    hostile_verbs_fail_alone(&mut players);
-    // The kernel is killed; everyone reconnects to the world as it was.
-    drop(players);
-    let (_daemon, ws) = restart(&home, daemon);
-    let mut players = Players::new(&ws, &swiss);
-    for name in ["alice", "bob", "carol"] {
-        players.login(name, &format!("{name}-secret")).unwrap();
-    }
+}
+
+/// After the restart: secrets still checked, and everything in place.
+fn the_world_is_as_it_was(players: &mut Players) {
     let wrong = players
         .login("mallory", "x")
         .and(players.login("alice", "guess"));
@@ -243,22 +267,16 @@ fn players_build_program_and_use_verbs_and_the_world_outlives_a_killed_kernel() 
     );
     players.does("alice", "south");
     players.hears("bob", "alice goes south.");
-    home.check();
 }
 
 /// An endless loop, a memory bomb and a runaway recursion: each fails its
 /// command with the limit named, and changes nothing; the world goes on.
 fn hostile_verbs_fail_alone(players: &mut Players) {
     players.does("bob", "@create trap");
-    players.does("bob", "@verb trap:spin");
-    players.does(
-        "bob",
-        "@program trap:spin this.set(\"spun\", true); loop { }",
-    );
-    players.does("bob", "@verb trap:grow");
-    players.does("bob", "@program trap:grow let s = \"xx\"; loop { s += s; }");
-    players.does("bob", "@verb trap:dive");
-    players.does("bob", "@program trap:dive fn down(n) { down(n + 1) } fn verb(player, room, args, argstr) { down(0) }");
+    players.programs("bob", "trap:spin", "this.set(\"spun\", true); loop { }");
+    players.programs("bob", "trap:grow", "let s = \"xx\"; loop { s += s; }");
+    let dive = "fn down(n) { down(n + 1) } fn verb(player, room, args, argstr) { down(0) }";
+    players.programs("bob", "trap:dive", dive);
     let cases = [
         ("spin trap", "verb_operations_max"),
         ("grow trap", "verb_string_bytes_max"),
