@@ -341,8 +341,14 @@ impl VatHome {
     /// HTTP face: the daemon, the inspector's URL (with its token, from
     /// HOME/http.url) and the face's `host:port`.
     pub fn start_with_face(&self) -> (Daemon, String, String) {
-        let daemon = self.start_daemon_with(&["start", "--listen", "127.0.0.1:0", "--http"]);
+        self.start_with_face_at("127.0.0.1:0")
+    }
+
+    /// As [`VatHome::start_with_face`], the face on `http` (`HOST:PORT`).
+    pub fn start_with_face_at(&self, http: &str) -> (Daemon, String, String) {
         let file = self.path().join("http.url");
+        let _ = std::fs::remove_file(&file);
+        let daemon = self.start_daemon_with(&["start", "--listen", "127.0.0.1:0", "--http", http]);
         wait_until("the daemon wrote no HOME/http.url", 30, || file.is_file());
         let url = std::fs::read_to_string(file).expect("HOME/http.url");
         let url = url.trim().to_owned();

@@ -296,3 +296,52 @@ fn hostile_verbs_fail_alone(players: &mut Players) {
         "You make wish number 3."
     );
 }
+
+/// Two players in headless Chromium on the face's `/world` page
+/// (`tests/node/world-browser.mjs`): one says, the other sees it, as text;
+/// the kernel is SIGKILLed and comes back on the same port, one page
+/// reconnects by itself and the other is reloaded, and they hear each
+/// other again.
+#[test]
+fn two_browsers_in_one_room_hear_each_other_across_a_kernel_restart() {
+    let home = VatHome::new();
+    home.spawn("world", "world");
+    let http = format!("127.0.0.1:{}", vat_tests::free_port());
+    let (daemon, _, _) = home.start_with_face_at(&http);
+    home.ok(&["send", "world", "lobby", "--as", "lobby"]);
+    let url = home.ok(&["share", "lobby", "--web"]);
+    assert!(url.starts_with(&format!("http://{http}/world#")), "{url}");
+    let shots = vat_tests::artifacts_dir();
+    let mut browser = vat_tests::node_script("world-browser.mjs", &[&url, shots.to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run node");
+    let mut stdin = browser.stdin.take().expect("piped");
+    let mut stages = std::io::BufReader::new(browser.stdout.take().expect("piped")).lines();
+    let mut stage = |name: &str| -> Value {
+        let line = stages.next().and_then(Result::ok).unwrap_or_default();
+        let stage: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+        assert_eq!(stage["stage"], name, "the browser script stopped: {line}");
+        stage
+    };
+    let heard = stage("heard");
+    assert_eq!(heard["heard"], r#"ann says, "hello <b>ben</b>""#);
+    assert_eq!(heard["markup"], 0, "what a player says is shown as text");
+    vat_tests::kill_hard(daemon.pid());
+    drop(daemon);
+    let _daemon = home.start_with_face_at(&http);
+    writeln!(stdin, "restarted").expect("write to the browser script");
+    let again = stage("reconnected");
+    assert_eq!(again["heard"], r#"ben says, "still here""#);
+    assert_eq!(again["status"], "connected as ann");
+    drop(stdin);
+    let output = browser.wait_with_output().expect("the browser script ends");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    home.check();
+}

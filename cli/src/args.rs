@@ -246,6 +246,10 @@ pub enum Command {
     Share {
         /// A pet name or kref of an object.
         target: String,
+        /// Print instead the URL of the world's text client on the HTTP
+        /// face (http://HOST:PORT/world#SWISS), for a world's lobby facet.
+        #[arg(long)]
+        web: bool,
     },
     /// Connect to the kernel a sturdy ref names and bind NAME to its object;
     /// `vat send NAME ...` then reaches it. Needs the daemon (`vat start`).
@@ -471,7 +475,7 @@ impl Command {
             Command::Log { name, lines } => Request::Log { name, lines },
             Command::Key => Request::Key,
             Command::Check => Request::Check,
-            Command::Share { target } => Request::Share { target },
+            Command::Share { target, web } => Request::Share { target, web },
             Command::Enliven { uri, bind_as } => Request::Enliven { uri, bind_as },
             Command::Unshare { sturdy } => Request::Unshare { sturdy },
             Command::Inspect => Request::Inspect,

@@ -107,19 +107,21 @@ pub fn serve(path: &Path, socket: &Path, serving: &Serving<'_>) -> Result<Outcom
         waiters: Vec::new(),
     };
     let listening = daemon.listen(listen)?;
-    read_requests(listener, &daemon.node);
+    // The face first, so that a request (`vat share --web`) finds it.
     let face = match serving.http {
         Some(address) => {
             let sender = daemon.node.sender();
             let accept: crate::face::Accept =
                 Box::new(move |read, write| sender.accept(read, write));
             let places = serving.net.connections_max;
-            let url = crate::face::start(address, socket.to_owned(), accept, places)?;
-            daemon.home.write_http_url(&url)?;
+            let serving = crate::face::start(address, socket.to_owned(), accept, places)?;
+            let url = serving.inspector_url();
+            daemon.home.write_http_url(serving.address, &url)?;
             Some((url, SocketFile(daemon.home.path().join("http.url"))))
         }
         None => None,
     };
+    read_requests(listener, &daemon.node);
     println!(
         "kernel {} serving {} on {}{}{}",
         daemon.home.did(),

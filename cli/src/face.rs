@@ -5,6 +5,10 @@
 //!   netstrings that the network loop takes as any accepted connection, so
 //!   these peers have the same tables, limits and gate as the others (the
 //!   gate restores only what a sturdy ref's swiss number names).
+//! - `/world`: the text client of `examples/world`, a static page with a
+//!   small JSON CapTP client of its own. It needs no token: the lobby's
+//!   swiss number, in the URL's fragment (`vat share lobby --web`), is the
+//!   authority, and the fragment never reaches this server.
 //! - `/`: the inspector page; `/live`: a WebSocket pushing what `vat
 //!   inspect` says, once a second; `/send`: a message to a pet name, as
 //!   `vat send` sends it. These need the token `vat start` printed
@@ -50,13 +54,31 @@ struct Face {
     frame_bytes_max: usize,
 }
 
-/// Serves the face on `address`; returns the inspector's URL (with its token).
+/// Where a started face serves, and the inspector's token.
+pub struct Serving {
+    pub address: std::net::SocketAddr,
+    token: String,
+}
+
+impl Serving {
+    /// The inspector's URL, with its token.
+    pub fn inspector_url(&self) -> String {
+        format!("http://{}/?token={}", self.address, self.token)
+    }
+}
+
+/// The world's text client for the lobby a swiss number names.
+pub fn world_url(address: std::net::SocketAddr, swiss: &str) -> String {
+    format!("http://{address}/world#{swiss}")
+}
+
+/// Serves the face on `address`.
 pub fn start(
     address: &str,
     socket: PathBuf,
     accept: Accept,
     connections_max: usize,
-) -> Result<String> {
+) -> Result<Serving> {
     let listener = std::net::TcpListener::bind(address)
         .with_context(|| format!("cannot serve HTTP on {address}"))?;
     listener.set_nonblocking(true)?;
@@ -74,6 +96,7 @@ pub fn start(
         .route("/live", get(live))
         .route("/send", post(send))
         .route("/captp", get(captp_socket))
+        .route("/world", get(world))
         .with_state(face);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -89,7 +112,10 @@ pub fn start(
             }
         });
     });
-    Ok(format!("http://{bound}/?token={token}"))
+    Ok(Serving {
+        address: bound,
+        token,
+    })
 }
 
 fn new_token() -> Result<String> {
@@ -122,6 +148,10 @@ async fn inspector(State(face): State<Arc<Face>>, Query(token): Query<Token>) ->
         return refused();
     }
     Html(include_str!("face/inspector.html")).into_response()
+}
+
+async fn world() -> Response {
+    Html(include_str!("face/world.html")).into_response()
 }
 
 /// One request to the daemon, as the CLI makes it (off the async threads).

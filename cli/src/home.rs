@@ -74,6 +74,8 @@ pub struct Home {
     /// The home folder itself, locked too: deleting the `lock` file under a
     /// running kernel does not let a second one in.
     _folder_lock: File,
+    /// Where this process serves the HTTP face, once it does.
+    face_address: std::sync::OnceLock<std::net::SocketAddr>,
 }
 
 /// What `vat init` found.
@@ -194,6 +196,7 @@ impl Home {
             key,
             _lock: lock,
             _folder_lock: folder_lock,
+            face_address: std::sync::OnceLock::new(),
         })
     }
 
@@ -201,9 +204,20 @@ impl Home {
         &self.path
     }
 
-    /// Writes where the HTTP face is, with its token, to `HOME/http.url`
-    /// (readable by the home's owner only: the token is the authority).
-    pub fn write_http_url(&self, url: &str) -> Result<(), HomeError> {
+    /// Where this process serves the HTTP face, if it does.
+    pub fn face_address(&self) -> Option<std::net::SocketAddr> {
+        self.face_address.get().copied()
+    }
+
+    /// Records where the face serves, and writes its inspector's URL (with
+    /// its token) to `HOME/http.url`, readable by the home's owner only:
+    /// the token is the authority.
+    pub fn write_http_url(
+        &self,
+        address: std::net::SocketAddr,
+        url: &str,
+    ) -> Result<(), HomeError> {
+        let _ = self.face_address.set(address);
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
         let path = self.path.join(HTTP_URL_FILE);

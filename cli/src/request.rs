@@ -84,6 +84,9 @@ pub enum Request {
     Check,
     Share {
         target: String,
+        /// The web client's URL rather than the sturdy ref.
+        #[serde(default)]
+        web: bool,
     },
     Enliven {
         uri: String,

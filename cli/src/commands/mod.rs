@@ -73,7 +73,7 @@ fn run(home: &Home, kernel: &mut Kernel, request: &Request, out: &mut Outcome) -
         Request::RunJob { file } => jobs::run(home, kernel, file, out)?,
         Request::JobStatus { id } => jobs::status(kernel, id, out)?,
         Request::JobReceipts { id } => jobs::receipts(kernel, id, out)?,
-        Request::Share { target } => network::share(home, kernel, target, out)?,
+        Request::Share { target, web } => network::share(home, kernel, target, *web, out)?,
         Request::Peers => network::peers(kernel, out)?,
         Request::Inspect => inspect::inspect(kernel, out)?,
         Request::ForgetPeer { peer } => network::forget(kernel, peer, out)?,

@@ -12,8 +12,22 @@ use crate::request::Outcome;
 /// How many disconnected peers `vat peers` lists (the most recent).
 const PEERS_GONE_SHOWN: usize = 10;
 
-pub fn share(home: &Home, kernel: &mut Kernel, target: &str, out: &mut Outcome) -> Result<()> {
+pub fn share(
+    home: &Home,
+    kernel: &mut Kernel,
+    target: &str,
+    web: bool,
+    out: &mut Outcome,
+) -> Result<()> {
     let kref = kernel.resolve_reference(target)?;
+    if web {
+        let Some(face) = home.face_address() else {
+            bail!("the daemon serves no HTTP face: start it with `vat start --http`");
+        };
+        let swiss = kernel.share(&kref)?;
+        out.line(crate::face::world_url(face, &swiss.to_string()));
+        return Ok(());
+    }
     let Some(address) = kernel.listen_address()? else {
         bail!("the daemon is not listening for CapTP: start it with `vat start --listen ADDR`");
     };
