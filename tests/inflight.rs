@@ -17,6 +17,15 @@ fn answers(home: &VatHome) -> String {
     home.ok(&["send", "a", "answers"])
 }
 
+/// A task awaiting sends to the vat's own object wakes when they are
+/// answered, though the kernel tells a promise's decider nothing.
+#[test]
+fn a_vat_awaits_the_answers_of_messages_to_its_own_objects() {
+    let home = waiters();
+    assert_eq!(home.ok(&["send", "a", "awaitMany", "a", "3"]), "3");
+    home.check();
+}
+
 #[test]
 fn a_watcher_gets_an_answer_that_comes_after_restarts() {
     let home = waiters();

@@ -223,22 +223,15 @@ pub(crate) fn settled_here(vpid: &str) -> Option<Result<Value, Value>> {
 /// `vpid`, a promise this vat decided, was settled by the vat itself (a
 /// durable resolver): what awaits it here or was pipelined to it goes on.
 pub(crate) fn settled_locally(vpid: &str, outcome: &Result<Value, Value>) {
-    let (queued, waker) = with_vat(|vat| {
+    let queued = with_vat(|vat| {
         vat.deciding.remove(vpid);
-        let queued = vat.pipelined.remove(vpid).unwrap_or_default();
-        let waker = vat.promises.get_mut(vpid).and_then(|record| {
-            record.settled = Some(outcome.clone());
-            record.waker.take()
-        });
-        (queued, waker)
+        vat.pipelined.remove(vpid).unwrap_or_default()
     });
-    if let Some(waker) = waker {
-        waker.wake();
-    }
     let (rejected, value) = match outcome {
         Ok(value) => (false, value),
         Err(reason) => (true, reason),
     };
+    wake_awaiting(vpid, rejected, value);
     for message in queued {
         forward_pipelined(message, rejected, value);
     }
@@ -401,6 +394,10 @@ fn settle(result_vpid: Option<String>, outcome: Result<Value, Error>) {
         Ok(value) => (false, value),
         Err(error) => (true, Value::Error(error)),
     };
+    // The kernel forgets a promise for its decider once it is resolved, and
+    // tells the decider nothing: a task here awaiting it (a send to one of
+    // this vat's own objects) hears of it now; woken here, it runs after.
+    wake_awaiting(&promise, rejected, &value);
     let (data, settled) = outgoing(&value);
     sys::syscall(&Syscall::Resolve {
         resolutions: vec![Resolution {
@@ -412,6 +409,20 @@ fn settle(result_vpid: Option<String>, outcome: Result<Value, Error>) {
     resolve_substitutes(settled);
     for message in queued {
         forward_pipelined(message, rejected, &value);
+    }
+}
+
+/// Records `vpid`'s settlement for whatever here awaits it, and wakes it.
+fn wake_awaiting(vpid: &str, rejected: bool, value: &Value) {
+    let waker = with_vat(|vat| {
+        vat.promises.get_mut(vpid).and_then(|record| {
+            let value = value.clone();
+            record.settled = Some(if rejected { Err(value) } else { Ok(value) });
+            record.waker.take()
+        })
+    });
+    if let Some(waker) = waker {
+        waker.wake();
     }
 }
 
