@@ -345,3 +345,58 @@ fn two_browsers_in_one_room_hear_each_other_across_a_kernel_restart() {
     );
     home.check();
 }
+
+/// Makes an exit `exit` from `from`'s lobby to `to`'s lobby, through a
+/// portal `to` shares as a sturdy ref and `from` enlivens.
+fn join_lobbies(from: &VatHome, to: &VatHome, exit: &str) {
+    to.ok(&["send", "world", "portal", "#4", "--as", "portal"]);
+    let uri = to.ok(&["share", "portal"]);
+    let far = format!("{exit}-portal");
+    from.ok(&["enliven", &uri, "--as", &far]);
+    let linked = from.ok(&["send", "world", "link", "#4", exit, &far]);
+    assert!(linked.contains("another world"), "{linked}");
+}
+
+/// Ann, of the world on kernel A, walks east to the lobby of the world on
+/// kernel B, talks with Bea there, and walks back west.
+#[test]
+fn a_player_walks_to_a_room_on_another_kernel_and_back() {
+    let (home_a, home_b) = (VatHome::new(), VatHome::new());
+    let (_a, ws_a, swiss_a) = world_kernel(&home_a);
+    let (_b, ws_b, swiss_b) = world_kernel(&home_b);
+    join_lobbies(&home_a, &home_b, "east");
+    join_lobbies(&home_b, &home_a, "west");
+    let (mut here, mut there) = (Players::new(&ws_a, &swiss_a), Players::new(&ws_b, &swiss_b));
+    here.login("ann", "ann-secret").unwrap();
+    there.login("bea", "bea-secret").unwrap();
+    home_b.ok(&["send", "world", "makeWizard", "bea"]);
+    there.does("bea", "@describe here as The far shore of the sea.");
+    let arrived = here.does("ann", "east");
+    assert!(
+        arrived.contains("You go east.")
+            && arrived.contains("The far shore")
+            && arrived.contains("bea"),
+        "{arrived}"
+    );
+    there.hears("bea", "ann arrives from afar.");
+    here.does("ann", "say hello, far world");
+    there.hears("bea", r#"ann says, "hello, far world""#);
+    there.does("bea", "say welcome, ann");
+    here.hears("ann", r#"bea says, "welcome, ann""#);
+    assert!(there.does("bea", "look").contains("ann"));
+    // Back west: ann is at home again, and gone from the far shore.
+    assert_eq!(here.does("ann", "west"), "You go west.");
+    there.hears("bea", "ann goes west.");
+    here.hears("ann", "A bare hall where every journey starts.");
+    assert!(!there.does("bea", "look").contains("ann"));
+    let home = here.does("ann", "look");
+    assert!(
+        home.contains("The Lobby") && !home.contains("far shore"),
+        "{home}"
+    );
+    there.does("bea", "say ann is gone");
+    here.does("ann", "say back home");
+    assert!(!here.heard["ann"].iter().any(|l| l.contains("ann is gone")));
+    home_a.check();
+    home_b.check();
+}
