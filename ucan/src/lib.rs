@@ -21,7 +21,8 @@
 //! ([`ValidationError::name`]).
 //!
 //! The API boundary: [`Token`] (decode, sign, id), [`Delegation`] and
-//! [`Invocation`] (the payloads), [`Command`], [`Policy`], [`validate`].
+//! [`Invocation`] (the payloads), [`Command`], [`Policy`], [`validate`]
+//! (an invocation) and [`authorize`] (a request in another envelope).
 
 mod command;
 mod envelope;
@@ -35,7 +36,7 @@ pub use ipld_core::cid::Cid;
 pub use ipld_core::ipld::Ipld;
 pub use payload::{Delegation, Invocation, PayloadError};
 pub use policy::{Policy, PolicyError};
-pub use validate::{Validated, ValidationError, validate};
+pub use validate::{Request, Validated, ValidationError, authorize, validate};
 
 /// `token_bytes_max`: the largest token decoded.
 pub const TOKEN_BYTES_MAX: usize = 64 * 1024;

@@ -5,6 +5,7 @@ use ipld_core::cid::Cid;
 use ipld_core::ipld::Ipld;
 
 use crate::CHAIN_LENGTH_MAX;
+use crate::command::Command;
 use crate::envelope::{Token, cid_of};
 use crate::payload::{Delegation, Invocation};
 
@@ -88,16 +89,72 @@ pub fn validate(
         return Err(ValidationError::ChainTooLong);
     }
     let proofs = resolve(&invocation.prf, proof)?;
-    check_signatures(&token, &invocation, &proofs)?;
-    let proofs: Vec<Delegation> = proofs.into_iter().map(|(_, d)| d).collect();
-    check_times(&invocation, &proofs, now_s)?;
-    check_chain(&invocation, &proofs)?;
-    check_authority(&invocation, &proofs)?;
+    token
+        .verify(&invocation.iss)
+        .map_err(|_| ValidationError::InvalidSignature("the invocation".into()))?;
+    if invocation.exp_s.is_some_and(|exp| now_s > exp) {
+        return Err(ValidationError::Expired("the invocation".into()));
+    }
+    let request = Request {
+        invoker: &invocation.iss,
+        subject: &invocation.sub,
+        cmd: &invocation.cmd,
+        args: &Ipld::Map(invocation.args.clone()),
+    };
+    let proofs = authorize_decoded(&request, proofs, now_s)?;
     Ok(Validated {
         cid: token.cid(),
         invocation,
         proofs,
     })
+}
+
+/// What is asked for: `invoker` would run `cmd` on `subject` with `args`.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    pub invoker: &'a DidKey,
+    pub subject: &'a DidKey,
+    pub cmd: &'a Command,
+    pub args: &'a Ipld,
+}
+
+/// Whether the delegations `proofs` (tokens, root first) let the request
+/// through at `now_s`: what [`validate`] checks of an invocation's proofs,
+/// for a request that comes in another envelope (an IPVM job's tasks).
+pub fn authorize(
+    request: &Request,
+    proofs: &[&[u8]],
+    now_s: u64,
+) -> Result<Vec<Delegation>, ValidationError> {
+    if proofs.len() > CHAIN_LENGTH_MAX {
+        return Err(ValidationError::ChainTooLong);
+    }
+    let decoded = proofs
+        .iter()
+        .enumerate()
+        .map(|(index, bytes)| decode_proof(index, bytes))
+        .collect::<Result<_, _>>()?;
+    authorize_decoded(request, decoded, now_s)
+}
+
+fn authorize_decoded(
+    request: &Request,
+    proofs: Vec<(Token, Delegation)>,
+    now_s: u64,
+) -> Result<Vec<Delegation>, ValidationError> {
+    check_signatures(&proofs)?;
+    let proofs: Vec<Delegation> = proofs.into_iter().map(|(_, d)| d).collect();
+    check_times(&proofs, now_s)?;
+    check_chain(request, &proofs)?;
+    check_authority(request, &proofs)?;
+    Ok(proofs)
+}
+
+fn decode_proof(index: usize, bytes: &[u8]) -> Result<(Token, Delegation), ValidationError> {
+    let what = || format!("proof {index}");
+    let token = Token::decode(bytes).map_err(|e| malformed(what(), e))?;
+    let delegation = Delegation::from_token(&token).map_err(|e| malformed(what(), e))?;
+    Ok((token, delegation))
 }
 
 fn resolve(
@@ -111,39 +168,21 @@ fn resolve(
             let bytes = proof(cid)
                 .filter(|bytes| cid_of(bytes) == *cid)
                 .ok_or(ValidationError::UnavailableProof(*cid))?;
-            let what = || format!("proof {index} ({cid})");
-            let token = Token::decode(&bytes).map_err(|e| malformed(what(), e))?;
-            let delegation = Delegation::from_token(&token).map_err(|e| malformed(what(), e))?;
-            Ok((token, delegation))
+            decode_proof(index, &bytes)
         })
         .collect()
 }
 
-fn check_signatures(
-    token: &Token,
-    invocation: &Invocation,
-    proofs: &[(Token, Delegation)],
-) -> Result<(), ValidationError> {
-    let verify = |token: &Token, issuer: &DidKey, what: String| {
-        token
-            .verify(issuer)
-            .map_err(|_| ValidationError::InvalidSignature(what))
-    };
-    verify(token, &invocation.iss, "the invocation".into())?;
+fn check_signatures(proofs: &[(Token, Delegation)]) -> Result<(), ValidationError> {
     for (index, (token, delegation)) in proofs.iter().enumerate() {
-        verify(token, &delegation.iss, format!("proof {index}"))?;
+        token
+            .verify(&delegation.iss)
+            .map_err(|_| ValidationError::InvalidSignature(format!("proof {index}")))?;
     }
     Ok(())
 }
 
-fn check_times(
-    invocation: &Invocation,
-    proofs: &[Delegation],
-    now_s: u64,
-) -> Result<(), ValidationError> {
-    if invocation.exp_s.is_some_and(|exp| now_s > exp) {
-        return Err(ValidationError::Expired("the invocation".into()));
-    }
+fn check_times(proofs: &[Delegation], now_s: u64) -> Result<(), ValidationError> {
     for (index, proof) in proofs.iter().enumerate() {
         if proof.exp_s.is_some_and(|exp| now_s > exp) {
             return Err(ValidationError::Expired(format!("proof {index}")));
@@ -158,12 +197,12 @@ fn check_times(
 /// The chain runs from the subject to the invoker: the root is issued by
 /// its subject, each proof's audience issues the next, the last names the
 /// invoker, and every proof is about the invocation's subject (or any).
-fn check_chain(invocation: &Invocation, proofs: &[Delegation]) -> Result<(), ValidationError> {
+fn check_chain(request: &Request, proofs: &[Delegation]) -> Result<(), ValidationError> {
     let Some(root) = proofs.first() else {
-        if invocation.iss != invocation.sub {
+        if request.invoker != request.subject {
             return Err(ValidationError::InvalidClaim(format!(
-                "{} invokes on {} with no proof",
-                invocation.iss, invocation.sub
+                "{} acts on {} with no proof",
+                request.invoker, request.subject
             )));
         }
         return Ok(());
@@ -195,17 +234,17 @@ fn check_chain(invocation: &Invocation, proofs: &[Delegation]) -> Result<(), Val
     let last = proofs
         .last()
         .expect("ucan invariant: a chain with a root has a last proof");
-    if last.aud != invocation.iss {
+    if last.aud != *request.invoker {
         return Err(ValidationError::InvalidAudience(format!(
             "the last proof is to {}, not the invoker {}",
-            last.aud, invocation.iss
+            last.aud, request.invoker
         )));
     }
     for (index, proof) in proofs.iter().enumerate() {
-        if proof.sub.as_ref().is_some_and(|sub| *sub != invocation.sub) {
+        if proof.sub.as_ref().is_some_and(|sub| sub != request.subject) {
             return Err(ValidationError::InvalidSubject(format!(
                 "proof {index} is about another subject than {}",
-                invocation.sub
+                request.subject
             )));
         }
     }
@@ -214,17 +253,16 @@ fn check_chain(invocation: &Invocation, proofs: &[Delegation]) -> Result<(), Val
 
 /// Every proof's command covers the invocation's, and its policy holds
 /// on the invocation's arguments.
-fn check_authority(invocation: &Invocation, proofs: &[Delegation]) -> Result<(), ValidationError> {
-    let args = Ipld::Map(invocation.args.clone());
+fn check_authority(request: &Request, proofs: &[Delegation]) -> Result<(), ValidationError> {
     for (index, proof) in proofs.iter().enumerate() {
-        if !proof.cmd.covers(&invocation.cmd) {
+        if !proof.cmd.covers(request.cmd) {
             return Err(ValidationError::InvalidCommand {
                 index,
                 granted: proof.cmd.to_string(),
-                wanted: invocation.cmd.to_string(),
+                wanted: request.cmd.to_string(),
             });
         }
-        if !proof.pol.matches(&args) {
+        if !proof.pol.matches(request.args) {
             return Err(ValidationError::MatchError(index));
         }
     }
