@@ -9,7 +9,10 @@ use clap::{Parser, Subcommand};
 use kernel::VatOptions;
 
 use crate::home::LOCK_WAIT_MS_DEFAULT;
-use crate::request::{ListArgs, Request, SendArgs, SpawnOptions, StateArg};
+use crate::request::{
+    ListArgs, Request, SendArgs, SpawnOptions, StateArg, UcanDelegation, UcanInvocation,
+    UcanSubject,
+};
 
 /// `spawn_count_max`: the most vats one `vat spawn --count` makes.
 pub const SPAWN_COUNT_MAX: u32 = 1_000_000;
@@ -174,6 +177,9 @@ pub enum Command {
     /// IPVM jobs: signed workflows of Wasm tasks.
     #[command(subcommand)]
     Job(JobCommand),
+    /// UCAN 1.0: delegate, invoke and verify (tokens in base64, one per line).
+    #[command(subcommand)]
+    Ucan(UcanCommand),
     /// List vats (in name order), their workers, whether they are awake and
     /// what keeps them so, pet names, and their krefs.
     List {
@@ -300,29 +306,127 @@ pub enum ValueCommand {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum UcanCommand {
+    /// Print a delegation (base64) from this home letting DID use CMD on a
+    /// subject (this home's kernel, unless --subject or --powerline).
+    Delegate {
+        /// Who may: a did:key.
+        to: String,
+        /// What: a command path; `/` is everything, `/ipvm/run` pure job
+        /// tasks, `/ipvm/effect/NAME` effects on pet name NAME.
+        #[arg(long, default_value = "/")]
+        cmd: String,
+        /// Re-delegate authority over another subject (a did:key).
+        #[arg(long, conflicts_with = "powerline")]
+        subject: Option<String>,
+        /// Any subject: pass on whatever this home is delegated.
+        #[arg(long)]
+        powerline: bool,
+        /// A policy on the arguments, as DAG-JSON: `[["<=", ".size", 10]]`.
+        #[arg(long, default_value = "[]")]
+        policy: String,
+        /// For how many seconds (none: no expiry).
+        #[arg(long)]
+        expires_in_s: Option<u64>,
+        /// Not valid before this many seconds from now.
+        #[arg(long)]
+        not_before_in_s: Option<u64>,
+    },
+    /// Print an invocation (base64) by this home of CMD on a subject, with
+    /// its proofs' CIDs (root first).
+    Invoke {
+        /// The command path.
+        cmd: String,
+        /// The arguments, a DAG-JSON map.
+        #[arg(long, default_value = "{}")]
+        args: String,
+        /// Whose authority: a did:key (default: this home's).
+        #[arg(long)]
+        subject: Option<String>,
+        /// A delegation proving it; repeat for a chain, the root first.
+        #[arg(long = "proof", value_name = "DELEGATION")]
+        proofs: Vec<PathBuf>,
+        /// For how many seconds it may run (none: no expiry).
+        #[arg(long)]
+        expires_in_s: Option<u64>,
+    },
+    /// Check TOKEN: a delegation's shape and signature, or an invocation
+    /// against its proofs (each --proof a delegation it links).
+    Verify {
+        /// A token file (base64 or raw DAG-CBOR).
+        token: PathBuf,
+        /// A delegation the invocation links.
+        #[arg(long = "proof", value_name = "DELEGATION")]
+        proofs: Vec<PathBuf>,
+        /// Judge it at this time (seconds since the Unix epoch; default: now).
+        #[arg(long)]
+        at_s: Option<u64>,
+    },
+}
+
+impl UcanCommand {
+    fn into_request(self) -> Result<Request> {
+        let files = |paths: Vec<PathBuf>| -> Result<Vec<PathBuf>> {
+            paths.into_iter().map(|p| absolute(p, "proof")).collect()
+        };
+        Ok(match self {
+            UcanCommand::Delegate {
+                to,
+                cmd,
+                subject,
+                powerline,
+                policy,
+                expires_in_s,
+                not_before_in_s,
+            } => Request::UcanDelegate(UcanDelegation {
+                to,
+                cmd,
+                subject: if powerline {
+                    UcanSubject::Any
+                } else {
+                    subject.map_or(UcanSubject::Home, UcanSubject::Did)
+                },
+                policy,
+                expires_in_s,
+                not_before_in_s,
+            }),
+            UcanCommand::Invoke {
+                cmd,
+                args,
+                subject,
+                proofs,
+                expires_in_s,
+            } => Request::UcanInvoke(UcanInvocation {
+                cmd,
+                args,
+                subject,
+                proofs: files(proofs)?,
+                expires_in_s,
+            }),
+            UcanCommand::Verify {
+                token,
+                proofs,
+                at_s,
+            } => Request::UcanVerify {
+                token: absolute(token, "token")?,
+                proofs: files(proofs)?,
+                at_s,
+            },
+        })
+    }
+}
+
+#[derive(Subcommand, Debug)]
 pub enum JobCommand {
     /// Sign JOB.json with this home's key (setting its requestor), in place.
     Sign {
         /// The job file.
         file: PathBuf,
-        /// A delegation (from `vat job delegate`) to attach as proof, for a
-        /// kernel this home does not own. Repeat for a chain, owner's first.
-        #[arg(long = "proof", value_name = "DELEGATION.json")]
+        /// A UCAN delegation (from `vat ucan delegate`) to attach as proof,
+        /// for a kernel this home does not own. Repeat for a chain, the
+        /// owner's first.
+        #[arg(long = "proof", value_name = "DELEGATION")]
         proofs: Vec<PathBuf>,
-    },
-    /// Print a delegation letting DID run jobs on this home's kernel.
-    Delegate {
-        /// Who may: a did:key.
-        to: String,
-        /// What: `/ipvm` (all), `/ipvm/run` (pure tasks), `/ipvm/effect/NAME`.
-        #[arg(long, default_value = "/ipvm")]
-        cmd: String,
-        /// For how many seconds (none: until revoked by a new key).
-        #[arg(long)]
-        expires_in_s: Option<u64>,
-        /// Re-delegate: the subject kernel's did:key (default: this home's).
-        #[arg(long)]
-        subject: Option<String>,
     },
     /// Validate and run JOB.json: progress per task, then the outputs.
     Run {
@@ -470,6 +574,7 @@ impl Command {
             },
             Command::Value(ValueCommand::Add { json }) => Request::AddValue { json },
             Command::Job(job) => job.into_request()?,
+            Command::Ucan(ucan) => ucan.into_request()?,
             list @ Command::List { .. } => list.list_request(),
             Command::Sleep { name } => Request::Sleep { name },
             Command::Log { name, lines } => Request::Log { name, lines },
@@ -497,17 +602,6 @@ impl JobCommand {
                     .into_iter()
                     .map(|proof| absolute(proof, "proof"))
                     .collect::<Result<_>>()?,
-            },
-            JobCommand::Delegate {
-                to,
-                cmd,
-                expires_in_s,
-                subject,
-            } => Request::Delegate {
-                to,
-                cmd,
-                expires_in_s,
-                subject,
             },
             JobCommand::Run { file } => Request::RunJob {
                 file: absolute(file, "file")?,

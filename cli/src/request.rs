@@ -57,11 +57,12 @@ pub enum Request {
         file: PathBuf,
         proofs: Vec<PathBuf>,
     },
-    Delegate {
-        to: String,
-        cmd: String,
-        expires_in_s: Option<u64>,
-        subject: Option<String>,
+    UcanDelegate(UcanDelegation),
+    UcanInvoke(UcanInvocation),
+    UcanVerify {
+        token: PathBuf,
+        proofs: Vec<PathBuf>,
+        at_s: Option<u64>,
     },
     RunJob {
         file: PathBuf,
@@ -152,6 +153,40 @@ pub struct ListArgs {
 }
 
 /// A `vat send`.
+/// Whose authority a delegation passes on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UcanSubject {
+    /// This home's kernel.
+    Home,
+    /// Another subject's, re-delegated.
+    Did(String),
+    /// Any subject's (a powerline).
+    Any,
+}
+
+/// `vat ucan delegate`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UcanDelegation {
+    pub to: String,
+    pub cmd: String,
+    pub subject: UcanSubject,
+    /// DAG-JSON.
+    pub policy: String,
+    pub expires_in_s: Option<u64>,
+    pub not_before_in_s: Option<u64>,
+}
+
+/// `vat ucan invoke`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UcanInvocation {
+    pub cmd: String,
+    /// DAG-JSON.
+    pub args: String,
+    pub subject: Option<String>,
+    pub proofs: Vec<PathBuf>,
+    pub expires_in_s: Option<u64>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SendArgs {
     pub target: String,
@@ -175,6 +210,9 @@ impl Request {
                 | Request::Stop
                 | Request::JobStatus { .. }
                 | Request::JobReceipts { .. }
+                | Request::UcanDelegate(_)
+                | Request::UcanInvoke(_)
+                | Request::UcanVerify { .. }
         )
     }
 }

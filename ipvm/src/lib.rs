@@ -15,8 +15,9 @@
 //! task's new state; a pure task whose receipt exists is not run again.
 //!
 //! The API boundary: [`Job`] (parse and validate), [`Jobs`] (values, the
-//! runner, status and receipts, on a [`kernel::Kernel`]), [`ucan`]
-//! (delegations), and the signing helpers the CLI uses to sign a job.
+//! runner, status and receipts, on a [`kernel::Kernel`]), and the signing
+//! helpers the CLI uses to sign a job. A job's authority is UCAN 1.0 (the
+//! `ucan` crate): its `prf` holds delegations from the kernel's owner.
 //!
 //! # Store layout
 //!
@@ -30,13 +31,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use base64::Engine;
 use cid::Cid;
 use serde_json::{Value as Json, json};
 use vom::Value;
 
 mod content;
 mod runner;
-pub mod ucan;
 
 pub use content::{dag_cbor, encode_signature, signing_bytes, value_cid, verify};
 
@@ -336,9 +337,9 @@ impl Job {
             Some(_) => return Err(JobError::SignatureNotString),
         };
         verify(&requestor, &signing_bytes(&json), signature).map_err(JobError::BadSignature)?;
-        let granted = granted(map, &requestor, &context.owner())?;
+        let proofs = proofs(map)?;
         for task in tasks.values() {
-            check_granted(task, &granted, &requestor, context)?;
+            check_granted(task, &requestor, &proofs, context)?;
         }
         Ok(Job {
             cid: value_cid(&json),
@@ -427,62 +428,82 @@ fn check_names(
     Ok(())
 }
 
-/// What the requestor may do: anything, for the kernel's owner; for anyone
-/// else, what a delegation chain from the owner (the job's `prf`) grants.
-fn granted(
-    map: &serde_json::Map<String, Json>,
-    requestor: &str,
-    owner: &str,
-) -> Result<String, JobError> {
-    if requestor == owner {
-        return Ok("/".to_owned());
+/// The delegations a job carries as its authority: `prf`, UCAN 1.0
+/// delegation tokens in base64, root first.
+fn proofs(map: &serde_json::Map<String, Json>) -> Result<Vec<Vec<u8>>, JobError> {
+    let malformed =
+        || JobError::Malformed("prf must be a list of UCAN delegations in base64".into());
+    match map.get("prf") {
+        None => Ok(Vec::new()),
+        Some(Json::Array(chain)) => chain
+            .iter()
+            .map(|token| {
+                let text = token.as_str().ok_or_else(malformed)?;
+                base64::engine::general_purpose::STANDARD
+                    .decode(text.trim())
+                    .map_err(|_| malformed())
+            })
+            .collect(),
+        Some(_) => Err(malformed()),
     }
-    let chain = match map.get("prf") {
-        None => Vec::new(),
-        Some(Json::Array(chain)) => chain.clone(),
-        Some(_) => {
-            return Err(JobError::Malformed(
-                "prf must be a list of delegations".into(),
-            ));
-        }
+}
+
+/// What a task asks of the kernel, as a UCAN command and arguments: a pure
+/// task is `/ipvm/run`; an effect is `/ipvm/effect/<pet name>` with
+/// `{do: method}`, so a delegation's policy may name the methods allowed.
+fn task_request(task: &Task) -> Result<(ucan::Command, ucan::Ipld), ucan::CommandError> {
+    let (command, args) = match &task.kind {
+        TaskKind::Wasm { .. } => ("/ipvm/run".to_owned(), BTreeMap::new()),
+        TaskKind::Effect { target, method } => (
+            format!("/ipvm/effect/{}", target.to_lowercase()),
+            BTreeMap::from([("do".to_owned(), ucan::Ipld::String(method.clone()))]),
+        ),
     };
+    Ok((ucan::Command::parse(&command)?, ucan::Ipld::Map(args)))
+}
+
+/// The requestor may run every task: it is the kernel's owner, or the
+/// job's delegations from the owner (UCAN 1.0) cover each task's command
+/// and satisfy their policies now; and the owner holds the capability an
+/// effect names.
+fn check_granted(
+    task: &Task,
+    requestor: &str,
+    proofs: &[Vec<u8>],
+    context: &dyn JobContext,
+) -> Result<(), JobError> {
+    if let TaskKind::Effect { target, .. } = &task.kind
+        && !context.has_capability(target)
+    {
+        return Err(JobError::NotGranted {
+            task: task.label.clone(),
+            target: target.clone(),
+        });
+    }
+    let owner = context.owner();
+    if requestor == owner {
+        return Ok(());
+    }
+    let unauthorized = |reason: String| JobError::Unauthorized {
+        requestor: requestor.to_owned(),
+        reason,
+    };
+    let parse = |did: &str| did_key::DidKey::parse(did).map_err(|e| unauthorized(e.to_string()));
+    let (invoker, subject) = (parse(requestor)?, parse(&owner)?);
+    let (cmd, args) = task_request(task).map_err(|e| unauthorized(e.to_string()))?;
+    let request = ucan::Request {
+        invoker: &invoker,
+        subject: &subject,
+        cmd: &cmd,
+        args: &args,
+    };
+    let chain: Vec<&[u8]> = proofs.iter().map(Vec::as_slice).collect();
     let now_s = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    crate::ucan::granted_command(&chain, owner, requestor, now_s).map_err(|reason| {
-        JobError::Unauthorized {
-            requestor: requestor.to_owned(),
-            reason: reason.to_string(),
-        }
-    })
-}
-
-/// The grant covers the task's command, and the kernel's owner holds the
-/// capability an effect names.
-fn check_granted(
-    task: &Task,
-    granted: &str,
-    requestor: &str,
-    context: &dyn JobContext,
-) -> Result<(), JobError> {
-    let (command, target) = match &task.kind {
-        TaskKind::Wasm { .. } => ("/ipvm/run".to_owned(), None),
-        TaskKind::Effect { target, .. } => (format!("/ipvm/effect/{target}"), Some(target)),
-    };
-    let held = target.is_none_or(|target| context.has_capability(target));
-    if held && crate::ucan::covers(granted, &command) {
-        return Ok(());
-    }
-    Err(match target {
-        Some(target) => JobError::NotGranted {
-            task: task.label.clone(),
-            target: target.clone(),
-        },
-        None => JobError::Unauthorized {
-            requestor: requestor.to_owned(),
-            reason: format!("its delegation ({granted}) does not cover {command}"),
-        },
-    })
+    ucan::authorize(&request, &chain, now_s)
+        .map(|_| ())
+        .map_err(|e| unauthorized(format!("task {:?}: {} ({e})", task.label, e.name())))
 }
 
 /// A task output that is not plain data (a reference, an error, a

@@ -1,10 +1,11 @@
 //! IPVM jobs from the command line: values to name as inputs, signing a
-//! job and delegating the right to run one, running it with progress, and
-//! what its tasks did.
+//! job (with the UCAN delegations that let its requestor run it), running
+//! it with progress, and what its tasks did.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
+use base64::Engine;
 use ipvm::{JobEvent, Jobs, TaskOutcome};
 use kernel::Kernel;
 use serde_json::{Value as Json, json};
@@ -37,7 +38,10 @@ pub fn sign(home: &Home, file: &Path, proofs: &[PathBuf], out: &mut Outcome) -> 
     let mut job = read_json(file)?;
     let chain = proofs
         .iter()
-        .map(|proof| read_json(proof))
+        .map(|proof| {
+            super::ucan::read_token(proof)
+                .map(|bytes| base64::engine::general_purpose::STANDARD.encode(bytes))
+        })
         .collect::<Result<Vec<_>>>()?;
     let map = job
         .as_object_mut()
@@ -60,34 +64,6 @@ pub fn sign(home: &Home, file: &Path, proofs: &[PathBuf], out: &mut Outcome) -> 
         ipvm::value_cid(&job),
         home.did()
     ));
-    Ok(())
-}
-
-pub fn delegate(
-    home: &Home,
-    to: &str,
-    cmd: &str,
-    expires_in_s: Option<u64>,
-    subject: Option<&str>,
-    out: &mut Outcome,
-) -> Result<()> {
-    did_key::DidKey::parse(to)?;
-    let expires = expires_in_s.map(|s| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
-            + s
-    });
-    let delegation = ipvm::ucan::delegate(
-        &home.did(),
-        to,
-        subject.unwrap_or(&home.did()),
-        cmd,
-        expires,
-        &nonce()?,
-        &|message| home.sign(message),
-    );
-    out.line(delegation);
     Ok(())
 }
 

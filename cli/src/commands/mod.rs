@@ -9,6 +9,7 @@ mod list;
 pub(crate) mod network;
 mod send;
 mod spawn;
+mod ucan;
 
 use anyhow::{Result, bail};
 use kernel::Kernel;
@@ -64,12 +65,13 @@ fn run(home: &Home, kernel: &mut Kernel, request: &Request, out: &mut Outcome) -
         Request::AddBundle { file } => spawn::add_bundle(kernel, file, out)?,
         Request::AddValue { json } => jobs::add_value(kernel, json, out)?,
         Request::SignJob { file, proofs } => jobs::sign(home, file, proofs, out)?,
-        Request::Delegate {
-            to,
-            cmd,
-            expires_in_s,
-            subject,
-        } => jobs::delegate(home, to, cmd, *expires_in_s, subject.as_deref(), out)?,
+        Request::UcanDelegate(delegation) => ucan::delegate(home, delegation, out)?,
+        Request::UcanInvoke(invocation) => ucan::invoke(home, invocation, out)?,
+        Request::UcanVerify {
+            token,
+            proofs,
+            at_s,
+        } => ucan::verify(token, proofs, *at_s, out)?,
         Request::RunJob { file } => jobs::run(home, kernel, file, out)?,
         Request::JobStatus { id } => jobs::status(kernel, id, out)?,
         Request::JobReceipts { id } => jobs::receipts(kernel, id, out)?,
