@@ -75,6 +75,40 @@ impl Jobs {
         )
     }
 
+    /// Runs a job that must fail after running: (job id, outputs, the error line).
+    fn run_failing(&self, path: &Path) -> (String, Json, String) {
+        let out = self.home.run(&["job", "run", path.to_str().unwrap()]);
+        assert!(!out.status.success(), "the job run succeeded");
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        let mut lines = stdout.lines();
+        let id = lines
+            .next()
+            .unwrap()
+            .strip_prefix("job ")
+            .unwrap()
+            .to_owned();
+        let outputs = serde_json::from_str(lines.next().unwrap()).unwrap();
+        (id, outputs, stderr.lines().last().unwrap().to_owned())
+    }
+
+    /// A seed example from `examples/jobs`, with the seeds' module CIDs
+    /// replaced by the tasks module's and nothing else changed.
+    fn seed_example(&self, name: &str) -> PathBuf {
+        let text = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../examples/jobs/{name}.json")),
+        )
+        .unwrap();
+        let text = SEED_MODULE_CIDS
+            .iter()
+            .fold(text, |text, cid| text.replace(cid, "TASKS_CID"));
+        self.write(
+            &format!("{name}.json"),
+            &serde_json::from_str(&text).unwrap(),
+            true,
+        )
+    }
+
     fn fails(&self, path: &Path) -> String {
         self.home.fails(&["job", "run", path.to_str().unwrap()])
     }
@@ -97,7 +131,60 @@ impl Jobs {
 }
 
 fn wasm(func: &str, input: Json) -> Json {
-    json!({"type": "ipvm/wasm", "with": "TASKS_CID", "func": func, "input": input, "maxGas": 50_000_000})
+    json!({"type": "ipvm/wasm", "with": "TASKS_CID", "func": func, "input": input, "maxGas": 50_000})
+}
+
+/// The module CIDs seed 001's examples name.
+const SEED_MODULE_CIDS: [&str; 2] = [
+    "bafkreie53mk3duiynh5pzmhuzadaif6hpizod5wr6dt34canmxo7j7jfcu",
+    "bafkreiegbnixdoqsohfz5oninnhpcpwsf7rg6ewnx2lvhp7p5axejrph64",
+];
+
+#[test]
+fn the_seeds_jobs_run_as_written_with_only_the_cids_substituted() {
+    let jobs = Jobs::new();
+    // Named inputs, the label as the function, a `from` followed by name.
+    let (_, outputs, progress) = jobs.run(&jobs.seed_example("seed-pipelining"));
+    assert_eq!(
+        outputs,
+        json!({"fullName": {"ok": "Boris Mann"}, "count": {"ok": 10}})
+    );
+    let order: Vec<&String> = progress.iter().filter(|l| l.ends_with("started")).collect();
+    assert_eq!(order, ["fullName: started", "count: started"]);
+    // `on: {error, success}` and a maxGas of 4600 gas.
+    let (id, outputs, _) = jobs.run(&jobs.seed_example("seed-wasm"));
+    assert_eq!(outputs, json!({"fullName": {"ok": "Boris Mann"}}));
+    let fuel = jobs.receipts(&id)[0]["receipt"]["fuel"].as_u64().unwrap();
+    assert!(fuel > 0 && fuel <= 4_600_000, "{fuel}");
+    // A cycle written with named inputs is found and named.
+    let cycle = jobs.write(
+        "cycle.json",
+        &job(json!({
+            "a": {"type": "wasm/1.0", "with": "TASKS_CID", "input": [{"x": {"from": "b"}}]},
+            "b": {"type": "ipvm/wasm/1.0", "with": "TASKS_CID", "input": [{"y": {"from": "a", "out": 0}}]},
+        })),
+        true,
+    );
+    assert_eq!(
+        jobs.fails(&cycle),
+        "error: the job has a cycle: a -> b -> a"
+    );
+    // on.success runs after a success, on.error after a failure only.
+    let handlers = jobs.write(
+        "handlers.json",
+        &job(json!({
+            "fine": {"type": "wasm/1.0", "with": "TASKS_CID", "func": "count", "input": [{"t": "abc"}],
+                     "on": {"success": ["cheer"], "error": ["mourn"]}},
+            "cheer": wasm("count", json!(["yay"])),
+            "mourn": wasm("count", json!(["oh"])),
+        })),
+        true,
+    );
+    let (_, outputs, _) = jobs.run(&handlers);
+    assert_eq!(
+        outputs,
+        json!({"fine": {"ok": 3}, "cheer": {"ok": 3}, "mourn": {"skipped": true}})
+    );
 }
 
 fn job(run: Json) -> Json {
@@ -190,7 +277,27 @@ fn each_malformed_job_is_refused_with_what_is_wrong_and_runs_nothing() {
             "malformed-task.json",
             job(json!({"a": {"type": "ipvm/teleport", "with": "TASKS_CID"}})),
             true,
-            "error: malformed task \"a\": unknown task type \"ipvm/teleport\" (ipvm/wasm or ipvm/effect)",
+            "error: malformed task \"a\": unknown task type \"ipvm/teleport\" (ipvm/wasm, ipvm/wasm/1.0, wasm/1.0 or ipvm/effect)",
+        ),
+        (
+            "mixed-inputs.json",
+            job(json!({"a": wasm("fullName", json!([{"first": "Ada"}, "Lovelace"]))})),
+            true,
+            "error: malformed task \"a\": inputs are all named ({name: value}) or all positional",
+        ),
+        (
+            "named-twice.json",
+            job(json!({"a": wasm("fullName", json!([{"first": "Ada"}, {"first": "Bea"}]))})),
+            true,
+            "error: malformed task \"a\": input \"first\" is named twice",
+        ),
+        (
+            "bad-on.json",
+            job(
+                json!({"a": {"type": "wasm/1.0", "with": "TASKS_CID", "func": "count", "input": ["x"], "on": {"error": "b"}}}),
+            ),
+            true,
+            "error: malformed task \"a\": on.error must be a list of labels",
         ),
         (
             "unsigned.json",
@@ -248,7 +355,7 @@ fn a_task_out_of_gas_fails_and_runs_its_on_error_and_always_tasks() {
         "gas.json",
         &job(json!({
             "heavy": {"type": "ipvm/wasm", "with": "TASKS_CID", "func": "spin", "input": [100_000_000],
-                      "maxGas": 1_000_000, "onError": ["cleanup"], "always": ["report"]},
+                      "maxGas": 1_000, "onError": ["cleanup"], "always": ["report"]},
             "cleanup": wasm("fullName", json!(["out of", "gas"])),
             "report": wasm("count", json!(["done"])),
             "after": wasm("count", json!([{"from": "heavy"}])),
@@ -258,7 +365,12 @@ fn a_task_out_of_gas_fails_and_runs_its_on_error_and_always_tasks() {
         })),
         true,
     );
-    let (id, outputs, _) = jobs.run(&path);
+    let (id, outputs, error) = jobs.run_failing(&path);
+    // `after` failed (its input did) and names no handler: the job fails.
+    assert_eq!(
+        error,
+        "error: task after failed with no onError or always handler"
+    );
     let heavy = outputs["heavy"]["error"].as_str().unwrap();
     assert!(heavy.contains("fuel_per_delivery (1000000)"), "{heavy}");
     assert_eq!(outputs["cleanup"], json!({"ok": "out of gas"}));
@@ -288,9 +400,14 @@ fn an_effect_task_sends_to_a_capability_the_owner_holds() {
         })),
         true,
     );
-    let (_, outputs, _) = jobs.run(&path);
+    let (_, outputs, error) = jobs.run_failing(&path);
     assert_eq!(outputs["bump"], json!({"ok": 1}));
-    // fullName takes strings: a number input fails the task, and its dependent.
+    // fullName takes strings: a number input fails the task, and its
+    // dependent; neither names a handler, so the job fails.
+    assert_eq!(
+        error,
+        "error: task name, size failed with no onError or always handler"
+    );
     assert!(
         outputs["name"]["error"]
             .as_str()
@@ -303,15 +420,15 @@ fn an_effect_task_sends_to_a_capability_the_owner_holds() {
 #[test]
 fn a_job_killed_midway_completes_on_rerun_without_running_a_task_twice() {
     let jobs = Jobs::new();
-    let spin = |n: u64| json!({"type": "ipvm/wasm", "with": "TASKS_CID", "func": "spin", "input": [n], "maxGas": 10_000_000_000u64});
+    let spin = |n: u64| json!({"type": "ipvm/wasm", "with": "TASKS_CID", "func": "spin", "input": [n], "maxGas": 10_000_000u64});
     let path = jobs.write(
         "long.json",
         &job(json!({
             "t1": spin(300_000_000),
             // Each its own gas, so each is a distinct instruction (no memo hits).
-            "t2": {"type": "ipvm/wasm", "with": "TASKS_CID", "func": "spin", "input": [{"from": "t1"}], "maxGas": 10_000_000_001u64},
-            "t3": {"type": "ipvm/wasm", "with": "TASKS_CID", "func": "spin", "input": [{"from": "t2"}], "maxGas": 10_000_000_002u64},
-            "t4": {"type": "ipvm/wasm", "with": "TASKS_CID", "func": "spin", "input": [{"from": "t3"}], "maxGas": 10_000_000_003u64},
+            "t2": {"type": "ipvm/wasm", "with": "TASKS_CID", "func": "spin", "input": [{"from": "t1"}], "maxGas": 10_000_001u64},
+            "t3": {"type": "ipvm/wasm", "with": "TASKS_CID", "func": "spin", "input": [{"from": "t2"}], "maxGas": 10_000_002u64},
+            "t4": {"type": "ipvm/wasm", "with": "TASKS_CID", "func": "spin", "input": [{"from": "t3"}], "maxGas": 10_000_003u64},
         })),
         true,
     );

@@ -81,7 +81,7 @@ impl Bench {
             .map(|i| {
                 (
                     format!("t{i}"),
-                    json!({"type": "ipvm/wasm", "with": self.tasks, "func": "count", "input": [format!("input {i}")], "maxGas": 10_000_000}),
+                    json!({"type": "ipvm/wasm", "with": self.tasks, "func": "count", "input": [format!("input {i}")], "maxGas": 10_000}),
                 )
             })
             .collect::<serde_json::Map<_, _>>()
@@ -106,7 +106,7 @@ fn main() {
 
     let fan = 8;
     let tasks = bench.tasks.clone();
-    let spin = |i: usize| json!({"type": "ipvm/wasm", "with": tasks, "func": "spin", "input": [50_000_000 + i], "maxGas": 10_000_000_000u64});
+    let spin = |i: usize| json!({"type": "ipvm/wasm", "with": tasks, "func": "spin", "input": [50_000_000 + i], "maxGas": 10_000_000u64});
     let fan_run: Json = (0..fan)
         .map(|i| (format!("s{i}"), spin(i)))
         .collect::<serde_json::Map<_, _>>()

@@ -47,10 +47,13 @@ pub use runner::{JobEvent, Jobs, PURE_TASKS_PARALLEL_MAX, RunError, TaskOutcome}
 pub const JOB_TASKS_MAX: usize = 1000;
 /// The most inputs a task may have.
 pub const TASK_INPUTS_MAX: usize = 64;
-/// The fuel a pure task gets when it names no `maxGas`.
-pub const MAX_GAS_DEFAULT: u64 = 1_000_000_000;
+/// The gas a pure task gets when it names no `maxGas`: seed 002's default.
+pub const MAX_GAS_DEFAULT: u64 = 1000;
 /// The largest `maxGas` a task may ask for.
-pub const MAX_GAS_LIMIT: u64 = 100_000_000_000;
+pub const MAX_GAS_LIMIT: u64 = 100_000_000;
+/// Wasm fuel (about one instruction) per unit of gas: a gas is a thousand
+/// instructions, so the seed's default of 1000 gas runs a small task.
+pub const FUEL_PER_GAS: u64 = 1000;
 
 /// Why a job was refused before anything ran. Each names what is wrong.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -93,7 +96,8 @@ pub enum Input {
 /// What a task does.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TaskKind {
-    /// Call `func` of the Wasm module `module` (a vom vat) with fuel `max_gas`.
+    /// Call `func` of the Wasm module `module` (a vom vat) with `max_gas`
+    /// gas (`max_gas` × [`FUEL_PER_GAS`] fuel).
     Wasm {
         module: String,
         func: String,
@@ -108,8 +112,13 @@ pub struct Task {
     pub label: String,
     pub kind: TaskKind,
     pub inputs: Vec<Input>,
-    /// Tasks to run if this one fails.
+    /// The inputs' names, when they are named (the seeds' `[{name: value}]`):
+    /// the function then gets one record of them.
+    pub input_names: Option<Vec<String>>,
+    /// Tasks to run if this one fails (`onError`, `on.error`).
     pub on_error: Vec<String>,
+    /// Tasks to run if this one succeeds (`on.success`).
+    pub on_success: Vec<String>,
     /// Tasks to run once this one finishes, either way.
     pub always: Vec<String>,
 }
@@ -142,8 +151,10 @@ fn malformed_task(label: &str, reason: impl Into<String>) -> JobError {
     }
 }
 
-fn labels(label: &str, task: &Json, field: &str) -> Result<Vec<String>, JobError> {
-    match task.get(field) {
+/// The labels listed at `pointer` (`/onError`, `/on/error`, ...).
+fn labels(label: &str, task: &Json, pointer: &str) -> Result<Vec<String>, JobError> {
+    let field = pointer.trim_start_matches('/').replace('/', ".");
+    match task.pointer(pointer) {
         None => Ok(Vec::new()),
         Some(Json::Array(items)) => items
             .iter()
@@ -160,6 +171,8 @@ fn labels(label: &str, task: &Json, field: &str) -> Result<Vec<String>, JobError
     }
 }
 
+/// An input value: `{from, out}`, a link (`{"/": cid}`, or a string that
+/// is a CID), or a literal.
 fn parse_input(label: &str, input: &Json) -> Result<Input, JobError> {
     if let Some(map) = input.as_object() {
         if let Some(from) = map.get("from") {
@@ -185,7 +198,83 @@ fn parse_input(label: &str, input: &Json) -> Result<Input, JobError> {
             return Ok(Input::Link(cid.clone()));
         }
     }
+    if let Json::String(text) = input
+        && text.len() >= CID_TEXT_BYTES_MIN
+        && Cid::try_from(text.as_str()).is_ok()
+    {
+        return Ok(Input::Link(text.clone()));
+    }
     Ok(Input::Literal(input.clone()))
+}
+
+/// The shortest string read as a CID (a CIDv0 is 46 characters).
+const CID_TEXT_BYTES_MIN: usize = 46;
+
+/// A named input, as the seeds write them: a map of one key that is not
+/// `from` or `/` (which are positional inputs' forms).
+fn input_name(input: &Json) -> Option<(&str, &Json)> {
+    let map = input.as_object()?;
+    let (name, value) = map.iter().next()?;
+    (map.len() == 1 && name != "from" && name != "/").then_some((name.as_str(), value))
+}
+
+/// A task's inputs: all named (`[{name: value}, ...]`) or all positional.
+fn parse_inputs(
+    label: &str,
+    items: &[Json],
+) -> Result<(Vec<Input>, Option<Vec<String>>), JobError> {
+    if items.len() > TASK_INPUTS_MAX {
+        return Err(malformed_task(
+            label,
+            format!("more than TASK_INPUTS_MAX ({TASK_INPUTS_MAX}) inputs"),
+        ));
+    }
+    let named: Vec<(&str, &Json)> = items.iter().filter_map(input_name).collect();
+    if named.is_empty() || items.is_empty() {
+        let inputs = items
+            .iter()
+            .map(|input| parse_input(label, input))
+            .collect::<Result<_, _>>()?;
+        return Ok((inputs, None));
+    }
+    if named.len() != items.len() {
+        return Err(malformed_task(
+            label,
+            "inputs are all named ({name: value}) or all positional",
+        ));
+    }
+    let mut names = BTreeSet::new();
+    if let Some((name, _)) = named.iter().find(|(name, _)| !names.insert(*name)) {
+        return Err(malformed_task(
+            label,
+            format!("input {name:?} is named twice"),
+        ));
+    }
+    let inputs = named
+        .iter()
+        .map(|(_, value)| parse_input(label, value))
+        .collect::<Result<_, _>>()?;
+    Ok((
+        inputs,
+        Some(named.iter().map(|(name, _)| (*name).to_owned()).collect()),
+    ))
+}
+
+fn parse_max_gas(label: &str, map: &serde_json::Map<String, Json>) -> Result<u64, JobError> {
+    match map.get("maxGas") {
+        None => Ok(MAX_GAS_DEFAULT),
+        Some(gas) => gas
+            .as_u64()
+            .filter(|gas| (1..=MAX_GAS_LIMIT).contains(gas))
+            .ok_or_else(|| {
+                malformed_task(
+                    label,
+                    format!(
+                        "maxGas must be a natural number from 1 to MAX_GAS_LIMIT ({MAX_GAS_LIMIT})"
+                    ),
+                )
+            }),
+    }
 }
 
 fn parse_task(label: &str, task: &Json) -> Result<Task, JobError> {
@@ -198,41 +287,26 @@ fn parse_task(label: &str, task: &Json) -> Result<Task, JobError> {
             .map(str::to_owned)
             .ok_or_else(|| malformed_task(label, format!("{field} is missing or not a string")))
     };
-    let inputs = match map.get("input") {
-        None => Vec::new(),
-        Some(Json::Array(items)) if items.len() <= TASK_INPUTS_MAX => items
-            .iter()
-            .map(|input| parse_input(label, input))
-            .collect::<Result<_, _>>()?,
-        Some(Json::Array(_)) => {
-            return Err(malformed_task(
-                label,
-                format!("more than TASK_INPUTS_MAX ({TASK_INPUTS_MAX}) inputs"),
-            ));
-        }
+    let (inputs, input_names) = match map.get("input") {
+        None => (Vec::new(), None),
+        Some(Json::Array(items)) => parse_inputs(label, items)?,
         Some(_) => return Err(malformed_task(label, "input must be a list")),
     };
     let kind = match string("type")?.as_str() {
-        "ipvm/wasm" => {
+        "ipvm/wasm" | "ipvm/wasm/1.0" | "wasm/1.0" => {
             let module = string("with")?;
             Cid::try_from(module.as_str())
                 .map_err(|e| malformed_task(label, format!("with is not a CID: {e}")))?;
-            let max_gas = match map.get("maxGas") {
-                None => MAX_GAS_DEFAULT,
-                Some(gas) => gas
-                    .as_u64()
-                    .filter(|gas| (1..=MAX_GAS_LIMIT).contains(gas))
-                    .ok_or_else(|| {
-                        malformed_task(
-                            label,
-                            format!("maxGas must be a natural number from 1 to MAX_GAS_LIMIT ({MAX_GAS_LIMIT})"),
-                        )
-                    })?,
+            // Without `func`, the task's label names the function, as the
+            // seeds' `fullName({...})[0].count()` reads.
+            let func = match map.get("func") {
+                None => label.to_owned(),
+                Some(_) => string("func")?,
             };
             TaskKind::Wasm {
                 module,
-                func: string("func")?,
-                max_gas,
+                func,
+                max_gas: parse_max_gas(label, map)?,
             }
         }
         "ipvm/effect" => TaskKind::Effect {
@@ -242,16 +316,28 @@ fn parse_task(label: &str, task: &Json) -> Result<Task, JobError> {
         other => {
             return Err(malformed_task(
                 label,
-                format!("unknown task type {other:?} (ipvm/wasm or ipvm/effect)"),
+                format!(
+                    "unknown task type {other:?} (ipvm/wasm, ipvm/wasm/1.0, wasm/1.0 or ipvm/effect)"
+                ),
             ));
         }
     };
+    if map.get("on").is_some_and(|on| !on.is_object()) {
+        return Err(malformed_task(
+            label,
+            "on must be {error: [labels], success: [labels]}",
+        ));
+    }
+    let mut on_error = labels(label, task, "/onError")?;
+    on_error.extend(labels(label, task, "/on/error")?);
     Ok(Task {
         label: label.to_owned(),
         kind,
         inputs,
-        on_error: labels(label, task, "onError")?,
-        always: labels(label, task, "always")?,
+        input_names,
+        on_error,
+        on_success: labels(label, task, "/on/success")?,
+        always: labels(label, task, "/always")?,
     })
 }
 
@@ -263,7 +349,12 @@ fn find_cycle(tasks: &BTreeMap<String, Task>) -> Option<String> {
     for task in tasks.values() {
         let entry = before.entry(&task.label).or_default();
         entry.extend(task.depends_on());
-        for next in task.on_error.iter().chain(&task.always) {
+        for next in task
+            .on_error
+            .iter()
+            .chain(&task.on_success)
+            .chain(&task.always)
+        {
             before.entry(next).or_default().insert(&task.label);
         }
     }
@@ -400,6 +491,7 @@ fn check_names(
     let named = task
         .depends_on()
         .chain(task.on_error.iter().map(String::as_str))
+        .chain(task.on_success.iter().map(String::as_str))
         .chain(task.always.iter().map(String::as_str));
     for label in named {
         if !tasks.contains_key(label) {

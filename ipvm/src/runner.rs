@@ -41,7 +41,7 @@ struct PureRun {
     module: VatModule,
     func: String,
     args: CapData,
-    max_gas: u64,
+    fuel_max: u64,
 }
 
 /// Answers a pure task's syscalls: its vatstore is a scratch map, its only
@@ -109,7 +109,7 @@ type PureOutcome = (ReceiptOut, Option<u64>);
 /// Runs one pure task to its answer.
 fn run_pure(host: &WasmHost, run: &PureRun) -> PureOutcome {
     let limits = Limits {
-        fuel_per_delivery: run.max_gas,
+        fuel_per_delivery: run.fuel_max,
         ..Limits::default()
     };
     let mut worker = match ThreadWorker::start(host, &run.module, limits) {
@@ -135,7 +135,7 @@ fn run_pure(host: &WasmHost, run: &PureRun) -> PureOutcome {
     let out_of_fuel = matches!(delivered, Err(VatFault::OutOfFuel { .. }));
     let fuel = worker
         .fuel_used()
-        .or_else(|| out_of_fuel.then_some(run.max_gas));
+        .or_else(|| out_of_fuel.then_some(run.fuel_max));
     let outcome = match (delivered, handler.answer) {
         (Err(fault), _) => Err(fault.to_string()),
         (Ok(()), Some((false, data))) => decode_output(&data),
@@ -164,6 +164,35 @@ pub enum JobEvent {
     Skipped {
         label: String,
     },
+}
+
+/// When a handler task runs, as its parent finishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum When {
+    Error,
+    Success,
+    Always,
+}
+
+/// The tasks that name `label` as a handler (`onError`, `on.error`,
+/// `on.success`, `always`), each with when it runs.
+fn handler_parents<'a>(job: &'a ipvm::Job, label: &str) -> Vec<(&'a str, When)> {
+    let label = label.to_owned();
+    job.tasks
+        .values()
+        .filter_map(|parent| {
+            let when = if parent.always.contains(&label) {
+                When::Always
+            } else if parent.on_error.contains(&label) {
+                When::Error
+            } else if parent.on_success.contains(&label) {
+                When::Success
+            } else {
+                return None;
+            };
+            Some((parent.label.as_str(), when))
+        })
+        .collect()
 }
 
 /// A task's final state.
@@ -406,17 +435,7 @@ impl Runner<'_> {
             let pending: Vec<String> = self.pending.iter().cloned().collect();
             for label in pending {
                 let task = &self.job.tasks[&label];
-                // Parents: tasks that name this one in onError or always.
-                let parents: Vec<(&str, bool)> = self
-                    .job
-                    .tasks
-                    .values()
-                    .filter_map(|parent| {
-                        let always = parent.always.contains(&label);
-                        (always || parent.on_error.contains(&label))
-                            .then_some((parent.label.as_str(), always))
-                    })
-                    .collect();
+                let parents = handler_parents(&self.job, &label);
                 let waiting = task
                     .depends_on()
                     .chain(parents.iter().map(|(p, _)| *p))
@@ -426,8 +445,13 @@ impl Runner<'_> {
                 }
                 moved = true;
                 if !parents.is_empty() {
-                    let triggered = parents.iter().any(|(parent, always)| {
-                        *always || !matches!(self.outcomes.get(*parent), Some(TaskOutcome::Ok(_)))
+                    let triggered = parents.iter().any(|(parent, when)| {
+                        let ok = matches!(self.outcomes.get(*parent), Some(TaskOutcome::Ok(_)));
+                        match when {
+                            When::Always => true,
+                            When::Error => !ok,
+                            When::Success => ok,
+                        }
                     });
                     if !triggered {
                         self.finish_skipped(&label)?;
@@ -498,6 +522,11 @@ impl Runner<'_> {
     /// then had not run, and starts again).
     fn start(&mut self, task: &ipvm::Task, inputs: Vec<Json>) -> Result<Option<PureRun>, RunError> {
         let label = task.label.clone();
+        // Named inputs (the seeds' form) are one record argument.
+        let inputs = match &task.input_names {
+            Some(names) => vec![Json::Object(names.iter().cloned().zip(inputs).collect())],
+            None => inputs,
+        };
         let args = vom::capdata::encode(&Value::Array(
             inputs.iter().map(ipvm::json_to_value).collect(),
         ));
@@ -529,7 +558,7 @@ impl Runner<'_> {
                     module: compiled,
                     func: func.clone(),
                     args,
-                    max_gas: *max_gas,
+                    fuel_max: max_gas.saturating_mul(ipvm::FUEL_PER_GAS),
                 }))
             }
             TaskKind::Effect { target, method } => {

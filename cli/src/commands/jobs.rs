@@ -88,7 +88,8 @@ fn progress_line(event: JobEvent) -> String {
 }
 
 /// Validates and runs a job file: progress per task on stderr as it
-/// happens (the daemon's, when a daemon runs it), then the outputs.
+/// happens (the daemon's, when a daemon runs it), then the outputs; it
+/// fails when a task failed that names no handler.
 pub fn run(home: &Home, kernel: &mut Kernel, file: &Path, out: &mut Outcome) -> Result<()> {
     let mut jobs = Jobs::new(kernel);
     let job = jobs.validate(read_json(file)?, &home.did())?;
@@ -101,6 +102,25 @@ pub fn run(home: &Home, kernel: &mut Kernel, file: &Path, out: &mut Outcome) -> 
             eprintln!("{}", progress_line(event));
         },
     )?;
+    // A failed task that names no handler fails the job: its outputs are
+    // still printed, and the command exits non-zero.
+    let unhandled: Vec<&str> = outcomes
+        .iter()
+        .filter(|(label, outcome)| {
+            let task = &job.tasks[label.as_str()];
+            matches!(outcome, TaskOutcome::Error(_))
+                && task.on_error.is_empty()
+                && task.always.is_empty()
+        })
+        .map(|(label, _)| label.as_str())
+        .collect();
+    if !unhandled.is_empty() {
+        out.stderr = format!(
+            "error: task {} failed with no onError or always handler\n",
+            unhandled.join(", ")
+        );
+        out.failed = true;
+    }
     let outputs: serde_json::Map<String, Json> = outcomes
         .into_iter()
         .map(|(label, outcome)| {

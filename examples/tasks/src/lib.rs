@@ -1,8 +1,10 @@
 //! Pure task functions for IPVM jobs: each is a method of this module's
-//! root object, called with the task's inputs as arguments.
+//! root object, called with the task's inputs as arguments (positional
+//! inputs), or with one record of them (the seeds' named inputs).
 //!
-//! - `fullName(first, last)`: `"first last"`.
-//! - `count(text)`: how many characters `text` has.
+//! - `fullName(first, last)` or `fullName({firstName, lastName})`:
+//!   `"first last"`.
+//! - `count(text)` or `count({NAME: text})`: how many characters `text` has.
 //! - `countWords(text)`: `{word: occurrences}`, words lower-cased.
 //! - `merge(counts...)`: adds word counts together.
 //! - `spin(n)`: loops `n` times (CPU-bound), returns `n`.
@@ -45,6 +47,41 @@ fn merge(args: Args) -> Result<Value, Error> {
     ))
 }
 
+/// The one argument of a task called with `count` positional arguments
+/// (`count` = 1), or the one value of a record of named inputs.
+fn named_or_positional(args: &Args, count: usize) -> Result<Value, Error> {
+    if let (1, Ok(Value::Record(named))) = (args.len(), args.get(0))
+        && named.len() == 1
+    {
+        return Ok(named.values().next().cloned().unwrap_or(Value::Null));
+    }
+    args.expect_count(count)?;
+    Ok(args.get(0)?.clone())
+}
+
+fn full_name(args: &Args) -> Result<Value, Error> {
+    if let (1, Ok(Value::Record(named))) = (args.len(), args.get(0)) {
+        let part = |key: &str| {
+            named
+                .get(key)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .ok_or_else(|| Error::type_error(format!("fullName takes {key}, a string")))
+        };
+        return Ok(Value::from(format!(
+            "{} {}",
+            part("firstName")?,
+            part("lastName")?
+        )));
+    }
+    args.expect_count(2)?;
+    Ok(Value::from(format!(
+        "{} {}",
+        args.string(0)?,
+        args.string(1)?
+    )))
+}
+
 fn spin(n: u64) -> u64 {
     let mut x: u64 = 0;
     for i in 0..n {
@@ -61,18 +98,13 @@ impl Exo for Tasks {
 
     fn call(self: Rc<Self>, method: &str, args: Args) -> Reply {
         match method {
-            "fullName" => Reply::ready((|| {
-                args.expect_count(2)?;
-                Ok(Value::from(format!(
-                    "{} {}",
-                    args.string(0)?,
-                    args.string(1)?
-                )))
-            })()),
-            "count" => Reply::ready((|| {
-                args.expect_count(1)?;
-                Ok(Value::from(args.string(0)?.chars().count() as u64))
-            })()),
+            "fullName" => Reply::ready(full_name(&args)),
+            "count" => Reply::ready(named_or_positional(&args, 1).and_then(|text| {
+                let text = text
+                    .as_str()
+                    .ok_or_else(|| Error::type_error("count takes a string"))?;
+                Ok(Value::from(text.chars().count() as u64))
+            })),
             "countWords" => Reply::ready((|| {
                 args.expect_count(1)?;
                 Ok(count_words(&args.string(0)?))
