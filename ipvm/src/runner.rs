@@ -435,7 +435,7 @@ impl Runner<'_> {
             let pending: Vec<String> = self.pending.iter().cloned().collect();
             for label in pending {
                 let task = &self.job.tasks[&label];
-                let parents = handler_parents(&self.job, &label);
+                let parents = handler_parents(self.job, &label);
                 let waiting = task
                     .depends_on()
                     .chain(parents.iter().map(|(p, _)| *p))
