@@ -147,3 +147,111 @@ fn bad_input_to_vat_ucan_is_one_line_and_no_token() {
         assert_eq!(err.lines().count(), 1, "{err}");
     }
 }
+
+/// The receipts CAR of `home`, read back: each receipt verified as the
+/// kernel's, as (the invocation it is about, its `out`).
+fn receipts(home: &VatHome) -> Vec<(ucan::Cid, ucan::Ipld)> {
+    let file = home.path().join("receipts.car");
+    home.ok(&["ucan", "receipts", "--out", path(&file)]);
+    let car = ipvm::read_car(&std::fs::read(&file).unwrap()).unwrap();
+    let kernel = did_key::DidKey::parse(&home.ok(&["key"])).unwrap();
+    car.roots
+        .iter()
+        .map(|root| {
+            let (_, bytes) = car.blocks.iter().find(|(cid, _)| cid == root).unwrap();
+            let token = ucan::Token::decode(bytes).unwrap();
+            token.verify(&kernel).unwrap();
+            let receipt = ucan::Invocation::from_token(&token).unwrap();
+            assert_eq!(receipt.cmd.as_str(), "/ucan/assert/receipt");
+            let ucan::Ipld::Link(ran) = receipt.args["ran"] else {
+                panic!("ran is a link")
+            };
+            (ran, receipt.args["out"].clone())
+        })
+        .collect()
+}
+
+#[test]
+fn a_car_of_invocations_runs_as_messages_once_each_with_signed_receipts() {
+    let (owner, bob) = (VatHome::new(), VatHome::new());
+    owner.spawn("counter", "counter");
+    let (owner_did, bob_did) = (owner.ok(&["key"]), bob.ok(&["key"]));
+    let grant = token(
+        &owner,
+        "grant.ucan",
+        &["ucan", "delegate", &bob_did, "--cmd", "/counter"],
+    );
+    let invoke = |cmd: &str, car: &str| {
+        let car = bob.path().join(car);
+        let (proof, car_path) = (path(&grant).to_owned(), path(&car).to_owned());
+        bob.ok(&[
+            "ucan",
+            "invoke",
+            cmd,
+            "--subject",
+            &owner_did,
+            "--proof",
+            &proof,
+            "--car",
+            &car_path,
+        ]);
+        car
+    };
+    let bump = invoke("/counter/increment", "bump.car");
+    let cid = owner.ok(&["car", "add", path(&bump)]);
+    assert!(cid.starts_with("bag"), "a CID of codec car: {cid}");
+    assert_eq!(
+        owner.ok(&["car", "enqueue", &cid]),
+        "1 ok, 0 failed, 0 had run before (receipts: vat ucan receipts --out FILE.car)"
+    );
+    assert_eq!(owner.ok(&["send", "counter", "get"]), "1");
+    // Enqueued again, the invocation has its receipt and does not run.
+    assert!(
+        owner
+            .ok(&["car", "enqueue", &cid])
+            .starts_with("0 ok, 0 failed, 1 had run before")
+    );
+    assert_eq!(owner.ok(&["send", "counter", "get"]), "1");
+    // A command the grant does not cover is receipted as refused.
+    let reach = invoke("/treasury/withdraw", "reach.car");
+    let reach_cid = owner.ok(&["car", "add", path(&reach)]);
+    assert!(
+        owner
+            .ok(&["car", "enqueue", &reach_cid])
+            .starts_with("0 ok, 1 failed")
+    );
+    let receipts = receipts(&owner);
+    assert_eq!(receipts.len(), 2);
+    let outs: Vec<String> = receipts.iter().map(|(_, out)| format!("{out:?}")).collect();
+    assert!(outs.iter().any(|o| o == "{\"ok\": 1}"), "{outs:?}");
+    assert!(
+        outs.iter().any(|o| o.contains("InvalidCommand")),
+        "{outs:?}"
+    );
+    owner.check();
+}
+
+#[test]
+fn a_car_with_a_block_that_does_not_hash_to_its_cid_stores_nothing() {
+    let (owner, bob) = (VatHome::new(), VatHome::new());
+    let owner_did = owner.ok(&["key"]);
+    let car = bob.path().join("one.car");
+    bob.ok(&[
+        "ucan",
+        "invoke",
+        "/x/y",
+        "--subject",
+        &owner_did,
+        "--car",
+        path(&car),
+    ]);
+    let mut bytes = std::fs::read(&car).unwrap();
+    *bytes.last_mut().unwrap() ^= 1;
+    std::fs::write(&car, bytes).unwrap();
+    let before = owner.dump();
+    let err = owner.fails(&["car", "add", path(&car)]);
+    assert!(err.contains("does not hash to its CID"), "{err}");
+    assert_eq!(owner.dump(), before);
+    let unknown = "bafyreigbtj4x7ip5legnfznufuopl4sg4knzc2cof6duas4b3q2fy6swua";
+    assert!(owner.fails(&["car", "enqueue", unknown]).contains("no CAR"));
+}

@@ -180,6 +180,9 @@ pub enum Command {
     /// UCAN 1.0: delegate, invoke and verify (tokens in base64, one per line).
     #[command(subcommand)]
     Ucan(UcanCommand),
+    /// CARs of UCAN invocations: the bucket VM's programs.
+    #[command(subcommand)]
+    Car(CarCommand),
     /// List vats (in name order), their workers, whether they are awake and
     /// what keeps them so, pet names, and their krefs.
     List {
@@ -306,6 +309,22 @@ pub enum ValueCommand {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum CarCommand {
+    /// Store FILE.car's blocks (each checked against its CID); print the
+    /// CAR's CID (`/store/add`).
+    Add {
+        /// The CAR file.
+        file: PathBuf,
+    },
+    /// Run the invocations at the roots of CAR CID as messages to this
+    /// kernel's capabilities, each receipted (`/system/enqueue`).
+    Enqueue {
+        /// The CAR's CID, as `vat car add` printed it.
+        cid: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum UcanCommand {
     /// Print a delegation (base64) from this home letting DID use CMD on a
     /// subject (this home's kernel, unless --subject or --powerline).
@@ -349,6 +368,16 @@ pub enum UcanCommand {
         /// For how many seconds it may run (none: no expiry).
         #[arg(long)]
         expires_in_s: Option<u64>,
+        /// Write a CAR (the invocation as its root, with its proofs) to
+        /// this file instead of printing the invocation.
+        #[arg(long, value_name = "FILE.car")]
+        car: Option<PathBuf>,
+    },
+    /// Write every receipt this kernel signed as a CAR.
+    Receipts {
+        /// The CAR file to write.
+        #[arg(long, value_name = "FILE.car")]
+        out: PathBuf,
     },
     /// Check TOKEN: a delegation's shape and signature, or an invocation
     /// against its proofs (each --proof a delegation it links).
@@ -362,6 +391,17 @@ pub enum UcanCommand {
         #[arg(long)]
         at_s: Option<u64>,
     },
+}
+
+impl CarCommand {
+    fn into_request(self) -> Result<Request> {
+        Ok(match self {
+            CarCommand::Add { file } => Request::AddCar {
+                file: absolute(file, "file")?,
+            },
+            CarCommand::Enqueue { cid } => Request::EnqueueCar { cid },
+        })
+    }
 }
 
 impl UcanCommand {
@@ -396,13 +436,18 @@ impl UcanCommand {
                 subject,
                 proofs,
                 expires_in_s,
+                car,
             } => Request::UcanInvoke(UcanInvocation {
                 cmd,
                 args,
                 subject,
                 proofs: files(proofs)?,
                 expires_in_s,
+                car: car.map(|car| absolute(car, "car")).transpose()?,
             }),
+            UcanCommand::Receipts { out } => Request::UcanReceipts {
+                out: absolute(out, "out")?,
+            },
             UcanCommand::Verify {
                 token,
                 proofs,
@@ -575,6 +620,7 @@ impl Command {
             Command::Value(ValueCommand::Add { json }) => Request::AddValue { json },
             Command::Job(job) => job.into_request()?,
             Command::Ucan(ucan) => ucan.into_request()?,
+            Command::Car(car) => car.into_request()?,
             list @ Command::List { .. } => list.list_request(),
             Command::Sleep { name } => Request::Sleep { name },
             Command::Log { name, lines } => Request::Log { name, lines },

@@ -64,6 +64,15 @@ pub enum Request {
         proofs: Vec<PathBuf>,
         at_s: Option<u64>,
     },
+    UcanReceipts {
+        out: PathBuf,
+    },
+    AddCar {
+        file: PathBuf,
+    },
+    EnqueueCar {
+        cid: String,
+    },
     RunJob {
         file: PathBuf,
     },
@@ -185,6 +194,8 @@ pub struct UcanInvocation {
     pub subject: Option<String>,
     pub proofs: Vec<PathBuf>,
     pub expires_in_s: Option<u64>,
+    /// Where to write a CAR of it and its proofs, instead of printing it.
+    pub car: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -213,6 +224,7 @@ impl Request {
                 | Request::UcanDelegate(_)
                 | Request::UcanInvoke(_)
                 | Request::UcanVerify { .. }
+                | Request::UcanReceipts { .. }
         )
     }
 }

@@ -36,11 +36,17 @@ use cid::Cid;
 use serde_json::{Value as Json, json};
 use vom::Value;
 
+mod bucket;
+mod car;
 mod content;
 mod runner;
 
 pub use content::{dag_cbor, encode_signature, signing_bytes, value_cid, verify};
 
+pub use bucket::{Bucket, BucketError, Enqueued};
+pub use car::{
+    CAR_BLOCKS_MAX, CAR_BYTES_MAX, Car, CarError, car_cid, read as read_car, write as write_car,
+};
 pub use runner::{JobEvent, Jobs, PURE_TASKS_PARALLEL_MAX, RunError, TaskOutcome};
 
 /// The most tasks a job may have.

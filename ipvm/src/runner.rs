@@ -709,12 +709,12 @@ fn module_cid_of(job: &Job, label: &str) -> String {
     }
 }
 
-fn decode_output(data: &CapData) -> ReceiptOut {
+pub(crate) fn decode_output(data: &CapData) -> ReceiptOut {
     let value = vom::capdata::decode(data).map_err(|e| e.to_string())?;
     ipvm::value_to_json(&value).map_err(|e| e.to_string())
 }
 
-fn rejection(data: &CapData) -> String {
+pub(crate) fn rejection(data: &CapData) -> String {
     match vom::capdata::decode(data) {
         Ok(Value::Error(error)) => error.to_string(),
         Ok(other) => format!("rejected with {}", vom::capdata::encode(&other).body),

@@ -1,12 +1,16 @@
 //! UCAN 1.0 from the command line: delegations and invocations signed with
-//! this home's key, printed as one line of base64, and verification of a
-//! token read back (base64 or raw DAG-CBOR).
+//! this home's key, printed as one line of base64 (or an invocation and
+//! its proofs written as a CAR), verification of a token read back (base64
+//! or raw DAG-CBOR), and the bucket VM: CARs added and enqueued, and the
+//! receipts written as a CAR.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
 use base64::Engine;
+use ipvm::Bucket;
+use kernel::Kernel;
 use ucan::{Cid, Command, Delegation, Invocation, Ipld, Kind, Policy, Token};
 
 use crate::home::Home;
@@ -75,15 +79,12 @@ pub fn invoke(home: &Home, request: &UcanInvocation, out: &mut Outcome) -> Resul
     let Ipld::Map(args) = dag_json(&request.args, "--args")? else {
         bail!("--args must be a DAG-JSON map");
     };
-    let prf = request
+    let proofs = request
         .proofs
         .iter()
-        .map(|path| {
-            Ok(Token::decode(&read_token(path)?)
-                .with_context(|| path.display().to_string())?
-                .cid())
-        })
-        .collect::<Result<Vec<Cid>>>()?;
+        .map(|path| Token::decode(&read_token(path)?).with_context(|| path.display().to_string()))
+        .collect::<Result<Vec<Token>>>()?;
+    let prf = proofs.iter().map(Token::cid).collect();
     let home_did = home.did();
     let invocation = Invocation {
         iss: did(&home_did, "this home's key")?,
@@ -98,7 +99,62 @@ pub fn invoke(home: &Home, request: &UcanInvocation, out: &mut Outcome) -> Resul
         cause: None,
     };
     let token = Token::sign(Kind::Invocation, invocation.to_payload(), &|m| home.sign(m));
-    out.line(base64_line(&token));
+    match &request.car {
+        None => out.line(base64_line(&token)),
+        Some(file) => {
+            let blocks: Vec<(Cid, Vec<u8>)> = std::iter::once(&token)
+                .chain(&proofs)
+                .map(|t| (t.cid(), t.bytes().to_vec()))
+                .collect();
+            let car = ipvm::write_car(vec![token.cid()], &blocks);
+            std::fs::write(file, &car)
+                .with_context(|| format!("cannot write {}", file.display()))?;
+            out.line(format!(
+                "wrote {} (invocation {}, {} proofs)",
+                file.display(),
+                token.cid(),
+                proofs.len()
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub fn add_car(home: &Home, kernel: &mut Kernel, file: &Path, out: &mut Outcome) -> Result<()> {
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let sign = |m: &[u8]| home.sign(m);
+    let mut bucket = Bucket::new(kernel, &home.did(), &sign)?;
+    let (cid, car) = bucket
+        .add_car(&bytes)
+        .with_context(|| file.display().to_string())?;
+    out.line(cid);
+    eprintln!(
+        "stored {} blocks; {} roots",
+        car.blocks.len(),
+        car.roots.len()
+    );
+    Ok(())
+}
+
+pub fn enqueue(home: &Home, kernel: &mut Kernel, cid: &str, out: &mut Outcome) -> Result<()> {
+    let car = Cid::try_from(cid).with_context(|| format!("{cid:?} is not a CID"))?;
+    let sign = |m: &[u8]| home.sign(m);
+    let did = home.did();
+    let mut bucket = Bucket::new(kernel, &did, &sign)?;
+    let done = bucket.enqueue(&car, &did)?;
+    out.line(format!(
+        "{} ok, {} failed, {} had run before (receipts: vat ucan receipts --out FILE.car)",
+        done.ok, done.failed, done.memo_hits
+    ));
+    Ok(())
+}
+
+pub fn receipts(home: &Home, kernel: &mut Kernel, file: &Path, out: &mut Outcome) -> Result<()> {
+    let sign = |m: &[u8]| home.sign(m);
+    let bucket = Bucket::new(kernel, &home.did(), &sign)?;
+    let car = bucket.receipts_car()?;
+    std::fs::write(file, &car).with_context(|| format!("cannot write {}", file.display()))?;
+    out.line(format!("wrote {} ({} bytes)", file.display(), car.len()));
     Ok(())
 }
 
