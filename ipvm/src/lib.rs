@@ -28,6 +28,9 @@
 //! | `ipvm.memo.<instruction cid>` | the receipt CID of a pure task already run |
 //! | `job.<cid>` | a submitted job (its signed JSON) |
 //! | `job.<cid>.t.<label>` | `pending`, `running <kpid>`, `ok <receipt>`, `error <receipt>` |
+//!
+//! The bucket VM's records (`ipvm.block.*`, `ipvm.car.*`, `ipvm.ran.*`)
+//! are listed in `bucket.rs`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
