@@ -56,40 +56,36 @@ impl Jobs {
 
     /// Runs a job: (job id, outputs, progress lines).
     fn run(&self, path: &Path) -> (String, Json, Vec<String>) {
-        let out = self.home.run(&["job", "run", path.to_str().unwrap()]);
-        let stdout = String::from_utf8(out.stdout).unwrap();
-        let stderr = String::from_utf8(out.stderr).unwrap();
-        assert!(out.status.success(), "job run failed: {stdout}{stderr}");
-        let mut lines = stdout.lines();
-        let id = lines
-            .next()
-            .unwrap()
-            .strip_prefix("job ")
-            .unwrap()
-            .to_owned();
-        let outputs = serde_json::from_str(lines.next().unwrap()).unwrap();
-        (
-            id,
-            outputs,
-            stderr.lines().map(|l| l.trim().to_owned()).collect(),
-        )
+        let (ok, id, outputs, stderr) = self.run_job(path);
+        assert!(ok, "job run failed: {outputs}{stderr}");
+        let progress = stderr.lines().map(|l| l.trim().to_owned()).collect();
+        (id, outputs, progress)
     }
 
     /// Runs a job that must fail after running: (job id, outputs, the error line).
     fn run_failing(&self, path: &Path) -> (String, Json, String) {
+        let (ok, id, outputs, stderr) = self.run_job(path);
+        assert!(!ok, "the job run succeeded");
+        (id, outputs, stderr.lines().last().unwrap().to_owned())
+    }
+
+    /// `vat job run`: (whether it succeeded, the job id, its outputs, stderr).
+    fn run_job(&self, path: &Path) -> (bool, String, Json, String) {
         let out = self.home.run(&["job", "run", path.to_str().unwrap()]);
-        assert!(!out.status.success(), "the job run succeeded");
         let stdout = String::from_utf8(out.stdout).unwrap();
         let stderr = String::from_utf8(out.stderr).unwrap();
         let mut lines = stdout.lines();
         let id = lines
             .next()
-            .unwrap()
-            .strip_prefix("job ")
-            .unwrap()
-            .to_owned();
-        let outputs = serde_json::from_str(lines.next().unwrap()).unwrap();
-        (id, outputs, stderr.lines().last().unwrap().to_owned())
+            .and_then(|l| l.strip_prefix("job "))
+            .unwrap_or_else(|| panic!("no job id: {stdout}{stderr}"));
+        let outputs = serde_json::from_str(
+            lines
+                .next()
+                .unwrap_or_else(|| panic!("no outputs: {stdout}{stderr}")),
+        )
+        .unwrap();
+        (out.status.success(), id.to_owned(), outputs, stderr)
     }
 
     /// A seed example from `examples/jobs`, with the seeds' module CIDs

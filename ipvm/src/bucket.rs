@@ -325,6 +325,11 @@ impl<'k> Bucket<'k> {
     }
 }
 
+/// A task output as IPLD (integers stay integers, as serde reads them).
+fn json_to_ipld(value: &Json) -> Ipld {
+    serde_json::from_value(value.clone()).expect("ipvm invariant: plain JSON is IPLD")
+}
+
 fn parse_cid(text: &str) -> Cid {
     Cid::try_from(text)
         .unwrap_or_else(|e| panic!("ipvm invariant: a stored CID parses ({text}): {e}"))
@@ -361,23 +366,4 @@ fn ipld_to_value(value: &Ipld) -> Result<Value, String> {
         Ipld::Bytes(_) => return Err("bytes are not a message argument".to_owned()),
         Ipld::Link(cid) => return Err(format!("a link ({cid}) is not a message argument")),
     })
-}
-
-/// A task output as IPLD (integers stay integers).
-pub fn json_to_ipld(value: &Json) -> Ipld {
-    match value {
-        Json::Null => Ipld::Null,
-        Json::Bool(b) => Ipld::Bool(*b),
-        Json::Number(n) => n.as_i64().map_or_else(
-            || Ipld::Float(n.as_f64().unwrap_or(f64::NAN)),
-            |i| Ipld::Integer(i.into()),
-        ),
-        Json::String(s) => Ipld::String(s.clone()),
-        Json::Array(items) => Ipld::List(items.iter().map(json_to_ipld).collect()),
-        Json::Object(map) => Ipld::Map(
-            map.iter()
-                .map(|(k, v)| (k.clone(), json_to_ipld(v)))
-                .collect(),
-        ),
-    }
 }

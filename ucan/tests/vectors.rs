@@ -29,21 +29,7 @@ fn bytes(value: &Json) -> Vec<u8> {
 }
 
 fn ipld(value: &Json) -> Ipld {
-    match value {
-        Json::Null => Ipld::Null,
-        Json::Bool(b) => Ipld::Bool(*b),
-        Json::Number(n) => n.as_i64().map_or_else(
-            || Ipld::Float(n.as_f64().unwrap()),
-            |i| Ipld::Integer(i.into()),
-        ),
-        Json::String(s) => Ipld::String(s.clone()),
-        Json::Array(items) => Ipld::List(items.iter().map(ipld).collect()),
-        Json::Object(map) => Ipld::Map(
-            map.iter()
-                .map(|(k, v)| (k.clone(), ipld(v)))
-                .collect::<BTreeMap<_, _>>(),
-        ),
-    }
+    serde_json::from_value(value.clone()).unwrap()
 }
 
 /// Validates one invocation case with its proofs at its time.
