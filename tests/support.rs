@@ -50,7 +50,7 @@ pub fn guest(name: &str) -> PathBuf {
     path
 }
 
-/// The Python with pycapnp that `scripts/test` prepares (`VAT_PYTHON`
+/// The Python with pycapnp and libipld that `scripts/test` prepares (`VAT_PYTHON`
 /// overrides it).
 pub fn python() -> PathBuf {
     let path = std::env::var_os("VAT_PYTHON")
@@ -58,7 +58,7 @@ pub fn python() -> PathBuf {
         .unwrap_or_else(|| target_dir().join("pyenv/bin/python"));
     assert!(
         path.is_file(),
-        "{} is missing: scripts/test makes it (python3 -m venv, pip install pycapnp)",
+        "{} is missing: scripts/test makes it (python3 -m venv, pip install pycapnp libipld)",
         path.display()
     );
     path

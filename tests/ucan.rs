@@ -255,3 +255,138 @@ fn a_car_with_a_block_that_does_not_hash_to_its_cid_stores_nothing() {
     let unknown = "bafyreigbtj4x7ip5legnfznufuopl4sg4knzc2cof6duas4b3q2fy6swua";
     assert!(owner.fails(&["car", "enqueue", unknown]).contains("no CAR"));
 }
+
+/// What `node ucan.mjs chains DIR` wrote: (case, CAR, iso-ucan's verdict).
+fn outside_chains(dir: &std::path::Path) -> Vec<(String, PathBuf, bool)> {
+    let out = vat_tests::node_script("ucan.mjs", &["chains", path(dir)])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ucan.mjs: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let case: serde_json::Value = serde_json::from_str(line).unwrap();
+            let car = PathBuf::from(case["car"].as_str().unwrap());
+            (
+                case["name"].as_str().unwrap().to_owned(),
+                car,
+                case["iso"].as_bool().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// CARs iso-ucan writes, of valid chains and mutated ones (a flipped
+/// signature byte, a wrong audience, an expired proof, a policy breach, a
+/// command not granted): the kernel judges each as iso-ucan does.
+#[test]
+fn the_kernel_judges_chains_iso_ucan_writes_as_iso_ucan_does() {
+    let home = VatHome::new();
+    let dir = home.path().join("chains");
+    std::fs::create_dir(&dir).unwrap();
+    let cases = outside_chains(&dir);
+    assert!(cases.len() >= 8, "{cases:?}");
+    assert!(cases.iter().any(|(_, _, valid)| *valid) && cases.iter().any(|(_, _, valid)| !*valid));
+    for (name, car, iso_accepts) in cases {
+        let out = home.run(&["ucan", "verify", path(&car)]);
+        let said = String::from_utf8_lossy(if out.status.success() {
+            &out.stdout
+        } else {
+            &out.stderr
+        })
+        .into_owned();
+        assert_eq!(
+            out.status.success(),
+            iso_accepts,
+            "{name}: the kernel said {said}"
+        );
+    }
+}
+
+/// The receipts CAR the kernel writes is read by iso-ucan's tools (every
+/// block re-hashed, every receipt's signature verified by the kernel's
+/// DID) and by Python's libipld.
+#[test]
+fn outside_readers_read_the_receipts_car_and_verify_every_receipt() {
+    let (owner, bob) = (VatHome::new(), VatHome::new());
+    owner.spawn("counter", "counter");
+    let (owner_did, bob_did) = (owner.ok(&["key"]), bob.ok(&["key"]));
+    let grant = token(
+        &owner,
+        "grant.ucan",
+        &["ucan", "delegate", &bob_did, "--cmd", "/counter"],
+    );
+    let mut ran = Vec::new();
+    for (i, cmd) in [
+        "/counter/increment",
+        "/counter/increment",
+        "/counter/nothing",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let car = bob.path().join(format!("{i}.car"));
+        bob.ok(&[
+            "ucan",
+            "invoke",
+            cmd,
+            "--subject",
+            &owner_did,
+            "--proof",
+            path(&grant),
+            "--car",
+            path(&car),
+        ]);
+        ran.push(ipvm::read_car(&std::fs::read(&car).unwrap()).unwrap().roots[0].to_string());
+        let cid = owner.ok(&["car", "add", path(&car)]);
+        owner.ok(&["car", "enqueue", &cid]);
+    }
+    let file = owner.path().join("receipts.car");
+    owner.ok(&["ucan", "receipts", "--out", path(&file)]);
+    let node = vat_tests::node_script("ucan.mjs", &["receipts", path(&file), &owner_did])
+        .output()
+        .unwrap();
+    assert!(
+        node.status.success(),
+        "ucan.mjs: {}",
+        String::from_utf8_lossy(&node.stderr)
+    );
+    let read: serde_json::Value = serde_json::from_slice(&node.stdout).unwrap();
+    assert_eq!(
+        (read["roots"].as_u64(), read["verified"].as_u64()),
+        (Some(3), Some(3)),
+        "{read}"
+    );
+    let mut node_ran: Vec<String> = read["ran"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_owned())
+        .collect();
+    let (mut wanted, mut python_ran) = (ran.clone(), Vec::new());
+    let python = std::process::Command::new(vat_tests::python())
+        .arg(vat_tests::repo_root().join("tests/py/car_read.py"))
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        python.status.success(),
+        "car_read.py: {}",
+        String::from_utf8_lossy(&python.stderr)
+    );
+    let read: serde_json::Value = serde_json::from_slice(&python.stdout).unwrap();
+    assert_eq!(read["rehashed"], read["blocks"], "{read}");
+    for receipt in read["receipts"].as_array().unwrap() {
+        python_ran.push(receipt["ran"].as_str().unwrap().to_owned());
+    }
+    for list in [&mut wanted, &mut node_ran, &mut python_ran] {
+        list.sort();
+    }
+    assert_eq!(node_ran, wanted);
+    assert_eq!(python_ran, wanted);
+}

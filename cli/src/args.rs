@@ -380,9 +380,10 @@ pub enum UcanCommand {
         out: PathBuf,
     },
     /// Check TOKEN: a delegation's shape and signature, or an invocation
-    /// against its proofs (each --proof a delegation it links).
+    /// against its proofs (each --proof a delegation it links), or each
+    /// root of a CAR against the CAR's blocks.
     Verify {
-        /// A token file (base64 or raw DAG-CBOR).
+        /// A token file (base64 or raw DAG-CBOR), or a CAR.
         token: PathBuf,
         /// A delegation the invocation links.
         #[arg(long = "proof", value_name = "DELEGATION")]

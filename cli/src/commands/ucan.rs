@@ -172,7 +172,39 @@ fn describe_delegation(delegation: &Delegation) -> String {
     )
 }
 
+/// Judges each root of a CAR as an invocation, with the CAR's blocks as
+/// the proofs it may link.
+fn verify_car(car: &ipvm::Car, at_s: u64, out: &mut Outcome) -> Result<()> {
+    let blocks: BTreeMap<Cid, &Vec<u8>> =
+        car.blocks.iter().map(|(cid, data)| (*cid, data)).collect();
+    for root in &car.roots {
+        let bytes = blocks
+            .get(root)
+            .with_context(|| format!("root {root} is not in the CAR"))?;
+        let validated = ucan::validate(bytes, &|cid| blocks.get(cid).map(|b| (*b).clone()), at_s)
+            .map_err(|e| anyhow!("{}: invocation {root}: {e}", e.name()))?;
+        out.line(describe_invocation(&validated));
+    }
+    Ok(())
+}
+
+fn describe_invocation(validated: &ucan::Validated) -> String {
+    let invocation = &validated.invocation;
+    format!(
+        "invocation {}: {} may run {} on {} (a chain of {})",
+        validated.cid,
+        invocation.iss,
+        invocation.cmd,
+        invocation.sub,
+        validated.proofs.len()
+    )
+}
+
 pub fn verify(path: &Path, proofs: &[PathBuf], at_s: Option<u64>, out: &mut Outcome) -> Result<()> {
+    let raw = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if let Ok(car) = ipvm::read_car(&raw) {
+        return verify_car(&car, at_s.unwrap_or_else(now_s), out);
+    }
     let bytes = read_token(path)?;
     let token = Token::decode(&bytes).with_context(|| path.display().to_string())?;
     if token.kind() == Kind::Delegation {
@@ -205,14 +237,6 @@ pub fn verify(path: &Path, proofs: &[PathBuf], at_s: Option<u64>, out: &mut Outc
         at_s.unwrap_or_else(now_s),
     )
     .map_err(|e| anyhow!("{}: {e}", e.name()))?;
-    let invocation = &validated.invocation;
-    out.line(format!(
-        "invocation {}: {} may run {} on {} (a chain of {})",
-        validated.cid,
-        invocation.iss,
-        invocation.cmd,
-        invocation.sub,
-        validated.proofs.len()
-    ));
+    out.line(describe_invocation(&validated));
     Ok(())
 }
