@@ -183,6 +183,9 @@ pub enum Command {
     /// CARs of UCAN invocations: the bucket VM's programs.
     #[command(subcommand)]
     Car(CarCommand),
+    /// The HTTP device (system/invoke): commands routed to foreign functions.
+    #[command(subcommand)]
+    Http(HttpCommand),
     /// List vats (in name order), their workers, whether they are awake and
     /// what keeps them so, pet names, and their krefs.
     List {
@@ -309,6 +312,22 @@ pub enum ValueCommand {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum HttpCommand {
+    /// Send commands under PREFIX (`/weather`) to URL: a message to the pet
+    /// name `http` whose method is such a command, or a bucket-VM
+    /// invocation of one, is POSTed there as {"cmd", "args"} once its crank
+    /// commits, and the JSON answer settles it.
+    Route {
+        /// A command path.
+        prefix: String,
+        /// An http:// URL.
+        url: String,
+    },
+    /// The routes, one per line.
+    Routes,
+}
+
+#[derive(Subcommand, Debug)]
 pub enum CarCommand {
     /// Store FILE.car's blocks (each checked against its CID); print the
     /// CAR's CID (`/store/add`).
@@ -392,6 +411,15 @@ pub enum UcanCommand {
         #[arg(long)]
         at_s: Option<u64>,
     },
+}
+
+impl HttpCommand {
+    fn into_request(self) -> Request {
+        match self {
+            HttpCommand::Route { prefix, url } => Request::HttpRoute { prefix, url },
+            HttpCommand::Routes => Request::HttpRoutes,
+        }
+    }
 }
 
 impl CarCommand {
@@ -622,6 +650,7 @@ impl Command {
             Command::Job(job) => job.into_request()?,
             Command::Ucan(ucan) => ucan.into_request()?,
             Command::Car(car) => car.into_request()?,
+            Command::Http(http) => http.into_request(),
             list @ Command::List { .. } => list.list_request(),
             Command::Sleep { name } => Request::Sleep { name },
             Command::Log { name, lines } => Request::Log { name, lines },

@@ -194,12 +194,15 @@ impl Daemon {
         }
     }
 
-    /// Fires the timers that are due; returns how long the next turn may
-    /// wait (`wait_ms`, or less when a timer falls due sooner).
+    /// Fires the timers that are due and sends the HTTP device's kept
+    /// requests (committed; the daemon waits for their answers, up to
+    /// `http_timeout_ms` each); returns how long the next turn may wait
+    /// (`wait_ms`, or less when a timer falls due sooner).
     fn turn_timers(&mut self, wait_ms: u64) -> Result<u64> {
         let now = devices::timer::now_ms();
         let kernel = self.node.kernel();
         devices::timer::fire_due(kernel, now)?;
+        devices::http::send_pending(kernel)?;
         Ok(match devices::timer::next_due_ms(kernel)? {
             Some(due) => wait_ms.min(due.saturating_sub(now)),
             None => wait_ms,

@@ -73,6 +73,11 @@ pub enum Request {
     EnqueueCar {
         cid: String,
     },
+    HttpRoute {
+        prefix: String,
+        url: String,
+    },
+    HttpRoutes,
     RunJob {
         file: PathBuf,
     },
@@ -225,6 +230,7 @@ impl Request {
                 | Request::UcanInvoke(_)
                 | Request::UcanVerify { .. }
                 | Request::UcanReceipts { .. }
+                | Request::HttpRoutes
         )
     }
 }

@@ -3,10 +3,12 @@
 //! world (a clock reaching a deadline) enters as a crank, and nothing they
 //! do is visible outside before that crank commits.
 //!
-//! The timer is the one device today ([`timer`]). A vat reaches it as an
-//! object (the pet name `timer`): `after(ms)` and `at(unix_ms)` answer with
-//! promises that fire once, after restarts too; `now()` answers the time.
-//! Guests have no clock of their own.
+//! The timer ([`timer`]): a vat reaches it as an object (the pet name
+//! `timer`): `after(ms)` and `at(unix_ms)` answer with promises that fire
+//! once, after restarts too; `now()` answers the time. Guests have no
+//! clock of their own. The HTTP device ([`http`], the pet name `http`)
+//! sends messages whose method is a routed command to an HTTP endpoint
+//! once their crank commits, and settles them with the answer.
 //!
 //! Tables (besides the kernel's c-list of each device, whose one entry is
 //! its root object `o+0`):
@@ -22,6 +24,7 @@
 use kernel::{EndpointId, EndpointKind, Kernel, Message, Tables, TablesRef};
 use swingstore::StoreError;
 
+pub mod http;
 pub mod timer;
 
 /// The devices' engine: routes each device's deliveries to its kind.
@@ -76,6 +79,7 @@ impl kernel::Endpoint for Devices {
         let name = tables.get(&keys::record(endpoint, "name"))?;
         match name.as_deref() {
             Some(timer::NAME) => timer::deliver(tables, endpoint, target, message),
+            Some(http::NAME) => http::deliver(tables, endpoint, target, message),
             other => panic!("kernel invariant: device {endpoint} is a known device ({other:?})"),
         }
     }
@@ -114,9 +118,16 @@ impl kernel::Endpoint for Devices {
         field: &str,
         value: &str,
     ) -> Vec<String> {
-        // The root the device holds, and each pending timer's promise.
+        // The root the device holds, each pending timer's promise, and each
+        // kept HTTP request's promise.
         if field == "root" || field.starts_with("t.") {
             vec![value.to_owned()]
+        } else if field.starts_with("q.") {
+            serde_json::from_str::<serde_json::Value>(value)
+                .ok()
+                .and_then(|request| request["kpid"].as_str().map(str::to_owned))
+                .into_iter()
+                .collect()
         } else {
             Vec::new()
         }
@@ -125,8 +136,10 @@ impl kernel::Endpoint for Devices {
     fn check_records(&self, tables: &TablesRef<'_>) -> Result<Vec<String>, StoreError> {
         let mut problems = Vec::new();
         for device in device_ids(tables)? {
-            if tables.get(&keys::record(&device, "name"))?.as_deref() == Some(timer::NAME) {
-                problems.extend(timer::check(tables, &device)?);
+            match tables.get(&keys::record(&device, "name"))?.as_deref() {
+                Some(timer::NAME) => problems.extend(timer::check(tables, &device)?),
+                Some(http::NAME) => problems.extend(http::check(tables, &device)?),
+                _ => {}
             }
         }
         Ok(problems)

@@ -6,8 +6,10 @@
 //!   CID of its bytes (codec `car`).
 //! - `/system/enqueue {task: CarCID}` is [`Bucket::enqueue`]: each root of
 //!   the CAR is an invocation, validated against the proofs stored beside
-//!   it; its `sub` must be this kernel, its `cmd` is `/PET/METHOD` (a
-//!   message to the capability the kernel's owner named PET) and its
+//!   it; its `sub` must be this kernel, its `cmd` is under a route of the
+//!   HTTP device (`system/invoke`: the foreign function answers it) or
+//!   `/PET/METHOD` (a message to the capability the kernel's owner named
+//!   PET), and its
 //!   `args` the message (`{args: [...]}` positional, any other map one
 //!   record argument, `{}` none).
 //! - Each invocation gets one receipt, signed by the kernel as a
@@ -34,7 +36,7 @@ use ucan::{Command, Invocation, Ipld, Kind, Token};
 use vom::Value;
 
 use crate::car::{self, Car, CarError};
-use crate::runner::{decode_output, rejection};
+use crate::outcome::{decode_output, rejection, run_until_quiet};
 
 const IPVM: Namespace = Namespace::new("ipvm");
 
@@ -159,8 +161,7 @@ impl<'k> Bucket<'k> {
         let mut enqueued = Enqueued::default();
         let running = self.start_all(car, billed, &mut enqueued)?;
         self.kernel.commit()?;
-        while self.kernel.step()? {}
-        self.kernel.commit()?;
+        run_until_quiet(self.kernel)?;
         for (root, kpid) in running {
             let outcome = match self.kernel.promise_state(&kpid)? {
                 Some(PromiseState::Fulfilled(data)) => decode_output(&data),
@@ -239,6 +240,15 @@ impl<'k> Bucket<'k> {
                 invocation.sub, self.owner
             ));
         }
+        let args = message_args(&invocation)?;
+        let cmd = invocation.cmd.as_str();
+        // A command under an HTTP route goes to the foreign function.
+        if let Some(http) = devices::http::routed(self.kernel, cmd).map_err(|e| e.to_string())? {
+            return self
+                .kernel
+                .queue_message(&http, cmd, vom::capdata::encode(&Value::Array(args)))
+                .map_err(|e| e.to_string());
+        }
         let (pet, method) = invocation
             .cmd
             .as_str()
@@ -251,7 +261,6 @@ impl<'k> Bucket<'k> {
             .pet_name(pet)
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("no capability is named {pet:?}"))?;
-        let args = message_args(&invocation)?;
         self.kernel
             .queue_message(&kref, method, vom::capdata::encode(&Value::Array(args)))
             .map_err(|e| e.to_string())

@@ -42,6 +42,7 @@ use vom::Value;
 mod bucket;
 mod car;
 mod content;
+mod outcome;
 mod runner;
 
 pub use content::{dag_cbor, encode_signature, signing_bytes, value_cid, verify};

@@ -23,6 +23,7 @@ use vom::abi::{Delivery, Syscall, SyscallResult};
 
 use kernel::{Kernel, KernelError, Kref, Namespace, PromiseState};
 
+use crate::outcome::{decode_output, rejection};
 use crate::{self as ipvm, Input, Job, JobContext, ReceiptOut, TaskKind};
 
 /// Values, receipts and memos: `ipvm.value.<cid>`, `ipvm.receipt.<cid>`,
@@ -477,8 +478,7 @@ impl Runner<'_> {
             if !moved {
                 // Work is in flight: run what the kernel has queued (every
                 // started task, as far as it goes), then collect outcomes.
-                while self.kernel.step()? {}
-                self.kernel.commit()?;
+                crate::outcome::run_until_quiet(self.kernel)?;
                 if !self.collect_running()? {
                     return Err(RunError::Unsettled(self.job.cid.clone()));
                 }
@@ -706,18 +706,5 @@ fn module_cid_of(job: &Job, label: &str) -> String {
     match &job.tasks[label].kind {
         TaskKind::Wasm { module, .. } => module.clone(),
         TaskKind::Effect { .. } => unreachable!("only pure tasks are batched"),
-    }
-}
-
-pub(crate) fn decode_output(data: &CapData) -> ReceiptOut {
-    let value = vom::capdata::decode(data).map_err(|e| e.to_string())?;
-    ipvm::value_to_json(&value).map_err(|e| e.to_string())
-}
-
-pub(crate) fn rejection(data: &CapData) -> String {
-    match vom::capdata::decode(data) {
-        Ok(Value::Error(error)) => error.to_string(),
-        Ok(other) => format!("rejected with {}", vom::capdata::encode(&other).body),
-        Err(e) => e.to_string(),
     }
 }

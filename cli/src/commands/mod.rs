@@ -75,6 +75,15 @@ fn run(home: &Home, kernel: &mut Kernel, request: &Request, out: &mut Outcome) -
         Request::UcanReceipts { out: file } => ucan::receipts(home, kernel, file, out)?,
         Request::AddCar { file } => ucan::add_car(home, kernel, file, out)?,
         Request::EnqueueCar { cid } => ucan::enqueue(home, kernel, cid, out)?,
+        Request::HttpRoute { prefix, url } => {
+            devices::http::route(kernel, prefix, url)?;
+            out.line(format!("{prefix} -> {url}"));
+        }
+        Request::HttpRoutes => {
+            for (prefix, url) in devices::http::routes(kernel)? {
+                out.line(format!("{prefix} -> {url}"));
+            }
+        }
         Request::RunJob { file } => jobs::run(home, kernel, file, out)?,
         Request::JobStatus { id } => jobs::status(kernel, id, out)?,
         Request::JobReceipts { id } => jobs::receipts(kernel, id, out)?,

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use anyhow::{Context, Result, anyhow, bail};
-use kernel::{Kernel, Kref, PromiseState};
+use kernel::{Kernel, KernelError, Kref, PromiseState};
 use vom::Value;
 
 use crate::display::{parse_arg, to_display};
@@ -90,7 +90,13 @@ fn report(
     bind_as: Option<&str>,
     out: &mut Outcome,
 ) -> Result<()> {
-    let settled = kernel.run_until_settled(kpid)?;
+    // A message the HTTP device keeps settles once its request is sent.
+    let settled = loop {
+        match kernel.run_until_settled(kpid) {
+            Err(KernelError::Unsettled(_)) if devices::http::send_pending(kernel)? > 0 => continue,
+            other => break other?,
+        }
+    };
     let names: HashMap<String, String> = kernel
         .pet_names()?
         .into_iter()
