@@ -567,3 +567,34 @@ fn another_requestor_runs_jobs_only_as_far_as_the_owner_delegated() {
     );
     assert_eq!(jobs.home.ok(&["send", "counter", "get"]), "0");
 }
+
+/// Under the daemon, an effect task on a capability of another kernel (a
+/// pet name `vat enliven` bound) goes out over CapTP, and the job waits
+/// for the peer's answer.
+#[test]
+fn an_effect_task_on_another_kernels_capability_waits_for_its_answer() {
+    let jobs = Jobs::new();
+    let far = VatHome::new();
+    far.spawn("counter", "counter");
+    let _far_daemon = far.start_listening("127.0.0.1:0");
+    let uri = far.ok(&["share", "counter"]);
+    let _daemon = jobs.home.start_daemon();
+    jobs.home.ok(&["enliven", &uri, "--as", "far-counter"]);
+    let path = jobs.write(
+        "far.json",
+        &job(json!({
+            "bump": {"type": "ipvm/effect", "with": "far-counter", "do": "increment", "input": []},
+            "again": {"type": "ipvm/effect", "with": "far-counter", "do": "increment", "input": [],
+                      "on": {"success": ["read"]}},
+            "read": {"type": "ipvm/effect", "with": "far-counter", "do": "get", "input": []},
+        })),
+        true,
+    );
+    let (_, outputs, _) = jobs.run(&path);
+    assert_eq!(
+        outputs["bump"]["ok"].as_u64().unwrap() + outputs["again"]["ok"].as_u64().unwrap(),
+        3
+    );
+    assert_eq!(outputs["read"], json!({"ok": 2}));
+    assert_eq!(far.ok(&["send", "counter", "get"]), "2");
+}

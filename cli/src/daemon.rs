@@ -15,7 +15,7 @@ use captp_engine::Peers;
 use captp_engine::node::{Identity, Node};
 use kernel::{CommitPolicy, EndpointId, Kref, PromiseState};
 
-use crate::commands::{enliven_target, execute, finish_send, start_send};
+use crate::commands::{enliven_target, execute, finish_send, run_job, start_send};
 use crate::home::Home;
 use crate::request::{Outcome, REQUEST_BYTES_MAX, Request};
 
@@ -54,6 +54,17 @@ struct Waiter {
     deadline: Instant,
 }
 
+/// A `vat job run` whose tasks wait on a peer's answers: run again each
+/// turn (the job goes on from its stored state) until it finishes.
+struct JobWaiter {
+    file: PathBuf,
+    stream: UnixStream,
+    deadline: Instant,
+}
+
+/// `job_wait_ms`: how long a job whose tasks wait on peers is given.
+pub const JOB_WAIT_MS: u64 = 60_000;
+
 fn reply(mut stream: &UnixStream, outcome: &Outcome) {
     let mut reply = serde_json::to_string(outcome).expect("outcomes serialize");
     reply.push('\n');
@@ -66,6 +77,7 @@ struct Daemon {
     home: Home,
     node: Node<CliRequest>,
     waiters: Vec<Waiter>,
+    jobs: Vec<JobWaiter>,
 }
 
 /// How `vat start` serves a home.
@@ -105,6 +117,7 @@ pub fn serve(path: &Path, socket: &Path, serving: &Serving<'_>) -> Result<Outcom
         home,
         node,
         waiters: Vec::new(),
+        jobs: Vec::new(),
     };
     let listening = daemon.listen(listen)?;
     // The face first, so that a request (`vat share --web`) finds it.
@@ -177,7 +190,7 @@ impl Daemon {
 
     fn run(&mut self) -> Result<()> {
         loop {
-            let wait_ms = if self.waiters.is_empty() {
+            let wait_ms = if self.waiters.is_empty() && self.jobs.is_empty() {
                 TURN_IDLE_MS
             } else {
                 TURN_WAITING_MS
@@ -190,6 +203,7 @@ impl Daemon {
                 }
             }
             self.answer_waiters()?;
+            self.answer_jobs()?;
             self.home.append_logs(self.node.kernel())?;
         }
     }
@@ -259,6 +273,16 @@ impl Daemon {
                 }),
                 Err(e) => reply(&stream, &Outcome::error(&format!("{e:#}"))),
             },
+            Request::RunJob { file } => {
+                let waiter = JobWaiter {
+                    file: file.clone(),
+                    stream,
+                    deadline: Instant::now() + Duration::from_millis(JOB_WAIT_MS),
+                };
+                if let Some(waiter) = self.try_job(waiter)? {
+                    self.jobs.push(waiter);
+                }
+            }
             Request::ForgetPeer { peer } => {
                 let outcome = match self.forget(peer) {
                     Ok(outcome) => outcome,
@@ -274,6 +298,36 @@ impl Daemon {
             }
         }
         Ok(Served::Going)
+    }
+
+    /// Runs a job (again): answers it when it finishes or fails, or hands
+    /// it back while its tasks wait on a peer and its time lasts.
+    fn try_job(&mut self, waiter: JobWaiter) -> Result<Option<JobWaiter>> {
+        let mut out = Outcome::default();
+        let ran = run_job(&self.home, self.node.kernel(), &waiter.file, &mut out);
+        self.node.flush()?;
+        let outcome = match ran {
+            Ok(()) => out,
+            Err(e) if waits_on_tasks(&e) && Instant::now() < waiter.deadline => {
+                return Ok(Some(waiter));
+            }
+            Err(e) if waits_on_tasks(&e) => Outcome::error(&format!(
+                "{e:#}: no answer within {JOB_WAIT_MS} ms (job_wait_ms); run the job again to go on"
+            )),
+            Err(e) => Outcome::error(&format!("{e:#}")),
+        };
+        reply(&waiter.stream, &outcome);
+        Ok(None)
+    }
+
+    /// Runs again each job whose tasks waited on peers.
+    fn answer_jobs(&mut self) -> Result<()> {
+        for waiter in std::mem::take(&mut self.jobs) {
+            if let Some(waiter) = self.try_job(waiter)? {
+                self.jobs.push(waiter);
+            }
+        }
+        Ok(())
     }
 
     /// Ends a peer and its connection (`vat peers forget`).
@@ -366,6 +420,14 @@ impl Daemon {
             ),
         }))
     }
+}
+
+/// Whether a job stopped because its tasks' messages have not settled yet.
+fn waits_on_tasks(error: &anyhow::Error) -> bool {
+    matches!(
+        error.downcast_ref::<ipvm::RunError>(),
+        Some(ipvm::RunError::Unsettled(_))
+    )
 }
 
 /// Whether the daemon goes on after a request.

@@ -17,6 +17,7 @@ use kernel::Kernel;
 use crate::home::Home;
 use crate::request::{Outcome, Request};
 
+pub use jobs::run as run_job;
 pub use network::enliven_target;
 pub use send::{finish_send, start_send};
 
