@@ -273,16 +273,7 @@ impl Daemon {
                 }),
                 Err(e) => reply(&stream, &Outcome::error(&format!("{e:#}"))),
             },
-            Request::RunJob { file } => {
-                let waiter = JobWaiter {
-                    file: file.clone(),
-                    stream,
-                    deadline: Instant::now() + Duration::from_millis(JOB_WAIT_MS),
-                };
-                if let Some(waiter) = self.try_job(waiter)? {
-                    self.jobs.push(waiter);
-                }
-            }
+            Request::RunJob { file } => self.start_job(file, stream)?,
             Request::ForgetPeer { peer } => {
                 let outcome = match self.forget(peer) {
                     Ok(outcome) => outcome,
@@ -298,6 +289,18 @@ impl Daemon {
             }
         }
         Ok(Served::Going)
+    }
+
+    fn start_job(&mut self, file: &Path, stream: UnixStream) -> Result<()> {
+        let waiter = JobWaiter {
+            file: file.to_owned(),
+            stream,
+            deadline: Instant::now() + Duration::from_millis(JOB_WAIT_MS),
+        };
+        if let Some(waiter) = self.try_job(waiter)? {
+            self.jobs.push(waiter);
+        }
+        Ok(())
     }
 
     /// Runs a job (again): answers it when it finishes or fails, or hands
