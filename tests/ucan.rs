@@ -171,32 +171,57 @@ fn receipts(home: &VatHome) -> Vec<(ucan::Cid, ucan::Ipld)> {
         .collect()
 }
 
-#[test]
-fn a_car_of_invocations_runs_as_messages_once_each_with_signed_receipts() {
-    let (owner, bob) = (VatHome::new(), VatHome::new());
-    owner.spawn("counter", "counter");
-    let (owner_did, bob_did) = (owner.ok(&["key"]), bob.ok(&["key"]));
-    let grant = token(
-        &owner,
-        "grant.ucan",
-        &["ucan", "delegate", &bob_did, "--cmd", "/counter"],
-    );
-    let invoke = |cmd: &str, car: &str| {
-        let car = bob.path().join(car);
-        let (proof, car_path) = (path(&grant).to_owned(), path(&car).to_owned());
-        bob.ok(&[
+/// An owner kernel with a counter, and Bob, whom the owner let use
+/// `/counter`: Bob writes invocations as CARs.
+struct CounterGrant {
+    owner: VatHome,
+    bob: VatHome,
+    owner_did: String,
+    grant: PathBuf,
+}
+
+impl CounterGrant {
+    fn new() -> CounterGrant {
+        let (owner, bob) = (VatHome::new(), VatHome::new());
+        owner.spawn("counter", "counter");
+        let (owner_did, bob_did) = (owner.ok(&["key"]), bob.ok(&["key"]));
+        let grant = token(
+            &owner,
+            "grant.ucan",
+            &["ucan", "delegate", &bob_did, "--cmd", "/counter"],
+        );
+        CounterGrant {
+            owner,
+            bob,
+            owner_did,
+            grant,
+        }
+    }
+
+    /// Bob's invocation of `cmd`, with the grant, as the CAR `file`.
+    fn invoke(&self, cmd: &str, file: &str) -> PathBuf {
+        let car = self.bob.path().join(file);
+        let (owner, grant) = (self.owner_did.as_str(), path(&self.grant));
+        self.bob.ok(&[
             "ucan",
             "invoke",
             cmd,
             "--subject",
-            &owner_did,
+            owner,
             "--proof",
-            &proof,
+            grant,
             "--car",
-            &car_path,
+            path(&car),
         ]);
         car
-    };
+    }
+}
+
+#[test]
+fn a_car_of_invocations_runs_as_messages_once_each_with_signed_receipts() {
+    let setup = CounterGrant::new();
+    let owner = &setup.owner;
+    let invoke = |cmd: &str, car: &str| setup.invoke(cmd, car);
     let bump = invoke("/counter/increment", "bump.car");
     let cid = owner.ok(&["car", "add", path(&bump)]);
     assert!(cid.starts_with("bag"), "a CID of codec car: {cid}");
@@ -220,7 +245,7 @@ fn a_car_of_invocations_runs_as_messages_once_each_with_signed_receipts() {
             .ok(&["car", "enqueue", &reach_cid])
             .starts_with("0 ok, 1 failed")
     );
-    let receipts = receipts(&owner);
+    let receipts = receipts(owner);
     assert_eq!(receipts.len(), 2);
     let outs: Vec<String> = receipts.iter().map(|(_, out)| format!("{out:?}")).collect();
     assert!(outs.iter().any(|o| o == "{\"ok\": 1}"), "{outs:?}");
@@ -313,14 +338,8 @@ fn the_kernel_judges_chains_iso_ucan_writes_as_iso_ucan_does() {
 /// DID) and by Python's libipld.
 #[test]
 fn outside_readers_read_the_receipts_car_and_verify_every_receipt() {
-    let (owner, bob) = (VatHome::new(), VatHome::new());
-    owner.spawn("counter", "counter");
-    let (owner_did, bob_did) = (owner.ok(&["key"]), bob.ok(&["key"]));
-    let grant = token(
-        &owner,
-        "grant.ucan",
-        &["ucan", "delegate", &bob_did, "--cmd", "/counter"],
-    );
+    let setup = CounterGrant::new();
+    let (owner, owner_did) = (&setup.owner, setup.owner_did.as_str());
     let mut ran = Vec::new();
     for (i, cmd) in [
         "/counter/increment",
@@ -330,25 +349,14 @@ fn outside_readers_read_the_receipts_car_and_verify_every_receipt() {
     .iter()
     .enumerate()
     {
-        let car = bob.path().join(format!("{i}.car"));
-        bob.ok(&[
-            "ucan",
-            "invoke",
-            cmd,
-            "--subject",
-            &owner_did,
-            "--proof",
-            path(&grant),
-            "--car",
-            path(&car),
-        ]);
+        let car = setup.invoke(cmd, &format!("{i}.car"));
         ran.push(ipvm::read_car(&std::fs::read(&car).unwrap()).unwrap().roots[0].to_string());
         let cid = owner.ok(&["car", "add", path(&car)]);
         owner.ok(&["car", "enqueue", &cid]);
     }
     let file = owner.path().join("receipts.car");
     owner.ok(&["ucan", "receipts", "--out", path(&file)]);
-    let node = vat_tests::node_script("ucan.mjs", &["receipts", path(&file), &owner_did])
+    let node = vat_tests::node_script("ucan.mjs", &["receipts", path(&file), owner_did])
         .output()
         .unwrap();
     assert!(

@@ -17,12 +17,12 @@
 
 use std::time::Duration;
 
-use kernel::{EndpointId, EndpointKind, Kernel, KernelError, Kref, Message, Tables, TablesRef};
+use kernel::{EndpointId, Kernel, KernelError, Kref, Message, Tables, TablesRef};
 use serde_json::{Value as Json, json};
 use swingstore::StoreError;
 use vom::{FromPassable, Record, ToPassable};
 
-use crate::{device_ids, keys};
+use crate::keys;
 
 /// The HTTP device's name, and the pet name its root is bound to.
 pub const NAME: &str = "http";
@@ -46,38 +46,11 @@ fn queue_prefix(device: &EndpointId) -> String {
 /// The HTTP device, made on first use: its root, bound to the pet name
 /// `http` if that name is free. Idempotent.
 pub fn install(kernel: &mut Kernel) -> Result<Kref, KernelError> {
-    if let Some((_, root)) = find(&kernel.tables_ref())? {
-        return Ok(root);
-    }
-    let root = kernel.in_crank(|k| -> Result<Kref, KernelError> {
-        let mut t = k.tables();
-        let device = EndpointId::new(EndpointKind::Device, t.next_id(keys::NEXT_DEVICE)?);
-        t.set(&keys::record(&device, "name"), NAME)?;
-        t.set(&keys::record(&device, "state"), "running")?;
-        let root = t.allocate_import(&device)?;
-        t.clist_add(&device, &root, "o+0")?;
-        t.set(&keys::record(&device, "root"), &root)?;
-        t.incref(&root)?;
-        Ok(root)
-    })?;
-    if kernel.pet_name(NAME)?.is_none() {
-        kernel.bind_pet_name(NAME, &root)?;
-    }
-    kernel.commit()?;
-    Ok(root)
+    crate::install_named(kernel, NAME)
 }
 
 fn find(t: &TablesRef<'_>) -> Result<Option<(EndpointId, Kref)>, StoreError> {
-    for device in device_ids(t)? {
-        if t.get(&keys::record(&device, "name"))?.as_deref() == Some(NAME) {
-            let root = t
-                .get(&keys::record(&device, "root"))?
-                .and_then(|text| Kref::parse(&text))
-                .unwrap_or_else(|| panic!("kernel invariant: {device}.root is a kref"));
-            return Ok(Some((device, root)));
-        }
-    }
-    Ok(None)
+    crate::find_named(t, NAME)
 }
 
 /// Why a route is refused.
@@ -163,39 +136,31 @@ fn route_of(
     }
 }
 
-/// A message to the device: kept to be sent, or refused at once.
+/// A message to the device (`result` its promise): kept to be sent, or
+/// refused at once.
 pub(crate) fn deliver(
     t: &mut Tables<'_>,
     device: &EndpointId,
-    target: &Kref,
+    result: &Kref,
     message: Message,
 ) -> Result<(), StoreError> {
-    let Some(result) = message.result.clone() else {
-        return Ok(());
-    };
-    if target.is_promise() {
-        return t.reject_if_unresolved(
-            Some(&result),
-            "the http device's promises accept no messages",
-        );
-    }
     let cmd = message.method.as_str();
     let Some(url) = route_of(&t.read(), device, cmd)? else {
         let reason = format!("no HTTP route covers {cmd:?} (vat http route PREFIX URL)");
-        return t.reject_if_unresolved(Some(&result), &reason);
+        return t.reject_if_unresolved(Some(result), &reason);
     };
     let args = vom::capdata::decode(&message.args)
         .ok()
         .and_then(|value| Record::<Json>::from_passable(&value));
     let Some(Record(args)) = args else {
-        return t.reject_if_unresolved(Some(&result), "an HTTP call's arguments are plain data");
+        return t.reject_if_unresolved(Some(result), "an HTTP call's arguments are plain data");
     };
     let pending = keys::record(device, "requests");
     if t.read().count(&pending)? >= HTTP_REQUESTS_PENDING_MAX {
         let reason = format!(
             "{HTTP_REQUESTS_PENDING_MAX} HTTP requests wait already (http_requests_pending_max)"
         );
-        return t.reject_if_unresolved(Some(&result), &reason);
+        return t.reject_if_unresolved(Some(result), &reason);
     }
     let seq = t.next_id(&keys::record(device, "nextRequest"))?;
     let request = json!({"kpid": result.as_str(), "url": url, "cmd": cmd, "args": args});
@@ -204,8 +169,8 @@ pub(crate) fn deliver(
         &request.to_string(),
     )?;
     t.add_to_count(&pending, 1)?;
-    t.set_promise_decider(&result, Some(device.as_str()))?;
-    t.incref(&result)
+    t.set_promise_decider(result, Some(device.as_str()))?;
+    t.incref(result)
 }
 
 /// Sends every kept request (committed: call it after a commit), and

@@ -21,7 +21,7 @@
 //! | `d<N>.t.<due_ms>.<seq>` | a pending timer: the promise it fires |
 //! | `d<N>.nextTimer`, `d<N>.timers` | timer numbering, how many are pending |
 
-use kernel::{EndpointId, EndpointKind, Kernel, Message, Tables, TablesRef};
+use kernel::{EndpointId, EndpointKind, Kernel, KernelError, Kref, Message, Tables, TablesRef};
 use swingstore::StoreError;
 
 pub mod http;
@@ -60,6 +60,47 @@ pub(crate) mod keys {
     }
 }
 
+/// Device `name`, made on first use: its root object (held by the device
+/// for good), bound to the pet name `name` if that name is free. Idempotent.
+pub(crate) fn install_named(kernel: &mut Kernel, name: &str) -> Result<Kref, KernelError> {
+    if let Some((_, root)) = find_named(&kernel.tables_ref(), name)? {
+        return Ok(root);
+    }
+    let root = kernel.in_crank(|k| -> Result<Kref, KernelError> {
+        let mut t = k.tables();
+        let device = EndpointId::new(EndpointKind::Device, t.next_id(keys::NEXT_DEVICE)?);
+        t.set(&keys::record(&device, "name"), name)?;
+        t.set(&keys::record(&device, "state"), "running")?;
+        let root = t.allocate_import(&device)?;
+        t.clist_add(&device, &root, "o+0")?;
+        t.set(&keys::record(&device, "root"), &root)?;
+        t.incref(&root)?;
+        Ok(root)
+    })?;
+    if kernel.pet_name(name)?.is_none() {
+        kernel.bind_pet_name(name, &root)?;
+    }
+    kernel.commit()?;
+    Ok(root)
+}
+
+/// Device `name` and its root, if it was installed.
+pub(crate) fn find_named(
+    t: &TablesRef<'_>,
+    name: &str,
+) -> Result<Option<(EndpointId, Kref)>, StoreError> {
+    for device in device_ids(t)? {
+        if t.get(&keys::record(&device, "name"))?.as_deref() == Some(name) {
+            let root = t
+                .get(&keys::record(&device, "root"))?
+                .and_then(|text| Kref::parse(&text))
+                .unwrap_or_else(|| panic!("kernel invariant: {device}.root is a kref"));
+            return Ok(Some((device, root)));
+        }
+    }
+    Ok(None)
+}
+
 /// Every device id ever allocated.
 pub(crate) fn device_ids(t: &TablesRef<'_>) -> Result<Vec<EndpointId>, StoreError> {
     let next = t.count(keys::NEXT_DEVICE)?.max(1);
@@ -77,9 +118,21 @@ impl kernel::Endpoint for Devices {
         message: Message,
     ) -> Result<(), StoreError> {
         let name = tables.get(&keys::record(endpoint, "name"))?;
+        // A message nobody awaits asks for nothing; a device's promises are
+        // only awaited.
+        let Some(result) = message.result.clone() else {
+            return Ok(());
+        };
+        if target.is_promise() {
+            let reason = format!(
+                "the {} device's promises accept no messages: await them",
+                name.as_deref().unwrap_or("?")
+            );
+            return tables.reject_if_unresolved(Some(&result), &reason);
+        }
         match name.as_deref() {
-            Some(timer::NAME) => timer::deliver(tables, endpoint, target, message),
-            Some(http::NAME) => http::deliver(tables, endpoint, target, message),
+            Some(timer::NAME) => timer::deliver(tables, endpoint, &result, message),
+            Some(http::NAME) => http::deliver(tables, endpoint, &result, message),
             other => panic!("kernel invariant: device {endpoint} is a known device ({other:?})"),
         }
     }

@@ -7,11 +7,11 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use kernel::{EndpointId, EndpointKind, Kernel, KernelError, Kref, Message, Tables, TablesRef};
+use kernel::{EndpointId, Kernel, KernelError, Kref, Message, Tables, TablesRef};
 use swingstore::StoreError;
 use vom::Value;
 
-use crate::{device_ids, keys};
+use crate::keys;
 
 /// The timer device's name, and the pet name its root is bound to.
 pub const NAME: &str = "timer";
@@ -31,56 +31,22 @@ pub fn now_ms() -> u64 {
 /// The timer device, made on first use: its root object, bound to the pet
 /// name `timer` if that name is free. Idempotent.
 pub fn install(kernel: &mut Kernel) -> Result<Kref, KernelError> {
-    if let Some((_, root)) = find(&kernel.tables_ref())? {
-        return Ok(root);
-    }
-    let root = kernel.in_crank(|k| -> Result<Kref, KernelError> {
-        let mut t = k.tables();
-        let device = EndpointId::new(EndpointKind::Device, t.next_id(keys::NEXT_DEVICE)?);
-        t.set(&keys::record(&device, "name"), NAME)?;
-        t.set(&keys::record(&device, "state"), "running")?;
-        let root = t.allocate_import(&device)?;
-        t.clist_add(&device, &root, "o+0")?;
-        t.set(&keys::record(&device, "root"), &root)?;
-        // The device holds its root for good.
-        t.incref(&root)?;
-        Ok(root)
-    })?;
-    if kernel.pet_name(NAME)?.is_none() {
-        kernel.bind_pet_name(NAME, &root)?;
-    }
-    kernel.commit()?;
-    Ok(root)
+    crate::install_named(kernel, NAME)
 }
 
 /// The timer device and its root, if it was installed.
 fn find(t: &TablesRef<'_>) -> Result<Option<(EndpointId, Kref)>, StoreError> {
-    for device in device_ids(t)? {
-        if t.get(&keys::record(&device, "name"))?.as_deref() == Some(NAME) {
-            let root = t
-                .get(&keys::record(&device, "root"))?
-                .and_then(|text| Kref::parse(&text))
-                .unwrap_or_else(|| panic!("kernel invariant: {device}.root is a kref"));
-            return Ok(Some((device, root)));
-        }
-    }
-    Ok(None)
+    crate::find_named(t, NAME)
 }
 
-/// A message to the timer: answers `now`, arms `after` and `at`.
+/// A message to the timer (`result` its promise): answers `now`, arms
+/// `after` and `at`.
 pub(crate) fn deliver(
     t: &mut Tables<'_>,
     device: &EndpointId,
-    target: &Kref,
+    result: &Kref,
     message: Message,
 ) -> Result<(), StoreError> {
-    let Some(result) = message.result.clone() else {
-        return Ok(());
-    };
-    if target.is_promise() {
-        let reason = "a timer's promise accepts no messages: await it";
-        return t.reject_if_unresolved(Some(&result), reason);
-    }
     let args = vom::capdata::decode(&message.args).ok();
     let arg = |index: usize| match &args {
         Some(Value::Array(items)) => items.get(index).and_then(Value::as_u64),
@@ -88,19 +54,19 @@ pub(crate) fn deliver(
     };
     let now = now_ms();
     let due = match message.method.as_str() {
-        "now" => return settle(t, &result, now),
+        "now" => return settle(t, result, now),
         "after" => arg(0).map(|ms| now.saturating_add(ms)),
         "at" => arg(0),
         other => {
             let reason = format!("the timer has no method {other:?} (now, after(ms), at(unixMs))");
-            return t.reject_if_unresolved(Some(&result), &reason);
+            return t.reject_if_unresolved(Some(result), &reason);
         }
     };
     let Some(due) = due else {
         let reason = format!("{}: its argument is a time in ms", message.method);
-        return t.reject_if_unresolved(Some(&result), &reason);
+        return t.reject_if_unresolved(Some(result), &reason);
     };
-    arm(t, device, &result, due)
+    arm(t, device, result, due)
 }
 
 fn settle(t: &mut Tables<'_>, kpid: &Kref, fired_ms: u64) -> Result<(), StoreError> {
