@@ -493,6 +493,48 @@ fn delegation(from: &VatHome, to: &VatHome, file: &str, args: &[&str]) -> PathBu
     path
 }
 
+/// Signs the job at `path` as `requestor`, with `proof` as its delegation.
+fn sign_as(requestor: &VatHome, path: &Path, proof: Option<&Path>) {
+    let mut args = vec!["job", "sign", path.to_str().unwrap()];
+    if let Some(proof) = proof {
+        args.extend(["--proof", proof.to_str().unwrap()]);
+    }
+    requestor.ok(&args);
+}
+
+/// An effect on the owner's counter, by `other`: not covered by
+/// `/ipvm/run` (`pure_only`), and within `/ipvm/effect/counter`
+/// (`get_only`) only as far as its policy allows.
+fn effects_go_only_as_far_as_the_grant(
+    jobs: &Jobs,
+    other: &VatHome,
+    pure_only: &Path,
+    get_only: &Path,
+) {
+    let sign_as_other = |path: &Path, proof: &Path| sign_as(other, path, Some(proof));
+    let effect =
+        |method: &str| json!({"e": {"type": "ipvm/effect", "with": "counter", "do": method}});
+    let bump = jobs.write("bump.json", &job(effect("increment")), false);
+    sign_as_other(&bump, pure_only);
+    assert!(jobs.fails(&bump).contains("InvalidCommand"));
+    sign_as_other(&bump, get_only);
+    assert!(jobs.fails(&bump).contains("MatchError"));
+    let read = jobs.write("read.json", &job(effect("get")), false);
+    sign_as_other(&read, get_only);
+    let (_, outputs, _) = jobs.run(&read);
+    assert_eq!(outputs, json!({"e": {"ok": 0}}));
+    let missing = jobs.write(
+        "missing.json",
+        &job(json!({"e": {"type": "ipvm/effect", "with": "nothing", "do": "get"}})),
+        false,
+    );
+    sign_as_other(&missing, get_only);
+    assert_eq!(
+        jobs.fails(&missing),
+        "error: task \"e\": effect on \"nothing\", which the requestor was not granted"
+    );
+}
+
 #[test]
 fn another_requestor_runs_jobs_only_as_far_as_the_owner_delegated() {
     let jobs = Jobs::new();
@@ -521,13 +563,7 @@ fn another_requestor_runs_jobs_only_as_far_as_the_owner_delegated() {
         &job(json!({"a": wasm("count", json!(["four"]))})),
         false,
     );
-    let sign_as_other = |path: &Path, proof: Option<&Path>| {
-        let mut args = vec!["job", "sign", path.to_str().unwrap()];
-        if let Some(proof) = proof {
-            args.extend(["--proof", proof.to_str().unwrap()]);
-        }
-        other.ok(&args);
-    };
+    let sign_as_other = |path: &Path, proof: Option<&Path>| sign_as(&other, path, proof);
     sign_as_other(&pure, None);
     let err = jobs.fails(&pure);
     assert!(
@@ -542,29 +578,7 @@ fn another_requestor_runs_jobs_only_as_far_as_the_owner_delegated() {
     let (_, outputs, _) = jobs.run(&pure);
     assert_eq!(outputs, json!({"a": {"ok": 4}}));
 
-    // An effect on the owner's counter: not covered by /ipvm/run, and
-    // within /ipvm/effect/counter only as far as its policy allows.
-    let effect =
-        |method: &str| json!({"e": {"type": "ipvm/effect", "with": "counter", "do": method}});
-    let bump = jobs.write("bump.json", &job(effect("increment")), false);
-    sign_as_other(&bump, Some(&pure_only));
-    assert!(jobs.fails(&bump).contains("InvalidCommand"));
-    sign_as_other(&bump, Some(&get_only));
-    assert!(jobs.fails(&bump).contains("MatchError"));
-    let read = jobs.write("read.json", &job(effect("get")), false);
-    sign_as_other(&read, Some(&get_only));
-    let (_, outputs, _) = jobs.run(&read);
-    assert_eq!(outputs, json!({"e": {"ok": 0}}));
-    let missing = jobs.write(
-        "missing.json",
-        &job(json!({"e": {"type": "ipvm/effect", "with": "nothing", "do": "get"}})),
-        false,
-    );
-    sign_as_other(&missing, Some(&get_only));
-    assert_eq!(
-        jobs.fails(&missing),
-        "error: task \"e\": effect on \"nothing\", which the requestor was not granted"
-    );
+    effects_go_only_as_far_as_the_grant(&jobs, &other, &pure_only, &get_only);
     assert_eq!(jobs.home.ok(&["send", "counter", "get"]), "0");
 }
 

@@ -18,49 +18,79 @@ fn path(p: &std::path::Path) -> &str {
     p.to_str().unwrap()
 }
 
-#[test]
-fn a_delegated_invocation_verifies_and_each_breach_is_named() {
-    let (alice, bob) = (VatHome::new(), VatHome::new());
-    let (alice_did, bob_did) = (alice.ok(&["key"]), bob.ok(&["key"]));
-    let policy = r#"[["<", ".size", 10], ["like", ".to", "*@example.com"]]"#;
-    let grant = token(
-        &alice,
-        "grant.ucan",
-        &[
+/// Alice lets Bob use `/msg` within a policy on `size` and `to`.
+struct MailGrant {
+    alice: VatHome,
+    bob: VatHome,
+    alice_did: String,
+    bob_did: String,
+    grant: PathBuf,
+}
+
+impl MailGrant {
+    fn new() -> MailGrant {
+        let (alice, bob) = (VatHome::new(), VatHome::new());
+        let (alice_did, bob_did) = (alice.ok(&["key"]), bob.ok(&["key"]));
+        let policy = r#"[["<", ".size", 10], ["like", ".to", "*@example.com"]]"#;
+        let delegate = [
             "ucan", "delegate", &bob_did, "--cmd", "/msg", "--policy", policy,
-        ],
-    );
-    let described = alice.ok(&["ucan", "verify", path(&grant)]);
+        ];
+        let grant = token(&alice, "grant.ucan", &delegate);
+        MailGrant {
+            alice,
+            bob,
+            alice_did,
+            bob_did,
+            grant,
+        }
+    }
+
+    /// Bob's invocation of `cmd` with `args` and the grant, in `file`.
+    fn invoke(&self, file: &str, cmd: &str, args: &str) -> PathBuf {
+        let (subject, proof) = (self.alice_did.as_str(), path(&self.grant));
+        let invoke = [
+            "ucan",
+            "invoke",
+            cmd,
+            "--subject",
+            subject,
+            "--args",
+            args,
+            "--proof",
+            proof,
+        ];
+        token(&self.bob, file, &invoke)
+    }
+
+    /// What `vat ucan verify` says of a refused invocation with `proofs`.
+    fn refused(&self, invocation: &PathBuf, proofs: &[&PathBuf]) -> String {
+        let mut args = vec!["ucan", "verify", path(invocation)];
+        for proof in proofs {
+            args.extend(["--proof", path(proof)]);
+        }
+        self.alice.fails(&args)
+    }
+}
+
+#[test]
+fn a_delegated_invocation_verifies() {
+    let mail = MailGrant::new();
+    let (alice_did, bob_did) = (&mail.alice_did, &mail.bob_did);
+    let described = mail.alice.ok(&["ucan", "verify", path(&mail.grant)]);
     assert!(
         described.ends_with(&format!(
             "{alice_did} lets {bob_did} use /msg on {alice_did}, no expiry"
         )),
         "{described}"
     );
-    let invoke = |file: &str, cmd: &str, args: &str| {
-        let proof = path(&grant).to_owned();
-        token(
-            &bob,
-            file,
-            &[
-                "ucan",
-                "invoke",
-                cmd,
-                "--subject",
-                &alice_did,
-                "--args",
-                args,
-                "--proof",
-                &proof,
-            ],
-        )
-    };
-    let good = invoke(
+    let good = mail.invoke(
         "good.ucan",
         "/msg/send",
         r#"{"size": 3, "to": "carol@example.com"}"#,
     );
-    let verified = alice.ok(&["ucan", "verify", path(&good), "--proof", path(&grant)]);
+    let verified = mail
+        .alice
+        .ok(&["ucan", "verify", path(&good), "--proof", path(&mail.grant)]);
     assert!(verified.starts_with("invocation bafyrei"), "{verified}");
     assert!(
         verified.ends_with(&format!(
@@ -68,43 +98,56 @@ fn a_delegated_invocation_verifies_and_each_breach_is_named() {
         )),
         "{verified}"
     );
-    let refused = |invocation: &PathBuf, proofs: &[&PathBuf]| {
-        let mut args = vec!["ucan", "verify", path(invocation)];
-        for proof in proofs {
-            args.extend(["--proof", path(proof)]);
-        }
-        alice.fails(&args)
-    };
-    assert!(refused(&good, &[]).starts_with("error: UnavailableProof"));
-    let big = invoke(
+}
+
+#[test]
+fn each_breach_of_a_delegation_is_named() {
+    let mail = MailGrant::new();
+    let grant = &mail.grant;
+    let good = mail.invoke(
+        "good.ucan",
+        "/msg/send",
+        r#"{"size": 3, "to": "carol@example.com"}"#,
+    );
+    assert!(
+        mail.refused(&good, &[])
+            .starts_with("error: UnavailableProof")
+    );
+    let big = mail.invoke(
         "big.ucan",
         "/msg/send",
         r#"{"size": 30, "to": "carol@example.com"}"#,
     );
-    assert!(refused(&big, &[&grant]).starts_with("error: MatchError"));
-    let wider = invoke(
+    assert!(
+        mail.refused(&big, &[grant])
+            .starts_with("error: MatchError")
+    );
+    let wider = mail.invoke(
         "wider.ucan",
         "/msgs",
         r#"{"size": 3, "to": "carol@example.com"}"#,
     );
-    assert!(refused(&wider, &[&grant]).starts_with("error: InvalidCommand"));
+    assert!(
+        mail.refused(&wider, &[grant])
+            .starts_with("error: InvalidCommand")
+    );
     // Bob's own key names no authority over Alice without her proof.
     let bare = token(
-        &bob,
+        &mail.bob,
         "bare.ucan",
-        &["ucan", "invoke", "/msg/send", "--subject", &alice_did],
+        &["ucan", "invoke", "/msg/send", "--subject", &mail.alice_did],
     );
-    assert!(refused(&bare, &[]).starts_with("error: InvalidClaim"));
+    assert!(mail.refused(&bare, &[]).starts_with("error: InvalidClaim"));
     // A flipped signature byte in the delegation, kept as raw DAG-CBOR.
-    let text = std::fs::read_to_string(&grant).unwrap();
+    let text = std::fs::read_to_string(grant).unwrap();
     let mut raw = base64::engine::general_purpose::STANDARD
         .decode(text.trim())
         .unwrap();
     raw[10] ^= 1;
-    let forged = alice.path().join("forged.ucan");
+    let forged = mail.alice.path().join("forged.ucan");
     std::fs::write(&forged, raw).unwrap();
     assert!(
-        alice
+        mail.alice
             .fails(&["ucan", "verify", path(&forged)])
             .starts_with("error: InvalidSignature")
     );
@@ -281,6 +324,17 @@ fn a_car_with_a_block_that_does_not_hash_to_its_cid_stores_nothing() {
     assert!(owner.fails(&["car", "enqueue", unknown]).contains("no CAR"));
 }
 
+/// The one JSON value an outside reader prints, which must succeed.
+fn json_of(mut command: std::process::Command) -> serde_json::Value {
+    let out = command.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{command:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// What `node ucan.mjs chains DIR` wrote: (case, CAR, iso-ucan's verdict).
 fn outside_chains(dir: &std::path::Path) -> Vec<(String, PathBuf, bool)> {
     let out = vat_tests::node_script("ucan.mjs", &["chains", path(dir)])
@@ -356,15 +410,10 @@ fn outside_readers_read_the_receipts_car_and_verify_every_receipt() {
     }
     let file = owner.path().join("receipts.car");
     owner.ok(&["ucan", "receipts", "--out", path(&file)]);
-    let node = vat_tests::node_script("ucan.mjs", &["receipts", path(&file), owner_did])
-        .output()
-        .unwrap();
-    assert!(
-        node.status.success(),
-        "ucan.mjs: {}",
-        String::from_utf8_lossy(&node.stderr)
-    );
-    let read: serde_json::Value = serde_json::from_slice(&node.stdout).unwrap();
+    let read = json_of(vat_tests::node_script(
+        "ucan.mjs",
+        &["receipts", path(&file), owner_did],
+    ));
     assert_eq!(
         (read["roots"].as_u64(), read["verified"].as_u64()),
         (Some(3), Some(3)),
@@ -376,18 +425,12 @@ fn outside_readers_read_the_receipts_car_and_verify_every_receipt() {
         .iter()
         .map(|c| c.as_str().unwrap().to_owned())
         .collect();
-    let (mut wanted, mut python_ran) = (ran.clone(), Vec::new());
-    let python = std::process::Command::new(vat_tests::python())
+    let (mut wanted, mut python_ran) = (ran, Vec::new());
+    let mut python = std::process::Command::new(vat_tests::python());
+    python
         .arg(vat_tests::repo_root().join("tests/py/car_read.py"))
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(
-        python.status.success(),
-        "car_read.py: {}",
-        String::from_utf8_lossy(&python.stderr)
-    );
-    let read: serde_json::Value = serde_json::from_slice(&python.stdout).unwrap();
+        .arg(&file);
+    let read = json_of(python);
     assert_eq!(read["rehashed"], read["blocks"], "{read}");
     for receipt in read["receipts"].as_array().unwrap() {
         python_ran.push(receipt["ran"].as_str().unwrap().to_owned());

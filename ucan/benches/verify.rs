@@ -41,19 +41,9 @@ fn delegation(from: &SigningKey, to: &SigningKey, subject: &SigningKey, pol: Ipl
     })
 }
 
-fn main() {
-    if std::env::args().any(|a| a == "--list") {
-        return;
-    }
-    let measuring = std::env::args().any(|arg| arg == "--bench");
-    let rounds: u32 = if measuring {
-        std::env::var("ROUNDS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(20_000)
-    } else {
-        100
-    };
+/// An invocation by Carol with its chain owner → Alice → Bob → Carol
+/// (policies on the first two), and the store of its proofs.
+fn chain_of_three() -> (Token, BTreeMap<Cid, Vec<u8>>) {
     let (owner, alice, bob, carol) = (key(1), key(2), key(3), key(4));
     let to_example = Ipld::List(vec![Ipld::List(vec![
         s("any"),
@@ -70,7 +60,7 @@ fn main() {
         delegation(&alice, &bob, &owner, small),
         delegation(&bob, &carol, &owner, Ipld::List(vec![])),
     ];
-    let proofs: BTreeMap<Cid, Vec<u8>> = chain
+    let proofs = chain
         .iter()
         .map(|t| (t.cid(), t.bytes().to_vec()))
         .collect();
@@ -95,22 +85,43 @@ fn main() {
     let token = Token::sign(Kind::Invocation, invocation.to_payload(), &|m| {
         carol.sign(m).to_bytes()
     });
-    let find = |cid: &Cid| proofs.get(cid).cloned();
+    (token, proofs)
+}
 
+/// Bare `verify_strict` calls per second, on this machine.
+fn signatures_per_s(count: u32) -> f64 {
+    let signer = key(4);
+    let message = [7u8; 200];
+    let signature = signer.sign(&message);
+    let verifying = signer.verifying_key();
+    let start = Instant::now();
+    for _ in 0..count {
+        verifying.verify_strict(&message, &signature).unwrap();
+    }
+    f64::from(count) / start.elapsed().as_secs_f64()
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let measuring = std::env::args().any(|arg| arg == "--bench");
+    let rounds: u32 = if measuring {
+        std::env::var("ROUNDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(20_000)
+    } else {
+        100
+    };
+    let (token, proofs) = chain_of_three();
+    let find = |cid: &Cid| proofs.get(cid).cloned();
     let start = Instant::now();
     for _ in 0..rounds {
         validate(token.bytes(), &find, 1_800_000_000).expect("the chain is valid");
     }
     let validations_per_s = f64::from(rounds) / start.elapsed().as_secs_f64();
-
-    let message = [7u8; 200];
-    let signature = carol.sign(&message);
-    let verifying = carol.verifying_key();
-    let start = Instant::now();
-    for _ in 0..rounds * 4 {
-        verifying.verify_strict(&message, &signature).unwrap();
-    }
-    let signatures_per_s = f64::from(rounds * 4) / start.elapsed().as_secs_f64();
+    let signatures_per_s = signatures_per_s(rounds * 4);
 
     println!(
         "UCAN invocation with a chain of 3 delegations (policies on 2), {rounds} validations:"
