@@ -63,7 +63,7 @@ impl MailGrant {
     }
 
     /// What `vat ucan verify` says of a refused invocation with `proofs`.
-    fn refused(&self, invocation: &PathBuf, proofs: &[&PathBuf]) -> String {
+    fn refused(&self, invocation: &std::path::Path, proofs: &[&PathBuf]) -> String {
         let mut args = vec!["ucan", "verify", path(invocation)];
         for proof in proofs {
             args.extend(["--proof", path(proof)]);

@@ -56,7 +56,7 @@ fn find(t: &TablesRef<'_>) -> Result<Option<(EndpointId, Kref)>, StoreError> {
 /// Why a route is refused.
 #[derive(Debug, thiserror::Error)]
 pub enum RouteError {
-    #[error("a route's prefix is a command path (/name...), not {0:?}")]
+    #[error("a route's prefix is a command path other than / (/name...), not {0:?}")]
     BadPrefix(String),
     #[error("{0:?} is not an http:// URL")]
     BadUrl(String),
@@ -68,11 +68,8 @@ pub enum RouteError {
 
 /// Routes commands under `prefix` to `url` (installing the device).
 pub fn route(kernel: &mut Kernel, prefix: &str, url: &str) -> Result<(), RouteError> {
-    let valid_prefix = prefix.len() > 1
-        && prefix.starts_with('/')
-        && !prefix.ends_with('/')
-        && !prefix[1..].split('/').any(str::is_empty);
-    if !valid_prefix {
+    // A prefix is a command, and not `/` (which would route every message).
+    if ucan::Command::parse(prefix).is_err() || prefix == "/" {
         return Err(RouteError::BadPrefix(prefix.to_owned()));
     }
     if !url.starts_with("http://") || url.contains(char::is_whitespace) {
@@ -82,8 +79,8 @@ pub fn route(kernel: &mut Kernel, prefix: &str, url: &str) -> Result<(), RouteEr
     let (device, _) = find(&kernel.tables_ref())
         .map_err(KernelError::from)?
         .expect("kernel invariant: the http device was installed");
-    if routes(kernel)?.len() >= HTTP_ROUTES_MAX && !routes(kernel)?.iter().any(|(p, _)| p == prefix)
-    {
+    let routes = routes(kernel)?;
+    if routes.len() >= HTTP_ROUTES_MAX && !routes.iter().any(|(p, _)| p == prefix) {
         return Err(RouteError::TooMany);
     }
     kernel.in_crank(|k| {

@@ -92,12 +92,6 @@ fn ran_key(cid: &Cid) -> String {
     format!("ran.{cid}")
 }
 
-fn now_s() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 impl<'k> Bucket<'k> {
     pub fn new(
         kernel: &'k mut Kernel,
@@ -192,7 +186,7 @@ impl<'k> Bucket<'k> {
         enqueued: &mut Enqueued,
     ) -> Result<Vec<(Cid, Kref)>, BucketError> {
         let mut running = Vec::new();
-        let now = now_s();
+        let now = devices::timer::now_ms() / 1000;
         for root in self.roots(car)? {
             let state = self.kernel.record(IPVM, &ran_key(&root))?;
             let parts: Option<Vec<String>> =

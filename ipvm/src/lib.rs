@@ -600,9 +600,7 @@ fn check_granted(
         args: &args,
     };
     let chain: Vec<&[u8]> = proofs.iter().map(Vec::as_slice).collect();
-    let now_s = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let now_s = devices::timer::now_ms() / 1000;
     ucan::authorize(&request, &chain, now_s)
         .map(|_| ())
         .map_err(|e| unauthorized(format!("task {:?}: {} ({e})", task.label, e.name())))

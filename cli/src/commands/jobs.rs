@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use base64::Engine;
 use ipvm::{JobEvent, Jobs, TaskOutcome};
 use kernel::Kernel;
@@ -21,9 +21,7 @@ fn read_json(file: &Path) -> Result<Json> {
 
 /// Twelve random bytes in base58: a job's or a delegation's nonce.
 fn nonce() -> Result<String> {
-    let mut nonce = [0u8; 12];
-    getrandom::fill(&mut nonce).map_err(|e| anyhow!("no randomness for the nonce: {e}"))?;
-    Ok(bs58::encode(nonce).into_string())
+    Ok(bs58::encode(super::ucan::nonce()?).into_string())
 }
 
 pub fn add_value(kernel: &mut Kernel, json: &str, out: &mut Outcome) -> Result<()> {

@@ -17,12 +17,11 @@ use crate::home::Home;
 use crate::request::{Outcome, UcanDelegation, UcanInvocation, UcanSubject};
 
 fn now_s() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    devices::timer::now_ms() / 1000
 }
 
-fn nonce() -> Result<Vec<u8>> {
+/// Twelve random bytes: a token's or a job's nonce.
+pub fn nonce() -> Result<Vec<u8>> {
     let mut nonce = vec![0u8; 12];
     getrandom::fill(&mut nonce).map_err(|e| anyhow!("no randomness for the nonce: {e}"))?;
     Ok(nonce)
