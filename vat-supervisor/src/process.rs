@@ -311,14 +311,61 @@ impl Drop for ProcessWorker {
     }
 }
 
+/// `vatstore_cache_entries_max`: how many vatstore keys a worker process
+/// remembers the value of; past it (or past
+/// [`VATSTORE_CACHE_BYTES_MAX`]) the cache starts over.
+pub const VATSTORE_CACHE_ENTRIES_MAX: usize = 10_000;
+/// `vatstore_cache_bytes_max`: the most bytes of keys and values the cache holds.
+pub const VATSTORE_CACHE_BYTES_MAX: usize = 16 << 20;
+
+/// The vatstore values a worker process has read or written, so that a key
+/// read again costs no pipe round trip. Sound for the same reason vom's heap
+/// caches are: a vat's vatstore changes only through its own syscalls, and
+/// the kernel discards a worker whose delivery's crank it aborts. The cache
+/// starts over with each `Start` and after a failed delivery.
+#[derive(Debug, Default)]
+struct VatstoreCache {
+    values: std::collections::HashMap<String, Option<String>>,
+    bytes: usize,
+}
+
+impl VatstoreCache {
+    fn get(&self, key: &str) -> Option<Option<String>> {
+        self.values.get(key).cloned()
+    }
+
+    fn put(&mut self, key: String, value: Option<String>) {
+        let added = key.len() + value.as_ref().map_or(0, String::len);
+        if self.values.len() >= VATSTORE_CACHE_ENTRIES_MAX
+            || self.bytes + added > VATSTORE_CACHE_BYTES_MAX
+        {
+            self.clear();
+        }
+        if added > VATSTORE_CACHE_BYTES_MAX {
+            return;
+        }
+        if let Some(old) = self.values.remove(&key) {
+            self.bytes -= key.len() + old.map_or(0, |v| v.len());
+        }
+        self.bytes += added;
+        self.values.insert(key, value);
+    }
+
+    fn clear(&mut self) {
+        self.values.clear();
+        self.bytes = 0;
+    }
+}
+
 /// The worker side of a syscall: batches what returns nothing, asks the
-/// kernel for what returns something.
+/// kernel for what returns something (unless the cache knows it).
 struct PipeSyscalls<'a, R: Read, W: Write> {
     input: &'a mut R,
     output: &'a mut W,
     options: ReaderOptions,
     batch: Vec<String>,
     failed: Option<VatFault>,
+    cache: &'a mut VatstoreCache,
 }
 
 impl<R: Read, W: Write> PipeSyscalls<'_, R, W> {
@@ -361,22 +408,37 @@ impl<R: Read, W: Write> PipeSyscalls<'_, R, W> {
     }
 }
 
+impl<R: Read, W: Write> PipeSyscalls<'_, R, W> {
+    /// A read the kernel answers; a refusal or a broken pipe fails the delivery.
+    fn ask_or_refuse(&mut self, call: &Syscall) -> Result<SyscallResult, SyscallRefusal> {
+        self.ask(call).map_err(|fault| {
+            let reason = match &fault {
+                VatFault::IllegalSyscall(reason) => reason.clone(),
+                other => other.to_string(),
+            };
+            self.failed = Some(fault);
+            SyscallRefusal::Illegal(reason)
+        })
+    }
+}
+
 impl<R: Read, W: Write> SyscallHandler for PipeSyscalls<'_, R, W> {
     fn syscall(&mut self, call: Syscall) -> Result<SyscallResult, SyscallRefusal> {
         match call {
-            Syscall::VatstoreGet { .. }
-            | Syscall::VatstoreGetNextKey { .. }
-            | Syscall::VatstoreGetPrevKey { .. } => match self.ask(&call) {
-                Ok(result) => Ok(result),
-                Err(fault) => {
-                    let reason = match &fault {
-                        VatFault::IllegalSyscall(reason) => reason.clone(),
-                        other => other.to_string(),
-                    };
-                    self.failed = Some(fault);
-                    Err(SyscallRefusal::Illegal(reason))
+            Syscall::VatstoreGet { ref key } => {
+                if let Some(known) = self.cache.get(key) {
+                    return Ok(known);
                 }
-            },
+                let value = self.ask_or_refuse(&call)?;
+                let Syscall::VatstoreGet { key } = call else {
+                    unreachable!("matched above")
+                };
+                self.cache.put(key, value.clone());
+                Ok(value)
+            }
+            Syscall::VatstoreGetNextKey { .. } | Syscall::VatstoreGetPrevKey { .. } => {
+                self.ask_or_refuse(&call)
+            }
             // A log line leaves at once: the delivery may fail before its
             // batch would, and the line is wanted most then.
             Syscall::Log { .. } => match self.send_batch(&call, false) {
@@ -390,6 +452,11 @@ impl<R: Read, W: Write> SyscallHandler for PipeSyscalls<'_, R, W> {
             other => {
                 self.batch
                     .push(serde_json::to_string(&other).expect("syscalls serialize"));
+                match other {
+                    Syscall::VatstoreSet { key, value } => self.cache.put(key, Some(value)),
+                    Syscall::VatstoreDelete { key } => self.cache.put(key, None),
+                    _ => {}
+                }
                 Ok(None)
             }
         }
@@ -429,6 +496,7 @@ pub fn serve(input: impl Read, output: impl Write) -> Result<(), VatFault> {
         modules: Vec::new(),
     };
     let mut hosted: Option<(ThreadWorker, Limits)> = None;
+    let mut cache = VatstoreCache::default();
     loop {
         let limits = hosted.as_ref().map_or_else(Limits::default, |(_, l)| *l);
         let options = reader_options(&limits);
@@ -445,6 +513,7 @@ pub fn serve(input: impl Read, output: impl Write) -> Result<(), VatFault> {
                 // The vat hosted so far goes first: its memory is freed
                 // before the next one's is made.
                 drop(hosted.take());
+                cache.clear();
                 hosted = start_worker(&mut home, start.map_err(protocol_error)?, &mut output)?;
             }
             to_worker::Deliver(json) => {
@@ -453,7 +522,8 @@ pub fn serve(input: impl Read, output: impl Write) -> Result<(), VatFault> {
                 };
                 let json = owned_text(json)?;
                 let delivery: Delivery = serde_json::from_str(&json).map_err(protocol_error)?;
-                deliver(worker, &delivery, &mut input, &mut output, options)?;
+                let io = (&mut input, &mut output, options);
+                deliver(worker, &delivery, io, &mut cache)?;
             }
             _ => return Err(protocol_error("expected a start or a delivery")),
         }
@@ -549,12 +619,11 @@ impl WorkerHome {
 
 /// Runs one delivery, its syscalls over the pipe, and answers with its
 /// outcome (the syscalls it batched, or its fault).
-fn deliver(
+fn deliver<R: Read, W: Write>(
     worker: &mut ThreadWorker,
     delivery: &Delivery,
-    input: &mut impl Read,
-    output: &mut impl Write,
-    options: ReaderOptions,
+    (input, output, options): (&mut R, &mut W, ReaderOptions),
+    cache: &mut VatstoreCache,
 ) -> Result<(), VatFault> {
     let mut syscalls = PipeSyscalls {
         input,
@@ -562,8 +631,13 @@ fn deliver(
         options,
         batch: Vec::new(),
         failed: None,
+        cache: &mut *cache,
     };
     let outcome = worker.deliver(delivery, &mut syscalls);
+    if outcome.is_err() {
+        // The kernel aborts the crank: what this delivery wrote never was.
+        syscalls.cache.clear();
+    }
     let (failed, batch) = (syscalls.failed.take(), std::mem::take(&mut syscalls.batch));
     let mut reply = Builder::new_default();
     {

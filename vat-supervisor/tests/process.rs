@@ -81,7 +81,27 @@ fn syscalls_cross_the_pipe_in_order_with_answers() {
         }
     );
     assert!(matches!(&kernel.seen[2], Syscall::Send { method, .. } if method == "m"));
-    // The worker stays up for the next delivery.
+    // The worker stays up for the next delivery, and answers the key it
+    // read from its cache: only the vat writes its vatstore.
+    kernel.seen.clear();
+    worker.deliver(&Delivery::start_vat(), &mut kernel).unwrap();
+    assert_eq!(kernel.seen.len(), 2, "{:?}", kernel.seen);
+    assert!(matches!(&kernel.seen[0], Syscall::VatstoreSet { value, .. } if value == "hello"));
+}
+
+#[test]
+fn a_worker_hosting_a_vat_anew_forgets_the_values_it_read() {
+    let mut worker = worker();
+    let mut kernel = Kernelish {
+        seen: Vec::new(),
+        value: Some("hello".into()),
+    };
+    worker.deliver(&Delivery::start_vat(), &mut kernel).unwrap();
+    // The process takes on another vat (a sleeping vat's process reused).
+    let wasm = wat::parse_str(ECHO).unwrap();
+    worker
+        .host(ModuleSource::Wasm(wasm), Limits::default())
+        .unwrap();
     kernel.seen.clear();
     kernel.value = None;
     worker.deliver(&Delivery::start_vat(), &mut kernel).unwrap();
