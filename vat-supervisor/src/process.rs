@@ -406,9 +406,7 @@ impl<R: Read, W: Write> PipeSyscalls<'_, R, W> {
             syscall_result::Refused(text) => Err(VatFault::IllegalSyscall(owned_text(text)?)),
         }
     }
-}
 
-impl<R: Read, W: Write> PipeSyscalls<'_, R, W> {
     /// A read the kernel answers; a refusal or a broken pipe fails the delivery.
     fn ask_or_refuse(&mut self, call: &Syscall) -> Result<SyscallResult, SyscallRefusal> {
         self.ask(call).map_err(|fault| {
@@ -430,10 +428,7 @@ impl<R: Read, W: Write> SyscallHandler for PipeSyscalls<'_, R, W> {
                     return Ok(known);
                 }
                 let value = self.ask_or_refuse(&call)?;
-                let Syscall::VatstoreGet { key } = call else {
-                    unreachable!("matched above")
-                };
-                self.cache.put(key, value.clone());
+                self.cache.put(key.clone(), value.clone());
                 Ok(value)
             }
             Syscall::VatstoreGetNextKey { .. } | Syscall::VatstoreGetPrevKey { .. } => {

@@ -36,6 +36,14 @@ struct Kernelish {
     value: Option<String>,
 }
 
+/// A kernel whose vatstore holds `value` under "in".
+fn kernel_with(value: &str) -> Kernelish {
+    Kernelish {
+        seen: Vec::new(),
+        value: Some(value.into()),
+    }
+}
+
 impl SyscallHandler for Kernelish {
     fn syscall(&mut self, call: Syscall) -> Result<SyscallResult, SyscallRefusal> {
         self.seen.push(call.clone());
@@ -66,10 +74,7 @@ fn worker() -> ProcessWorker {
 #[test]
 fn syscalls_cross_the_pipe_in_order_with_answers() {
     let mut worker = worker();
-    let mut kernel = Kernelish {
-        seen: Vec::new(),
-        value: Some("hello".into()),
-    };
+    let mut kernel = kernel_with("hello");
     worker.deliver(&Delivery::start_vat(), &mut kernel).unwrap();
     assert_eq!(kernel.seen.len(), 3, "{:?}", kernel.seen);
     assert_eq!(kernel.seen[0], Syscall::VatstoreGet { key: "in".into() });
@@ -92,10 +97,7 @@ fn syscalls_cross_the_pipe_in_order_with_answers() {
 #[test]
 fn a_worker_hosting_a_vat_anew_forgets_the_values_it_read() {
     let mut worker = worker();
-    let mut kernel = Kernelish {
-        seen: Vec::new(),
-        value: Some("hello".into()),
-    };
+    let mut kernel = kernel_with("hello");
     worker.deliver(&Delivery::start_vat(), &mut kernel).unwrap();
     // The process takes on another vat (a sleeping vat's process reused).
     let wasm = wat::parse_str(ECHO).unwrap();
@@ -118,10 +120,7 @@ fn a_refused_batched_syscall_fails_the_delivery() {
         Limits::default(),
     )
     .unwrap();
-    let mut kernel = Kernelish {
-        seen: Vec::new(),
-        value: Some("x".into()),
-    };
+    let mut kernel = kernel_with("x");
     let fault = worker
         .deliver(&Delivery::start_vat(), &mut kernel)
         .unwrap_err();
