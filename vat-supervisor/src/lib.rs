@@ -18,7 +18,10 @@ mod process;
 #[allow(clippy::all, clippy::pedantic, missing_debug_implementations, unused)]
 mod worker_capnp;
 
-pub use process::{ModuleSource, PROTOCOL_VERSION, ProcessWorker, serve};
+pub use process::{
+    ModuleSource, PIPE_SPIN_US_DEFAULT, PIPE_SPIN_US_MAX, PIPE_SPIN_US_VAR, PROTOCOL_VERSION,
+    ProcessWorker, serve,
+};
 
 use vom::abi::{ABI_VERSION, Delivery, IMPORT_MODULE, Syscall, SyscallResult};
 use wasmtime::{
