@@ -18,7 +18,7 @@ mod common;
 use std::time::Instant;
 
 use kernel::{CommitPolicy, Kernel, PromiseState, VatOptions, WorkerKind};
-use swingstore::{Durability, SwingStore};
+use swingstore::{Durability, StoreStats, SwingStore};
 use vom::{Ref, Value};
 
 fn env_count(name: &str, default: u64) -> u64 {
@@ -39,8 +39,44 @@ fn raw_commits_per_second(commits: u64) -> f64 {
     commits as f64 / started.elapsed().as_secs_f64()
 }
 
-/// Runs `pings` round trips and returns (cranks, seconds).
-fn pingpong(policy: CommitPolicy, worker: WorkerKind, pings: u64, wasm: &[u8]) -> (u64, f64) {
+/// What one run measured.
+struct Run {
+    cranks: u64,
+    seconds: f64,
+    /// What the store did during the run.
+    store: StoreStats,
+}
+
+impl Run {
+    fn rate(&self) -> f64 {
+        self.cranks as f64 / self.seconds
+    }
+
+    /// The store's work per crank, e.g. `29.0 reads (3.5 from SQLite), 22.0 writes, 6.5 rows committed`.
+    fn per_crank(&self) -> String {
+        let per = |n: u64| n as f64 / self.cranks as f64;
+        format!(
+            "{:.1} reads ({:.2} from SQLite), {:.1} writes, {:.2} rows committed per crank",
+            per(self.store.reads),
+            per(self.store.sqlite_reads),
+            per(self.store.writes),
+            per(self.store.rows_committed)
+        )
+    }
+}
+
+fn stats_since(before: StoreStats, after: StoreStats) -> StoreStats {
+    StoreStats {
+        reads: after.reads - before.reads,
+        sqlite_reads: after.sqlite_reads - before.sqlite_reads,
+        writes: after.writes - before.writes,
+        commits: after.commits - before.commits,
+        rows_committed: after.rows_committed - before.rows_committed,
+    }
+}
+
+/// Runs `pings` round trips.
+fn pingpong(policy: CommitPolicy, worker: WorkerKind, pings: u64, wasm: &[u8]) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let store = SwingStore::open(&dir.path().join("store.sqlite"), Durability::Full).unwrap();
     let mut kernel = Kernel::new(store, policy).unwrap();
@@ -70,6 +106,7 @@ fn pingpong(policy: CommitPolicy, worker: WorkerKind, pings: u64, wasm: &[u8]) -
         Value::Remotable(Ref::new(b)),
     ]));
     let cranks_before = kernel.cranks_total();
+    let store_before = kernel.store().stats();
     let started = Instant::now();
     let kpid = kernel.queue_message(&a, "runHeap", args).unwrap();
     let settled = kernel.run_until_settled(&kpid).unwrap();
@@ -84,7 +121,11 @@ fn pingpong(policy: CommitPolicy, worker: WorkerKind, pings: u64, wasm: &[u8]) -
         }
         other => panic!("pingpong did not fulfill: {other:?}"),
     }
-    (kernel.cranks_total() - cranks_before, seconds)
+    Run {
+        cranks: kernel.cranks_total() - cranks_before,
+        seconds,
+        store: stats_since(store_before, kernel.store().stats()),
+    }
 }
 
 fn main() {
@@ -105,13 +146,13 @@ fn main() {
         );
     }
     let raw = raw_commits_per_second(count("RAW_COMMITS", 2000));
-    let (cranks_a, seconds_a) = pingpong(
+    let a = pingpong(
         CommitPolicy::EVERY_CRANK,
         WorkerKind::Thread,
         count("PINGS_A", 1000),
         &wasm,
     );
-    let (cranks_b, seconds_b) = pingpong(
+    let b = pingpong(
         CommitPolicy::GROUPED,
         WorkerKind::Thread,
         count("PINGS_B", 20000),
@@ -119,37 +160,40 @@ fn main() {
     );
     // `WORKERS=thread` leaves the process run out (to profile one kind).
     let process_too = std::env::var("WORKERS").map_or(true, |kinds| kinds != "thread");
-    let (cranks_p, seconds_p) = if process_too {
+    let p = process_too.then(|| {
         pingpong(
             CommitPolicy::GROUPED,
             WorkerKind::Process,
             count("PINGS_B", 20000),
             &wasm,
         )
-    } else {
-        (0, f64::NAN)
-    };
+    });
     if !measuring {
         println!("smoke run ok: pingpong settled in both commit modes and both worker kinds");
         return;
     }
     println!("raw small SQLite commits (synchronous=FULL, WAL): {raw:.0}/s");
-    let rate_a = cranks_a as f64 / seconds_a;
     println!(
-        "mode (a) every crank committed, thread workers: {cranks_a} cranks in {seconds_a:.3} s = {rate_a:.0} cranks/s ({:.0}% of raw commits)",
-        100.0 * rate_a / raw
+        "mode (a) every crank committed, thread workers: {} cranks in {:.3} s = {:.0} cranks/s ({:.0}% of raw commits); {}",
+        a.cranks,
+        a.seconds,
+        a.rate(),
+        100.0 * a.rate() / raw,
+        a.per_crank()
     );
     let policy = CommitPolicy::GROUPED;
     let group = format!(
         "<= {} cranks or {} ms",
         policy.cranks_per_commit_max, policy.commit_interval_ms
     );
-    let rate_b = cranks_b as f64 / seconds_b;
-    println!(
-        "mode (b) grouped commits ({group}), thread workers: {cranks_b} cranks in {seconds_b:.3} s = {rate_b:.0} cranks/s"
-    );
-    let rate_p = cranks_p as f64 / seconds_p;
-    println!(
-        "mode (b) grouped commits ({group}), process workers: {cranks_p} cranks in {seconds_p:.3} s = {rate_p:.0} cranks/s"
-    );
+    for (kind, run) in [("thread", Some(&b)), ("process", p.as_ref())] {
+        let Some(run) = run else { continue };
+        println!(
+            "mode (b) grouped commits ({group}), {kind} workers: {} cranks in {:.3} s = {:.0} cranks/s; {}",
+            run.cranks,
+            run.seconds,
+            run.rate(),
+            run.per_crank()
+        );
+    }
 }

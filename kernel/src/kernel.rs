@@ -439,7 +439,7 @@ impl Kernel {
 
     /// Makes everything done so far durable. Report results only after this.
     pub fn commit(&mut self) -> Result<(), KernelError> {
-        self.state.store.commit()?;
+        self.state.commit()?;
         // Output gating: frames to peers leave only once their cranks are durable.
         self.outbound_ready.append(&mut self.state.outbox_ended);
         self.cranks_since_commit = 0;

@@ -8,6 +8,7 @@
 
 mod check;
 mod endpoint;
+mod fresh;
 mod idempotency;
 mod ids;
 mod kernel;

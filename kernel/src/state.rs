@@ -31,6 +31,7 @@
 //! | `pet.<name>` | the kref a CLI pet name is bound to |
 //! | `heapDirty.<vat>` | what the vat's heap holds beyond its vatstore, by its last report (absent: nothing, so it may sleep) |
 
+use crate::fresh::Fresh;
 use crate::ids::{EndpointId, EndpointKind, Kref};
 use crate::keys;
 use serde::{Deserialize, Serialize};
@@ -278,6 +279,9 @@ pub(crate) struct KernelState {
     /// Vats' log lines not yet taken ([`crate::Kernel::take_log_lines`]),
     /// aborted cranks' too, at most [`LOG_LINES_PENDING_MAX`].
     pub(crate) log_lines: std::collections::VecDeque<(EndpointId, String)>,
+    /// Refs allocated since the last commit: reads of keys naming them
+    /// skip SQLite, which cannot hold such keys yet.
+    pub(crate) fresh: Fresh,
 }
 
 /// `log_lines_pending_max`: how many vat log lines the kernel holds until
@@ -354,6 +358,7 @@ impl KernelState {
             outbox_crank: Vec::new(),
             outbox_ended: Vec::new(),
             log_lines: Default::default(),
+            fresh: Fresh::default(),
         }
     }
 
@@ -407,6 +412,9 @@ impl KernelState {
     }
 
     pub(crate) fn get(&self, key: &str) -> StoreResult<Option<String>> {
+        if self.fresh.names_fresh(key) {
+            return self.store.get_uncommitted(key);
+        }
         self.store.get(key)
     }
 
@@ -461,6 +469,7 @@ impl KernelState {
 
     pub(crate) fn allocate_object(&mut self, owner: &str) -> StoreResult<Kref> {
         let kref = Kref::from_table(format!("ko{}", self.next_id(keys::NEXT_OBJECT)?));
+        self.fresh.note_kref(&kref);
         self.store.set_new(&keys::owner(&kref), owner)?;
         Ok(kref)
     }
@@ -468,6 +477,7 @@ impl KernelState {
     /// A new unresolved promise, decided by `decider` (or by the kernel).
     pub(crate) fn allocate_promise(&mut self, decider: Option<&str>) -> StoreResult<Kref> {
         let kpid = Kref::from_table(format!("kp{}", self.next_id(keys::NEXT_PROMISE)?));
+        self.fresh.note_kref(&kpid);
         self.store.set_new(&keys::state(&kpid), "unresolved")?;
         if let Some(vat) = decider {
             self.store.set_new(&keys::decider(&kpid), vat)?;
@@ -499,14 +509,20 @@ impl KernelState {
             .collect())
     }
 
-    /// Deletes `kpid`'s queue and subscribers.
-    fn delete_waiters(&mut self, kpid: &str, queue: &[(String, Message)]) -> StoreResult<()> {
+    /// Deletes `kpid`'s queue and its `subscribers` (all of them).
+    fn delete_waiters(
+        &mut self,
+        kpid: &str,
+        queue: &[(String, Message)],
+        subscribers: &[String],
+    ) -> StoreResult<()> {
         for (key, _) in queue {
             self.delete(key)?;
         }
         self.delete(&keys::queued(&kpid))?;
-        for (key, _) in self.scan_prefix(&subscriber_prefix(kpid))? {
-            self.delete(&key)?;
+        let prefix = subscriber_prefix(kpid);
+        for vat in subscribers {
+            self.delete(&format!("{prefix}{vat}"))?;
         }
         Ok(())
     }
@@ -743,7 +759,8 @@ impl KernelState {
             for (_, message) in &queue {
                 released.extend(krefs_in_message(message).map(str::to_owned));
             }
-            self.delete_waiters(&kpid, &queue)?;
+            let subscribers = self.subscribers(&kpid)?;
+            self.delete_waiters(&kpid, &queue, &subscribers)?;
             self.forget_decider(&kpid)?;
             for field in ["state", "data", "refs"] {
                 self.delete(&format!("{kpid}.{field}"))?;
@@ -869,7 +886,7 @@ impl KernelState {
         let data_text = serde_json::to_string(data).expect("kernel invariant: capdata serializes");
         self.set(&keys::settlement(&kpid), &data_text)?;
         self.forget_decider(kpid)?;
-        self.delete_waiters(kpid, &queue)?;
+        self.delete_waiters(kpid, &queue, &subscribers)?;
         Ok((
             subscribers,
             queue.into_iter().map(|(_, message)| message).collect(),
@@ -1003,11 +1020,22 @@ impl KernelState {
         } else {
             keys::vat_next_promise(&vat)
         };
-        Ok(format!("{kind}-{}", self.next_id(&key)?))
+        let vref = format!("{kind}-{}", self.next_id(&key)?);
+        self.fresh.note_import_key(keys::clist(&vat, &vref));
+        Ok(vref)
     }
 
     pub(crate) fn scan_prefix(&self, prefix: &str) -> StoreResult<Vec<(String, String)>> {
+        if self.fresh.names_fresh(prefix) {
+            return self.store.scan_prefix_uncommitted(prefix);
+        }
         self.store.scan_prefix(prefix)
+    }
+
+    /// The store's commit, after which nothing allocated so far is fresh.
+    pub(crate) fn commit(&mut self) -> StoreResult<()> {
+        self.fresh.forget_all();
+        self.store.commit()
     }
 }
 

@@ -102,6 +102,23 @@ struct Slot {
     in_db: Option<bool>,
 }
 
+/// What a store has done since it was opened: how a caller's work turns
+/// into reads, writes and SQLite statements (the benchmarks print it per crank).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// `get`s and `get_uncommitted`s.
+    pub reads: u64,
+    /// SQLite queries made for reads: `get`s the view did not answer, and
+    /// every ordered read (`get_next_key`, `get_prev_key`, `scan_prefix`).
+    pub sqlite_reads: u64,
+    /// `set`s and `delete`s.
+    pub writes: u64,
+    /// Commits that wrote something.
+    pub commits: u64,
+    /// Rows written or deleted by those commits (net of overwrites).
+    pub rows_committed: u64,
+}
+
 /// The durable store. One per kernel; not shared between threads.
 #[derive(Debug)]
 pub struct SwingStore {
@@ -120,6 +137,7 @@ pub struct SwingStore {
     /// True while a read transaction is open: reads between commits share one
     /// snapshot instead of taking SQLite's file lock statement by statement.
     reading: std::cell::Cell<bool>,
+    stats: std::cell::Cell<StoreStats>,
     /// Reads left before reads fail (tests only).
     #[cfg(feature = "failpoints")]
     reads_until_failure: std::cell::Cell<Option<u64>>,
@@ -184,6 +202,7 @@ impl SwingStore {
             crank_bundles: Vec::new(),
             pending_bundles: Vec::new(),
             reading: Default::default(),
+            stats: Default::default(),
             #[cfg(feature = "failpoints")]
             reads_until_failure: Default::default(),
         })
@@ -207,6 +226,17 @@ impl SwingStore {
             self.reads_until_failure.set(Some(left - 1));
         }
         Ok(())
+    }
+
+    /// What this store has done since it was opened.
+    pub fn stats(&self) -> StoreStats {
+        self.stats.get()
+    }
+
+    fn count(&self, add: impl FnOnce(&mut StoreStats)) {
+        let mut stats = self.stats.get();
+        add(&mut stats);
+        self.stats.set(stats);
     }
 
     /// The file this store lives in.
@@ -313,15 +343,16 @@ impl SwingStore {
             .prepare_cached("INSERT OR REPLACE INTO kv (key, value) VALUES (?1, ?2)")?;
         let mut delete = self.conn.prepare_cached("DELETE FROM kv WHERE key = ?1")?;
         let view = self.view.borrow();
+        let mut rows = 0;
         for key in &self.dirty {
             let slot = view
                 .get(key)
                 .expect("swingstore invariant: a dirty key has a slot in the view");
-            match (&slot.value, slot.in_db) {
+            rows += match (&slot.value, slot.in_db) {
                 (Some(value), _) => upsert.execute(params![key, value])?,
                 (None, Some(false)) => 0,
                 (None, _) => delete.execute([key])?,
-            };
+            } as u64;
         }
         let mut bundle = self
             .conn
@@ -330,6 +361,10 @@ impl SwingStore {
             bundle.execute(params![cid, bytes])?;
         }
         self.conn.execute_batch("COMMIT")?;
+        self.count(|stats| {
+            stats.commits += 1;
+            stats.rows_committed += rows;
+        });
         Ok(())
     }
 
@@ -345,14 +380,11 @@ impl SwingStore {
 
     pub fn get(&self, key: &str) -> Result<Option<String>> {
         self.read_allowed()?;
+        self.count(|stats| stats.reads += 1);
         if let Some(slot) = self.view.borrow().get(key) {
             return Ok(slot.value.clone());
         }
-        self.begin_reading()?;
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT value FROM kv WHERE key = ?1")?;
-        let value: Option<String> = stmt.query_row([key], |row| row.get(0)).optional()?;
+        let value = self.committed_value(key)?;
         self.view.borrow_mut().insert(
             key.to_owned(),
             Slot {
@@ -364,7 +396,42 @@ impl SwingStore {
         Ok(value)
     }
 
+    /// [`Self::get`] of a key the caller knows no commit has written (it
+    /// names an id allocated since the last commit): answered from memory,
+    /// without a SQLite query. Debug builds check the claim against SQLite.
+    pub fn get_uncommitted(&self, key: &str) -> Result<Option<String>> {
+        self.read_allowed()?;
+        self.count(|stats| stats.reads += 1);
+        if let Some(slot) = self.view.borrow().get(key) {
+            return Ok(slot.value.clone());
+        }
+        debug_assert!(
+            self.committed_value(key)?.is_none(),
+            "swingstore invariant: get_uncommitted of a committed key ({key})"
+        );
+        self.view.borrow_mut().insert(
+            key.to_owned(),
+            Slot {
+                value: None,
+                dirty: false,
+                in_db: Some(false),
+            },
+        );
+        Ok(None)
+    }
+
+    /// What SQLite holds under `key` (the last commit's value).
+    fn committed_value(&self, key: &str) -> Result<Option<String>> {
+        self.begin_reading()?;
+        self.count(|stats| stats.sqlite_reads += 1);
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT value FROM kv WHERE key = ?1")?;
+        Ok(stmt.query_row([key], |row| row.get(0)).optional()?)
+    }
+
     fn write(&mut self, key: &str, value: Option<String>, new: bool) {
+        self.count(|stats| stats.writes += 1);
         let view = self.view.get_mut();
         let known = view.get(key).and_then(|slot| slot.in_db);
         let in_db = if new { Some(false) } else { known };
@@ -416,6 +483,7 @@ impl SwingStore {
     /// `get_next_key("")` is the first key of the store.
     pub fn get_next_key(&self, previous: &str) -> Result<Option<String>> {
         self.read_allowed()?;
+        self.count(|stats| stats.sqlite_reads += 1);
         self.begin_reading()?;
         let mut stmt = self
             .conn
@@ -443,6 +511,7 @@ impl SwingStore {
     /// The largest key strictly less than `next`, in byte order.
     pub fn get_prev_key(&self, next: &str) -> Result<Option<String>> {
         self.read_allowed()?;
+        self.count(|stats| stats.sqlite_reads += 1);
         self.begin_reading()?;
         let mut stmt = self
             .conn
@@ -471,6 +540,7 @@ impl SwingStore {
     /// Every `(key, value)` whose key starts with `prefix`, in key order.
     pub fn scan_prefix(&self, prefix: &str) -> Result<Vec<(String, String)>> {
         self.read_allowed()?;
+        self.count(|stats| stats.sqlite_reads += 1);
         self.begin_reading()?;
         // The range ends at the prefix's successor, so that the scan costs
         // what the prefix holds, not what follows it in the table.
@@ -502,6 +572,36 @@ impl SwingStore {
             .into_iter()
             .filter_map(|(k, v)| v.map(|v| (k, v)))
             .collect())
+    }
+
+    /// [`Self::scan_prefix`] of a prefix the caller knows no commit has
+    /// written a key under (it names an id allocated since the last
+    /// commit): the uncommitted writes alone, without a SQLite query. Debug
+    /// builds check the claim against SQLite.
+    pub fn scan_prefix_uncommitted(&self, prefix: &str) -> Result<Vec<(String, String)>> {
+        self.read_allowed()?;
+        let range = self
+            .dirty
+            .range::<str, _>((Bound::Included(prefix), Bound::Unbounded));
+        let found: Vec<(String, String)> = range
+            .take_while(|key| key.starts_with(prefix))
+            .filter_map(|key| Some((key.clone(), self.dirty_value(key)??)))
+            .collect();
+        debug_assert!(
+            self.first_committed_under(prefix)?.is_none(),
+            "swingstore invariant: scan_prefix_uncommitted of a committed prefix ({prefix})"
+        );
+        Ok(found)
+    }
+
+    /// The first key SQLite holds under `prefix`.
+    fn first_committed_under(&self, prefix: &str) -> Result<Option<String>> {
+        self.begin_reading()?;
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT key FROM kv WHERE key >= ?1 ORDER BY key LIMIT 1")?;
+        let next: Option<String> = stmt.query_row([prefix], |row| row.get(0)).optional()?;
+        Ok(next.filter(|key| key.starts_with(prefix)))
     }
 
     /// Stores `bytes` under their CID and returns it; storing the same bytes twice is a no-op.
@@ -661,6 +761,64 @@ mod tests {
         store.set("a%b", "1").unwrap();
         store.set("axb", "2").unwrap();
         assert_eq!(store.scan_prefix("a%").unwrap().len(), 1);
+    }
+
+    /// Keys under an id made since the last commit are read from memory
+    /// only, and agree with what the ordinary reads give.
+    #[test]
+    fn uncommitted_reads_answer_from_memory_what_sqlite_cannot_hold() {
+        let (_dir, mut store) = fresh();
+        store.set("kp1.state", "old").unwrap();
+        store.commit().unwrap();
+        store.set("kp2.state", "unresolved").unwrap();
+        store.set("kp2.sub.v1", "").unwrap();
+        store.set("kp2.sub.v2", "").unwrap();
+        store.delete("kp2.sub.v1").unwrap();
+        let before = store.stats();
+        assert_eq!(store.get_uncommitted("kp2.refs").unwrap(), None);
+        assert_eq!(
+            store.get_uncommitted("kp2.state").unwrap().as_deref(),
+            Some("unresolved")
+        );
+        let found = store.scan_prefix_uncommitted("kp2.sub.").unwrap();
+        assert_eq!(found, vec![("kp2.sub.v2".to_owned(), String::new())]);
+        // Debug builds checked each claim against SQLite; the answers
+        // themselves took no SQLite read beyond those checks.
+        assert_eq!(found, store.scan_prefix("kp2.sub.").unwrap());
+        assert_eq!(store.stats().reads - before.reads, 2);
+        // Written under it and committed: the ordinary reads see it.
+        store.commit().unwrap();
+        assert_eq!(store.get("kp2.sub.v2").unwrap().as_deref(), Some(""));
+        assert_eq!(store.get("kp1.state").unwrap().as_deref(), Some("old"));
+    }
+
+    #[test]
+    fn stats_count_reads_writes_and_the_rows_a_commit_wrote() {
+        let (_dir, mut store) = fresh();
+        store.set("a", "1").unwrap();
+        store.set("a", "2").unwrap();
+        store.set("b", "1").unwrap();
+        store.commit().unwrap();
+        assert_eq!(store.get("a").unwrap().as_deref(), Some("2"));
+        assert_eq!(store.get("zz").unwrap(), None);
+        let stats = store.stats();
+        assert_eq!(
+            (stats.writes, stats.commits, stats.rows_committed),
+            (3, 1, 2)
+        );
+        // "a" is in memory since its write; "zz" had to be looked up.
+        assert_eq!((stats.reads, stats.sqlite_reads), (2, 1));
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "get_uncommitted of a committed key")]
+    fn claiming_a_committed_key_uncommitted_is_caught_in_debug_builds() {
+        let (_dir, mut store) = fresh();
+        store.set("kp1.state", "unresolved").unwrap();
+        store.commit().unwrap();
+        let reopened = SwingStore::open(store.path(), Durability::Normal).unwrap();
+        let _ = reopened.get_uncommitted("kp1.state");
     }
 
     #[test]
