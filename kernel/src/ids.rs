@@ -83,6 +83,12 @@ impl std::ops::Deref for Kref {
     }
 }
 
+impl AsRef<str> for Kref {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
 impl std::fmt::Display for Kref {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
@@ -191,6 +197,12 @@ impl std::ops::Deref for EndpointId {
     type Target = str;
 
     fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for EndpointId {
+    fn as_ref(&self) -> &str {
         &self.0
     }
 }

@@ -2,10 +2,9 @@
 //! documented at the top of `state.rs`; an endpoint engine's keys (a peer's
 //! questions and answers) are the engine's, under its endpoint ids.
 //!
-//! Ids are taken as anything that displays (a `&str` or a `String`), so a
-//! key reads as what it is: `keys::clist(vat, kref)`.
-
-use std::fmt::Display;
+//! Ids are taken as anything that is text (a `&str`, a `String`, a `Kref`),
+//! so a key reads as what it is: `keys::clist(vat, kref)`. Keys are built by
+//! concatenation, not `format!`: a crank builds dozens.
 
 /// Counters: the next id of each kind.
 pub(crate) const NEXT_VAT: &str = "kernel.nextVat";
@@ -22,15 +21,24 @@ pub(crate) const SCHEMA: &str = "kernel.schema";
 pub(crate) const RUN_QUEUE_HEAD: &str = "runQueue.head";
 pub(crate) const RUN_QUEUE_TAIL: &str = "runQueue.tail";
 
-type Id<'a> = &'a (dyn Display + 'a);
+type Id<'a> = &'a (dyn AsRef<str> + 'a);
+
+/// `parts` joined, in one allocation.
+fn join(parts: &[&str]) -> String {
+    let mut key = String::with_capacity(parts.iter().map(|part| part.len()).sum());
+    for part in parts {
+        key.push_str(part);
+    }
+    key
+}
 
 fn key(id: Id<'_>, field: &str) -> String {
-    format!("{id}.{field}")
+    join(&[id.as_ref(), ".", field])
 }
 
 /// An endpoint's (vat's or peer's) c-list entry for `r`, a kref or a vref.
 pub(crate) fn clist(endpoint: Id<'_>, r: Id<'_>) -> String {
-    format!("{endpoint}.c.{r}")
+    join(&[endpoint.as_ref(), ".c.", r.as_ref()])
 }
 
 /// Where an endpoint's c-list entries start.
@@ -91,14 +99,14 @@ pub(crate) fn vatstore_prefix(vat: Id<'_>) -> String {
 /// (its last report said what, or it has not reported): such a vat stays
 /// awake, and a kernel that starts wakes it to tell it it restarted.
 pub(crate) fn heap_dirty(vat: Id<'_>) -> String {
-    format!("{HEAP_DIRTY_PREFIX}{vat}")
+    join(&[HEAP_DIRTY_PREFIX, vat.as_ref()])
 }
 
 pub(crate) const HEAP_DIRTY_PREFIX: &str = "heapDirty.";
 
 /// The vat with name `name`.
 pub(crate) fn vat_by_name(name: Id<'_>) -> String {
-    format!("vat.name.{name}")
+    join(&["vat.name.", name.as_ref()])
 }
 
 /// The reference counts of a kref (`N` for a promise, `R,C` for an object).
@@ -125,7 +133,7 @@ pub(crate) fn pinned(kpid: Id<'_>) -> String {
 /// value is [`KEPT`] when the decider keeps the promise in durable state
 /// (a restart does not reject it), empty otherwise.
 pub(crate) fn decided(endpoint: Id<'_>, kpid: Id<'_>) -> String {
-    format!("{endpoint}.decided.{kpid}")
+    join(&[endpoint.as_ref(), ".decided.", kpid.as_ref()])
 }
 
 pub(crate) fn decided_prefix(endpoint: Id<'_>) -> String {
@@ -153,7 +161,7 @@ pub(crate) fn subscriber_prefix(kpid: Id<'_>) -> String {
 }
 
 pub(crate) fn pet_name(name: Id<'_>) -> String {
-    format!("pet.{name}")
+    join(&["pet.", name.as_ref()])
 }
 
 /// A run-queue entry.
@@ -163,31 +171,31 @@ pub(crate) fn run_queue(n: u64) -> String {
 
 /// A terminated endpoint whose c-list is being released.
 pub(crate) fn cleanup(endpoint: Id<'_>) -> String {
-    format!("cleanup.{endpoint}")
+    join(&["cleanup.", endpoint.as_ref()])
 }
 
 /// Where a GC action's entries for an endpoint start, and one entry.
 pub(crate) fn gc_prefix(action: &str, endpoint: Id<'_>) -> String {
-    format!("gc.{action}.{endpoint}.")
+    join(&["gc.", action, ".", endpoint.as_ref(), "."])
 }
 
 pub(crate) fn gc_action(action: &str, endpoint: Id<'_>, kref: Id<'_>) -> String {
-    format!("gc.{action}.{endpoint}.{kref}")
+    join(&["gc.", action, ".", endpoint.as_ref(), ".", kref.as_ref()])
 }
 
 /// A reference a CLI result showed, by its place (`seq`, 20 digits), and
 /// the place of each kref held.
 pub(crate) fn shown(seq: Id<'_>) -> String {
-    format!("shown.{seq}")
+    join(&["shown.", seq.as_ref()])
 }
 
 pub(crate) fn shown_kref(kref: Id<'_>) -> String {
-    format!("shown.kref.{kref}")
+    join(&["shown.kref.", kref.as_ref()])
 }
 
 /// A send kept under an idempotency key, and the keys in the order made.
 pub(crate) fn idempotency_record(key: Id<'_>) -> String {
-    format!("idem.key.{key}")
+    join(&["idem.key.", key.as_ref()])
 }
 
 pub(crate) fn idempotency_order(seq: u64) -> String {

@@ -18,7 +18,7 @@ use crate::keys;
 pub const SHOWN_REFS_MAX: u64 = 1_000;
 
 fn order_key(seq: u64) -> String {
-    keys::shown(&format_args!("{seq:020}"))
+    keys::shown(&format!("{seq:020}"))
 }
 
 fn kref_key(kref: &str) -> String {

@@ -22,6 +22,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
+// A key is allocated once, when the view first sees it, and shared by the
+// view, the dirty set and the undo log.
+use std::rc::Rc;
 use std::time::Duration;
 
 use cid::Cid;
@@ -126,12 +129,12 @@ pub struct SwingStore {
     path: PathBuf,
     /// Every key read or written since the cache last started over: committed
     /// values (clean) and writes waiting for the commit (dirty).
-    view: std::cell::RefCell<FxHashMap<String, Slot>>,
+    view: std::cell::RefCell<FxHashMap<Rc<str>, Slot>>,
     /// The dirty keys, in order: what the commit writes, and what ordered
     /// reads merge with SQLite's keys.
-    dirty: BTreeSet<String>,
+    dirty: BTreeSet<Rc<str>>,
     /// The open crank's undo log: each write's key and the slot it replaced.
-    crank: Option<Vec<(String, Option<Slot>)>>,
+    crank: Option<Vec<(Rc<str>, Option<Slot>)>>,
     crank_bundles: Vec<(String, Vec<u8>)>,
     pending_bundles: Vec<(String, Vec<u8>)>,
     /// True while a read transaction is open: reads between commits share one
@@ -280,12 +283,12 @@ impl SwingStore {
         for (key, old) in undo.iter().rev() {
             match old {
                 Some(slot) => view.insert(key.clone(), slot.clone()),
-                None => view.remove(key),
+                None => view.remove(&**key),
             };
         }
         for (key, _) in &undo {
-            if !view.get(key).is_some_and(|slot| slot.dirty) {
-                self.dirty.remove(key);
+            if !view.get(&**key).is_some_and(|slot| slot.dirty) {
+                self.dirty.remove(&**key);
             }
         }
         self.crank_bundles.clear();
@@ -325,10 +328,19 @@ impl SwingStore {
         if view.len() > READ_CACHE_ENTRIES_MAX {
             view.clear();
         } else {
+            // Deleted keys leave the view (most are the records of freed
+            // promises, never read again), so that the view keeps what is
+            // read rather than filling with tombstones and starting over.
             for key in &self.dirty {
-                if let Some(slot) = view.get_mut(key) {
-                    slot.dirty = false;
-                    slot.in_db = Some(slot.value.is_some());
+                match view.get_mut(&**key) {
+                    Some(slot) if slot.value.is_none() => {
+                        view.remove(&**key);
+                    }
+                    Some(slot) => {
+                        slot.dirty = false;
+                        slot.in_db = Some(true);
+                    }
+                    None => {}
                 }
             }
         }
@@ -386,7 +398,7 @@ impl SwingStore {
         }
         let value = self.committed_value(key)?;
         self.view.borrow_mut().insert(
-            key.to_owned(),
+            Rc::from(key),
             Slot {
                 in_db: Some(value.is_some()),
                 value: value.clone(),
@@ -410,7 +422,7 @@ impl SwingStore {
             "swingstore invariant: get_uncommitted of a committed key ({key})"
         );
         self.view.borrow_mut().insert(
-            key.to_owned(),
+            Rc::from(key),
             Slot {
                 value: None,
                 dirty: false,
@@ -433,19 +445,22 @@ impl SwingStore {
     fn write(&mut self, key: &str, value: Option<String>, new: bool) {
         self.count(|stats| stats.writes += 1);
         let view = self.view.get_mut();
-        let known = view.get(key).and_then(|slot| slot.in_db);
+        let (shared, known) = match view.get_key_value(key) {
+            Some((shared, slot)) => (shared.clone(), slot.in_db),
+            None => (Rc::from(key), None),
+        };
         let in_db = if new { Some(false) } else { known };
         let slot = Slot {
             value,
             dirty: true,
             in_db,
         };
-        let old = view.insert(key.to_owned(), slot);
+        let old = view.insert(shared.clone(), slot);
         if !old.as_ref().is_some_and(|slot| slot.dirty) {
-            self.dirty.insert(key.to_owned());
+            self.dirty.insert(shared.clone());
         }
         if let Some(undo) = &mut self.crank {
-            undo.push((key.to_owned(), old));
+            undo.push((shared, old));
         }
     }
 
@@ -501,7 +516,7 @@ impl SwingStore {
             .dirty
             .range::<str, _>((Bound::Excluded(previous), Bound::Unbounded))
             .find(|key| matches!(self.dirty_value(key), Some(Some(_))))
-            .cloned();
+            .map(|key| key.to_string());
         Ok(match (from_db, from_dirty) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -530,7 +545,7 @@ impl SwingStore {
             .range::<str, _>((Bound::Unbounded, Bound::Excluded(next)))
             .rev()
             .find(|key| matches!(self.dirty_value(key), Some(Some(_))))
-            .cloned();
+            .map(|key| key.to_string());
         Ok(match (from_db, from_dirty) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
@@ -566,7 +581,7 @@ impl SwingStore {
             let value = self
                 .dirty_value(key)
                 .expect("swingstore invariant: a dirty key has a dirty slot");
-            merged.insert(key.clone(), value);
+            merged.insert(key.to_string(), value);
         }
         Ok(merged
             .into_iter()
@@ -585,7 +600,7 @@ impl SwingStore {
             .range::<str, _>((Bound::Included(prefix), Bound::Unbounded));
         let found: Vec<(String, String)> = range
             .take_while(|key| key.starts_with(prefix))
-            .filter_map(|key| Some((key.clone(), self.dirty_value(key)??)))
+            .filter_map(|key| Some((key.to_string(), self.dirty_value(key)??)))
             .collect();
         debug_assert!(
             self.first_committed_under(prefix)?.is_none(),
