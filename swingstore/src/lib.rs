@@ -328,17 +328,18 @@ impl SwingStore {
         if view.len() > READ_CACHE_ENTRIES_MAX {
             view.clear();
         } else {
-            // Deleted keys leave the view (most are the records of freed
-            // promises, never read again), so that the view keeps what is
-            // read rather than filling with tombstones and starting over.
+            // Keys made and deleted between two commits (most are the
+            // records of promises freed as soon as they settled, never read
+            // again) leave the view, so that it keeps what is read rather
+            // than filling with them and starting over.
             for key in &self.dirty {
                 match view.get_mut(&**key) {
-                    Some(slot) if slot.value.is_none() => {
+                    Some(slot) if slot.value.is_none() && slot.in_db == Some(false) => {
                         view.remove(&**key);
                     }
                     Some(slot) => {
                         slot.dirty = false;
-                        slot.in_db = Some(true);
+                        slot.in_db = Some(slot.value.is_some());
                     }
                     None => {}
                 }
