@@ -38,12 +38,17 @@ impl Scene {
         }
     }
 
-    /// The keys of the kernel's promise queues.
+    /// The promises with messages waiting on them (a record
+    /// `kp<N>.promise` is `<state> <refs> <queued> <pinned> <decider>`).
     fn promise_queues(&self) -> Vec<String> {
         self.home
             .dump()
             .into_iter()
-            .filter(|(k, _)| k.starts_with("kp") && k.ends_with(".queued"))
+            .filter(|(k, v)| {
+                k.starts_with("kp")
+                    && k.ends_with(".promise")
+                    && v.split(' ').nth(2).is_some_and(|queued| queued != "0")
+            })
             .map(|(k, _)| k)
             .collect()
     }
@@ -343,7 +348,7 @@ fn promises_nobody_awaits_are_freed_once_settled() {
             .home
             .dump()
             .iter()
-            .filter(|(k, _)| k.starts_with("kp") && k.ends_with(".state"))
+            .filter(|(k, _)| k.starts_with("kp") && k.ends_with(".promise"))
             .count()
     };
     let before = promises(&scene);

@@ -19,6 +19,7 @@ use vom::CapData;
 
 use crate::endpoint::{Endpoint, Engines, TablesRef};
 use crate::ids::{EndpointId, EndpointKind};
+use crate::promise::PromiseRecord;
 use crate::state::{
     GcAction, KernelState, Message, RunQueueItem, VatState, krefs_in_item, krefs_in_message,
 };
@@ -587,12 +588,46 @@ impl<'a> Checker<'a> {
 
 /// Every discrepancy in the kernel's tables; empty when they are consistent.
 /// Returns how many keys were read, too.
+/// Each promise record (`kp<N>.promise`) as the fields it holds, a key
+/// each (`kp<N>.state`, `.refs`, and `.queued`, `.pinned`, `.decider` when
+/// they say something), which the checks read; a damaged record is a problem.
+fn unfold_promise_records(kv: &mut BTreeMap<String, String>) -> Vec<String> {
+    let mut problems = Vec::new();
+    let records: Vec<(String, String)> = kv
+        .iter()
+        .filter(|(key, _)| key.starts_with("kp") && key.ends_with(".promise"))
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect();
+    for (key, text) in records {
+        let kpid = &key[..key.len() - ".promise".len()];
+        let Some(record) = PromiseRecord::parse(&text) else {
+            problems.push(format!("{key} is not a promise record: {text:?}"));
+            continue;
+        };
+        let mut field = |name: &str, value: String| kv.insert(format!("{kpid}.{name}"), value);
+        field("state", record.settlement.as_str().to_owned());
+        field("refs", record.refs.to_string());
+        if record.queued > 0 {
+            field("queued", record.queued.to_string());
+        }
+        if record.pinned {
+            field("pinned", "1".to_owned());
+        }
+        if let Some(decider) = record.decider {
+            field("decider", decider.to_string());
+        }
+    }
+    problems
+}
+
 pub(crate) fn check(
     state: &KernelState,
     engines: &Engines,
 ) -> Result<(Vec<String>, usize), swingstore::StoreError> {
     let mut problems = state.store.integrity_check()?;
-    let kv: BTreeMap<String, String> = state.scan_prefix("")?.into_iter().collect();
+    let mut kv: BTreeMap<String, String> = state.scan_prefix("")?.into_iter().collect();
+    let keys_stored = kv.len();
+    problems.extend(unfold_promise_records(&mut kv));
     let bundles = state.store.bundle_cids()?;
     let (mut max_object, mut max_promise) = (0, 0);
     for key in kv.keys() {
@@ -618,5 +653,5 @@ pub(crate) fn check(
     checker.pet_names();
     checker.refs();
     problems.append(&mut checker.problems);
-    Ok((problems, kv.len()))
+    Ok((problems, keys_stored))
 }

@@ -119,12 +119,10 @@ pub(crate) fn owner(ko: Id<'_>) -> String {
     key(ko, "owner")
 }
 
-pub(crate) fn decider(kpid: Id<'_>) -> String {
-    key(kpid, "decider")
-}
-
-pub(crate) fn pinned(kpid: Id<'_>) -> String {
-    key(kpid, "pinned")
+/// A promise's record: its state, count, queue length, pin and decider
+/// (`crate::promise::PromiseRecord`).
+pub(crate) fn promise(kpid: Id<'_>) -> String {
+    key(kpid, "promise")
 }
 
 /// A settled promise's data.
@@ -146,11 +144,12 @@ pub(crate) fn settlement(kpid: Id<'_>) -> String {
     key(kpid, "data")
 }
 
-/// How many messages wait on a promise, and where they start.
+/// How many messages waited on a promise in schema 4 and earlier.
 pub(crate) fn queued(kpid: Id<'_>) -> String {
     key(kpid, "queued")
 }
 
+/// Where the messages waiting on a promise start.
 pub(crate) fn queue_prefix(kpid: Id<'_>) -> String {
     key(kpid, "queue.")
 }

@@ -13,6 +13,7 @@ mod idempotency;
 mod ids;
 mod kernel;
 mod keys;
+mod promise;
 mod records;
 mod resident;
 mod shown;

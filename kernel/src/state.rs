@@ -11,15 +11,11 @@
 //! | `ko<N>.refs` | `<reachable>,<recognizable>`: how many places can reach it and recognize it |
 //! | `gc.<action>.<vat>.<kref>` | a pending GC action (`drop`, `retire`: to the exporter; `retireImport`: to an importer, value its vref) |
 //! | `cleanup.<vat>` | a removed vat (`vat rm`) whose c-list and vatstore are still being deleted |
-//! | `kp<N>.state` | `unresolved`, `fulfilled` or `rejected` |
-//! | `kp<N>.decider` | the vat (or engine endpoint) that may resolve it (absent: the kernel) |
-//! | `<id>.decided.<kpid>` | `kpid` is unresolved and `<id>` decides it (the index of `kp<N>.decider`); `kept` when the decider keeps it in durable state (`keepDecided`: a restart does not reject it) |
+//! | `kp<N>.promise` | its record (`crate::promise::PromiseRecord`): `<state> <refs> <queued> <pinned> <decider>`, e.g. `unresolved 2 0 0 v3`: `unresolved`, `fulfilled` or `rejected`; how many places refer to it (c-lists, run queue, queues, data, pet names, pins); how many messages wait (at most [`PROMISE_QUEUE_MAX`]); `1` while a host (the CLI) waits for its settlement; the vat (or engine endpoint) that may resolve it (`-`: the kernel) |
+//! | `<id>.decided.<kpid>` | `kpid` is unresolved and `<id>` decides it (the index of the records' deciders); `kept` when the decider keeps it in durable state (`keepDecided`: a restart does not reject it) |
 //! | `kp<N>.sub.<vat>` | a vat (or peer) to notify when it settles |
 //! | `kp<N>.queue.<n>` | the `n`th message waiting for the resolution (JSON [`Message`]) |
-//! | `kp<N>.queued` | how many messages wait (at most [`PROMISE_QUEUE_MAX`]) |
 //! | `kp<N>.data` | the settlement's capdata (krefs in its slots) |
-//! | `kp<N>.refs` | how many places refer to it (c-lists, run queue, queues, data, pet names, pins) |
-//! | `kp<N>.pinned` | present while a host (the CLI) waits for its settlement |
 //! | `v<N>.name`, `.bundle`, `.state`, `.reason`, `.options` | the vat's record ([`VatState`] in `.state`) |
 //! | `v<N>.active` | when it was last delivered to (Unix seconds, written at most a minute apart) |
 //! | `v<N>.faults` | how many deliveries in a row faulted (absent: none) |
@@ -34,6 +30,7 @@
 use crate::fresh::Fresh;
 use crate::ids::{EndpointId, EndpointKind, Kref};
 use crate::keys;
+use crate::promise::{PromiseRecord, Settlement};
 use serde::{Deserialize, Serialize};
 use swingstore::{StoreError, SwingStore};
 use vom::{CapData, Value};
@@ -135,9 +132,11 @@ pub(crate) type StoreResult<T> = Result<T, StoreError>;
 /// Version 1 kept a promise's queue as one JSON array (`kp<N>.queue`) and
 /// its subscribers comma-joined (`kp<N>.subscribers`); version 2 had no
 /// index of the promises each endpoint decides (`<id>.decided.<kpid>`);
-/// version 3 had no record of what vats' heaps hold (`heapDirty.<vat>`). A
-/// store of an older version is brought to this layout when it is opened.
-pub const STORE_SCHEMA_VERSION: u32 = 4;
+/// version 3 had no record of what vats' heaps hold (`heapDirty.<vat>`);
+/// version 4 kept a promise's state, count, queue length, pin and decider a
+/// key each. A store of an older version is brought to this layout when it
+/// is opened.
+pub const STORE_SCHEMA_VERSION: u32 = 5;
 /// `heap_report_bytes_max`: the longest account of a vat's heap kept
 /// (`vat list` shows it); longer ones are cut.
 pub const HEAP_REPORT_BYTES_MAX: usize = 256;
@@ -179,7 +178,7 @@ pub fn schema_of(store: &mut SwingStore) -> StoreResult<Schema> {
     let found = store.get(SCHEMA_KEY)?;
     let legacy = match found.as_deref() {
         Some(found) if found == STORE_SCHEMA_VERSION.to_string() => return Ok(Schema::Current),
-        Some("1" | "2" | "3") => true,
+        Some("1" | "2" | "3" | "4") => true,
         Some(found) => return Ok(Schema::Other(found.to_owned())),
         // A home made by `vat init` before the schema key, that ran nothing,
         // holds no key at all (an emptied file is refused before it is opened).
@@ -196,13 +195,16 @@ pub fn schema_of(store: &mut SwingStore) -> StoreResult<Schema> {
     // schema mark, so a crash leaves either.
     store.begin_crank()?;
     let found = found.as_deref();
-    if !matches!(found, Some("2" | "3")) {
+    if !matches!(found, Some("2" | "3" | "4")) {
         migrate_waiters_from_v1(store)?;
     }
-    if found != Some("3") {
+    if !matches!(found, Some("3" | "4")) {
         index_decided_promises(store)?;
     }
-    mark_heaps_unreported(store)?;
+    if found != Some("4") {
+        mark_heaps_unreported(store)?;
+    }
+    fold_promise_records(store)?;
     store.end_crank()?;
     mark_schema(store)?;
     store.commit()?;
@@ -215,6 +217,46 @@ fn index_decided_promises(store: &mut SwingStore) -> StoreResult<()> {
     for (key, decider) in store.scan_prefix("kp")? {
         if let Some(kpid) = key.strip_suffix(".decider") {
             store.set(&keys::decided(&decider, &kpid), "")?;
+        }
+    }
+    Ok(())
+}
+
+/// Version 5 keeps a promise's state, count, queue length, pin and decider
+/// in one record (`kp<N>.promise`), where version 4 and earlier had a key
+/// each (in the current crank).
+fn fold_promise_records(store: &mut SwingStore) -> StoreResult<()> {
+    let mut records: std::collections::BTreeMap<String, PromiseRecord> = Default::default();
+    let mut with_state: std::collections::BTreeSet<String> = Default::default();
+    for (key, value) in store.scan_prefix("kp")? {
+        let Some((kpid, field)) = key.split_once('.') else {
+            continue;
+        };
+        let record = || PromiseRecord::new(None);
+        let number = |text: &str| -> u64 {
+            text.parse()
+                .unwrap_or_else(|_| panic!("kernel invariant: {key} (schema 4) is a count"))
+        };
+        let entry = records.entry(kpid.to_owned()).or_insert_with(record);
+        match field {
+            "state" => {
+                entry.settlement = Settlement::parse(&value).unwrap_or_else(|| {
+                    panic!("kernel invariant: {key} (schema 4) is a promise state")
+                });
+                with_state.insert(kpid.to_owned());
+            }
+            "refs" => entry.refs = number(&value),
+            "queued" => entry.queued = number(&value),
+            "pinned" => entry.pinned = true,
+            "decider" => entry.decider = Some(EndpointId::from_table(&value)),
+            _ => continue,
+        }
+        store.delete(&key)?;
+    }
+    // A promise is its state: fields left without one are dropped.
+    for (kpid, record) in records {
+        if with_state.contains(&kpid) {
+            store.set(&keys::promise(&kpid), &record.to_text())?;
         }
     }
     Ok(())
@@ -478,9 +520,10 @@ impl KernelState {
     pub(crate) fn allocate_promise(&mut self, decider: Option<&str>) -> StoreResult<Kref> {
         let kpid = Kref::from_table(format!("kp{}", self.next_id(keys::NEXT_PROMISE)?));
         self.fresh.note_kref(&kpid);
-        self.store.set_new(&keys::state(&kpid), "unresolved")?;
+        let record = PromiseRecord::new(decider.map(EndpointId::from_table));
+        self.store
+            .set_new(&keys::promise(&kpid), &record.to_text())?;
         if let Some(vat) = decider {
-            self.store.set_new(&keys::decider(&kpid), vat)?;
             self.store.set_new(&keys::decided(&vat, &kpid), "")?;
         }
         Ok(kpid)
@@ -492,10 +535,46 @@ impl KernelState {
             .map(|owner| EndpointId::from_table(&owner)))
     }
 
+    /// `kpid`'s record (`None`: no such promise, or freed).
+    pub(crate) fn promise_record(&self, kpid: &str) -> StoreResult<Option<PromiseRecord>> {
+        Ok(self.get(&keys::promise(&kpid))?.map(|text| {
+            PromiseRecord::parse(&text).unwrap_or_else(|| {
+                panic!("kernel invariant: {kpid}.promise is a promise record, found {text:?}")
+            })
+        }))
+    }
+
+    /// The record of `kpid`, which exists.
+    fn existing_promise(&self, kpid: &str) -> StoreResult<PromiseRecord> {
+        Ok(self
+            .promise_record(kpid)?
+            .unwrap_or_else(|| panic!("kernel invariant: {kpid} is a known promise")))
+    }
+
+    fn set_promise_record(&mut self, kpid: &str, record: &PromiseRecord) -> StoreResult<()> {
+        self.set(&keys::promise(&kpid), &record.to_text())
+    }
+
+    /// Changes `kpid`'s record by `change`. The record is read again each
+    /// time: a change to one field never writes back a stale copy of another.
+    fn change_promise(
+        &mut self,
+        kpid: &str,
+        change: impl FnOnce(&mut PromiseRecord),
+    ) -> StoreResult<PromiseRecord> {
+        let mut record = self.existing_promise(kpid)?;
+        change(&mut record);
+        self.set_promise_record(kpid, &record)?;
+        Ok(record)
+    }
+
     /// The messages waiting on `kpid`, in order (none when it has no queue),
     /// with their keys.
     fn promise_queue(&self, kpid: &str) -> StoreResult<Vec<(String, Message)>> {
-        if self.get(&keys::queued(&kpid))?.is_none() {
+        if self
+            .promise_record(kpid)?
+            .is_none_or(|record| record.queued == 0)
+        {
             return Ok(Vec::new());
         }
         Ok(self
@@ -519,7 +598,6 @@ impl KernelState {
         for (key, _) in queue {
             self.delete(key)?;
         }
-        self.delete(&keys::queued(&kpid))?;
         let prefix = subscriber_prefix(kpid);
         for vat in subscribers {
             self.delete(&format!("{prefix}{vat}"))?;
@@ -536,7 +614,7 @@ impl KernelState {
     }
 
     pub(crate) fn promise_state(&self, kpid: &str) -> StoreResult<Option<PromiseState>> {
-        let Some(state) = self.get(&keys::state(&kpid))? else {
+        let Some(record) = self.promise_record(kpid)? else {
             return Ok(None);
         };
         let data = || -> StoreResult<CapData> {
@@ -544,18 +622,15 @@ impl KernelState {
                 .promise_data(kpid)?
                 .unwrap_or_else(|| panic!("kernel invariant: settled {kpid} has data")))
         };
-        Ok(Some(match state.as_str() {
-            "unresolved" => PromiseState::Unresolved,
-            "fulfilled" => PromiseState::Fulfilled(data()?),
-            "rejected" => PromiseState::Rejected(data()?),
-            other => panic!("kernel invariant: {kpid}.state is a known state, found {other:?}"),
+        Ok(Some(match record.settlement {
+            Settlement::Unresolved => PromiseState::Unresolved,
+            Settlement::Fulfilled => PromiseState::Fulfilled(data()?),
+            Settlement::Rejected => PromiseState::Rejected(data()?),
         }))
     }
 
     pub(crate) fn promise_decider(&self, kpid: &str) -> StoreResult<Option<EndpointId>> {
-        Ok(self
-            .get(&keys::decider(&kpid))?
-            .map(|decider| EndpointId::from_table(&decider)))
+        Ok(self.promise_record(kpid)?.and_then(|record| record.decider))
     }
 
     pub(crate) fn set_promise_decider(
@@ -563,31 +638,27 @@ impl KernelState {
         kpid: &str,
         decider: Option<&str>,
     ) -> StoreResult<()> {
-        let key = keys::decider(&kpid);
-        let old = self.get(&key)?;
-        if old.as_deref() == decider {
+        let mut record = self.existing_promise(kpid)?;
+        if record.decider.as_deref() == decider {
             return Ok(());
         }
-        if let Some(old) = old {
+        if let Some(old) = &record.decider {
             self.delete(&keys::decided(&old, &kpid))?;
         }
-        match decider {
-            Some(vat) => {
-                self.set(&key, vat)?;
-                self.set(&keys::decided(&vat, &kpid), "")
-            }
-            None => self.delete(&key),
+        if let Some(vat) = decider {
+            self.set(&keys::decided(&vat, &kpid), "")?;
         }
+        record.decider = decider.map(EndpointId::from_table);
+        self.set_promise_record(kpid, &record)
     }
 
-    /// `kpid` has no decider any more (it settled, or was freed).
-    fn forget_decider(&mut self, kpid: &str) -> StoreResult<()> {
-        let key = keys::decider(&kpid);
-        if let Some(decider) = self.get(&key)? {
-            self.delete(&keys::decided(&decider, &kpid))?;
-            self.delete(&key)?;
+    /// Deletes `record`'s entry in its decider's index, if it has a decider
+    /// (its caller forgets the decider in the record it writes).
+    fn unindex_decider(&mut self, kpid: &str, record: &PromiseRecord) -> StoreResult<()> {
+        match &record.decider {
+            Some(decider) => self.delete(&keys::decided(&decider, &kpid)),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// The unresolved promises `endpoint` decides, each with whether it
@@ -603,7 +674,7 @@ impl KernelState {
 
     /// Whether `kpid`'s decider keeps it in durable state.
     pub(crate) fn is_kept(&self, kpid: &str) -> StoreResult<bool> {
-        let Some(decider) = self.get(&keys::decider(&kpid))? else {
+        let Some(decider) = self.promise_decider(kpid)? else {
             return Ok(false);
         };
         Ok(self.get(&keys::decided(&decider, &kpid))?.as_deref() == Some(keys::KEPT))
@@ -619,7 +690,7 @@ impl KernelState {
         if kref.starts_with("ko") {
             Ok(self.object_owner(kref)?.is_some())
         } else if kref.starts_with("kp") {
-            Ok(self.get(&keys::state(&kref))?.is_some())
+            Ok(self.promise_record(kref)?.is_some())
         } else {
             Ok(false)
         }
@@ -637,10 +708,6 @@ impl KernelState {
     /// Subscribes `vat` to `kpid` (once, however often it asks).
     pub(crate) fn add_subscriber(&mut self, kpid: &str, vat: &str) -> StoreResult<()> {
         self.set(&format!("{}{vat}", subscriber_prefix(kpid)), "")
-    }
-
-    fn promise_refs(&self, kpid: &str) -> StoreResult<u64> {
-        self.count(&keys::refs(&kpid))
     }
 
     /// An object's (reachable, recognizable) counts.
@@ -704,8 +771,7 @@ impl KernelState {
     /// One more place refers to `kref` (reachably, for an object).
     pub(crate) fn incref(&mut self, kref: &str) -> StoreResult<()> {
         if kref.starts_with("kp") {
-            let refs = self.promise_refs(kref)?;
-            self.set(&keys::refs(&kref), &(refs + 1).to_string())?;
+            self.change_promise(kref, |record| record.refs += 1)?;
         } else if kref.starts_with("ko") {
             self.change_object_refs(kref, true, true)?;
         }
@@ -715,13 +781,12 @@ impl KernelState {
     /// One place fewer refers to `kref`; at zero it may be freed at the crank's end.
     pub(crate) fn decref(&mut self, kref: &str) -> StoreResult<()> {
         if kref.starts_with("kp") {
-            let refs = self.promise_refs(kref)?;
-            assert!(
-                refs > 0,
-                "kernel invariant: the refcount of {kref} never goes negative"
-            );
-            self.set(&keys::refs(&kref), &(refs - 1).to_string())?;
-            if refs == 1 {
+            let record = self.change_promise(kref, |record| {
+                record.refs = record.refs.checked_sub(1).unwrap_or_else(|| {
+                    panic!("kernel invariant: the refcount of {kref} never goes negative")
+                });
+            })?;
+            if record.refs == 0 {
                 self.maybe_free.insert(kref.to_owned());
             }
         } else if kref.starts_with("ko") {
@@ -732,13 +797,21 @@ impl KernelState {
 
     /// Keeps `kpid` alive for a host that waits on it.
     pub(crate) fn pin(&mut self, kpid: &str) -> StoreResult<()> {
-        self.set(&keys::pinned(&kpid), "1")?;
-        self.incref(kpid)
+        if !self.existing_promise(kpid)?.pinned {
+            self.change_promise(kpid, |record| {
+                record.pinned = true;
+                record.refs += 1;
+            })?;
+        }
+        Ok(())
     }
 
     pub(crate) fn unpin(&mut self, kpid: &str) -> StoreResult<()> {
-        if self.get(&keys::pinned(&kpid))?.is_some() {
-            self.delete(&keys::pinned(&kpid))?;
+        if self
+            .promise_record(kpid)?
+            .is_some_and(|record| record.pinned)
+        {
+            self.change_promise(kpid, |record| record.pinned = false)?;
             self.decref(kpid)?;
         }
         Ok(())
@@ -748,9 +821,12 @@ impl KernelState {
     /// it referred to.
     pub(crate) fn collect_garbage(&mut self) -> StoreResult<()> {
         while let Some(kpid) = self.maybe_free.pop_first() {
-            if self.promise_refs(&kpid)? != 0 || self.get(&keys::state(&kpid))?.is_none() {
+            let Some(record) = self
+                .promise_record(&kpid)?
+                .filter(|record| record.refs == 0)
+            else {
                 continue;
-            }
+            };
             let mut released: Vec<String> = Vec::new();
             if let Some(data) = self.promise_data(&kpid)? {
                 released.extend(data.slots);
@@ -761,10 +837,9 @@ impl KernelState {
             }
             let subscribers = self.subscribers(&kpid)?;
             self.delete_waiters(&kpid, &queue, &subscribers)?;
-            self.forget_decider(&kpid)?;
-            for field in ["state", "data", "refs"] {
-                self.delete(&format!("{kpid}.{field}"))?;
-            }
+            self.unindex_decider(&kpid, &record)?;
+            self.delete(&keys::promise(&kpid))?;
+            self.delete(&keys::settlement(&kpid))?;
             for kref in released {
                 self.decref(&kref)?;
             }
@@ -842,8 +917,7 @@ impl KernelState {
     /// length. Returns false, queueing nothing, when the queue holds
     /// [`PROMISE_QUEUE_MAX`] messages already.
     pub(crate) fn queue_on_promise(&mut self, kpid: &str, message: &Message) -> StoreResult<bool> {
-        let count_key = keys::queued(&kpid);
-        let queued = self.count(&count_key)?;
+        let queued = self.existing_promise(kpid)?.queued;
         if queued >= PROMISE_QUEUE_MAX {
             return Ok(false);
         }
@@ -855,7 +929,7 @@ impl KernelState {
         }
         let text = serde_json::to_string(message).expect("kernel invariant: messages serialize");
         self.set(&format!("{}{queued:010}", queue_prefix(kpid)), &text)?;
-        self.set(&count_key, &(queued + 1).to_string())?;
+        self.change_promise(kpid, |record| record.queued = queued + 1)?;
         Ok(true)
     }
 
@@ -881,11 +955,20 @@ impl KernelState {
         for kref in &data.slots {
             self.incref(kref)?;
         }
-        let state = if rejected { "rejected" } else { "fulfilled" };
-        self.set(&keys::state(&kpid), state)?;
         let data_text = serde_json::to_string(data).expect("kernel invariant: capdata serializes");
         self.set(&keys::settlement(&kpid), &data_text)?;
-        self.forget_decider(kpid)?;
+        // Settled: no decider, nothing waits any more.
+        let before = self.existing_promise(kpid)?;
+        self.unindex_decider(kpid, &before)?;
+        self.change_promise(kpid, |record| {
+            record.settlement = if rejected {
+                Settlement::Rejected
+            } else {
+                Settlement::Fulfilled
+            };
+            record.decider = None;
+            record.queued = 0;
+        })?;
         self.delete_waiters(kpid, &queue, &subscribers)?;
         Ok((
             subscribers,
@@ -1105,7 +1188,7 @@ mod tests {
         store.end_crank().unwrap();
         store.commit().unwrap();
         assert!(matches!(schema_of(store).unwrap(), Schema::Current));
-        assert_eq!(store.get("kernel.schema").unwrap().as_deref(), Some("4"));
+        assert_eq!(store.get("kernel.schema").unwrap().as_deref(), Some("5"));
         let decided: Vec<String> = state
             .decided_by("v1")
             .unwrap()
@@ -1113,6 +1196,62 @@ mod tests {
             .map(|(kpid, _)| String::from(kpid))
             .collect();
         assert_eq!(decided, ["kp3"]);
+    }
+
+    /// Schema 4's key per promise field becomes one record per promise;
+    /// the heaps' records of a schema 4 store are kept as they were.
+    #[test]
+    fn a_store_of_schema_4_has_its_promise_fields_folded_into_records_at_open() {
+        let (_dir, mut state) = state();
+        let store = &mut state.store;
+        store.begin_crank().unwrap();
+        for (key, value) in [
+            ("kernel.schema", "4"),
+            ("vat.name.live", "v1"),
+            ("v1.state", "running"),
+            ("kp3.state", "unresolved"),
+            ("kp3.decider", "v1"),
+            ("v1.decided.kp3", "kept"),
+            ("kp3.refs", "2"),
+            ("kp3.queued", "1"),
+            (
+                "kp3.queue.0000000000",
+                &serde_json::to_string(&message(0)).unwrap(),
+            ),
+            ("kp3.pinned", "1"),
+            ("kp4.state", "rejected"),
+            ("kp4.refs", "1"),
+            ("kp4.data", "{\"body\":\"#1\",\"slots\":[]}"),
+        ] {
+            store.set(key, value).unwrap();
+        }
+        store.end_crank().unwrap();
+        store.commit().unwrap();
+        assert!(matches!(schema_of(store).unwrap(), Schema::Current));
+        assert_eq!(
+            store.get("kp3.promise").unwrap().as_deref(),
+            Some("unresolved 2 1 1 v1")
+        );
+        assert_eq!(
+            store.get("kp4.promise").unwrap().as_deref(),
+            Some("rejected 1 0 0 -")
+        );
+        for gone in [
+            "kp3.state",
+            "kp3.decider",
+            "kp3.refs",
+            "kp3.queued",
+            "kp3.pinned",
+        ] {
+            assert_eq!(store.get(gone).unwrap(), None, "{gone}");
+        }
+        assert_eq!(state.heap_report("v1").unwrap(), None);
+        assert!(state.is_kept("kp3").unwrap());
+        assert_eq!(state.promise_queue("kp3").unwrap().len(), 1);
+        assert!(matches!(
+            state.promise_state("kp4").unwrap(),
+            Some(PromiseState::Rejected(_))
+        ));
     }
 
     #[test]
@@ -1151,7 +1290,7 @@ mod tests {
         store.end_crank().unwrap();
         store.commit().unwrap();
         assert!(matches!(schema_of(store).unwrap(), Schema::Current));
-        assert_eq!(store.get("kernel.schema").unwrap().as_deref(), Some("4"));
+        assert_eq!(store.get("kernel.schema").unwrap().as_deref(), Some("5"));
         assert_eq!(store.get("kp3.queue").unwrap(), None);
         assert_eq!(state.subscribers("kp3").unwrap(), ["r2", "v1"]);
         let queued: Vec<String> = state
@@ -1179,7 +1318,7 @@ mod tests {
                 .unwrap()
         );
         assert_eq!(
-            state.count(&format!("{kpid}.queued")).unwrap(),
+            state.promise_record(&kpid).unwrap().unwrap().queued,
             PROMISE_QUEUE_MAX
         );
         state.add_subscriber(&kpid, "v1").unwrap();
