@@ -209,6 +209,8 @@ pub struct Node<A: Send + 'static> {
     dialing: HashSet<EndpointId>,
     swept_at: Instant,
     peers_swept_at: Instant,
+    /// Whether the last wait for an event was within `spin_us`.
+    last_wait_short: bool,
 }
 
 impl<A: Send + 'static> std::fmt::Debug for Node<A> {
@@ -362,6 +364,7 @@ impl<A: Send + 'static> Node<A> {
             dialing: HashSet::new(),
             swept_at: Instant::now(),
             peers_swept_at: Instant::now(),
+            last_wait_short: true,
         };
         // Sessions this kernel dials resume now (after a restart too).
         for (peer, _, _) in node.kernel.sessions_to_dial()? {
@@ -590,7 +593,7 @@ impl<A: Send + 'static> Node<A> {
         let mut app = Vec::new();
         let mut next = self.events.try_recv().ok();
         if next.is_none() && !self.kernel.has_work()? {
-            next = self.events.recv_timeout(wait).ok();
+            next = self.wait_for_event(wait);
         }
         let started = Instant::now();
         let mut busy = false;
@@ -632,6 +635,31 @@ impl<A: Send + 'static> Node<A> {
         self.acknowledge()?;
         self.sweep_when_due()?;
         Ok(app)
+    }
+
+    /// The next event within `wait`. While recent waits were short (a
+    /// session's frames coming and going), it first polls for up to
+    /// `spin_us` (`vat_supervisor::spin_us`, `VAT_SPIN_US`), giving the
+    /// core away between polls: a thread asleep on the channel costs a
+    /// wakeup (tens of microseconds on a virtual machine's idle core) per
+    /// frame.
+    fn wait_for_event(&mut self, wait: Duration) -> Option<Event<A>> {
+        let started = Instant::now();
+        let spin = Duration::from_micros(vat_supervisor::spin_us()).min(wait);
+        if self.last_wait_short && !spin.is_zero() {
+            while started.elapsed() < spin {
+                if let Ok(event) = self.events.try_recv() {
+                    return Some(event);
+                }
+                std::thread::yield_now();
+            }
+        }
+        let event = self
+            .events
+            .recv_timeout(wait.saturating_sub(started.elapsed()))
+            .ok();
+        self.last_wait_short = started.elapsed() < spin || spin.is_zero();
+        event
     }
 
     /// Dials the sessions whose redial time has come.

@@ -19,8 +19,8 @@ mod process;
 mod worker_capnp;
 
 pub use process::{
-    ModuleSource, PIPE_SPIN_US_DEFAULT, PIPE_SPIN_US_MAX, PIPE_SPIN_US_VAR, PROTOCOL_VERSION,
-    ProcessWorker, serve,
+    ModuleSource, PROTOCOL_VERSION, ProcessWorker, SPIN_US_DEFAULT, SPIN_US_MAX, SPIN_US_VAR,
+    serve, spin_us,
 };
 
 use vom::abi::{ABI_VERSION, Delivery, IMPORT_MODULE, Syscall, SyscallResult};

@@ -61,29 +61,30 @@ fn write_frame(
         .map_err(|e| VatFault::WorkerDied(format!("pipe closed: {e}")))
 }
 
-/// `pipe_spin_us`: how long either end of a worker's pipe polls for the
-/// other's next frame before it blocks (the kernel waiting for a delivery's
-/// answer, a worker for its next delivery or a syscall's result). Set by
-/// the environment variable [`PIPE_SPIN_US_VAR`] (a worker inherits the
-/// kernel's); 0 turns polling off.
-pub const PIPE_SPIN_US_DEFAULT: u64 = 500;
-/// The environment variable that sets `pipe_spin_us`.
-pub const PIPE_SPIN_US_VAR: &str = "VAT_PIPE_SPIN_US";
-/// The most `pipe_spin_us` may be: a longer poll only burns a core.
-pub const PIPE_SPIN_US_MAX: u64 = 10_000;
+/// `spin_us`: how long a thread that waits for the next frame polls for
+/// it before it sleeps, while its recent waits were that short: either end
+/// of a worker's pipe (the kernel waiting for a delivery's answer, a worker
+/// for its next delivery or a syscall's result), and the daemon's loop
+/// waiting for its next event. Set by the environment variable
+/// [`SPIN_US_VAR`] (a worker inherits the kernel's); 0 turns polling off.
+pub const SPIN_US_DEFAULT: u64 = 500;
+/// The environment variable that sets `spin_us`.
+pub const SPIN_US_VAR: &str = "VAT_SPIN_US";
+/// The most `spin_us` may be: a longer poll only burns a core.
+pub const SPIN_US_MAX: u64 = 10_000;
 
-/// `pipe_spin_us` as the environment sets it, read once per process. A
-/// value that is not a number up to [`PIPE_SPIN_US_MAX`] is ignored (the
-/// default holds): it only tunes speed, never what is delivered.
-fn pipe_spin_us() -> u64 {
+/// `spin_us` as the environment sets it, read once per process. A value
+/// that is not a number up to [`SPIN_US_MAX`] is ignored (the default
+/// holds): it only tunes speed, never what is delivered.
+pub fn spin_us() -> u64 {
     static SPIN_US: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    *SPIN_US.get_or_init(|| parse_spin_us(std::env::var(PIPE_SPIN_US_VAR).ok().as_deref()))
+    *SPIN_US.get_or_init(|| parse_spin_us(std::env::var(SPIN_US_VAR).ok().as_deref()))
 }
 
 fn parse_spin_us(text: Option<&str>) -> u64 {
     text.and_then(|text| text.parse().ok())
-        .filter(|&us| us <= PIPE_SPIN_US_MAX)
-        .unwrap_or(PIPE_SPIN_US_DEFAULT)
+        .filter(|&us| us <= SPIN_US_MAX)
+        .unwrap_or(SPIN_US_DEFAULT)
 }
 
 /// A pipe read that first waits for data by polling, giving the core away
@@ -189,7 +190,7 @@ impl ProcessWorker {
             })?;
         let to_worker = BufWriter::new(child.stdin.take().expect("piped stdin"));
         let stdout = child.stdout.take().expect("piped stdout");
-        let from_worker = BufReader::new(SpinRead::new(stdout, pipe_spin_us()));
+        let from_worker = BufReader::new(SpinRead::new(stdout, spin_us()));
         Ok(ProcessWorker {
             child,
             to_worker,
@@ -573,7 +574,7 @@ struct WorkerHome {
 /// vat it hosts (the kernel hands a sleeping vat's process to one that
 /// wakes). The body of the `vat-supervisor` binary.
 pub fn serve(input: impl Read + std::os::fd::AsRawFd, output: impl Write) -> Result<(), VatFault> {
-    let mut input = BufReader::new(SpinRead::new(input, pipe_spin_us()));
+    let mut input = BufReader::new(SpinRead::new(input, spin_us()));
     let mut output = BufWriter::new(output);
     let mut home = WorkerHome {
         host: None,
@@ -745,12 +746,12 @@ mod tests {
     use std::os::unix::net::UnixStream;
 
     #[test]
-    fn pipe_spin_us_falls_back_to_its_default_on_a_bad_or_too_large_value() {
-        assert_eq!(parse_spin_us(None), PIPE_SPIN_US_DEFAULT);
-        assert_eq!(parse_spin_us(Some("soon")), PIPE_SPIN_US_DEFAULT);
-        assert_eq!(parse_spin_us(Some("-5")), PIPE_SPIN_US_DEFAULT);
-        let too_long = (PIPE_SPIN_US_MAX + 1).to_string();
-        assert_eq!(parse_spin_us(Some(&too_long)), PIPE_SPIN_US_DEFAULT);
+    fn spin_us_falls_back_to_its_default_on_a_bad_or_too_large_value() {
+        assert_eq!(parse_spin_us(None), SPIN_US_DEFAULT);
+        assert_eq!(parse_spin_us(Some("soon")), SPIN_US_DEFAULT);
+        assert_eq!(parse_spin_us(Some("-5")), SPIN_US_DEFAULT);
+        let too_long = (SPIN_US_MAX + 1).to_string();
+        assert_eq!(parse_spin_us(Some(&too_long)), SPIN_US_DEFAULT);
         assert_eq!(parse_spin_us(Some("0")), 0);
         assert_eq!(parse_spin_us(Some("250")), 250);
     }
