@@ -104,6 +104,9 @@ pub fn serve(path: &Path, socket: &Path, serving: &Serving<'_>) -> Result<Outcom
     let _socket_file = SocketFile(socket.to_owned());
     let mut kernel = home.kernel(CommitPolicy::GROUPED)?;
     kernel.set_vats_resident_max(serving.vats_resident_max)?;
+    // A daemon runs on: a spare process started ahead of need spares the
+    // next spawn or wake its process start.
+    kernel.set_warm_spares(1);
     // Only vats whose heaps held what their store did not are woken now (to
     // be told they restarted); the others wake when a message comes.
     kernel.start_workers()?;

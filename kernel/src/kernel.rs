@@ -220,6 +220,8 @@ pub struct Kernel {
     residency: Residency,
     /// `vats_resident_max`: how many vats keep a worker between cranks.
     vats_resident_max: usize,
+    /// How many spare worker processes are kept started ahead of need.
+    warm_spares: usize,
     /// Vats due a `bringOutYourDead` after the crank that made them so.
     collection_due: Vec<EndpointId>,
     /// Where compiled modules are kept between processes, if anywhere.
@@ -309,6 +311,7 @@ impl Kernel {
             workers: HashMap::new(),
             residency: Residency::default(),
             vats_resident_max: crate::resident::VATS_RESIDENT_MAX_DEFAULT,
+            warm_spares: 0,
             collection_due: Vec::new(),
             module_cache: None,
             supervisor: None,
@@ -578,6 +581,9 @@ impl Kernel {
         outcome.map_err(WorkerStartError::Fault)?;
         self.workers.insert(vat.to_owned(), worker);
         self.residency.woke(started_at, reused);
+        if options.worker == WorkerKind::Process {
+            self.warm_spares();
+        }
         if let Some(now_s) = self.residency.touch(vat) {
             self.state
                 .set(&keys::vat_active(&vat), &now_s.to_string())?;
@@ -644,6 +650,31 @@ impl Kernel {
         let worker =
             ProcessWorker::start(&program, vat, source, options.limits()).map_err(fault)?;
         Ok((VatWorker::Process(worker), false))
+    }
+
+    /// Starts spare processes until [`Self::set_warm_spares`] are waiting,
+    /// room allowing: the next vat that starts takes one with its process
+    /// start paid, while this one runs. A spare that cannot start is left
+    /// out: the next vat starts a process of its own, and says why.
+    fn warm_spares(&mut self) {
+        let Ok(program) = self.supervisor_program() else {
+            return;
+        };
+        let room = self.vats_resident_max.saturating_sub(self.workers.len());
+        while self.residency.spares() < self.warm_spares.min(room) {
+            match ProcessWorker::spare(&program) {
+                Ok(spare) => self.residency.keep_spare(spare, room),
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// How many spare worker processes to keep started ahead of need (0,
+    /// the default: only sleeping vats' processes are kept). A daemon keeps
+    /// one, so that a spawn or a wake pays no process start. At most
+    /// [`SPARE_WORKERS_MAX`].
+    pub fn set_warm_spares(&mut self, spares: usize) {
+        self.warm_spares = spares.min(crate::resident::SPARE_WORKERS_MAX);
     }
 
     /// Puts vats to sleep, least recently used first, until the resident

@@ -64,7 +64,8 @@ pub struct ResidencyCounts {
     pub wakes: u64,
     /// Vats put to sleep (to make room, or by `vat sleep`).
     pub evictions: u64,
-    /// Wakes that took a sleeping vat's process instead of starting one.
+    /// Wakes that took a spare process (a sleeping vat's, or one started
+    /// ahead of need) instead of starting one.
     pub processes_reused: u64,
     /// Total time spent waking, in microseconds.
     pub wake_us_total: u64,

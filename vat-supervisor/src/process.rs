@@ -111,6 +111,13 @@ impl<R> SpinRead<R> {
             last_wait_short: true,
         }
     }
+
+    /// The next frame is expected soon whatever the last wait was: its
+    /// reader has just asked for it (a delivery's answer, a start's ready,
+    /// a syscall's result during a delivery).
+    fn expect_soon(&mut self) {
+        self.last_wait_short = true;
+    }
 }
 
 impl<R: Read + std::os::fd::AsRawFd> SpinRead<R> {
@@ -171,6 +178,13 @@ impl ProcessWorker {
         let mut worker = ProcessWorker::spawn(program, label, &limits)?;
         worker.host(module, limits)?;
         Ok(worker)
+    }
+
+    /// Starts `program` with nothing to host yet: a spare process that
+    /// [`Self::host`] gives a vat later, its start already paid (`ps`
+    /// shows it as `--vat spare`).
+    pub fn spare(program: &Path) -> Result<ProcessWorker, SupervisorError> {
+        ProcessWorker::spawn(program, "spare", &Limits::default())
     }
 
     /// Starts `program` with nothing to host yet.
@@ -341,6 +355,7 @@ impl Worker for ProcessWorker {
             .init_root::<to_worker::Builder>()
             .set_deliver(json.as_str());
         write_frame(&mut self.to_worker, &message)?;
+        self.from_worker.get_mut().expect_soon();
         // A refusal the guest was told of ends the delivery with the guest's
         // fault report; the kernel's own account of why it refused wins.
         let mut refused: Option<SyscallRefusal> = None;
@@ -576,8 +591,11 @@ struct WorkerHome {
 pub fn serve(input: impl Read + std::os::fd::AsRawFd, output: impl Write) -> Result<(), VatFault> {
     let mut input = BufReader::new(SpinRead::new(input, spin_us()));
     let mut output = BufWriter::new(output);
+    // The engine is made before the first frame arrives: a spare process
+    // (started ahead of need) has it ready when a vat comes. One that
+    // cannot be made is made again, and its failure told, at the start.
     let mut home = WorkerHome {
-        host: None,
+        host: WasmHost::new().ok(),
         modules: Vec::new(),
     };
     let mut hosted: Option<(ThreadWorker, Limits)> = None;
@@ -607,6 +625,8 @@ pub fn serve(input: impl Read + std::os::fd::AsRawFd, output: impl Write) -> Res
                 };
                 let json = owned_text(json)?;
                 let delivery: Delivery = serde_json::from_str(&json).map_err(protocol_error)?;
+                // The kernel answers a delivery's syscalls at once.
+                input.get_mut().expect_soon();
                 let io = (&mut input, &mut output, options);
                 deliver(worker, &delivery, io, &mut cache)?;
             }
