@@ -460,6 +460,12 @@ fn check_reports_each_discrepancy_in_a_damaged_store() {
             .unwrap();
         conn.execute("UPDATE kv SET value = 'v9' WHERE key = 'ko2.owner'", [])
             .unwrap();
+        // A promise record that is not one.
+        conn.execute(
+            "INSERT INTO kv (key, value) VALUES ('kp1.promise', 'settled, probably')",
+            [],
+        )
+        .unwrap();
     }
     let out = home.run(&["check"]);
     assert!(!out.status.success());
@@ -474,6 +480,10 @@ fn check_reports_each_discrepancy_in_a_damaged_store() {
     );
     assert!(
         report.contains("v2 exports ko2 as o+0 but does not own it"),
+        "{report}"
+    );
+    assert!(
+        report.contains(r#"kp1.promise is not a promise record: "settled, probably""#),
         "{report}"
     );
     let stderr = String::from_utf8(out.stderr).unwrap();

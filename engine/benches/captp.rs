@@ -153,8 +153,18 @@ fn kernel_node(dir: &std::path::Path, name: &str) -> (String, Node<()>, Kref) {
     (did, node, root)
 }
 
-/// Kernel to kernel: (µs per sequential round trip, pipelined calls/s).
-fn kernel_to_kernel(calls: u64, burst: u64) -> (f64, f64) {
+/// What the kernel-to-kernel run measured.
+struct KernelRun {
+    latency_us: f64,
+    calls_per_s: f64,
+    /// Commits on the calling kernel per sequential round trip.
+    commits_b_per_call: f64,
+    /// Commits on the answering kernel over the whole run, per call.
+    commits_a_per_call: f64,
+}
+
+/// Kernel to kernel: latency, throughput, and the commits they took.
+fn kernel_to_kernel(calls: u64, burst: u64) -> KernelRun {
     let dir = tempfile::tempdir().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     // Kernel A lives on its own thread (a kernel is not Send): it says
@@ -174,6 +184,7 @@ fn kernel_to_kernel(calls: u64, burst: u64) -> (f64, f64) {
             while !stop.load(Ordering::Relaxed) {
                 node_a.turn(Duration::from_millis(20)).unwrap();
             }
+            node_a.kernel().store().stats().commits
         })
     };
     let (did_a, address, swiss) = announced.recv().unwrap();
@@ -209,11 +220,18 @@ fn kernel_to_kernel(calls: u64, burst: u64) -> (f64, f64) {
         started.elapsed().as_secs_f64()
     };
     call(&mut node_b, "runHeap", 10);
+    let commits_before = node_b.kernel().store().stats().commits;
     let latency = call(&mut node_b, "runHeap", calls) * 1e6 / calls as f64;
+    let commits_b = node_b.kernel().store().stats().commits - commits_before;
     let rate = burst as f64 / call(&mut node_b, "burst", burst);
     stop.store(true, Ordering::Relaxed);
-    serving.join().unwrap();
-    (latency, rate)
+    let commits_a = serving.join().unwrap();
+    KernelRun {
+        latency_us: latency,
+        calls_per_s: rate,
+        commits_b_per_call: commits_b as f64 / calls as f64,
+        commits_a_per_call: commits_a as f64 / (10 + calls + burst) as f64,
+    }
 }
 
 /// The time one small durable commit takes here (one key, fsynced): a
@@ -243,9 +261,14 @@ fn main() {
     println!(
         "capnp-rpc Rust<->Rust:  {rpc_latency:8.1} us/call sequential, {rpc_rate:9.0} calls/s pipelined"
     );
-    let (kernel_latency, kernel_rate) = kernel_to_kernel(calls, burst);
+    let run = kernel_to_kernel(calls, burst);
+    let (kernel_latency, kernel_rate) = (run.latency_us, run.calls_per_s);
     println!(
         "kernel<->kernel:        {kernel_latency:8.1} us/call sequential, {kernel_rate:9.0} calls/s pipelined (durable commits on both sides)"
+    );
+    println!(
+        "commits: calling kernel {:.2} per sequential call; answering kernel {:.2} per call over the run",
+        run.commits_b_per_call, run.commits_a_per_call
     );
     println!(
         "ratio: latency {:.2}x capnp-rpc (target <= 1.5x), throughput {:.2}x",
