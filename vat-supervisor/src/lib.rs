@@ -872,6 +872,23 @@ impl Worker for ThreadWorker {
     ) -> Result<(), VatFault> {
         let bytes =
             serde_json::to_vec(delivery).expect("vat-supervisor invariant: deliveries serialize");
+        self.deliver_encoded(&bytes, handler)
+    }
+
+    fn fuel_used(&self) -> Option<u64> {
+        self.last_fuel_used
+    }
+}
+
+impl ThreadWorker {
+    /// [`Worker::deliver`] of a delivery already encoded as the ABI's JSON
+    /// (a worker process passes on what the kernel sent it, unparsed; a
+    /// malformed one is the guest's to refuse).
+    pub(crate) fn deliver_encoded(
+        &mut self,
+        bytes: &[u8],
+        handler: &mut dyn SyscallHandler,
+    ) -> Result<(), VatFault> {
         if bytes.len() > self.limits.message_bytes_max {
             return Err(VatFault::LimitExceeded(format!(
                 "delivery of {} bytes exceeds message_bytes_max ({})",
@@ -892,7 +909,7 @@ impl Worker for ThreadWorker {
         let handler: *mut (dyn SyscallHandler + 'static) = unsafe { std::mem::transmute(handler) };
         self.store.data_mut().handler = Some(handler);
         self.store.data_mut().fault = None;
-        let outcome = self.run_delivery(&bytes);
+        let outcome = self.run_delivery(bytes);
         self.last_fuel_used = self
             .store
             .get_fuel()
@@ -902,10 +919,6 @@ impl Worker for ThreadWorker {
         state.handler = None;
         state.result = None;
         outcome
-    }
-
-    fn fuel_used(&self) -> Option<u64> {
-        self.last_fuel_used
     }
 }
 

@@ -623,12 +623,12 @@ pub fn serve(input: impl Read + std::os::fd::AsRawFd, output: impl Write) -> Res
                 let Some((worker, _)) = hosted.as_mut() else {
                     return Err(protocol_error("a delivery before a successful start"));
                 };
-                let json = owned_text(json)?;
-                let delivery: Delivery = serde_json::from_str(&json).map_err(protocol_error)?;
+                // Passed on as the kernel encoded it: the guest reads it.
+                let json = json.map_err(protocol_error)?.as_bytes();
                 // The kernel answers a delivery's syscalls at once.
                 input.get_mut().expect_soon();
                 let io = (&mut input, &mut output, options);
-                deliver(worker, &delivery, io, &mut cache)?;
+                deliver(worker, json, io, &mut cache)?;
             }
             _ => return Err(protocol_error("expected a start or a delivery")),
         }
@@ -726,7 +726,7 @@ impl WorkerHome {
 /// outcome (the syscalls it batched, or its fault).
 fn deliver<R: Read, W: Write>(
     worker: &mut ThreadWorker,
-    delivery: &Delivery,
+    delivery: &[u8],
     (input, output, options): (&mut R, &mut W, ReaderOptions),
     cache: &mut VatstoreCache,
 ) -> Result<(), VatFault> {
@@ -738,7 +738,7 @@ fn deliver<R: Read, W: Write>(
         failed: None,
         cache: &mut *cache,
     };
-    let outcome = worker.deliver(delivery, &mut syscalls);
+    let outcome = worker.deliver_encoded(delivery, &mut syscalls);
     if outcome.is_err() {
         // The kernel aborts the crank: what this delivery wrote never was.
         syscalls.cache.clear();
