@@ -797,13 +797,13 @@ impl KernelState {
 
     /// Keeps `kpid` alive for a host that waits on it.
     pub(crate) fn pin(&mut self, kpid: &str) -> StoreResult<()> {
-        if !self.existing_promise(kpid)?.pinned {
-            self.change_promise(kpid, |record| {
-                record.pinned = true;
-                record.refs += 1;
-            })?;
+        let mut record = self.existing_promise(kpid)?;
+        if record.pinned {
+            return Ok(());
         }
-        Ok(())
+        record.pinned = true;
+        record.refs += 1;
+        self.set_promise_record(kpid, &record)
     }
 
     pub(crate) fn unpin(&mut self, kpid: &str) -> StoreResult<()> {
@@ -957,18 +957,18 @@ impl KernelState {
         }
         let data_text = serde_json::to_string(data).expect("kernel invariant: capdata serializes");
         self.set(&keys::settlement(&kpid), &data_text)?;
-        // Settled: no decider, nothing waits any more.
-        let before = self.existing_promise(kpid)?;
-        self.unindex_decider(kpid, &before)?;
-        self.change_promise(kpid, |record| {
-            record.settlement = if rejected {
-                Settlement::Rejected
-            } else {
-                Settlement::Fulfilled
-            };
-            record.decider = None;
-            record.queued = 0;
-        })?;
+        // Settled: no decider, nothing waits any more. Read once, after
+        // the counts above changed it.
+        let mut record = self.existing_promise(kpid)?;
+        self.unindex_decider(kpid, &record)?;
+        record.settlement = if rejected {
+            Settlement::Rejected
+        } else {
+            Settlement::Fulfilled
+        };
+        record.decider = None;
+        record.queued = 0;
+        self.set_promise_record(kpid, &record)?;
         self.delete_waiters(kpid, &queue, &subscribers)?;
         Ok((
             subscribers,

@@ -575,14 +575,8 @@ impl SwingStore {
                 .query_map(params![prefix], row)?
                 .collect::<rusqlite::Result<_>>()?,
         };
-        let range = self
-            .dirty
-            .range::<str, _>((Bound::Included(prefix), Bound::Unbounded));
-        for key in range.take_while(|k| k.starts_with(prefix)) {
-            let value = self
-                .dirty_value(key)
-                .expect("swingstore invariant: a dirty key has a dirty slot");
-            merged.insert(key.to_string(), value);
+        for (key, value) in self.dirty_under(prefix) {
+            merged.insert(key, value);
         }
         Ok(merged
             .into_iter()
@@ -596,18 +590,31 @@ impl SwingStore {
     /// builds check the claim against SQLite.
     pub fn scan_prefix_uncommitted(&self, prefix: &str) -> Result<Vec<(String, String)>> {
         self.read_allowed()?;
-        let range = self
-            .dirty
-            .range::<str, _>((Bound::Included(prefix), Bound::Unbounded));
-        let found: Vec<(String, String)> = range
-            .take_while(|key| key.starts_with(prefix))
-            .filter_map(|key| Some((key.to_string(), self.dirty_value(key)??)))
+        let found: Vec<(String, String)> = self
+            .dirty_under(prefix)
+            .filter_map(|(key, value)| Some((key, value?)))
             .collect();
         debug_assert!(
             self.first_committed_under(prefix)?.is_none(),
             "swingstore invariant: scan_prefix_uncommitted of a committed prefix ({prefix})"
         );
         Ok(found)
+    }
+
+    /// The uncommitted writes under `prefix`, in key order (`None`: deleted).
+    fn dirty_under<'a>(
+        &'a self,
+        prefix: &'a str,
+    ) -> impl Iterator<Item = (String, Option<String>)> + 'a {
+        self.dirty
+            .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
+            .take_while(move |key| key.starts_with(prefix))
+            .map(|key| {
+                let value = self
+                    .dirty_value(key)
+                    .expect("swingstore invariant: a dirty key has a dirty slot");
+                (key.to_string(), value)
+            })
     }
 
     /// The first key SQLite holds under `prefix`.
