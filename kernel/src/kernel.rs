@@ -1759,8 +1759,9 @@ impl Kernel {
     }
 
     /// Why `delivery` is too large for `vat`'s worker, if it is. Measured
-    /// exactly (as the worker will encode it) only when a cheap bound says
-    /// it might be: JSON escaping at most sextuples a byte.
+    /// as ABI v1's JSON, the larger of the ABI's encodings, so that what
+    /// passes fits whichever the guest speaks; and only when a cheap bound
+    /// says it might not: JSON escaping at most sextuples a byte.
     fn oversized(&self, vat: &str, delivery: &Delivery) -> Option<String> {
         let max = *self
             .message_bytes_max

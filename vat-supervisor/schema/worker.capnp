@@ -3,8 +3,10 @@
 #
 # Each frame is one Cap'n Proto message in the standard stream framing:
 # `ToWorker` on the worker's stdin, `FromWorker` on its stdout. The vat ABI's
-# own messages (deliveries, syscalls) travel inside as their JSON text, so
-# this protocol never changes when the ABI gains a syscall.
+# own messages (deliveries, syscalls) travel inside in ABI v2's binary
+# encoding (vom::abi::Encoding::Binary), whichever version the guest speaks
+# (the worker re-encodes for a v1 guest), so this protocol never changes when
+# the ABI gains a syscall.
 #
 # A session: Start -> Ready (or StartFailed); then per delivery: Deliver ->
 # zero or more Syscalls (each answered by SyscallResult when `awaitsResult`)
@@ -14,7 +16,7 @@
 # sleeping vat's process to one that wakes (the worker keeps the modules it
 # loaded, so a vat of the same bundle starts without loading it).
 
-const protocolVersion :UInt32 = 1;
+const protocolVersion :UInt32 = 2;
 
 struct Limits {
   fuelPerDelivery @0 :UInt64;
@@ -36,7 +38,7 @@ struct Start {
 struct ToWorker {
   union {
     start @0 :Start;
-    deliver @1 :Text;     # A JSON vom::abi::Delivery.
+    deliver @1 :Data;     # A vom::abi::Delivery, binary-encoded.
     syscallResult @2 :SyscallResult;
   }
 }
@@ -72,12 +74,12 @@ struct FromWorker {
     ready @0 :Void;
     startFailed @1 :Text;
     syscalls @2 :Syscalls;
-    delivered @3 :List(Text);   # Batched syscalls, JSON vom::abi::Syscall each.
+    delivered @3 :List(Data);   # Batched syscalls, each a binary-encoded vom::abi::Syscall.
     fault @4 :Fault;
   }
 }
 
 struct Syscalls {
-  calls @0 :List(Text);         # JSON vom::abi::Syscall each, in order.
+  calls @0 :List(Data);         # Each a binary-encoded vom::abi::Syscall, in order.
   awaitsResult @1 :Bool;        # The last call wants a SyscallResult.
 }

@@ -23,7 +23,7 @@ pub use process::{
     serve, spin_us,
 };
 
-use vom::abi::{ABI_VERSION, Delivery, IMPORT_MODULE, Syscall, SyscallResult};
+use vom::abi::{ABI_VERSION, Delivery, Encoding, IMPORT_MODULE, Syscall, SyscallResult};
 use wasmtime::{
     Caller, Config, Engine, Extern, Instance, InstancePre, Linker, Memory, Module, Store, Trap,
     TypedFunc,
@@ -42,10 +42,10 @@ pub const SYSCALLS_PER_DELIVERY_MAX_DEFAULT: u32 = 100_000;
 /// How often the epoch ticker advances: the resolution of `deadline_ms`.
 const EPOCH_TICK_MS: u64 = 5;
 
-/// The exports ABI v1 requires of a guest.
+/// The exports the vat ABI (v1 and v2 alike) requires of a guest.
 const REQUIRED_EXPORTS: [&str; 4] = ["memory", "vat_abi_version", "vat_alloc", "vat_deliver"];
 
-/// The imports ABI v1 offers, all in module [`IMPORT_MODULE`].
+/// The imports the vat ABI (v1 and v2 alike) offers, all in module [`IMPORT_MODULE`].
 const OFFERED_IMPORTS: [&str; 16] = [
     "send",
     "resolve",
@@ -186,9 +186,9 @@ pub enum SupervisorError {
     NotWasm(String),
     #[error("module lacks the vat ABI export `{0}` (is it built with vom::vat_main!?)")]
     MissingExport(&'static str),
-    #[error("module speaks vat ABI version {found}; this kernel speaks version {expected}")]
-    AbiVersion { found: i32, expected: i32 },
-    #[error("module imports `{module}.{name}`, which vat ABI v1 does not offer")]
+    #[error("module speaks vat ABI version {found}; this kernel speaks versions 1 to {newest}")]
+    AbiVersion { found: i32, newest: i32 },
+    #[error("module imports `{module}.{name}`, which the vat ABI does not offer")]
     UnknownImport { module: String, name: String },
     #[error("module does not fit the vat ABI: {0}")]
     BadSignature(String),
@@ -337,6 +337,8 @@ struct HostState {
     result: Option<Vec<u8>>,
     /// Set when a host function refuses a call, so the trap it causes is reported as such.
     fault: Option<VatFault>,
+    /// How the guest encodes syscall payloads (and expects deliveries): its ABI version's.
+    encoding: Encoding,
 }
 
 fn engine_error(e: impl fmt::Display) -> SupervisorError {
@@ -478,21 +480,9 @@ impl WasmHost {
         if !probe_version {
             return Ok(vat_module);
         }
-        // Ask the module which ABI it speaks, in a throwaway instance.
-        let mut probe = ThreadWorker::start(self, &vat_module, Limits::default())?;
-        let version_fn = probe
-            .instance
-            .get_typed_func::<(), i32>(&mut probe.store, "vat_abi_version")
-            .map_err(|e| SupervisorError::BadSignature(format!("vat_abi_version: {e}")))?;
-        let found = version_fn
-            .call(&mut probe.store, ())
-            .map_err(|e| SupervisorError::Fault(VatFault::Trap(format!("{e:#}"))))?;
-        if found != ABI_VERSION {
-            return Err(SupervisorError::AbiVersion {
-                found,
-                expected: ABI_VERSION,
-            });
-        }
+        // Ask the module which ABI it speaks, in a throwaway instance (each
+        // worker asks its own instance again, for the encoding it speaks).
+        ThreadWorker::start(self, &vat_module, Limits::default())?;
         Ok(vat_module)
     }
 }
@@ -580,14 +570,14 @@ fn stash_result(caller: &mut Caller<'_, HostState>, result: SyscallResult) -> i3
     }
 }
 
-fn json_syscall(
+fn encoded_syscall(
     caller: &mut Caller<'_, HostState>,
     ptr: i32,
     len: i32,
     import: &str,
 ) -> Result<(), wasmtime::Error> {
-    let text = read_text(caller, ptr, len).map_err(|f| refuse(caller, f))?;
-    let call: Syscall = serde_json::from_str(&text).map_err(|e| {
+    let bytes = read_guest(caller, ptr, len).map_err(|f| refuse(caller, f))?;
+    let call = caller.data().encoding.decode_syscall(&bytes).map_err(|e| {
         refuse(
             caller,
             VatFault::IllegalSyscall(format!("malformed {import} payload: {e}")),
@@ -649,7 +639,7 @@ fn define_imports(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             IMPORT_MODULE,
             import,
             move |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| {
-                json_syscall(&mut caller, ptr, len, import)
+                encoded_syscall(&mut caller, ptr, len, import)
             },
         )?;
     }
@@ -741,7 +731,6 @@ fn define_read_result(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
 /// A vat hosted in this process, on the caller's thread.
 pub struct ThreadWorker {
     store: Store<HostState>,
-    instance: Instance,
     memory: Memory,
     alloc: TypedFunc<i32, i32>,
     deliver: TypedFunc<(i32, i32), i32>,
@@ -780,6 +769,8 @@ impl ThreadWorker {
             handler: None,
             result: None,
             fault: None,
+            // Until the instance says which version it speaks, below.
+            encoding: Encoding::native(),
         };
         let mut store = Store::new(&host.engine, state);
         store.limiter(|state| &mut state.limiter);
@@ -802,9 +793,9 @@ impl ThreadWorker {
         let deliver = instance
             .get_typed_func::<(i32, i32), i32>(&mut store, "vat_deliver")
             .map_err(|e| signature_error("vat_deliver", e))?;
+        store.data_mut().encoding = abi_encoding(&instance, &mut store)?;
         Ok(ThreadWorker {
             store,
-            instance,
             memory,
             alloc,
             deliver,
@@ -836,6 +827,24 @@ impl ThreadWorker {
         }
         Ok(())
     }
+}
+
+/// Asks a fresh instance which ABI version it speaks: the encoding of its
+/// deliveries and syscalls.
+fn abi_encoding(
+    instance: &Instance,
+    store: &mut Store<HostState>,
+) -> Result<Encoding, SupervisorError> {
+    let version_fn = instance
+        .get_typed_func::<(), i32>(&mut *store, "vat_abi_version")
+        .map_err(|e| signature_error("vat_abi_version", e))?;
+    let found = version_fn
+        .call(&mut *store, ())
+        .map_err(|e| SupervisorError::Fault(VatFault::Trap(format!("{e:#}"))))?;
+    Encoding::of_version(found).ok_or(SupervisorError::AbiVersion {
+        found,
+        newest: ABI_VERSION,
+    })
 }
 
 /// Turns a wasmtime error into the fault that caused it.
@@ -870,8 +879,7 @@ impl Worker for ThreadWorker {
         delivery: &Delivery,
         handler: &mut dyn SyscallHandler,
     ) -> Result<(), VatFault> {
-        let bytes =
-            serde_json::to_vec(delivery).expect("vat-supervisor invariant: deliveries serialize");
+        let bytes = self.store.data().encoding.encode_delivery(delivery);
         self.deliver_encoded(&bytes, handler)
     }
 
@@ -881,10 +889,28 @@ impl Worker for ThreadWorker {
 }
 
 impl ThreadWorker {
-    /// [`Worker::deliver`] of a delivery already encoded as the ABI's JSON
-    /// (a worker process passes on what the kernel sent it, unparsed; a
-    /// malformed one is the guest's to refuse).
-    pub(crate) fn deliver_encoded(
+    /// [`Worker::deliver`] of a delivery in ABI v2's binary encoding, as a
+    /// worker process gets it from the kernel: passed on unparsed to a guest
+    /// that speaks v2 (a malformed one is the guest's to refuse), re-encoded
+    /// for one that speaks v1.
+    pub(crate) fn deliver_binary(
+        &mut self,
+        bytes: &[u8],
+        handler: &mut dyn SyscallHandler,
+    ) -> Result<(), VatFault> {
+        match self.store.data().encoding {
+            Encoding::Binary => self.deliver_encoded(bytes, handler),
+            encoding => {
+                let delivery = Encoding::Binary.decode_delivery(bytes).map_err(|e| {
+                    VatFault::WorkerDied(format!("the kernel sent a malformed delivery: {e}"))
+                })?;
+                self.deliver_encoded(&encoding.encode_delivery(&delivery), handler)
+            }
+        }
+    }
+
+    /// Runs a delivery already in the guest's encoding.
+    fn deliver_encoded(
         &mut self,
         bytes: &[u8],
         handler: &mut dyn SyscallHandler,
@@ -992,7 +1018,7 @@ mod tests {
                 err,
                 SupervisorError::AbiVersion {
                     found: 7,
-                    expected: 1
+                    newest: ABI_VERSION
                 }
             ),
             "{err}"
@@ -1156,6 +1182,68 @@ mod tests {
             }
         );
         assert!(fault.to_string().contains("fuel_per_delivery"));
+    }
+    /// A module that stores each delivery's bytes under `got` and then
+    /// subscribes with `payload`, as ABI `version` would encode it.
+    fn echoing_module(version: i32, payload: &[u8]) -> Vec<u8> {
+        let escaped: String = payload.iter().map(|b| format!("\\{b:02x}")).collect();
+        let wat = format!(
+            r#"(module
+              (import "vat" "vatstore_set" (func $set (param i32 i32 i32 i32)))
+              (import "vat" "subscribe" (func $subscribe (param i32 i32)))
+              (memory (export "memory") 1)
+              (data (i32.const 16) "got")
+              (data (i32.const 32) "{escaped}")
+              (func (export "vat_abi_version") (result i32) i32.const {version})
+              (func (export "vat_alloc") (param i32) (result i32) i32.const 1024)
+              (func (export "vat_deliver") (param $ptr i32) (param $len i32) (result i32)
+                (call $set (i32.const 16) (i32.const 3) (local.get $ptr) (local.get $len))
+                (call $subscribe (i32.const 32) (i32.const {len}))
+                i32.const 0))"#,
+            len = payload.len()
+        );
+        wat::parse_str(wat).unwrap()
+    }
+
+    #[test]
+    fn each_module_gets_and_makes_syscalls_in_its_versions_encoding() {
+        let host = host();
+        let subscribe = Syscall::Subscribe {
+            promise: "p+5".into(),
+        };
+        for encoding in [Encoding::Json, Encoding::Binary] {
+            let version = if encoding == Encoding::Json { 1 } else { 2 };
+            let wasm = echoing_module(version, &encoding.encode_syscall(&subscribe));
+            let module = host.compile(&wasm).unwrap();
+            let mut worker = ThreadWorker::start(&host, &module, Limits::default()).unwrap();
+            let mut recorder = Recorder(Vec::new(), Ok(()));
+            worker
+                .deliver(&Delivery::BringOutYourDead, &mut recorder)
+                .unwrap();
+            let got = String::from_utf8(encoding.encode_delivery(&Delivery::BringOutYourDead));
+            assert_eq!(
+                recorder.0,
+                [
+                    Syscall::VatstoreSet {
+                        key: "got".into(),
+                        value: got.unwrap()
+                    },
+                    subscribe.clone()
+                ],
+                "ABI v{version}"
+            );
+        }
+        // A v2 module that sends v1's JSON is refused, not misread.
+        let json = Encoding::Json.encode_syscall(&subscribe);
+        let module = host.compile(&echoing_module(2, &json)).unwrap();
+        let mut worker = ThreadWorker::start(&host, &module, Limits::default()).unwrap();
+        let fault = worker
+            .deliver(&Delivery::BringOutYourDead, &mut Recorder(Vec::new(), Ok(())))
+            .unwrap_err();
+        assert!(
+            matches!(&fault, VatFault::IllegalSyscall(m) if m.starts_with("malformed subscribe payload")),
+            "{fault}"
+        );
     }
 }
 

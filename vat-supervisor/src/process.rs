@@ -11,7 +11,7 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
 use capnp::message::{Builder, ReaderOptions};
 use capnp::serialize;
-use vom::abi::{Delivery, Syscall, SyscallResult};
+use vom::abi::{Delivery, Encoding, Syscall, SyscallResult};
 
 use crate::worker_capnp::{fault, from_worker, start, syscall_result, to_worker};
 use crate::{
@@ -271,13 +271,14 @@ impl ProcessWorker {
 
     /// Applies a batch of syscalls in order; the first refusal stops the batch.
     fn apply(
-        calls: capnp::text_list::Reader<'_>,
+        calls: capnp::data_list::Reader<'_>,
         handler: &mut dyn SyscallHandler,
     ) -> Result<Result<SyscallResult, SyscallRefusal>, VatFault> {
         let mut last = Ok(None);
-        for text in calls.iter() {
-            let text = owned_text(text)?;
-            let call: Syscall = serde_json::from_str(&text).map_err(protocol_error)?;
+        for bytes in calls.iter() {
+            let call = Encoding::Binary
+                .decode_syscall(bytes.map_err(protocol_error)?)
+                .map_err(protocol_error)?;
             last = handler.syscall(call);
             if last.is_err() {
                 break;
@@ -348,12 +349,11 @@ impl Worker for ProcessWorker {
         delivery: &Delivery,
         handler: &mut dyn SyscallHandler,
     ) -> Result<(), VatFault> {
-        let json = serde_json::to_string(delivery)
-            .expect("vat-supervisor invariant: deliveries serialize");
+        let bytes = Encoding::Binary.encode_delivery(delivery);
         let mut message = Builder::new_default();
         message
             .init_root::<to_worker::Builder>()
-            .set_deliver(json.as_str());
+            .set_deliver(&bytes);
         write_frame(&mut self.to_worker, &message)?;
         self.from_worker.get_mut().expect_soon();
         // A refusal the guest was told of ends the delivery with the guest's
@@ -468,7 +468,7 @@ struct PipeSyscalls<'a, R: Read, W: Write> {
     input: &'a mut R,
     output: &'a mut W,
     options: ReaderOptions,
-    batch: Vec<String>,
+    batch: Vec<Vec<u8>>,
     failed: Option<VatFault>,
     cache: &'a mut VatstoreCache,
 }
@@ -477,15 +477,14 @@ impl<R: Read, W: Write> PipeSyscalls<'_, R, W> {
     /// Sends the batched syscalls and `call` now; the kernel answers only
     /// when `awaits_result`.
     fn send_batch(&mut self, call: &Syscall, awaits_result: bool) -> Result<(), VatFault> {
-        self.batch
-            .push(serde_json::to_string(call).expect("syscalls serialize"));
+        self.batch.push(Encoding::Binary.encode_syscall(call));
         let mut message = Builder::new_default();
         {
             let mut syscalls = message.init_root::<from_worker::Builder>().init_syscalls();
             syscalls.set_awaits_result(awaits_result);
             let mut calls = syscalls.init_calls(self.batch.len() as u32);
-            for (i, text) in self.batch.drain(..).enumerate() {
-                calls.set(i as u32, text.as_str());
+            for (i, bytes) in self.batch.drain(..).enumerate() {
+                calls.set(i as u32, &bytes);
             }
         }
         write_frame(self.output, &message)
@@ -550,8 +549,7 @@ impl<R: Read, W: Write> SyscallHandler for PipeSyscalls<'_, R, W> {
                 }
             },
             other => {
-                self.batch
-                    .push(serde_json::to_string(&other).expect("syscalls serialize"));
+                self.batch.push(Encoding::Binary.encode_syscall(&other));
                 match other {
                     Syscall::VatstoreSet { key, value } => self.cache.put(key, Some(value)),
                     Syscall::VatstoreDelete { key } => self.cache.put(key, None),
@@ -619,16 +617,16 @@ pub fn serve(input: impl Read + std::os::fd::AsRawFd, output: impl Write) -> Res
                 cache.clear();
                 hosted = start_worker(&mut home, start.map_err(protocol_error)?, &mut output)?;
             }
-            to_worker::Deliver(json) => {
+            to_worker::Deliver(bytes) => {
                 let Some((worker, _)) = hosted.as_mut() else {
                     return Err(protocol_error("a delivery before a successful start"));
                 };
-                // Passed on as the kernel encoded it: the guest reads it.
-                let json = json.map_err(protocol_error)?.as_bytes();
+                // Passed on as the kernel encoded it to a v2 guest.
+                let bytes = bytes.map_err(protocol_error)?;
                 // The kernel answers a delivery's syscalls at once.
                 input.get_mut().expect_soon();
                 let io = (&mut input, &mut output, options);
-                deliver(worker, json, io, &mut cache)?;
+                deliver(worker, bytes, io, &mut cache)?;
             }
             _ => return Err(protocol_error("expected a start or a delivery")),
         }
@@ -738,7 +736,7 @@ fn deliver<R: Read, W: Write>(
         failed: None,
         cache: &mut *cache,
     };
-    let outcome = worker.deliver_encoded(delivery, &mut syscalls);
+    let outcome = worker.deliver_binary(delivery, &mut syscalls);
     if outcome.is_err() {
         // The kernel aborts the crank: what this delivery wrote never was.
         syscalls.cache.clear();
@@ -750,8 +748,8 @@ fn deliver<R: Read, W: Write>(
         match outcome.map_err(|fault| failed.unwrap_or(fault)) {
             Ok(()) => {
                 let mut calls = root.init_delivered(batch.len() as u32);
-                for (i, text) in batch.iter().enumerate() {
-                    calls.set(i as u32, text.as_str());
+                for (i, bytes) in batch.iter().enumerate() {
+                    calls.set(i as u32, bytes);
                 }
             }
             Err(fault) => fault_to_wire(&fault, root.init_fault()),

@@ -4,7 +4,7 @@
 // capnp binary version: 0.9.2
 // capnpc crate version: 0.27.0
 
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 pub mod limits {
     #[derive(Copy, Clone)]
@@ -1151,22 +1151,14 @@ pub mod to_worker {
             !self.builder.is_pointer_field_null(0)
         }
         #[inline]
-        pub fn set_deliver(
-            &mut self,
-            value: impl ::capnp::traits::SetterInput<::capnp::text::Owned>,
-        ) {
+        pub fn set_deliver(&mut self, value: ::capnp::data::Reader<'_>) {
             self.builder.set_data_field::<u16>(0, 1);
-            ::capnp::traits::SetterInput::set_pointer_builder(
-                self.builder.reborrow().get_pointer_field(0),
-                value,
-                false,
-            )
-            .unwrap()
+            self.builder.reborrow().get_pointer_field(0).set_data(value);
         }
         #[inline]
-        pub fn init_deliver(self, size: u32) -> ::capnp::text::Builder<'a> {
+        pub fn init_deliver(self, size: u32) -> ::capnp::data::Builder<'a> {
             self.builder.set_data_field::<u16>(0, 1);
-            self.builder.get_pointer_field(0).init_text(size)
+            self.builder.get_pointer_field(0).init_data(size)
         }
         #[inline]
         pub fn has_deliver(&self) -> bool {
@@ -1285,11 +1277,11 @@ pub mod to_worker {
             ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
             ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
             ::capnp::word(100, 101, 108, 105, 118, 101, 114, 0),
-            ::capnp::word(12, 0, 0, 0, 0, 0, 0, 0),
+            ::capnp::word(13, 0, 0, 0, 0, 0, 0, 0),
             ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
             ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
             ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
-            ::capnp::word(12, 0, 0, 0, 0, 0, 0, 0),
+            ::capnp::word(13, 0, 0, 0, 0, 0, 0, 0),
             ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
             ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
             ::capnp::word(115, 121, 115, 99, 97, 108, 108, 82),
@@ -1305,7 +1297,7 @@ pub mod to_worker {
         pub(crate) fn get_field_types(index: u16) -> ::capnp::introspect::Type {
             match index {
                 0 => <crate::worker_capnp::start::Owned as ::capnp::introspect::Introspect>::introspect(),
-                1 => <::capnp::text::Owned as ::capnp::introspect::Introspect>::introspect(),
+                1 => <::capnp::data::Owned as ::capnp::introspect::Introspect>::introspect(),
                 2 => <crate::worker_capnp::syscall_result::Owned as ::capnp::introspect::Introspect>::introspect(),
                 _ => ::capnp::introspect::panic_invalid_field_index(index),
             }
@@ -1337,12 +1329,12 @@ pub mod to_worker {
     }
     pub type WhichReader<'a> = Which<
         ::capnp::Result<crate::worker_capnp::start::Reader<'a>>,
-        ::capnp::Result<::capnp::text::Reader<'a>>,
+        ::capnp::Result<::capnp::data::Reader<'a>>,
         ::capnp::Result<crate::worker_capnp::syscall_result::Reader<'a>>,
     >;
     pub type WhichBuilder<'a> = Which<
         ::capnp::Result<crate::worker_capnp::start::Builder<'a>>,
-        ::capnp::Result<::capnp::text::Builder<'a>>,
+        ::capnp::Result<::capnp::data::Builder<'a>>,
         ::capnp::Result<crate::worker_capnp::syscall_result::Builder<'a>>,
     >;
 }
@@ -2610,7 +2602,7 @@ pub mod from_worker {
         #[inline]
         pub fn set_delivered(
             &mut self,
-            value: impl ::capnp::traits::SetterInput<::capnp::text_list::Owned>,
+            value: ::capnp::data_list::Reader<'_>,
         ) -> ::capnp::Result<()> {
             self.builder.set_data_field::<u16>(0, 3);
             ::capnp::traits::SetterInput::set_pointer_builder(
@@ -2620,7 +2612,7 @@ pub mod from_worker {
             )
         }
         #[inline]
-        pub fn init_delivered(self, size: u32) -> ::capnp::text_list::Builder<'a> {
+        pub fn init_delivered(self, size: u32) -> ::capnp::data_list::Builder<'a> {
             self.builder.set_data_field::<u16>(0, 3);
             ::capnp::traits::FromPointerBuilder::init_pointer(
                 self.builder.get_pointer_field(0),
@@ -2788,7 +2780,7 @@ pub mod from_worker {
             ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
             ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
             ::capnp::word(0, 0, 0, 0, 3, 0, 1, 0),
-            ::capnp::word(12, 0, 0, 0, 0, 0, 0, 0),
+            ::capnp::word(13, 0, 0, 0, 0, 0, 0, 0),
             ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
             ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
             ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
@@ -2809,7 +2801,7 @@ pub mod from_worker {
                 0 => <() as ::capnp::introspect::Introspect>::introspect(),
                 1 => <::capnp::text::Owned as ::capnp::introspect::Introspect>::introspect(),
                 2 => <crate::worker_capnp::syscalls::Owned as ::capnp::introspect::Introspect>::introspect(),
-                3 => <::capnp::text_list::Owned as ::capnp::introspect::Introspect>::introspect(),
+                3 => <::capnp::data_list::Owned as ::capnp::introspect::Introspect>::introspect(),
                 4 => <crate::worker_capnp::fault::Owned as ::capnp::introspect::Introspect>::introspect(),
                 _ => ::capnp::introspect::panic_invalid_field_index(index),
             }
@@ -2844,13 +2836,13 @@ pub mod from_worker {
     pub type WhichReader<'a> = Which<
         ::capnp::Result<::capnp::text::Reader<'a>>,
         ::capnp::Result<crate::worker_capnp::syscalls::Reader<'a>>,
-        ::capnp::Result<::capnp::text_list::Reader<'a>>,
+        ::capnp::Result<::capnp::data_list::Reader<'a>>,
         ::capnp::Result<crate::worker_capnp::fault::Reader<'a>>,
     >;
     pub type WhichBuilder<'a> = Which<
         ::capnp::Result<::capnp::text::Builder<'a>>,
         ::capnp::Result<crate::worker_capnp::syscalls::Builder<'a>>,
-        ::capnp::Result<::capnp::text_list::Builder<'a>>,
+        ::capnp::Result<::capnp::data_list::Builder<'a>>,
         ::capnp::Result<crate::worker_capnp::fault::Builder<'a>>,
     >;
 }
@@ -2959,7 +2951,7 @@ pub mod syscalls {
             self.reader.total_size()
         }
         #[inline]
-        pub fn get_calls(self) -> ::capnp::Result<::capnp::text_list::Reader<'a>> {
+        pub fn get_calls(self) -> ::capnp::Result<::capnp::data_list::Reader<'a>> {
             ::capnp::traits::FromPointerReader::get_from_pointer(
                 &self.reader.get_pointer_field(0),
                 ::core::option::Option::None,
@@ -3065,17 +3057,14 @@ pub mod syscalls {
             self.builder.as_reader().total_size()
         }
         #[inline]
-        pub fn get_calls(self) -> ::capnp::Result<::capnp::text_list::Builder<'a>> {
+        pub fn get_calls(self) -> ::capnp::Result<::capnp::data_list::Builder<'a>> {
             ::capnp::traits::FromPointerBuilder::get_from_pointer(
                 self.builder.get_pointer_field(0),
                 ::core::option::Option::None,
             )
         }
         #[inline]
-        pub fn set_calls(
-            &mut self,
-            value: impl ::capnp::traits::SetterInput<::capnp::text_list::Owned>,
-        ) -> ::capnp::Result<()> {
+        pub fn set_calls(&mut self, value: ::capnp::data_list::Reader<'_>) -> ::capnp::Result<()> {
             ::capnp::traits::SetterInput::set_pointer_builder(
                 self.builder.reborrow().get_pointer_field(0),
                 value,
@@ -3083,7 +3072,7 @@ pub mod syscalls {
             )
         }
         #[inline]
-        pub fn init_calls(self, size: u32) -> ::capnp::text_list::Builder<'a> {
+        pub fn init_calls(self, size: u32) -> ::capnp::data_list::Builder<'a> {
             ::capnp::traits::FromPointerBuilder::init_pointer(
                 self.builder.get_pointer_field(0),
                 size,
@@ -3152,7 +3141,7 @@ pub mod syscalls {
             ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
             ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
             ::capnp::word(0, 0, 0, 0, 3, 0, 1, 0),
-            ::capnp::word(12, 0, 0, 0, 0, 0, 0, 0),
+            ::capnp::word(13, 0, 0, 0, 0, 0, 0, 0),
             ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
             ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
             ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
@@ -3171,7 +3160,7 @@ pub mod syscalls {
         ];
         pub(crate) fn get_field_types(index: u16) -> ::capnp::introspect::Type {
             match index {
-                0 => <::capnp::text_list::Owned as ::capnp::introspect::Introspect>::introspect(),
+                0 => <::capnp::data_list::Owned as ::capnp::introspect::Introspect>::introspect(),
                 1 => <bool as ::capnp::introspect::Introspect>::introspect(),
                 _ => ::capnp::introspect::panic_invalid_field_index(index),
             }

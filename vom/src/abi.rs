@@ -1,20 +1,20 @@
-//! The vat host ABI, version 1: what a vat's Wasm module exports, what the
-//! host lets it import, and the JSON messages that cross between them.
+//! The vat host ABI, version 2: what a vat's Wasm module exports, what the
+//! host lets it import, and the messages that cross between them.
 //!
 //! # Guest exports
 //!
 //! | export | signature | meaning |
 //! |---|---|---|
 //! | `memory` | memory | the guest's linear memory |
-//! | `vat_abi_version` | `() -> i32` | must return [`ABI_VERSION`] |
+//! | `vat_abi_version` | `() -> i32` | the version the guest speaks: [`ABI_VERSION`] (hosts still accept 1) |
 //! | `vat_alloc` | `(len: i32) -> i32` | returns a buffer of `len` bytes the host may fill |
-//! | `vat_deliver` | `(ptr: i32, len: i32) -> i32` | takes ownership of the buffer holding a JSON [`Delivery`]; returns 0 when the delivery was handled |
+//! | `vat_deliver` | `(ptr: i32, len: i32) -> i32` | takes ownership of the buffer holding an encoded [`Delivery`]; returns 0 when the delivery was handled |
 //!
 //! # Host imports (module `"vat"`)
 //!
-//! Each syscall of the design has one import. Payloads are JSON of the
-//! matching [`Syscall`] variant, passed as `(ptr, len)` in guest memory.
-//! Vatstore keys and values are raw UTF-8, with no JSON around them.
+//! Each syscall of the design has one import. Payloads are the matching
+//! [`Syscall`] variant, encoded, passed as `(ptr, len)` in guest memory.
+//! Vatstore keys and values are raw UTF-8, with nothing around them.
 //!
 //! | import | signature | syscall |
 //! |---|---|---|
@@ -36,12 +36,31 @@
 //! A syscall the host refuses (a vref not in the vat's c-list, a payload that
 //! does not parse, a limit exceeded) traps the guest: the crank is rolled back
 //! and the vat is terminated with the reason.
+//!
+//! # Encodings
+//!
+//! The version a module speaks decides how deliveries and syscall payloads
+//! are encoded ([`Encoding`]); nothing else differs between versions.
+//!
+//! - **v2, binary**: [postcard](https://docs.rs/postcard): a variant is its
+//!   index in the declaration order of [`Delivery`] or [`Syscall`] as a
+//!   varint, then its fields in order; a string is a varint length and its
+//!   UTF-8; a list is a varint count and its items; an `Option` is a 0 or 1
+//!   byte, then the value. Variants and fields are never reordered: new ones
+//!   go at the end, with a new ABI version. Capdata bodies stay smallcaps
+//!   text inside.
+//! - **v1, JSON**: the serde JSON of the same types, tagged by a `type`
+//!   field (`{"type":"message","target":"o+0",...}`).
 
 use serde::{Deserialize, Serialize};
 
 use crate::capdata::CapData;
 
 /// The ABI version this crate speaks. Bumped on any incompatible change.
+#[cfg(not(feature = "abi-v1"))]
+pub const ABI_VERSION: i32 = 2;
+/// The ABI version this crate speaks (built with `abi-v1`, for testing hosts).
+#[cfg(feature = "abi-v1")]
 pub const ABI_VERSION: i32 = 1;
 
 /// The module name the guest imports syscalls from.
@@ -187,6 +206,187 @@ pub fn cut_log_line(line: &mut String) {
 /// What a syscall returns to the guest: data for reads, nothing otherwise.
 pub type SyscallResult = Option<String>;
 
+/// How deliveries and syscall payloads are encoded: decided by the ABI
+/// version a module speaks (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// ABI v1: tagged JSON.
+    Json,
+    /// ABI v2: postcard.
+    Binary,
+}
+
+/// A delivery or syscall payload that does not decode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeError(pub String);
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+impl Encoding {
+    /// The encoding of ABI `version`, or `None` for a version no host speaks.
+    pub fn of_version(version: i32) -> Option<Encoding> {
+        match version {
+            1 => Some(Encoding::Json),
+            2 => Some(Encoding::Binary),
+            _ => None,
+        }
+    }
+
+    /// The encoding this crate's guests speak ([`ABI_VERSION`]).
+    pub fn native() -> Encoding {
+        Encoding::of_version(ABI_VERSION).expect("vom invariant: ABI_VERSION has an encoding")
+    }
+
+    pub fn encode_delivery(self, delivery: &Delivery) -> Vec<u8> {
+        let bytes = match self {
+            Encoding::Json => serde_json::to_vec(delivery).ok(),
+            Encoding::Binary => postcard::to_allocvec(&binary::DeliveryRef(delivery)).ok(),
+        };
+        bytes.expect("vom invariant: deliveries encode")
+    }
+
+    pub fn decode_delivery(self, bytes: &[u8]) -> Result<Delivery, DecodeError> {
+        match self {
+            Encoding::Json => serde_json::from_slice(bytes).map_err(|e| DecodeError(e.to_string())),
+            Encoding::Binary => binary::decode_all::<binary::DeliveryOwned>(bytes).map(|d| d.0),
+        }
+    }
+
+    pub fn encode_syscall(self, call: &Syscall) -> Vec<u8> {
+        let bytes = match self {
+            Encoding::Json => serde_json::to_vec(call).ok(),
+            Encoding::Binary => postcard::to_allocvec(&binary::SyscallRef(call)).ok(),
+        };
+        bytes.expect("vom invariant: syscalls encode")
+    }
+
+    pub fn decode_syscall(self, bytes: &[u8]) -> Result<Syscall, DecodeError> {
+        match self {
+            Encoding::Json => serde_json::from_slice(bytes).map_err(|e| DecodeError(e.to_string())),
+            Encoding::Binary => binary::decode_all::<binary::SyscallOwned>(bytes).map(|c| c.0),
+        }
+    }
+}
+
+/// ABI v2's shapes of [`Delivery`] and [`Syscall`]: the same variants and
+/// fields as the JSON ones, externally tagged and with nothing skipped, as a
+/// format without field names needs.
+mod binary {
+    use serde::{Deserialize, Serialize};
+
+    use super::{CapData, DecodeError, Delivery, Resolution, Syscall};
+
+    /// Decodes one value that must fill `bytes` exactly.
+    pub(super) fn decode_all<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, DecodeError> {
+        let (value, rest) =
+            postcard::take_from_bytes(bytes).map_err(|e| DecodeError(e.to_string()))?;
+        if !rest.is_empty() {
+            return Err(DecodeError(format!("{} bytes after the end", rest.len())));
+        }
+        Ok(value)
+    }
+
+    #[derive(Serialize)]
+    pub(super) struct DeliveryRef<'a>(#[serde(with = "DeliveryDef")] pub &'a Delivery);
+
+    #[derive(Deserialize)]
+    pub(super) struct DeliveryOwned(#[serde(with = "DeliveryDef")] pub Delivery);
+
+    #[derive(Serialize)]
+    pub(super) struct SyscallRef<'a>(#[serde(with = "SyscallDef")] pub &'a Syscall);
+
+    #[derive(Deserialize)]
+    pub(super) struct SyscallOwned(#[serde(with = "SyscallDef")] pub Syscall);
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(remote = "Delivery")]
+    enum DeliveryDef {
+        StartVat {
+            imports: Vec<String>,
+        },
+        Message {
+            target: String,
+            method: String,
+            args: CapData,
+            result: Option<String>,
+        },
+        Notify {
+            resolutions: Vec<Resolution>,
+        },
+        BringOutYourDead,
+        DropExports {
+            vrefs: Vec<String>,
+        },
+        RetireExports {
+            vrefs: Vec<String>,
+        },
+        RetireImports {
+            vrefs: Vec<String>,
+        },
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(remote = "Syscall")]
+    enum SyscallDef {
+        Send {
+            target: String,
+            method: String,
+            args: CapData,
+            result: Option<String>,
+        },
+        Resolve {
+            resolutions: Vec<Resolution>,
+        },
+        Subscribe {
+            promise: String,
+        },
+        VatstoreGet {
+            key: String,
+        },
+        VatstoreSet {
+            key: String,
+            value: String,
+        },
+        VatstoreDelete {
+            key: String,
+        },
+        VatstoreGetNextKey {
+            key: String,
+        },
+        VatstoreGetPrevKey {
+            key: String,
+        },
+        DropImports {
+            vrefs: Vec<String>,
+        },
+        RetireImports {
+            vrefs: Vec<String>,
+        },
+        RetireExports {
+            vrefs: Vec<String>,
+        },
+        Exit {
+            failure: bool,
+            info: CapData,
+        },
+        KeepDecided {
+            promises: Vec<String>,
+        },
+        Log {
+            line: String,
+        },
+        Heap {
+            holds: String,
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,5 +412,76 @@ mod tests {
             serde_json::to_string(&Delivery::start_vat()).unwrap(),
             r#"{"type":"startVat"}"#
         );
+    }
+    #[test]
+    fn binary_deliveries_are_variant_index_then_fields() {
+        let delivery = Delivery::Message {
+            target: "o+0".into(),
+            method: "ping".into(),
+            args: CapData {
+                body: "#[]".into(),
+                slots: vec!["o-1".into()],
+            },
+            result: Some("p-1".into()),
+        };
+        let bytes = Encoding::Binary.encode_delivery(&delivery);
+        let mut expected = vec![1, 3];
+        expected.extend(b"o+0");
+        expected.push(4);
+        expected.extend(b"ping");
+        expected.push(3);
+        expected.extend(b"#[]");
+        expected.extend([1, 3]);
+        expected.extend(b"o-1");
+        expected.extend([1, 3]);
+        expected.extend(b"p-1");
+        assert_eq!(bytes, expected);
+        assert_eq!(Encoding::Binary.decode_delivery(&bytes).unwrap(), delivery);
+        assert_eq!(Encoding::Binary.encode_delivery(&Delivery::BringOutYourDead), [3]);
+    }
+
+    #[test]
+    fn binary_syscalls_round_trip_and_bad_bytes_are_refused() {
+        let calls = [
+            Syscall::Subscribe {
+                promise: "p+5".into(),
+            },
+            Syscall::Resolve {
+                resolutions: vec![Resolution {
+                    promise: "p-1".into(),
+                    rejected: true,
+                    data: CapData {
+                        body: "#\"no\"".into(),
+                        slots: vec![],
+                    },
+                }],
+            },
+            Syscall::Heap {
+                holds: String::new(),
+            },
+        ];
+        for call in &calls {
+            let bytes = Encoding::Binary.encode_syscall(call);
+            assert_eq!(&Encoding::Binary.decode_syscall(&bytes).unwrap(), call);
+            let json = Encoding::Json.encode_syscall(call);
+            assert_eq!(&Encoding::Json.decode_syscall(&json).unwrap(), call);
+        }
+        assert_eq!(
+            Encoding::Binary.encode_syscall(&calls[0]),
+            [2, 3, b'p', b'+', b'5']
+        );
+        // Cut short, trailing bytes, an unknown variant: each refused.
+        assert!(Encoding::Binary.decode_syscall(&[2, 3, b'p']).is_err());
+        assert!(Encoding::Binary.decode_syscall(&[2, 1, b'p', 0]).is_err());
+        assert!(Encoding::Binary.decode_syscall(&[99]).is_err());
+        assert!(Encoding::Binary.decode_syscall(&[2, 2, 0xff, 0xfe]).is_err());
+    }
+
+    #[test]
+    fn versions_name_their_encodings() {
+        assert_eq!(Encoding::of_version(1), Some(Encoding::Json));
+        assert_eq!(Encoding::of_version(2), Some(Encoding::Binary));
+        assert_eq!(Encoding::of_version(3), None);
+        assert_eq!(Encoding::of_version(ABI_VERSION), Some(Encoding::native()));
     }
 }

@@ -812,7 +812,7 @@ pub unsafe fn deliver_raw(ptr: i32, len: i32, make_root: impl FnOnce(&Baggage) -
     let slice = std::ptr::slice_from_raw_parts_mut(ptr as usize as *mut u8, len.max(0) as usize);
     // SAFETY: per this function's contract, the buffer came from `alloc(len)`.
     let bytes = unsafe { Box::from_raw(slice) };
-    match serde_json::from_slice::<Delivery>(&bytes) {
+    match crate::abi::Encoding::native().decode_delivery(&bytes) {
         Ok(delivery) => {
             dispatch(delivery, make_root);
             0

@@ -1,4 +1,4 @@
-//! The raw host imports of ABI v1 (see [`crate::abi`]) and safe wrappers.
+//! The raw host imports of the vat ABI (see [`crate::abi`]) and safe wrappers.
 //!
 //! Only a Wasm guest has a host to call. On other targets the wrappers panic:
 //! vom's host-side users (the kernel, the supervisor) use its data types and
@@ -52,10 +52,10 @@ fn no_host() -> ! {
 
 /// Makes a syscall that returns nothing.
 pub(crate) fn syscall(call: &Syscall) {
-    let json = serde_json::to_vec(call).expect("vom invariant: syscalls serialize");
+    let payload = crate::abi::Encoding::native().encode_syscall(call);
     #[cfg(target_arch = "wasm32")]
     {
-        let (ptr, len) = (json.as_ptr(), json.len());
+        let (ptr, len) = (payload.as_ptr(), payload.len());
         // SAFETY: the host reads `len` bytes at `ptr` during the call.
         unsafe {
             match call {
@@ -81,7 +81,7 @@ pub(crate) fn syscall(call: &Syscall) {
     }
     #[cfg(not(target_arch = "wasm32"))]
     {
-        let _ = json;
+        let _ = payload;
         no_host()
     }
 }
