@@ -23,8 +23,16 @@ fn v1_and_v2_vats_ping_each_other_in_both_worker_kinds() {
         spawn_with(&home, "new", "pingpong", worker);
         // Each run is sends, results and notifies in both directions, and a
         // durable flow's journal in the vatstore of the vat that runs it.
-        assert_eq!(home.ok(&["send", "old", "run", "50", "new"]), "50", "{worker}");
-        assert_eq!(home.ok(&["send", "new", "run", "30", "old"]), "30", "{worker}");
+        assert_eq!(
+            home.ok(&["send", "old", "run", "50", "new"]),
+            "50",
+            "{worker}"
+        );
+        assert_eq!(
+            home.ok(&["send", "new", "run", "30", "old"]),
+            "30",
+            "{worker}"
+        );
         assert_eq!(home.ok(&["send", "old", "pings"]), "30", "{worker}");
         assert_eq!(home.ok(&["send", "new", "pings"]), "50", "{worker}");
         home.check();

@@ -282,7 +282,7 @@ fn a_module_importing_what_the_abi_does_not_offer_is_refused_at_spawn() {
         .home
         .fails(&["spawn", "wasi", module.to_str().unwrap()]);
     assert!(
-        err.contains("imports `wasi_snapshot_preview1.fd_write`, which vat ABI v1 does not offer"),
+        err.contains("imports `wasi_snapshot_preview1.fd_write`, which the vat ABI does not offer"),
         "{err}"
     );
     assert_eq!(scene.home.dump(), before);

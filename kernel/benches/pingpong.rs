@@ -3,8 +3,9 @@
 //! beside it). Each ping is counted in the answering vat's vatstore.
 //!
 //! Prints, from one run on one machine:
-//! - the raw rate of small SQLite commits (one key written, then COMMIT),
-//!   the physical limit of committing every crank;
+//! - the raw rate of small SQLite commits (one key written, then COMMIT, on
+//!   a plain SQLite connection with synchronous=FULL): the physical limit of
+//!   committing every crank with an fsync of its own;
 //! - mode (a): cranks/s with every crank committed on its own;
 //! - mode (b): cranks/s with each crank atomic in swingstore's crank buffer and commits grouped
 //!   (CommitPolicy::GROUPED), results released only after their commit.
@@ -30,11 +31,21 @@ fn env_count(name: &str, default: u64) -> u64 {
 
 fn raw_commits_per_second(commits: u64) -> f64 {
     let dir = tempfile::tempdir().unwrap();
-    let mut store = SwingStore::open(&dir.path().join("raw.sqlite"), Durability::Full).unwrap();
+    let conn = rusqlite::Connection::open(dir.path().join("raw.sqlite")).unwrap();
+    conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+    conn.pragma_update(None, "synchronous", "FULL").unwrap();
+    conn.execute_batch(
+        "CREATE TABLE kv (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL) WITHOUT ROWID",
+    )
+    .unwrap();
+    let mut upsert = conn
+        .prepare("INSERT OR REPLACE INTO kv (key, value) VALUES ('bench.key', ?1)")
+        .unwrap();
     let started = Instant::now();
     for i in 0..commits {
-        store.set("bench.key", &i.to_string()).unwrap();
-        store.commit().unwrap();
+        conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+        upsert.execute([i.to_string()]).unwrap();
+        conn.execute_batch("COMMIT").unwrap();
     }
     commits as f64 / started.elapsed().as_secs_f64()
 }
@@ -56,11 +67,13 @@ impl Run {
     fn per_crank(&self) -> String {
         let per = |n: u64| n as f64 / self.cranks as f64;
         format!(
-            "{:.1} reads ({:.2} from SQLite), {:.1} writes, {:.2} rows committed per crank",
+            "{:.1} reads ({:.2} from SQLite), {:.1} writes, {:.2} rows committed, {:.3} commits, {:.3} fsyncs per crank",
             per(self.store.reads),
             per(self.store.sqlite_reads),
             per(self.store.writes),
-            per(self.store.rows_committed)
+            per(self.store.rows_committed),
+            per(self.store.commits),
+            per(self.store.syncs)
         )
     }
 }
@@ -72,6 +85,7 @@ fn stats_since(before: StoreStats, after: StoreStats) -> StoreStats {
         writes: after.writes - before.writes,
         commits: after.commits - before.commits,
         rows_committed: after.rows_committed - before.rows_committed,
+        syncs: after.syncs - before.syncs,
     }
 }
 

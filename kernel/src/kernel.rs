@@ -450,6 +450,17 @@ impl Kernel {
         self.keep_resident_max(None)
     }
 
+    /// The commit the policy asks for between cranks: written before the
+    /// next crank runs, made durable while it runs (and before the next
+    /// commit is written). It releases no output; [`Self::commit`] does,
+    /// once everything is durable.
+    fn commit_pipelined(&mut self) -> Result<(), KernelError> {
+        self.state.commit_pipelined()?;
+        self.cranks_since_commit = 0;
+        self.last_commit = Instant::now();
+        self.keep_resident_max(None)
+    }
+
     fn module(&mut self, cid: &str) -> Result<VatModule, KernelError> {
         if let Some(module) = self.modules.get(cid) {
             return Ok(module.clone());
@@ -1125,7 +1136,7 @@ impl Kernel {
         if self.cranks_since_commit >= self.policy.cranks_per_commit_max
             || self.last_commit.elapsed() >= Duration::from_millis(self.policy.commit_interval_ms)
         {
-            self.commit()?;
+            self.commit_pipelined()?;
         }
         Ok(())
     }

@@ -1120,6 +1120,12 @@ impl KernelState {
         self.fresh.forget_all();
         self.store.commit()
     }
+
+    /// The store's pipelined commit: written, durable before the next one.
+    pub(crate) fn commit_pipelined(&mut self) -> StoreResult<()> {
+        self.fresh.forget_all();
+        self.store.commit_pipelined()
+    }
 }
 
 /// Capdata for an error with `message` (how the kernel rejects a promise).

@@ -6,7 +6,9 @@
 //! * [`SwingStore::begin_crank`] starts a crank;
 //! * [`SwingStore::end_crank`] keeps the crank's writes for the next commit;
 //! * [`SwingStore::abort_crank`] drops the crank's writes, so it leaves no trace;
-//! * [`SwingStore::commit`] writes every ended crank to SQLite in one transaction.
+//! * [`SwingStore::commit`] writes every ended crank to SQLite in one transaction;
+//! * [`SwingStore::commit_pipelined`] does the same but returns before the
+//!   transaction is durable (the store's sync thread fsyncs it meanwhile).
 //!
 //! Committing after each crank gives "one transaction per crank"; committing
 //! after several gives group commit, which the kernel makes invisible to the
@@ -33,6 +35,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 // Keys come from the kernel itself, not from an adversary choosing hash
 // collisions, so the view uses a fast hash rather than SipHash.
 use rustc_hash::FxHashMap;
+
+mod sync;
 
 /// The multicodec code of raw bytes: a bundle's CID says "these bytes, as they are".
 const RAW_CODEC: u64 = 0x55;
@@ -63,6 +67,10 @@ pub enum StoreError {
     },
     #[error("not a valid CID: {0}")]
     BadCid(String),
+    /// The commit was written but could not be made durable: the store must
+    /// not be written again by this process (its pages may be lost).
+    #[error("store {path}: {reason}")]
+    Sync { path: PathBuf, reason: String },
     /// A read failed on purpose ([`SwingStore::fail_reads_after`]).
     #[cfg(feature = "failpoints")]
     #[error("store: a read failed on purpose (failpoints)")]
@@ -75,7 +83,9 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 /// committed data in either mode; `Normal` may lose the last commits on power loss.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
-    /// `synchronous=FULL`: each commit is fsynced before it returns.
+    /// Each commit is fsynced: [`SwingStore::commit`] returns once it is;
+    /// [`SwingStore::commit_pipelined`] returns once it is written, and it is
+    /// fsynced (by the store's sync thread) before the next commit is written.
     Full,
     /// `synchronous=NORMAL`: WAL commits are fsynced at checkpoints only.
     Normal,
@@ -120,6 +130,8 @@ pub struct StoreStats {
     pub commits: u64,
     /// Rows written or deleted by those commits (net of overwrites).
     pub rows_committed: u64,
+    /// fsyncs of the WAL made by the sync thread (`Durability::Full` only).
+    pub syncs: u64,
 }
 
 /// The durable store. One per kernel; not shared between threads.
@@ -141,9 +153,20 @@ pub struct SwingStore {
     /// snapshot instead of taking SQLite's file lock statement by statement.
     reading: std::cell::Cell<bool>,
     stats: std::cell::Cell<StoreStats>,
+    /// Makes commits durable (`Durability::Full`); `None` leaves it to SQLite.
+    syncer: Option<sync::Syncer>,
+    /// Commits written so far, the number the syncer counts durable ones by.
+    commits_written: u64,
     /// Reads left before reads fail (tests only).
     #[cfg(feature = "failpoints")]
     reads_until_failure: std::cell::Cell<Option<u64>>,
+}
+
+impl Drop for SwingStore {
+    /// Lets the last pipelined commit become durable before SQLite closes.
+    fn drop(&mut self) {
+        let _ = self.wait_durable();
+    }
 }
 
 /// The smallest string greater than every string starting with `prefix`,
@@ -176,11 +199,9 @@ impl SwingStore {
         // A file that is not SQLite fails here, on the first real read.
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(open_err)?;
-        let synchronous = match durability {
-            Durability::Full => "FULL",
-            Durability::Normal => "NORMAL",
-        };
-        conn.pragma_update(None, "synchronous", synchronous)
+        // Full durability fsyncs the WAL on the sync thread (see `sync`),
+        // not inside SQLite's commit.
+        conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(open_err)?;
         let found: i64 = conn
             .pragma_query_value(None, "user_version", |row| row.get(0))
@@ -196,7 +217,18 @@ impl SwingStore {
                 expected: SCHEMA_VERSION,
             });
         }
-        Ok(SwingStore {
+        let syncer = match durability {
+            Durability::Full => {
+                Some(
+                    sync::Syncer::start(path.to_owned()).map_err(|e| StoreError::Sync {
+                        path: path.to_owned(),
+                        reason: format!("cannot start the sync thread: {e}"),
+                    })?,
+                )
+            }
+            Durability::Normal => None,
+        };
+        let mut store = SwingStore {
             conn,
             path: path.to_owned(),
             view: Default::default(),
@@ -206,9 +238,15 @@ impl SwingStore {
             pending_bundles: Vec::new(),
             reading: Default::default(),
             stats: Default::default(),
+            syncer,
+            commits_written: 0,
             #[cfg(feature = "failpoints")]
             reads_until_failure: Default::default(),
-        })
+        };
+        // A new file's tables, written above, are made durable like a commit.
+        store.written_one()?;
+        store.wait_durable()?;
+        Ok(store)
     }
 
     /// Makes every read after the next `reads` fail with
@@ -233,7 +271,9 @@ impl SwingStore {
 
     /// What this store has done since it was opened.
     pub fn stats(&self) -> StoreStats {
-        self.stats.get()
+        let mut stats = self.stats.get();
+        stats.syncs = self.syncer.as_ref().map_or(0, sync::Syncer::syncs);
+        stats
     }
 
     fn count(&self, add: impl FnOnce(&mut StoreStats)) {
@@ -301,8 +341,47 @@ impl SwingStore {
     }
 
     /// Writes every ended crank (and every write outside a crank) to SQLite in
-    /// one transaction, durably.
+    /// one transaction, durably: when it returns, this commit and every one
+    /// before it survive a power loss (with [`Durability::Full`]).
     pub fn commit(&mut self) -> Result<()> {
+        self.commit_pipelined()?;
+        self.wait_durable()
+    }
+
+    /// Waits until every commit written so far is durable.
+    pub fn wait_durable(&self) -> Result<()> {
+        match &self.syncer {
+            Some(syncer) => syncer
+                .wait(self.commits_written)
+                .map_err(|reason| self.sync_error(reason)),
+            None => Ok(()),
+        }
+    }
+
+    fn sync_error(&self, reason: String) -> StoreError {
+        StoreError::Sync {
+            path: self.path.clone(),
+            reason,
+        }
+    }
+
+    /// Counts a commit written and hands it to the sync thread.
+    fn written_one(&mut self) -> Result<()> {
+        self.commits_written += 1;
+        if let Some(syncer) = &self.syncer {
+            syncer.request(self.commits_written);
+        }
+        Ok(())
+    }
+
+    /// [`Self::commit`], except that it returns once the commit is written
+    /// (atomic, visible, safe from a crash of this process) and before it is
+    /// durable: the sync thread fsyncs it meanwhile, and the next commit
+    /// waits for that before it writes. So a caller can run its next crank
+    /// while the disk flushes, one commit in flight at most; it must call
+    /// [`Self::wait_durable`] (or [`Self::commit`]) before it lets anyone
+    /// outside see what the commit holds.
+    pub fn commit_pipelined(&mut self) -> Result<()> {
         assert!(
             self.crank.is_none(),
             "swingstore invariant: commit inside a crank (end or abort it first)"
@@ -314,6 +393,9 @@ impl SwingStore {
             }
             return Ok(());
         }
+        // One commit in flight at most: the last one is durable before this
+        // one is written.
+        self.wait_durable()?;
         // The read transaction, if open, becomes the write transaction: no
         // other process writes this file, so the upgrade cannot conflict.
         if !self.reading.replace(false) {
@@ -324,6 +406,7 @@ impl SwingStore {
             let _ = self.conn.execute_batch("ROLLBACK");
             return Err(e);
         }
+        self.written_one()?;
         let view = self.view.get_mut();
         if view.len() > READ_CACHE_ENTRIES_MAX {
             view.clear();
@@ -713,6 +796,36 @@ mod tests {
         let store = SwingStore::open(&dir.path().join("store.sqlite"), Durability::Normal).unwrap();
         assert_eq!(store.get("a").unwrap().as_deref(), Some("1"));
         assert_eq!(store.get("b").unwrap().as_deref(), Some("2"));
+    }
+
+    #[test]
+    fn pipelined_commits_become_durable_one_at_a_time_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.sqlite");
+        let mut store = SwingStore::open(&path, Durability::Full).unwrap();
+        // Opening made the new file's tables durable: commit 1.
+        let opened = store.commits_written;
+        let syncer = |store: &SwingStore| store.syncer.as_ref().unwrap().durable();
+        assert_eq!(syncer(&store), opened);
+        for i in 1..=20u64 {
+            store.set("a", &i.to_string()).unwrap();
+            store.commit_pipelined().unwrap();
+            // At most one commit in flight: the one just written.
+            assert!(syncer(&store) + 1 >= opened + i, "commit {i}");
+        }
+        store.wait_durable().unwrap();
+        assert_eq!(syncer(&store), opened + 20);
+        let stats = store.stats();
+        assert!((1..=21).contains(&stats.syncs), "{stats:?}");
+        // An idle commit waits for what is in flight and writes nothing.
+        store.set("b", "x").unwrap();
+        store.commit_pipelined().unwrap();
+        store.commit().unwrap();
+        assert_eq!(syncer(&store), store.commits_written);
+        drop(store);
+        let store = SwingStore::open(&path, Durability::Full).unwrap();
+        assert_eq!(store.get("a").unwrap().as_deref(), Some("20"));
+        assert_eq!(store.get("b").unwrap().as_deref(), Some("x"));
     }
 
     #[test]

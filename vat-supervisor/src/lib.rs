@@ -1238,7 +1238,10 @@ mod tests {
         let module = host.compile(&echoing_module(2, &json)).unwrap();
         let mut worker = ThreadWorker::start(&host, &module, Limits::default()).unwrap();
         let fault = worker
-            .deliver(&Delivery::BringOutYourDead, &mut Recorder(Vec::new(), Ok(())))
+            .deliver(
+                &Delivery::BringOutYourDead,
+                &mut Recorder(Vec::new(), Ok(())),
+            )
             .unwrap_err();
         assert!(
             matches!(&fault, VatFault::IllegalSyscall(m) if m.starts_with("malformed subscribe payload")),

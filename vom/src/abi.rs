@@ -437,7 +437,10 @@ mod tests {
         expected.extend(b"p-1");
         assert_eq!(bytes, expected);
         assert_eq!(Encoding::Binary.decode_delivery(&bytes).unwrap(), delivery);
-        assert_eq!(Encoding::Binary.encode_delivery(&Delivery::BringOutYourDead), [3]);
+        assert_eq!(
+            Encoding::Binary.encode_delivery(&Delivery::BringOutYourDead),
+            [3]
+        );
     }
 
     #[test]
@@ -474,7 +477,11 @@ mod tests {
         assert!(Encoding::Binary.decode_syscall(&[2, 3, b'p']).is_err());
         assert!(Encoding::Binary.decode_syscall(&[2, 1, b'p', 0]).is_err());
         assert!(Encoding::Binary.decode_syscall(&[99]).is_err());
-        assert!(Encoding::Binary.decode_syscall(&[2, 2, 0xff, 0xfe]).is_err());
+        assert!(
+            Encoding::Binary
+                .decode_syscall(&[2, 2, 0xff, 0xfe])
+                .is_err()
+        );
     }
 
     #[test]
