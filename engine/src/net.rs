@@ -6,7 +6,13 @@
 //! while too many of them wait there (read backpressure); the writer
 //! writes what the loop gives it, and gives up on a peer that does not
 //! read. Listeners hold at most `connections_max` connections.
+//!
+//! The loop writes a socket's frames itself when the writer has nothing
+//! queued and the socket takes them at once (it is non-blocking): a frame
+//! then leaves without waking the writer task. What the socket does not
+//! take goes to the writer, and everything after it too, in order.
 
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -17,7 +23,36 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, BufReader};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc as tmpsc, watch};
 
 pub(crate) type BoxedRead = Box<dyn AsyncRead + Unpin + Send>;
-pub(crate) type BoxedWrite = Box<dyn AsyncWrite + Unpin + Send>;
+
+/// A connection's write half: the stream its writer task writes, and, when
+/// it is a socket (TCP, Unix), a duplicate of the socket's descriptor, so
+/// that the crank loop can write to it directly.
+pub(crate) struct BoxedWrite {
+    stream: Box<dyn AsyncWrite + Unpin + Send>,
+    socket: Option<OwnedFd>,
+}
+
+impl BoxedWrite {
+    /// The write half of a socket (`S`: a tokio TCP or Unix stream).
+    pub(crate) fn socket<S: AsFd>(
+        stream: impl AsyncWrite + AsRef<S> + Unpin + Send + 'static,
+    ) -> Self {
+        // Without a duplicate (no descriptors left), the writer writes all.
+        let socket = stream.as_ref().as_fd().try_clone_to_owned().ok();
+        BoxedWrite {
+            stream: Box::new(stream),
+            socket,
+        }
+    }
+
+    /// Any other stream (a WebSocket bridged to bytes): the writer writes all.
+    pub(crate) fn stream(stream: impl AsyncWrite + Unpin + Send + 'static) -> Self {
+        BoxedWrite {
+            stream: Box::new(stream),
+            socket: None,
+        }
+    }
+}
 
 /// The bounds on what a peer's connection may cost the daemon. Each has a
 /// name (the field's), a default, and an error or a `vat peers` reason
@@ -198,6 +233,11 @@ pub(crate) struct Pipe {
     writer: tmpsc::UnboundedSender<Outgoing>,
     /// Bytes handed to the writer and not yet written.
     queued: Arc<AtomicUsize>,
+    /// The socket, for the loop's own writes while the writer is idle.
+    socket: Option<OwnedFd>,
+    /// Bytes the loop wrote itself (for tests of who wrote what).
+    #[cfg(test)]
+    direct_bytes: std::cell::Cell<usize>,
     outgoing_bytes_max: usize,
     _stop: watch::Sender<()>,
 }
@@ -218,8 +258,20 @@ impl Pipe {
             fits += 1;
         }
         let all = fits == frames.len();
-        if fits > 0 {
-            self.push_past_limit(frames.into_iter().take(fits).collect());
+        let mut frames: Vec<Vec<u8>> = frames.into_iter().take(fits).collect();
+        // Nothing queued: the writer is idle, and only this loop gives it work.
+        if let Some(socket) = &self.socket
+            && self.queued.load(Ordering::Acquire) == 0
+        {
+            #[cfg(test)]
+            let before: usize = frames.iter().map(Vec::len).sum();
+            frames = write_now(socket, frames);
+            #[cfg(test)]
+            self.direct_bytes
+                .set(self.direct_bytes.get() + before - frames.iter().map(Vec::len).sum::<usize>());
+        }
+        if !frames.is_empty() {
+            self.push_past_limit(frames);
         }
         all
     }
@@ -236,6 +288,42 @@ impl Pipe {
     }
 }
 
+/// Writes `frames` to `socket` without blocking, and returns what it did
+/// not take: the rest of the frame it stopped in, then the frames after it.
+/// An error leaves the rest to the writer, which meets it too and ends.
+fn write_now(socket: &OwnedFd, frames: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+    let mut frames = frames.into_iter();
+    while let Some(frame) = frames.next() {
+        let mut written = 0;
+        while written < frame.len() {
+            let rest = &frame[written..];
+            // SAFETY: `rest` is valid for `rest.len()` bytes, and the
+            // descriptor is open (owned here). MSG_NOSIGNAL: a peer gone
+            // is an error returned, not a SIGPIPE.
+            let sent = unsafe {
+                libc::send(
+                    socket.as_raw_fd(),
+                    rest.as_ptr().cast(),
+                    rest.len(),
+                    libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+                )
+            };
+            if sent > 0 {
+                written += sent as usize;
+                continue;
+            }
+            if sent < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
+            {
+                continue;
+            }
+            let mut left = vec![frame[written..].to_vec()];
+            left.extend(frames);
+            return left;
+        }
+    }
+    Vec::new()
+}
+
 /// Starts a connection's reader and writer on `runtime`; `report` takes
 /// what the reader reads. `permit` is the listener's place for it, if a
 /// listener accepted it: it is given back when the reader ends.
@@ -249,6 +337,10 @@ pub(crate) fn start(
 ) -> Pipe {
     let (writer, outgoing) = tmpsc::unbounded_channel::<Outgoing>();
     let queued = Arc::new(AtomicUsize::new(0));
+    let BoxedWrite {
+        stream: write,
+        socket,
+    } = write;
     let (stop, stopped) = watch::channel(());
     let reader = read_frames(read, limits, net, report, stopped);
     runtime.spawn(async move {
@@ -259,6 +351,9 @@ pub(crate) fn start(
     Pipe {
         writer,
         queued,
+        socket,
+        #[cfg(test)]
+        direct_bytes: Default::default(),
         outgoing_bytes_max: net.outgoing_bytes_max,
         _stop: stop,
     }
@@ -350,7 +445,7 @@ async fn take_ticket(frames: &Arc<Semaphore>, bytes: &Arc<Semaphore>, size: u32)
 /// Writes what the loop queues, until it says close or drops its end. A
 /// write that makes no progress for `write_timeout_ms` ends the connection.
 async fn write_frames_out(
-    mut write: BoxedWrite,
+    mut write: Box<dyn AsyncWrite + Unpin + Send>,
     mut outgoing: tmpsc::UnboundedReceiver<Outgoing>,
     queued: Arc<AtomicUsize>,
     net: NetLimits,
@@ -362,7 +457,8 @@ async fn write_frames_out(
             _ => return,
         }
         let bytes = frames.iter().map(Vec::len).sum();
-        queued.fetch_sub(bytes, Ordering::Relaxed);
+        // Release: the loop writes itself only after this, seeing zero.
+        queued.fetch_sub(bytes, Ordering::Release);
     }
     let _ = tokio::time::timeout(patience, tokio::io::AsyncWriteExt::shutdown(&mut write)).await;
 }
@@ -408,6 +504,76 @@ pub(crate) type Accepting<'a, S> =
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
+
+    /// A frame whose bytes say which frame it is and where in it they are.
+    fn frame(number: u32, len: usize) -> Vec<u8> {
+        (0..len).map(|i| (number as usize * 7 + i) as u8).collect()
+    }
+
+    /// Frames pushed while the writer is idle go out directly, those that
+    /// do not fit the socket go to the writer, and the peer reads every
+    /// byte in push order either way.
+    #[test]
+    fn frames_leave_in_order_whoever_writes_them() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let stream = runtime
+            .block_on(tokio::net::TcpStream::connect(address))
+            .unwrap();
+        let (mut peer, _) = listener.accept().unwrap();
+        let (read, write) = stream.into_split();
+        let net = NetLimits {
+            outgoing_bytes_max: usize::MAX,
+            ..NetLimits::default()
+        };
+        let pipe = start(
+            &runtime,
+            (Box::new(read), BoxedWrite::socket(write)),
+            Limits::default(),
+            net,
+            |_| true,
+            None,
+        );
+        assert!(pipe.socket.is_some(), "a TCP stream is written directly");
+        // Small frames first (the socket takes them at once), then more
+        // than its buffers hold while the peer reads nothing, then small
+        // ones again (behind what the writer still has).
+        let mut expected = Vec::new();
+        let mut number = 0;
+        let mut push = |count: usize, len: usize| {
+            let frames: Vec<Vec<u8>> = (0..count)
+                .map(|_| {
+                    number += 1;
+                    frame(number, len)
+                })
+                .collect();
+            frames.iter().for_each(|f| expected.extend_from_slice(f));
+            assert!(pipe.push(frames));
+        };
+        push(3, 100);
+        assert_eq!(pipe.direct_bytes.get(), 300, "an idle writer is not woken");
+        push(40, 1 << 20);
+        // The peer reads nothing yet: the socket took what its buffers
+        // hold, and the writer has the rest.
+        let direct = pipe.direct_bytes.get();
+        assert!(direct > 300 && direct < 300 + (40 << 20), "{direct}");
+        assert!(pipe.queued.load(Ordering::Acquire) > 0);
+        push(5, 100);
+        assert_eq!(
+            pipe.direct_bytes.get(),
+            direct,
+            "nothing overtakes the writer"
+        );
+        let mut got = vec![0u8; expected.len()];
+        peer.read_exact(&mut got).unwrap();
+        assert!(got == expected, "the peer read the frames out of order");
+    }
 
     #[test]
     fn every_named_limit_can_be_set_and_bad_ones_are_refused() {

@@ -246,7 +246,7 @@ impl<A> NodeSender<A> {
         read: impl tokio::io::AsyncRead + Send + Unpin + 'static,
         write: impl tokio::io::AsyncWrite + Send + Unpin + 'static,
     ) -> bool {
-        let event = Event::Accepted(Box::new(read), Box::new(write), None);
+        let event = Event::Accepted(Box::new(read), BoxedWrite::stream(write), None);
         self.0.send(event).is_ok()
     }
 }
@@ -323,14 +323,14 @@ async fn dial(address: Address, timeout_ms: u64) -> Result<(BoxedRead, BoxedWrit
                 .map_err(late)??;
             let _ = stream.set_nodelay(true);
             let (read, write) = stream.into_split();
-            Ok((Box::new(read), Box::new(write)))
+            Ok((Box::new(read), BoxedWrite::socket(write)))
         }
         Address::Unix(path) => {
             let stream = tokio::time::timeout(timeout, tokio::net::UnixStream::connect(&path))
                 .await
                 .map_err(late)??;
             let (read, write) = stream.into_split();
-            Ok((Box::new(read), Box::new(write)))
+            Ok((Box::new(read), BoxedWrite::socket(write)))
         }
     }
 }
@@ -409,7 +409,7 @@ impl<A: Send + 'static> Node<A> {
                     move |stream, permit| {
                         let _ = stream.set_nodelay(true);
                         let (read, write) = stream.into_split();
-                        deliver(Box::new(read), Box::new(write), permit)
+                        deliver(Box::new(read), BoxedWrite::socket(write), permit)
                     },
                 ));
                 Ok(Address::Tcp(bound.to_string()))
@@ -427,7 +427,7 @@ impl<A: Send + 'static> Node<A> {
                     connections_max,
                     move |stream, permit| {
                         let (read, write) = stream.into_split();
-                        deliver(Box::new(read), Box::new(write), permit)
+                        deliver(Box::new(read), BoxedWrite::socket(write), permit)
                     },
                 ));
                 Ok(address.clone())
