@@ -31,6 +31,7 @@ use crate::fresh::Fresh;
 use crate::ids::{EndpointId, EndpointKind, Kref};
 use crate::keys;
 use crate::promise::{PromiseRecord, Settlement};
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use swingstore::{StoreError, SwingStore};
 use vom::{CapData, Value};
@@ -324,6 +325,19 @@ pub(crate) struct KernelState {
     /// Refs allocated since the last commit: reads of keys naming them
     /// skip SQLite, which cannot hold such keys yet.
     pub(crate) fresh: Fresh,
+    /// The promise records the open crank read or changed (`None`: no such
+    /// promise, or freed), and whether it changed them. A crank reads and
+    /// changes a promise's record many times (each reference taken or
+    /// dropped); it is parsed once and written back once, when the crank
+    /// ends. Empty between cranks.
+    records: std::cell::RefCell<FxHashMap<String, CachedRecord>>,
+}
+
+/// A promise record as the open crank knows it.
+#[derive(Debug)]
+struct CachedRecord {
+    record: Option<PromiseRecord>,
+    changed: bool,
 }
 
 /// `log_lines_pending_max`: how many vat log lines the kernel holds until
@@ -401,6 +415,7 @@ impl KernelState {
             outbox_ended: Vec::new(),
             log_lines: Default::default(),
             fresh: Fresh::default(),
+            records: Default::default(),
         }
     }
 
@@ -537,11 +552,52 @@ impl KernelState {
 
     /// `kpid`'s record (`None`: no such promise, or freed).
     pub(crate) fn promise_record(&self, kpid: &str) -> StoreResult<Option<PromiseRecord>> {
-        Ok(self.get(&keys::promise(&kpid))?.map(|text| {
+        if let Some(cached) = self.records.borrow().get(kpid) {
+            return Ok(cached.record.clone());
+        }
+        let record = self.get(&keys::promise(&kpid))?.map(|text| {
             PromiseRecord::parse(&text).unwrap_or_else(|| {
                 panic!("kernel invariant: {kpid}.promise is a promise record, found {text:?}")
             })
-        }))
+        });
+        if self.store.in_crank() {
+            let cached = CachedRecord {
+                record: record.clone(),
+                changed: false,
+            };
+            self.records.borrow_mut().insert(kpid.to_owned(), cached);
+        }
+        Ok(record)
+    }
+
+    /// Sets (`Some`) or deletes `kpid`'s record: in the crank's cache
+    /// during a crank, in the store outside one.
+    fn put_promise_record(&mut self, kpid: &str, record: Option<PromiseRecord>) -> StoreResult<()> {
+        if self.store.in_crank() {
+            let cached = CachedRecord {
+                record,
+                changed: true,
+            };
+            self.records.get_mut().insert(kpid.to_owned(), cached);
+            return Ok(());
+        }
+        match record {
+            Some(record) => self.set(&keys::promise(&kpid), &record.to_text()),
+            None => self.delete(&keys::promise(&kpid)),
+        }
+    }
+
+    /// Writes the records the crank changed to the store, as it ends.
+    fn write_back_promise_records(&mut self) -> StoreResult<()> {
+        let records = std::mem::take(self.records.get_mut());
+        for (kpid, cached) in records {
+            match (cached.changed, cached.record) {
+                (false, _) => {}
+                (true, Some(record)) => self.set(&keys::promise(&kpid), &record.to_text())?,
+                (true, None) => self.delete(&keys::promise(&kpid))?,
+            }
+        }
+        Ok(())
     }
 
     /// The record of `kpid`, which exists.
@@ -552,7 +608,7 @@ impl KernelState {
     }
 
     fn set_promise_record(&mut self, kpid: &str, record: &PromiseRecord) -> StoreResult<()> {
-        self.set(&keys::promise(&kpid), &record.to_text())
+        self.put_promise_record(kpid, Some(record.clone()))
     }
 
     /// Changes `kpid`'s record by `change`. The record is read again each
@@ -838,7 +894,7 @@ impl KernelState {
             let subscribers = self.subscribers(&kpid)?;
             self.delete_waiters(&kpid, &queue, &subscribers)?;
             self.unindex_decider(&kpid, &record)?;
-            self.delete(&keys::promise(&kpid))?;
+            self.put_promise_record(&kpid, None)?;
             self.delete(&keys::settlement(&kpid))?;
             for kref in released {
                 self.decref(&kref)?;
@@ -902,11 +958,13 @@ impl KernelState {
     pub(crate) fn end_crank(&mut self) -> StoreResult<()> {
         self.collect_garbage()?;
         self.schedule_gc_actions()?;
+        self.write_back_promise_records()?;
         self.outbox_ended.append(&mut self.outbox_crank);
         self.store.end_crank()
     }
 
     pub(crate) fn abort_crank(&mut self) -> StoreResult<()> {
+        self.records.get_mut().clear();
         self.maybe_free.clear();
         self.maybe_unreachable.clear();
         self.outbox_crank.clear();
