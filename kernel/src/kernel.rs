@@ -511,7 +511,8 @@ impl Kernel {
         }
         // Compile (and check the ABI) before writing anything; a module
         // already compiled under the same CID is reused.
-        let cid = swingstore::cid_of(wasm).to_string();
+        let bundle = swingstore::cid_of(wasm);
+        let cid = bundle.to_string();
         let module = match self.modules.get(&cid) {
             Some(module) => module.clone(),
             None => self.compile(wasm, &cid)?,
@@ -519,7 +520,13 @@ impl Kernel {
         if options.worker == WorkerKind::Process {
             self.supervisor_program()?;
         }
-        let root = self.in_crank(|k| k.spawn_in_crank(name, wasm, module, options))?;
+        // The bundle goes in a commit of its own, before the vat's crank:
+        // its fsync, most of a cached spawn's time, runs while the worker
+        // starts. A spawn that fails after it leaves the bundle stored, a
+        // content-addressed blob no vat names (as an ended vat's is).
+        self.state.store.add_bundle_as(&bundle, wasm)?;
+        self.state.commit_pipelined()?;
+        let root = self.in_crank(|k| k.spawn_in_crank(name, &cid, module, options))?;
         self.commit()?;
         Ok(root)
     }
@@ -527,15 +534,14 @@ impl Kernel {
     fn spawn_in_crank(
         &mut self,
         name: &str,
-        wasm: &[u8],
+        cid: &str,
         module: VatModule,
         options: VatOptions,
     ) -> Result<Kref, KernelError> {
-        let cid = self.state.store.add_bundle(wasm)?.to_string();
-        self.modules.insert(cid.clone(), module);
+        self.modules.insert(cid.to_owned(), module);
         let vat = self.state.allocate_vat_id()?;
         self.state.set(&keys::vat_name(&vat), name)?;
-        self.state.set(&keys::vat_bundle(&vat), &cid)?;
+        self.state.set(&keys::vat_bundle(&vat), cid)?;
         self.state.set_vat_state(&vat, VatState::Running, None)?;
         let options_text =
             serde_json::to_string(&options).expect("kernel invariant: options serialize");

@@ -715,13 +715,25 @@ impl SwingStore {
     /// Stores `bytes` under their CID and returns it; storing the same bytes twice is a no-op.
     pub fn add_bundle(&mut self, bytes: &[u8]) -> Result<Cid> {
         let cid = cid_of(bytes);
+        self.add_bundle_as(&cid, bytes)?;
+        Ok(cid)
+    }
+
+    /// [`Self::add_bundle`] for a caller that computed `cid` already with
+    /// [`cid_of`] (hashing a large module twice costs a spawn time);
+    /// debug builds check that it did.
+    pub fn add_bundle_as(&mut self, cid: &Cid, bytes: &[u8]) -> Result<()> {
+        debug_assert!(
+            cid_of(bytes) == *cid,
+            "swingstore invariant: add_bundle_as is given the bytes' own CID"
+        );
         let entry = (cid.to_string(), bytes.to_vec());
         if self.crank.is_some() {
             self.crank_bundles.push(entry);
         } else {
             self.pending_bundles.push(entry);
         }
-        Ok(cid)
+        Ok(())
     }
 
     pub fn get_bundle(&self, cid: &Cid) -> Result<Option<Vec<u8>>> {
