@@ -240,23 +240,7 @@ fn kernel_to_kernel(calls: u64, burst: u64) -> KernelRun {
 /// needs at least two, one on each side.
 fn commit_us(commits: u64) -> f64 {
     let dir = tempfile::tempdir().unwrap();
-    let conn = rusqlite::Connection::open(dir.path().join("raw.sqlite")).unwrap();
-    conn.pragma_update(None, "journal_mode", "WAL").unwrap();
-    conn.pragma_update(None, "synchronous", "FULL").unwrap();
-    conn.execute_batch(
-        "CREATE TABLE kv (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL) WITHOUT ROWID",
-    )
-    .unwrap();
-    let mut upsert = conn
-        .prepare("INSERT OR REPLACE INTO kv (key, value) VALUES ('bench.key', ?1)")
-        .unwrap();
-    let started = Instant::now();
-    for i in 0..commits {
-        conn.execute_batch("BEGIN IMMEDIATE").unwrap();
-        upsert.execute([i.to_string()]).unwrap();
-        conn.execute_batch("COMMIT").unwrap();
-    }
-    started.elapsed().as_secs_f64() * 1e6 / commits as f64
+    swingstore::raw_commit_us(dir.path(), commits).unwrap()
 }
 
 fn main() {

@@ -31,23 +31,7 @@ fn env_count(name: &str, default: u64) -> u64 {
 
 fn raw_commits_per_second(commits: u64) -> f64 {
     let dir = tempfile::tempdir().unwrap();
-    let conn = rusqlite::Connection::open(dir.path().join("raw.sqlite")).unwrap();
-    conn.pragma_update(None, "journal_mode", "WAL").unwrap();
-    conn.pragma_update(None, "synchronous", "FULL").unwrap();
-    conn.execute_batch(
-        "CREATE TABLE kv (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL) WITHOUT ROWID",
-    )
-    .unwrap();
-    let mut upsert = conn
-        .prepare("INSERT OR REPLACE INTO kv (key, value) VALUES ('bench.key', ?1)")
-        .unwrap();
-    let started = Instant::now();
-    for i in 0..commits {
-        conn.execute_batch("BEGIN IMMEDIATE").unwrap();
-        upsert.execute([i.to_string()]).unwrap();
-        conn.execute_batch("COMMIT").unwrap();
-    }
-    commits as f64 / started.elapsed().as_secs_f64()
+    1e6 / swingstore::raw_commit_us(dir.path(), commits).unwrap()
 }
 
 /// What one run measured.

@@ -181,6 +181,29 @@ fn prefix_successor(prefix: &str) -> Option<String> {
     Some(end)
 }
 
+/// The time, in microseconds, one small durable commit takes on the disk
+/// holding `dir`: one key written and committed, `commits` times, on a
+/// plain SQLite connection with `synchronous=FULL` (not through a
+/// `SwingStore`, so that it does not move with this crate's
+/// implementation). The benches print it as the anchor of committing rates.
+pub fn raw_commit_us(dir: &Path, commits: u64) -> Result<f64> {
+    let conn = Connection::open(dir.join("raw-commits.sqlite"))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL) WITHOUT ROWID",
+    )?;
+    let mut upsert =
+        conn.prepare("INSERT OR REPLACE INTO kv (key, value) VALUES ('bench.key', ?1)")?;
+    let started = std::time::Instant::now();
+    for i in 0..commits {
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        upsert.execute([i.to_string()])?;
+        conn.execute_batch("COMMIT")?;
+    }
+    Ok(started.elapsed().as_secs_f64() * 1e6 / commits.max(1) as f64)
+}
+
 /// The CIDv1 (raw codec, sha2-256) of `bytes`: the CID IPFS gives the same bytes.
 pub fn cid_of(bytes: &[u8]) -> Cid {
     Cid::new_v1(RAW_CODEC, Code::Sha2_256.digest(bytes))
