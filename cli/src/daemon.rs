@@ -208,6 +208,9 @@ impl Daemon {
             self.answer_waiters()?;
             self.answer_jobs()?;
             self.home.append_logs(self.node.kernel())?;
+            // Everything asked is answered: a vat's start that took the
+            // spare process is replaced now, outside anyone's wait.
+            self.node.kernel().top_up_spares();
         }
     }
 

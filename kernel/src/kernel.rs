@@ -222,6 +222,8 @@ pub struct Kernel {
     vats_resident_max: usize,
     /// How many spare worker processes are kept started ahead of need.
     warm_spares: usize,
+    /// Whether a process worker started since spares were last topped up.
+    spares_due: bool,
     /// Vats due a `bringOutYourDead` after the crank that made them so.
     collection_due: Vec<EndpointId>,
     /// Where compiled modules are kept between processes, if anywhere.
@@ -312,6 +314,7 @@ impl Kernel {
             residency: Residency::default(),
             vats_resident_max: crate::resident::VATS_RESIDENT_MAX_DEFAULT,
             warm_spares: 0,
+            spares_due: false,
             collection_due: Vec::new(),
             module_cache: None,
             supervisor: None,
@@ -599,7 +602,8 @@ impl Kernel {
         self.workers.insert(vat.to_owned(), worker);
         self.residency.woke(started_at, reused);
         if options.worker == WorkerKind::Process {
-            self.warm_spares();
+            // Started after the answer, not in this crank (see `top_up_spares`).
+            self.spares_due = true;
         }
         if let Some(now_s) = self.residency.touch(vat) {
             self.state
@@ -667,6 +671,17 @@ impl Kernel {
         let worker =
             ProcessWorker::start(&program, vat, source, options.limits()).map_err(fault)?;
         Ok((VatWorker::Process(worker), false))
+    }
+
+    /// Starts the spare processes ([`Self::set_warm_spares`]) that vats'
+    /// starts took or that were never started, if a process worker started
+    /// since the last call. A host calls it once it has answered what it
+    /// was asked (the daemon, at the end of each turn), so that no answer
+    /// waits for a process start.
+    pub fn top_up_spares(&mut self) {
+        if std::mem::take(&mut self.spares_due) {
+            self.warm_spares();
+        }
     }
 
     /// Starts spare processes until [`Self::set_warm_spares`] are waiting,
