@@ -512,6 +512,20 @@ impl Kernel {
                 kref,
             });
         }
+        // With no spare process ready, the vat's process starts now and
+        // makes its engine while this thread hashes, loads and stores the
+        // module; the vat's start takes it as a spare. Dropped (stopped) if
+        // the spawn fails first.
+        let early = match options.worker {
+            WorkerKind::Process if self.residency.spares() == 0 => {
+                ProcessWorker::spare(&self.supervisor_program()?).ok()
+            }
+            WorkerKind::Process => {
+                self.supervisor_program()?;
+                None
+            }
+            WorkerKind::Thread => None,
+        };
         // Compile (and check the ABI) before writing anything; a module
         // already compiled under the same CID is reused.
         let bundle = swingstore::cid_of(wasm);
@@ -520,8 +534,9 @@ impl Kernel {
             Some(module) => module.clone(),
             None => self.compile(wasm, &cid)?,
         };
-        if options.worker == WorkerKind::Process {
-            self.supervisor_program()?;
+        if let Some(process) = early {
+            let room = self.vats_resident_max.saturating_sub(self.workers.len());
+            self.residency.keep_spare(process, room.max(1));
         }
         // The bundle goes in a commit of its own, before the vat's crank:
         // its fsync, most of a cached spawn's time, runs while the worker
