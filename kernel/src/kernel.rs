@@ -495,7 +495,9 @@ impl Kernel {
     }
 
     /// Creates vat `name` from `wasm`, binds the pet name `name` to its root
-    /// object, and returns the root's kref. Nothing is written if any step fails.
+    /// object, and returns the root's kref. Nothing is written if any step
+    /// fails, except the bundle once the module compiled (content-addressed,
+    /// named by no vat then).
     pub fn spawn_vat(
         &mut self,
         name: &str,
