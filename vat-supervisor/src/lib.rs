@@ -254,7 +254,7 @@ pub trait Worker {
 }
 
 /// One wasmtime engine, configured for deterministic, metered guests, and the
-/// linker that offers ABI v1. Share one per kernel: modules compiled by it
+/// linker that offers the vat ABI. Share one per kernel: modules compiled by it
 /// can start any number of workers.
 pub struct WasmHost {
     engine: Engine,
