@@ -36,6 +36,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 // collisions, so the view uses a fast hash rather than SipHash.
 use rustc_hash::FxHashMap;
 
+mod dirty;
 mod sync;
 
 /// The multicodec code of raw bytes: a bundle's CID says "these bytes, as they are".
@@ -115,6 +116,16 @@ struct Slot {
     in_db: Option<bool>,
 }
 
+/// What an open crank's abort undoes.
+#[derive(Debug)]
+struct Crank {
+    /// Each write's key and the slot it replaced.
+    undo: Vec<(Rc<str>, Option<Slot>)>,
+    /// How many keys were dirty when the crank began: the keys after them
+    /// became dirty in the crank, and are clean again once it is undone.
+    dirty_len: usize,
+}
+
 /// What a store has done since it was opened: how a caller's work turns
 /// into reads, writes and SQLite statements (the benchmarks print it per crank).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -142,11 +153,11 @@ pub struct SwingStore {
     /// Every key read or written since the cache last started over: committed
     /// values (clean) and writes waiting for the commit (dirty).
     view: std::cell::RefCell<FxHashMap<Rc<str>, Slot>>,
-    /// The dirty keys, in order: what the commit writes, and what ordered
-    /// reads merge with SQLite's keys.
-    dirty: BTreeSet<Rc<str>>,
-    /// The open crank's undo log: each write's key and the slot it replaced.
-    crank: Option<Vec<(Rc<str>, Option<Slot>)>>,
+    /// The dirty keys: what the commit writes, and what ordered reads
+    /// merge with SQLite's keys.
+    dirty: dirty::DirtyKeys,
+    /// The open crank's undo log, if a crank is open.
+    crank: Option<Crank>,
     crank_bundles: Vec<(String, Vec<u8>)>,
     pending_bundles: Vec<(String, Vec<u8>)>,
     /// True while a read transaction is open: reads between commits share one
@@ -255,7 +266,7 @@ impl SwingStore {
             conn,
             path: path.to_owned(),
             view: Default::default(),
-            dirty: BTreeSet::new(),
+            dirty: Default::default(),
             crank: None,
             crank_bundles: Vec::new(),
             pending_bundles: Vec::new(),
@@ -318,7 +329,10 @@ impl SwingStore {
             self.crank.is_none(),
             "swingstore invariant: cranks do not nest (begin_crank inside a crank)"
         );
-        self.crank = Some(Vec::new());
+        self.crank = Some(Crank {
+            undo: Vec::new(),
+            dirty_len: self.dirty.len(),
+        });
         Ok(())
     }
 
@@ -339,23 +353,19 @@ impl SwingStore {
 
     /// Discards every write made since [`Self::begin_crank`].
     pub fn abort_crank(&mut self) -> Result<()> {
-        let undo = self
+        let crank = self
             .crank
             .take()
             .expect("swingstore invariant: abort_crank outside a crank");
         let view = self.view.get_mut();
         // Replayed newest first, each key ends with the slot it had before the crank.
-        for (key, old) in undo.iter().rev() {
+        for (key, old) in crank.undo.into_iter().rev() {
             match old {
-                Some(slot) => view.insert(key.clone(), slot.clone()),
-                None => view.remove(&**key),
+                Some(slot) => view.insert(key, slot),
+                None => view.remove(&*key),
             };
         }
-        for (key, _) in &undo {
-            if !view.get(&**key).is_some_and(|slot| slot.dirty) {
-                self.dirty.remove(&**key);
-            }
-        }
+        self.dirty.truncate(crank.dirty_len);
         self.crank_bundles.clear();
         Ok(())
     }
@@ -440,7 +450,7 @@ impl SwingStore {
             // records of promises freed as soon as they settled, never read
             // again) leave the view, so that it keeps what is read rather
             // than filling with them and starting over.
-            for key in &self.dirty {
+            for key in self.dirty.iter() {
                 match view.get_mut(&**key) {
                     Some(slot) if slot.value.is_none() && slot.in_db == Some(false) => {
                         view.remove(&**key);
@@ -464,15 +474,29 @@ impl SwingStore {
             .prepare_cached("INSERT OR REPLACE INTO kv (key, value) VALUES (?1, ?2)")?;
         let mut delete = self.conn.prepare_cached("DELETE FROM kv WHERE key = ?1")?;
         let view = self.view.borrow();
+        // A key made and deleted since the last commit costs SQLite nothing;
+        // the rest are written in key order, which SQLite's B-tree takes fastest.
+        let mut changed: Vec<(&str, &Option<String>)> = self
+            .dirty
+            .iter()
+            .filter_map(|key| {
+                let slot = view
+                    .get(key)
+                    .expect("swingstore invariant: a dirty key has a slot in the view");
+                assert!(
+                    slot.dirty,
+                    "swingstore invariant: a dirty key has a dirty slot"
+                );
+                let gone = slot.value.is_none() && slot.in_db == Some(false);
+                (!gone).then_some((&**key, &slot.value))
+            })
+            .collect();
+        changed.sort_unstable_by_key(|(key, _)| *key);
         let mut rows = 0;
-        for key in &self.dirty {
-            let slot = view
-                .get(key)
-                .expect("swingstore invariant: a dirty key has a slot in the view");
-            rows += match (&slot.value, slot.in_db) {
-                (Some(value), _) => upsert.execute(params![key, value])?,
-                (None, Some(false)) => 0,
-                (None, _) => delete.execute([key])?,
+        for (key, value) in changed {
+            rows += match value {
+                Some(value) => upsert.execute(params![key, value])?,
+                None => delete.execute([key])?,
             } as u64;
         }
         let mut bundle = self
@@ -566,10 +590,10 @@ impl SwingStore {
         };
         let old = view.insert(shared.clone(), slot);
         if !old.as_ref().is_some_and(|slot| slot.dirty) {
-            self.dirty.insert(shared.clone());
+            self.dirty.push(shared.clone());
         }
-        if let Some(undo) = &mut self.crank {
-            undo.push((shared, old));
+        if let Some(crank) = &mut self.crank {
+            crank.undo.push((shared, old));
         }
     }
 
@@ -623,6 +647,7 @@ impl SwingStore {
         };
         let from_dirty = self
             .dirty
+            .ordered()
             .range::<str, _>((Bound::Excluded(previous), Bound::Unbounded))
             .find(|key| matches!(self.dirty_value(key), Some(Some(_))))
             .map(|key| key.to_string());
@@ -651,6 +676,7 @@ impl SwingStore {
         };
         let from_dirty = self
             .dirty
+            .ordered()
             .range::<str, _>((Bound::Unbounded, Bound::Excluded(next)))
             .rev()
             .find(|key| matches!(self.dirty_value(key), Some(Some(_))))
@@ -700,6 +726,7 @@ impl SwingStore {
         self.read_allowed()?;
         let found: Vec<(String, String)> = self
             .dirty_under(prefix)
+            .into_iter()
             .filter_map(|(key, value)| Some((key, value?)))
             .collect();
         debug_assert!(
@@ -710,19 +737,18 @@ impl SwingStore {
     }
 
     /// The uncommitted writes under `prefix`, in key order (`None`: deleted).
-    fn dirty_under<'a>(
-        &'a self,
-        prefix: &'a str,
-    ) -> impl Iterator<Item = (String, Option<String>)> + 'a {
+    fn dirty_under(&self, prefix: &str) -> Vec<(String, Option<String>)> {
         self.dirty
+            .ordered()
             .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
-            .take_while(move |key| key.starts_with(prefix))
+            .take_while(|key| key.starts_with(prefix))
             .map(|key| {
                 let value = self
                     .dirty_value(key)
                     .expect("swingstore invariant: a dirty key has a dirty slot");
                 (key.to_string(), value)
             })
+            .collect()
     }
 
     /// The first key SQLite holds under `prefix`.
@@ -1131,5 +1157,130 @@ mod tests {
     fn integrity_check_is_clean_on_a_fresh_store() {
         let (_dir, store) = fresh();
         assert!(store.integrity_check().unwrap().is_empty());
+    }
+}
+
+/// The store against a model: a map of committed values, a map of current
+/// values, and the current map as a crank began. Every read must agree with
+/// the model, and reopening the file must find exactly the committed map.
+#[cfg(test)]
+mod model {
+    use super::*;
+    use proptest::prelude::*;
+
+    const KEYS: [&str; 6] = ["a", "a.1", "a.2", "b", "b.1", "c"];
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Begin,
+        End,
+        Abort,
+        Set(usize, u8),
+        Delete(usize),
+        Commit,
+        Reopen,
+        Next(usize),
+        Prev(usize),
+        Scan(usize),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let key = 0..KEYS.len();
+        prop_oneof![
+            Just(Op::Begin),
+            Just(Op::End),
+            Just(Op::Abort),
+            (key.clone(), any::<u8>()).prop_map(|(k, v)| Op::Set(k, v)),
+            key.clone().prop_map(Op::Delete),
+            Just(Op::Commit),
+            Just(Op::Reopen),
+            key.clone().prop_map(Op::Next),
+            key.clone().prop_map(Op::Prev),
+            key.prop_map(Op::Scan),
+        ]
+    }
+
+    type Map = BTreeMap<String, String>;
+
+    struct Model {
+        committed: Map,
+        current: Map,
+        crank_began: Option<Map>,
+    }
+
+    fn check_reads(store: &SwingStore, model: &Model, op: &Op) {
+        let map = &model.current;
+        match *op {
+            Op::Next(k) => {
+                let want = map.range::<str, _>((Bound::Excluded(KEYS[k]), Bound::Unbounded));
+                let want = want.map(|(key, _)| key.clone()).next();
+                assert_eq!(store.get_next_key(KEYS[k]).unwrap(), want);
+            }
+            Op::Prev(k) => {
+                let want = map.range::<str, _>((Bound::Unbounded, Bound::Excluded(KEYS[k])));
+                let mut want = want.map(|(key, _)| key.clone());
+                assert_eq!(store.get_prev_key(KEYS[k]).unwrap(), want.next_back());
+            }
+            Op::Scan(k) => {
+                let want: Vec<(String, String)> = map
+                    .iter()
+                    .filter(|(key, _)| key.starts_with(KEYS[k]))
+                    .map(|(key, value)| (key.clone(), value.clone()))
+                    .collect();
+                assert_eq!(store.scan_prefix(KEYS[k]).unwrap(), want);
+            }
+            _ => {}
+        }
+        for key in KEYS {
+            assert_eq!(store.get(key).unwrap().as_ref(), map.get(key), "{key}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn the_store_agrees_with_a_model_of_cranks_and_commits(
+            ops in proptest::collection::vec(op(), 1..60)
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("store.sqlite");
+            let mut store = SwingStore::open(&path, Durability::Normal).unwrap();
+            let mut model = Model { committed: Map::new(), current: Map::new(), crank_began: None };
+            for op in &ops {
+                let in_crank = model.crank_began.is_some();
+                match *op {
+                    Op::Begin if !in_crank => {
+                        store.begin_crank().unwrap();
+                        model.crank_began = Some(model.current.clone());
+                    }
+                    Op::End if in_crank => {
+                        store.end_crank().unwrap();
+                        model.crank_began = None;
+                    }
+                    Op::Abort if in_crank => {
+                        store.abort_crank().unwrap();
+                        model.current = model.crank_began.take().unwrap();
+                    }
+                    Op::Set(k, v) => {
+                        store.set(KEYS[k], &v.to_string()).unwrap();
+                        model.current.insert(KEYS[k].to_owned(), v.to_string());
+                    }
+                    Op::Delete(k) => {
+                        store.delete(KEYS[k]).unwrap();
+                        model.current.remove(KEYS[k]);
+                    }
+                    Op::Commit if !in_crank => {
+                        store.commit().unwrap();
+                        model.committed = model.current.clone();
+                    }
+                    Op::Reopen if !in_crank => {
+                        drop(store);
+                        store = SwingStore::open(&path, Durability::Normal).unwrap();
+                        model.current = model.committed.clone();
+                    }
+                    _ => {}
+                }
+                check_reads(&store, &model, op);
+            }
+        }
     }
 }
