@@ -627,6 +627,7 @@ pub(crate) fn check(
     let mut problems = state.store.integrity_check()?;
     let mut kv: BTreeMap<String, String> = state.scan_prefix("")?.into_iter().collect();
     let keys_stored = kv.len();
+    kv.extend(state.unstored_run_queue_entries());
     problems.extend(unfold_promise_records(&mut kv));
     let bundles = state.store.bundle_cids()?;
     let (mut max_object, mut max_promise) = (0, 0);

@@ -16,6 +16,7 @@ mod keys;
 mod promise;
 mod records;
 mod resident;
+mod run_queue;
 mod shown;
 mod state;
 

@@ -1,12 +1,15 @@
-//! Every table the kernel keeps, as keys in swingstore. The kernel keeps no
-//! copy of its own: a crank's view is the store's view, so aborting the
-//! crank rolls back every table at once.
+//! Every table the kernel keeps, as keys in swingstore. The kernel keeps
+//! two copies of its own, each undone with the crank that made it: the open
+//! crank's promise records, and the run-queue items queued since the last
+//! commit ([`crate::run_queue`], written to the store just before it).
+//! Otherwise a crank's view is the store's view, so aborting the crank
+//! rolls back every table at once.
 //!
 //! | key | value |
 //! |---|---|
 //! | `kernel.schema` | [`STORE_SCHEMA_VERSION`]: the layout this table describes, checked at open |
 //! | `kernel.nextVat` / `kernel.nextObject` / `kernel.nextPromise` | next id to allocate |
-//! | `runQueue.head` / `runQueue.tail` / `runQueue.<n>` | the run queue: JSON [`RunQueueItem`]s |
+//! | `runQueue.head` / `runQueue.tail` / `runQueue.<n>` | the run queue: JSON [`RunQueueItem`]s (those queued since the last commit are written just before the next) |
 //! | `ko<N>.owner` | the vat that exports object `ko<N>` |
 //! | `ko<N>.refs` | `<reachable>,<recognizable>`: how many places can reach it and recognize it |
 //! | `gc.<action>.<vat>.<kref>` | a pending GC action (`drop`, `retire`: to the exporter; `retireImport`: to an importer, value its vref) |
@@ -31,6 +34,7 @@ use crate::fresh::Fresh;
 use crate::ids::{EndpointId, EndpointKind, Kref};
 use crate::keys;
 use crate::promise::{PromiseRecord, Settlement};
+use crate::run_queue::UnstoredItems;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use swingstore::{StoreError, SwingStore};
@@ -331,6 +335,9 @@ pub(crate) struct KernelState {
     /// dropped); it is parsed once and written back once, when the crank
     /// ends. Empty between cranks.
     records: std::cell::RefCell<FxHashMap<String, CachedRecord>>,
+    /// The run queue's items queued since the last commit
+    /// ([`crate::run_queue`]): in the store only once the commit nears.
+    unstored: UnstoredItems<RunQueueItem>,
 }
 
 /// A promise record as the open crank knows it.
@@ -416,6 +423,7 @@ impl KernelState {
             log_lines: Default::default(),
             fresh: Fresh::default(),
             records: Default::default(),
+            unstored: Default::default(),
         }
     }
 
@@ -960,6 +968,7 @@ impl KernelState {
         self.schedule_gc_actions()?;
         self.write_back_promise_records()?;
         self.outbox_ended.append(&mut self.outbox_crank);
+        self.unstored.end_crank();
         self.store.end_crank()
     }
 
@@ -968,6 +977,7 @@ impl KernelState {
         self.maybe_free.clear();
         self.maybe_unreachable.clear();
         self.outbox_crank.clear();
+        self.unstored.abort_crank();
         self.store.abort_crank()
     }
 
@@ -1042,13 +1052,35 @@ impl KernelState {
 
     pub(crate) fn push_run_queue(&mut self, item: &RunQueueItem) -> StoreResult<()> {
         let tail = self.queue_index(keys::RUN_QUEUE_TAIL)?;
-        let text =
-            serde_json::to_string(item).expect("kernel invariant: run-queue items serialize");
-        self.store.set_new(&keys::run_queue(tail), &text)?;
+        let in_crank = self.store.in_crank();
+        self.unstored.push(tail, item.clone(), in_crank);
         for kref in krefs_in_item(item) {
             self.incref(kref)?;
         }
         self.set(keys::RUN_QUEUE_TAIL, &(tail + 1).to_string())
+    }
+
+    /// Writes the run-queue items not yet in the store to it (before a commit).
+    fn store_run_queue_items(&mut self) -> StoreResult<()> {
+        for (index, item) in self.unstored.drain() {
+            let text =
+                serde_json::to_string(&item).expect("kernel invariant: run-queue items serialize");
+            self.store.set_new(&keys::run_queue(index), &text)?;
+        }
+        Ok(())
+    }
+
+    /// The run-queue entries not yet in the store, as the store will hold
+    /// them: for checks that read the tables from the store.
+    pub(crate) fn unstored_run_queue_entries(&self) -> Vec<(String, String)> {
+        self.unstored
+            .iter()
+            .map(|(index, item)| {
+                let text = serde_json::to_string(item)
+                    .expect("kernel invariant: run-queue items serialize");
+                (keys::run_queue(index), text)
+            })
+            .collect()
     }
 
     pub(crate) fn pop_run_queue(&mut self) -> StoreResult<Option<RunQueueItem>> {
@@ -1061,18 +1093,27 @@ impl KernelState {
         if head == tail {
             return Ok(None);
         }
-        let key = keys::run_queue(head);
-        let text = self
-            .get(&key)?
-            .unwrap_or_else(|| panic!("kernel invariant: run-queue entry {key} exists"));
-        self.delete(&key)?;
+        let in_crank = self.store.in_crank();
+        let item = match self.unstored.take(head, in_crank) {
+            Some(item) => item,
+            None => self.take_stored_item(head)?,
+        };
         self.set(keys::RUN_QUEUE_HEAD, &(head + 1).to_string())?;
-        let item: RunQueueItem = serde_json::from_str(&text)
-            .unwrap_or_else(|e| panic!("kernel invariant: {key} is a run-queue item: {e}"));
         for kref in krefs_in_item(&item) {
             self.decref(kref)?;
         }
         Ok(Some(item))
+    }
+
+    /// Takes run-queue item `index` from the store.
+    fn take_stored_item(&mut self, index: u64) -> StoreResult<RunQueueItem> {
+        let key = keys::run_queue(index);
+        let text = self
+            .get(&key)?
+            .unwrap_or_else(|| panic!("kernel invariant: run-queue entry {key} exists"));
+        self.delete(&key)?;
+        Ok(serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("kernel invariant: {key} is a run-queue item: {e}")))
     }
 
     // ---- c-lists ----
@@ -1175,12 +1216,14 @@ impl KernelState {
 
     /// The store's commit, after which nothing allocated so far is fresh.
     pub(crate) fn commit(&mut self) -> StoreResult<()> {
+        self.store_run_queue_items()?;
         self.fresh.forget_all();
         self.store.commit()
     }
 
     /// The store's pipelined commit: written, durable before the next one.
     pub(crate) fn commit_pipelined(&mut self) -> StoreResult<()> {
+        self.store_run_queue_items()?;
         self.fresh.forget_all();
         self.store.commit_pipelined()
     }
