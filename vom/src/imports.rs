@@ -136,19 +136,20 @@ pub(crate) fn forget(vref: &str) {
     LIVE.with(|live| live.borrow_mut().remove(vref));
 }
 
-/// The imports and promises a `Ref` on the heap names, when that may have
-/// changed since the last call (`None`: it has not). Entries of holders
-/// that are gone are pruned on the way, so the next look is as short as
-/// what the heap holds.
-pub(crate) fn held_on_heap() -> Option<Vec<String>> {
+/// Shows `visit` each import and promise a `Ref` on the heap names, when
+/// that may have changed since the last call (returns false, showing
+/// nothing, when it has not). Entries of holders that are gone are pruned
+/// on the way, so the next look is as short as what the heap holds.
+pub(crate) fn visit_held_on_heap(mut visit: impl FnMut(&str)) -> bool {
     if !HELD_CHANGED.with(|changed| changed.replace(false)) {
-        return None;
+        return false;
     }
-    Some(LIVE.with(|live| {
+    LIVE.with(|live| {
         let mut live = live.borrow_mut();
         live.retain(|_, holder| holder.strong_count() > 0);
-        let mut held: Vec<String> = live.keys().cloned().collect();
-        held.sort_unstable();
-        held
-    }))
+        for vref in live.keys() {
+            visit(vref);
+        }
+    });
+    true
 }

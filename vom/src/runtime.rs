@@ -6,7 +6,7 @@
 //! kept there: the id counters (so a restarted vat never reuses a vref) and
 //! whatever the program stores itself.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
@@ -713,11 +713,49 @@ pub fn dispatch(delivery: Delivery, make_root: impl FnOnce(&Baggage) -> Root) {
     report_heap();
 }
 
+/// What a heap holds that its vatstore does not, counted: what a heap
+/// report says in words. Counted at each delivery's end, and put in words
+/// only when the counts changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct HeapHolds {
+    /// Methods awaiting in memory (not flows: their journals rebuild them).
+    tasks: usize,
+    /// Heap objects exported (not the root).
+    exports: usize,
+    /// Promises held in memory (not those a flow's journal waits for).
+    promises: usize,
+    /// Imports only the heap refers to.
+    imports: usize,
+}
+
+impl HeapHolds {
+    fn words(self) -> String {
+        let mut parts = Vec::new();
+        if self.tasks > 0 {
+            parts.push(format!("{} method(s) awaiting in memory", self.tasks));
+        }
+        if self.exports > 0 {
+            parts.push(format!("{} heap object(s) exported", self.exports));
+        }
+        if self.promises > 0 {
+            parts.push(format!("{} promise(s) held in memory", self.promises));
+        }
+        if self.imports > 0 {
+            parts.push(format!(
+                "{} import(s) only the heap refers to",
+                self.imports
+            ));
+        }
+        parts.join(", ")
+    }
+}
+
 thread_local! {
     /// The last report of what the heap holds (`None`: none made yet, as
-    /// in a fresh worker), and its part about held references.
-    static HEAP_REPORTED: RefCell<Option<String>> = const { RefCell::new(None) };
-    static HELD_REPORTED: RefCell<String> = const { RefCell::new(String::new()) };
+    /// in a fresh worker).
+    static HEAP_REPORTED: Cell<Option<HeapHolds>> = const { Cell::new(None) };
+    /// The held references as last counted: (promises, imports).
+    static HELD_COUNTED: Cell<(usize, usize)> = const { Cell::new((0, 0)) };
 }
 
 /// Tells the kernel what this heap holds that the vatstore does not, when
@@ -728,60 +766,32 @@ fn report_heap() {
         let heap_root = usize::from(vat.exports.contains_key(ROOT_VREF));
         (vat.tasks.len(), vat.exports.len() - heap_root)
     });
-    // A flow's body is a task its journal rebuilds: it keeps nothing.
-    let tasks = tasks.saturating_sub(crate::flow::live_count());
-    let mut parts = Vec::new();
-    if tasks > 0 {
-        parts.push(format!("{tasks} method(s) awaiting in memory"));
-    }
-    if exports > 0 {
-        parts.push(format!("{exports} heap object(s) exported"));
-    }
-    let held = match crate::imports::held_on_heap() {
-        Some(held) => {
-            let words = held_words(&held);
-            HELD_REPORTED.with(|reported| reported.replace(words.clone()));
-            words
+    let mut counted = (0, 0);
+    let recounted = crate::imports::visit_held_on_heap(|vref| {
+        if vref.starts_with('p') && !crate::flow::awaits(vref) {
+            counted.0 += 1;
+        } else if vref.starts_with("o-") && durable::import_count(vref) == 0 {
+            counted.1 += 1;
         }
-        None => HELD_REPORTED.with(|reported| reported.borrow().clone()),
-    };
-    if !held.is_empty() {
-        parts.push(held);
-    }
-    let holds = parts.join(", ");
-    let changed = HEAP_REPORTED.with(|reported| {
-        let mut reported = reported.borrow_mut();
-        let changed = reported.as_deref() != Some(holds.as_str());
-        if changed {
-            *reported = Some(holds.clone());
-        }
-        changed
     });
-    if changed {
-        sys::syscall(&Syscall::Heap { holds });
+    let (promises, imports) = if recounted {
+        HELD_COUNTED.set(counted);
+        counted
+    } else {
+        HELD_COUNTED.get()
+    };
+    let holds = HeapHolds {
+        // A flow's body is a task its journal rebuilds: it keeps nothing.
+        tasks: tasks.saturating_sub(crate::flow::live_count()),
+        exports,
+        promises,
+        imports,
+    };
+    if HEAP_REPORTED.replace(Some(holds)) != Some(holds) {
+        sys::syscall(&Syscall::Heap {
+            holds: holds.words(),
+        });
     }
-}
-
-/// What the references the heap holds keep, in words: promises awaited in
-/// memory (not those a flow's journal waits for) and imports no durable
-/// state refers to.
-fn held_words(held: &[String]) -> String {
-    let promises = held
-        .iter()
-        .filter(|vref| vref.starts_with('p') && !crate::flow::awaits(vref))
-        .count();
-    let imports = held
-        .iter()
-        .filter(|vref| vref.starts_with("o-") && durable::import_count(vref) == 0)
-        .count();
-    let mut words = Vec::new();
-    if promises > 0 {
-        words.push(format!("{promises} promise(s) held in memory"));
-    }
-    if imports > 0 {
-        words.push(format!("{imports} import(s) only the heap refers to"));
-    }
-    words.join(", ")
 }
 
 /// The kernel can no longer reach heap export `vref`: the vat lets go of it
