@@ -284,12 +284,16 @@ pub fn kill_hard(pid: u32) {
     // The signal is delivered asynchronously: until the process is dead (a
     // zombie, or gone), a client may still connect to its socket and lose
     // its request, which is not what the caller is testing.
-    wait_until("the killed process to die", 10, || {
-        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+    wait_until(
+        "the killed process to die",
+        10,
+        || match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
             Err(_) => true,
-            Ok(stat) => stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')),
-        }
-    });
+            Ok(stat) => stat
+                .rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('Z')),
+        },
+    );
 }
 
 /// A `vat start` daemon on a home, killed when dropped if still running.
