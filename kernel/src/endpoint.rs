@@ -292,12 +292,12 @@ impl Tables<'_> {
     pub fn send(&mut self, target: &str, message: Message) -> StoreResult<()> {
         let target = Kref::from_table(target);
         self.state
-            .push_run_queue(&RunQueueItem::Send { target, message })
+            .push_run_queue(RunQueueItem::Send { target, message })
     }
 
     /// Queues a notify of settled `kpid` to `endpoint`.
     pub fn queue_notify(&mut self, endpoint: &str, kpid: &str) -> StoreResult<()> {
-        self.state.push_run_queue(&RunQueueItem::Notify {
+        self.state.push_run_queue(RunQueueItem::Notify {
             vat: EndpointId::from_table(endpoint),
             promise: Kref::from_table(kpid),
         })
@@ -306,7 +306,7 @@ impl Tables<'_> {
     /// Queues an input for `endpoint` itself, delivered in run-queue order
     /// (after what the queue already holds).
     pub fn queue_input(&mut self, endpoint: &str, input: &str) -> StoreResult<()> {
-        self.state.push_run_queue(&RunQueueItem::Input {
+        self.state.push_run_queue(RunQueueItem::Input {
             endpoint: EndpointId::from_table(endpoint),
             input: input.to_owned(),
         })

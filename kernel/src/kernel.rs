@@ -899,7 +899,7 @@ impl Kernel {
                 self.state.promise_state(kpid)?,
                 Some(PromiseState::Unresolved) | None
             ) {
-                self.state.push_run_queue(&RunQueueItem::Notify {
+                self.state.push_run_queue(RunQueueItem::Notify {
                     vat: vat.clone(),
                     promise: Kref::from_table(kpid),
                 })?;
@@ -1093,7 +1093,7 @@ impl Kernel {
         let result = self.state.allocate_promise(None)?;
         // The caller holds the result until it calls `release`.
         self.state.pin(&result)?;
-        self.state.push_run_queue(&RunQueueItem::Send {
+        self.state.push_run_queue(RunQueueItem::Send {
             target: target.clone(),
             message: Message {
                 method: method.to_owned(),
@@ -2513,7 +2513,7 @@ impl<'a> VatSyscalls<'a> {
             result,
         };
         self.state
-            .push_run_queue(&RunQueueItem::Send { target, message })?;
+            .push_run_queue(RunQueueItem::Send { target, message })?;
         Ok(None)
     }
 
@@ -2521,7 +2521,7 @@ impl<'a> VatSyscalls<'a> {
         let kpid = self.promise_kref(promise)?;
         match self.state.promise_state(&kpid)? {
             Some(PromiseState::Unresolved) => self.state.add_subscriber(&kpid, self.vat)?,
-            _ => self.state.push_run_queue(&RunQueueItem::Notify {
+            _ => self.state.push_run_queue(RunQueueItem::Notify {
                 vat: self.vat.clone(),
                 promise: kpid,
             })?,

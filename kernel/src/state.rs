@@ -340,6 +340,12 @@ pub(crate) struct KernelState {
     unstored: UnstoredItems<RunQueueItem>,
 }
 
+/// Run-queue item `index` as the store holds it: its key and its JSON.
+fn run_queue_entry(index: u64, item: &RunQueueItem) -> (String, String) {
+    let text = serde_json::to_string(item).expect("kernel invariant: run-queue items serialize");
+    (keys::run_queue(index), text)
+}
+
 /// A promise record as the open crank knows it.
 #[derive(Debug)]
 struct CachedRecord {
@@ -1050,22 +1056,21 @@ impl KernelState {
         self.count(key)
     }
 
-    pub(crate) fn push_run_queue(&mut self, item: &RunQueueItem) -> StoreResult<()> {
+    pub(crate) fn push_run_queue(&mut self, item: RunQueueItem) -> StoreResult<()> {
         let tail = self.queue_index(keys::RUN_QUEUE_TAIL)?;
-        let in_crank = self.store.in_crank();
-        self.unstored.push(tail, item.clone(), in_crank);
-        for kref in krefs_in_item(item) {
+        for kref in krefs_in_item(&item) {
             self.incref(kref)?;
         }
+        let in_crank = self.store.in_crank();
+        self.unstored.push(tail, item, in_crank);
         self.set(keys::RUN_QUEUE_TAIL, &(tail + 1).to_string())
     }
 
     /// Writes the run-queue items not yet in the store to it (before a commit).
     fn store_run_queue_items(&mut self) -> StoreResult<()> {
         for (index, item) in self.unstored.drain() {
-            let text =
-                serde_json::to_string(&item).expect("kernel invariant: run-queue items serialize");
-            self.store.set_new(&keys::run_queue(index), &text)?;
+            let (key, text) = run_queue_entry(index, &item);
+            self.store.set_new(&key, &text)?;
         }
         Ok(())
     }
@@ -1075,11 +1080,7 @@ impl KernelState {
     pub(crate) fn unstored_run_queue_entries(&self) -> Vec<(String, String)> {
         self.unstored
             .iter()
-            .map(|(index, item)| {
-                let text = serde_json::to_string(item)
-                    .expect("kernel invariant: run-queue items serialize");
-                (keys::run_queue(index), text)
-            })
+            .map(|(index, item)| run_queue_entry(index, item))
             .collect()
     }
 
@@ -1244,13 +1245,13 @@ pub(crate) fn settle_promise(
     let (subscribers, queued) = state.settle_promise(kpid, rejected, data)?;
     let kpid = Kref::from_table(kpid);
     for vat in subscribers {
-        state.push_run_queue(&RunQueueItem::Notify {
+        state.push_run_queue(RunQueueItem::Notify {
             vat: EndpointId::from_table(&vat),
             promise: kpid.clone(),
         })?;
     }
     for message in queued {
-        state.push_run_queue(&RunQueueItem::Send {
+        state.push_run_queue(RunQueueItem::Send {
             target: kpid.clone(),
             message,
         })?;
