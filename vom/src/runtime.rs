@@ -716,7 +716,7 @@ pub fn dispatch(delivery: Delivery, make_root: impl FnOnce(&Baggage) -> Root) {
 /// What a heap holds that its vatstore does not, counted: what a heap
 /// report says in words. Counted at each delivery's end, and put in words
 /// only when the counts changed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct HeapHolds {
     /// Methods awaiting in memory (not flows: their journals rebuild them).
     tasks: usize,
