@@ -334,18 +334,25 @@ impl Peers for Kernel {
         peer: &EndpointId,
         received: u64,
     ) -> Result<(), KernelError> {
-        let end = keys::frame_out(&peer, received);
-        let keys: Vec<String> = self
-            .tables_ref()
-            .scan_prefix(&keys::prefix(&peer, "out."))?
-            .into_iter()
-            .map(|(key, _)| key)
-            .take_while(|key| *key < end)
-            .collect();
-        if keys.is_empty() {
+        // Kept frames are numbered without gaps from the oldest to `sent`,
+        // so only the oldest is looked up; a scan of them all, per
+        // acknowledgement, grew with the frames in flight. A count past
+        // what was sent (a confused or hostile peer) deletes no more than all.
+        let prefix = keys::prefix(&peer, "out.");
+        let Some((oldest, _)) = self.tables_ref().first_with_prefix(&prefix)? else {
+            return Ok(());
+        };
+        let oldest: u64 = oldest[prefix.len()..]
+            .parse()
+            .unwrap_or_else(|_| panic!("kernel invariant: {oldest} names a frame number"));
+        let sent = self.tables_ref().count(&keys::record(&peer, "sent"))?;
+        let through = received.min(sent);
+        if oldest >= through {
             return Ok(());
         }
-        self.in_crank(|k| keys.iter().try_for_each(|key| k.tables().delete(key)))?;
+        self.in_crank(|k| {
+            (oldest..through).try_for_each(|seq| k.tables().delete(&keys::frame_out(&peer, seq)))
+        })?;
         Ok(())
     }
 

@@ -33,6 +33,16 @@ struct Harness {
 
 impl Harness {
     fn new() -> Harness {
+        Harness::with_peer(|kernel| kernel.add_peer("client", false).unwrap())
+    }
+
+    /// A harness whose peer is another kernel's session: what it is sent
+    /// is kept until it acknowledges it.
+    fn session() -> Harness {
+        Harness::with_peer(|kernel| kernel.session_peer("did:key:zHarness", None).unwrap())
+    }
+
+    fn with_peer(add_peer: impl FnOnce(&mut Kernel) -> kernel::EndpointId) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let store = SwingStore::open(&dir.path().join("store.sqlite"), Durability::Normal).unwrap();
         let mut kernel = Kernel::new(store, CommitPolicy::EVERY_CRANK).unwrap();
@@ -45,7 +55,7 @@ impl Harness {
             .spawn_vat("pong", &common::guest_wasm("pingpong"), options)
             .unwrap();
         let swiss = kernel.share(&root).unwrap();
-        let peer = kernel.add_peer("client", false).unwrap();
+        let peer = add_peer(&mut kernel);
         kernel.commit().unwrap();
         Harness {
             kernel,
@@ -217,6 +227,63 @@ fn a_call_on_a_restored_object_is_answered_and_the_tables_stay_consistent() {
         question: 2,
         release_result_caps: false,
     });
+}
+
+fn ping(harness: &mut Harness, question: u32, pong: u32) {
+    let out = harness.send(&exo_call(
+        question,
+        Target::Imported(pong),
+        "ping",
+        &Value::Array(vec![Value::from(u64::from(question))]),
+        vec![],
+    ));
+    assert_eq!(out.len(), 1, "one answer: {out:?}");
+}
+
+#[test]
+fn acknowledged_session_frames_are_forgotten_and_the_rest_kept_for_resending() {
+    let mut harness = Harness::session();
+    let pong = restored(&mut harness);
+    for question in 2..6 {
+        ping(&mut harness, question, pong);
+    }
+    let peer = harness.peer.clone();
+    // The bootstrap's and the restore's returns, and four answers.
+    let kept = harness.kernel.session_frames_from(&peer, 0).unwrap();
+    assert_eq!(kept.len(), 6);
+
+    harness.kernel.session_acknowledged(&peer, 4).unwrap();
+    harness.kernel.commit().unwrap();
+    let left = harness.kernel.session_frames_from(&peer, 0).unwrap();
+    assert_eq!(
+        left,
+        kept[4..],
+        "the two not acknowledged are kept, in order"
+    );
+    // Acknowledging again what was acknowledged changes nothing.
+    harness.kernel.session_acknowledged(&peer, 3).unwrap();
+    assert_eq!(harness.kernel.session_frames_from(&peer, 0).unwrap(), left);
+
+    // A count past what was sent forgets what there is, and later frames
+    // are kept as before.
+    harness
+        .kernel
+        .session_acknowledged(&peer, u64::MAX)
+        .unwrap();
+    harness.kernel.commit().unwrap();
+    assert!(
+        harness
+            .kernel
+            .session_frames_from(&peer, 0)
+            .unwrap()
+            .is_empty()
+    );
+    ping(&mut harness, 6, pong);
+    assert_eq!(
+        harness.kernel.session_frames_from(&peer, 6).unwrap().len(),
+        1
+    );
+    harness.assert_consistent(&Wire::Bootstrap { question: 0 });
 }
 
 #[test]
