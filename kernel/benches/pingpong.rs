@@ -51,11 +51,12 @@ impl Run {
     fn per_crank(&self) -> String {
         let per = |n: u64| n as f64 / self.cranks as f64;
         format!(
-            "{:.1} reads ({:.2} from SQLite), {:.1} writes, {:.2} rows committed, {:.3} commits, {:.3} fsyncs per crank",
+            "{:.1} reads ({:.2} from SQLite), {:.1} writes, {:.2} rows committed ({:.2} statements), {:.3} commits, {:.3} fsyncs per crank",
             per(self.store.reads),
             per(self.store.sqlite_reads),
             per(self.store.writes),
             per(self.store.rows_committed),
+            per(self.store.statements),
             per(self.store.commits),
             per(self.store.syncs)
         )
@@ -69,6 +70,7 @@ fn stats_since(before: StoreStats, after: StoreStats) -> StoreStats {
         writes: after.writes - before.writes,
         commits: after.commits - before.commits,
         rows_committed: after.rows_committed - before.rows_committed,
+        statements: after.statements - before.statements,
         syncs: after.syncs - before.syncs,
     }
 }

@@ -520,7 +520,14 @@ impl KernelState {
         self.store.set(key, value)
     }
 
+    /// Deletes `key`. A key of a ref allocated since the last commit
+    /// (a promise made and freed between two commits, its subscribers
+    /// and index entries) was never in SQLite: the commit skips it, rather
+    /// than sending a deletion that finds nothing and caching that it did.
     pub(crate) fn delete(&mut self, key: &str) -> StoreResult<()> {
+        if self.fresh.names_fresh(key) {
+            return self.store.delete_new(key);
+        }
         self.store.delete(key)
     }
 
@@ -1408,6 +1415,31 @@ mod tests {
             .map(|(_, message)| message.method)
             .collect();
         assert_eq!(queued, ["m0", "m1"]);
+    }
+
+    #[test]
+    fn a_promise_made_settled_and_freed_between_commits_sends_sqlite_no_deletions() {
+        let (_dir, mut state) = state();
+        state.store.begin_crank().unwrap();
+        let kpid = state.allocate_promise(Some("v1")).unwrap();
+        state.pin(&kpid).unwrap();
+        state.add_subscriber(&kpid, "v2").unwrap();
+        let data = CapData {
+            body: "#1".into(),
+            slots: vec![],
+        };
+        state.settle_promise(&kpid, false, &data).unwrap();
+        state.unpin(&kpid).unwrap();
+        state.end_crank().unwrap();
+        let before = state.store.stats();
+        state.commit().unwrap();
+        let after = state.store.stats();
+        assert_eq!(state.promise_record(&kpid).unwrap(), None, "it is freed");
+        // Only the counter it came from is written: none of its keys (record,
+        // index entry, subscriber, data) reaches SQLite, not even as a
+        // deletion that finds nothing.
+        assert_eq!(after.statements - before.statements, 1);
+        assert_eq!(after.rows_committed - before.rows_committed, 1);
     }
 
     #[test]
