@@ -161,6 +161,11 @@ struct KernelRun {
     commits_b_per_call: f64,
     /// Commits on the answering kernel over the whole run, per call.
     commits_a_per_call: f64,
+    /// The answering kernel's store writes, and rows and statements its
+    /// commits sent SQLite, per call over the whole run.
+    writes_a_per_call: f64,
+    rows_a_per_call: f64,
+    statements_a_per_call: f64,
 }
 
 /// Kernel to kernel: latency, throughput, and the commits they took.
@@ -184,7 +189,7 @@ fn kernel_to_kernel(calls: u64, burst: u64) -> KernelRun {
             while !stop.load(Ordering::Relaxed) {
                 node_a.turn(Duration::from_millis(20)).unwrap();
             }
-            node_a.kernel().store().stats().commits
+            node_a.kernel().store().stats()
         })
     };
     let (did_a, address, swiss) = announced.recv().unwrap();
@@ -225,12 +230,16 @@ fn kernel_to_kernel(calls: u64, burst: u64) -> KernelRun {
     let commits_b = node_b.kernel().store().stats().commits - commits_before;
     let rate = burst as f64 / call(&mut node_b, "burst", burst);
     stop.store(true, Ordering::Relaxed);
-    let commits_a = serving.join().unwrap();
+    let stats_a = serving.join().unwrap();
+    let calls_a = (10 + calls + burst) as f64;
     KernelRun {
         latency_us: latency,
         calls_per_s: rate,
         commits_b_per_call: commits_b as f64 / calls as f64,
-        commits_a_per_call: commits_a as f64 / (10 + calls + burst) as f64,
+        commits_a_per_call: stats_a.commits as f64 / calls_a,
+        rows_a_per_call: stats_a.rows_committed as f64 / calls_a,
+        statements_a_per_call: stats_a.statements as f64 / calls_a,
+        writes_a_per_call: stats_a.writes as f64 / calls_a,
     }
 }
 
@@ -263,6 +272,10 @@ fn main() {
     println!(
         "commits: calling kernel {:.2} per sequential call; answering kernel {:.2} per call over the run",
         run.commits_b_per_call, run.commits_a_per_call
+    );
+    println!(
+        "answering kernel's store per call: {:.1} writes, {:.2} rows committed ({:.2} statements)",
+        run.writes_a_per_call, run.rows_a_per_call, run.statements_a_per_call
     );
     println!(
         "ratio: latency {:.2}x capnp-rpc (target <= 1.5x), throughput {:.2}x",
