@@ -339,6 +339,63 @@ fn collections_keep_integer_keys_in_numeric_order() {
     assert_eq!(home.ok(&["send", "things", "firstAndLast"]), "[0,95]");
 }
 
+#[test]
+fn a_collection_refuses_a_key_it_holds_wherever_the_key_sorts() {
+    let home = VatHome::new();
+    home.spawn("things", "things");
+    home.ok(&["send", "things", "make", "3"]);
+    // Past every key so far (known absent without a read), then below it.
+    assert_eq!(home.ok(&["send", "things", "add", "10"]), "4");
+    assert_eq!(home.ok(&["send", "things", "add", "5"]), "5");
+    for id in ["1", "5", "10"] {
+        let refused = home.fails(&["send", "things", "add", id]);
+        assert!(refused.contains("already registered"), "{id}: {refused}");
+    }
+    // A key deleted (the greatest) may be used again; the map says so.
+    assert_eq!(home.ok(&["send", "things", "forget", "10", "11"]), "1");
+    assert_eq!(home.ok(&["send", "things", "add", "10"]), "5");
+    assert_eq!(
+        home.ok(&["send", "things", "ids", "0", "100"]),
+        "[0,1,2,5,10]"
+    );
+    // Each command is a kernel of its own, from what the last committed.
+    assert!(
+        home.fails(&["send", "things", "add", "10"])
+            .contains("already registered")
+    );
+    assert_eq!(home.ok(&["send", "things", "add", "11"]), "6");
+
+    // A map made before its greatest key was kept has it found once.
+    let conn = rusqlite::Connection::open(home.path().join("store.sqlite")).unwrap();
+    let records: Vec<(String, String)> = conn
+        .prepare("SELECT key, value FROM kv WHERE key LIKE 'v1.vs.vom.vs.%' AND value LIKE '%\"last\":%'")
+        .unwrap()
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(records.len(), 3, "the baggage and the registry's two maps");
+    for (key, value) in records {
+        // `last` is the record's final field.
+        let from = value.find(",\"last\":").unwrap();
+        let to = value.rfind('}').unwrap();
+        let older = format!("{}{}", &value[..from], &value[to..]);
+        conn.execute("UPDATE kv SET value = ?1 WHERE key = ?2", [&older, &key])
+            .unwrap();
+    }
+    drop(conn);
+    assert!(
+        home.fails(&["send", "things", "add", "11"])
+            .contains("already registered")
+    );
+    assert_eq!(home.ok(&["send", "things", "add", "12"]), "7");
+    assert_eq!(
+        home.ok(&["send", "things", "ids", "9", "100"]),
+        "[10,11,12]"
+    );
+    home.check();
+}
+
 /// Promises the vat's heap decided die with it on upgrade: they are rejected
 /// as `vatRestarted` ("upgraded"), and whoever awaits them hears so. Heap
 /// objects are gone too.

@@ -40,6 +40,12 @@ struct Meta {
     size: u64,
     #[serde(default, skip_serializing_if = "is_zero")]
     ordinals: u64,
+    /// The greatest encoded key ever written: no entry's key sorts after
+    /// it, so a new key that does (ids counting up, fresh ordinals) is
+    /// known absent without a vatstore read. Empty: none yet. Absent in
+    /// collections made before it was kept, until found (`Raw::last`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last: Option<String>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -266,7 +272,12 @@ impl Raw {
         must_exist: Option<bool>,
     ) -> Result<(), Error> {
         let encoded = self.encode(key, true)?.expect("assigned");
-        let old = sys::vatstore_get(&encoded);
+        let code = &encoded[entry_prefix(&self.base).len()..];
+        let old = if self.sorts_after_every_key(code) {
+            None
+        } else {
+            sys::vatstore_get(&encoded)
+        };
         match (must_exist, old.is_some()) {
             (Some(true), false) => {
                 return Err(Error::new(format!(
@@ -305,7 +316,12 @@ impl Raw {
         let old_refs = old.as_deref().map(entry_refs).unwrap_or_default();
         durable::replace_refs(&old_refs, &refs);
         if old.is_none() {
-            self.meta(true, |m| m.size += 1);
+            self.meta(true, |m| {
+                m.size += 1;
+                if m.last.as_deref().is_some_and(|last| last < code) {
+                    m.last = Some(code.to_owned());
+                }
+            });
             if self.weak
                 && let KeyCode::Reference(vref) = key.key_code()
                 && let Some((_, key_base, _)) = parse_durable(&vref)
@@ -314,6 +330,24 @@ impl Raw {
             }
         }
         Ok(())
+    }
+
+    /// Whether the encoded key `code` sorts after every key ever written
+    /// (see `Meta::last`), so that the collection cannot hold it. A
+    /// collection made before that was kept has its greatest key found
+    /// once, with an ordered read.
+    fn sorts_after_every_key(&self, code: &str) -> bool {
+        if let Some(after) = self.meta(false, |m| m.last.as_deref().map(|last| last < code)) {
+            return after;
+        }
+        let last = self
+            .keys_reversed()
+            .next()
+            .map(|key| key[entry_prefix(&self.base).len()..].to_owned())
+            .unwrap_or_default();
+        let after = last.as_str() < code;
+        self.meta(true, |m| m.last = Some(last));
+        after
     }
 
     fn delete<K: Key>(&self, key: &K) -> bool {
@@ -447,7 +481,11 @@ impl KeyCursor {
 }
 
 pub(crate) fn new_collection_instance(kind: u64) -> Rc<str> {
-    durable::make_collection(kind, Meta::default())
+    let meta = Meta {
+        last: Some(String::new()),
+        ..Meta::default()
+    };
+    durable::make_collection(kind, meta)
 }
 
 /// Deletes every entry of collection `base`, which is being deleted.

@@ -2,7 +2,8 @@
 //! tests and benchmarks of the virtual object manager.
 //!
 //! The root is a registry. `make(count)` makes `count` things (kept in a map
-//! by id); `thing(id)` returns one; `forget(from, to)` drops the ids in
+//! by id); `add(id)` makes thing `id` (refused if the map has it);
+//! `thing(id)` returns one; `forget(from, to)` drops the ids in
 //! `[from, to)` from the map, so their things become garbage; `ids(from, to)`
 //! lists the ids kept in that range; `tag(id, note)`/`note(id)` use a weak map;
 //! `loose(count)` makes things nothing keeps; `count()` is the map's size.
@@ -99,6 +100,14 @@ impl Registry {
             let thing = Durable::new(Thing::new(id, format!("t{id}")));
             self.things.init(&id, &thing)?;
         }
+        Ok(self.things.len())
+    }
+
+    /// Makes thing `id` and keeps it in the map, which must not hold `id`
+    /// yet. Returns the map's size.
+    pub fn add(&mut self, id: u64) -> Result<u64, Error> {
+        let thing = Durable::new(Thing::new(id, format!("t{id}")));
+        self.things.init(&id, &thing)?;
         Ok(self.things.len())
     }
 
