@@ -28,10 +28,7 @@ const CRATES: &[&str] = &[
 ];
 
 fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ sits in the workspace")
-        .to_owned()
+    vat_tests::repo_root()
 }
 
 /// Every hand-written source file of a crate (generated `*_capnp.rs` aside).

@@ -44,7 +44,7 @@ impl Jobs {
     /// An example job from `examples/jobs`.
     fn example(&self, name: &str) -> PathBuf {
         let text = std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../examples/jobs/{name}.json")),
+            vat_tests::repo_root().join(format!("examples/jobs/{name}.json")),
         )
         .unwrap();
         self.write(
@@ -92,7 +92,7 @@ impl Jobs {
     /// replaced by the tasks module's and nothing else changed.
     fn seed_example(&self, name: &str) -> PathBuf {
         let text = std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../examples/jobs/{name}.json")),
+            vat_tests::repo_root().join(format!("examples/jobs/{name}.json")),
         )
         .unwrap();
         let text = SEED_MODULE_CIDS

@@ -111,9 +111,13 @@ pub fn artifacts_dir() -> PathBuf {
     dir
 }
 
-/// The repository's root folder.
+/// The repository's root folder: where `cargo test` says this crate is
+/// when it runs the test (a build folder shared between checkouts may hold
+/// a test binary compiled in another), else where it was compiled.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    let crate_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    crate_dir
         .parent()
         .expect("tests/ is in the repository")
         .to_owned()

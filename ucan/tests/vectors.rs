@@ -12,9 +12,12 @@ use serde_json::Value as Json;
 use ucan::{Cid, Delegation, Ipld, Policy, Token, validate};
 
 fn vectors(name: &str) -> Json {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/vectors")
-        .join(name);
+    // Where `cargo test` says this crate is when it runs the test (a build
+    // folder shared between checkouts may hold a binary compiled in
+    // another), else where it was compiled.
+    let crate_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    let path = crate_dir.join("tests/vectors").join(name);
     serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap()
 }
 

@@ -2,7 +2,8 @@
 //! vat's [`Baggage`].
 //!
 //! A collection is a durable instance of one of vom's own kinds (its state is
-//! its size); each entry is one vatstore key `vom.vc.<collection>.<encoded
+//! its size, the ordinals it gave references, and the greatest key it ever
+//! held); each entry is one vatstore key `vom.vc.<collection>.<encoded
 //! key>`, so a collection may hold far more entries than fit in memory and a
 //! lookup reads one key. Keys are encoded as Endo's `encodePassable` encodes
 //! them, so byte order is Endo's rank order: booleans (`b`), numbers (`f`),
