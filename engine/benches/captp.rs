@@ -168,31 +168,43 @@ struct KernelRun {
     statements_a_per_call: f64,
 }
 
+/// Kernel A, answering, on a thread of its own (a kernel is not Send): it
+/// says where it is and what it shares (its did, address and the pong
+/// vat's swiss number), then serves until `stop`, and returns what its
+/// store did.
+fn serve_pong(
+    dir: &std::path::Path,
+    stop: Arc<AtomicBool>,
+) -> (
+    String,
+    captp::sturdy::Address,
+    String,
+    std::thread::JoinHandle<swingstore::StoreStats>,
+) {
+    let (ready, announced) = std::sync::mpsc::channel();
+    let dir = dir.to_owned();
+    let serving = std::thread::spawn(move || {
+        let (did_a, mut node_a, pong) = kernel_node(&dir, "pong");
+        let address = node_a
+            .listen(&captp::sturdy::Address::Tcp("127.0.0.1:0".into()))
+            .unwrap();
+        let swiss = node_a.kernel().share(&pong).unwrap();
+        node_a.flush().unwrap();
+        ready.send((did_a, address, swiss)).unwrap();
+        while !stop.load(Ordering::Relaxed) {
+            node_a.turn(Duration::from_millis(20)).unwrap();
+        }
+        node_a.kernel().store().stats()
+    });
+    let (did_a, address, swiss) = announced.recv().unwrap();
+    (did_a, address, swiss, serving)
+}
+
 /// Kernel to kernel: latency, throughput, and the commits they took.
 fn kernel_to_kernel(calls: u64, burst: u64) -> KernelRun {
     let dir = tempfile::tempdir().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
-    // Kernel A lives on its own thread (a kernel is not Send): it says
-    // where it is and what it shares, then serves until told to stop.
-    let (ready, announced) = std::sync::mpsc::channel();
-    let serving = {
-        let stop = stop.clone();
-        let dir = dir.path().to_owned();
-        std::thread::spawn(move || {
-            let (did_a, mut node_a, pong) = kernel_node(&dir, "pong");
-            let address = node_a
-                .listen(&captp::sturdy::Address::Tcp("127.0.0.1:0".into()))
-                .unwrap();
-            let swiss = node_a.kernel().share(&pong).unwrap();
-            node_a.flush().unwrap();
-            ready.send((did_a, address, swiss)).unwrap();
-            while !stop.load(Ordering::Relaxed) {
-                node_a.turn(Duration::from_millis(20)).unwrap();
-            }
-            node_a.kernel().store().stats()
-        })
-    };
-    let (did_a, address, swiss) = announced.recv().unwrap();
+    let (did_a, address, swiss, serving) = serve_pong(dir.path(), stop.clone());
     let (_did_b, mut node_b, ping) = kernel_node(dir.path(), "ping");
     let peer = node_b.session(&did_a, &address).unwrap();
     let run = |node: &mut Node<()>, kp: Kref| -> PromiseState {

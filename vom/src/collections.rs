@@ -186,6 +186,11 @@ fn entry_prefix(base: &str) -> String {
     prefix
 }
 
+/// How long `entry_prefix(base)` is, without making it.
+fn entry_prefix_len(base: &str) -> usize {
+    "vom.vc.".len() + base.len() + 1
+}
+
 fn ordinal_key(base: &str, vref: &str) -> String {
     format!("vom.vco.{base}.{vref}")
 }
@@ -273,7 +278,7 @@ impl Raw {
         must_exist: Option<bool>,
     ) -> Result<(), Error> {
         let encoded = self.encode(key, true)?.expect("assigned");
-        let code = &encoded[entry_prefix(&self.base).len()..];
+        let code = &encoded[entry_prefix_len(&self.base)..];
         let old = if self.sorts_after_every_key(code) {
             None
         } else {
@@ -344,7 +349,7 @@ impl Raw {
         let last = self
             .keys_reversed()
             .next()
-            .map(|key| key[entry_prefix(&self.base).len()..].to_owned())
+            .map(|key| key[entry_prefix_len(&self.base)..].to_owned())
             .unwrap_or_default();
         let after = last.as_str() < code;
         self.meta(true, |m| m.last = Some(last));
@@ -887,6 +892,13 @@ impl Baggage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_entry_prefix_is_as_long_as_its_length_says() {
+        for base in ["o+d1/1", "o+d12/345"] {
+            assert_eq!(entry_prefix(base).len(), entry_prefix_len(base));
+        }
+    }
 
     #[test]
     fn numbers_encode_in_numeric_order_as_endo_does() {
