@@ -44,7 +44,8 @@ struct Meta {
     /// The greatest encoded key ever written: no entry's key sorts after
     /// it, so a new key that does (ids counting up, fresh ordinals) is
     /// known absent without a vatstore read. Empty: none yet. Absent in
-    /// collections made before it was kept, until found (`Raw::last`).
+    /// collections made before it was kept, until found
+    /// (`Raw::sorts_after_every_key`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     last: Option<String>,
 }
@@ -178,9 +179,12 @@ impl<S: DeserializeOwned + Serialize + 'static> Key for Durable<S> {
 
 impl<S: DeserializeOwned + Serialize + 'static> WeakKey for Durable<S> {}
 
+/// Where every collection's entries are: `vom.vc.<collection>.<key>`.
+const ENTRIES: &str = "vom.vc.";
+
 fn entry_prefix(base: &str) -> String {
-    let mut prefix = String::with_capacity(32 + base.len());
-    prefix.push_str("vom.vc.");
+    let mut prefix = String::with_capacity(entry_prefix_len(base) + 24);
+    prefix.push_str(ENTRIES);
     prefix.push_str(base);
     prefix.push('.');
     prefix
@@ -188,7 +192,7 @@ fn entry_prefix(base: &str) -> String {
 
 /// How long `entry_prefix(base)` is, without making it.
 fn entry_prefix_len(base: &str) -> usize {
-    "vom.vc.".len() + base.len() + 1
+    ENTRIES.len() + base.len() + 1
 }
 
 fn ordinal_key(base: &str, vref: &str) -> String {
