@@ -282,7 +282,7 @@ impl SwingStore {
         };
         if found == 0 {
             // A new file's tables, written above, are made durable like a commit.
-            store.written_one()?;
+            store.written_one(false);
             store.wait_durable()?;
         }
         Ok(store)
@@ -382,7 +382,7 @@ impl SwingStore {
     /// one transaction, durably: when it returns, this commit and every one
     /// before it survive a power loss (with [`Durability::Full`]).
     pub fn commit(&mut self) -> Result<()> {
-        self.commit_pipelined()?;
+        self.commit_written(false)?;
         self.wait_durable()
     }
 
@@ -403,13 +403,13 @@ impl SwingStore {
         }
     }
 
-    /// Counts a commit written and hands it to the sync thread.
-    fn written_one(&mut self) -> Result<()> {
+    /// Counts a commit written and says so to the syncer (`wake`: see
+    /// [`sync::Syncer::request`]).
+    fn written_one(&mut self, wake: bool) {
         self.commits_written += 1;
         if let Some(syncer) = &self.syncer {
-            syncer.request(self.commits_written);
+            syncer.request(self.commits_written, wake);
         }
-        Ok(())
     }
 
     /// [`Self::commit`], except that it returns once the commit is written
@@ -420,6 +420,12 @@ impl SwingStore {
     /// [`Self::wait_durable`] (or [`Self::commit`]) before it lets anyone
     /// outside see what the commit holds.
     pub fn commit_pipelined(&mut self) -> Result<()> {
+        self.commit_written(true)
+    }
+
+    /// Writes the commit; `wake`: the sync thread makes it durable (else
+    /// the caller waits for it at once, and makes the fsync itself).
+    fn commit_written(&mut self, wake: bool) -> Result<()> {
         assert!(
             self.crank.is_none(),
             "swingstore invariant: commit inside a crank (end or abort it first)"
@@ -444,7 +450,7 @@ impl SwingStore {
             let _ = self.conn.execute_batch("ROLLBACK");
             return Err(e);
         }
-        self.written_one()?;
+        self.written_one(wake);
         let view = self.view.get_mut();
         if view.len() > READ_CACHE_ENTRIES_MAX {
             view.clear();
