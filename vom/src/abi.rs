@@ -246,7 +246,7 @@ impl Encoding {
     pub fn encode_delivery(self, delivery: &Delivery) -> Vec<u8> {
         let bytes = match self {
             Encoding::Json => serde_json::to_vec(delivery).ok(),
-            Encoding::Binary => postcard::to_allocvec(&binary::DeliveryRef(delivery)).ok(),
+            Encoding::Binary => binary::to_vec(&binary::DeliveryRef(delivery)),
         };
         bytes.expect("vom invariant: deliveries encode")
     }
@@ -261,7 +261,7 @@ impl Encoding {
     pub fn encode_syscall(self, call: &Syscall) -> Vec<u8> {
         let bytes = match self {
             Encoding::Json => serde_json::to_vec(call).ok(),
-            Encoding::Binary => postcard::to_allocvec(&binary::SyscallRef(call)).ok(),
+            Encoding::Binary => binary::to_vec(&binary::SyscallRef(call)),
         };
         bytes.expect("vom invariant: syscalls encode")
     }
@@ -281,6 +281,16 @@ mod binary {
     use serde::{Deserialize, Serialize};
 
     use super::{CapData, DecodeError, Delivery, Resolution, Syscall};
+
+    /// What an encoding's buffer starts with: most deliveries and syscalls
+    /// fit, so they are encoded without growing it (growing from empty
+    /// reallocated it five times).
+    const ENCODING_CAPACITY_START: usize = 256;
+
+    /// Encodes `value` (`None`: serde refused it).
+    pub(super) fn to_vec<T: Serialize>(value: &T) -> Option<Vec<u8>> {
+        postcard::to_extend(value, Vec::with_capacity(ENCODING_CAPACITY_START)).ok()
+    }
 
     /// Decodes one value that must fill `bytes` exactly.
     pub(super) fn decode_all<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, DecodeError> {
