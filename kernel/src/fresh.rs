@@ -71,9 +71,6 @@ impl Fresh {
         if self.krefs.is_empty() && self.import_keys.is_empty() {
             return false;
         }
-        if self.import_keys.contains(key) {
-            return true;
-        }
         let mut parts = key.split('.');
         let Some(first) = parts.next() else {
             return false;
@@ -82,6 +79,11 @@ impl Fresh {
             return true;
         }
         match (parts.next(), parts.next(), parts.next()) {
+            // Only an import vref's c-list key is looked up whole: hashing
+            // every key the kernel deletes cost more than the rest of this.
+            (Some("c"), Some(vref), None) if vref.starts_with("p-") || vref.starts_with("o-") => {
+                self.import_keys.contains(key)
+            }
             (Some("c" | "decided"), Some(kref), None) => self.is_fresh_kref(kref),
             _ => false,
         }

@@ -154,9 +154,15 @@ pub struct EndpointId(String);
 impl EndpointId {
     /// `text` as an endpoint id, if it is one.
     pub fn parse(text: &str) -> Option<EndpointId> {
-        let kind = EndpointKind::of_letter(*text.as_bytes().first()?)?;
-        let number: u64 = text[1..].parse().ok()?;
-        (number.to_string() == text[1..]).then(|| EndpointId::new(kind, number))
+        EndpointKind::of_letter(*text.as_bytes().first()?)?;
+        // The number as its counter writes it: digits, no leading zero,
+        // within a u64. Checked without making the text again, as this
+        // runs for every id read from the tables.
+        let digits = &text[1..];
+        let canonical = digits.bytes().all(|b| b.is_ascii_digit())
+            && (digits == "0" || !digits.starts_with('0'))
+            && digits.parse::<u64>().is_ok();
+        canonical.then(|| EndpointId(text.to_owned()))
     }
 
     /// The `number`th endpoint of `kind`, as its counter allocated it.
@@ -327,7 +333,22 @@ mod tests {
             EndpointId::parse("r3"),
             Some(EndpointId::new(EndpointKind::Peer, 3))
         );
-        for not in ["v", "x1", "v01", "r-1", "v1a", "ko1", ""] {
+        assert_eq!(
+            EndpointId::parse("d0"),
+            Some(EndpointId::new(EndpointKind::Device, 0))
+        );
+        for not in [
+            "v",
+            "x1",
+            "v01",
+            "v00",
+            "r-1",
+            "r+1",
+            "v1a",
+            "ko1",
+            "",
+            "v18446744073709551616",
+        ] {
             assert_eq!(EndpointId::parse(not), None, "{not:?}");
         }
     }
