@@ -34,7 +34,12 @@ use multihash_codetable::{Code, MultihashDigest};
 use rusqlite::{Connection, OptionalExtension, params};
 // Keys come from the kernel itself, not from an adversary choosing hash
 // collisions, so the view uses a fast hash rather than SipHash.
-use rustc_hash::FxHashMap;
+use rustc_hash::FxBuildHasher;
+
+/// The view's map: hashbrown's rather than std's for `entry_ref`, which
+/// finds a key's place once whether or not it is there (a write to a key
+/// the view does not hold, most of them, otherwise hashes it twice).
+type ViewMap = hashbrown::HashMap<Rc<str>, Slot, FxBuildHasher>;
 
 mod dirty;
 mod sync;
@@ -155,12 +160,15 @@ pub struct SwingStore {
     path: PathBuf,
     /// Every key read or written since the cache last started over: committed
     /// values (clean) and writes waiting for the commit (dirty).
-    view: std::cell::RefCell<FxHashMap<Rc<str>, Slot>>,
+    view: std::cell::RefCell<ViewMap>,
     /// The dirty keys: what the commit writes, and what ordered reads
     /// merge with SQLite's keys.
     dirty: dirty::DirtyKeys,
     /// The open crank's undo log, if a crank is open.
     crank: Option<Crank>,
+    /// The last crank's undo log, emptied: the next crank writes into its
+    /// allocation instead of growing a new one.
+    spare_undo: Vec<(Rc<str>, Option<Slot>)>,
     crank_bundles: Vec<(String, Vec<u8>)>,
     pending_bundles: Vec<(String, Vec<u8>)>,
     /// True while a read transaction is open: reads between commits share one
@@ -271,6 +279,7 @@ impl SwingStore {
             view: Default::default(),
             dirty: Default::default(),
             crank: None,
+            spare_undo: Vec::new(),
             crank_bundles: Vec::new(),
             pending_bundles: Vec::new(),
             reading: Default::default(),
@@ -333,7 +342,7 @@ impl SwingStore {
             "swingstore invariant: cranks do not nest (begin_crank inside a crank)"
         );
         self.crank = Some(Crank {
-            undo: Vec::new(),
+            undo: std::mem::take(&mut self.spare_undo),
             dirty_len: self.dirty.len(),
         });
         Ok(())
@@ -346,10 +355,13 @@ impl SwingStore {
 
     /// Ends a crank, keeping its writes for the next [`Self::commit`].
     pub fn end_crank(&mut self) -> Result<()> {
-        assert!(
-            self.crank.take().is_some(),
-            "swingstore invariant: end_crank outside a crank"
-        );
+        let crank = self
+            .crank
+            .take()
+            .expect("swingstore invariant: end_crank outside a crank");
+        let mut undo = crank.undo;
+        undo.clear();
+        self.spare_undo = undo;
         self.pending_bundles.append(&mut self.crank_bundles);
         Ok(())
     }
@@ -583,18 +595,24 @@ impl SwingStore {
 
     fn write(&mut self, key: &str, value: Option<String>, new: bool) {
         self.count(|stats| stats.writes += 1);
-        let view = self.view.get_mut();
-        let (shared, known) = match view.get_key_value(key) {
-            Some((shared, slot)) => (shared.clone(), slot.in_db),
-            None => (Rc::from(key), None),
-        };
-        let in_db = if new { Some(false) } else { known };
-        let slot = Slot {
+        let mut slot = Slot {
             value,
             dirty: true,
-            in_db,
+            in_db: new.then_some(false),
         };
-        let old = view.insert(shared.clone(), slot);
+        let (shared, old) = match self.view.get_mut().entry_ref(key) {
+            hashbrown::hash_map::EntryRef::Occupied(mut entry) => {
+                if !new {
+                    slot.in_db = entry.get().in_db;
+                }
+                (entry.key().clone(), Some(entry.insert(slot)))
+            }
+            hashbrown::hash_map::EntryRef::Vacant(entry) => {
+                let shared: Rc<str> = Rc::from(key);
+                entry.insert_with_key(shared.clone(), slot);
+                (shared, None)
+            }
+        };
         if !old.as_ref().is_some_and(|slot| slot.dirty) {
             self.dirty.push(shared.clone());
         }
