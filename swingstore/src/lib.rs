@@ -50,6 +50,20 @@ const RAW_CODEC: u64 = 0x55;
 /// How long a connection waits for another process's write lock before giving up.
 pub const BUSY_TIMEOUT_MS: u64 = 5_000;
 
+/// `upsert_rows_per_statement`: how many rows one of a commit's
+/// `INSERT`s writes (its statement has twice as many parameters, far under
+/// SQLite's limit of 32,766).
+const UPSERT_ROWS_PER_STATEMENT: usize = 64;
+
+/// The `INSERT` of [`UPSERT_ROWS_PER_STATEMENT`] rows.
+fn upsert_many_sql() -> &'static str {
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        let rows = vec!["(?, ?)"; UPSERT_ROWS_PER_STATEMENT].join(", ");
+        format!("INSERT OR REPLACE INTO kv (key, value) VALUES {rows}")
+    });
+    &SQL
+}
+
 /// The most keys the view keeps; past it, the cache of committed values starts over at a commit.
 pub const READ_CACHE_ENTRIES_MAX: usize = 200_000;
 
@@ -490,10 +504,6 @@ impl SwingStore {
     }
 
     fn write_pending(&self) -> Result<()> {
-        let mut upsert = self
-            .conn
-            .prepare_cached("INSERT OR REPLACE INTO kv (key, value) VALUES (?1, ?2)")?;
-        let mut delete = self.conn.prepare_cached("DELETE FROM kv WHERE key = ?1")?;
         let view = self.view.borrow();
         // A key made and deleted since the last commit costs SQLite nothing;
         // the rest are written in key order, which SQLite's B-tree takes fastest.
@@ -513,13 +523,17 @@ impl SwingStore {
             })
             .collect();
         changed.sort_unstable_by_key(|(key, _)| *key);
-        let mut rows = 0;
         let statements = changed.len() as u64;
-        for (key, value) in changed {
-            rows += match value {
-                Some(value) => upsert.execute(params![key, value])?,
-                None => delete.execute([key])?,
-            } as u64;
+        let (upserts, deletions): (Vec<_>, Vec<_>) =
+            changed.into_iter().partition(|(_, value)| value.is_some());
+        let mut rows = self.upsert_rows(
+            upserts
+                .into_iter()
+                .filter_map(|(key, value)| Some((key, value.as_deref()?))),
+        )?;
+        let mut delete = self.conn.prepare_cached("DELETE FROM kv WHERE key = ?1")?;
+        for (key, _) in deletions {
+            rows += delete.execute([key])? as u64;
         }
         let mut bundle = self
             .conn
@@ -534,6 +548,36 @@ impl SwingStore {
             stats.statements += statements;
         });
         Ok(())
+    }
+
+    /// Writes `rows` (in key order), [`UPSERT_ROWS_PER_STATEMENT`] to a
+    /// statement while they last: SQLite's cost per statement (binding,
+    /// stepping and resetting a program) was as large as its cost per row.
+    /// Returns how many rows were written.
+    fn upsert_rows<'a>(&self, rows: impl Iterator<Item = (&'a str, &'a str)>) -> Result<u64> {
+        let mut one = self
+            .conn
+            .prepare_cached("INSERT OR REPLACE INTO kv (key, value) VALUES (?1, ?2)")?;
+        let mut many = self.conn.prepare_cached(upsert_many_sql())?;
+        let mut written = 0;
+        let mut chunk: Vec<&str> = Vec::with_capacity(2 * UPSERT_ROWS_PER_STATEMENT);
+        let mut rows = rows.peekable();
+        while rows.peek().is_some() {
+            chunk.clear();
+            for (key, value) in rows.by_ref().take(UPSERT_ROWS_PER_STATEMENT) {
+                chunk.extend([key, value]);
+            }
+            written += if chunk.len() == 2 * UPSERT_ROWS_PER_STATEMENT {
+                many.execute(rusqlite::params_from_iter(&chunk))? as u64
+            } else {
+                let mut sum = 0;
+                for pair in chunk.chunks_exact(2) {
+                    sum += one.execute(params![pair[0], pair[1]])? as u64;
+                }
+                sum
+            };
+        }
+        Ok(written)
     }
 
     /// Opens the read transaction that reads share until the next commit.
@@ -880,6 +924,46 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SwingStore::open(&dir.path().join("store.sqlite"), Durability::Normal).unwrap();
         (dir, store)
+    }
+
+    #[test]
+    fn a_commit_of_more_rows_than_one_statement_writes_them_all() {
+        let (dir, mut store) = fresh();
+        // Two full statements and a remainder, deletions among them, and
+        // a key rewritten with a value it had.
+        let keys = 2 * UPSERT_ROWS_PER_STATEMENT + 7;
+        for i in 0..keys {
+            store
+                .set(&format!("k.{i:04}"), &format!("first {i}"))
+                .unwrap();
+        }
+        store.commit().unwrap();
+        for i in (0..keys).filter(|i| i % 3 == 0) {
+            store.delete(&format!("k.{i:04}")).unwrap();
+        }
+        for i in (0..keys).filter(|i| i % 3 == 1) {
+            store
+                .set(&format!("k.{i:04}"), &format!("second {i}"))
+                .unwrap();
+        }
+        let before = store.stats();
+        store.commit().unwrap();
+        let rows = store.stats().rows_committed - before.rows_committed;
+        assert_eq!(rows as usize, keys.div_ceil(3) + (keys + 1) / 3);
+        drop(store);
+        let store = SwingStore::open(&dir.path().join("store.sqlite"), Durability::Normal).unwrap();
+        for i in 0..keys {
+            let expected = match i % 3 {
+                0 => None,
+                1 => Some(format!("second {i}")),
+                _ => Some(format!("first {i}")),
+            };
+            assert_eq!(
+                store.get(&format!("k.{i:04}")).unwrap(),
+                expected,
+                "k.{i:04}"
+            );
+        }
     }
 
     #[test]
