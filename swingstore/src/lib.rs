@@ -818,9 +818,8 @@ impl SwingStore {
     /// The uncommitted writes under `prefix`, in key order (`None`: deleted).
     fn dirty_under(&self, prefix: &str) -> Vec<(String, Option<String>)> {
         self.dirty
-            .ordered()
-            .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
-            .take_while(|key| key.starts_with(prefix))
+            .under(prefix)
+            .iter()
             .map(|key| {
                 let value = self
                     .dirty_value(key)
