@@ -50,15 +50,6 @@ const RAW_CODEC: u64 = 0x55;
 /// How long a connection waits for another process's write lock before giving up.
 pub const BUSY_TIMEOUT_MS: u64 = 5_000;
 
-/// `wal_autocheckpoint_pages`: the WAL's length, in pages, past which a
-/// commit copies it into the database (SQLite's default is 1,000). After
-/// such a checkpoint SQLite writes the WAL again from its start, so a short
-/// one makes most commits overwrite pages the file already has: on ext4 an
-/// fdatasync that does not grow the file skips a journal commit (8 KiB
-/// fsynced here: 80-150 us overwritten, 140-240 us appended), which is most
-/// of a small commit's latency.
-const WAL_AUTOCHECKPOINT_PAGES: u32 = 100;
-
 /// `upsert_rows_per_statement`: how many rows one of a commit's
 /// `INSERT`s writes (its statement has twice as many parameters, far under
 /// SQLite's limit of 32,766).
@@ -270,8 +261,6 @@ impl SwingStore {
         // Full durability fsyncs the WAL on the sync thread (see `sync`),
         // not inside SQLite's commit.
         conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(open_err)?;
-        conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)
             .map_err(open_err)?;
         let found: i64 = conn
             .pragma_query_value(None, "user_version", |row| row.get(0))
@@ -974,33 +963,6 @@ mod tests {
                 "k.{i:04}"
             );
         }
-    }
-
-    #[test]
-    fn many_small_commits_reuse_a_short_wal() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("store.sqlite");
-        let mut store = SwingStore::open(&path, Durability::Full).unwrap();
-        for i in 0..1_000 {
-            store.begin_crank().unwrap();
-            store.set(&format!("a.{}", i % 50), &i.to_string()).unwrap();
-            store.set(&format!("z.{}", i % 50), &i.to_string()).unwrap();
-            store.end_crank().unwrap();
-            store.commit().unwrap();
-            // The next crank reads between commits, as a kernel's does.
-            store.get("a.0").unwrap();
-        }
-        // A page and its frame header per WAL frame, past the WAL header.
-        let frame_bytes = 4096 + 24;
-        let wal = std::fs::metadata(dir.path().join("store.sqlite-wal")).unwrap();
-        let frames = (wal.len() - 32) / frame_bytes;
-        // Each commit writes a few frames; without the WAL written again
-        // from its start after each checkpoint, it would hold thousands.
-        assert!(
-            frames <= 2 * u64::from(WAL_AUTOCHECKPOINT_PAGES),
-            "{frames} frames in the WAL"
-        );
-        assert_eq!(store.get("z.49").unwrap().as_deref(), Some("999"));
     }
 
     #[test]
