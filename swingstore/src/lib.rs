@@ -188,6 +188,8 @@ pub struct SwingStore {
     /// True while a read transaction is open: reads between commits share one
     /// snapshot instead of taking SQLite's file lock statement by statement.
     reading: std::cell::Cell<bool>,
+    /// The sync thread's checkpoints when the read transaction began.
+    checkpoints_when_reading: std::cell::Cell<u64>,
     stats: std::cell::Cell<StoreStats>,
     /// Makes commits durable (`Durability::Full`); `None` leaves it to SQLite.
     syncer: Option<sync::Syncer>,
@@ -202,7 +204,36 @@ impl Drop for SwingStore {
     /// Lets the last pipelined commit become durable before SQLite closes.
     fn drop(&mut self) {
         let _ = self.wait_durable();
+        // The sync thread's checkpointing connection closes first, so that
+        // the store's, closing last, checkpoints and removes the WAL.
+        self.syncer = None;
     }
+}
+
+/// `wal_frames_max`: the WAL's length, in frames, past which the store's
+/// own connection checkpoints it inside a commit, as SQLite does by
+/// default past 1,000: a bound for when the sync thread's checkpoints do
+/// not keep up.
+const WAL_FRAMES_MAX: u64 = 10_000;
+
+/// Replaces SQLite's checkpoint inside commits (past 1,000 frames) with
+/// `sync::WalFrames::after_commit`: past `sync::CHECKPOINT_FRAMES`, inside
+/// small commits, and on the sync thread after big ones.
+fn checkpoint_in_background(
+    conn: &mut Connection,
+    frames: sync::WalFrames,
+) -> rusqlite::Result<()> {
+    let mut frames = frames;
+    conn.wal_hook(Some(
+        move |wal: &mut rusqlite::hooks::Wal, pages: std::ffi::c_int| {
+            let pages = u64::try_from(pages).unwrap_or(0);
+            // Never an error out of the hook: SQLite would report the
+            // commit, which has happened, as failed. A checkpoint that
+            // fails is made again later.
+            frames.after_commit(pages, WAL_FRAMES_MAX, || wal.checkpoint().is_ok());
+            Ok(())
+        },
+    ))
 }
 
 /// The smallest string greater than every string starting with `prefix`,
@@ -252,7 +283,7 @@ impl SwingStore {
             path: path.to_owned(),
             source,
         };
-        let conn = Connection::open(path).map_err(open_err)?;
+        let mut conn = Connection::open(path).map_err(open_err)?;
         conn.busy_timeout(Duration::from_millis(BUSY_TIMEOUT_MS))
             .map_err(open_err)?;
         // A file that is not SQLite fails here, on the first real read.
@@ -278,12 +309,13 @@ impl SwingStore {
         }
         let syncer = match durability {
             Durability::Full => {
-                Some(
+                let syncer =
                     sync::Syncer::start(path.to_owned()).map_err(|e| StoreError::Sync {
                         path: path.to_owned(),
                         reason: format!("cannot start the sync thread: {e}"),
-                    })?,
-                )
+                    })?;
+                checkpoint_in_background(&mut conn, syncer.wal_frames()).map_err(open_err)?;
+                Some(syncer)
             }
             Durability::Normal => None,
         };
@@ -297,6 +329,7 @@ impl SwingStore {
             crank_bundles: Vec::new(),
             pending_bundles: Vec::new(),
             reading: Default::default(),
+            checkpoints_when_reading: Default::default(),
             stats: Default::default(),
             syncer,
             commits_written: 0,
@@ -466,6 +499,18 @@ impl SwingStore {
         // One commit in flight at most: the last one is durable before this
         // one is written.
         self.wait_durable()?;
+        // SQLite writes the WAL again from its start only if the writing
+        // transaction's snapshot began after a checkpoint: a read snapshot
+        // older than the sync thread's last checkpoint is let go.
+        if self.reading.get()
+            && self
+                .syncer
+                .as_ref()
+                .is_some_and(|syncer| syncer.checkpoints() != self.checkpoints_when_reading.get())
+        {
+            self.conn.execute_batch("COMMIT")?;
+            self.reading.set(false);
+        }
         // The read transaction, if open, becomes the write transaction: no
         // other process writes this file, so the upgrade cannot conflict.
         if !self.reading.replace(false) {
@@ -586,6 +631,9 @@ impl SwingStore {
         if !self.reading.get() {
             self.conn.execute_batch("BEGIN DEFERRED")?;
             self.reading.set(true);
+            if let Some(syncer) = &self.syncer {
+                self.checkpoints_when_reading.set(syncer.checkpoints());
+            }
         }
         Ok(())
     }
@@ -963,6 +1011,71 @@ mod tests {
                 "k.{i:04}"
             );
         }
+    }
+
+    #[test]
+    fn many_small_commits_reuse_a_short_wal_checkpointed_off_the_committing_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.sqlite");
+        let mut store = SwingStore::open(&path, Durability::Full).unwrap();
+        for i in 0..1_000 {
+            store.begin_crank().unwrap();
+            store.set(&format!("a.{}", i % 50), &i.to_string()).unwrap();
+            store.set(&format!("z.{}", i % 50), &i.to_string()).unwrap();
+            store.end_crank().unwrap();
+            store.commit().unwrap();
+            // The next crank reads between commits, as a kernel's does.
+            store.get("a.0").unwrap();
+        }
+        // A page and its frame header per WAL frame, past the WAL header.
+        let frame_bytes = 4096 + 24;
+        let wal = std::fs::metadata(dir.path().join("store.sqlite-wal")).unwrap();
+        let frames = (wal.len() - 32) / frame_bytes;
+        // Each commit writes a few frames: without checkpoints, and SQLite
+        // writing the WAL again from its start after them, it would hold
+        // thousands (SQLite's own are replaced: WAL_FRAMES_MAX).
+        assert!(
+            frames <= 4 * sync::CHECKPOINT_FRAMES,
+            "{frames} frames in the WAL"
+        );
+        assert!(store.syncer.as_ref().unwrap().checkpoints() > 0);
+        assert_eq!(store.get("z.49").unwrap().as_deref(), Some("999"));
+        drop(store);
+        // Closing checkpointed and removed the WAL; everything is there.
+        assert!(!dir.path().join("store.sqlite-wal").exists());
+        let store = SwingStore::open(&path, Durability::Full).unwrap();
+        assert_eq!(store.get("a.49").unwrap().as_deref(), Some("999"));
+    }
+
+    #[test]
+    fn a_big_commit_is_checkpointed_by_the_sync_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.sqlite");
+        let mut store = SwingStore::open(&path, Durability::Full).unwrap();
+        let value = "x".repeat(1000);
+        for i in 0..2_000 {
+            store.set(&format!("big.{i:05}"), &value).unwrap();
+        }
+        store.commit().unwrap();
+        let syncer = store.syncer.as_ref().unwrap();
+        // The commit did not checkpoint; the thread does, with no other
+        // commit to prompt it.
+        let started = std::time::Instant::now();
+        while syncer.checkpoints() == 0 {
+            assert!(started.elapsed().as_secs() < 10, "no checkpoint");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        // The next commit writes the WAL again from its start.
+        let wal = dir.path().join("store.sqlite-wal");
+        let before = std::fs::metadata(&wal).unwrap().len();
+        store.get("big.00000").unwrap();
+        store.set("small", "1").unwrap();
+        store.commit().unwrap();
+        assert_eq!(std::fs::metadata(&wal).unwrap().len(), before);
+        drop(store);
+        let store = SwingStore::open(&path, Durability::Normal).unwrap();
+        assert_eq!(store.get("big.01999").unwrap(), Some(value));
+        assert_eq!(store.get("small").unwrap().as_deref(), Some("1"));
     }
 
     #[test]

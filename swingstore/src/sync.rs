@@ -10,6 +10,14 @@
 //! it is told of, and says how many commits are durable. SQLite itself still
 //! syncs the WAL before each checkpoint and the database file after it.
 //!
+//! The thread also checkpoints the WAL (copies it into the database, so
+//! that SQLite writes it again from its start) on a connection of its own,
+//! past [`CHECKPOINT_FRAMES`] frames not yet copied: inside a commit, as
+//! SQLite does it by default, a checkpoint put its copying and the
+//! database's fsync on that commit (a spawn's module bundle, a crank of
+//! 50,000 objects), and a short WAL keeps most commits overwriting the
+//! file rather than growing it, which an fsync does faster.
+//!
 //! A thread that waits for a commit no fsync is yet making makes that fsync
 //! itself: when the caller has nothing to do but wait (a commit whose
 //! results must leave now), handing the fsync to a sleeping thread and
@@ -63,7 +71,20 @@ struct Shared {
     db_path: PathBuf,
     /// The WAL, opened when first synced.
     wal: Mutex<Option<Arc<File>>>,
+    /// WAL frames the last checkpoint copied into the database (0 again
+    /// once SQLite writes the WAL from its start).
+    backfilled: AtomicU64,
+    /// Whether a big commit left the WAL for the thread to checkpoint, and
+    /// whether the thread is checkpointing now.
+    checkpoint_due: AtomicBool,
+    checkpointing: AtomicBool,
+    /// Checkpoints made so far, by the thread or the store's connection.
+    checkpoints: AtomicU64,
 }
+
+/// `checkpoint_frames`: how many WAL frames not yet checkpointed make the
+/// thread checkpoint.
+pub(crate) const CHECKPOINT_FRAMES: u64 = 100;
 
 /// How long either side polls for the other before it sleeps: while commits
 /// come back to back, a thread woken from sleep costs more (tens of
@@ -92,7 +113,47 @@ impl Shared {
             syncing: AtomicBool::new(false),
             db_path,
             wal: Mutex::new(None),
+            backfilled: AtomicU64::new(0),
+            checkpoint_due: AtomicBool::new(false),
+            checkpointing: AtomicBool::new(false),
+            checkpoints: AtomicU64::new(0),
         })
+    }
+
+    /// Takes the checkpoint the thread is due to make, if any.
+    fn claim_checkpoint(&self) -> bool {
+        !self.checkpointing.load(Ordering::Acquire)
+            && self.checkpoint_due.swap(false, Ordering::AcqRel)
+            && !self.checkpointing.swap(true, Ordering::AcqRel)
+    }
+
+    /// A checkpoint copied the WAL's first `frames` frames.
+    fn checkpointed(&self, frames: u64) {
+        self.backfilled.store(frames, Ordering::Release);
+        self.checkpoints.fetch_add(1, Ordering::Release);
+    }
+
+    /// Checkpoints the WAL on `conn` (opened on first use), without waiting
+    /// for the store's connection. A failure loses nothing (the WAL keeps
+    /// every commit); the store's connection checkpoints past
+    /// `WAL_FRAMES_MAX` whatever happens here.
+    fn checkpoint(&self, conn: &mut Option<rusqlite::Connection>) {
+        if conn.is_none() {
+            *conn = rusqlite::Connection::open(&self.db_path).ok();
+        }
+        let copied: Option<u64> = conn.as_ref().and_then(|conn| {
+            conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+                row.get::<_, i64>(2)
+            })
+            .ok()
+            .and_then(|frames| u64::try_from(frames).ok())
+        });
+        if let Some(frames) = copied {
+            self.checkpointed(frames);
+        }
+        let _state = self.lock();
+        self.checkpointing.store(false, Ordering::Release);
+        self.changed.notify_all();
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -170,6 +231,55 @@ impl Shared {
     }
 }
 
+/// The store's WAL hook: after each commit, decides who checkpoints.
+pub(crate) struct WalFrames {
+    shared: Arc<Shared>,
+    /// The WAL's frames after the last commit.
+    last: u64,
+}
+
+impl WalFrames {
+    /// The WAL holds `frames` frames after a commit. Past
+    /// [`CHECKPOINT_FRAMES`] not yet copied, a small commit has `checkpoint`
+    /// (the store's connection, at once: a few pages and the database's
+    /// fsync) make one, as SQLite does by default; a big commit (at least
+    /// as many frames itself) leaves it to the thread, so that its
+    /// copying is not on the committer's path. Past `frames_max` the
+    /// connection checkpoints whatever the thread is doing.
+    pub(crate) fn after_commit(
+        &mut self,
+        frames: u64,
+        frames_max: u64,
+        checkpoint: impl FnOnce() -> bool,
+    ) {
+        let shared = &*self.shared;
+        let restarted = frames < self.last;
+        let written = if restarted {
+            frames
+        } else {
+            frames - self.last
+        };
+        self.last = frames;
+        if frames < shared.backfilled.load(Ordering::Acquire) {
+            shared.backfilled.store(0, Ordering::Release);
+        }
+        // Saturating: a thread's checkpoint of the WAL before SQLite began
+        // it again may report more frames than it now holds.
+        let behind = frames.saturating_sub(shared.backfilled.load(Ordering::Acquire));
+        let thread_busy = shared.checkpointing.load(Ordering::Acquire)
+            || shared.checkpoint_due.load(Ordering::Acquire);
+        if frames >= frames_max
+            || (behind >= CHECKPOINT_FRAMES && written < CHECKPOINT_FRAMES && !thread_busy)
+        {
+            if checkpoint() {
+                shared.checkpointed(frames);
+            }
+        } else if behind >= CHECKPOINT_FRAMES && !thread_busy {
+            shared.checkpoint_due.store(true, Ordering::Release);
+        }
+    }
+}
+
 /// The sync thread of one store.
 #[derive(Debug)]
 pub(crate) struct Syncer {
@@ -198,6 +308,7 @@ impl Syncer {
     /// woken to make it durable; without it, the caller is about to
     /// [`Self::wait`] for it, and so to make the fsync itself (waking a
     /// sleeping thread costs a system call and disturbs the other core).
+    /// The thread is woken anyway when a checkpoint falls due.
     pub(crate) fn request(&self, commit: u64, wake: bool) {
         let mut state = self.shared.lock();
         assert!(
@@ -206,9 +317,23 @@ impl Syncer {
         );
         state.requested = commit;
         self.shared.requested.store(commit, Ordering::Release);
-        if wake {
+        if wake || self.shared.checkpoint_due.load(Ordering::Acquire) {
             self.shared.changed.notify_all();
         }
+    }
+
+    /// Where the store's WAL hook says how many frames the WAL holds.
+    pub(crate) fn wal_frames(&self) -> WalFrames {
+        WalFrames {
+            shared: self.shared.clone(),
+            last: 0,
+        }
+    }
+
+    /// Checkpoints made so far: a read snapshot begun before the last one
+    /// may keep SQLite from writing the WAL again from its start.
+    pub(crate) fn checkpoints(&self) -> u64 {
+        self.shared.checkpoints.load(Ordering::Acquire)
     }
 
     /// Waits until commit number `commit` (and every one before it) is
@@ -270,17 +395,28 @@ impl Drop for Syncer {
     }
 }
 
+/// The thread's next piece of work.
+enum Work {
+    Sync(u64),
+    Checkpoint,
+}
+
 fn sync_loop(shared: &Shared) {
+    let mut checkpointer = None;
     loop {
         poll_until(|| {
             !shared.syncing.load(Ordering::Acquire)
                 && shared.requested.load(Ordering::Acquire) > shared.durable.load(Ordering::Acquire)
         });
-        let target = {
+        let work = {
             let mut state = shared.lock();
             loop {
+                // Durability first: a commit may be waited for.
                 if let Some(target) = shared.claim(&mut state) {
-                    break target;
+                    break Work::Sync(target);
+                }
+                if shared.claim_checkpoint() {
+                    break Work::Checkpoint;
                 }
                 let done = state.requested <= state.durable && !state.syncing;
                 if state.failed.is_some() || (state.stop && done) {
@@ -289,7 +425,10 @@ fn sync_loop(shared: &Shared) {
                 state = shared.wait_changed(state);
             }
         };
-        shared.sync_claimed(target);
+        match work {
+            Work::Sync(target) => shared.sync_claimed(target),
+            Work::Checkpoint => shared.checkpoint(&mut checkpointer),
+        }
     }
 }
 
