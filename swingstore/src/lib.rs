@@ -221,9 +221,8 @@ const WAL_FRAMES_MAX: u64 = 10_000;
 /// small commits, and on the sync thread after big ones.
 fn checkpoint_in_background(
     conn: &mut Connection,
-    frames: sync::WalFrames,
+    mut frames: sync::WalFrames,
 ) -> rusqlite::Result<()> {
-    let mut frames = frames;
     conn.wal_hook(Some(
         move |wal: &mut rusqlite::hooks::Wal, pages: std::ffi::c_int| {
             let pages = u64::try_from(pages).unwrap_or(0);
@@ -1014,7 +1013,7 @@ mod tests {
     }
 
     #[test]
-    fn many_small_commits_reuse_a_short_wal_checkpointed_off_the_committing_thread() {
+    fn many_small_commits_reuse_a_short_wal() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("store.sqlite");
         let mut store = SwingStore::open(&path, Durability::Full).unwrap();

@@ -10,13 +10,14 @@
 //! it is told of, and says how many commits are durable. SQLite itself still
 //! syncs the WAL before each checkpoint and the database file after it.
 //!
-//! The thread also checkpoints the WAL (copies it into the database, so
-//! that SQLite writes it again from its start) on a connection of its own,
-//! past [`CHECKPOINT_FRAMES`] frames not yet copied: inside a commit, as
-//! SQLite does it by default, a checkpoint put its copying and the
-//! database's fsync on that commit (a spawn's module bundle, a crank of
-//! 50,000 objects), and a short WAL keeps most commits overwriting the
-//! file rather than growing it, which an fsync does faster.
+//! The WAL is checkpointed (copied into the database, so that SQLite
+//! writes it again from its start) past [`CHECKPOINT_FRAMES`] frames not
+//! yet copied: a short WAL keeps most commits overwriting the file rather
+//! than growing it, which an fsync does faster. After a small commit the
+//! store's connection checkpoints at once, as SQLite does by default; after
+//! a big one (a spawn's module bundle, a crank of 50,000 objects) this
+//! thread does, on a connection of its own, so that the copying and the
+//! database's fsync are not on that commit's path ([`WalFrames`]).
 //!
 //! A thread that waits for a commit no fsync is yet making makes that fsync
 //! itself: when the caller has nothing to do but wait (a commit whose
@@ -82,8 +83,8 @@ struct Shared {
     checkpoints: AtomicU64,
 }
 
-/// `checkpoint_frames`: how many WAL frames not yet checkpointed make the
-/// thread checkpoint.
+/// `checkpoint_frames`: how many WAL frames not yet checkpointed make a
+/// commit checkpoint (or leave it to the thread, if it is that big itself).
 pub(crate) const CHECKPOINT_FRAMES: u64 = 100;
 
 /// How long either side polls for the other before it sleeps: while commits
@@ -120,11 +121,14 @@ impl Shared {
         })
     }
 
-    /// Takes the checkpoint the thread is due to make, if any.
+    /// Takes the checkpoint the thread is due to make, if any (only the
+    /// thread calls it, so none of its own is under way).
     fn claim_checkpoint(&self) -> bool {
-        !self.checkpointing.load(Ordering::Acquire)
-            && self.checkpoint_due.swap(false, Ordering::AcqRel)
-            && !self.checkpointing.swap(true, Ordering::AcqRel)
+        let due = self.checkpoint_due.swap(false, Ordering::AcqRel);
+        if due {
+            self.checkpointing.store(true, Ordering::Release);
+        }
+        due
     }
 
     /// A checkpoint copied the WAL's first `frames` frames.
@@ -151,9 +155,7 @@ impl Shared {
         if let Some(frames) = copied {
             self.checkpointed(frames);
         }
-        let _state = self.lock();
         self.checkpointing.store(false, Ordering::Release);
-        self.changed.notify_all();
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -260,12 +262,14 @@ impl WalFrames {
             frames - self.last
         };
         self.last = frames;
-        if frames < shared.backfilled.load(Ordering::Acquire) {
+        let backfilled = shared.backfilled.load(Ordering::Acquire);
+        // Fewer frames than were copied: SQLite began the WAL again since.
+        let behind = if frames < backfilled {
             shared.backfilled.store(0, Ordering::Release);
-        }
-        // Saturating: a thread's checkpoint of the WAL before SQLite began
-        // it again may report more frames than it now holds.
-        let behind = frames.saturating_sub(shared.backfilled.load(Ordering::Acquire));
+            frames
+        } else {
+            frames - backfilled
+        };
         let thread_busy = shared.checkpointing.load(Ordering::Acquire)
             || shared.checkpoint_due.load(Ordering::Acquire);
         if frames >= frames_max
