@@ -597,6 +597,10 @@ impl<A: Send + 'static> Node<A> {
         }
         let started = Instant::now();
         let mut busy = false;
+        // Handled frames' tickets are let go together after the flush: a
+        // reader waiting for room is woken once a turn, not once a frame
+        // (each wake is a syscall to its runtime's thread).
+        let mut spent = Vec::new();
         while let Some(event) = next {
             busy = true;
             match event {
@@ -608,7 +612,7 @@ impl<A: Send + 'static> Node<A> {
                 Event::DialFailed(peer, reason) => self.dial_failed(&peer, &reason),
                 Event::Read(number, ReaderEvent::Frame(frame, ticket)) => {
                     self.frame(number, &frame)?;
-                    self.take_in(number, ticket)?;
+                    spent.extend(self.take_in(number, ticket)?);
                 }
                 Event::Read(number, ReaderEvent::SpeaksJson) => {
                     if let Some(connection) = self.connections.get_mut(&number) {
@@ -632,6 +636,7 @@ impl<A: Send + 'static> Node<A> {
         if busy || cranks > 0 {
             self.flush()?;
         }
+        drop(spent);
         self.acknowledge()?;
         self.sweep_when_due()?;
         Ok(app)
@@ -731,15 +736,16 @@ impl<A: Send + 'static> Node<A> {
 
     /// A frame of connection `number` was handled: while the run queue is
     /// over [`NetLimits::run_queue_intake_max`], its ticket is kept, so
-    /// that its reader, once it holds too many, reads no more.
-    fn take_in(&mut self, number: u64, ticket: Ticket) -> Result<(), NodeError> {
+    /// that its reader, once it holds too many, reads no more. Otherwise
+    /// the ticket is handed back, for the caller to let go.
+    fn take_in(&mut self, number: u64, ticket: Ticket) -> Result<Option<Ticket>, NodeError> {
         if self.kernel.run_queue_length()? < self.net.run_queue_intake_max {
-            return Ok(());
+            return Ok(Some(ticket));
         }
         if let Some(connection) = self.connections.get_mut(&number) {
             connection.held.push(ticket);
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Lets held-back readers read again once the run queue has room.

@@ -432,13 +432,13 @@ impl Kernel {
         self.engine_memory.get_mut()
     }
 
-    /// What endpoints emitted in committed cranks, in order, and forgets it.
     /// The vats' log lines written since the last call, in order (lines of
     /// failed deliveries too: they are for the vats' authors).
     pub fn take_log_lines(&mut self) -> Vec<(EndpointId, String)> {
         self.state.log_lines.drain(..).collect()
     }
 
+    /// What endpoints emitted in committed cranks, in order, and forgets it.
     pub fn take_outbound(&mut self) -> Vec<(EndpointId, Vec<u8>)> {
         std::mem::take(&mut self.outbound_ready)
     }
