@@ -29,7 +29,9 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Duration;
 
-use cid::Cid;
+/// The bundles' content ids ([`cid_of`], [`SwingStore::add_bundle_as`]),
+/// named here so that users need not depend on the same `cid` release.
+pub use cid::Cid;
 use multihash_codetable::{Code, MultihashDigest};
 use rusqlite::{Connection, OptionalExtension, params};
 // Keys come from the kernel itself, not from an adversary choosing hash
@@ -901,13 +903,36 @@ impl SwingStore {
             cid_of(bytes) == *cid,
             "swingstore invariant: add_bundle_as is given the bytes' own CID"
         );
-        let entry = (cid.to_string(), bytes.to_vec());
+        let text = cid.to_string();
+        // Bundles are never deleted: one stored (or on its way) stays, and
+        // a second spawn of a module costs no copy of it.
+        if self.has_bundle(&text)? {
+            return Ok(());
+        }
+        let entry = (text, bytes.to_vec());
         if self.crank.is_some() {
             self.crank_bundles.push(entry);
         } else {
             self.pending_bundles.push(entry);
         }
         Ok(())
+    }
+
+    /// Whether bundle `cid` is stored, or written by a crank or commit to come.
+    fn has_bundle(&self, cid: &str) -> Result<bool> {
+        if self
+            .crank_bundles
+            .iter()
+            .chain(&self.pending_bundles)
+            .any(|(c, _)| c == cid)
+        {
+            return Ok(true);
+        }
+        self.begin_reading()?;
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT 1 FROM bundles WHERE cid = ?1")?;
+        Ok(stmt.exists([cid])?)
     }
 
     pub fn get_bundle(&self, cid: &Cid) -> Result<Option<Vec<u8>>> {
@@ -1301,6 +1326,24 @@ mod tests {
         let parsed = SwingStore::parse_cid(&cid.to_string()).unwrap();
         assert_eq!(parsed, cid);
         assert!(SwingStore::parse_cid("not-a-cid").is_err());
+    }
+
+    #[test]
+    fn a_bundle_stored_already_is_not_written_again() {
+        let (_dir, mut store) = fresh();
+        let bytes = vec![7u8; 100_000];
+        let cid = store.add_bundle(&bytes).unwrap();
+        // Pending, then committed: either way a second add has nothing to write.
+        store.add_bundle_as(&cid, &bytes).unwrap();
+        store.commit().unwrap();
+        store.add_bundle_as(&cid, &bytes).unwrap();
+        assert!(!store.has_uncommitted());
+        store.begin_crank().unwrap();
+        store.add_bundle_as(&cid, &bytes).unwrap();
+        store.end_crank().unwrap();
+        assert!(!store.has_uncommitted());
+        assert_eq!(store.bundle_cids().unwrap().len(), 1);
+        assert_eq!(store.get_bundle(&cid).unwrap(), Some(bytes));
     }
 
     #[test]
