@@ -22,6 +22,38 @@ fn counter_counts_across_separate_processes() {
 }
 
 #[test]
+fn a_damaged_module_cache_is_compiled_again_and_the_spawn_succeeds() {
+    let home = VatHome::new();
+    home.spawn("first", "counter");
+    // The cache is the home's to rebuild: each compiled module in it is
+    // cut short, as a crash while writing or a full disk would leave it.
+    let damage = || {
+        let modules = home.path().join("modules");
+        let mut damaged = 0;
+        for entry in std::fs::read_dir(&modules).expect("the module cache") {
+            let path = entry.unwrap().path();
+            let bytes = std::fs::read(&path).unwrap();
+            std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+            damaged += 1;
+        }
+        assert!(damaged > 0, "a spawn filled the module cache");
+    };
+    let counter = vat_tests::guest("counter");
+    let counter = counter.to_str().unwrap();
+    damage();
+    assert_eq!(
+        home.ok(&["spawn", "second", counter, "--worker", "thread"]),
+        "ko2"
+    );
+    damage();
+    assert_eq!(home.ok(&["spawn", "third", counter]), "ko3");
+    for vat in ["first", "second", "third"] {
+        assert_eq!(home.ok(&["send", vat, "increment"]), "1");
+    }
+    home.check();
+}
+
+#[test]
 fn pingpong_sends_a_thousand_awaited_pings_to_another_vat() {
     let home = VatHome::new();
     home.spawn("a", "pingpong");

@@ -4,12 +4,12 @@
 
 use crate::keys;
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use swingstore::{StoreError, SwingStore};
+use swingstore::{Cid, StoreError, SwingStore};
 use vat_supervisor::{
     FaultClass, Limits, ModuleSource, ProcessWorker, SupervisorError, SyscallHandler,
     SyscallRefusal, ThreadWorker, VatFault, VatModule, WasmHost,
@@ -529,26 +529,85 @@ impl Kernel {
             WorkerKind::Thread => None,
         };
         // Compile (and check the ABI) before writing anything; a module
-        // already compiled under the same CID is reused.
+        // already compiled under the same CID is reused, and one compiled
+        // before into the module cache is loaded while the bundle is
+        // written.
         let bundle = swingstore::cid_of(wasm);
         let cid = bundle.to_string();
         let module = match self.modules.get(&cid) {
-            Some(module) => module.clone(),
-            None => self.compile(wasm, &cid)?,
+            Some(module) => {
+                let module = module.clone();
+                self.write_bundle(&bundle, wasm)?;
+                module
+            }
+            // With a process starting on the other core (`early`), a
+            // thread to load the artifact would only compete with it.
+            None => match self.cached_artifact(&cid).filter(|_| early.is_none()) {
+                Some(artifact) => self.load_while_writing(&artifact, &bundle, wasm)?,
+                None => {
+                    let module = self.compile(wasm, &cid)?;
+                    self.write_bundle(&bundle, wasm)?;
+                    module
+                }
+            },
         };
         if let Some(process) = early {
             let room = self.vats_resident_max.saturating_sub(self.workers.len());
             self.residency.keep_spare(process, room.max(1));
         }
-        // The bundle goes in a commit of its own, before the vat's crank:
-        // its fsync, most of a cached spawn's time, runs while the worker
-        // starts. A spawn that fails after it leaves the bundle stored, a
-        // content-addressed blob no vat names (as an ended vat's is).
-        self.state.store.add_bundle_as(&bundle, wasm)?;
-        self.state.commit_pipelined()?;
         let root = self.in_crank(|k| k.spawn_in_crank(name, &cid, module, options))?;
         self.commit()?;
         Ok(root)
+    }
+
+    /// Writes a spawn's bundle in a commit of its own, before the vat's
+    /// crank: its fsync, most of a cached spawn's time, runs while the
+    /// worker starts. A spawn that fails after it leaves the bundle stored,
+    /// a content-addressed blob no vat names (as an ended vat's is).
+    fn write_bundle(&mut self, bundle: &Cid, wasm: &[u8]) -> Result<(), KernelError> {
+        self.state.store.add_bundle_as(bundle, wasm)?;
+        self.state.commit_pipelined()?;
+        Ok(())
+    }
+
+    /// The module cache's artifact for `cid`, when there is one: the
+    /// module it was compiled from passed the ABI check.
+    fn cached_artifact(&self, cid: &str) -> Option<PathBuf> {
+        let dir = self.module_cache.as_ref()?;
+        let path = self.host.artifact_path(cid, dir);
+        path.is_file().then_some(path)
+    }
+
+    /// Loads `artifact` on a thread of its own while this one writes the
+    /// bundle (each takes about a millisecond for a 650 KB module). An
+    /// artifact that does not load (damaged) is compiled again.
+    fn load_while_writing(
+        &mut self,
+        artifact: &Path,
+        bundle: &Cid,
+        wasm: &[u8],
+    ) -> Result<VatModule, KernelError> {
+        let host = &self.host;
+        let state = &mut self.state;
+        let (loaded, written) = std::thread::scope(|scope| {
+            let loading = scope.spawn(|| host.load_artifact(artifact));
+            let written = state
+                .store
+                .add_bundle_as(bundle, wasm)
+                .and_then(|()| state.commit_pipelined());
+            let loaded = loading
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            (loaded, written)
+        });
+        written?;
+        match loaded {
+            Ok(module) => Ok(module),
+            Err(_) => {
+                let cid = bundle.to_string();
+                self.compile(wasm, &cid)
+            }
+        }
     }
 
     fn spawn_in_crank(
