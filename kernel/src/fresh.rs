@@ -29,15 +29,50 @@ pub(crate) struct Fresh {
 
 /// `ko<N>` or `kp<N>` as (is a promise, N).
 fn kref_number(text: &str) -> Option<(bool, u64)> {
-    let (promise, digits) = if let Some(digits) = text.strip_prefix("kp") {
-        (true, digits)
-    } else {
-        (false, text.strip_prefix("ko")?)
+    kref_number_of(text.as_bytes())
+}
+
+/// [`kref_number`] of a key's segment, read byte by byte: it runs for
+/// every key the kernel reads or deletes.
+fn kref_number_of(segment: &[u8]) -> Option<(bool, u64)> {
+    let (promise, digits) = match segment {
+        [b'k', b'p', digits @ ..] => (true, digits),
+        [b'k', b'o', digits @ ..] => (false, digits),
+        _ => return None,
     };
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+    if digits.is_empty() {
         return None;
     }
-    Some((promise, digits.parse().ok()?))
+    let mut number: u64 = 0;
+    for &digit in digits {
+        if !digit.is_ascii_digit() {
+            return None;
+        }
+        number = number
+            .checked_mul(10)?
+            .checked_add(u64::from(digit - b'0'))?;
+    }
+    Some((promise, number))
+}
+
+/// `key` cut at its dots: its first segment, and up to three more (the
+/// fourth holds the rest of the key).
+fn segments(key: &[u8]) -> [Option<&[u8]>; 4] {
+    let mut found = [None; 4];
+    let mut rest = key;
+    for slot in &mut found {
+        match rest.iter().position(|&b| b == b'.') {
+            Some(dot) => {
+                *slot = Some(&rest[..dot]);
+                rest = &rest[dot + 1..];
+            }
+            None => {
+                *slot = Some(rest);
+                break;
+            }
+        }
+    }
+    found
 }
 
 impl Fresh {
@@ -61,8 +96,8 @@ impl Fresh {
         }
     }
 
-    fn is_fresh_kref(&self, text: &str) -> bool {
-        kref_number(text).is_some_and(|number| self.krefs.contains(&number))
+    fn is_fresh_kref(&self, segment: &[u8]) -> bool {
+        kref_number_of(segment).is_some_and(|number| self.krefs.contains(&number))
     }
 
     /// Whether `key` (or every key under it, for a scan's prefix) names a
@@ -71,20 +106,15 @@ impl Fresh {
         if self.krefs.is_empty() && self.import_keys.is_empty() {
             return false;
         }
-        let mut parts = key.split('.');
-        let Some(first) = parts.next() else {
-            return false;
-        };
-        if self.is_fresh_kref(first) {
+        let [first, second, third, fourth] = segments(key.as_bytes());
+        if first.is_some_and(|first| self.is_fresh_kref(first)) {
             return true;
         }
-        match (parts.next(), parts.next(), parts.next()) {
+        match (second, third, fourth) {
             // Only an import vref's c-list key is looked up whole: hashing
             // every key the kernel deletes cost more than the rest of this.
-            (Some("c"), Some(vref), None) if vref.starts_with("p-") || vref.starts_with("o-") => {
-                self.import_keys.contains(key)
-            }
-            (Some("c" | "decided"), Some(kref), None) => self.is_fresh_kref(kref),
+            (Some(b"c"), Some([b'p' | b'o', b'-', ..]), None) => self.import_keys.contains(key),
+            (Some(b"c" | b"decided"), Some(kref), None) => self.is_fresh_kref(kref),
             _ => false,
         }
     }
