@@ -528,36 +528,53 @@ impl Kernel {
             }
             WorkerKind::Thread => None,
         };
-        // Compile (and check the ABI) before writing anything; a module
-        // already compiled under the same CID is reused, and one compiled
-        // before into the module cache is loaded while the bundle is
-        // written.
-        let bundle = swingstore::cid_of(wasm);
-        let cid = bundle.to_string();
-        let module = match self.modules.get(&cid) {
-            Some(module) => {
-                let module = module.clone();
-                self.write_bundle(&bundle, wasm)?;
-                module
-            }
-            // With a process starting on the other core (`early`), a
-            // thread to load the artifact would only compete with it.
-            None => match self.cached_artifact(&cid).filter(|_| early.is_none()) {
-                Some(artifact) => self.load_while_writing(&artifact, &bundle, wasm)?,
-                None => {
-                    let module = self.compile(wasm, &cid)?;
-                    self.write_bundle(&bundle, wasm)?;
-                    module
-                }
-            },
-        };
+        let module = self.spawn_module(wasm, options.worker)?;
+        let cid = module.cid.to_string();
         if let Some(process) = early {
             let room = self.vats_resident_max.saturating_sub(self.workers.len());
             self.residency.keep_spare(process, room.max(1));
         }
-        let root = self.in_crank(|k| k.spawn_in_crank(name, &cid, module, options))?;
+        let root = self.in_crank(|k| k.spawn_in_crank(name, &cid, module.loaded, options))?;
         self.commit()?;
         Ok(root)
+    }
+
+    /// A spawn's module, checked against the ABI, with its bundle written
+    /// (after the check: nothing is written for a module that fails it). A
+    /// module compiled already in this kernel is reused. One in the module
+    /// cache passed the check when it was compiled: a thread worker's is
+    /// loaded while the bundle is written, a process worker's is loaded by
+    /// the process only.
+    fn spawn_module(
+        &mut self,
+        wasm: &[u8],
+        worker: WorkerKind,
+    ) -> Result<SpawnModule, KernelError> {
+        let bundle = swingstore::cid_of(wasm);
+        let cid = bundle.to_string();
+        let loaded = match (self.modules.get(&cid), self.cached_artifact(&cid), worker) {
+            (Some(module), ..) => {
+                let module = module.clone();
+                self.write_bundle(&bundle, wasm)?;
+                Some(module)
+            }
+            (None, Some(_), WorkerKind::Process) => {
+                self.write_bundle(&bundle, wasm)?;
+                None
+            }
+            (None, Some(artifact), WorkerKind::Thread) => {
+                Some(self.load_while_writing(&artifact, &bundle, wasm)?)
+            }
+            (None, None, _) => {
+                let module = self.compile(wasm, &cid)?;
+                self.write_bundle(&bundle, wasm)?;
+                Some(module)
+            }
+        };
+        Ok(SpawnModule {
+            cid: bundle,
+            loaded,
+        })
     }
 
     /// Writes a spawn's bundle in a commit of its own, before the vat's
@@ -614,10 +631,12 @@ impl Kernel {
         &mut self,
         name: &str,
         cid: &str,
-        module: VatModule,
+        module: Option<VatModule>,
         options: VatOptions,
     ) -> Result<Kref, KernelError> {
-        self.modules.insert(cid.to_owned(), module);
+        if let Some(module) = module {
+            self.modules.insert(cid.to_owned(), module);
+        }
         let vat = self.state.allocate_vat_id()?;
         self.state.set(&keys::vat_name(&vat), name)?;
         self.state.set(&keys::vat_bundle(&vat), cid)?;
@@ -657,9 +676,8 @@ impl Kernel {
             .state
             .get(&keys::vat_bundle(&vat))?
             .unwrap_or_else(|| panic!("kernel invariant: vat {vat} has a bundle"));
-        let module = self.module(&cid)?;
         let options = self.vat_options(vat)?;
-        let (mut worker, reused) = self.start_worker(vat, &cid, &module, &options)?;
+        let (mut worker, reused) = self.start_worker(vat, &cid, &options)?;
         // A vat that slept with a clean heap held no import only its heap
         // knew: there is nothing for its start to drop, so nothing to list.
         let imports = match self.state.heap_report(vat)? {
@@ -704,35 +722,61 @@ impl Kernel {
         Ok(())
     }
 
-    /// A worker hosting `module` for `vat`, and whether it is a sleeping
-    /// vat's process taken over (no process start).
+    /// A worker hosting bundle `cid` for `vat`, and whether it is a
+    /// sleeping vat's process taken over (no process start).
     fn start_worker(
         &mut self,
         vat: &EndpointId,
         cid: &str,
-        module: &VatModule,
         options: &VatOptions,
     ) -> Result<(VatWorker, bool), WorkerStartError> {
-        let fault = |e| match e {
-            SupervisorError::Fault(fault) => WorkerStartError::Fault(fault),
-            other => WorkerStartError::Kernel(other.into()),
-        };
         if options.worker == WorkerKind::Thread {
-            let worker =
-                ThreadWorker::start(&self.host, module, options.limits()).map_err(fault)?;
+            let module = self.module(cid)?;
+            let worker = ThreadWorker::start(&self.host, &module, options.limits())
+                .map_err(worker_start_error)?;
             return Ok((VatWorker::Thread(worker), false));
         }
         let program = self.supervisor_program()?;
-        let source = match &self.module_cache {
-            Some(dir) => ModuleSource::Artifact(self.host.artifact_path(cid, dir)),
-            None => {
+        let Some(dir) = self.module_cache.clone() else {
+            let parsed = SwingStore::parse_cid(cid)?;
+            let bytes = self.state.store.get_bundle(&parsed)?;
+            let source = ModuleSource::Wasm(
+                bytes.unwrap_or_else(|| panic!("kernel invariant: bundle {cid} is stored")),
+            );
+            return self.start_process(&program, vat, source, options);
+        };
+        // The process loads the compiled artifact itself: this one
+        // compiles the module (writing the artifact) only when it is missing.
+        if self.cached_artifact(cid).is_none() {
+            self.module(cid)?;
+        }
+        let source = ModuleSource::Artifact(self.host.artifact_path(cid, &dir));
+        match self.start_process(&program, vat, source.clone(), options) {
+            // A damaged artifact fails the start: loaded here from the
+            // cache, it is found so and compiled again from the bundle
+            // (writing it anew), and the start is tried once more. A module
+            // that fails on its own fails the same way again.
+            Err(WorkerStartError::Fault(_)) => {
                 let parsed = SwingStore::parse_cid(cid)?;
                 let bytes = self.state.store.get_bundle(&parsed)?;
-                ModuleSource::Wasm(
-                    bytes.unwrap_or_else(|| panic!("kernel invariant: bundle {cid} is stored")),
-                )
+                let bytes =
+                    bytes.unwrap_or_else(|| panic!("kernel invariant: bundle {cid} is stored"));
+                self.compile(&bytes, cid)?;
+                self.start_process(&program, vat, source, options)
             }
-        };
+            started => started,
+        }
+    }
+
+    /// A process hosting `source` for `vat`: a spare if one is up, else a
+    /// new one.
+    fn start_process(
+        &mut self,
+        program: &Path,
+        vat: &EndpointId,
+        source: ModuleSource,
+        options: &VatOptions,
+    ) -> Result<(VatWorker, bool), WorkerStartError> {
         while let Some(mut spare) = self.residency.take_spare() {
             match spare.host(source.clone(), options.limits()) {
                 Ok(()) => return Ok((VatWorker::Process(spare), true)),
@@ -744,8 +788,8 @@ impl Kernel {
                 Err(_) => continue,
             }
         }
-        let worker =
-            ProcessWorker::start(&program, vat, source, options.limits()).map_err(fault)?;
+        let worker = ProcessWorker::start(program, vat, source, options.limits())
+            .map_err(worker_start_error)?;
         Ok((VatWorker::Process(worker), false))
     }
 
@@ -2262,6 +2306,21 @@ impl Kernel {
             .map(|(k, v)| (k.len() - prefix.len() + v.len()) as u64)
             .sum();
         Ok((entries.len() as u64, bytes))
+    }
+}
+
+/// A spawn's module: its bundle's CID, and the module itself when this
+/// kernel loaded it (a process worker loads a cached artifact itself).
+struct SpawnModule {
+    cid: Cid,
+    loaded: Option<VatModule>,
+}
+
+/// A worker's start failed: the vat's module (a fault), or the kernel.
+fn worker_start_error(e: SupervisorError) -> WorkerStartError {
+    match e {
+        SupervisorError::Fault(fault) => WorkerStartError::Fault(fault),
+        other => WorkerStartError::Kernel(other.into()),
     }
 }
 
