@@ -468,15 +468,17 @@ impl Kernel {
         if let Some(module) = self.modules.get(cid) {
             return Ok(module.clone());
         }
-        let parsed = SwingStore::parse_cid(cid)?;
-        let bytes = self
-            .state
-            .store
-            .get_bundle(&parsed)?
-            .unwrap_or_else(|| panic!("kernel invariant: bundle {cid} of a vat is stored"));
+        let bytes = self.vat_bundle(cid)?;
         let module = self.compile(&bytes, cid)?;
         self.modules.insert(cid.to_owned(), module.clone());
         Ok(module)
+    }
+
+    /// The stored bundle `cid` of a vat.
+    fn vat_bundle(&self, cid: &str) -> Result<Vec<u8>, KernelError> {
+        let parsed = SwingStore::parse_cid(cid)?;
+        let bytes = self.state.store.get_bundle(&parsed)?;
+        Ok(bytes.unwrap_or_else(|| panic!("kernel invariant: bundle {cid} of a vat is stored")))
     }
 
     fn compile(&self, wasm: &[u8], cid: &str) -> Result<VatModule, KernelError> {
@@ -738,11 +740,7 @@ impl Kernel {
         }
         let program = self.supervisor_program()?;
         let Some(dir) = self.module_cache.clone() else {
-            let parsed = SwingStore::parse_cid(cid)?;
-            let bytes = self.state.store.get_bundle(&parsed)?;
-            let source = ModuleSource::Wasm(
-                bytes.unwrap_or_else(|| panic!("kernel invariant: bundle {cid} is stored")),
-            );
+            let source = ModuleSource::Wasm(self.vat_bundle(cid)?);
             return self.start_process(&program, vat, source, options);
         };
         // The process loads the compiled artifact itself: this one
@@ -757,11 +755,7 @@ impl Kernel {
             // (writing it anew), and the start is tried once more. A module
             // that fails on its own fails the same way again.
             Err(WorkerStartError::Fault(_)) => {
-                let parsed = SwingStore::parse_cid(cid)?;
-                let bytes = self.state.store.get_bundle(&parsed)?;
-                let bytes =
-                    bytes.unwrap_or_else(|| panic!("kernel invariant: bundle {cid} is stored"));
-                self.compile(&bytes, cid)?;
+                self.compile(&self.vat_bundle(cid)?, cid)?;
                 self.start_process(&program, vat, source, options)
             }
             started => started,

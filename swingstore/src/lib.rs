@@ -920,12 +920,7 @@ impl SwingStore {
 
     /// Whether bundle `cid` is stored, or written by a crank or commit to come.
     fn has_bundle(&self, cid: &str) -> Result<bool> {
-        if self
-            .crank_bundles
-            .iter()
-            .chain(&self.pending_bundles)
-            .any(|(c, _)| c == cid)
-        {
+        if self.uncommitted_bundle(cid).is_some() {
             return Ok(true);
         }
         self.begin_reading()?;
@@ -935,16 +930,20 @@ impl SwingStore {
         Ok(stmt.exists([cid])?)
     }
 
+    /// Bundle `cid`, when a crank or a commit to come writes it.
+    fn uncommitted_bundle(&self, cid: &str) -> Option<&[u8]> {
+        self.crank_bundles
+            .iter()
+            .chain(&self.pending_bundles)
+            .find(|(c, _)| c == cid)
+            .map(|(_, bytes)| bytes.as_slice())
+    }
+
     pub fn get_bundle(&self, cid: &Cid) -> Result<Option<Vec<u8>>> {
         let text = cid.to_string();
         self.begin_reading()?;
-        if let Some((_, bytes)) = self
-            .crank_bundles
-            .iter()
-            .chain(&self.pending_bundles)
-            .find(|(c, _)| *c == text)
-        {
-            return Ok(Some(bytes.clone()));
+        if let Some(bytes) = self.uncommitted_bundle(&text) {
+            return Ok(Some(bytes.to_vec()));
         }
         let mut stmt = self
             .conn
