@@ -517,9 +517,11 @@ impl SwingStore {
         if !self.reading.replace(false) {
             self.conn.execute_batch("BEGIN IMMEDIATE")?;
         }
-        if let Err(e) = self.write_pending() {
+        let (changed, gone) = self.take_gone_keys();
+        if let Err(e) = self.write_pending(&changed) {
             // Nothing of this commit reaches the file; the overlays are kept.
             let _ = self.conn.execute_batch("ROLLBACK");
+            self.restore_gone_keys(gone);
             return Err(e);
         }
         self.written_one(wake);
@@ -527,21 +529,12 @@ impl SwingStore {
         if view.len() > READ_CACHE_ENTRIES_MAX {
             view.clear();
         } else {
-            // Keys made and deleted between two commits (most are the
-            // records of promises freed as soon as they settled, never read
-            // again) leave the view, so that it keeps what is read rather
-            // than filling with them and starting over.
-            for key in self.dirty.iter() {
-                match view.get_mut(&**key) {
-                    Some(slot) if slot.value.is_none() && slot.in_db == Some(false) => {
-                        view.remove(&**key);
-                    }
-                    Some(slot) => {
-                        slot.dirty = false;
-                        slot.in_db = Some(slot.value.is_some());
-                    }
-                    None => {}
-                }
+            for key in &changed {
+                let slot = view
+                    .get_mut(&**key)
+                    .expect("swingstore invariant: a dirty key has a slot in the view");
+                slot.dirty = false;
+                slot.in_db = Some(slot.value.is_some());
             }
         }
         self.dirty.clear();
@@ -549,26 +542,61 @@ impl SwingStore {
         Ok(())
     }
 
-    fn write_pending(&self) -> Result<()> {
+    /// Splits the dirty keys for a commit. Those made and deleted since the
+    /// last one cost SQLite nothing: they leave the view now (most are the
+    /// records of promises freed as soon as they settled, never read
+    /// again), so that it keeps what is read rather than filling with them,
+    /// and are returned second. The rest are returned first, in key order,
+    /// which SQLite's B-tree takes fastest. One probe of the view per key:
+    /// a grouped commit after 1,000 pingpong cranks has 14,000 dirty keys
+    /// and writes 20.
+    fn take_gone_keys(&mut self) -> (Vec<Rc<str>>, Vec<Rc<str>>) {
+        let view = self.view.get_mut();
+        let (mut changed, mut gone) = (Vec::new(), Vec::new());
+        for key in self.dirty.iter() {
+            let hashbrown::hash_map::EntryRef::Occupied(entry) = view.entry_ref(&**key) else {
+                panic!("swingstore invariant: a dirty key has a slot in the view ({key})");
+            };
+            let slot = entry.get();
+            assert!(
+                slot.dirty,
+                "swingstore invariant: a dirty key has a dirty slot ({key})"
+            );
+            if slot.value.is_none() && slot.in_db == Some(false) {
+                entry.remove();
+                gone.push(key.clone());
+            } else {
+                changed.push(key.clone());
+            }
+        }
+        changed.sort_unstable();
+        (changed, gone)
+    }
+
+    /// Puts back what [`Self::take_gone_keys`] took from the view, for a
+    /// commit that failed: the keys stay dirty, deleted, never in SQLite.
+    fn restore_gone_keys(&mut self, gone: Vec<Rc<str>>) {
+        let view = self.view.get_mut();
+        for key in gone {
+            let slot = Slot {
+                value: None,
+                dirty: true,
+                in_db: Some(false),
+            };
+            view.insert(key, slot);
+        }
+    }
+
+    /// Writes the `changed` keys (in key order) and the pending bundles,
+    /// and commits the transaction.
+    fn write_pending(&self, changed: &[Rc<str>]) -> Result<()> {
         let view = self.view.borrow();
-        // A key made and deleted since the last commit costs SQLite nothing;
-        // the rest are written in key order, which SQLite's B-tree takes fastest.
-        let mut changed: Vec<(&str, &Option<String>)> = self
-            .dirty
-            .iter()
-            .filter_map(|key| {
-                let slot = view
-                    .get(key)
-                    .expect("swingstore invariant: a dirty key has a slot in the view");
-                assert!(
-                    slot.dirty,
-                    "swingstore invariant: a dirty key has a dirty slot"
-                );
-                let gone = slot.value.is_none() && slot.in_db == Some(false);
-                (!gone).then_some((&**key, &slot.value))
-            })
-            .collect();
-        changed.sort_unstable_by_key(|(key, _)| *key);
+        let changed = changed.iter().map(|key| {
+            let slot = view
+                .get(&**key)
+                .expect("swingstore invariant: a dirty key has a slot in the view");
+            (&**key, &slot.value)
+        });
         let statements = changed.len() as u64;
         let (upserts, deletions): (Vec<_>, Vec<_>) =
             changed.into_iter().partition(|(_, value)| value.is_some());
@@ -1325,6 +1353,43 @@ mod tests {
         let parsed = SwingStore::parse_cid(&cid.to_string()).unwrap();
         assert_eq!(parsed, cid);
         assert!(SwingStore::parse_cid("not-a-cid").is_err());
+    }
+
+    #[test]
+    fn a_commit_that_fails_keeps_every_uncommitted_write_for_the_next() {
+        let (dir, mut store) = fresh();
+        // SQLite refuses one row, as a full disk would refuse the commit.
+        let other = Connection::open(dir.path().join("store.sqlite")).unwrap();
+        other
+            .execute_batch(
+                "CREATE TRIGGER refuse BEFORE INSERT ON kv WHEN NEW.key = 'v1.poison' \
+                 BEGIN SELECT RAISE(ABORT, 'refused'); END;",
+            )
+            .unwrap();
+        store.set("v1.kept", "1").unwrap();
+        store.commit().unwrap();
+        // Made and deleted before the commit (never in SQLite), changed, deleted, made.
+        store.set_new("v1.brief", "x").unwrap();
+        store.delete_new("v1.brief").unwrap();
+        store.set("v1.kept", "2").unwrap();
+        store.set("v1.poison", "p").unwrap();
+        store.set("v1.new", "n").unwrap();
+        assert!(store.commit().is_err());
+        // The store is its file's only writer once it reads again.
+        other.execute_batch("DROP TRIGGER refuse").unwrap();
+        let expected = vec![
+            ("v1.kept".to_owned(), "2".to_owned()),
+            ("v1.new".to_owned(), "n".to_owned()),
+            ("v1.poison".to_owned(), "p".to_owned()),
+        ];
+        assert_eq!(store.scan_prefix("v1.").unwrap(), expected);
+        assert_eq!(store.get("v1.brief").unwrap(), None);
+        store.commit().unwrap();
+        assert!(!store.has_uncommitted());
+        drop(store);
+        let reopened =
+            SwingStore::open(&dir.path().join("store.sqlite"), Durability::Normal).unwrap();
+        assert_eq!(reopened.scan_prefix("v1.").unwrap(), expected);
     }
 
     #[test]
