@@ -137,6 +137,11 @@ struct Slot {
     in_db: Option<bool>,
 }
 
+/// A commit's changed keys, marked clean before it is written, each with
+/// what was known before of its presence in SQLite (`Slot::in_db`): what a
+/// failed write puts back.
+type CleanedKeys = Vec<(Rc<str>, Option<bool>)>;
+
 /// What an open crank's abort undoes.
 #[derive(Debug)]
 struct Crank {
@@ -517,40 +522,33 @@ impl SwingStore {
         if !self.reading.replace(false) {
             self.conn.execute_batch("BEGIN IMMEDIATE")?;
         }
-        let (changed, gone) = self.take_gone_keys();
+        let (changed, gone) = self.take_dirty_keys();
         if let Err(e) = self.write_pending(&changed) {
             // Nothing of this commit reaches the file; the overlays are kept.
             let _ = self.conn.execute_batch("ROLLBACK");
-            self.restore_gone_keys(gone);
+            self.restore_dirty_keys(changed, gone);
             return Err(e);
         }
         self.written_one(wake);
         let view = self.view.get_mut();
         if view.len() > READ_CACHE_ENTRIES_MAX {
             view.clear();
-        } else {
-            for key in &changed {
-                let slot = view
-                    .get_mut(&**key)
-                    .expect("swingstore invariant: a dirty key has a slot in the view");
-                slot.dirty = false;
-                slot.in_db = Some(slot.value.is_some());
-            }
         }
         self.dirty.clear();
         self.pending_bundles.clear();
         Ok(())
     }
 
-    /// Splits the dirty keys for a commit. Those made and deleted since the
-    /// last one cost SQLite nothing: they leave the view now (most are the
+    /// Takes the dirty keys for a commit about to be written, with one probe
+    /// of the view each (a grouped commit after 1,000 pingpong cranks has
+    /// 14,000 dirty keys and writes 20). Those made and deleted since the
+    /// last commit cost SQLite nothing: they leave the view (most are the
     /// records of promises freed as soon as they settled, never read
     /// again), so that it keeps what is read rather than filling with them,
-    /// and are returned second. The rest are returned first, in key order,
-    /// which SQLite's B-tree takes fastest. One probe of the view per key:
-    /// a grouped commit after 1,000 pingpong cranks has 14,000 dirty keys
-    /// and writes 20.
-    fn take_gone_keys(&mut self) -> (Vec<Rc<str>>, Vec<Rc<str>>) {
+    /// and are returned second. The rest are marked clean and returned
+    /// first, in key order (which SQLite's B-tree takes fastest), each with
+    /// what was known before of its presence in SQLite.
+    fn take_dirty_keys(&mut self) -> (CleanedKeys, Vec<Rc<str>>) {
         let view = self.view.get_mut();
         let (mut changed, mut gone) = (Vec::new(), Vec::new());
         for key in self.dirty.iter() {
@@ -566,17 +564,27 @@ impl SwingStore {
                 entry.remove();
                 gone.push(key.clone());
             } else {
-                changed.push(key.clone());
+                let slot = entry.into_mut();
+                changed.push((key.clone(), slot.in_db));
+                slot.dirty = false;
+                slot.in_db = Some(slot.value.is_some());
             }
         }
-        changed.sort_unstable();
+        changed.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
         (changed, gone)
     }
 
-    /// Puts back what [`Self::take_gone_keys`] took from the view, for a
-    /// commit that failed: the keys stay dirty, deleted, never in SQLite.
-    fn restore_gone_keys(&mut self, gone: Vec<Rc<str>>) {
+    /// Undoes [`Self::take_dirty_keys`], for a commit that failed: every key
+    /// is dirty again, as it was.
+    fn restore_dirty_keys(&mut self, changed: CleanedKeys, gone: Vec<Rc<str>>) {
         let view = self.view.get_mut();
+        for (key, in_db) in changed {
+            let slot = view
+                .get_mut(&*key)
+                .expect("swingstore invariant: a dirty key has a slot in the view");
+            slot.dirty = true;
+            slot.in_db = in_db;
+        }
         for key in gone {
             let slot = Slot {
                 value: None,
@@ -589,9 +597,9 @@ impl SwingStore {
 
     /// Writes the `changed` keys (in key order) and the pending bundles,
     /// and commits the transaction.
-    fn write_pending(&self, changed: &[Rc<str>]) -> Result<()> {
+    fn write_pending(&self, changed: &CleanedKeys) -> Result<()> {
         let view = self.view.borrow();
-        let changed = changed.iter().map(|key| {
+        let changed = changed.iter().map(|(key, _)| {
             let slot = view
                 .get(&**key)
                 .expect("swingstore invariant: a dirty key has a slot in the view");
