@@ -483,6 +483,11 @@ impl KernelState {
     }
 
     pub(crate) fn get(&self, key: &str) -> StoreResult<Option<String>> {
+        // Most reads find the key in the store's memory: only a miss needs
+        // to know whether SQLite could hold it.
+        if let Some(value) = self.store.get_cached(key)? {
+            return Ok(value);
+        }
         if self.fresh.names_fresh(key) {
             return self.store.get_uncommitted(key);
         }

@@ -693,6 +693,21 @@ impl SwingStore {
         Ok(value)
     }
 
+    /// [`Self::get`] answered from memory alone: `Some` when the store holds
+    /// `key`'s value there (written since the last commit, or read before),
+    /// `None` when only SQLite can say. For a caller that decides how to
+    /// read a key the view lacks ([`Self::get_uncommitted`] or
+    /// [`Self::get`]) only when it does lack it.
+    /// A miss is not a read: the caller's next call makes it.
+    pub fn get_cached(&self, key: &str) -> Result<Option<Option<String>>> {
+        let Some(value) = self.view.borrow().get(key).map(|slot| slot.value.clone()) else {
+            return Ok(None);
+        };
+        self.read_allowed()?;
+        self.count(|stats| stats.reads += 1);
+        Ok(Some(value))
+    }
+
     /// [`Self::get`] of a key the caller knows no commit has written (it
     /// names an id allocated since the last commit): answered from memory,
     /// without a SQLite query. Debug builds check the claim against SQLite.
