@@ -676,11 +676,11 @@ impl SwingStore {
     }
 
     pub fn get(&self, key: &str) -> Result<Option<String>> {
+        if let Some(value) = self.get_cached(key)? {
+            return Ok(value);
+        }
         self.read_allowed()?;
         self.count(|stats| stats.reads += 1);
-        if let Some(slot) = self.view.borrow().get(key) {
-            return Ok(slot.value.clone());
-        }
         let value = self.committed_value(key)?;
         self.view.borrow_mut().insert(
             Rc::from(key),
@@ -697,8 +697,8 @@ impl SwingStore {
     /// `key`'s value there (written since the last commit, or read before),
     /// `None` when only SQLite can say. For a caller that decides how to
     /// read a key the view lacks ([`Self::get_uncommitted`] or
-    /// [`Self::get`]) only when it does lack it.
-    /// A miss is not a read: the caller's next call makes it.
+    /// [`Self::get`]) only when it does lack it. A miss is not counted as
+    /// a read: the caller's next call makes it.
     pub fn get_cached(&self, key: &str) -> Result<Option<Option<String>>> {
         let Some(value) = self.view.borrow().get(key).map(|slot| slot.value.clone()) else {
             return Ok(None);
@@ -715,11 +715,11 @@ impl SwingStore {
     /// their id is no longer fresh, and caching them grew the view by the
     /// thousand between commits.
     pub fn get_uncommitted(&self, key: &str) -> Result<Option<String>> {
+        if let Some(value) = self.get_cached(key)? {
+            return Ok(value);
+        }
         self.read_allowed()?;
         self.count(|stats| stats.reads += 1);
-        if let Some(slot) = self.view.borrow().get(key) {
-            return Ok(slot.value.clone());
-        }
         debug_assert!(
             self.committed_value(key)?.is_none(),
             "swingstore invariant: get_uncommitted of a committed key ({key})"
