@@ -4,6 +4,11 @@
 
 use std::process::ExitCode;
 
+/// The allocator the `vat` binary runs with: a worker's syscalls allocate
+/// and free many small strings.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     // The only argument is `--vat ID`, a label that shows in `ps`.
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -5,6 +5,10 @@
 
 use std::path::{Path, PathBuf};
 
+/// The allocator the `vat` binary and `vat-supervisor` run with.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The profile folder this bench binary runs from (`<target>/<profile>`).
 pub fn profile_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("bench binary path");
