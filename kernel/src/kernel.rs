@@ -4,6 +4,8 @@
 
 use crate::keys;
 use std::collections::HashMap;
+
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -215,7 +217,7 @@ pub struct Kernel {
     pub(crate) state: KernelState,
     host: WasmHost,
     modules: HashMap<String, VatModule>,
-    workers: HashMap<EndpointId, VatWorker>,
+    workers: FxHashMap<EndpointId, VatWorker>,
     /// Who is awake, in what order they were used, and spare processes.
     residency: Residency,
     /// `vats_resident_max`: how many vats keep a worker between cranks.
@@ -236,7 +238,7 @@ pub struct Kernel {
     cranks_total: u64,
     /// Deliveries to each vat since its last `bringOutYourDead`. Kept in
     /// memory only: when a vat collects its garbage does not change what it does.
-    deliveries_since_collection: HashMap<EndpointId, u32>,
+    deliveries_since_collection: FxHashMap<EndpointId, u32>,
     /// GC actions accumulate instead of being delivered (benchmarks only).
     gc_deferred: bool,
     /// What endpoints emitted in committed cranks, waiting to be sent.
@@ -248,14 +250,14 @@ pub struct Kernel {
     engine_memory: EngineMemory,
     /// Each running worker's `message_bytes_max`, so an oversized delivery
     /// is refused before it reaches the worker.
-    message_bytes_max: HashMap<EndpointId, usize>,
+    message_bytes_max: FxHashMap<EndpointId, usize>,
     /// Vats whose last deliveries faulted, and how many in a row (mirrors
     /// `v<N>.faults`, so a delivery that succeeds writes nothing unless
     /// there is a count to clear).
-    faults_in_a_row: HashMap<EndpointId, u32>,
+    faults_in_a_row: FxHashMap<EndpointId, u32>,
     /// Vats whose last GC or `bringOutYourDead` delivery faulted once: the
     /// next fault of such a delivery suspends them.
-    side_faulted: std::collections::HashSet<EndpointId>,
+    side_faulted: FxHashSet<EndpointId>,
 }
 
 /// A vat gets a `bringOutYourDead` delivery after this many other deliveries.
@@ -310,7 +312,7 @@ impl Kernel {
             state: KernelState::new(store),
             host: WasmHost::new()?,
             modules: HashMap::new(),
-            workers: HashMap::new(),
+            workers: FxHashMap::default(),
             residency: Residency::default(),
             vats_resident_max: crate::resident::VATS_RESIDENT_MAX_DEFAULT,
             warm_spares: 0,
@@ -322,13 +324,13 @@ impl Kernel {
             cranks_since_commit: 0,
             last_commit: Instant::now(),
             cranks_total: 0,
-            deliveries_since_collection: HashMap::new(),
+            deliveries_since_collection: FxHashMap::default(),
             gc_deferred: false,
             outbound_ready: Vec::new(),
             engines: Engines::default(),
             engine_memory: EngineMemory::default(),
-            message_bytes_max: HashMap::new(),
-            faults_in_a_row: HashMap::new(),
+            message_bytes_max: FxHashMap::default(),
+            faults_in_a_row: FxHashMap::default(),
             side_faulted: Default::default(),
         })
     }
@@ -2516,7 +2518,7 @@ impl<'a> VatSyscalls<'a> {
     }
 
     fn vatstore_key(&self, key: &str) -> String {
-        format!("{}{key}", keys::vatstore_prefix(&self.vat))
+        keys::vatstore(&self.vat, key)
     }
 
     /// One function per syscall.

@@ -95,6 +95,11 @@ pub(crate) fn vatstore_prefix(vat: Id<'_>) -> String {
     key(vat, "vs.")
 }
 
+/// A vat's vatstore entry `key` (whatever the vat named it).
+pub(crate) fn vatstore(vat: Id<'_>, key: &str) -> String {
+    join(&[vat.as_ref(), ".vs.", key])
+}
+
 /// Present while vat `vat`'s heap may hold what its vatstore does not
 /// (its last report said what, or it has not reported): such a vat stays
 /// awake, and a kernel that starts wakes it to tell it it restarted.
@@ -159,6 +164,18 @@ pub(crate) fn subscriber_prefix(kpid: Id<'_>) -> String {
     key(kpid, "sub.")
 }
 
+/// Endpoint `subscriber`'s subscription to a promise.
+pub(crate) fn subscriber(kpid: Id<'_>, subscriber: Id<'_>) -> String {
+    join(&[kpid.as_ref(), ".sub.", subscriber.as_ref()])
+}
+
+/// `prefix` followed by `n` in decimal (`ko12`, `p-3`): ids and counts
+/// are made every crank, and `format!` costs several times more.
+pub(crate) fn numbered(prefix: &str, n: u64) -> String {
+    let mut digits = itoa::Buffer::new();
+    join(&[prefix, digits.format(n)])
+}
+
 pub(crate) fn pet_name(name: Id<'_>) -> String {
     join(&["pet.", name.as_ref()])
 }
@@ -214,5 +231,9 @@ mod tests {
         assert_eq!(vatstore_prefix(&vat), "v3.vs.");
         assert_eq!(gc_action("drop", &vat, &"ko7"), "gc.drop.v3.ko7");
         assert_eq!(run_queue(12), "runQueue.12");
+        assert_eq!(vatstore(&vat, "vom.ids"), "v3.vs.vom.ids");
+        assert_eq!(subscriber(&"kp4", &vat), "kp4.sub.v3");
+        assert_eq!(numbered("ko", 0), "ko0");
+        assert_eq!(numbered("p-", u64::MAX), "p-18446744073709551615");
     }
 }

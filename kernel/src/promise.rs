@@ -93,15 +93,24 @@ impl PromiseRecord {
         })
     }
 
+    /// The record as text. Built by hand: a crank writes several records,
+    /// and `format!` cost several times more.
     pub(crate) fn to_text(&self) -> String {
         let decider = self.decider.as_deref().unwrap_or("-");
-        format!(
-            "{} {} {} {} {decider}",
+        let (mut refs, mut queued) = (itoa::Buffer::new(), itoa::Buffer::new());
+        let pinned = if self.pinned { "1" } else { "0" };
+        [
             self.settlement.as_str(),
-            self.refs,
-            self.queued,
-            u8::from(self.pinned)
-        )
+            " ",
+            refs.format(self.refs),
+            " ",
+            queued.format(self.queued),
+            " ",
+            pinned,
+            " ",
+            decider,
+        ]
+        .concat()
     }
 }
 

@@ -9,7 +9,9 @@
 //! kept within `vats_resident_max` between cranks; vats that cannot sleep
 //! stay awake past it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use rustc_hash::FxHashMap;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use vat_supervisor::{ProcessWorker, SyscallHandler, ThreadWorker, VatFault, Worker};
@@ -77,7 +79,7 @@ pub struct ResidencyCounts {
 pub(crate) struct Residency {
     tick: u64,
     /// Each resident vat's last use, and when its activity was last written.
-    last_used: HashMap<EndpointId, (u64, u64)>,
+    last_used: FxHashMap<EndpointId, (u64, u64)>,
     by_age: BTreeMap<u64, EndpointId>,
     spare: Vec<ProcessWorker>,
     pub(crate) counts: ResidencyCounts,

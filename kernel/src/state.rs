@@ -539,7 +539,7 @@ impl KernelState {
     /// Takes the next number from the counter at `key` (counters start at 1).
     pub(crate) fn next_id(&mut self, key: &str) -> StoreResult<u64> {
         let id = parse_counter(key, self.get(key)?);
-        self.set(key, &(id + 1).to_string())?;
+        self.set(key, itoa::Buffer::new().format(id + 1))?;
         Ok(id)
     }
 
@@ -551,7 +551,7 @@ impl KernelState {
     }
 
     pub(crate) fn allocate_object(&mut self, owner: &str) -> StoreResult<Kref> {
-        let kref = Kref::from_table(format!("ko{}", self.next_id(keys::NEXT_OBJECT)?));
+        let kref = Kref::from_table(keys::numbered("ko", self.next_id(keys::NEXT_OBJECT)?));
         self.fresh.note_kref(&kref);
         self.store.set_new(&keys::owner(&kref), owner)?;
         Ok(kref)
@@ -559,7 +559,7 @@ impl KernelState {
 
     /// A new unresolved promise, decided by `decider` (or by the kernel).
     pub(crate) fn allocate_promise(&mut self, decider: Option<&str>) -> StoreResult<Kref> {
-        let kpid = Kref::from_table(format!("kp{}", self.next_id(keys::NEXT_PROMISE)?));
+        let kpid = Kref::from_table(keys::numbered("kp", self.next_id(keys::NEXT_PROMISE)?));
         self.fresh.note_kref(&kpid);
         let record = PromiseRecord::new(decider.map(EndpointId::from_table));
         self.store
@@ -680,9 +680,8 @@ impl KernelState {
         for (key, _) in queue {
             self.delete(key)?;
         }
-        let prefix = subscriber_prefix(kpid);
         for vat in subscribers {
-            self.delete(&format!("{prefix}{vat}"))?;
+            self.delete(&keys::subscriber(&kpid, vat))?;
         }
         Ok(())
     }
@@ -789,7 +788,7 @@ impl KernelState {
 
     /// Subscribes `vat` to `kpid` (once, however often it asks).
     pub(crate) fn add_subscriber(&mut self, kpid: &str, vat: &str) -> StoreResult<()> {
-        self.set(&format!("{}{vat}", subscriber_prefix(kpid)), "")
+        self.set(&keys::subscriber(&kpid, &vat), "")
     }
 
     /// An object's (reachable, recognizable) counts.
@@ -847,7 +846,9 @@ impl KernelState {
         if r == 0 {
             self.maybe_unreachable.insert(ko.to_owned());
         }
-        self.set(&keys::refs(&ko), &format!("{r},{c}"))
+        let (mut r_text, mut c_text) = (itoa::Buffer::new(), itoa::Buffer::new());
+        let counts = [r_text.format(r), ",", c_text.format(c)].concat();
+        self.set(&keys::refs(&ko), &counts)
     }
 
     /// One more place refers to `kref` (reachably, for an object).
@@ -1160,7 +1161,7 @@ impl KernelState {
                 && self.get(&keys::clist(&vat, &vref))?.is_none(),
             "kernel invariant: c-list symmetry ({vat} maps {kref} or {vref} already)"
         );
-        self.set(&keys::clist(&vat, &kref), &format!("R {vref}"))?;
+        self.set(&keys::clist(&vat, &kref), &["R ", vref].concat())?;
         self.set(&keys::clist(&vat, &vref), kref)?;
         if self.is_own_export(vat, kref)? {
             return Ok(());
@@ -1210,12 +1211,12 @@ impl KernelState {
 
     /// Allocates the next import vref of `kind` (`o` or `p`) in `vat`.
     pub(crate) fn allocate_import_vref(&mut self, vat: &str, kind: char) -> StoreResult<String> {
-        let key = if kind == 'o' {
-            keys::vat_next_object(&vat)
+        let (key, prefix) = if kind == 'o' {
+            (keys::vat_next_object(&vat), "o-")
         } else {
-            keys::vat_next_promise(&vat)
+            (keys::vat_next_promise(&vat), "p-")
         };
-        let vref = format!("{kind}-{}", self.next_id(&key)?);
+        let vref = keys::numbered(prefix, self.next_id(&key)?);
         self.fresh.note_import_key(keys::clist(&vat, &vref));
         Ok(vref)
     }

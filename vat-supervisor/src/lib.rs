@@ -339,6 +339,10 @@ struct HostState {
     fault: Option<VatFault>,
     /// How the guest encodes syscall payloads (and expects deliveries): its ABI version's.
     encoding: Encoding,
+    /// The instance's exported memory, once instantiated: each syscall
+    /// reads its payload there, and looking the export up by name hashed
+    /// the name every time.
+    memory: Option<Memory>,
 }
 
 fn engine_error(e: impl fmt::Display) -> SupervisorError {
@@ -488,6 +492,9 @@ impl WasmHost {
 }
 
 fn memory_of(caller: &mut Caller<'_, HostState>) -> Result<Memory, VatFault> {
+    if let Some(memory) = caller.data().memory {
+        return Ok(memory);
+    }
     match caller.get_export("memory") {
         Some(Extern::Memory(memory)) => Ok(memory),
         _ => Err(VatFault::AbiViolation(
@@ -771,6 +778,7 @@ impl ThreadWorker {
             fault: None,
             // Until the instance says which version it speaks, below.
             encoding: Encoding::native(),
+            memory: None,
         };
         let mut store = Store::new(&host.engine, state);
         store.limiter(|state| &mut state.limiter);
@@ -787,6 +795,7 @@ impl ThreadWorker {
         let memory = instance
             .get_memory(&mut store, "memory")
             .ok_or(SupervisorError::MissingExport("memory"))?;
+        store.data_mut().memory = Some(memory);
         let alloc = instance
             .get_typed_func::<i32, i32>(&mut store, "vat_alloc")
             .map_err(|e| signature_error("vat_alloc", e))?;
