@@ -788,6 +788,12 @@ impl KernelState {
 
     /// Subscribes `vat` to `kpid` (once, however often it asks).
     pub(crate) fn add_subscriber(&mut self, kpid: &str, vat: &str) -> StoreResult<()> {
+        // Cheap (the crank has the record at hand), and what lets a settled
+        // promise be freed without a scan for its subscribers.
+        assert!(
+            self.existing_promise(kpid)?.settlement == Settlement::Unresolved,
+            "kernel invariant: only an unresolved promise takes subscribers ({kpid})"
+        );
         self.set(&keys::subscriber(&kpid, &vat), "")
     }
 
@@ -914,12 +920,16 @@ impl KernelState {
             if let Some(data) = self.promise_data(&kpid)? {
                 released.extend(data.slots);
             }
-            let queue = self.promise_queue(&kpid)?;
-            for (_, message) in &queue {
-                released.extend(krefs_in_message(message).map(str::to_owned));
+            // A settled promise's queue and subscribers went as it settled
+            // (most promises are freed settled): no scan for them.
+            if record.settlement == Settlement::Unresolved {
+                let queue = self.promise_queue(&kpid)?;
+                for (_, message) in &queue {
+                    released.extend(krefs_in_message(message).map(str::to_owned));
+                }
+                let subscribers = self.subscribers(&kpid)?;
+                self.delete_waiters(&kpid, &queue, &subscribers)?;
             }
-            let subscribers = self.subscribers(&kpid)?;
-            self.delete_waiters(&kpid, &queue, &subscribers)?;
             self.unindex_decider(&kpid, &record)?;
             self.put_promise_record(&kpid, None)?;
             self.delete(&keys::settlement(&kpid))?;
