@@ -2399,7 +2399,7 @@ fn kref_to_vref(state: &mut KernelState, vat: &str, kref: &str) -> Result<String
     }
     let kind = if kref.starts_with("ko") { 'o' } else { 'p' };
     let vref = state.allocate_import_vref(vat, kind)?;
-    state.clist_add(vat, kref, &vref)?;
+    state.clist_add_import(vat, kref, &vref)?;
     Ok(vref)
 }
 

@@ -1171,6 +1171,29 @@ impl KernelState {
                 && self.get(&keys::clist(&vat, &vref))?.is_none(),
             "kernel invariant: c-list symmetry ({vat} maps {kref} or {vref} already)"
         );
+        self.clist_insert(vat, kref, vref)
+    }
+
+    /// [`Self::clist_add`] of an import: `kref`, which the caller has just
+    /// found absent from `vat`'s c-list, under `vref`, which
+    /// [`Self::allocate_import_vref`] has just made. Both checks of
+    /// `clist_add` hold by construction, so they are not read again (in
+    /// debug builds they are).
+    pub(crate) fn clist_add_import(
+        &mut self,
+        vat: &str,
+        kref: &str,
+        vref: &str,
+    ) -> StoreResult<()> {
+        debug_assert!(
+            self.get(&keys::clist(&vat, &kref))?.is_none()
+                && self.get(&keys::clist(&vat, &vref))?.is_none(),
+            "kernel invariant: c-list symmetry ({vat} maps {kref} or {vref} already)"
+        );
+        self.clist_insert(vat, kref, vref)
+    }
+
+    fn clist_insert(&mut self, vat: &str, kref: &str, vref: &str) -> StoreResult<()> {
         self.set(&keys::clist(&vat, &kref), &["R ", vref].concat())?;
         self.set(&keys::clist(&vat, &vref), kref)?;
         if self.is_own_export(vat, kref)? {
