@@ -10,9 +10,9 @@
 //! stay awake past it.
 
 use std::collections::BTreeMap;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use rustc_hash::FxHashMap;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use vat_supervisor::{ProcessWorker, SyscallHandler, ThreadWorker, VatFault, Worker};
 

@@ -296,7 +296,7 @@ fn migrate_waiters_from_v1(store: &mut SwingStore) -> StoreResult<()> {
             store.delete(&key)?;
         } else if let Some(kpid) = key.strip_suffix(".subscribers") {
             for vat in value.split(',').filter(|vat| !vat.is_empty()) {
-                store.set(&format!("{}{vat}", subscriber_prefix(kpid)), "")?;
+                store.set(&keys::subscriber(&kpid, &vat), "")?;
             }
             store.delete(&key)?;
         }
