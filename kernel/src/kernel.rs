@@ -556,20 +556,23 @@ impl Kernel {
     ) -> Result<SpawnModule, KernelError> {
         let bundle = swingstore::cid_of(wasm);
         let cid = bundle.to_string();
-        let loaded = match (self.modules.get(&cid), self.cached_artifact(&cid), worker) {
-            (Some(module), ..) => {
-                let module = module.clone();
-                self.write_bundle(&bundle, wasm)?;
-                Some(module)
-            }
-            (None, Some(_), WorkerKind::Process) => {
+        if let Some(module) = self.modules.get(&cid).cloned() {
+            self.write_bundle(&bundle, wasm)?;
+            return Ok(SpawnModule {
+                cid: bundle,
+                loaded: Some(module),
+            });
+        }
+        // Only a module not in memory is looked for in the module cache.
+        let loaded = match (self.cached_artifact(&cid), worker) {
+            (Some(_), WorkerKind::Process) => {
                 self.write_bundle(&bundle, wasm)?;
                 None
             }
-            (None, Some(artifact), WorkerKind::Thread) => {
+            (Some(artifact), WorkerKind::Thread) => {
                 Some(self.load_while_writing(&artifact, &bundle, wasm)?)
             }
-            (None, None, _) => {
+            (None, _) => {
                 let module = self.compile(wasm, &cid)?;
                 self.write_bundle(&bundle, wasm)?;
                 Some(module)
