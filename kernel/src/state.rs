@@ -615,14 +615,16 @@ impl KernelState {
 
     /// Writes the records the crank changed to the store, as it ends.
     fn write_back_promise_records(&mut self) -> StoreResult<()> {
-        let records = std::mem::take(self.records.get_mut());
-        for (kpid, cached) in records {
+        // Drained, not taken: the map keeps its capacity for the next crank.
+        let mut records = std::mem::take(self.records.get_mut());
+        for (kpid, cached) in records.drain() {
             match (cached.changed, cached.record) {
                 (false, _) => {}
                 (true, Some(record)) => self.set(&keys::promise(&kpid), &record.to_text())?,
                 (true, None) => self.delete(&keys::promise(&kpid))?,
             }
         }
+        *self.records.get_mut() = records;
         Ok(())
     }
 
@@ -637,17 +639,38 @@ impl KernelState {
         self.put_promise_record(kpid, Some(record.clone()))
     }
 
-    /// Changes `kpid`'s record by `change`. The record is read again each
-    /// time: a change to one field never writes back a stale copy of another.
-    fn change_promise(
+    /// Changes `kpid`'s record by `change`, and returns what `change` does.
+    /// The record is read again each time: a change to one field never
+    /// writes back a stale copy of another. During a crank the record is
+    /// changed where the crank's cache holds it: a message passing through
+    /// the run queue changes its result promise's count twice, and neither
+    /// change copies the record.
+    fn change_promise<T>(
         &mut self,
         kpid: &str,
-        change: impl FnOnce(&mut PromiseRecord),
-    ) -> StoreResult<PromiseRecord> {
-        let mut record = self.existing_promise(kpid)?;
-        change(&mut record);
-        self.set_promise_record(kpid, &record)?;
-        Ok(record)
+        change: impl FnOnce(&mut PromiseRecord) -> T,
+    ) -> StoreResult<T> {
+        if !self.store.in_crank() {
+            let mut record = self.existing_promise(kpid)?;
+            let changed = change(&mut record);
+            self.set_promise_record(kpid, &record)?;
+            return Ok(changed);
+        }
+        if !self.records.get_mut().contains_key(kpid) {
+            self.promise_record(kpid)?;
+        }
+        let cached = self
+            .records
+            .get_mut()
+            .get_mut(kpid)
+            .expect("kernel invariant: a crank caches each promise record it reads");
+        let record = cached
+            .record
+            .as_mut()
+            .unwrap_or_else(|| panic!("kernel invariant: {kpid} is a known promise"));
+        let changed = change(record);
+        cached.changed = true;
+        Ok(changed)
     }
 
     /// The messages waiting on `kpid`, in order (none when it has no queue),
@@ -870,12 +893,13 @@ impl KernelState {
     /// One place fewer refers to `kref`; at zero it may be freed at the crank's end.
     pub(crate) fn decref(&mut self, kref: &str) -> StoreResult<()> {
         if kref.starts_with("kp") {
-            let record = self.change_promise(kref, |record| {
+            let refs = self.change_promise(kref, |record| {
                 record.refs = record.refs.checked_sub(1).unwrap_or_else(|| {
                     panic!("kernel invariant: the refcount of {kref} never goes negative")
                 });
+                record.refs
             })?;
-            if record.refs == 0 {
+            if refs == 0 {
                 self.maybe_free.insert(kref.to_owned());
             }
         } else if kref.starts_with("ko") {
