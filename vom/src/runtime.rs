@@ -21,8 +21,14 @@ use crate::capdata::{self, CapData, ErrorValue, Ref, Value};
 use crate::collections::Baggage;
 use crate::{Args, Error, Exo, Reply, durable, sys};
 
-/// The vatstore key under which vom keeps its id counters.
+/// The vatstore key under which vom keeps its id counters: for each of
+/// exports and promises, the highest id this vat may have used.
 const IDS_KEY: &str = "vom.ids";
+/// How many ids of a kind one write of [`IDS_KEY`] reserves. A vat writes
+/// the key when it passes its reservation, not at each send; a restarted
+/// vat starts after what was reserved, so the unused rest of a block is
+/// skipped, never reused.
+const IDS_RESERVED_PER_WRITE: u64 = 100;
 /// Vatstore keys with this prefix belong to vom; programs may not touch them.
 pub(crate) const RESERVED_PREFIX: &str = "vom.";
 /// The vref of every vat's root object.
@@ -90,6 +96,10 @@ struct VatState {
     export_ids: HashMap<usize, String>,
     next_export_id: u64,
     next_promise_id: u64,
+    /// The ids [`IDS_KEY`] reserves (or will, once written): up to these,
+    /// an id is allocated without a write.
+    reserved_export_id: u64,
+    reserved_promise_id: u64,
     ids_dirty: bool,
     promises: HashMap<String, PromiseRecord>,
     tasks: HashMap<u64, Task>,
@@ -129,7 +139,7 @@ pub fn export(object: Rc<dyn Exo>) -> Value {
             return vref.clone();
         }
         vat.next_export_id += 1;
-        vat.ids_dirty = true;
+        vat.ids_dirty |= reserve(vat.next_export_id, &mut vat.reserved_export_id);
         let vref = format!("o+{}", vat.next_export_id);
         vat.export_ids.insert(key, vref.clone());
         vat.exports.insert(vref.clone(), object);
@@ -138,10 +148,20 @@ pub fn export(object: Rc<dyn Exo>) -> Value {
     Value::Remotable(Ref::with_iface(slot, Some(iface)))
 }
 
+/// Reserves a new block of ids when `id` is past `reserved`; says whether
+/// it did (and so [`IDS_KEY`] must be written).
+fn reserve(id: u64, reserved: &mut u64) -> bool {
+    if id <= *reserved {
+        return false;
+    }
+    *reserved = id + (IDS_RESERVED_PER_WRITE - 1);
+    true
+}
+
 pub(crate) fn allocate_promise() -> String {
     with_vat(|vat| {
         vat.next_promise_id += 1;
-        vat.ids_dirty = true;
+        vat.ids_dirty |= reserve(vat.next_promise_id, &mut vat.reserved_promise_id);
         let vpid = format!("p+{}", vat.next_promise_id);
         vat.promises.insert(vpid.clone(), PromiseRecord::default());
         vpid
@@ -494,16 +514,19 @@ fn load_ids() {
         }
         None => (0, 0),
     };
+    // Any id up to what was reserved may have been used before the restart.
     with_vat(|vat| {
         vat.next_export_id = export_id;
         vat.next_promise_id = promise_id;
+        vat.reserved_export_id = export_id;
+        vat.reserved_promise_id = promise_id;
     });
 }
 
 fn save_ids_if_dirty() {
     let ids = with_vat(|vat| {
         std::mem::take(&mut vat.ids_dirty)
-            .then(|| format!("{},{}", vat.next_export_id, vat.next_promise_id))
+            .then(|| format!("{},{}", vat.reserved_export_id, vat.reserved_promise_id))
     });
     if let Some(ids) = ids {
         sys::vatstore_set(IDS_KEY, &ids);
