@@ -589,8 +589,9 @@ impl<'a> Checker<'a> {
 /// Every discrepancy in the kernel's tables; empty when they are consistent.
 /// Returns how many keys were read, too.
 /// Each promise record (`kp<N>.promise`) as the fields it holds, a key
-/// each (`kp<N>.state`, `.refs`, and `.queued`, `.pinned`, `.decider` when
-/// they say something), which the checks read; a damaged record is a problem.
+/// each (`kp<N>.state`, `.refs`, and `.queued`, `.pinned`, `.decider`,
+/// `.sub.<id>` when they say something), which the checks read; a damaged
+/// record is a problem.
 fn unfold_promise_records(kv: &mut BTreeMap<String, String>) -> Vec<String> {
     let mut problems = Vec::new();
     let records: Vec<(String, String)> = kv
@@ -615,6 +616,9 @@ fn unfold_promise_records(kv: &mut BTreeMap<String, String>) -> Vec<String> {
         }
         if let Some(decider) = record.decider {
             field("decider", decider.to_string());
+        }
+        for subscriber in &record.subscribers {
+            field(&format!("sub.{subscriber}"), String::new());
         }
     }
     problems

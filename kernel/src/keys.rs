@@ -159,12 +159,8 @@ pub(crate) fn queue_prefix(kpid: Id<'_>) -> String {
     key(kpid, "queue.")
 }
 
-/// Where a promise's subscribers start.
-pub(crate) fn subscriber_prefix(kpid: Id<'_>) -> String {
-    key(kpid, "sub.")
-}
-
-/// Endpoint `subscriber`'s subscription to a promise.
+/// Endpoint `subscriber`'s subscription to a promise, in schemas 2 to 5
+/// (schema 6 keeps subscribers in the promise's record).
 pub(crate) fn subscriber(kpid: Id<'_>, subscriber: Id<'_>) -> String {
     join(&[kpid.as_ref(), ".sub.", subscriber.as_ref()])
 }

@@ -14,9 +14,8 @@
 //! | `ko<N>.refs` | `<reachable>,<recognizable>`: how many places can reach it and recognize it |
 //! | `gc.<action>.<vat>.<kref>` | a pending GC action (`drop`, `retire`: to the exporter; `retireImport`: to an importer, value its vref) |
 //! | `cleanup.<vat>` | a removed vat (`vat rm`) whose c-list and vatstore are still being deleted |
-//! | `kp<N>.promise` | its record (`crate::promise::PromiseRecord`): `<state> <refs> <queued> <pinned> <decider>`, e.g. `unresolved 2 0 0 v3`: `unresolved`, `fulfilled` or `rejected`; how many places refer to it (c-lists, run queue, queues, data, pet names, pins); how many messages wait (at most [`PROMISE_QUEUE_MAX`]); `1` while a host (the CLI) waits for its settlement; the vat (or engine endpoint) that may resolve it (`-`: the kernel) |
+//! | `kp<N>.promise` | its record (`crate::promise::PromiseRecord`): `<state> <refs> <queued> <pinned> <decider> <subscribers>`, e.g. `unresolved 2 0 0 v3 r2,v1`: `unresolved`, `fulfilled` or `rejected`; how many places refer to it (c-lists, run queue, queues, data, pet names, pins); how many messages wait (at most [`PROMISE_QUEUE_MAX`]); `1` while a host (the CLI) waits for its settlement; the vat (or engine endpoint) that may resolve it (`-`: the kernel); the vats (or peers) to notify when it settles, each once, in id order (`-`: none) |
 //! | `<id>.decided.<kpid>` | `kpid` is unresolved and `<id>` decides it (the index of the records' deciders); `kept` when the decider keeps it in durable state (`keepDecided`: a restart does not reject it) |
-//! | `kp<N>.sub.<vat>` | a vat (or peer) to notify when it settles |
 //! | `kp<N>.queue.<n>` | the `n`th message waiting for the resolution (JSON [`Message`]) |
 //! | `kp<N>.data` | the settlement's capdata (krefs in its slots) |
 //! | `v<N>.name`, `.bundle`, `.state`, `.reason`, `.options` | the vat's record ([`VatState`] in `.state`) |
@@ -139,9 +138,9 @@ pub(crate) type StoreResult<T> = Result<T, StoreError>;
 /// index of the promises each endpoint decides (`<id>.decided.<kpid>`);
 /// version 3 had no record of what vats' heaps hold (`heapDirty.<vat>`);
 /// version 4 kept a promise's state, count, queue length, pin and decider a
-/// key each. A store of an older version is brought to this layout when it
-/// is opened.
-pub const STORE_SCHEMA_VERSION: u32 = 5;
+/// key each; version 5 kept its subscribers a key each (`kp<N>.sub.<id>`).
+/// A store of an older version is brought to this layout when it is opened.
+pub const STORE_SCHEMA_VERSION: u32 = 6;
 /// `heap_report_bytes_max`: the longest account of a vat's heap kept
 /// (`vat list` shows it); longer ones are cut.
 pub const HEAP_REPORT_BYTES_MAX: usize = 256;
@@ -155,9 +154,6 @@ fn queue_prefix(kpid: &str) -> String {
     keys::queue_prefix(&kpid)
 }
 
-fn subscriber_prefix(kpid: &str) -> String {
-    keys::subscriber_prefix(&kpid)
-}
 const SCHEMA_KEY: &str = keys::SCHEMA;
 
 /// What a store holds, by its schema key.
@@ -183,7 +179,7 @@ pub fn schema_of(store: &mut SwingStore) -> StoreResult<Schema> {
     let found = store.get(SCHEMA_KEY)?;
     let legacy = match found.as_deref() {
         Some(found) if found == STORE_SCHEMA_VERSION.to_string() => return Ok(Schema::Current),
-        Some("1" | "2" | "3" | "4") => true,
+        Some("1" | "2" | "3" | "4" | "5") => true,
         Some(found) => return Ok(Schema::Other(found.to_owned())),
         // A home made by `vat init` before the schema key, that ran nothing,
         // holds no key at all (an emptied file is refused before it is opened).
@@ -206,10 +202,13 @@ pub fn schema_of(store: &mut SwingStore) -> StoreResult<Schema> {
     if !matches!(found, Some("3" | "4")) {
         index_decided_promises(store)?;
     }
-    if found != Some("4") {
+    if !matches!(found, Some("4" | "5")) {
         mark_heaps_unreported(store)?;
     }
-    fold_promise_records(store)?;
+    if found != Some("5") {
+        fold_promise_records(store)?;
+    }
+    fold_subscribers(store)?;
     store.end_crank()?;
     mark_schema(store)?;
     store.commit()?;
@@ -263,6 +262,41 @@ fn fold_promise_records(store: &mut SwingStore) -> StoreResult<()> {
         if with_state.contains(&kpid) {
             store.set(&keys::promise(&kpid), &record.to_text())?;
         }
+    }
+    Ok(())
+}
+
+/// Version 6 keeps a promise's subscribers in its record, where version 5
+/// had a key each (`kp<N>.sub.<id>`); version 5's records lack the field
+/// (in the current crank).
+fn fold_subscribers(store: &mut SwingStore) -> StoreResult<()> {
+    let mut records: std::collections::BTreeMap<String, PromiseRecord> = Default::default();
+    let mut subscriptions: Vec<(String, EndpointId)> = Vec::new();
+    for (key, value) in store.scan_prefix("kp")? {
+        let Some((kpid, field)) = key.split_once('.') else {
+            continue;
+        };
+        if field == "promise" {
+            let record = PromiseRecord::parse(&value)
+                .or_else(|| PromiseRecord::parse_schema_5(&value))
+                .unwrap_or_else(|| {
+                    panic!("kernel invariant: {key} (schema 5) is a promise record")
+                });
+            records.insert(kpid.to_owned(), record);
+        } else if let Some(id) = field.strip_prefix("sub.") {
+            subscriptions.push((kpid.to_owned(), EndpointId::from_table(id)));
+            store.delete(&key)?;
+        }
+    }
+    // A promise is its record: subscriptions to none are dropped.
+    for (kpid, id) in subscriptions {
+        // The keys were scanned in order, so the subscribers are in id order.
+        if let Some(record) = records.get_mut(&kpid) {
+            record.subscribers.push(id);
+        }
+    }
+    for (kpid, record) in records {
+        store.set(&keys::promise(&kpid), &record.to_text())?;
     }
     Ok(())
 }
@@ -693,18 +727,10 @@ impl KernelState {
             .collect())
     }
 
-    /// Deletes `kpid`'s queue and its `subscribers` (all of them).
-    fn delete_waiters(
-        &mut self,
-        kpid: &str,
-        queue: &[(String, Message)],
-        subscribers: &[String],
-    ) -> StoreResult<()> {
+    /// Deletes a promise's `queue` (all of it).
+    fn delete_queue(&mut self, queue: &[(String, Message)]) -> StoreResult<()> {
         for (key, _) in queue {
             self.delete(key)?;
-        }
-        for vat in subscribers {
-            self.delete(&keys::subscriber(&kpid, vat))?;
         }
         Ok(())
     }
@@ -800,24 +826,24 @@ impl KernelState {
         }
     }
 
-    pub(crate) fn subscribers(&self, kpid: &str) -> StoreResult<Vec<String>> {
-        let prefix = subscriber_prefix(kpid);
-        Ok(self
-            .scan_prefix(&prefix)?
-            .into_iter()
-            .map(|(key, _)| key[prefix.len()..].to_owned())
-            .collect())
-    }
-
     /// Subscribes `vat` to `kpid` (once, however often it asks).
     pub(crate) fn add_subscriber(&mut self, kpid: &str, vat: &str) -> StoreResult<()> {
-        // Cheap (the crank has the record at hand), and what lets a settled
-        // promise be freed without a scan for its subscribers.
-        assert!(
-            self.existing_promise(kpid)?.settlement == Settlement::Unresolved,
-            "kernel invariant: only an unresolved promise takes subscribers ({kpid})"
-        );
-        self.set(&keys::subscriber(&kpid, &vat), "")
+        let vat = EndpointId::from_table(vat);
+        self.change_promise(kpid, |record| {
+            // What lets a settled promise be freed with no subscribers left.
+            assert!(
+                record.settlement == Settlement::Unresolved,
+                "kernel invariant: only an unresolved promise takes subscribers ({kpid})"
+            );
+            // In id order, as schema 5's keys listed them: the order the
+            // notifies are queued in.
+            let at = record
+                .subscribers
+                .binary_search_by(|id| id.as_str().cmp(vat.as_str()));
+            if let Err(at) = at {
+                record.subscribers.insert(at, vat);
+            }
+        })
     }
 
     /// An object's (reachable, recognizable) counts.
@@ -944,15 +970,14 @@ impl KernelState {
             if let Some(data) = self.promise_data(&kpid)? {
                 released.extend(data.slots);
             }
-            // A settled promise's queue and subscribers went as it settled
-            // (most promises are freed settled): no scan for them.
+            // A settled promise's queue went as it settled (most promises
+            // are freed settled): no scan for it. Subscribers go with the record.
             if record.settlement == Settlement::Unresolved {
                 let queue = self.promise_queue(&kpid)?;
                 for (_, message) in &queue {
                     released.extend(krefs_in_message(message).map(str::to_owned));
                 }
-                let subscribers = self.subscribers(&kpid)?;
-                self.delete_waiters(&kpid, &queue, &subscribers)?;
+                self.delete_queue(&queue)?;
             }
             self.unindex_decider(&kpid, &record)?;
             self.put_promise_record(&kpid, None)?;
@@ -1060,8 +1085,7 @@ impl KernelState {
         kpid: &str,
         rejected: bool,
         data: &CapData,
-    ) -> StoreResult<(Vec<String>, Vec<Message>)> {
-        let subscribers = self.subscribers(kpid)?;
+    ) -> StoreResult<(Vec<EndpointId>, Vec<Message>)> {
         let queue = self.promise_queue(kpid)?;
         // The queue gives up its messages (the caller re-queues them) and
         // the data takes references to the promises it names.
@@ -1089,8 +1113,9 @@ impl KernelState {
         };
         record.decider = None;
         record.queued = 0;
+        let subscribers = std::mem::take(&mut record.subscribers);
         self.set_promise_record(kpid, &record)?;
-        self.delete_waiters(kpid, &queue, &subscribers)?;
+        self.delete_queue(&queue)?;
         Ok((
             subscribers,
             queue.into_iter().map(|(_, message)| message).collect(),
@@ -1316,7 +1341,7 @@ pub(crate) fn settle_promise(
     let kpid = Kref::from_table(kpid);
     for vat in subscribers {
         state.push_run_queue(RunQueueItem::Notify {
-            vat: EndpointId::from_table(&vat),
+            vat,
             promise: kpid.clone(),
         })?;
     }
@@ -1366,7 +1391,7 @@ mod tests {
         store.end_crank().unwrap();
         store.commit().unwrap();
         assert!(matches!(schema_of(store).unwrap(), Schema::Current));
-        assert_eq!(store.get("kernel.schema").unwrap().as_deref(), Some("5"));
+        assert_eq!(store.get("kernel.schema").unwrap().as_deref(), Some("6"));
         let decided: Vec<String> = state
             .decided_by("v1")
             .unwrap()
@@ -1408,11 +1433,11 @@ mod tests {
         assert!(matches!(schema_of(store).unwrap(), Schema::Current));
         assert_eq!(
             store.get("kp3.promise").unwrap().as_deref(),
-            Some("unresolved 2 1 1 v1")
+            Some("unresolved 2 1 1 v1 -")
         );
         assert_eq!(
             store.get("kp4.promise").unwrap().as_deref(),
-            Some("rejected 1 0 0 -")
+            Some("rejected 1 0 0 - -")
         );
         for gone in [
             "kp3.state",
@@ -1455,6 +1480,45 @@ mod tests {
         assert!(state.decided_by("v1").unwrap().is_empty());
     }
 
+    fn store_keys_under(state: &KernelState, prefix: &str) -> usize {
+        state.store.scan_prefix(prefix).unwrap().len()
+    }
+
+    /// Schema 5's key per subscriber joins the promise's record; a
+    /// subscription to a promise that has no record is dropped.
+    #[test]
+    fn a_store_of_schema_5_has_its_subscribers_folded_into_records_at_open() {
+        let (_dir, mut state) = state();
+        let store = &mut state.store;
+        store.begin_crank().unwrap();
+        for (key, value) in [
+            ("kernel.schema", "5"),
+            ("kp3.promise", "unresolved 2 0 0 v1"),
+            ("kp3.sub.v2", ""),
+            ("kp3.sub.r1", ""),
+            ("kp4.promise", "fulfilled 1 0 0 -"),
+            ("kp4.data", "{\"body\":\"#1\",\"slots\":[]}"),
+            ("kp9.sub.v2", ""),
+        ] {
+            store.set(key, value).unwrap();
+        }
+        store.end_crank().unwrap();
+        store.commit().unwrap();
+        assert!(matches!(schema_of(store).unwrap(), Schema::Current));
+        assert_eq!(
+            store.get("kp3.promise").unwrap().as_deref(),
+            Some("unresolved 2 0 0 v1 r1,v2")
+        );
+        assert_eq!(
+            store.get("kp4.promise").unwrap().as_deref(),
+            Some("fulfilled 1 0 0 - -")
+        );
+        assert_eq!(store.get("kp9.promise").unwrap(), None);
+        for prefix in ["kp3.sub.", "kp9.sub."] {
+            assert_eq!(store_keys_under(&state, prefix), 0, "{prefix}");
+        }
+    }
+
     #[test]
     fn a_store_of_schema_1_has_its_promise_queues_rewritten_at_open() {
         let (_dir, mut state) = state();
@@ -1468,9 +1532,11 @@ mod tests {
         store.end_crank().unwrap();
         store.commit().unwrap();
         assert!(matches!(schema_of(store).unwrap(), Schema::Current));
-        assert_eq!(store.get("kernel.schema").unwrap().as_deref(), Some("5"));
+        assert_eq!(store.get("kernel.schema").unwrap().as_deref(), Some("6"));
         assert_eq!(store.get("kp3.queue").unwrap(), None);
-        assert_eq!(state.subscribers("kp3").unwrap(), ["r2", "v1"]);
+        let record = state.promise_record("kp3").unwrap().unwrap();
+        assert_eq!(record.subscribers, ["r2", "v1"].map(EndpointId::from_table));
+        assert_eq!(store_keys_under(&state, "kp3.sub."), 0);
         let queued: Vec<String> = state
             .promise_queue("kp3")
             .unwrap()
@@ -1532,7 +1598,7 @@ mod tests {
             slots: vec![],
         };
         let (subscribers, queued) = state.settle_promise(&kpid, false, &data).unwrap();
-        assert_eq!(subscribers, ["v1", "v2"]);
+        assert_eq!(subscribers, ["v1", "v2"].map(EndpointId::from_table));
         assert_eq!(queued.len() as u64, PROMISE_QUEUE_MAX);
         assert!(
             queued
