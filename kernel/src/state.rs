@@ -612,22 +612,34 @@ impl KernelState {
 
     /// `kpid`'s record (`None`: no such promise, or freed).
     pub(crate) fn promise_record(&self, kpid: &str) -> StoreResult<Option<PromiseRecord>> {
+        self.read_promise(kpid, PromiseRecord::clone)
+    }
+
+    /// What `read` says of `kpid`'s record (`None`: no such promise, or
+    /// freed), without copying the record: a crank reads a promise's
+    /// fields many times, most often one at a time.
+    fn read_promise<T>(
+        &self,
+        kpid: &str,
+        read: impl FnOnce(&PromiseRecord) -> T,
+    ) -> StoreResult<Option<T>> {
         if let Some(cached) = self.records.borrow().get(kpid) {
-            return Ok(cached.record.clone());
+            return Ok(cached.record.as_ref().map(read));
         }
         let record = self.get(&keys::promise(&kpid))?.map(|text| {
             PromiseRecord::parse(&text).unwrap_or_else(|| {
                 panic!("kernel invariant: {kpid}.promise is a promise record, found {text:?}")
             })
         });
+        let answer = record.as_ref().map(read);
         if self.store.in_crank() {
             let cached = CachedRecord {
-                record: record.clone(),
+                record,
                 changed: false,
             };
             self.records.borrow_mut().insert(kpid.to_owned(), cached);
         }
-        Ok(record)
+        Ok(answer)
     }
 
     /// Sets (`Some`) or deletes `kpid`'s record: in the crank's cache
@@ -711,8 +723,8 @@ impl KernelState {
     /// with their keys.
     fn promise_queue(&self, kpid: &str) -> StoreResult<Vec<(String, Message)>> {
         if self
-            .promise_record(kpid)?
-            .is_none_or(|record| record.queued == 0)
+            .read_promise(kpid, |record| record.queued)?
+            .is_none_or(|queued| queued == 0)
         {
             return Ok(Vec::new());
         }
@@ -744,7 +756,7 @@ impl KernelState {
     }
 
     pub(crate) fn promise_state(&self, kpid: &str) -> StoreResult<Option<PromiseState>> {
-        let Some(record) = self.promise_record(kpid)? else {
+        let Some(settlement) = self.read_promise(kpid, |record| record.settlement)? else {
             return Ok(None);
         };
         let data = || -> StoreResult<CapData> {
@@ -752,7 +764,7 @@ impl KernelState {
                 .promise_data(kpid)?
                 .unwrap_or_else(|| panic!("kernel invariant: settled {kpid} has data")))
         };
-        Ok(Some(match record.settlement {
+        Ok(Some(match settlement {
             Settlement::Unresolved => PromiseState::Unresolved,
             Settlement::Fulfilled => PromiseState::Fulfilled(data()?),
             Settlement::Rejected => PromiseState::Rejected(data()?),
@@ -760,7 +772,9 @@ impl KernelState {
     }
 
     pub(crate) fn promise_decider(&self, kpid: &str) -> StoreResult<Option<EndpointId>> {
-        Ok(self.promise_record(kpid)?.and_then(|record| record.decider))
+        Ok(self
+            .read_promise(kpid, |record| record.decider.clone())?
+            .flatten())
     }
 
     pub(crate) fn set_promise_decider(
@@ -768,18 +782,20 @@ impl KernelState {
         kpid: &str,
         decider: Option<&str>,
     ) -> StoreResult<()> {
-        let mut record = self.existing_promise(kpid)?;
-        if record.decider.as_deref() == decider {
+        let old = self
+            .read_promise(kpid, |record| record.decider.clone())?
+            .unwrap_or_else(|| panic!("kernel invariant: {kpid} is a known promise"));
+        if old.as_deref() == decider {
             return Ok(());
         }
-        if let Some(old) = &record.decider {
+        if let Some(old) = &old {
             self.delete(&keys::decided(&old, &kpid))?;
         }
         if let Some(vat) = decider {
             self.set(&keys::decided(&vat, &kpid), "")?;
         }
-        record.decider = decider.map(EndpointId::from_table);
-        self.set_promise_record(kpid, &record)
+        let decider = decider.map(EndpointId::from_table);
+        self.change_promise(kpid, |record| record.decider = decider)
     }
 
     /// Deletes `record`'s entry in its decider's index, if it has a decider
@@ -820,7 +836,7 @@ impl KernelState {
         if kref.starts_with("ko") {
             Ok(self.object_owner(kref)?.is_some())
         } else if kref.starts_with("kp") {
-            Ok(self.promise_record(kref)?.is_some())
+            Ok(self.read_promise(kref, |_| ())?.is_some())
         } else {
             Ok(false)
         }
@@ -1063,7 +1079,9 @@ impl KernelState {
     /// length. Returns false, queueing nothing, when the queue holds
     /// [`PROMISE_QUEUE_MAX`] messages already.
     pub(crate) fn queue_on_promise(&mut self, kpid: &str, message: &Message) -> StoreResult<bool> {
-        let queued = self.existing_promise(kpid)?.queued;
+        let queued = self
+            .read_promise(kpid, |record| record.queued)?
+            .unwrap_or_else(|| panic!("kernel invariant: {kpid} is a known promise"));
         if queued >= PROMISE_QUEUE_MAX {
             return Ok(false);
         }
@@ -1102,19 +1120,23 @@ impl KernelState {
         }
         let data_text = serde_json::to_string(data).expect("kernel invariant: capdata serializes");
         self.set(&keys::settlement(&kpid), &data_text)?;
-        // Settled: no decider, nothing waits any more. Read once, after
+        // Settled: no decider, nothing waits any more. Changed once, after
         // the counts above changed it.
-        let mut record = self.existing_promise(kpid)?;
-        self.unindex_decider(kpid, &record)?;
-        record.settlement = if rejected {
-            Settlement::Rejected
-        } else {
-            Settlement::Fulfilled
-        };
-        record.decider = None;
-        record.queued = 0;
-        let subscribers = std::mem::take(&mut record.subscribers);
-        self.set_promise_record(kpid, &record)?;
+        let (decider, subscribers) = self.change_promise(kpid, |record| {
+            record.settlement = if rejected {
+                Settlement::Rejected
+            } else {
+                Settlement::Fulfilled
+            };
+            record.queued = 0;
+            (
+                record.decider.take(),
+                std::mem::take(&mut record.subscribers),
+            )
+        })?;
+        if let Some(decider) = decider {
+            self.delete(&keys::decided(&decider, &kpid))?;
+        }
         self.delete_queue(&queue)?;
         Ok((
             subscribers,
