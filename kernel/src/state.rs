@@ -1160,12 +1160,20 @@ impl KernelState {
         self.set(keys::RUN_QUEUE_TAIL, &(tail + 1).to_string())
     }
 
-    /// Writes the run-queue items not yet in the store to it (before a commit).
+    /// Writes the run-queue items not yet in the store to it (before a
+    /// commit). If a write fails, none of them stays in the store, and they
+    /// all stay here: a later commit stores them.
     fn store_run_queue_items(&mut self) -> StoreResult<()> {
-        for (index, item) in self.unstored.drain() {
-            let (key, text) = run_queue_entry(index, &item);
-            self.store.set_new(&key, &text)?;
+        let entries = self.unstored_run_queue_entries();
+        for (n, (key, text)) in entries.iter().enumerate() {
+            if let Err(e) = self.store.set_new(key, text) {
+                for (written, _) in &entries[..n] {
+                    self.store.delete(written)?;
+                }
+                return Err(e);
+            }
         }
+        self.unstored.drain().for_each(drop);
         Ok(())
     }
 
