@@ -1251,9 +1251,8 @@ impl Kernel {
     /// How many items wait in the run queue (the network stops taking in
     /// frames while it is long; the inspector shows it).
     pub fn run_queue_length(&self) -> Result<u64, KernelError> {
-        let head = self.state.count(keys::RUN_QUEUE_HEAD)?;
-        let tail = self.state.count(keys::RUN_QUEUE_TAIL)?;
-        Ok(tail.saturating_sub(head))
+        let (head, tail) = self.state.run_queue_bounds()?;
+        Ok(tail - head)
     }
 
     /// Whether [`Self::step`] may find work (it may still find none).
@@ -1261,7 +1260,8 @@ impl Kernel {
         if self.state.gc_actions_maybe || self.state.cleanup_maybe {
             return Ok(true);
         }
-        Ok(self.state.get(keys::RUN_QUEUE_HEAD)? != self.state.get(keys::RUN_QUEUE_TAIL)?)
+        let (head, tail) = self.state.run_queue_bounds()?;
+        Ok(head != tail)
     }
 
     /// Commits as the policy says; a vat due for `bringOutYourDead` gets it.
@@ -2402,7 +2402,7 @@ fn kref_to_vref(state: &mut KernelState, vat: &str, kref: &str) -> Result<String
     }
     let kind = if kref.starts_with("ko") { 'o' } else { 'p' };
     let vref = state.allocate_import_vref(vat, kind)?;
-    state.clist_add_import(vat, kref, &vref)?;
+    state.clist_add_absent(vat, kref, &vref)?;
     Ok(vref)
 }
 

@@ -363,15 +363,22 @@ pub(crate) struct KernelState {
     /// Refs allocated since the last commit: reads of keys naming them
     /// skip SQLite, which cannot hold such keys yet.
     pub(crate) fresh: Fresh,
-    /// The promise records the open crank read or changed (`None`: no such
-    /// promise, or freed), and whether it changed them. A crank reads and
-    /// changes a promise's record many times (each reference taken or
-    /// dropped); it is parsed once and written back once, when the crank
-    /// ends. Empty between cranks.
+    /// The promise records cranks read or changed since the last commit
+    /// (`None`: no such promise, or freed), and whether the open crank
+    /// changed them. A crank reads and changes a promise's record many
+    /// times (each reference taken or dropped), and the next cranks touch
+    /// the same promises (a send, its settlement, the notify): a record is
+    /// parsed once, and written back once at the end of each crank that
+    /// changed it. An aborted crank, a commit and [`PROMISE_RECORDS_CACHED_MAX`]
+    /// empty it; outside cranks it is only read.
     records: std::cell::RefCell<FxHashMap<String, CachedRecord>>,
     /// The run queue's items queued since the last commit
     /// ([`crate::run_queue`]): in the store only once the commit nears.
     unstored: UnstoredItems<RunQueueItem>,
+    /// The run queue's bounds (head, tail) as the store holds them, once
+    /// read: every crank reads both and moves one. Forgotten when a crank
+    /// aborts (the store undoes its moves).
+    queue_bounds: std::cell::Cell<Option<(u64, u64)>>,
 }
 
 /// Run-queue item `index` as the store holds it: its key and its JSON.
@@ -386,6 +393,10 @@ struct CachedRecord {
     record: Option<PromiseRecord>,
     changed: bool,
 }
+
+/// `promise_records_cached_max`: how many parsed promise records the kernel
+/// keeps between cranks (past it, the cache is emptied as a crank ends).
+pub(crate) const PROMISE_RECORDS_CACHED_MAX: usize = 4_096;
 
 /// `log_lines_pending_max`: how many vat log lines the kernel holds until
 /// its host takes them (the oldest go first).
@@ -464,6 +475,7 @@ impl KernelState {
             fresh: Fresh::default(),
             records: Default::default(),
             unstored: Default::default(),
+            queue_bounds: Default::default(),
         }
     }
 
@@ -598,6 +610,13 @@ impl KernelState {
         let record = PromiseRecord::new(decider.map(EndpointId::from_table));
         self.store
             .set_new(&keys::promise(&kpid), &record.to_text())?;
+        // Written above (set_new: a record freed before the commit costs
+        // SQLite nothing), and cached as written, replacing any read of it.
+        let cached = CachedRecord {
+            record: Some(record),
+            changed: false,
+        };
+        self.records.get_mut().insert(kpid.to_string(), cached);
         if let Some(vat) = decider {
             self.store.set_new(&keys::decided(&vat, &kpid), "")?;
         }
@@ -653,25 +672,41 @@ impl KernelState {
             self.records.get_mut().insert(kpid.to_owned(), cached);
             return Ok(());
         }
+        self.records.get_mut().remove(kpid);
         match record {
             Some(record) => self.set(&keys::promise(&kpid), &record.to_text()),
             None => self.delete(&keys::promise(&kpid)),
         }
     }
 
-    /// Writes the records the crank changed to the store, as it ends.
+    /// Writes the records the crank changed to the store, as it ends; they
+    /// stay cached, unchanged since.
     fn write_back_promise_records(&mut self) -> StoreResult<()> {
-        // Drained, not taken: the map keeps its capacity for the next crank.
         let mut records = std::mem::take(self.records.get_mut());
-        for (kpid, cached) in records.drain() {
-            match (cached.changed, cached.record) {
-                (false, _) => {}
-                (true, Some(record)) => self.set(&keys::promise(&kpid), &record.to_text())?,
-                (true, None) => self.delete(&keys::promise(&kpid))?,
+        for (kpid, cached) in &mut records {
+            if !std::mem::take(&mut cached.changed) {
+                continue;
             }
+            match &cached.record {
+                Some(record) => self.store.set(&keys::promise(&kpid), &record.to_text())?,
+                None => self.delete(&keys::promise(&kpid))?,
+            }
+        }
+        if records.len() > PROMISE_RECORDS_CACHED_MAX {
+            records.clear();
         }
         *self.records.get_mut() = records;
         Ok(())
+    }
+
+    /// Forgets the cached promise records (the store holds them all).
+    fn forget_promise_records(&mut self) {
+        let records = self.records.get_mut();
+        debug_assert!(
+            records.values().all(|cached| !cached.changed),
+            "kernel invariant: no crank is open when the records are forgotten"
+        );
+        records.clear();
     }
 
     /// The record of `kpid`, which exists.
@@ -703,7 +738,7 @@ impl KernelState {
             return Ok(changed);
         }
         if !self.records.get_mut().contains_key(kpid) {
-            self.promise_record(kpid)?;
+            self.read_promise(kpid, |_| ())?;
         }
         let cached = self
             .records
@@ -1068,6 +1103,7 @@ impl KernelState {
 
     pub(crate) fn abort_crank(&mut self) -> StoreResult<()> {
         self.records.get_mut().clear();
+        self.queue_bounds.set(None);
         self.maybe_free.clear();
         self.maybe_unreachable.clear();
         self.outbox_crank.clear();
@@ -1146,18 +1182,42 @@ impl KernelState {
 
     // ---- run queue ----
 
-    fn queue_index(&self, key: &str) -> StoreResult<u64> {
-        self.count(key)
+    /// The run queue's (head, tail): its next item's index, and the index
+    /// the next item queued takes.
+    pub(crate) fn run_queue_bounds(&self) -> StoreResult<(u64, u64)> {
+        if let Some(bounds) = self.queue_bounds.get() {
+            return Ok(bounds);
+        }
+        let bounds = (
+            self.count(keys::RUN_QUEUE_HEAD)?,
+            self.count(keys::RUN_QUEUE_TAIL)?,
+        );
+        assert!(
+            bounds.0 <= bounds.1,
+            "kernel invariant: run-queue head {} <= tail {}",
+            bounds.0,
+            bounds.1
+        );
+        self.queue_bounds.set(Some(bounds));
+        Ok(bounds)
+    }
+
+    /// Moves the run queue's bound under `key` to `index`.
+    fn set_queue_bound(&mut self, key: &str, bounds: (u64, u64), index: u64) -> StoreResult<()> {
+        let mut digits = itoa::Buffer::new();
+        self.set(key, digits.format(index))?;
+        self.queue_bounds.set(Some(bounds));
+        Ok(())
     }
 
     pub(crate) fn push_run_queue(&mut self, item: RunQueueItem) -> StoreResult<()> {
-        let tail = self.queue_index(keys::RUN_QUEUE_TAIL)?;
+        let (head, tail) = self.run_queue_bounds()?;
         for kref in krefs_in_item(&item) {
             self.incref(kref)?;
         }
         let in_crank = self.store.in_crank();
         self.unstored.push(tail, item, in_crank);
-        self.set(keys::RUN_QUEUE_TAIL, &(tail + 1).to_string())
+        self.set_queue_bound(keys::RUN_QUEUE_TAIL, (head, tail + 1), tail + 1)
     }
 
     /// Writes the run-queue items not yet in the store to it (before a
@@ -1187,12 +1247,7 @@ impl KernelState {
     }
 
     pub(crate) fn pop_run_queue(&mut self) -> StoreResult<Option<RunQueueItem>> {
-        let head = self.queue_index(keys::RUN_QUEUE_HEAD)?;
-        let tail = self.queue_index(keys::RUN_QUEUE_TAIL)?;
-        assert!(
-            head <= tail,
-            "kernel invariant: run-queue head {head} <= tail {tail}"
-        );
+        let (head, tail) = self.run_queue_bounds()?;
         if head == tail {
             return Ok(None);
         }
@@ -1201,7 +1256,7 @@ impl KernelState {
             Some(item) => item,
             None => self.take_stored_item(head)?,
         };
-        self.set(keys::RUN_QUEUE_HEAD, &(head + 1).to_string())?;
+        self.set_queue_bound(keys::RUN_QUEUE_HEAD, (head + 1, tail), head + 1)?;
         for kref in krefs_in_item(&item) {
             self.decref(kref)?;
         }
@@ -1244,37 +1299,43 @@ impl KernelState {
     }
 
     pub(crate) fn clist_add(&mut self, vat: &str, kref: &str, vref: &str) -> StoreResult<()> {
+        let (kref_key, vref_key) = (keys::clist(&vat, &kref), keys::clist(&vat, &vref));
         // Cheap enough to keep on in release: a c-list entry never silently replaces another.
         assert!(
-            self.get(&keys::clist(&vat, &kref))?.is_none()
-                && self.get(&keys::clist(&vat, &vref))?.is_none(),
+            self.get(&kref_key)?.is_none() && self.get(&vref_key)?.is_none(),
             "kernel invariant: c-list symmetry ({vat} maps {kref} or {vref} already)"
         );
-        self.clist_insert(vat, kref, vref)
+        self.clist_insert(vat, kref, vref, (&kref_key, &vref_key))
     }
 
-    /// [`Self::clist_add`] of an import: `kref`, which the caller has just
-    /// found absent from `vat`'s c-list, under `vref`, which
-    /// [`Self::allocate_import_vref`] has just made. Both checks of
-    /// `clist_add` hold by construction, so they are not read again (in
-    /// debug builds they are).
-    pub(crate) fn clist_add_import(
+    /// [`Self::clist_add`] of a pair the caller has just found absent: an
+    /// import (a kref it found absent from `vat`'s c-list, under the vref
+    /// [`Self::allocate_import_vref`] has just made). Both checks of `clist_add` hold by construction, so they
+    /// are not read again (in debug builds they are).
+    pub(crate) fn clist_add_absent(
         &mut self,
         vat: &str,
         kref: &str,
         vref: &str,
     ) -> StoreResult<()> {
+        let (kref_key, vref_key) = (keys::clist(&vat, &kref), keys::clist(&vat, &vref));
         debug_assert!(
-            self.get(&keys::clist(&vat, &kref))?.is_none()
-                && self.get(&keys::clist(&vat, &vref))?.is_none(),
+            self.get(&kref_key)?.is_none() && self.get(&vref_key)?.is_none(),
             "kernel invariant: c-list symmetry ({vat} maps {kref} or {vref} already)"
         );
-        self.clist_insert(vat, kref, vref)
+        self.clist_insert(vat, kref, vref, (&kref_key, &vref_key))
     }
 
-    fn clist_insert(&mut self, vat: &str, kref: &str, vref: &str) -> StoreResult<()> {
-        self.set(&keys::clist(&vat, &kref), &["R ", vref].concat())?;
-        self.set(&keys::clist(&vat, &vref), kref)?;
+    /// Adds `vat`'s entries for `kref` and `vref`, under `keys` (theirs).
+    fn clist_insert(
+        &mut self,
+        vat: &str,
+        kref: &str,
+        vref: &str,
+        (kref_key, vref_key): (&str, &str),
+    ) -> StoreResult<()> {
+        self.set(kref_key, &["R ", vref].concat())?;
+        self.set(vref_key, kref)?;
         if self.is_own_export(vat, kref)? {
             return Ok(());
         }
@@ -1282,21 +1343,25 @@ impl KernelState {
     }
 
     pub(crate) fn clist_remove(&mut self, vat: &str, kref: &str) -> StoreResult<()> {
-        if let Some(vref) = self.clist_vref(vat, kref)? {
-            let back = self.clist_kref(vat, &vref)?;
-            assert_eq!(
-                back.as_deref(),
-                Some(kref),
-                "kernel invariant: c-list symmetry ({vat}: {kref} -> {vref} -> {back:?})"
-            );
-            let reachable = self.clist_reachable(vat, kref)?;
-            self.delete(&keys::clist(&vat, &kref))?;
-            self.delete(&keys::clist(&vat, &vref))?;
-            if kref.starts_with("kp") {
-                self.decref(kref)?;
-            } else if !self.is_own_export(vat, kref)? {
-                self.change_object_refs(kref, false, reachable)?;
-            }
+        let kref_key = keys::clist(&vat, &kref);
+        // `R <vref>` (reachable) or `_ <vref>`, read once for both.
+        let Some(entry) = self.get(&kref_key)? else {
+            return Ok(());
+        };
+        let (reachable, vref) = (entry.starts_with('R'), &entry[2..]);
+        let vref_key = keys::clist(&vat, &vref);
+        let back = self.get(&vref_key)?;
+        assert_eq!(
+            back.as_deref(),
+            Some(kref),
+            "kernel invariant: c-list symmetry ({vat}: {kref} -> {vref} -> {back:?})"
+        );
+        self.delete(&kref_key)?;
+        self.delete(&vref_key)?;
+        if kref.starts_with("kp") {
+            self.decref(kref)?;
+        } else if !self.is_own_export(vat, kref)? {
+            self.change_object_refs(kref, false, reachable)?;
         }
         Ok(())
     }
@@ -1343,6 +1408,7 @@ impl KernelState {
     /// The store's commit, after which nothing allocated so far is fresh.
     pub(crate) fn commit(&mut self) -> StoreResult<()> {
         self.store_run_queue_items()?;
+        self.forget_promise_records();
         self.fresh.forget_all();
         self.store.commit()
     }
@@ -1350,6 +1416,7 @@ impl KernelState {
     /// The store's pipelined commit: written, durable before the next one.
     pub(crate) fn commit_pipelined(&mut self) -> StoreResult<()> {
         self.store_run_queue_items()?;
+        self.forget_promise_records();
         self.fresh.forget_all();
         self.store.commit_pipelined()
     }
