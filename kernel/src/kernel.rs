@@ -2730,7 +2730,9 @@ impl<'a> VatSyscalls<'a> {
         self.vref_to_kref(vpid)
     }
 
-    /// The kernel promise for a send's result: a new `p+N` the kernel now decides.
+    /// The kernel promise for a send's result: a new `p+N` the kernel now
+    /// decides, to which the sending vat is subscribed (a vat hears how
+    /// each of its sends settles without asking).
     fn result_promise(&mut self, vpid: &str) -> Result<Kref, Refusal> {
         let fresh = parse_vref(vpid)
             .is_ok_and(|vref| vref.is_promise() && vref.allocator() == Allocator::Vat);
@@ -2741,7 +2743,8 @@ impl<'a> VatSyscalls<'a> {
             )));
         }
         let kpid = self.state.allocate_promise(None)?;
-        self.state.clist_add(self.vat, &kpid, vpid)?;
+        self.state.clist_add_absent(self.vat, &kpid, vpid)?;
+        self.state.add_subscriber(&kpid, self.vat)?;
         Ok(kpid)
     }
 }

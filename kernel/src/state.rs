@@ -1308,9 +1308,11 @@ impl KernelState {
         self.clist_insert(vat, kref, vref, (&kref_key, &vref_key))
     }
 
-    /// [`Self::clist_add`] of a pair the caller has just found absent: an
-    /// import (a kref it found absent from `vat`'s c-list, under the vref
-    /// [`Self::allocate_import_vref`] has just made). Both checks of `clist_add` hold by construction, so they
+    /// [`Self::clist_add`] of a pair the caller has just found absent:
+    /// an import (a kref it found absent from `vat`'s c-list, under the
+    /// vref [`Self::allocate_import_vref`] has just made), or a send's
+    /// result (a vref it found absent, for the promise it has just
+    /// allocated). Both checks of `clist_add` hold by construction, so they
     /// are not read again (in debug builds they are).
     pub(crate) fn clist_add_absent(
         &mut self,

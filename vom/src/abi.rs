@@ -131,6 +131,9 @@ pub enum Syscall {
     Resolve {
         resolutions: Vec<Resolution>,
     },
+    /// Asks to be notified when `promise` settles. Not needed for a send's
+    /// result: the kernel subscribes the sender to it (asking again is
+    /// harmless).
     Subscribe {
         promise: String,
     },

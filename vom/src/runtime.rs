@@ -159,11 +159,21 @@ fn reserve(id: u64, reserved: &mut u64) -> bool {
 }
 
 pub(crate) fn allocate_promise() -> String {
+    allocate_promise_subscribed(false)
+}
+
+/// A new promise id, `subscribed` already when the kernel subscribes the
+/// vat itself (to a send's result).
+fn allocate_promise_subscribed(subscribed: bool) -> String {
     with_vat(|vat| {
         vat.next_promise_id += 1;
         vat.ids_dirty |= reserve(vat.next_promise_id, &mut vat.reserved_promise_id);
         let vpid = format!("p+{}", vat.next_promise_id);
-        vat.promises.insert(vpid.clone(), PromiseRecord::default());
+        let record = PromiseRecord {
+            subscribed,
+            ..PromiseRecord::default()
+        };
+        vat.promises.insert(vpid.clone(), record);
         vpid
     })
 }
@@ -338,8 +348,9 @@ fn rejection_error(reason: Value) -> Error {
 }
 
 /// Sends `method(args)` to `target` eventually; the reply comes as a [`Promise`].
+/// The kernel subscribes the vat to a send's result, so no `subscribe` follows.
 pub fn send(target: &Ref, method: &str, args: Vec<Value>) -> Promise {
-    let vpid = allocate_promise();
+    let vpid = allocate_promise_subscribed(true);
     let (args, settled) = outgoing(&Value::Array(args));
     sys::syscall(&Syscall::Send {
         target: target.slot.clone(),
