@@ -782,6 +782,24 @@ impl KernelState {
         Ok(())
     }
 
+    /// The references `kpid`'s settlement data holds (its slots), read
+    /// without its body: what freeing the promise releases (none when it
+    /// has no data).
+    fn settlement_slots(&self, kpid: &str) -> StoreResult<Vec<String>> {
+        #[derive(Deserialize)]
+        struct Slots {
+            slots: Vec<String>,
+        }
+        Ok(self
+            .get(&keys::settlement(&kpid))?
+            .map(|text| {
+                serde_json::from_str::<Slots>(&text)
+                    .unwrap_or_else(|e| panic!("kernel invariant: {kpid}.data is capdata: {e}"))
+                    .slots
+            })
+            .unwrap_or_default())
+    }
+
     /// The settlement data of `kpid`, if it is settled.
     fn promise_data(&self, kpid: &str) -> StoreResult<Option<CapData>> {
         Ok(self.get(&keys::settlement(&kpid))?.map(|text| {
@@ -831,15 +849,6 @@ impl KernelState {
         }
         let decider = decider.map(EndpointId::from_table);
         self.change_promise(kpid, |record| record.decider = decider)
-    }
-
-    /// Deletes `record`'s entry in its decider's index, if it has a decider
-    /// (its caller forgets the decider in the record it writes).
-    fn unindex_decider(&mut self, kpid: &str, record: &PromiseRecord) -> StoreResult<()> {
-        match &record.decider {
-            Some(decider) => self.delete(&keys::decided(&decider, &kpid)),
-            None => Ok(()),
-        }
     }
 
     /// The unresolved promises `endpoint` decides, each with whether it
@@ -1011,26 +1020,28 @@ impl KernelState {
     /// it referred to.
     pub(crate) fn collect_garbage(&mut self) -> StoreResult<()> {
         while let Some(kpid) = self.maybe_free.pop_first() {
-            let Some(record) = self
-                .promise_record(&kpid)?
-                .filter(|record| record.refs == 0)
-            else {
+            let unreferenced = self.read_promise(&kpid, |record| {
+                (record.refs == 0).then(|| (record.settlement, record.decider.clone()))
+            })?;
+            let Some(Some((settlement, decider))) = unreferenced else {
                 continue;
             };
             let mut released: Vec<String> = Vec::new();
-            if let Some(data) = self.promise_data(&kpid)? {
-                released.extend(data.slots);
+            if settlement != Settlement::Unresolved {
+                released.extend(self.settlement_slots(&kpid)?);
             }
             // A settled promise's queue went as it settled (most promises
             // are freed settled): no scan for it. Subscribers go with the record.
-            if record.settlement == Settlement::Unresolved {
+            if settlement == Settlement::Unresolved {
                 let queue = self.promise_queue(&kpid)?;
                 for (_, message) in &queue {
                     released.extend(krefs_in_message(message).map(str::to_owned));
                 }
                 self.delete_queue(&queue)?;
             }
-            self.unindex_decider(&kpid, &record)?;
+            if let Some(decider) = decider {
+                self.delete(&keys::decided(&decider, &kpid))?;
+            }
             self.put_promise_record(&kpid, None)?;
             self.delete(&keys::settlement(&kpid))?;
             for kref in released {
