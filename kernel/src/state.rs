@@ -379,6 +379,13 @@ pub(crate) struct KernelState {
     /// read: every crank reads both and moves one. Forgotten when a crank
     /// aborts (the store undoes its moves).
     queue_bounds: std::cell::Cell<Option<(u64, u64)>>,
+    /// For each endpoint asked about, a number at least that of every
+    /// promise vref it allocated (`p+N`) that the store may hold an entry
+    /// of its c-list for: counted once from the store, then raised as
+    /// entries are added. A vat allocates a new `p+N` for each send's
+    /// result, and one above this is looked for in memory alone, not by a
+    /// SQLite query that would find nothing.
+    own_promise_high: std::cell::RefCell<FxHashMap<String, u64>>,
 }
 
 /// Run-queue item `index` as the store holds it: its key and its JSON.
@@ -476,6 +483,7 @@ impl KernelState {
             records: Default::default(),
             unstored: Default::default(),
             queue_bounds: Default::default(),
+            own_promise_high: Default::default(),
         }
     }
 
@@ -1294,7 +1302,43 @@ impl KernelState {
     }
 
     pub(crate) fn clist_kref(&self, vat: &str, vref: &str) -> StoreResult<Option<Kref>> {
-        Ok(self.get(&keys::clist(&vat, &vref))?.map(Kref::from_table))
+        let key = keys::clist(&vat, &vref);
+        let entry = match own_promise_number(vref) {
+            Some(n) if n > self.own_promise_high(vat)? => self.store.get_uncommitted(&key)?,
+            _ => self.get(&key)?,
+        };
+        Ok(entry.map(Kref::from_table))
+    }
+
+    /// See [`Self::own_promise_high`]: counted from the store the first
+    /// time `endpoint` is asked about (a scan of its own promises' entries).
+    fn own_promise_high(&self, endpoint: &str) -> StoreResult<u64> {
+        if let Some(high) = self.own_promise_high.borrow().get(endpoint) {
+            return Ok(*high);
+        }
+        let prefix = keys::clist(&endpoint, &"p+");
+        let high = self
+            .store
+            .scan_prefix(&prefix)?
+            .iter()
+            .filter_map(|(key, _)| own_promise_number(&key[prefix.len() - 2..]))
+            .max()
+            .unwrap_or(0);
+        self.own_promise_high
+            .borrow_mut()
+            .insert(endpoint.to_owned(), high);
+        Ok(high)
+    }
+
+    /// Raises `endpoint`'s [`Self::own_promise_high`] to `vref`'s number,
+    /// if it is its own promise and the high is known.
+    fn note_own_promise(&mut self, endpoint: &str, vref: &str) {
+        if let (Some(n), Some(high)) = (
+            own_promise_number(vref),
+            self.own_promise_high.get_mut().get_mut(endpoint),
+        ) {
+            *high = (*high).max(n);
+        }
     }
 
     /// Whether `kref` is `vat`'s own export (its entry does not count).
@@ -1348,7 +1392,13 @@ impl KernelState {
         (kref_key, vref_key): (&str, &str),
     ) -> StoreResult<()> {
         self.set(kref_key, &["R ", vref].concat())?;
-        self.set(vref_key, kref)?;
+        // A new own promise's entry cannot be in SQLite: said so, deleting
+        // it before the commit costs the commit nothing.
+        match own_promise_number(vref) {
+            Some(n) if n > self.own_promise_high(vat)? => self.store.set_new(vref_key, kref)?,
+            _ => self.set(vref_key, kref)?,
+        }
+        self.note_own_promise(vat, vref);
         if self.is_own_export(vat, kref)? {
             return Ok(());
         }
@@ -1435,6 +1485,16 @@ impl KernelState {
     }
 }
 
+/// `N` of a promise vref an endpoint allocated itself (`p+N`), if `vref`
+/// is one and `N` fits a `u64`.
+fn own_promise_number(vref: &str) -> Option<u64> {
+    let digits = vref.strip_prefix("p+")?;
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
 /// Capdata for an error with `message` (how the kernel rejects a promise).
 pub fn error_capdata(message: &str) -> CapData {
     vom::capdata::encode(&Value::error(message))
@@ -1487,6 +1547,35 @@ mod tests {
             },
             result: None,
         }
+    }
+
+    /// A vat's own promise above any its stored c-list holds is looked
+    /// for in memory alone (debug builds check the claim against SQLite);
+    /// one at or below is read from SQLite.
+    #[test]
+    fn own_promises_above_the_stored_ones_are_looked_for_in_memory() {
+        let (dir, mut state) = state();
+        state.store.begin_crank().unwrap();
+        let kpid = state.allocate_promise(None).unwrap();
+        state.clist_add("v1", &kpid, "p+7").unwrap();
+        state.end_crank().unwrap();
+        state.commit().unwrap();
+        drop(state);
+        let path = dir.path().join("store.sqlite");
+        let store = SwingStore::open(&path, swingstore::Durability::Normal).unwrap();
+        let mut state = KernelState::new(store);
+        assert_eq!(state.own_promise_high("v1").unwrap(), 7);
+        assert_eq!(state.own_promise_high("v2").unwrap(), 0);
+        assert_eq!(state.clist_kref("v1", "p+8").unwrap(), None);
+        assert_eq!(state.clist_kref("v1", "p+7").unwrap(), Some(kpid));
+        // An entry added raises the count, so it is found once committed.
+        state.store.begin_crank().unwrap();
+        let newer = state.allocate_promise(None).unwrap();
+        state.clist_add("v1", &newer, "p+9").unwrap();
+        assert_eq!(state.own_promise_high("v1").unwrap(), 9);
+        state.end_crank().unwrap();
+        state.commit().unwrap();
+        assert_eq!(state.clist_kref("v1", "p+9").unwrap(), Some(newer));
     }
 
     #[test]
