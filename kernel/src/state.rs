@@ -1538,6 +1538,21 @@ mod tests {
         (dir, KernelState::new(store))
     }
 
+    /// A store holding `entries` (committed), opened as a kernel opens
+    /// one: brought to the current schema.
+    fn opened_with(entries: &[(&str, &str)]) -> (tempfile::TempDir, KernelState) {
+        let (dir, mut state) = state();
+        let store = &mut state.store;
+        store.begin_crank().unwrap();
+        for (key, value) in entries {
+            store.set(key, value).unwrap();
+        }
+        store.end_crank().unwrap();
+        store.commit().unwrap();
+        assert!(matches!(schema_of(store).unwrap(), Schema::Current));
+        (dir, state)
+    }
+
     fn message(n: u64) -> Message {
         Message {
             method: format!("m{n}"),
@@ -1604,10 +1619,8 @@ mod tests {
     /// the heaps' records of a schema 4 store are kept as they were.
     #[test]
     fn a_store_of_schema_4_has_its_promise_fields_folded_into_records_at_open() {
-        let (_dir, mut state) = state();
-        let store = &mut state.store;
-        store.begin_crank().unwrap();
-        for (key, value) in [
+        let queued = serde_json::to_string(&message(0)).unwrap();
+        let (_dir, mut state) = opened_with(&[
             ("kernel.schema", "4"),
             ("vat.name.live", "v1"),
             ("v1.state", "running"),
@@ -1616,20 +1629,13 @@ mod tests {
             ("v1.decided.kp3", "kept"),
             ("kp3.refs", "2"),
             ("kp3.queued", "1"),
-            (
-                "kp3.queue.0000000000",
-                &serde_json::to_string(&message(0)).unwrap(),
-            ),
+            ("kp3.queue.0000000000", &queued),
             ("kp3.pinned", "1"),
             ("kp4.state", "rejected"),
             ("kp4.refs", "1"),
             ("kp4.data", "{\"body\":\"#1\",\"slots\":[]}"),
-        ] {
-            store.set(key, value).unwrap();
-        }
-        store.end_crank().unwrap();
-        store.commit().unwrap();
-        assert!(matches!(schema_of(store).unwrap(), Schema::Current));
+        ]);
+        let store = &mut state.store;
         assert_eq!(
             store.get("kp3.promise").unwrap().as_deref(),
             Some("unresolved 2 1 1 v1 -")
@@ -1687,10 +1693,7 @@ mod tests {
     /// subscription to a promise that has no record is dropped.
     #[test]
     fn a_store_of_schema_5_has_its_subscribers_folded_into_records_at_open() {
-        let (_dir, mut state) = state();
-        let store = &mut state.store;
-        store.begin_crank().unwrap();
-        for (key, value) in [
+        let (_dir, mut state) = opened_with(&[
             ("kernel.schema", "5"),
             ("kp3.promise", "unresolved 2 0 0 v1"),
             ("kp3.sub.v2", ""),
@@ -1698,12 +1701,8 @@ mod tests {
             ("kp4.promise", "fulfilled 1 0 0 -"),
             ("kp4.data", "{\"body\":\"#1\",\"slots\":[]}"),
             ("kp9.sub.v2", ""),
-        ] {
-            store.set(key, value).unwrap();
-        }
-        store.end_crank().unwrap();
-        store.commit().unwrap();
-        assert!(matches!(schema_of(store).unwrap(), Schema::Current));
+        ]);
+        let store = &mut state.store;
         assert_eq!(
             store.get("kp3.promise").unwrap().as_deref(),
             Some("unresolved 2 0 0 v1 r1,v2")
