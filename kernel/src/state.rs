@@ -370,7 +370,8 @@ pub(crate) struct KernelState {
     /// the same promises (a send, its settlement, the notify): a record is
     /// parsed once, and written back once at the end of each crank that
     /// changed it. An aborted crank, a commit and [`PROMISE_RECORDS_CACHED_MAX`]
-    /// empty it; outside cranks it is only read.
+    /// empty it. Outside a crank a changed record goes straight to the
+    /// store and leaves the cache (a new promise's is cached as written).
     records: std::cell::RefCell<FxHashMap<String, CachedRecord>>,
     /// The run queue's items queued since the last commit
     /// ([`crate::run_queue`]): in the store only once the commit nears.
