@@ -373,6 +373,10 @@ pub(crate) struct KernelState {
     /// empty it. Outside a crank a changed record goes straight to the
     /// store and leaves the cache (a new promise's is cached as written).
     records: std::cell::RefCell<FxHashMap<String, CachedRecord>>,
+    /// The promises whose cached records the open crank changed, each once:
+    /// what its end writes back (not the whole cache, which holds the
+    /// records of every crank since the commit).
+    changed_records: Vec<String>,
     /// The run queue's items queued since the last commit
     /// ([`crate::run_queue`]): in the store only once the commit nears.
     unstored: UnstoredItems<RunQueueItem>,
@@ -482,6 +486,7 @@ impl KernelState {
             log_lines: Default::default(),
             fresh: Fresh::default(),
             records: Default::default(),
+            changed_records: Vec::new(),
             unstored: Default::default(),
             queue_bounds: Default::default(),
             own_promise_high: Default::default(),
@@ -678,7 +683,10 @@ impl KernelState {
                 record,
                 changed: true,
             };
-            self.records.get_mut().insert(kpid.to_owned(), cached);
+            let old = self.records.get_mut().insert(kpid.to_owned(), cached);
+            if !old.is_some_and(|old| old.changed) {
+                self.changed_records.push(kpid.to_owned());
+            }
             return Ok(());
         }
         self.records.get_mut().remove(kpid);
@@ -691,20 +699,25 @@ impl KernelState {
     /// Writes the records the crank changed to the store, as it ends; they
     /// stay cached, unchanged since.
     fn write_back_promise_records(&mut self) -> StoreResult<()> {
-        let mut records = std::mem::take(self.records.get_mut());
-        for (kpid, cached) in &mut records {
-            if !std::mem::take(&mut cached.changed) {
-                continue;
-            }
-            match &cached.record {
-                Some(record) => self.store.set(&keys::promise(&kpid), &record.to_text())?,
+        let mut changed = std::mem::take(&mut self.changed_records);
+        for kpid in changed.drain(..) {
+            let cached = self
+                .records
+                .get_mut()
+                .get_mut(&kpid)
+                .expect("kernel invariant: a changed promise record is cached");
+            cached.changed = false;
+            match cached.record.as_ref().map(PromiseRecord::to_text) {
+                Some(text) => self.store.set(&keys::promise(&kpid), &text)?,
                 None => self.delete(&keys::promise(&kpid))?,
             }
         }
+        // Kept, empty, for the next crank's changes.
+        self.changed_records = changed;
+        let records = self.records.get_mut();
         if records.len() > PROMISE_RECORDS_CACHED_MAX {
             records.clear();
         }
-        *self.records.get_mut() = records;
         Ok(())
     }
 
@@ -712,7 +725,7 @@ impl KernelState {
     fn forget_promise_records(&mut self) {
         let records = self.records.get_mut();
         debug_assert!(
-            records.values().all(|cached| !cached.changed),
+            self.changed_records.is_empty() && records.values().all(|cached| !cached.changed),
             "kernel invariant: no crank is open when the records are forgotten"
         );
         records.clear();
@@ -759,7 +772,9 @@ impl KernelState {
             .as_mut()
             .unwrap_or_else(|| panic!("kernel invariant: {kpid} is a known promise"));
         let changed = change(record);
-        cached.changed = true;
+        if !std::mem::replace(&mut cached.changed, true) {
+            self.changed_records.push(kpid.to_owned());
+        }
         Ok(changed)
     }
 
@@ -1123,6 +1138,7 @@ impl KernelState {
 
     pub(crate) fn abort_crank(&mut self) -> StoreResult<()> {
         self.records.get_mut().clear();
+        self.changed_records.clear();
         self.queue_bounds.set(None);
         self.maybe_free.clear();
         self.maybe_unreachable.clear();
