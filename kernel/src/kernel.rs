@@ -2535,7 +2535,10 @@ impl<'a> VatSyscalls<'a> {
             }
             Syscall::VatstoreGetNextKey { key } => {
                 let prefix = self.vatstore_key("");
-                let next = self.state.store.get_next_key(&self.vatstore_key(&key))?;
+                let next = self
+                    .state
+                    .store
+                    .get_next_key_under(&self.vatstore_key(&key), &prefix)?;
                 Ok(next.and_then(|k| k.strip_prefix(&prefix).map(str::to_owned)))
             }
             Syscall::VatstoreGetPrevKey { key } => {

@@ -836,6 +836,45 @@ impl SwingStore {
         })
     }
 
+    /// [`Self::get_next_key`] among the keys that start with `prefix` (which
+    /// `previous` starts with too, or is): `None` past the last of them.
+    /// The uncommitted writes it looks at are those under `prefix` alone
+    /// (found by the prefix's first segment), not every dirty key in order:
+    /// a vat walking its vatstore would otherwise sort every key written
+    /// since the last commit.
+    pub fn get_next_key_under(&self, previous: &str, prefix: &str) -> Result<Option<String>> {
+        if !prefix.contains('.') {
+            let next = self.get_next_key(previous)?;
+            return Ok(next.filter(|key| key.starts_with(prefix)));
+        }
+        self.read_allowed()?;
+        self.count(|stats| stats.sqlite_reads += 1);
+        self.begin_reading()?;
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT key FROM kv WHERE key > ?1 ORDER BY key LIMIT 1")?;
+        let mut after = previous.to_owned();
+        // Skip committed keys that uncommitted writes delete.
+        let from_db = loop {
+            let next: Option<String> = stmt.query_row([&after], |row| row.get(0)).optional()?;
+            match next {
+                Some(key) if self.dirty_value(&key) == Some(None) => after = key,
+                other => break other.filter(|key| key.starts_with(prefix)),
+            }
+        };
+        let from_dirty = self
+            .dirty
+            .under(prefix)
+            .into_iter()
+            .filter(|key| &**key > previous)
+            .find(|key| matches!(self.dirty_value(key), Some(Some(_))))
+            .map(|key| key.to_string());
+        Ok(match (from_db, from_dirty) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
+    }
+
     /// The largest key strictly less than `next`, in byte order.
     pub fn get_prev_key(&self, next: &str) -> Result<Option<String>> {
         self.read_allowed()?;
@@ -1608,6 +1647,18 @@ mod model {
                 let want = map.range::<str, _>((Bound::Excluded(KEYS[k]), Bound::Unbounded));
                 let want = want.map(|(key, _)| key.clone()).next();
                 assert_eq!(store.get_next_key(KEYS[k]).unwrap(), want);
+                for prefix in ["a.", "b.", "a"] {
+                    if !KEYS[k].starts_with(prefix) && KEYS[k] != prefix {
+                        continue;
+                    }
+                    let want = map
+                        .range::<str, _>((Bound::Excluded(KEYS[k]), Bound::Unbounded))
+                        .map(|(key, _)| key.clone())
+                        .next()
+                        .filter(|key| key.starts_with(prefix));
+                    let found = store.get_next_key_under(KEYS[k], prefix).unwrap();
+                    assert_eq!(found, want, "after {} under {prefix}", KEYS[k]);
+                }
             }
             Op::Prev(k) => {
                 let want = map.range::<str, _>((Bound::Unbounded, Bound::Excluded(KEYS[k])));
