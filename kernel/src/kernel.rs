@@ -2524,6 +2524,18 @@ impl<'a> VatSyscalls<'a> {
         keys::vatstore(&self.vat, key)
     }
 
+    /// The vat's vatstore key after (`next`) or before `key`, if any.
+    fn vatstore_neighbour(&self, key: &str, next: bool) -> Result<SyscallResult, Refusal> {
+        let prefix = self.vatstore_key("");
+        let store = &self.state.store;
+        let found = if next {
+            store.get_next_key_under(&self.vatstore_key(key), &prefix)?
+        } else {
+            store.get_prev_key(&self.vatstore_key(key))?
+        };
+        Ok(found.and_then(|k| k.strip_prefix(&prefix).map(str::to_owned)))
+    }
+
     /// One function per syscall.
     fn handle(&mut self, call: Syscall) -> Result<SyscallResult, Refusal> {
         match call {
@@ -2533,19 +2545,8 @@ impl<'a> VatSyscalls<'a> {
                 self.state.delete(&self.vatstore_key(&key))?;
                 Ok(None)
             }
-            Syscall::VatstoreGetNextKey { key } => {
-                let prefix = self.vatstore_key("");
-                let next = self
-                    .state
-                    .store
-                    .get_next_key_under(&self.vatstore_key(&key), &prefix)?;
-                Ok(next.and_then(|k| k.strip_prefix(&prefix).map(str::to_owned)))
-            }
-            Syscall::VatstoreGetPrevKey { key } => {
-                let prefix = self.vatstore_key("");
-                let prev = self.state.store.get_prev_key(&self.vatstore_key(&key))?;
-                Ok(prev.and_then(|k| k.strip_prefix(&prefix).map(str::to_owned)))
-            }
+            Syscall::VatstoreGetNextKey { key } => self.vatstore_neighbour(&key, true),
+            Syscall::VatstoreGetPrevKey { key } => self.vatstore_neighbour(&key, false),
             Syscall::Send {
                 target,
                 method,
