@@ -809,21 +809,7 @@ impl SwingStore {
     /// The smallest key strictly greater than `previous`, in byte order.
     /// `get_next_key("")` is the first key of the store.
     pub fn get_next_key(&self, previous: &str) -> Result<Option<String>> {
-        self.read_allowed()?;
-        self.count(|stats| stats.sqlite_reads += 1);
-        self.begin_reading()?;
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT key FROM kv WHERE key > ?1 ORDER BY key LIMIT 1")?;
-        let mut after = previous.to_owned();
-        // Skip committed keys that uncommitted writes delete.
-        let from_db = loop {
-            let next: Option<String> = stmt.query_row([&after], |row| row.get(0)).optional()?;
-            match next {
-                Some(key) if self.dirty_value(&key) == Some(None) => after = key,
-                other => break other,
-            }
-        };
+        let from_db = self.committed_next_key(previous)?;
         let from_dirty = self
             .dirty
             .ordered()
@@ -847,21 +833,9 @@ impl SwingStore {
             let next = self.get_next_key(previous)?;
             return Ok(next.filter(|key| key.starts_with(prefix)));
         }
-        self.read_allowed()?;
-        self.count(|stats| stats.sqlite_reads += 1);
-        self.begin_reading()?;
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT key FROM kv WHERE key > ?1 ORDER BY key LIMIT 1")?;
-        let mut after = previous.to_owned();
-        // Skip committed keys that uncommitted writes delete.
-        let from_db = loop {
-            let next: Option<String> = stmt.query_row([&after], |row| row.get(0)).optional()?;
-            match next {
-                Some(key) if self.dirty_value(&key) == Some(None) => after = key,
-                other => break other.filter(|key| key.starts_with(prefix)),
-            }
-        };
+        let from_db = self
+            .committed_next_key(previous)?
+            .filter(|key| key.starts_with(prefix));
         let from_dirty = self
             .dirty
             .under(prefix)
@@ -873,6 +847,25 @@ impl SwingStore {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         })
+    }
+
+    /// The smallest key SQLite holds after `previous` that no uncommitted
+    /// write deletes.
+    fn committed_next_key(&self, previous: &str) -> Result<Option<String>> {
+        self.read_allowed()?;
+        self.count(|stats| stats.sqlite_reads += 1);
+        self.begin_reading()?;
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT key FROM kv WHERE key > ?1 ORDER BY key LIMIT 1")?;
+        let mut after = previous.to_owned();
+        loop {
+            let next: Option<String> = stmt.query_row([&after], |row| row.get(0)).optional()?;
+            match next {
+                Some(key) if self.dirty_value(&key) == Some(None) => after = key,
+                other => return Ok(other),
+            }
+        }
     }
 
     /// The largest key strictly less than `next`, in byte order.
