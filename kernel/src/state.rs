@@ -1347,17 +1347,6 @@ impl KernelState {
         Ok(high)
     }
 
-    /// Raises `endpoint`'s [`Self::own_promise_high`] to `vref`'s number,
-    /// if it is its own promise and the high is known.
-    fn note_own_promise(&mut self, endpoint: &str, vref: &str) {
-        if let (Some(n), Some(high)) = (
-            own_promise_number(vref),
-            self.own_promise_high.get_mut().get_mut(endpoint),
-        ) {
-            *high = (*high).max(n);
-        }
-    }
-
     /// Whether `kref` is `vat`'s own export (its entry does not count).
     fn is_own_export(&self, vat: &str, kref: &str) -> StoreResult<bool> {
         Ok(kref.starts_with("ko") && self.object_owner(kref)?.as_deref() == Some(vat))
@@ -1410,12 +1399,16 @@ impl KernelState {
     ) -> StoreResult<()> {
         self.set(kref_key, &["R ", vref].concat())?;
         // A new own promise's entry cannot be in SQLite: said so, deleting
-        // it before the commit costs the commit nothing.
+        // it before the commit costs the commit nothing. Its number is the
+        // endpoint's new high.
         match own_promise_number(vref) {
-            Some(n) if n > self.own_promise_high(vat)? => self.store.set_new(vref_key, kref)?,
+            Some(n) if n > self.own_promise_high(vat)? => {
+                self.store.set_new(vref_key, kref)?;
+                let high = self.own_promise_high.get_mut().get_mut(vat);
+                *high.expect("kernel invariant: an endpoint's high is counted once asked") = n;
+            }
             _ => self.set(vref_key, kref)?,
         }
-        self.note_own_promise(vat, vref);
         if self.is_own_export(vat, kref)? {
             return Ok(());
         }
