@@ -9,7 +9,7 @@
 //! codec keeps them as indexes into [`Call::caps`] / [`ReturnOutcome::Results`]
 //! (descriptors), so nothing here holds a live capability.
 
-use capnp::message::{Builder, ReaderOptions};
+use capnp::message::{Builder, HeapAllocator, ReaderOptions};
 use capnp::private::capability::ClientHook;
 use capnp::private::layout::CapTable;
 use capnp::traits::{HasTypeId, Imbue, ImbueMut};
@@ -715,9 +715,62 @@ pub fn encode(message: &Message) -> Vec<u8> {
     {
         return echo;
     }
-    let mut builder = Builder::new_default();
+    let words = u32::try_from(first_segment_words(message)).unwrap_or(u32::MAX);
+    let mut builder = Builder::new(HeapAllocator::new().first_segment_words(words));
     write_message(builder.init_root(), message);
     capnp::serialize::write_message_to_words(&builder)
+}
+
+/// Words of any message's fixed parts (its root, target, payload and
+/// their pointers, a text's padding): what [`first_segment_words`] adds
+/// to the message's text and bytes.
+const MESSAGE_FIXED_WORDS: usize = 48;
+
+/// Words of one capability descriptor in a payload's cap table.
+const WORDS_PER_CAP: usize = 3;
+
+/// The first segment for `message`: enough for it to be one segment,
+/// and no more to zero. capnp's default first segment is 8 KB, allocated
+/// and zeroed for every frame: a third of encoding a small call. A message
+/// larger than this (an estimate) takes a second segment.
+fn first_segment_words(message: &Message) -> usize {
+    let body = |body: &Body| body.body.len() + 8 * body.caps.len();
+    let (bytes, caps) = match message {
+        Message::Call(call) => {
+            let content = match &call.content {
+                CallContent::Exo { method, args } => method.len() + body(args),
+                CallContent::Restore { swiss } => swiss.len(),
+                CallContent::Hello { did, nonce } => did.len() + nonce.len(),
+                CallContent::Prove { signature, .. } => signature.len(),
+                _ => 0,
+            };
+            (content, call.caps.len())
+        }
+        Message::Return(ret) => match &ret.outcome {
+            ReturnOutcome::Results { content, caps } => {
+                let content = match content {
+                    ResultContent::Exo { result, .. } => body(result),
+                    ResultContent::Hello {
+                        did,
+                        nonce,
+                        signature,
+                    } => did.len() + nonce.len() + signature.len(),
+                    _ => 0,
+                };
+                (content, caps.len())
+            }
+            ReturnOutcome::Exception(reason) => (reason.len(), 0),
+            ReturnOutcome::Canceled => (0, 0),
+        },
+        Message::ResolveData { result, caps, .. } => (body(result), caps.len()),
+        Message::Resolve {
+            resolution: Err(reason),
+            ..
+        }
+        | Message::Abort { reason } => (reason.len(), 0),
+        _ => (0, 0),
+    };
+    MESSAGE_FIXED_WORDS + bytes.div_ceil(8) + caps * WORDS_PER_CAP
 }
 
 /// One function per message kind: the message, written at `root`.
@@ -1156,6 +1209,39 @@ mod tests {
                     );
                 }
                 _ => assert_eq!(decoded, message),
+            }
+        }
+    }
+
+    /// How many segments `frame` has (the stream framing's first word).
+    fn segments(frame: &[u8]) -> u32 {
+        u32::from_le_bytes(frame[..4].try_into().unwrap()) + 1
+    }
+
+    #[test]
+    fn frames_are_one_segment_whatever_their_payload() {
+        let big = |bytes: usize, caps: u32| {
+            Message::Call(Call {
+                question: 3,
+                target: Target::Imported(1),
+                content: CallContent::Exo {
+                    method: "store".into(),
+                    args: Body {
+                        body: "x".repeat(bytes),
+                        caps: (0..caps).collect(),
+                    },
+                },
+                caps: (0..caps).map(CapDescriptor::SenderHosted).collect(),
+            })
+        };
+        let mut messages = samples();
+        messages.extend([big(0, 0), big(100_000, 0), big(7, 200), big(5_000, 50)]);
+        for message in messages {
+            let frame = encode(&message);
+            assert_eq!(segments(&frame), 1, "{message:?}");
+            let decoded = decode(&frame, &Limits::default(), &kinds).unwrap();
+            if let Message::Call(_) = message {
+                assert_eq!(decoded, message);
             }
         }
     }
