@@ -51,6 +51,24 @@ fn owned_text(field: capnp::Result<capnp::text::Reader<'_>>) -> Result<String, V
         .map_err(protocol_error)
 }
 
+/// Words of a frame's fixed parts (its root, a list's pointer and each
+/// element's padding): what [`frame_builder`] adds to the payload.
+const FRAME_FIXED_WORDS: usize = 16;
+
+/// Words per element of a list of byte blobs beyond the blob itself: a
+/// pointer, and padding to the word.
+const FRAME_WORDS_PER_BLOB: usize = 2;
+
+/// A builder whose first segment holds a frame of `blobs` blobs, `bytes`
+/// bytes in all: one segment, and nothing more to zero. capnp's default
+/// first segment is 8 KB, allocated and zeroed for every frame: more than
+/// the rest of a small delivery's encoding.
+fn frame_builder(blobs: usize, bytes: usize) -> Builder<capnp::message::HeapAllocator> {
+    let words = FRAME_FIXED_WORDS + blobs * FRAME_WORDS_PER_BLOB + bytes.div_ceil(8);
+    let words = u32::try_from(words).unwrap_or(u32::MAX);
+    Builder::new(capnp::message::HeapAllocator::new().first_segment_words(words))
+}
+
 fn write_frame(
     writer: &mut impl Write,
     message: &Builder<capnp::message::HeapAllocator>,
@@ -350,7 +368,7 @@ impl Worker for ProcessWorker {
         handler: &mut dyn SyscallHandler,
     ) -> Result<(), VatFault> {
         let bytes = Encoding::Binary.encode_delivery(delivery);
-        let mut message = Builder::new_default();
+        let mut message = frame_builder(1, bytes.len());
         message
             .init_root::<to_worker::Builder>()
             .set_deliver(&bytes);
@@ -382,7 +400,11 @@ impl Worker for ProcessWorker {
                         refused = Some(refusal.clone());
                     }
                     if batch.get_awaits_result() {
-                        let mut reply = Builder::new_default();
+                        let text = match &outcome {
+                            Ok(value) => value.as_deref().map_or(0, str::len),
+                            Err(refusal) => refusal.reason().len(),
+                        };
+                        let mut reply = frame_builder(1, text);
                         let mut result = reply
                             .init_root::<to_worker::Builder>()
                             .init_syscall_result();
@@ -478,7 +500,8 @@ impl<R: Read, W: Write> PipeSyscalls<'_, R, W> {
     /// when `awaits_result`.
     fn send_batch(&mut self, call: &Syscall, awaits_result: bool) -> Result<(), VatFault> {
         self.batch.push(Encoding::Binary.encode_syscall(call));
-        let mut message = Builder::new_default();
+        let bytes = self.batch.iter().map(Vec::len).sum();
+        let mut message = frame_builder(self.batch.len(), bytes);
         {
             let mut syscalls = message.init_root::<from_worker::Builder>().init_syscalls();
             syscalls.set_awaits_result(awaits_result);
@@ -742,7 +765,8 @@ fn deliver<R: Read, W: Write>(
         syscalls.cache.clear();
     }
     let (failed, batch) = (syscalls.failed.take(), std::mem::take(&mut syscalls.batch));
-    let mut reply = Builder::new_default();
+    let bytes = batch.iter().map(Vec::len).sum();
+    let mut reply = frame_builder(batch.len(), bytes);
     {
         let root = reply.init_root::<from_worker::Builder>();
         match outcome.map_err(|fault| failed.unwrap_or(fault)) {
