@@ -530,6 +530,7 @@ impl SwingStore {
             return Err(e);
         }
         self.written_one(wake);
+        self.forget_deleted(&changed);
         let view = self.view.get_mut();
         if view.len() > READ_CACHE_ENTRIES_MAX {
             view.clear();
@@ -572,6 +573,22 @@ impl SwingStore {
         }
         changed.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
         (changed, gone)
+    }
+
+    /// Takes the keys a commit deleted from SQLite out of the view. Ids
+    /// are not reused (frames, questions, promises, queue positions), so a
+    /// deleted key is rarely read again (a read finds it absent in SQLite,
+    /// and the view keeps that). Kept, they made the view grow with every
+    /// record ever deleted, up to [`READ_CACHE_ENTRIES_MAX`], and its
+    /// lookups miss the processor's caches: in a CapTP run, a session's
+    /// every kept frame, answer and question.
+    fn forget_deleted(&mut self, changed: &CleanedKeys) {
+        let view = self.view.get_mut();
+        for (key, _) in changed {
+            if view.get(&**key).is_some_and(|slot| slot.value.is_none()) {
+                view.remove(&**key);
+            }
+        }
     }
 
     /// Undoes [`Self::take_dirty_keys`], for a commit that failed: every key
@@ -1359,6 +1376,26 @@ mod tests {
         store.set("kp1.data", "x").unwrap();
         store.commit().unwrap();
         store.delete_new("kp1.data").unwrap();
+    }
+
+    #[test]
+    fn a_key_a_commit_deleted_leaves_the_view_and_reads_absent() {
+        let (_dir, mut store) = fresh();
+        store.set("gone", "1").unwrap();
+        store.set("kept", "1").unwrap();
+        store.commit().unwrap();
+        store.delete("gone").unwrap();
+        store.commit().unwrap();
+        assert_eq!(store.view.borrow().len(), 1, "only the kept key stays");
+        let before = store.stats().sqlite_reads;
+        assert_eq!(store.get("gone").unwrap(), None);
+        assert_eq!(store.stats().sqlite_reads, before + 1, "read from SQLite");
+        assert_eq!(store.get("kept").unwrap().as_deref(), Some("1"));
+        assert_eq!(store.stats().sqlite_reads, before + 1, "kept in the view");
+        // Set again, it is written (SQLite has no row for it).
+        store.set("gone", "2").unwrap();
+        store.commit().unwrap();
+        assert_eq!(store.get("gone").unwrap().as_deref(), Some("2"));
     }
 
     #[test]
