@@ -585,8 +585,10 @@ impl SwingStore {
     fn forget_deleted(&mut self, changed: &CleanedKeys) {
         let view = self.view.get_mut();
         for (key, _) in changed {
-            if view.get(&**key).is_some_and(|slot| slot.value.is_none()) {
-                view.remove(&**key);
+            if let hashbrown::hash_map::EntryRef::Occupied(entry) = view.entry_ref(&**key)
+                && entry.get().value.is_none()
+            {
+                entry.remove();
             }
         }
     }

@@ -788,6 +788,34 @@ mod tests {
     use std::os::unix::net::UnixStream;
 
     #[test]
+    fn frames_are_built_in_one_segment_whatever_their_payload() {
+        for bytes in [0, 1, 7, 8, 100, 65_536, 1 << 20] {
+            let payload = vec![7u8; bytes];
+            let mut message = frame_builder(1, payload.len());
+            message
+                .init_root::<to_worker::Builder>()
+                .set_deliver(&payload);
+            assert_eq!(message.get_segments_for_output().len(), 1, "{bytes} bytes");
+        }
+        for (blobs, each) in [(1, 0), (3, 5), (200, 9), (1_000, 64)] {
+            let batch = vec![vec![1u8; each]; blobs];
+            let mut message = frame_builder(blobs, blobs * each);
+            let mut calls = message
+                .init_root::<from_worker::Builder>()
+                .init_syscalls()
+                .init_calls(blobs as u32);
+            for (i, bytes) in batch.iter().enumerate() {
+                calls.set(i as u32, bytes);
+            }
+            assert_eq!(
+                message.get_segments_for_output().len(),
+                1,
+                "{blobs} blobs of {each} bytes"
+            );
+        }
+    }
+
+    #[test]
     fn spin_us_falls_back_to_its_default_on_a_bad_or_too_large_value() {
         assert_eq!(parse_spin_us(None), SPIN_US_DEFAULT);
         assert_eq!(parse_spin_us(Some("soon")), SPIN_US_DEFAULT);
