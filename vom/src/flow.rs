@@ -110,6 +110,11 @@ pub(crate) fn live_count() -> usize {
     LIVE.with(|live| live.borrow().len())
 }
 
+/// Whether any flow is pending (its journal may wait for promises).
+pub(crate) fn any_pending() -> bool {
+    flows_pending() > 0
+}
+
 /// Whether a flow's journal waits for promise `vpid` (what a flow's body
 /// awaits on the heap, a restart finds again).
 pub(crate) fn awaits(vpid: &str) -> bool {

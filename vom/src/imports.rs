@@ -25,6 +25,12 @@ pub(crate) struct Holder {
 impl Drop for Holder {
     fn drop(&mut self) {
         HELD_CHANGED.with(|changed| changed.set(true));
+        if is_promise(&self.vref) {
+            PROMISE_HOLDERS.with(|holders| {
+                let left = holders.get().checked_sub(1);
+                holders.set(left.expect("vom invariant: a promise holder was counted when made"));
+            });
+        }
         DROPPED
             .lock()
             .expect("vom dropped-imports list")
@@ -37,20 +43,43 @@ impl Drop for Holder {
 static DROPPED: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
 thread_local! {
+    /// The holder of each import (`o-N`) a `Ref` on the heap names.
     static LIVE: RefCell<FxHashMap<String, Weak<Holder>>> = RefCell::new(FxHashMap::default());
+    /// The holder of each promise (`p±N`) a `Ref` on the heap names: apart
+    /// from imports, so that counting what the heap holds does not visit
+    /// every promise in flight (a burst of 500 calls holds 500) at the end
+    /// of every delivery.
+    static LIVE_PROMISES: RefCell<FxHashMap<String, Weak<Holder>>> =
+        RefCell::new(FxHashMap::default());
+    /// Promise holders alive: the promises the heap holds. At most one is
+    /// alive per promise, and it is the one in [`LIVE_PROMISES`].
+    static PROMISE_HOLDERS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
     /// Whether what the heap holds may have changed since [`held_on_heap`]
     /// last looked: a holder came or went, or a durable count reached zero.
     static HELD_CHANGED: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
 }
 
+fn is_promise(vref: &str) -> bool {
+    vref.starts_with('p')
+}
+
+/// The table `vref`'s holder belongs in.
+fn with_live<T>(vref: &str, f: impl FnOnce(&mut FxHashMap<String, Weak<Holder>>) -> T) -> T {
+    let table = if is_promise(vref) {
+        &LIVE_PROMISES
+    } else {
+        &LIVE
+    };
+    table.with(|live| f(&mut live.borrow_mut()))
+}
+
 /// Makes `reference` hold what it names, if it is an import or a promise.
 pub(crate) fn hold(reference: &mut Ref) {
     let slot = &reference.slot;
-    if !(slot.starts_with("o-") || slot.starts_with('p')) || reference.holder.is_some() {
+    if !(slot.starts_with("o-") || is_promise(slot)) || reference.holder.is_some() {
         return;
     }
-    let (holder, new) = LIVE.with(|live| {
-        let mut live = live.borrow_mut();
+    let (holder, new) = with_live(slot, |live| {
         if let Some(holder) = live.get(slot).and_then(Weak::upgrade) {
             return (holder, false);
         }
@@ -59,7 +88,8 @@ pub(crate) fn hold(reference: &mut Ref) {
         HELD_CHANGED.with(|changed| changed.set(true));
         (holder, true)
     });
-    if new && slot.starts_with('p') {
+    if new && is_promise(slot) {
+        PROMISE_HOLDERS.with(|holders| holders.set(holders.get() + 1));
         crate::runtime::promise_held(slot);
     }
     reference.holder = Some(holder);
@@ -97,9 +127,8 @@ pub(crate) fn release_dropped(durable_count: impl Fn(&str) -> u64) {
     let released: Vec<String> = candidates
         .into_iter()
         .filter(|vref| {
-            let held = LIVE.with(|live| {
-                live.borrow()
-                    .get(vref)
+            let held = with_live(vref, |live| {
+                live.get(vref.as_str())
                     .is_some_and(|holder| holder.strong_count() > 0)
             });
             // Promises are not counted in durable state (it cannot hold them).
@@ -109,12 +138,9 @@ pub(crate) fn release_dropped(durable_count: impl Fn(&str) -> u64) {
     if released.is_empty() {
         return;
     }
-    LIVE.with(|live| {
-        let mut live = live.borrow_mut();
-        for vref in &released {
-            live.remove(vref);
-        }
-    });
+    for vref in &released {
+        with_live(vref, |live| live.remove(vref));
+    }
     // Promises: the vat keeps no settlement for them; the kernel forgets
     // them when it has told the vat (every held promise is subscribed to).
     let (promises, released): (Vec<String>, Vec<String>) =
@@ -133,23 +159,36 @@ pub(crate) fn release_dropped(durable_count: impl Fn(&str) -> u64) {
 
 /// The exporter retired `vref`: no reference to it will arrive again.
 pub(crate) fn forget(vref: &str) {
-    LIVE.with(|live| live.borrow_mut().remove(vref));
+    with_live(vref, |live| live.remove(vref));
 }
 
-/// Shows `visit` each import and promise a `Ref` on the heap names, when
-/// that may have changed since the last call (returns false, showing
-/// nothing, when it has not). Entries of holders that are gone are pruned
-/// on the way, so the next look is as short as what the heap holds.
-pub(crate) fn visit_held_on_heap(mut visit: impl FnMut(&str)) -> bool {
+/// Shows `visit` each import (and each promise, if `promises_too`) a `Ref`
+/// on the heap names, when that may have changed since the last call
+/// (returns false, showing nothing, when it has not). Entries of holders
+/// that are gone are pruned on the way, so the next look is as short as
+/// what the heap holds. Without `promises_too`, [`promises_held_on_heap`]
+/// counts them.
+pub(crate) fn visit_held_on_heap(promises_too: bool, mut visit: impl FnMut(&str)) -> bool {
     if !HELD_CHANGED.with(|changed| changed.replace(false)) {
         return false;
     }
-    LIVE.with(|live| {
-        let mut live = live.borrow_mut();
-        live.retain(|_, holder| holder.strong_count() > 0);
-        for vref in live.keys() {
-            visit(vref);
-        }
-    });
+    let mut visit_all = |table: &'static std::thread::LocalKey<RefCell<_>>| {
+        table.with(|live: &RefCell<FxHashMap<String, Weak<Holder>>>| {
+            let mut live = live.borrow_mut();
+            live.retain(|_, holder| holder.strong_count() > 0);
+            for vref in live.keys() {
+                visit(vref);
+            }
+        });
+    };
+    visit_all(&LIVE);
+    if promises_too {
+        visit_all(&LIVE_PROMISES);
+    }
     true
+}
+
+/// How many promises the heap holds (each through one holder).
+pub(crate) fn promises_held_on_heap() -> usize {
+    PROMISE_HOLDERS.with(std::cell::Cell::get)
 }

@@ -801,13 +801,19 @@ fn report_heap() {
         (vat.tasks.len(), vat.exports.len() - heap_root)
     });
     let mut counted = (0, 0);
-    let recounted = crate::imports::visit_held_on_heap(|vref| {
+    // With no flow waiting, no promise is a flow's to keep: the heap's
+    // promises are counted as they come and go, not visited.
+    let flows_wait = crate::flow::any_pending();
+    let recounted = crate::imports::visit_held_on_heap(flows_wait, |vref| {
         if vref.starts_with('p') && !crate::flow::awaits(vref) {
             counted.0 += 1;
         } else if vref.starts_with("o-") && durable::import_count(vref) == 0 {
             counted.1 += 1;
         }
     });
+    if recounted && !flows_wait {
+        counted.0 = crate::imports::promises_held_on_heap();
+    }
     let (promises, imports) = if recounted {
         HELD_COUNTED.set(counted);
         counted
