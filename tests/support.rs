@@ -40,7 +40,7 @@ pub fn vat_bin() -> PathBuf {
 pub fn guest(name: &str) -> PathBuf {
     let dir = std::env::var_os("VAT_GUESTS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| target_dir().join("wasm32-unknown-unknown/release"));
+        .unwrap_or_else(|| target_dir().join("wasm32-unknown-unknown/guest"));
     let path = dir.join(format!("{name}.wasm"));
     assert!(
         path.is_file(),

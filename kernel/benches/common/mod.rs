@@ -34,7 +34,7 @@ pub fn supervisor() -> PathBuf {
 pub fn guest_wasm(name: &str) -> Vec<u8> {
     let dir = std::env::var_os("VAT_GUESTS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| profile_dir().join("../wasm32-unknown-unknown/release"));
+        .unwrap_or_else(|| profile_dir().join("../wasm32-unknown-unknown/guest"));
     let path = dir.join(format!("{name}.wasm"));
     std::fs::read(&path)
         .unwrap_or_else(|e| panic!("{}: {e} (run scripts/build-guests)", path.display()))
