@@ -518,21 +518,10 @@ impl Kernel {
                 kref,
             });
         }
-        // With no spare process ready, the vat's process starts now and
-        // makes its engine while this thread hashes, loads and stores the
-        // module; the vat's start takes it as a spare. Dropped (stopped) if
-        // the spawn fails first.
-        let early = match options.worker {
-            WorkerKind::Process if self.residency.spares() == 0 => {
-                ProcessWorker::spare(&self.supervisor_program()?).ok()
-            }
-            WorkerKind::Process => {
-                self.supervisor_program()?;
-                None
-            }
-            WorkerKind::Thread => None,
-        };
-        let module = self.spawn_module(wasm, options.worker)?;
+        let mut early = self.early_process(options.worker)?;
+        let bundle = swingstore::cid_of(wasm);
+        self.start_ahead(early.as_mut(), &bundle, &options);
+        let module = self.spawn_module(bundle, wasm, options.worker)?;
         let cid = module.cid.to_string();
         if let Some(process) = early {
             let room = self.vats_resident_max.saturating_sub(self.workers.len());
@@ -543,6 +532,44 @@ impl Kernel {
         Ok(root)
     }
 
+    /// A process spawn's process, started ahead when no spare is ready: it
+    /// makes its engine while this thread stores the bundle, and the
+    /// vat's start takes it as a spare (dropped, stopped, if the spawn
+    /// fails first).
+    fn early_process(&mut self, worker: WorkerKind) -> Result<Option<ProcessWorker>, KernelError> {
+        if worker != WorkerKind::Process {
+            return Ok(None);
+        }
+        let program = self.supervisor_program()?;
+        if self.residency.spares() > 0 {
+            return Ok(None);
+        }
+        Ok(ProcessWorker::spare(&program).ok())
+    }
+
+    /// Sends a process spawn's start ahead to the process that will host
+    /// the vat (`early`, else the next spare) when its module is in the
+    /// module cache: the process loads it while this thread stores the
+    /// bundle.
+    fn start_ahead(
+        &mut self,
+        early: Option<&mut ProcessWorker>,
+        bundle: &Cid,
+        options: &VatOptions,
+    ) {
+        if options.worker != WorkerKind::Process {
+            return;
+        }
+        let Some(artifact) = self.cached_artifact(&bundle.to_string()) else {
+            return;
+        };
+        if let Some(process) = early.or_else(|| self.residency.next_spare()) {
+            // A process that fails this fails the start it is taken for,
+            // and is replaced then.
+            let _ = process.host_ahead(ModuleSource::Artifact(artifact), options.limits());
+        }
+    }
+
     /// A spawn's module, checked against the ABI, with its bundle written
     /// (after the check: nothing is written for a module that fails it). A
     /// module compiled already in this kernel is reused. One in the module
@@ -551,10 +578,10 @@ impl Kernel {
     /// the process only.
     fn spawn_module(
         &mut self,
+        bundle: Cid,
         wasm: &[u8],
         worker: WorkerKind,
     ) -> Result<SpawnModule, KernelError> {
-        let bundle = swingstore::cid_of(wasm);
         let cid = bundle.to_string();
         if let Some(module) = self.modules.get(&cid).cloned() {
             self.write_bundle(&bundle, wasm)?;

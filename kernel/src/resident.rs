@@ -134,6 +134,11 @@ impl Residency {
         self.spare.pop()
     }
 
+    /// The spare [`Self::take_spare`] takes next.
+    pub(crate) fn next_spare(&mut self) -> Option<&mut ProcessWorker> {
+        self.spare.last_mut()
+    }
+
     pub(crate) fn spares(&self) -> usize {
         self.spare.len()
     }

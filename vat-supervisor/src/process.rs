@@ -23,7 +23,7 @@ use crate::{
 pub const PROTOCOL_VERSION: u32 = crate::worker_capnp::PROTOCOL_VERSION;
 
 /// Where a worker process gets its module.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModuleSource {
     /// Compile these bytes.
     Wasm(Vec<u8>),
@@ -182,6 +182,9 @@ pub struct ProcessWorker {
     to_worker: BufWriter<ChildStdin>,
     from_worker: BufReader<SpinRead<ChildStdout>>,
     options: ReaderOptions,
+    /// A start sent ahead ([`ProcessWorker::host_ahead`]) whose answer is
+    /// not read yet.
+    started_ahead: Option<(ModuleSource, Limits)>,
 }
 
 impl ProcessWorker {
@@ -228,6 +231,7 @@ impl ProcessWorker {
             to_worker,
             from_worker,
             options: reader_options(limits),
+            started_ahead: None,
         })
     }
 
@@ -238,6 +242,49 @@ impl ProcessWorker {
     /// starts without compiling or loading. `label` stays the one it was
     /// started with: `ps` shows the vat a process was started for.
     pub fn host(&mut self, module: ModuleSource, limits: Limits) -> Result<(), SupervisorError> {
+        if self.is_started_ahead(&module, limits) {
+            self.started_ahead = None;
+            return self.read_started();
+        }
+        self.drop_started_ahead();
+        self.send_start(&module, limits)?;
+        self.read_started()
+    }
+
+    /// Sends [`Self::host`]'s start without waiting for its answer: the
+    /// process loads `module` (a spawn's cached artifact) while the kernel
+    /// writes the bundle. The `host` call with the same module and limits
+    /// reads the answer; one with others reads it and starts anew.
+    pub fn host_ahead(
+        &mut self,
+        module: ModuleSource,
+        limits: Limits,
+    ) -> Result<(), SupervisorError> {
+        if self.is_started_ahead(&module, limits) {
+            return Ok(());
+        }
+        self.drop_started_ahead();
+        self.send_start(&module, limits)?;
+        self.started_ahead = Some((module, limits));
+        Ok(())
+    }
+
+    fn is_started_ahead(&self, module: &ModuleSource, limits: Limits) -> bool {
+        self.started_ahead
+            .as_ref()
+            .is_some_and(|(ahead, ahead_limits)| ahead == module && *ahead_limits == limits)
+    }
+
+    /// Reads and leaves the answer to a start sent ahead for a vat that
+    /// did not come (its spawn failed first). A process that fails here
+    /// fails the next start too, and is replaced then.
+    fn drop_started_ahead(&mut self) {
+        if self.started_ahead.take().is_some() {
+            let _ = self.read_started();
+        }
+    }
+
+    fn send_start(&mut self, module: &ModuleSource, limits: Limits) -> Result<(), SupervisorError> {
         self.options = reader_options(&limits);
         let mut message = Builder::new_default();
         {
@@ -249,25 +296,19 @@ impl ProcessWorker {
             wire_limits.set_message_bytes_max(limits.message_bytes_max as u64);
             wire_limits.set_deadline_ms(limits.deadline_ms);
             wire_limits.set_syscalls_per_delivery_max(limits.syscalls_per_delivery_max);
-            match &module {
+            match module {
                 ModuleSource::Wasm(bytes) => start.set_wasm(bytes),
                 ModuleSource::Artifact(path) => start.set_artifact(path.to_string_lossy().as_ref()),
             }
         }
-        let exited = |worker: &mut ProcessWorker, e: &dyn std::fmt::Display| -> SupervisorError {
-            match worker.child.wait() {
-                Ok(status) => {
-                    VatFault::WorkerDied(format!("worker exited at start ({status})")).into()
-                }
-                Err(_) => protocol_error(e).into(),
-            }
-        };
-        if let Err(e) = write_frame(&mut self.to_worker, &message) {
-            return Err(exited(self, &e));
-        }
+        write_frame(&mut self.to_worker, &message).map_err(|e| self.exited_at_start(&e))
+    }
+
+    /// The answer to the start sent last: ready, or why the module failed.
+    fn read_started(&mut self) -> Result<(), SupervisorError> {
         let reply = match serialize::read_message(&mut self.from_worker, self.options) {
             Ok(reply) => reply,
-            Err(e) => return Err(exited(self, &e)),
+            Err(e) => return Err(self.exited_at_start(&e)),
         };
         let root = reply
             .get_root::<from_worker::Reader>()
@@ -279,6 +320,15 @@ impl ProcessWorker {
                 Err(SupervisorError::Fault(VatFault::Trap(reason)))
             }
             _ => Err(protocol_error("expected ready").into()),
+        }
+    }
+
+    /// Why the start failed when its pipe did: the process's exit, if it
+    /// exited.
+    fn exited_at_start(&mut self, e: &dyn std::fmt::Display) -> SupervisorError {
+        match self.child.wait() {
+            Ok(status) => VatFault::WorkerDied(format!("worker exited at start ({status})")).into(),
+            Err(_) => protocol_error(e).into(),
         }
     }
 
@@ -367,6 +417,10 @@ impl Worker for ProcessWorker {
         delivery: &Delivery,
         handler: &mut dyn SyscallHandler,
     ) -> Result<(), VatFault> {
+        assert!(
+            self.started_ahead.is_none(),
+            "process worker invariant: a start sent ahead is answered before a delivery"
+        );
         let bytes = Encoding::Binary.encode_delivery(delivery);
         let mut message = frame_builder(1, bytes.len());
         message

@@ -159,3 +159,52 @@ fn a_module_the_worker_cannot_load_fails_the_start() {
     .unwrap_err();
     assert!(err.to_string().contains("not a Wasm module"), "{err}");
 }
+
+#[test]
+fn a_start_sent_ahead_is_answered_to_the_host_of_the_same_module() {
+    let wasm = wat::parse_str(ECHO).unwrap();
+    let mut worker = ProcessWorker::spare(supervisor()).unwrap();
+    worker
+        .host_ahead(ModuleSource::Wasm(wasm.clone()), Limits::default())
+        .unwrap();
+    worker
+        .host(ModuleSource::Wasm(wasm), Limits::default())
+        .unwrap();
+    let mut kernel = kernel_with("hello");
+    worker.deliver(&Delivery::start_vat(), &mut kernel).unwrap();
+    assert_eq!(kernel.seen.len(), 3, "{:?}", kernel.seen);
+}
+
+#[test]
+fn a_start_sent_ahead_for_another_module_gives_way_to_the_one_hosted() {
+    // The one sent ahead would send to an import the kernel refuses.
+    let refused = wat::parse_str(ECHO.replace("o+0", "o-9")).unwrap();
+    let mut worker = ProcessWorker::spare(supervisor()).unwrap();
+    worker
+        .host_ahead(ModuleSource::Wasm(refused), Limits::default())
+        .unwrap();
+    let wasm = wat::parse_str(ECHO).unwrap();
+    worker
+        .host(ModuleSource::Wasm(wasm), Limits::default())
+        .unwrap();
+    let mut kernel = kernel_with("hello");
+    worker.deliver(&Delivery::start_vat(), &mut kernel).unwrap();
+    assert!(
+        matches!(&kernel.seen[2], Syscall::Send { target, .. } if target == "o+0"),
+        "{:?}",
+        kernel.seen
+    );
+}
+
+#[test]
+fn a_module_sent_ahead_that_cannot_load_fails_its_host() {
+    let mut worker = ProcessWorker::spare(supervisor()).unwrap();
+    let bytes = b"not wasm".to_vec();
+    worker
+        .host_ahead(ModuleSource::Wasm(bytes.clone()), Limits::default())
+        .unwrap();
+    let err = worker
+        .host(ModuleSource::Wasm(bytes), Limits::default())
+        .unwrap_err();
+    assert!(err.to_string().contains("not a Wasm module"), "{err}");
+}
