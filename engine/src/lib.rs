@@ -735,7 +735,8 @@ fn call_exo(
     let kp = t.allocate_promise(None)?;
     let answer = Answer::new(AnswerKind::Exo, Some(kp.clone()));
     open_answer(t, peer, question, &answer)?;
-    t.set(&keys::answer_of(&peer, &kp), &question.to_string())?;
+    // Usually deleted in the same commit group, when the vat answers.
+    t.set_new(&keys::answer_of(&peer, &kp), &question.to_string())?;
     t.subscribe(&kp, peer)?;
     let result = Some(kp);
     Ok(t.send(

@@ -196,6 +196,13 @@ impl Tables<'_> {
         self.state.set(key, value)
     }
 
+    /// Sets `key`, which names a promise or object this crank allocated
+    /// (so no commit can hold it): deleted before the commit, as an
+    /// answer's record often is, it costs SQLite nothing.
+    pub fn set_new(&mut self, key: &str, value: &str) -> StoreResult<()> {
+        self.state.store.set_new(key, value)
+    }
+
     pub fn delete(&mut self, key: &str) -> StoreResult<()> {
         self.state.delete(key)
     }
