@@ -1067,7 +1067,9 @@ impl KernelState {
                 self.delete(&keys::decided(&decider, &kpid))?;
             }
             self.put_promise_record(&kpid, None)?;
-            self.delete(&keys::settlement(&kpid))?;
+            if settlement != Settlement::Unresolved {
+                self.delete(&keys::settlement(&kpid))?;
+            }
             for kref in released {
                 self.decref(&kref)?;
             }
@@ -1191,7 +1193,10 @@ impl KernelState {
             self.incref(kref)?;
         }
         let data_text = serde_json::to_string(data).expect("kernel invariant: capdata serializes");
-        self.set(&keys::settlement(&kpid), &data_text)?;
+        // Only a settled promise has data (`check` holds every commit to
+        // it), so no commit holds this key: freed before the next commit,
+        // as a call's result often is, it costs SQLite nothing.
+        self.store.set_new(&keys::settlement(&kpid), &data_text)?;
         // Settled: no decider, nothing waits any more. Changed once, after
         // the counts above changed it.
         let (decider, subscribers) = self.change_promise(kpid, |record| {
