@@ -42,6 +42,7 @@ use rustc_hash::FxBuildHasher;
 /// finds a key's place once whether or not it is there (a write to a key
 /// the view does not hold, most of them, otherwise hashes it twice).
 type ViewMap = hashbrown::HashMap<Rc<str>, Slot, FxBuildHasher>;
+type ViewValues = hashbrown::HashMap<Rc<str>, Option<String>, FxBuildHasher>;
 
 mod dirty;
 mod sync;
@@ -142,6 +143,18 @@ struct Slot {
 /// failed write puts back.
 type CleanedKeys = Vec<(Rc<str>, Option<bool>)>;
 
+/// A commit's dirty keys, sorted out by [`SwingStore::take_dirty_keys`].
+struct TakenKeys {
+    /// Written to SQLite, in key order.
+    changed: CleanedKeys,
+    /// Made and deleted since the last commit: out of the view.
+    gone: Vec<Rc<str>>,
+    /// Of `changed`, the deletions.
+    deleted: Vec<Rc<str>>,
+    /// Back at their committed values: clean, and not written.
+    unchanged: Vec<Rc<str>>,
+}
+
 /// What an open crank's abort undoes.
 #[derive(Debug)]
 struct Crank {
@@ -185,6 +198,10 @@ pub struct SwingStore {
     /// The dirty keys: what the commit writes, and what ordered reads
     /// merge with SQLite's keys.
     dirty: dirty::DirtyKeys,
+    /// The committed value of each key made dirty since the last commit
+    /// while it was known (its slot clean): one written back to it (a
+    /// count that went up and down) costs the commit nothing.
+    committed_values: ViewValues,
     /// The open crank's undo log, if a crank is open.
     crank: Option<Crank>,
     /// The last crank's undo log, emptied: the next crank writes into its
@@ -330,6 +347,7 @@ impl SwingStore {
             path: path.to_owned(),
             view: Default::default(),
             dirty: Default::default(),
+            committed_values: Default::default(),
             crank: None,
             spare_undo: Vec::new(),
             crank_bundles: Vec::new(),
@@ -522,15 +540,15 @@ impl SwingStore {
         if !self.reading.replace(false) {
             self.conn.execute_batch("BEGIN IMMEDIATE")?;
         }
-        let (changed, gone, deleted) = self.take_dirty_keys();
-        if let Err(e) = self.write_pending(&changed) {
+        let taken = self.take_dirty_keys();
+        if let Err(e) = self.write_pending(&taken.changed) {
             // Nothing of this commit reaches the file; the overlays are kept.
             let _ = self.conn.execute_batch("ROLLBACK");
-            self.restore_dirty_keys(changed, gone);
+            self.restore_dirty_keys(taken);
             return Err(e);
         }
         self.written_one(wake);
-        self.forget_deleted(&deleted);
+        self.forget_deleted(&taken.deleted);
         let view = self.view.get_mut();
         if view.len() > READ_CACHE_ENTRIES_MAX {
             view.clear();
@@ -546,13 +564,21 @@ impl SwingStore {
     /// last commit cost SQLite nothing: they leave the view (most are the
     /// records of promises freed as soon as they settled, never read
     /// again), so that it keeps what is read rather than filling with them,
-    /// and are returned second. The rest are marked clean and returned
-    /// first, in key order (which SQLite's B-tree takes fastest), each with
-    /// what was known before of its presence in SQLite. Third come the
-    /// changed keys that are deletions (see [`Self::forget_deleted`]).
-    fn take_dirty_keys(&mut self) -> (CleanedKeys, Vec<Rc<str>>, Vec<Rc<str>>) {
+    /// and are returned as `gone`. Those back at the value they had at the
+    /// last commit (`committed_values`) are marked clean and returned as
+    /// `unchanged`. The rest are marked clean and returned as `changed`,
+    /// in key order (which SQLite's B-tree takes fastest), each with what
+    /// was known before of its presence in SQLite; of them, the deletions
+    /// are also `deleted` (see [`Self::forget_deleted`]).
+    fn take_dirty_keys(&mut self) -> TakenKeys {
         let view = self.view.get_mut();
-        let (mut changed, mut gone, mut deleted) = (Vec::new(), Vec::new(), Vec::new());
+        let committed = std::mem::take(&mut self.committed_values);
+        let mut taken = TakenKeys {
+            changed: Vec::new(),
+            gone: Vec::new(),
+            deleted: Vec::new(),
+            unchanged: Vec::new(),
+        };
         for key in self.dirty.iter() {
             let hashbrown::hash_map::EntryRef::Occupied(entry) = view.entry_ref(&**key) else {
                 panic!("swingstore invariant: a dirty key has a slot in the view ({key})");
@@ -564,19 +590,23 @@ impl SwingStore {
             );
             if slot.value.is_none() && slot.in_db == Some(false) {
                 entry.remove();
-                gone.push(key.clone());
-            } else {
-                let slot = entry.into_mut();
-                changed.push((key.clone(), slot.in_db));
-                if slot.value.is_none() {
-                    deleted.push(key.clone());
-                }
-                slot.dirty = false;
-                slot.in_db = Some(slot.value.is_some());
+                taken.gone.push(key.clone());
+                continue;
             }
+            let slot = entry.into_mut();
+            slot.dirty = false;
+            if committed.get(&**key) == Some(&slot.value) {
+                taken.unchanged.push(key.clone());
+                continue;
+            }
+            taken.changed.push((key.clone(), slot.in_db));
+            if slot.value.is_none() {
+                taken.deleted.push(key.clone());
+            }
+            slot.in_db = Some(slot.value.is_some());
         }
-        changed.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
-        (changed, gone, deleted)
+        taken.changed.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
+        taken
     }
 
     /// Takes the keys a commit deleted from SQLite out of the view. Ids
@@ -596,16 +626,25 @@ impl SwingStore {
 
     /// Undoes [`Self::take_dirty_keys`], for a commit that failed: every key
     /// is dirty again, as it was.
-    fn restore_dirty_keys(&mut self, changed: CleanedKeys, gone: Vec<Rc<str>>) {
+    fn restore_dirty_keys(&mut self, taken: TakenKeys) {
         let view = self.view.get_mut();
-        for (key, in_db) in changed {
+        let unchanged = taken.unchanged.into_iter().map(|key| (key, None));
+        for (key, in_db) in taken
+            .changed
+            .into_iter()
+            .map(|(k, i)| (k, Some(i)))
+            .chain(unchanged)
+        {
             let slot = view
                 .get_mut(&*key)
                 .expect("swingstore invariant: a dirty key has a slot in the view");
             slot.dirty = true;
-            slot.in_db = in_db;
+            // An unchanged key's presence was left as it was.
+            if let Some(in_db) = in_db {
+                slot.in_db = in_db;
+            }
         }
-        for key in gone {
+        for key in taken.gone {
             let slot = Slot {
                 value: None,
                 dirty: true,
@@ -766,8 +805,18 @@ impl SwingStore {
         };
         let (shared, old) = match self.view.get_mut().entry_ref(key) {
             hashbrown::hash_map::EntryRef::Occupied(mut entry) => {
+                let current = entry.get();
+                if !current.dirty {
+                    // The committed value written again (a record
+                    // rewritten as it stood): nothing to send.
+                    if current.value == slot.value {
+                        return;
+                    }
+                    self.committed_values
+                        .insert(entry.key().clone(), current.value.clone());
+                }
                 if !new {
-                    slot.in_db = entry.get().in_db;
+                    slot.in_db = current.in_db;
                 }
                 (entry.key().clone(), Some(entry.insert(slot)))
             }
@@ -1402,6 +1451,41 @@ mod tests {
     }
 
     #[test]
+    fn a_committed_value_written_again_sends_the_commit_nothing() {
+        let (dir, mut store) = fresh();
+        store.set("same", "1").unwrap();
+        store.set("changed", "1").unwrap();
+        store.commit().unwrap();
+        assert_eq!(store.get("absent").unwrap(), None);
+        let before = store.stats();
+        store.set("same", "1").unwrap();
+        store.set("changed", "2").unwrap();
+        store.delete("absent").unwrap();
+        store.commit().unwrap();
+        let after = store.stats();
+        assert_eq!(after.statements - before.statements, 1, "only the change");
+        assert_eq!(store.get("same").unwrap().as_deref(), Some("1"));
+        assert_eq!(store.get("changed").unwrap().as_deref(), Some("2"));
+        // Changed and changed back within one commit, or deleted and set
+        // again as it was: nothing to send either.
+        let before = store.stats();
+        store.set("same", "9").unwrap();
+        store.set("same", "1").unwrap();
+        store.delete("changed").unwrap();
+        store.set("changed", "2").unwrap();
+        store.commit().unwrap();
+        assert_eq!(store.stats().statements - before.statements, 0);
+        // And the next change is written as any other.
+        store.set("same", "3").unwrap();
+        store.commit().unwrap();
+        assert_eq!(store.stats().statements - before.statements, 1);
+        drop(store);
+        let store = SwingStore::open(&dir.path().join("store.sqlite"), Durability::Normal).unwrap();
+        assert_eq!(store.get("same").unwrap().as_deref(), Some("3"));
+        assert_eq!(store.get("changed").unwrap().as_deref(), Some("2"));
+    }
+
+    #[test]
     fn stats_count_reads_writes_and_the_rows_a_commit_wrote() {
         let (_dir, mut store) = fresh();
         store.set("a", "1").unwrap();
@@ -1462,10 +1546,14 @@ mod tests {
             )
             .unwrap();
         store.set("v1.kept", "1").unwrap();
+        store.set("v1.same", "s").unwrap();
         store.commit().unwrap();
-        // Made and deleted before the commit (never in SQLite), changed, deleted, made.
+        // Made and deleted before the commit (never in SQLite), changed
+        // and changed back, changed, deleted, made.
         store.set_new("v1.brief", "x").unwrap();
         store.delete_new("v1.brief").unwrap();
+        store.set("v1.same", "t").unwrap();
+        store.set("v1.same", "s").unwrap();
         store.set("v1.kept", "2").unwrap();
         store.set("v1.poison", "p").unwrap();
         store.set("v1.new", "n").unwrap();
@@ -1476,6 +1564,7 @@ mod tests {
             ("v1.kept".to_owned(), "2".to_owned()),
             ("v1.new".to_owned(), "n".to_owned()),
             ("v1.poison".to_owned(), "p".to_owned()),
+            ("v1.same".to_owned(), "s".to_owned()),
         ];
         assert_eq!(store.scan_prefix("v1.").unwrap(), expected);
         assert_eq!(store.get("v1.brief").unwrap(), None);
