@@ -42,7 +42,7 @@ use rustc_hash::FxBuildHasher;
 /// finds a key's place once whether or not it is there (a write to a key
 /// the view does not hold, most of them, otherwise hashes it twice).
 type ViewMap = hashbrown::HashMap<Rc<str>, Slot, FxBuildHasher>;
-type ViewValues = hashbrown::HashMap<Rc<str>, Option<String>, FxBuildHasher>;
+type CommittedValues = hashbrown::HashMap<Rc<str>, Option<String>, FxBuildHasher>;
 
 mod dirty;
 mod sync;
@@ -201,7 +201,7 @@ pub struct SwingStore {
     /// The committed value of each key made dirty since the last commit
     /// while it was known (its slot clean): one written back to it (a
     /// count that went up and down) costs the commit nothing.
-    committed_values: ViewValues,
+    committed_values: CommittedValues,
     /// The open crank's undo log, if a crank is open.
     crank: Option<Crank>,
     /// The last crank's undo log, emptied: the next crank writes into its
