@@ -330,11 +330,27 @@ impl ProcessWorker {
     }
 
     /// Why the start failed when its pipe did: the process's exit, if it
-    /// exited.
+    /// exits within [`WORKER_EXIT_WAIT_MS`] (a closed pipe is usually a
+    /// process on its way out). One still up spoke out of turn (a program
+    /// that is not `vat-supervisor`): it is stopped, and the error says
+    /// what it sent.
     fn exited_at_start(&mut self, e: &dyn std::fmt::Display) -> SupervisorError {
-        match self.child.wait() {
-            Ok(status) => VatFault::WorkerDied(format!("worker exited at start ({status})")).into(),
-            Err(_) => protocol_error(e).into(),
+        let started = std::time::Instant::now();
+        let limit = std::time::Duration::from_millis(WORKER_EXIT_WAIT_MS);
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => {
+                    return VatFault::WorkerDied(format!("worker exited at start ({status})"))
+                        .into();
+                }
+                Ok(None) if started.elapsed() < limit => {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                _ => {
+                    let _ = self.child.kill();
+                    return protocol_error(e).into();
+                }
+            }
         }
     }
 
@@ -497,6 +513,10 @@ impl Drop for ProcessWorker {
         let _ = self.child.wait();
     }
 }
+
+/// `worker_exit_wait_ms`: how long a start whose pipe failed waits for the
+/// worker process to exit, to report how it ended, before stopping it.
+pub const WORKER_EXIT_WAIT_MS: u64 = 200;
 
 /// `vatstore_cache_entries_max`: how many vatstore keys a worker process
 /// remembers the value of; past it (or past

@@ -208,3 +208,31 @@ fn a_module_sent_ahead_that_cannot_load_fails_its_host() {
         .unwrap_err();
     assert!(err.to_string().contains("not a Wasm module"), "{err}");
 }
+
+#[test]
+fn a_program_that_is_not_a_worker_fails_the_start_instead_of_hanging_it() {
+    // A program that never exits and writes what is no frame: the start
+    // reads it, says so, and stops the process.
+    let dir = tempfile::tempdir().unwrap();
+    let program = dir.path().join("not-a-worker");
+    std::fs::write(&program, "#!/bin/sh\nexec yes garbage\n").unwrap();
+    std::fs::set_permissions(
+        &program,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let mut worker = ProcessWorker::spare(&program).unwrap();
+    let err = worker
+        .host(ModuleSource::Wasm(b"\0asm".to_vec()), Limits::default())
+        .unwrap_err();
+    assert!(err.to_string().contains("protocol"), "{err}");
+}
+
+#[test]
+fn a_program_that_exits_at_start_is_reported_with_its_exit() {
+    let mut worker = ProcessWorker::spare(Path::new("/bin/true")).unwrap();
+    let err = worker
+        .host(ModuleSource::Wasm(b"\0asm".to_vec()), Limits::default())
+        .unwrap_err();
+    assert!(err.to_string().contains("exited at start"), "{err}");
+}
