@@ -259,6 +259,15 @@ fn checkpoint_in_background(
     ))
 }
 
+/// `key`'s slot, marked dirty again (a commit that failed).
+fn dirty_again<'a>(view: &'a mut ViewMap, key: &str) -> &'a mut Slot {
+    let slot = view
+        .get_mut(key)
+        .expect("swingstore invariant: a dirty key has a slot in the view");
+    slot.dirty = true;
+    slot
+}
+
 /// The smallest string greater than every string starting with `prefix`,
 /// when the prefix ends in an ASCII character below DEL (all of ours do).
 fn prefix_successor(prefix: &str) -> Option<String> {
@@ -628,21 +637,12 @@ impl SwingStore {
     /// is dirty again, as it was.
     fn restore_dirty_keys(&mut self, taken: TakenKeys) {
         let view = self.view.get_mut();
-        let unchanged = taken.unchanged.into_iter().map(|key| (key, None));
-        for (key, in_db) in taken
-            .changed
-            .into_iter()
-            .map(|(k, i)| (k, Some(i)))
-            .chain(unchanged)
-        {
-            let slot = view
-                .get_mut(&*key)
-                .expect("swingstore invariant: a dirty key has a slot in the view");
-            slot.dirty = true;
-            // An unchanged key's presence was left as it was.
-            if let Some(in_db) = in_db {
-                slot.in_db = in_db;
-            }
+        for (key, in_db) in taken.changed {
+            dirty_again(view, &key).in_db = in_db;
+        }
+        // An unchanged key's presence was left as it was.
+        for key in taken.unchanged {
+            dirty_again(view, &key);
         }
         for key in taken.gone {
             let slot = Slot {
